@@ -1,0 +1,379 @@
+//! C entry points of batch normalization: checks, then the safe API of `ops::batchnorm`.
+
+use super::library::{context, nk_context, nk_shape};
+use super::{Regions, call, in_out, nk_status, optional, optional_mut, require, slice, slice_mut};
+use crate::error::{Error, ErrorKind};
+use crate::ops::batchnorm::{
+    self, Affine, RunningStats, SavedStats, TrainingParams, check_fold, check_inference,
+    check_sizes, check_training,
+};
+
+/// Running variance tracks the biased variance (ONNX); default unbiased, count/(count-1)
+/// (PyTorch, cuDNN).
+pub const NK_BN_RUNNING_VAR_BIASED: u32 = 1;
+/// y = max(y, 0); forward inference only.
+pub const NK_BN_FUSE_RELU: u32 = 2;
+
+const _: () = assert!(
+    NK_BN_RUNNING_VAR_BIASED == batchnorm::BN_RUNNING_VAR_BIASED
+        && NK_BN_FUSE_RELU == batchnorm::BN_FUSE_RELU
+);
+
+/// Lengths of the data and the per-channel arrays, for the NULL checks: zero where the tensor or
+/// the channel count is empty, so that NULL is accepted there.
+fn null_lens(shape: &nk_shape) -> (usize, usize) {
+    (usize::from(!shape.is_empty()), shape.channels)
+}
+
+/// Batch norm training forward: batch statistics over N*S per channel, normalize, scale and
+/// shift, update the running statistics (optional, both or neither) with `momentum` (the weight
+/// of the new batch), save mean and inverse std (optional).
+///
+/// # Safety
+/// Every non-NULL pointer is valid for its extent in the contract (x, y: N*C*S floats;
+/// per-channel arrays: C floats).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_batchnorm_forward_training(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const f32,
+    y: *mut f32,
+    gamma: *const f32,
+    beta: *const f32,
+    eps: f32,
+    momentum: f32,
+    flags: u32,
+    running_mean: *mut f32,
+    running_var: *mut f32,
+    save_mean: *mut f32,
+    save_invstd: *mut f32,
+) -> nk_status {
+    call(|| {
+        let (data, _) = null_lens(&shape);
+        require("x", x, data)?;
+        require("y", y, data)?;
+        if running_mean.is_null() != running_var.is_null() {
+            return Err(Error::new(
+                ErrorKind::NullPointer,
+                "running_mean and running_var must be both given or both NULL",
+            ));
+        }
+        let params = TrainingParams {
+            eps,
+            momentum,
+            flags,
+        };
+        let sizes = shape.sizes();
+        let count = sizes.count()? as u64;
+        check_training(&sizes, count, &params, !running_mean.is_null())?;
+        let shape = shape.to_shape()?;
+        let (n, c) = (shape.elements()?, shape.channels);
+        Regions::default()
+            .input("x", x, n)
+            .output_replacing("y", y, n, "x")
+            .input("gamma", gamma, c)
+            .input("beta", beta, c)
+            .output("running_mean", running_mean, c)
+            .output("running_var", running_var, c)
+            .output("save_mean", save_mean, c)
+            .output("save_invstd", save_invstd, c)
+            .check()?;
+        // SAFETY: pointers checked above (NULL, alignment, overlap); extents are the caller's
+        // promise.
+        unsafe {
+            let running = (!running_mean.is_null()).then(|| RunningStats {
+                mean: slice_mut(running_mean, c),
+                var: slice_mut(running_var, c),
+            });
+            batchnorm::forward_training(
+                context(ctx),
+                shape,
+                in_out(x, y, n),
+                Affine {
+                    gamma: optional(gamma, c),
+                    beta: optional(beta, c),
+                },
+                params,
+                running,
+                SavedStats {
+                    mean: optional_mut(save_mean, c),
+                    invstd: optional_mut(save_invstd, c),
+                },
+            )
+        }
+    })
+}
+
+/// Batch norm inference forward from given statistics (`mean`, `var` required), with
+/// NK_BN_FUSE_RELU optional.
+///
+/// # Safety
+/// As `nk_batchnorm_forward_training`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_batchnorm_forward_inference(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const f32,
+    y: *mut f32,
+    gamma: *const f32,
+    beta: *const f32,
+    mean: *const f32,
+    var: *const f32,
+    eps: f32,
+    flags: u32,
+) -> nk_status {
+    call(|| {
+        let (data, channels) = null_lens(&shape);
+        require("x", x, data)?;
+        require("y", y, data)?;
+        require("mean", mean, channels)?;
+        require("var", var, channels)?;
+        check_inference(&shape.sizes(), eps, flags)?;
+        let shape = shape.to_shape()?;
+        let (n, c) = (shape.elements()?, shape.channels);
+        Regions::default()
+            .input("x", x, n)
+            .output_replacing("y", y, n, "x")
+            .input("gamma", gamma, c)
+            .input("beta", beta, c)
+            .input("mean", mean, c)
+            .input("var", var, c)
+            .check()?;
+        // SAFETY: pointers checked above; extents are the caller's promise.
+        unsafe {
+            batchnorm::forward_inference(
+                context(ctx),
+                shape,
+                in_out(x, y, n),
+                Affine {
+                    gamma: optional(gamma, c),
+                    beta: optional(beta, c),
+                },
+                slice(mean, c),
+                slice(var, c),
+                eps,
+                flags,
+            )
+        }
+    })
+}
+
+/// Per-channel mean and M2 (sum of squared deviations) of `x` over N*S values, in double; zeros
+/// for an empty shard. Merge shards with `nk_moments_merge`.
+///
+/// # Safety
+/// As `nk_batchnorm_forward_training`; `mean`, `m2`: C doubles.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_moments(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const f32,
+    mean: *mut f64,
+    m2: *mut f64,
+) -> nk_status {
+    call(|| {
+        let (data, channels) = null_lens(&shape);
+        require("x", x, data)?;
+        require("mean", mean, channels)?;
+        require("m2", m2, channels)?;
+        check_sizes(&shape.sizes())?;
+        let shape = shape.to_shape()?;
+        let (n, c) = (shape.elements()?, shape.channels);
+        Regions::default()
+            .input("x", x, n)
+            .output("mean", mean, c)
+            .output("m2", m2, c)
+            .check()?;
+        // SAFETY: pointers checked above; extents are the caller's promise.
+        unsafe {
+            batchnorm::moments(
+                context(ctx),
+                shape,
+                slice(x, n),
+                slice_mut(mean, c),
+                slice_mut(m2, c),
+            )
+        }
+    })
+}
+
+/// a <- a (+) b: merges per-channel moments of two disjoint sets of values (Chan et al.).
+/// NK_ERR_OVERFLOW if count_a + count_b overflows uint64; a and b must not overlap.
+///
+/// # Safety
+/// Every pointer is valid for `channels` doubles.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_moments_merge(
+    channels: usize,
+    count_a: u64,
+    mean_a: *mut f64,
+    m2_a: *mut f64,
+    count_b: u64,
+    mean_b: *const f64,
+    m2_b: *const f64,
+) -> nk_status {
+    call(|| {
+        require("mean_a", mean_a, channels)?;
+        require("m2_a", m2_a, channels)?;
+        require("mean_b", mean_b, channels)?;
+        require("m2_b", m2_b, channels)?;
+        crate::shape::checked_elements(&[channels], 8, "channels")?;
+        if count_a.checked_add(count_b).is_none() {
+            return Err(Error::overflow("count_a + count_b overflows uint64"));
+        }
+        let c = channels;
+        Regions::default()
+            .output("mean_a", mean_a, c)
+            .output("m2_a", m2_a, c)
+            .input("mean_b", mean_b, c)
+            .input("m2_b", m2_b, c)
+            .check()?;
+        // SAFETY: pointers checked above; extents are the caller's promise.
+        unsafe {
+            batchnorm::moments_merge(
+                count_a,
+                slice_mut(mean_a, c),
+                slice_mut(m2_a, c),
+                count_b,
+                slice(mean_b, c),
+                slice(m2_b, c),
+            )
+            .map(|_| ())
+        }
+    })
+}
+
+/// Training forward with global statistics from merged moments (`count` values in all shards;
+/// `mean`, `m2` required). The local shard may be empty; running and saved statistics are still
+/// written. Equals nk_batchnorm_forward_training when given this shard's own nk_moments.
+///
+/// # Safety
+/// As `nk_batchnorm_forward_training`; `mean`, `m2`: C doubles.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_batchnorm_forward_from_moments(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const f32,
+    y: *mut f32,
+    gamma: *const f32,
+    beta: *const f32,
+    count: u64,
+    mean: *const f64,
+    m2: *const f64,
+    eps: f32,
+    momentum: f32,
+    flags: u32,
+    running_mean: *mut f32,
+    running_var: *mut f32,
+    save_mean: *mut f32,
+    save_invstd: *mut f32,
+) -> nk_status {
+    call(|| {
+        let (data, channels) = null_lens(&shape);
+        require("x", x, data)?;
+        require("y", y, data)?;
+        require("mean", mean, channels)?;
+        require("m2", m2, channels)?;
+        if running_mean.is_null() != running_var.is_null() {
+            return Err(Error::new(
+                ErrorKind::NullPointer,
+                "running_mean and running_var must be both given or both NULL",
+            ));
+        }
+        let params = TrainingParams {
+            eps,
+            momentum,
+            flags,
+        };
+        check_training(&shape.sizes(), count, &params, !running_mean.is_null())?;
+        let shape = shape.to_shape()?;
+        let (n, c) = (shape.elements()?, shape.channels);
+        Regions::default()
+            .input("x", x, n)
+            .output_replacing("y", y, n, "x")
+            .input("gamma", gamma, c)
+            .input("beta", beta, c)
+            .input("mean", mean, c)
+            .input("m2", m2, c)
+            .output("running_mean", running_mean, c)
+            .output("running_var", running_var, c)
+            .output("save_mean", save_mean, c)
+            .output("save_invstd", save_invstd, c)
+            .check()?;
+        // SAFETY: pointers checked above; extents are the caller's promise.
+        unsafe {
+            let running = (!running_mean.is_null()).then(|| RunningStats {
+                mean: slice_mut(running_mean, c),
+                var: slice_mut(running_var, c),
+            });
+            batchnorm::forward_from_moments(
+                context(ctx),
+                shape,
+                in_out(x, y, n),
+                Affine {
+                    gamma: optional(gamma, c),
+                    beta: optional(beta, c),
+                },
+                count,
+                slice(mean, c),
+                slice(m2, c),
+                params,
+                running,
+                SavedStats {
+                    mean: optional_mut(save_mean, c),
+                    invstd: optional_mut(save_invstd, c),
+                },
+            )
+        }
+    })
+}
+
+/// Folds inference batch norm into the preceding conv/linear layer: `weight` [c_out][fan_in]
+/// and `bias` [c_out] (both required; bias in: the layer's bias or zeros) are rewritten in place.
+///
+/// # Safety
+/// `weight`: c_out*fan_in floats; `bias`, `gamma`, `beta`, `mean`, `var`: c_out floats.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_batchnorm_fold(
+    c_out: usize,
+    fan_in: usize,
+    weight: *mut f32,
+    bias: *mut f32,
+    gamma: *const f32,
+    beta: *const f32,
+    mean: *const f32,
+    var: *const f32,
+    eps: f32,
+) -> nk_status {
+    call(|| {
+        require("weight", weight, usize::from(c_out > 0 && fan_in > 0))?;
+        require("bias", bias, c_out)?;
+        require("mean", mean, c_out)?;
+        require("var", var, c_out)?;
+        let n = check_fold(c_out, fan_in, eps)?;
+        Regions::default()
+            .output("weight", weight, n)
+            .output("bias", bias, c_out)
+            .input("gamma", gamma, c_out)
+            .input("beta", beta, c_out)
+            .input("mean", mean, c_out)
+            .input("var", var, c_out)
+            .check()?;
+        // SAFETY: pointers checked above; extents are the caller's promise.
+        unsafe {
+            batchnorm::fold(
+                c_out,
+                fan_in,
+                slice_mut(weight, n),
+                slice_mut(bias, c_out),
+                Affine {
+                    gamma: optional(gamma, c_out),
+                    beta: optional(beta, c_out),
+                },
+                slice(mean, c_out),
+                slice(var, c_out),
+                eps,
+            )
+        }
+    })
+}

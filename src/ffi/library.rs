@@ -1,0 +1,207 @@
+//! Library, error and context functions, and the shared C types.
+
+use super::{call, nk_status, require_always};
+use crate::context::Context;
+use crate::error::{Error, ErrorKind, Result};
+use crate::shape::{Layout, Shape};
+use crate::simd::Isa;
+use libc::{c_char, c_int};
+
+/// Major version; `nk_version()` is `(major << 16) | (minor << 8) | patch`.
+pub const NK_VERSION_MAJOR: u32 = 0;
+/// Minor version.
+pub const NK_VERSION_MINOR: u32 = 1;
+/// Patch version.
+pub const NK_VERSION_PATCH: u32 = 0;
+
+/// Instruction sets the kernels can use.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum nk_isa {
+    /// The best the running CPU has (chosen at run time).
+    NK_ISA_AUTO = 0,
+    /// Portable SIMD compiled for the build target.
+    NK_ISA_PORTABLE = 1,
+    /// AVX2 with FMA.
+    NK_ISA_AVX2 = 2,
+    /// AVX-512 F/BW/DQ/VL.
+    NK_ISA_AVX512 = 3,
+    /// NEON (aarch64).
+    NK_ISA_NEON = 4,
+}
+
+/// Tensor layouts.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum nk_layout {
+    /// Channels-first (NCHW): element (n, c, s) at (n*C + c)*S + s.
+    NK_LAYOUT_NCS = 0,
+    /// Channels-last (NHWC): element (n, c, s) at (n*S + s)*C + c.
+    NK_LAYOUT_NSC = 1,
+}
+
+/// An `nk_isa` as passed by C: read as an integer, never transmuted.
+pub type nk_isa_value = c_int;
+/// An `nk_status` as passed by C: read as an integer, never transmuted.
+pub type nk_status_value = c_int;
+/// An `nk_layout` as passed by C: read as an integer, never transmuted.
+pub type nk_layout_value = c_int;
+
+/// A tensor shape: per-channel statistics are over batch * spatial elements.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct nk_shape {
+    pub batch: usize,
+    pub channels: usize,
+    /// Product of the spatial sizes (H*W, D*H*W, or 1 for an (N, C) matrix).
+    pub spatial: usize,
+    pub layout: nk_layout_value,
+}
+
+impl nk_shape {
+    /// The shape, with the layout checked (`NK_ERR_BAD_ARGUMENT` for an unknown value).
+    pub(crate) fn to_shape(self) -> Result<Shape> {
+        let layout = match self.layout {
+            0 => Layout::Ncs,
+            1 => Layout::Nsc,
+            other => {
+                return Err(Error::bad_argument(format!("unknown layout {other}")));
+            }
+        };
+        Ok(Shape::new(self.batch, self.channels, self.spatial, layout))
+    }
+
+    /// The sizes alone, for the checks that come before the layout's (overflow, shape).
+    pub(crate) fn sizes(self) -> Shape {
+        Shape::new(self.batch, self.channels, self.spatial, Layout::Ncs)
+    }
+
+    /// Whether the tensor has no elements (any size is 0).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.batch == 0 || self.channels == 0 || self.spatial == 0
+    }
+}
+
+/// An execution context: a thread pool and an ISA choice. Create with `nk_context_create`.
+pub struct nk_context {
+    pub(crate) inner: Context,
+}
+
+/// The context a call runs on: `ctx`, or the process-wide default for NULL.
+///
+/// # Safety
+/// `ctx` is NULL or a live pointer from `nk_context_create`.
+pub(crate) unsafe fn context<'a>(ctx: *const nk_context) -> &'a Context {
+    // SAFETY: forwarded from the caller.
+    match unsafe { ctx.as_ref() } {
+        Some(c) => &c.inner,
+        None => Context::global(),
+    }
+}
+
+/// The library version: (major << 16) | (minor << 8) | patch.
+#[unsafe(no_mangle)]
+pub extern "C" fn nk_version() -> u32 {
+    (NK_VERSION_MAJOR << 16) | (NK_VERSION_MINOR << 8) | NK_VERSION_PATCH
+}
+
+/// A static description of a status code; never NULL.
+#[unsafe(no_mangle)]
+pub extern "C" fn nk_status_string(status: nk_status_value) -> *const c_char {
+    let text: &'static [u8] = match status {
+        0 => b"NK_OK: success\0",
+        1 => b"NK_ERR_NULL_POINTER: a required pointer is NULL\0",
+        2 => b"NK_ERR_BAD_SHAPE: sizes the operation cannot take\0",
+        3 => b"NK_ERR_BAD_ARGUMENT: a scalar, flag or enum value out of range\0",
+        4 => b"NK_ERR_OVERFLOW: an element or byte count overflows\0",
+        5 => b"NK_ERR_ALIAS: forbidden overlap between buffers\0",
+        6 => b"NK_ERR_MISALIGNED: a pointer not aligned to its element type\0",
+        7 => b"NK_ERR_UNSUPPORTED: not supported on this CPU or build\0",
+        8 => b"NK_ERR_INTERNAL: internal error (a bug; please report)\0",
+        _ => b"unknown status\0",
+    };
+    text.as_ptr().cast()
+}
+
+/// The message of this thread's last failed call, or "" if none. Valid until this thread's next
+/// failed call.
+#[unsafe(no_mangle)]
+pub extern "C" fn nk_last_error_message() -> *const c_char {
+    super::last_error_ptr()
+}
+
+/// Creates a context with `num_threads` threads (0 = all logical cores) and the best ISA.
+///
+/// # Safety
+/// `out` is NULL (an error) or valid for writing one pointer.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_context_create(
+    num_threads: usize,
+    out: *mut *mut nk_context,
+) -> nk_status {
+    call(|| {
+        require_always("out", out)?;
+        if !(out as usize).is_multiple_of(std::mem::align_of::<*mut nk_context>()) {
+            return Err(Error::new(ErrorKind::Misaligned, "out is not aligned"));
+        }
+        let ctx = Box::new(nk_context {
+            inner: Context::new(num_threads)?,
+        });
+        // SAFETY: out is non-NULL, aligned, and the caller's to write.
+        unsafe { out.write(Box::into_raw(ctx)) };
+        Ok(())
+    })
+}
+
+/// Destroys a context (waiting for its threads); NULL is a no-op.
+///
+/// # Safety
+/// `ctx` is NULL or a pointer from `nk_context_create` not destroyed before, with no call using
+/// it in flight.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_context_destroy(ctx: *mut nk_context) {
+    if !ctx.is_null() {
+        // SAFETY: the caller passes ownership back; dropping cannot panic across the boundary
+        // (rayon's pool drop only signals its threads).
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
+            drop(Box::from_raw(ctx))
+        }));
+    }
+}
+
+/// Forces the ISA of `ctx` (NK_ISA_AUTO = the best the CPU has). NK_ERR_UNSUPPORTED if the CPU
+/// lacks it; `ctx` is required.
+///
+/// # Safety
+/// `ctx` is NULL (an error) or a live context.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_context_set_isa(ctx: *mut nk_context, isa: nk_isa_value) -> nk_status {
+    call(|| {
+        require_always("ctx", ctx)?;
+        let isa = match isa {
+            0 => None,
+            1 => Some(Isa::Portable),
+            2 => Some(Isa::Avx2),
+            3 => Some(Isa::Avx512),
+            4 => Some(Isa::Neon),
+            other => return Err(Error::bad_argument(format!("unknown isa {other}"))),
+        };
+        // SAFETY: ctx is a live context (caller's promise), non-NULL (checked).
+        unsafe { &(*ctx).inner }.set_isa(isa)
+    })
+}
+
+/// The ISA the kernels of `ctx` use (NULL = the default context).
+///
+/// # Safety
+/// `ctx` is NULL or a live context.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_context_isa(ctx: *const nk_context) -> nk_isa {
+    // SAFETY: forwarded.
+    match unsafe { context(ctx) }.isa() {
+        Isa::Portable => nk_isa::NK_ISA_PORTABLE,
+        Isa::Avx2 => nk_isa::NK_ISA_AVX2,
+        Isa::Avx512 => nk_isa::NK_ISA_AVX512,
+        Isa::Neon => nk_isa::NK_ISA_NEON,
+    }
+}

@@ -1,0 +1,171 @@
+//! How kernels read `x` and write `y`: separately or in place, and how parallel tasks get
+//! disjoint parts of them.
+//!
+//! This is the one module of the safe core with raw pointers: [`SharedIo`] hands out the parts
+//! of a tensor that different tasks own (for example the strided rows of one channel), which
+//! slices alone cannot express.
+
+use crate::simd::F32Vec;
+use std::marker::PhantomData;
+use std::ops::Range;
+
+/// The input and output of an elementwise-shaped operation.
+#[derive(Debug)]
+pub enum InOut<'a> {
+    /// Read `x`, write `y` (same length, no overlap: guaranteed by the borrow rules).
+    Separate { x: &'a [f32], y: &'a mut [f32] },
+    /// Read and overwrite the same buffer. Gives bitwise the same result as `Separate`.
+    InPlace(&'a mut [f32]),
+}
+
+impl<'a> InOut<'a> {
+    /// Separate input and output, or an error if their lengths differ.
+    pub fn separate(x: &'a [f32], y: &'a mut [f32]) -> crate::Result<Self> {
+        crate::error::check_len("y", y, x.len())?;
+        Ok(InOut::Separate { x, y })
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            InOut::Separate { x, .. } => x.len(),
+            InOut::InPlace(b) => b.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The input as it is now.
+    pub(crate) fn input(&self) -> &[f32] {
+        match self {
+            InOut::Separate { x, .. } => x,
+            InOut::InPlace(b) => b,
+        }
+    }
+
+    /// A shareable view for parallel tasks that each own disjoint parts.
+    pub(crate) fn share(&mut self) -> SharedIo<'_> {
+        let (x, y, len) = match self {
+            InOut::Separate { x, y } => (x.as_ptr(), y.as_mut_ptr(), x.len()),
+            InOut::InPlace(b) => (b.as_ptr(), b.as_mut_ptr(), b.len()),
+        };
+        SharedIo {
+            x,
+            y,
+            len,
+            _borrow: PhantomData,
+        }
+    }
+}
+
+/// An [`InOut`] that parallel tasks share, each taking the parts it owns.
+pub(crate) struct SharedIo<'a> {
+    x: *const f32,
+    y: *mut f32,
+    len: usize,
+    _borrow: PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: SharedIo is a borrowed `&[f32]` plus `&mut [f32]`; the methods that create references
+// from it are unsafe and require callers to keep the parts of different threads disjoint.
+unsafe impl Send for SharedIo<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for SharedIo<'_> {}
+
+impl<'a> SharedIo<'a> {
+    /// The input elements `range`, to read.
+    ///
+    /// # Safety
+    /// No [`RowIo`] over an overlapping range may be alive while the returned slice is
+    /// (in place, it would be a `&mut` to the same memory).
+    pub(crate) unsafe fn input(&self, range: Range<usize>) -> &'a [f32] {
+        assert!(range.start <= range.end && range.end <= self.len);
+        // SAFETY: in bounds (checked above); the caller guarantees no writer to this range.
+        unsafe { std::slice::from_raw_parts(self.x.add(range.start), range.len()) }
+    }
+
+    /// Read-and-write access to elements `range`.
+    ///
+    /// # Safety
+    /// The ranges of all `RowIo`s and input slices alive at the same time must be disjoint.
+    pub(crate) unsafe fn part(&self, range: Range<usize>) -> RowIo<'a> {
+        assert!(range.start <= range.end && range.end <= self.len);
+        // SAFETY: in bounds (checked above); the caller guarantees exclusive access to `range`.
+        // When x == y (in place) one `&mut` slice is made, never a `&` and a `&mut` together.
+        unsafe {
+            let y = std::slice::from_raw_parts_mut(self.y.add(range.start), range.len());
+            if std::ptr::eq(self.x, self.y) {
+                RowIo::InPlace(y)
+            } else {
+                let x = std::slice::from_raw_parts(self.x.add(range.start), range.len());
+                RowIo::Separate(x, y)
+            }
+        }
+    }
+}
+
+/// A contiguous part of an [`InOut`]: what one kernel call reads and writes.
+pub(crate) enum RowIo<'a> {
+    Separate(&'a [f32], &'a mut [f32]),
+    InPlace(&'a mut [f32]),
+}
+
+impl RowIo<'_> {
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            RowIo::Separate(x, _) => x.len(),
+            RowIo::InPlace(b) => b.len(),
+        }
+    }
+
+    /// The sub-part `range`, reborrowed.
+    pub(crate) fn part(&mut self, range: Range<usize>) -> RowIo<'_> {
+        match self {
+            RowIo::Separate(x, y) => RowIo::Separate(&x[range.clone()], &mut y[range]),
+            RowIo::InPlace(b) => RowIo::InPlace(&mut b[range]),
+        }
+    }
+
+    /// Applies `f` to every vector of the part, `y[i..i+L] = f(x[i..i+L], i, L)`; the last,
+    /// partial vector is called with its lane count instead of `L`.
+    #[inline(always)]
+    pub(crate) fn map<V: F32Vec>(&mut self, f: impl Fn(V, usize, usize) -> V) {
+        match self {
+            RowIo::Separate(x, y) => map_separate(x, y, f),
+            RowIo::InPlace(b) => map_in_place(b, f),
+        }
+    }
+}
+
+#[inline(always)]
+fn map_separate<V: F32Vec>(x: &[f32], y: &mut [f32], f: impl Fn(V, usize, usize) -> V) {
+    let l = V::LANES;
+    let full = x.len() / l * l;
+    let (x_body, x_tail) = x.split_at(full);
+    let (y_body, y_tail) = y.split_at_mut(full);
+    for (i, (xs, ys)) in x_body
+        .chunks_exact(l)
+        .zip(y_body.chunks_exact_mut(l))
+        .enumerate()
+    {
+        f(V::load(xs), i * l, l).store(ys);
+    }
+    if !x_tail.is_empty() {
+        f(V::load_partial(x_tail, 0.0), full, x_tail.len()).store_partial(y_tail);
+    }
+}
+
+#[inline(always)]
+fn map_in_place<V: F32Vec>(b: &mut [f32], f: impl Fn(V, usize, usize) -> V) {
+    let l = V::LANES;
+    let full = b.len() / l * l;
+    let (body, tail) = b.split_at_mut(full);
+    for (i, v) in body.chunks_exact_mut(l).enumerate() {
+        f(V::load(v), i * l, l).store(v);
+    }
+    if !tail.is_empty() {
+        let v = V::load_partial(tail, 0.0);
+        f(v, full, tail.len()).store_partial(tail);
+    }
+}

@@ -1,0 +1,36 @@
+//! Training forward of one channel in one visit: its moments, then its normalization while its
+//! data is still in cache.
+
+use super::moments::{Moments, channel_moments};
+use super::normalize::affine_span;
+use crate::io::RowIo;
+use crate::simd::{F32Vec, Kernel};
+
+/// One channel of a channels-first tensor: `rows` rows of `spatial` elements, read through
+/// `row_in` for the moments, then mapped through `row_out` with the parameters `params` derives
+/// from those moments (`(shift, scale, offset)`). Returns the moments.
+pub(crate) struct ChannelTraining<'r, In, Out, P> {
+    pub rows: usize,
+    pub spatial: usize,
+    pub row_in: &'r In,
+    pub row_out: &'r Out,
+    pub params: &'r P,
+}
+
+impl<'a, 'o, In, Out, P> Kernel for ChannelTraining<'_, In, Out, P>
+where
+    In: Fn(usize) -> &'a [f32],
+    Out: Fn(usize) -> RowIo<'o>,
+    P: Fn(Moments) -> (f32, f32, f32),
+{
+    type Output = Moments;
+    #[inline(always)]
+    fn run<V: F32Vec>(self) -> Moments {
+        let moments = channel_moments::<V>(self.row_in, self.spatial, 0..self.rows * self.spatial);
+        let (shift, scale, offset) = (self.params)(moments);
+        for n in 0..self.rows {
+            affine_span::<V, false>(&mut (self.row_out)(n), shift, scale, offset);
+        }
+        moments
+    }
+}

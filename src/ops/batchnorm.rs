@@ -1,0 +1,619 @@
+//! Batch normalization: training and inference forward, the mergeable moments of synchronous
+//! (cross-process) batch norm, and folding into a preceding layer.
+//!
+//! Per channel `c`, over the `count = batch * spatial` values of the channel:
+//! `y = gamma[c] * (x - mean[c]) * invstd[c] + beta[c]`, `invstd = 1 / sqrt(var + eps)`, with the
+//! biased variance. Running statistics follow `running = (1 - momentum) * running + momentum *
+//! batch_stat` (PyTorch's and cuDNN's `momentum`), with the unbiased variance unless
+//! [`BN_RUNNING_VAR_BIASED`] is set.
+
+use crate::context::Context;
+use crate::error::{Error, Result, check_eps, check_flags, check_len};
+use crate::io::{InOut, SharedIo};
+use crate::kernels::fused::ChannelTraining;
+use crate::kernels::moments::{ChannelMoments, Moments, RowMoments};
+use crate::kernels::normalize::{ChannelAffine, NcsAffine, NscAffine};
+use crate::shape::{Shape, checked_elements};
+use crate::simd::dispatch;
+
+/// `running_var` tracks the biased variance (ONNX); the default is unbiased, `count / (count - 1)`.
+pub const BN_RUNNING_VAR_BIASED: u32 = 1;
+/// `y = max(y, 0)`; forward inference only.
+pub const BN_FUSE_RELU: u32 = 2;
+
+/// Elements of one channel processed as one unit (a chunk). A channels-first channel of at most
+/// this many elements is normalized right after its statistics, while it is in cache; larger
+/// channels are split into chunks of this size whose moments are merged in order.
+const CHANNEL_CHUNK: usize = 1 << 18;
+/// Approximate elements per parallel task for channels-innermost work and for normalization.
+const TASK_ELEMENTS: usize = 1 << 15;
+/// Most chunks a channels-innermost reduction is split into.
+const MAX_ROW_CHUNKS: usize = 256;
+
+/// Optional per-channel scale and shift; `None` means `gamma = 1`, `beta = 0`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Affine<'a> {
+    pub gamma: Option<&'a [f32]>,
+    pub beta: Option<&'a [f32]>,
+}
+
+/// Running statistics, read and updated by a training forward.
+#[derive(Debug)]
+pub struct RunningStats<'a> {
+    pub mean: &'a mut [f32],
+    pub var: &'a mut [f32],
+}
+
+/// Statistics a training forward saves for the backward pass; each optional.
+#[derive(Debug, Default)]
+pub struct SavedStats<'a> {
+    pub mean: Option<&'a mut [f32]>,
+    pub invstd: Option<&'a mut [f32]>,
+}
+
+/// Scalars of a training forward.
+#[derive(Clone, Copy, Debug)]
+pub struct TrainingParams {
+    pub eps: f32,
+    /// Weight of the new batch in the running statistics, in [0, 1].
+    pub momentum: f32,
+    /// `0` or [`BN_RUNNING_VAR_BIASED`].
+    pub flags: u32,
+}
+
+impl Default for TrainingParams {
+    fn default() -> Self {
+        TrainingParams {
+            eps: 1e-5,
+            momentum: 0.1,
+            flags: 0,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation, in the order of the C contract: overflow, shape, argument. The C layer calls these
+// between its pointer checks, so that error precedence holds there too.
+
+/// Checks the element counts of `shape` and of its per-channel arrays for overflow.
+pub(crate) fn check_sizes(shape: &Shape) -> Result<usize> {
+    checked_elements(&[shape.channels], 8, "per-channel array")?;
+    shape.count()?;
+    shape.elements()
+}
+
+/// Checks a training forward (or a forward from moments with global `count`).
+pub(crate) fn check_training(
+    shape: &Shape,
+    count: u64,
+    params: &TrainingParams,
+    has_running: bool,
+) -> Result<()> {
+    check_sizes(shape)?;
+    if count < 1 {
+        return Err(Error::bad_shape(
+            "batch norm training needs at least one value per channel (batch * spatial >= 1)",
+        ));
+    }
+    if has_running && params.flags & BN_RUNNING_VAR_BIASED == 0 && count < 2 {
+        return Err(Error::bad_shape(
+            "the unbiased running variance needs at least two values per channel",
+        ));
+    }
+    check_flags(params.flags, BN_RUNNING_VAR_BIASED, "batch norm training")?;
+    check_eps(params.eps)?;
+    if !(0.0..=1.0).contains(&params.momentum) {
+        return Err(Error::bad_argument(format!(
+            "momentum must be in [0, 1], got {}",
+            params.momentum
+        )));
+    }
+    Ok(())
+}
+
+/// Checks an inference forward.
+pub(crate) fn check_inference(shape: &Shape, eps: f32, flags: u32) -> Result<()> {
+    check_sizes(shape)?;
+    check_flags(flags, BN_FUSE_RELU, "batch norm inference")?;
+    check_eps(eps)
+}
+
+fn check_affine(affine: &Affine<'_>, channels: usize) -> Result<()> {
+    if let Some(g) = affine.gamma {
+        check_len("gamma", g, channels)?;
+    }
+    if let Some(b) = affine.beta {
+        check_len("beta", b, channels)?;
+    }
+    Ok(())
+}
+
+fn check_state(
+    running: &Option<RunningStats<'_>>,
+    saved: &SavedStats<'_>,
+    channels: usize,
+) -> Result<()> {
+    if let Some(r) = running {
+        check_len("running_mean", r.mean, channels)?;
+        check_len("running_var", r.var, channels)?;
+    }
+    if let Some(m) = &saved.mean {
+        check_len("save_mean", m, channels)?;
+    }
+    if let Some(s) = &saved.invstd {
+        check_len("save_invstd", s, channels)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public operations.
+
+/// Per-channel mean and M2 (sum of squared deviations from the mean) of `x`, over
+/// `batch * spatial` values each; zeros for an empty shard. Mergeable with [`moments_merge`].
+pub fn moments(
+    ctx: &Context,
+    shape: Shape,
+    x: &[f32],
+    mean: &mut [f64],
+    m2: &mut [f64],
+) -> Result<()> {
+    let elements = check_sizes(&shape)?;
+    check_len("x", x, elements)?;
+    check_len("mean", mean, shape.channels)?;
+    check_len("m2", m2, shape.channels)?;
+    for (c, m) in channel_moments(ctx, &shape, x).into_iter().enumerate() {
+        mean[c] = m.mean;
+        m2[c] = m.m2;
+    }
+    Ok(())
+}
+
+/// `a <- a (+) b`: merges the moments of two disjoint sets of values, per channel (Chan et
+/// al.). Returns the merged count. Fails with `Overflow` if the counts' sum overflows `u64`.
+pub fn moments_merge(
+    count_a: u64,
+    mean_a: &mut [f64],
+    m2_a: &mut [f64],
+    count_b: u64,
+    mean_b: &[f64],
+    m2_b: &[f64],
+) -> Result<u64> {
+    let count = count_a
+        .checked_add(count_b)
+        .ok_or_else(|| Error::overflow("count_a + count_b overflows uint64"))?;
+    let channels = mean_a.len();
+    check_len("m2_a", m2_a, channels)?;
+    check_len("mean_b", mean_b, channels)?;
+    check_len("m2_b", m2_b, channels)?;
+    for c in 0..channels {
+        let a = Moments {
+            count: count_a,
+            mean: mean_a[c],
+            m2: m2_a[c],
+        };
+        let b = Moments {
+            count: count_b,
+            mean: mean_b[c],
+            m2: m2_b[c],
+        };
+        let merged = a.merge(b);
+        mean_a[c] = merged.mean;
+        m2_a[c] = merged.m2;
+    }
+    Ok(count)
+}
+
+/// Training forward: batch statistics, normalization, running statistics update, saved
+/// statistics. Equals [`moments`] followed by [`forward_from_moments`], bit for bit.
+pub fn forward_training(
+    ctx: &Context,
+    shape: Shape,
+    mut io: InOut<'_>,
+    affine: Affine<'_>,
+    params: TrainingParams,
+    running: Option<RunningStats<'_>>,
+    saved: SavedStats<'_>,
+) -> Result<()> {
+    let count = shape.count()? as u64;
+    check_training(&shape, count, &params, running.is_some())?;
+    let elements = shape.elements()?;
+    check_len("x", io.input(), elements)?;
+    check_affine(&affine, shape.channels)?;
+    check_state(&running, &saved, shape.channels)?;
+
+    let stats = if fuses_channels(&shape) {
+        fused_training(ctx, &shape, &mut io, affine, params.eps)
+    } else {
+        let stats = channel_moments(ctx, &shape, io.input());
+        normalize_with_moments(ctx, &shape, &mut io, affine, &stats, params.eps);
+        stats
+    };
+    write_state(&stats, &params, running, saved);
+    Ok(())
+}
+
+/// Training forward with statistics computed elsewhere: the global `count`, `mean` and `m2`
+/// merged from every shard's [`moments`]. The local shard (`shape`) may be empty; running and
+/// saved statistics are still written.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_from_moments(
+    ctx: &Context,
+    shape: Shape,
+    mut io: InOut<'_>,
+    affine: Affine<'_>,
+    count: u64,
+    mean: &[f64],
+    m2: &[f64],
+    params: TrainingParams,
+    running: Option<RunningStats<'_>>,
+    saved: SavedStats<'_>,
+) -> Result<()> {
+    check_training(&shape, count, &params, running.is_some())?;
+    let elements = shape.elements()?;
+    check_len("x", io.input(), elements)?;
+    check_affine(&affine, shape.channels)?;
+    check_len("mean", mean, shape.channels)?;
+    check_len("m2", m2, shape.channels)?;
+    check_state(&running, &saved, shape.channels)?;
+
+    let stats: Vec<Moments> = mean
+        .iter()
+        .zip(m2)
+        .map(|(&mean, &m2)| Moments { count, mean, m2 })
+        .collect();
+    normalize_with_moments(ctx, &shape, &mut io, affine, &stats, params.eps);
+    write_state(&stats, &params, running, saved);
+    Ok(())
+}
+
+/// Inference forward from given statistics (`mean`, `var` of length C), with optional fused ReLU
+/// ([`BN_FUSE_RELU`]).
+#[allow(clippy::too_many_arguments)]
+pub fn forward_inference(
+    ctx: &Context,
+    shape: Shape,
+    mut io: InOut<'_>,
+    affine: Affine<'_>,
+    mean: &[f32],
+    var: &[f32],
+    eps: f32,
+    flags: u32,
+) -> Result<()> {
+    check_inference(&shape, eps, flags)?;
+    let elements = shape.elements()?;
+    check_len("x", io.input(), elements)?;
+    check_affine(&affine, shape.channels)?;
+    check_len("mean", mean, shape.channels)?;
+    check_len("var", var, shape.channels)?;
+    if elements == 0 {
+        return Ok(());
+    }
+    with_affine_buffer(shape.channels, |shift, scale, offset| {
+        for c in 0..shape.channels {
+            let invstd = 1.0 / (var[c] as f64 + eps as f64).sqrt();
+            shift[c] = mean[c];
+            scale[c] = (gamma_of(&affine, c) as f64 * invstd) as f32;
+            offset[c] = beta_of(&affine, c);
+        }
+        let params = ChannelAffine {
+            shift,
+            scale,
+            offset,
+        };
+        apply_affine(ctx, &shape, &mut io, params, flags & BN_FUSE_RELU != 0);
+    });
+    Ok(())
+}
+
+/// Folds inference batch norm into the preceding conv or linear layer: `weight` is row-major
+/// `[c_out][fan_in]`, `bias` is `[c_out]` (the layer's bias, or zeros); both are rewritten so the
+/// layer alone computes layer-then-BN.
+#[allow(clippy::too_many_arguments)]
+pub fn fold(
+    c_out: usize,
+    fan_in: usize,
+    weight: &mut [f32],
+    bias: &mut [f32],
+    affine: Affine<'_>,
+    mean: &[f32],
+    var: &[f32],
+    eps: f32,
+) -> Result<()> {
+    let elements = check_fold(c_out, fan_in, eps)?;
+    check_len("weight", weight, elements)?;
+    check_len("bias", bias, c_out)?;
+    check_affine(&affine, c_out)?;
+    check_len("mean", mean, c_out)?;
+    check_len("var", var, c_out)?;
+    for o in 0..c_out {
+        let scale = gamma_of(&affine, o) as f64 / (var[o] as f64 + eps as f64).sqrt();
+        if fan_in > 0 {
+            for w in &mut weight[o * fan_in..(o + 1) * fan_in] {
+                *w = (*w as f64 * scale) as f32;
+            }
+        }
+        bias[o] = ((bias[o] as f64 - mean[o] as f64) * scale + beta_of(&affine, o) as f64) as f32;
+    }
+    Ok(())
+}
+
+pub(crate) fn check_fold(c_out: usize, fan_in: usize, eps: f32) -> Result<usize> {
+    let elements = checked_elements(&[c_out, fan_in], 4, "weight")?;
+    checked_elements(&[c_out], 4, "bias")?;
+    check_eps(eps)?;
+    Ok(elements)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The data path.
+
+fn gamma_of(affine: &Affine<'_>, c: usize) -> f32 {
+    affine.gamma.map_or(1.0, |g| g[c])
+}
+
+fn beta_of(affine: &Affine<'_>, c: usize) -> f32 {
+    affine.beta.map_or(0.0, |b| b[c])
+}
+
+/// The affine map of one channel for statistics `m`: `(shift, scale, offset)` with
+/// `shift = f32(mean)`, `scale = f32(gamma * invstd)` and the rest of the mean folded into
+/// `offset = beta - (mean - shift) * scale`, so `(x - shift) * scale + offset` keeps the precision
+/// of the `f64` mean. Also returns `invstd`.
+fn channel_affine(m: Moments, gamma: f32, beta: f32, eps: f32) -> ((f32, f32, f32), f64) {
+    let var = biased_var(m);
+    let invstd = 1.0 / (var + eps as f64).sqrt();
+    let scale = (gamma as f64 * invstd) as f32;
+    let shift = m.mean as f32;
+    let rest = m.mean - shift as f64;
+    let offset = (beta as f64 - rest * scale as f64) as f32;
+    ((shift, scale, offset), invstd)
+}
+
+fn biased_var(m: Moments) -> f64 {
+    let var = m.m2 / m.count as f64;
+    if var < 0.0 { 0.0 } else { var }
+}
+
+/// Whether a training forward visits each channel once (statistics, then normalization).
+fn fuses_channels(shape: &Shape) -> bool {
+    let count = shape.batch * shape.spatial;
+    !shape.channels_innermost() && count > 0 && count <= CHANNEL_CHUNK && shape.channels > 0
+}
+
+/// Rows per chunk of a channels-innermost reduction over `rows` rows of `channels` values.
+fn row_chunk(rows: usize, channels: usize) -> usize {
+    let by_size = TASK_ELEMENTS
+        .div_ceil(channels)
+        .next_multiple_of(crate::kernels::moments::ROW_BLOCK);
+    by_size.max(rows.div_ceil(MAX_ROW_CHUNKS))
+}
+
+/// Per-channel moments of a whole tensor. Chunks are fixed by the shape and merged in order, so
+/// the result does not depend on the thread count.
+fn channel_moments(ctx: &Context, shape: &Shape, x: &[f32]) -> Vec<Moments> {
+    let (c, s) = (shape.channels, shape.spatial);
+    let count = shape.batch * s;
+    if c == 0 || count == 0 {
+        return vec![Moments::EMPTY; c];
+    }
+    let isa = ctx.supported_isa();
+    if shape.channels_innermost() {
+        let rows = count;
+        let chunk = row_chunk(rows, c);
+        let partials: Vec<Vec<Moments>> = ctx.map(x.len(), rows.div_ceil(chunk), |k| {
+            let r = k * chunk..rows.min((k + 1) * chunk);
+            let mut out = vec![Moments::EMPTY; c];
+            let x = &x[r.start * c..r.end * c];
+            dispatch(
+                isa,
+                RowMoments {
+                    x,
+                    channels: c,
+                    out: &mut out,
+                },
+            );
+            out
+        });
+        let mut total = vec![Moments::EMPTY; c];
+        for p in &partials {
+            for (t, &m) in total.iter_mut().zip(p) {
+                *t = t.merge(m);
+            }
+        }
+        total
+    } else {
+        let chunks = count.div_ceil(CHANNEL_CHUNK);
+        let partials = ctx.map(x.len(), c * chunks, |i| {
+            let (ch, k) = (i / chunks, i % chunks);
+            let row = |n: usize| &x[(n * c + ch) * s..(n * c + ch + 1) * s];
+            dispatch(
+                isa,
+                ChannelMoments {
+                    row: &row,
+                    spatial: s,
+                    range: k * CHANNEL_CHUNK..count.min((k + 1) * CHANNEL_CHUNK),
+                },
+            )
+        });
+        partials
+            .chunks(chunks)
+            .map(|p| p.iter().fold(Moments::EMPTY, |a, &b| a.merge(b)))
+            .collect()
+    }
+}
+
+/// Channels-first training forward, one task per channel: moments, then normalization while the
+/// channel is in cache.
+fn fused_training(
+    ctx: &Context,
+    shape: &Shape,
+    io: &mut InOut<'_>,
+    affine: Affine<'_>,
+    eps: f32,
+) -> Vec<Moments> {
+    let (c, s, rows) = (shape.channels, shape.spatial, shape.batch);
+    let isa = ctx.supported_isa();
+    let elements = io.len();
+    let shared: SharedIo<'_> = io.share();
+    ctx.map(elements, c, |ch| {
+        let range = |n: usize| (n * c + ch) * s..(n * c + ch + 1) * s;
+        // SAFETY: this task alone touches the rows of channel `ch`. Its input slices are used
+        // only for the moments, before the rows are written through `row_out`.
+        let row_in = |n: usize| unsafe { shared.input(range(n)) };
+        // SAFETY: as above; one row is written at a time.
+        let row_out = |n: usize| unsafe { shared.part(range(n)) };
+        let params =
+            |m: Moments| channel_affine(m, gamma_of(&affine, ch), beta_of(&affine, ch), eps).0;
+        dispatch(
+            isa,
+            ChannelTraining {
+                rows,
+                spatial: s,
+                row_in: &row_in,
+                row_out: &row_out,
+                params: &params,
+            },
+        )
+    })
+}
+
+/// Normalizes `io` with per-channel statistics `stats`.
+fn normalize_with_moments(
+    ctx: &Context,
+    shape: &Shape,
+    io: &mut InOut<'_>,
+    affine: Affine<'_>,
+    stats: &[Moments],
+    eps: f32,
+) {
+    if io.is_empty() {
+        return;
+    }
+    with_affine_buffer(shape.channels, |shift, scale, offset| {
+        for (c, &m) in stats.iter().enumerate() {
+            let (p, _) = channel_affine(m, gamma_of(&affine, c), beta_of(&affine, c), eps);
+            (shift[c], scale[c], offset[c]) = p;
+        }
+        let params = ChannelAffine {
+            shift,
+            scale,
+            offset,
+        };
+        apply_affine(ctx, shape, io, params, false);
+    });
+}
+
+/// `y = (x - shift[c]) * scale[c] + offset[c]` (then ReLU if `relu`) over the whole tensor, in
+/// parallel parts of about `TASK_ELEMENTS` whole rows.
+fn apply_affine(
+    ctx: &Context,
+    shape: &Shape,
+    io: &mut InOut<'_>,
+    params: ChannelAffine<'_>,
+    relu: bool,
+) {
+    let elements = io.len();
+    if elements == 0 {
+        return;
+    }
+    let isa = ctx.supported_isa();
+    let row_len = if shape.channels_innermost() {
+        shape.channels
+    } else {
+        shape.spatial
+    };
+    let rows = elements / row_len;
+    let rows_per_task = (TASK_ELEMENTS / row_len).max(1);
+    let shared = io.share();
+    ctx.for_each(elements, rows.div_ceil(rows_per_task), |k| {
+        let r = k * rows_per_task..rows.min((k + 1) * rows_per_task);
+        // SAFETY: tasks cover disjoint row ranges.
+        let part = unsafe { shared.part(r.start * row_len..r.end * row_len) };
+        if shape.channels_innermost() {
+            dispatch(
+                isa,
+                NscAffine {
+                    io: part,
+                    params,
+                    relu,
+                },
+            )
+        } else {
+            dispatch(
+                isa,
+                NcsAffine {
+                    io: part,
+                    first_row: r.start,
+                    spatial: row_len,
+                    params,
+                    relu,
+                },
+            )
+        }
+    });
+}
+
+/// Writes saved and running statistics from the batch moments (after the output, so that a
+/// failure while normalizing leaves the running statistics untouched).
+fn write_state(
+    stats: &[Moments],
+    params: &TrainingParams,
+    running: Option<RunningStats<'_>>,
+    saved: SavedStats<'_>,
+) {
+    let momentum = params.momentum as f64;
+    // momentum 1 replaces and 0 keeps, exactly, even where the other side is NaN or inf.
+    let blend = |old: f32, new: f64| -> f32 {
+        if params.momentum == 1.0 {
+            new as f32
+        } else if params.momentum == 0.0 {
+            old
+        } else {
+            ((1.0 - momentum) * old as f64 + momentum * new) as f32
+        }
+    };
+    let SavedStats {
+        mean: mut save_mean,
+        invstd: mut save_invstd,
+    } = saved;
+    let mut running = running;
+    for (c, &m) in stats.iter().enumerate() {
+        let var = biased_var(m);
+        if let Some(out) = save_mean.as_deref_mut() {
+            out[c] = m.mean as f32;
+        }
+        if let Some(out) = save_invstd.as_deref_mut() {
+            out[c] = (1.0 / (var + params.eps as f64).sqrt()) as f32;
+        }
+        if let Some(r) = running.as_mut() {
+            let batch_var = if params.flags & BN_RUNNING_VAR_BIASED != 0 {
+                var
+            } else {
+                let unbiased = m.m2 / (m.count - 1) as f64;
+                if unbiased < 0.0 { 0.0 } else { unbiased }
+            };
+            r.mean[c] = blend(r.mean[c], m.mean);
+            r.var[c] = blend(r.var[c], batch_var);
+        }
+    }
+}
+
+/// Runs `f` with three scratch arrays of `channels` floats, on the stack when small.
+fn with_affine_buffer<R>(
+    channels: usize,
+    f: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]) -> R,
+) -> R {
+    const STACK: usize = 256;
+    if channels <= STACK {
+        let mut buf = [0f32; 3 * STACK];
+        let (a, rest) = buf.split_at_mut(STACK);
+        let (b, c) = rest.split_at_mut(STACK);
+        f(&mut a[..channels], &mut b[..channels], &mut c[..channels])
+    } else {
+        let mut buf = vec![0f32; 3 * channels];
+        let (a, rest) = buf.split_at_mut(channels);
+        let (b, c) = rest.split_at_mut(channels);
+        f(a, b, c)
+    }
+}

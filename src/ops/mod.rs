@@ -1,0 +1,5 @@
+//! The safe Rust API: one module per operation family. Each operation validates everything
+//! before it writes anything, splits the work into parts fixed by the shape alone, and runs the
+//! kernels on them.
+
+pub mod batchnorm;

@@ -1,0 +1,149 @@
+//! The vector abstraction every kernel is written against, its per-ISA backends, and runtime
+//! dispatch.
+//!
+//! A kernel is written once as a [`Kernel`] whose `run::<V>()` is generic over [`F32Vec`].
+//! [`dispatch`] instantiates it for the ISA a context chose: the portable backend (`wide`, for the
+//! build target), or the AVX2+FMA and AVX-512 backends inside `#[target_feature]` functions, so a
+//! library built for baseline x86-64 still runs AVX-512 code where the CPU has it.
+//!
+//! Adding an ISA means one new backend file here, one arm in [`dispatch`] and one in
+//! [`Isa::is_supported`].
+
+mod portable;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx2;
+#[cfg(target_arch = "x86_64")]
+mod x86_avx512;
+
+use std::sync::OnceLock;
+
+/// An instruction set the kernels can run on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable SIMD (`wide`) compiled for the build target: SSE2 on baseline x86-64.
+    Portable,
+    /// AVX2 with FMA.
+    Avx2,
+    /// AVX-512 F, BW, DQ and VL.
+    Avx512,
+    /// NEON, the aarch64 baseline: the portable kernels, which `wide` builds on NEON there.
+    Neon,
+}
+
+impl Isa {
+    /// Every ISA, in order from least to most capable within its architecture.
+    pub const ALL: [Isa; 4] = [Isa::Portable, Isa::Avx2, Isa::Avx512, Isa::Neon];
+
+    /// Whether the running CPU (and this build) can run this ISA.
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                Isa::Avx2.is_supported()
+                    && std::arch::is_x86_feature_detected!("avx512f")
+                    && std::arch::is_x86_feature_detected!("avx512bw")
+                    && std::arch::is_x86_feature_detected!("avx512dq")
+                    && std::arch::is_x86_feature_detected!("avx512vl")
+            }
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => true,
+            #[allow(unreachable_patterns)]
+            _ => false,
+        }
+    }
+
+    /// The most capable ISA of the running CPU, detected once per process.
+    pub fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            [Isa::Avx512, Isa::Avx2, Isa::Neon]
+                .into_iter()
+                .find(|isa| isa.is_supported())
+                .unwrap_or(Isa::Portable)
+        })
+    }
+
+    /// Every ISA the running CPU supports.
+    pub fn supported() -> Vec<Isa> {
+        Isa::ALL.into_iter().filter(|i| i.is_supported()).collect()
+    }
+}
+
+/// An [`Isa`] that has been checked to run on this CPU. Only this type reaches [`dispatch`], so
+/// the `#[target_feature]` code behind it never runs on a CPU without the feature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SupportedIsa(Isa);
+
+impl SupportedIsa {
+    pub(crate) fn new(isa: Isa) -> Option<Self> {
+        isa.is_supported().then_some(SupportedIsa(isa))
+    }
+
+    pub(crate) fn best() -> Self {
+        SupportedIsa(Isa::best())
+    }
+}
+
+/// A vector of `f32` lanes. Implemented once per ISA; nothing else in the crate is ISA-specific.
+///
+/// Every method is `#[inline(always)]` in its backends so that, instantiated inside a
+/// `#[target_feature]` function by [`dispatch`], it compiles to that ISA's instructions.
+pub(crate) trait F32Vec: Copy {
+    const LANES: usize;
+
+    fn splat(value: f32) -> Self;
+    /// Loads the first `LANES` elements of `src` (panics if shorter).
+    fn load(src: &[f32]) -> Self;
+    /// Stores into the first `LANES` elements of `dst` (panics if shorter).
+    fn store(self, dst: &mut [f32]);
+    /// Loads `src.len() < LANES` elements; the remaining lanes hold `fill`.
+    fn load_partial(src: &[f32], fill: f32) -> Self;
+    /// Stores the first `dst.len() < LANES` lanes.
+    fn store_partial(self, dst: &mut [f32]);
+    fn add(self, rhs: Self) -> Self;
+    fn sub(self, rhs: Self) -> Self;
+    /// `self * a + b`, fused where the ISA has FMA.
+    fn mul_add(self, a: Self, b: Self) -> Self;
+    /// `0 > self ? 0 : self`: negative lanes become +0; NaN and -0.0 pass through unchanged.
+    fn relu(self) -> Self;
+    /// Sum of the lanes in `f64`, added in lane order.
+    fn sum_f64(self) -> f64;
+}
+
+/// A kernel written once over [`F32Vec`]; `run` must be `#[inline(always)]`.
+pub(crate) trait Kernel {
+    type Output;
+    fn run<V: F32Vec>(self) -> Self::Output;
+}
+
+/// Runs `kernel` with the vector type of `isa`.
+#[inline]
+pub(crate) fn dispatch<K: Kernel>(isa: SupportedIsa, kernel: K) -> K::Output {
+    match isa.0 {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a SupportedIsa(Avx512) exists only when the CPU has AVX-512 F/BW/DQ/VL.
+        Isa::Avx512 => unsafe { run_avx512(kernel) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: a SupportedIsa(Avx2) exists only when the CPU has AVX2 and FMA.
+        Isa::Avx2 => unsafe { run_avx2(kernel) },
+        _ => kernel.run::<portable::Vector>(),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn run_avx2<K: Kernel>(kernel: K) -> K::Output {
+    kernel.run::<x86_avx2::Vector>()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+unsafe fn run_avx512<K: Kernel>(kernel: K) -> K::Output {
+    kernel.run::<x86_avx512::Vector>()
+}
