@@ -1,1 +1,374 @@
-fn main() {}
+//! Batch norm forward throughput, next to a plain copy of the same bytes.
+//!
+//! Run and summarize:
+//!
+//! ```text
+//! cargo bench --bench batchnorm && python3 benches/report.py
+//! ```
+//!
+//! A criterion name filter selects part of it, e.g.
+//! `cargo bench --bench batchnorm -- bn_nchw_1x64x1x1`.
+//!
+//! One criterion group per shape, named `bn_<layout>_<dims>` (`nchw`: layout NCS, `nhwc`: NSC,
+//! `nc`: an (N, C) matrix, NCS with spatial 1). In each group:
+//!
+//! - `copy/t1`: `y.copy_from_slice(&x)` on the calling thread, the reference throughput;
+//! - `copy/t2` (large shapes only): the same copy split in two halves on two scoped threads (it
+//!   includes the cost of starting them, a few tens of microseconds);
+//! - `inference/<isa>_t<threads>`: `batchnorm::forward_inference`;
+//! - `training/<isa>_t<threads>`: `batchnorm::forward_training` with running and saved
+//!   statistics, as an engine calls it;
+//! - for the tiny shape, `inference_c_null_ctx/<isa>_t<threads>`: the C entry point
+//!   `nk_batchnorm_forward_inference` with a NULL context (the process-wide default: best ISA,
+//!   all cores), and `training_biased_var`: a single value per channel has no unbiased variance,
+//!   so the running variance there is the biased one (`BN_RUNNING_VAR_BIASED`).
+//!
+//! Every benchmark declares `2 * 4 * elements` bytes, the minimal traffic (read `x` once, write
+//! `y` once), so that throughputs compare with the copy directly.
+
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
+use normkit::batchnorm::{self, Affine, RunningStats, SavedStats, TrainingParams};
+use normkit::ffi::{nk_batchnorm_forward_inference, nk_layout, nk_shape, nk_status};
+use normkit::{Context, InOut, Isa, Layout, Shape};
+use std::hint::black_box;
+use std::time::Duration;
+
+const EPS: f32 = 1e-5;
+
+/// A deterministic stream of pseudo-random numbers (SplitMix64), so every run sees the same data.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in (0, 1].
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) + 1) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Two independent standard normal values (Box-Muller).
+    fn normal_pair(&mut self) -> (f64, f64) {
+        let r = (-2.0 * self.uniform().ln()).sqrt();
+        let t = std::f64::consts::TAU * self.uniform();
+        (r * t.cos(), r * t.sin())
+    }
+
+    /// `n` values of `offset + scale * N(0, 1)`.
+    fn normals(&mut self, n: usize, offset: f64, scale: f64) -> Vec<f32> {
+        let mut out = Vec::with_capacity(n + 1);
+        while out.len() < n {
+            let (a, b) = self.normal_pair();
+            out.push((offset + scale * a) as f32);
+            out.push((offset + scale * b) as f32);
+        }
+        out.truncate(n);
+        out
+    }
+}
+
+/// One benchmarked shape and the timing budget of its group.
+struct Case {
+    /// Group name: `bn_<layout>_<dims>`.
+    name: &'static str,
+    shape: Shape,
+    /// Large shapes also run on one thread and on every ISA, and get the two-thread copy.
+    every_isa: bool,
+    sample_size: usize,
+    warm_up: Duration,
+    measurement: Duration,
+}
+
+/// The tensor and per-channel parameters of one case.
+struct Data {
+    x: Vec<f32>,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    mean: Vec<f32>,
+    var: Vec<f32>,
+}
+
+impl Data {
+    fn new(shape: &Shape, seed: u64) -> Data {
+        let elements = shape.batch * shape.channels * shape.spatial;
+        let c = shape.channels;
+        let mut rng = Rng(seed);
+        let x = rng.normals(elements, 1.0, 1.0);
+        let gamma = rng.normals(c, 1.0, 0.1);
+        let beta = rng.normals(c, 0.0, 0.1);
+        let mean = rng.normals(c, 1.0, 0.05);
+        let var = rng
+            .normals(c, 1.0, 0.1)
+            .into_iter()
+            .map(|v| v.abs() + 0.01)
+            .collect();
+        Data {
+            x,
+            gamma,
+            beta,
+            mean,
+            var,
+        }
+    }
+
+    fn affine(&self) -> Affine<'_> {
+        Affine {
+            gamma: Some(&self.gamma),
+            beta: Some(&self.beta),
+        }
+    }
+}
+
+fn isa_name(isa: Isa) -> String {
+    format!("{isa:?}").to_lowercase()
+}
+
+fn context(threads: usize, isa: Isa) -> Context {
+    let ctx = Context::new(threads).expect("context");
+    ctx.set_isa(Some(isa)).expect("a supported ISA");
+    ctx
+}
+
+fn bench_copy(group: &mut BenchmarkGroup<'_, WallTime>, x: &[f32]) {
+    let mut y = vec![0f32; x.len()];
+    group.bench_function("copy/t1", |b| {
+        b.iter(|| {
+            y.copy_from_slice(black_box(x));
+            black_box(&mut y);
+        })
+    });
+}
+
+fn bench_copy_two_threads(group: &mut BenchmarkGroup<'_, WallTime>, x: &[f32]) {
+    let mut y = vec![0f32; x.len()];
+    let half = x.len().div_ceil(2);
+    group.bench_function("copy/t2", |b| {
+        b.iter(|| {
+            let (x0, x1) = black_box(x).split_at(half);
+            let (y0, y1) = y.split_at_mut(half);
+            std::thread::scope(|s| {
+                s.spawn(|| y1.copy_from_slice(x1));
+                y0.copy_from_slice(x0);
+            });
+            black_box(&mut y);
+        })
+    });
+}
+
+fn bench_inference(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    case: &Case,
+    data: &Data,
+    ctx: &Context,
+    id: &str,
+) {
+    let mut y = vec![0f32; data.x.len()];
+    let shape = case.shape;
+    let run = |y: &mut [f32]| {
+        batchnorm::forward_inference(
+            ctx,
+            shape,
+            InOut::separate(black_box(&data.x), y).expect("lengths"),
+            data.affine(),
+            &data.mean,
+            &data.var,
+            EPS,
+            0,
+        )
+    };
+    run(&mut y).expect("batch norm inference");
+    group.bench_function(format!("inference/{id}"), |b| {
+        b.iter(|| {
+            run(&mut y).unwrap();
+            black_box(&mut y);
+        })
+    });
+}
+
+fn bench_training(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    case: &Case,
+    data: &Data,
+    ctx: &Context,
+    id: &str,
+) {
+    let c = case.shape.channels;
+    let mut y = vec![0f32; data.x.len()];
+    let (mut running_mean, mut running_var) = (vec![0f32; c], vec![1f32; c]);
+    let (mut save_mean, mut save_invstd) = (vec![0f32; c], vec![0f32; c]);
+    let shape = case.shape;
+    let count = shape.batch * shape.spatial;
+    // One value per channel has no unbiased variance: track the biased one there.
+    let (name, flags) = if count < 2 {
+        ("training_biased_var", batchnorm::BN_RUNNING_VAR_BIASED)
+    } else {
+        ("training", 0)
+    };
+    let params = TrainingParams {
+        eps: EPS,
+        momentum: 0.1,
+        flags,
+    };
+    let mut run = |y: &mut [f32]| {
+        batchnorm::forward_training(
+            ctx,
+            shape,
+            InOut::separate(black_box(&data.x), y).expect("lengths"),
+            data.affine(),
+            params,
+            Some(RunningStats {
+                mean: &mut running_mean,
+                var: &mut running_var,
+            }),
+            SavedStats {
+                mean: Some(&mut save_mean),
+                invstd: Some(&mut save_invstd),
+            },
+        )
+    };
+    run(&mut y).expect("batch norm training");
+    group.bench_function(format!("{name}/{id}"), |b| {
+        b.iter(|| {
+            run(&mut y).unwrap();
+            black_box(&mut y);
+        })
+    });
+}
+
+/// The C entry point with a NULL context, as a C engine calls it.
+fn bench_inference_c(group: &mut BenchmarkGroup<'_, WallTime>, case: &Case, data: &Data) {
+    let mut y = vec![0f32; data.x.len()];
+    let layout = match case.shape.layout {
+        Layout::Ncs => nk_layout::NK_LAYOUT_NCS,
+        Layout::Nsc => nk_layout::NK_LAYOUT_NSC,
+    };
+    let shape = nk_shape {
+        batch: case.shape.batch,
+        channels: case.shape.channels,
+        spatial: case.shape.spatial,
+        layout: layout as _,
+    };
+    let run = |y: &mut [f32]| {
+        // SAFETY: x and y hold N*C*S floats, and the per-channel arrays C floats each.
+        unsafe {
+            nk_batchnorm_forward_inference(
+                std::ptr::null_mut(),
+                black_box(shape),
+                black_box(data.x.as_ptr()),
+                y.as_mut_ptr(),
+                data.gamma.as_ptr(),
+                data.beta.as_ptr(),
+                data.mean.as_ptr(),
+                data.var.as_ptr(),
+                black_box(EPS),
+                0,
+            )
+        }
+    };
+    assert_eq!(run(&mut y), nk_status::NK_OK);
+    // The default context: the best ISA and one thread per logical core.
+    let default = Context::global();
+    let id = format!("{}_t{}", isa_name(default.isa()), default.threads());
+    group.bench_function(format!("inference_c_null_ctx/{id}"), |b| {
+        b.iter(|| {
+            black_box(run(&mut y));
+            black_box(&mut y);
+        })
+    });
+}
+
+fn bench_case(c: &mut Criterion, case: &Case, seed: u64) {
+    let data = Data::new(&case.shape, seed);
+    let bytes = 2 * 4 * data.x.len() as u64;
+    let mut group = c.benchmark_group(case.name);
+    group
+        .throughput(Throughput::Bytes(bytes))
+        .sample_size(case.sample_size)
+        .warm_up_time(case.warm_up)
+        .measurement_time(case.measurement);
+
+    bench_copy(&mut group, &data.x);
+    if case.every_isa {
+        bench_copy_two_threads(&mut group, &data.x);
+    }
+
+    let configs: Vec<(Isa, usize)> = if case.every_isa {
+        Isa::supported()
+            .into_iter()
+            .flat_map(|isa| [(isa, 1), (isa, 2)])
+            .collect()
+    } else {
+        vec![(Isa::best(), 2)]
+    };
+    for (isa, threads) in configs {
+        let ctx = context(threads, isa);
+        let id = format!("{}_t{threads}", isa_name(isa));
+        bench_inference(&mut group, case, &data, &ctx, &id);
+        bench_training(&mut group, case, &data, &ctx, &id);
+    }
+    if data.x.len() <= 1024 {
+        bench_inference_c(&mut group, case, &data);
+    }
+    group.finish();
+}
+
+fn cases() -> Vec<Case> {
+    let large = |name, shape| Case {
+        name,
+        shape,
+        every_isa: true,
+        sample_size: 30,
+        warm_up: Duration::from_secs(2),
+        measurement: Duration::from_secs(5),
+    };
+    let medium = |name, shape| Case {
+        name,
+        shape,
+        every_isa: false,
+        sample_size: 50,
+        warm_up: Duration::from_secs(2),
+        measurement: Duration::from_secs(5),
+    };
+    vec![
+        large(
+            "bn_nchw_32x64x56x56",
+            Shape::new(32, 64, 56 * 56, Layout::Ncs),
+        ),
+        large(
+            "bn_nhwc_32x64x56x56",
+            Shape::new(32, 64, 56 * 56, Layout::Nsc),
+        ),
+        medium(
+            "bn_nchw_8x2048x7x7",
+            Shape::new(8, 2048, 7 * 7, Layout::Ncs),
+        ),
+        medium(
+            "bn_nchw_1x64x112x112",
+            Shape::new(1, 64, 112 * 112, Layout::Ncs),
+        ),
+        medium("bn_nc_4096x1024", Shape::new(4096, 1024, 1, Layout::Ncs)),
+        Case {
+            name: "bn_nchw_1x64x1x1",
+            shape: Shape::new(1, 64, 1, Layout::Ncs),
+            every_isa: false,
+            sample_size: 100,
+            warm_up: Duration::from_secs(1),
+            measurement: Duration::from_secs(3),
+        },
+    ]
+}
+
+fn batchnorm_forward(c: &mut Criterion) {
+    for (i, case) in cases().iter().enumerate() {
+        bench_case(c, case, 0x5EED_0000 + i as u64);
+    }
+}
+
+criterion_group!(benches, batchnorm_forward);
+criterion_main!(benches);
