@@ -27,7 +27,9 @@
 //! `y` once), so that throughputs compare with the copy directly.
 
 use criterion::measurement::WallTime;
-use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
+};
 use normkit::batchnorm::{self, Affine, RunningStats, SavedStats, TrainingParams};
 use normkit::ffi::{nk_batchnorm_forward_inference, nk_layout, nk_shape, nk_status};
 use normkit::{Context, InOut, Isa, Layout, Shape};
@@ -137,7 +139,7 @@ fn context(threads: usize, isa: Isa) -> Context {
 
 fn bench_copy(group: &mut BenchmarkGroup<'_, WallTime>, x: &[f32]) {
     let mut y = vec![0f32; x.len()];
-    group.bench_function("copy/t1", |b| {
+    group.bench_function(BenchmarkId::new("copy", "t1"), |b| {
         b.iter(|| {
             y.copy_from_slice(black_box(x));
             black_box(&mut y);
@@ -148,7 +150,7 @@ fn bench_copy(group: &mut BenchmarkGroup<'_, WallTime>, x: &[f32]) {
 fn bench_copy_two_threads(group: &mut BenchmarkGroup<'_, WallTime>, x: &[f32]) {
     let mut y = vec![0f32; x.len()];
     let half = x.len().div_ceil(2);
-    group.bench_function("copy/t2", |b| {
+    group.bench_function(BenchmarkId::new("copy", "t2"), |b| {
         b.iter(|| {
             let (x0, x1) = black_box(x).split_at(half);
             let (y0, y1) = y.split_at_mut(half);
@@ -183,7 +185,7 @@ fn bench_inference(
         )
     };
     run(&mut y).expect("batch norm inference");
-    group.bench_function(format!("inference/{id}"), |b| {
+    group.bench_function(BenchmarkId::new("inference", id), |b| {
         b.iter(|| {
             run(&mut y).unwrap();
             black_box(&mut y);
@@ -233,7 +235,7 @@ fn bench_training(
         )
     };
     run(&mut y).expect("batch norm training");
-    group.bench_function(format!("{name}/{id}"), |b| {
+    group.bench_function(BenchmarkId::new(name, id), |b| {
         b.iter(|| {
             run(&mut y).unwrap();
             black_box(&mut y);
@@ -275,7 +277,7 @@ fn bench_inference_c(group: &mut BenchmarkGroup<'_, WallTime>, case: &Case, data
     // The default context: the best ISA and one thread per logical core.
     let default = Context::global();
     let id = format!("{}_t{}", isa_name(default.isa()), default.threads());
-    group.bench_function(format!("inference_c_null_ctx/{id}"), |b| {
+    group.bench_function(BenchmarkId::new("inference_c_null_ctx", id), |b| {
         b.iter(|| {
             black_box(run(&mut y));
             black_box(&mut y);
