@@ -127,10 +127,10 @@ impl RowIo<'_> {
         }
     }
 
-    /// Applies `f` to every vector of the part, `y[i..i+L] = f(x[i..i+L], i, L)`; the last,
-    /// partial vector is called with its lane count instead of `L`.
+    /// Applies `f` to every vector of the part, `y[i..i+L] = f.apply(x[i..i+L], i, L)`; the
+    /// last, partial vector is given its lane count instead of `L`.
     #[inline(always)]
-    pub(crate) fn map<V: F32Vec>(&mut self, f: impl Fn(V, usize, usize) -> V) {
+    pub(crate) fn map<V: F32Vec>(&mut self, f: &impl VectorMap<V>) {
         match self {
             RowIo::Separate(x, y) => map_separate(x, y, f),
             RowIo::InPlace(b) => map_in_place(b, f),
@@ -138,8 +138,18 @@ impl RowIo<'_> {
     }
 }
 
+/// An elementwise map over vectors, for [`RowIo::map`].
+///
+/// A trait rather than a closure: `apply` is `#[inline(always)]` in every implementation, so it
+/// is compiled inside the caller's `#[target_feature]` function. (A closure body is a separate
+/// function without those features, where the vector intrinsics would become calls.)
+pub(crate) trait VectorMap<V: F32Vec> {
+    /// `x` holds the elements from index `i`; `lanes` of them are valid.
+    fn apply(&self, x: V, i: usize, lanes: usize) -> V;
+}
+
 #[inline(always)]
-fn map_separate<V: F32Vec>(x: &[f32], y: &mut [f32], f: impl Fn(V, usize, usize) -> V) {
+fn map_separate<V: F32Vec>(x: &[f32], y: &mut [f32], f: &impl VectorMap<V>) {
     let l = V::LANES;
     let full = x.len() / l * l;
     let (x_body, x_tail) = x.split_at(full);
@@ -149,23 +159,24 @@ fn map_separate<V: F32Vec>(x: &[f32], y: &mut [f32], f: impl Fn(V, usize, usize)
         .zip(y_body.chunks_exact_mut(l))
         .enumerate()
     {
-        f(V::load(xs), i * l, l).store(ys);
+        f.apply(V::load(xs), i * l, l).store(ys);
     }
     if !x_tail.is_empty() {
-        f(V::load_partial(x_tail, 0.0), full, x_tail.len()).store_partial(y_tail);
+        f.apply(V::load_partial(x_tail, 0.0), full, x_tail.len())
+            .store_partial(y_tail);
     }
 }
 
 #[inline(always)]
-fn map_in_place<V: F32Vec>(b: &mut [f32], f: impl Fn(V, usize, usize) -> V) {
+fn map_in_place<V: F32Vec>(b: &mut [f32], f: &impl VectorMap<V>) {
     let l = V::LANES;
     let full = b.len() / l * l;
     let (body, tail) = b.split_at_mut(full);
     for (i, v) in body.chunks_exact_mut(l).enumerate() {
-        f(V::load(v), i * l, l).store(v);
+        f.apply(V::load(v), i * l, l).store(v);
     }
     if !tail.is_empty() {
         let v = V::load_partial(tail, 0.0);
-        f(v, full, tail.len()).store_partial(tail);
+        f.apply(v, full, tail.len()).store_partial(tail);
     }
 }

@@ -135,6 +135,7 @@ pub(crate) fn require_always<T>(name: &str, ptr: *const T) -> Result<()> {
 }
 
 /// One buffer of a call, for the alignment and alias checks.
+#[derive(Clone, Copy)]
 struct Region {
     name: &'static str,
     start: usize,
@@ -145,23 +146,46 @@ struct Region {
     replaces: Option<&'static str>,
 }
 
-/// The buffers of one call: checked for alignment, then for forbidden overlaps.
-#[derive(Default)]
+/// Most buffers any one call takes.
+const MAX_REGIONS: usize = 16;
+
+/// The buffers of one call: checked for alignment, then for forbidden overlaps. Lives on the
+/// stack: small calls pay no allocation for their checks.
 pub(crate) struct Regions {
-    list: Vec<Region>,
+    list: [Region; MAX_REGIONS],
+    len: usize,
+}
+
+impl Default for Regions {
+    fn default() -> Self {
+        let empty = Region {
+            name: "",
+            start: 0,
+            bytes: 0,
+            align: 1,
+            writes: false,
+            replaces: None,
+        };
+        Regions {
+            list: [empty; MAX_REGIONS],
+            len: 0,
+        }
+    }
 }
 
 impl Regions {
     fn add<T>(&mut self, name: &'static str, ptr: *const T, len: usize, writes: bool) -> &mut Self {
         if !ptr.is_null() {
-            self.list.push(Region {
+            // Sizes were checked for overflow before; saturate anyway so the check never wraps.
+            self.list[self.len] = Region {
                 name,
                 start: ptr as usize,
-                bytes: len * std::mem::size_of::<T>(),
+                bytes: len.saturating_mul(std::mem::size_of::<T>()),
                 align: std::mem::align_of::<T>(),
                 writes,
                 replaces: None,
-            });
+            };
+            self.len += 1;
         }
         self
     }
@@ -187,7 +211,7 @@ impl Regions {
     ) -> &mut Self {
         self.add(name, ptr as *const T, len, true);
         if !ptr.is_null() {
-            self.list.last_mut().unwrap().replaces = Some(replaces);
+            self.list[self.len - 1].replaces = Some(replaces);
         }
         self
     }
@@ -196,7 +220,8 @@ impl Regions {
     /// for any overlap involving an output, except an output exactly equal to the input it
     /// replaces.
     pub(crate) fn check(&self) -> Result<()> {
-        for r in &self.list {
+        let list = &self.list[..self.len];
+        for r in list {
             if !r.start.is_multiple_of(r.align) {
                 return Err(Error::new(
                     ErrorKind::Misaligned,
@@ -204,12 +229,13 @@ impl Regions {
                 ));
             }
         }
-        for (i, a) in self.list.iter().enumerate() {
-            for b in &self.list[i + 1..] {
+        for (i, a) in list.iter().enumerate() {
+            for b in &list[i + 1..] {
                 if !(a.writes || b.writes) || a.bytes == 0 || b.bytes == 0 {
                     continue;
                 }
-                let overlap = a.start < b.start + b.bytes && b.start < a.start + a.bytes;
+                let overlap = a.start < b.start.saturating_add(b.bytes)
+                    && b.start < a.start.saturating_add(a.bytes);
                 if !overlap {
                     continue;
                 }

@@ -170,21 +170,24 @@ impl Kernel for RowMoments<'_> {
         let full = c / l * l;
         for block in self.x.chunks(ROW_BLOCK * c) {
             for row in block.chunks_exact(c) {
-                let mut j = 0;
-                while j < full {
-                    let d = V::load(&row[j..]).sub(V::load(&shift[j..]));
-                    V::load(&s1[j..]).add(d).store(&mut s1[j..]);
-                    d.mul_add(d, V::load(&s2[j..])).store(&mut s2[j..]);
-                    j += l;
+                let (x, x_tail) = row.split_at(full);
+                let (k, k_tail) = shift.split_at(full);
+                let (a, a_tail) = s1.split_at_mut(full);
+                let (b, b_tail) = s2.split_at_mut(full);
+                let lanes = x
+                    .chunks_exact(l)
+                    .zip(k.chunks_exact(l))
+                    .zip(a.chunks_exact_mut(l).zip(b.chunks_exact_mut(l)));
+                for ((x, k), (a, b)) in lanes {
+                    let d = V::load(x).sub(V::load(k));
+                    V::load(a).add(d).store(a);
+                    d.mul_add(d, V::load(b)).store(b);
                 }
-                if full < c {
-                    let d = V::load_partial(&row[full..], 0.0)
-                        .sub(V::load_partial(&shift[full..], 0.0));
-                    V::load_partial(&s1[full..], 0.0)
-                        .add(d)
-                        .store_partial(&mut s1[full..]);
-                    d.mul_add(d, V::load_partial(&s2[full..], 0.0))
-                        .store_partial(&mut s2[full..]);
+                if !x_tail.is_empty() {
+                    let d = V::load_partial(x_tail, 0.0).sub(V::load_partial(k_tail, 0.0));
+                    V::load_partial(a_tail, 0.0).add(d).store_partial(a_tail);
+                    d.mul_add(d, V::load_partial(b_tail, 0.0))
+                        .store_partial(b_tail);
                 }
             }
             let n = block.len() / c;

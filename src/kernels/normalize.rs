@@ -5,7 +5,7 @@
 //! `offset`) keeps the result exact to `f32` rounding on data with a large offset, where the
 //! usual folded form `x * a + b` cancels catastrophically.
 
-use crate::io::RowIo;
+use crate::io::{RowIo, VectorMap};
 use crate::simd::{F32Vec, Kernel};
 
 /// Per-channel parameters of the affine map, each of length C.
@@ -22,6 +22,20 @@ fn affine<V: F32Vec, const RELU: bool>(x: V, shift: V, scale: V, offset: V) -> V
     if RELU { y.relu() } else { y }
 }
 
+/// One channel's map: the same parameters for every lane.
+struct UniformAffine<V, const RELU: bool> {
+    shift: V,
+    scale: V,
+    offset: V,
+}
+
+impl<V: F32Vec, const RELU: bool> VectorMap<V> for UniformAffine<V, RELU> {
+    #[inline(always)]
+    fn apply(&self, x: V, _: usize, _: usize) -> V {
+        affine::<V, RELU>(x, self.shift, self.scale, self.offset)
+    }
+}
+
 /// Applies one channel's map to a contiguous span.
 #[inline(always)]
 pub(crate) fn affine_span<V: F32Vec, const RELU: bool>(
@@ -30,8 +44,11 @@ pub(crate) fn affine_span<V: F32Vec, const RELU: bool>(
     scale: f32,
     offset: f32,
 ) {
-    let (m, s, t) = (V::splat(shift), V::splat(scale), V::splat(offset));
-    io.map::<V>(|x, _, _| affine::<V, RELU>(x, m, s, t));
+    io.map::<V>(&UniformAffine::<V, RELU> {
+        shift: V::splat(shift),
+        scale: V::splat(scale),
+        offset: V::splat(offset),
+    });
 }
 
 /// Channels-first rows: `io` holds whole rows of `spatial` elements, the first being row
@@ -70,12 +87,48 @@ pub(crate) struct NscAffine<'a> {
     pub relu: bool,
 }
 
+/// One row of `C` channels: lane `i` uses channel `i`'s parameters.
 #[inline(always)]
-fn load_at<V: F32Vec>(src: &[f32], i: usize, lanes: usize) -> V {
-    if lanes == V::LANES {
-        V::load(&src[i..])
-    } else {
-        V::load_partial(&src[i..i + lanes], 0.0)
+fn nsc_row<V: F32Vec, const RELU: bool>(io: RowIo<'_>, p: ChannelAffine<'_>) {
+    let l = V::LANES;
+    let full = p.shift.len() / l * l;
+    let (m, m_tail) = p.shift.split_at(full);
+    let (s, s_tail) = p.scale.split_at(full);
+    let (t, t_tail) = p.offset.split_at(full);
+    let params = m
+        .chunks_exact(l)
+        .zip(s.chunks_exact(l))
+        .zip(t.chunks_exact(l))
+        .map(|((m, s), t)| (V::load(m), V::load(s), V::load(t)));
+    let tail_params = || {
+        (
+            V::load_partial(m_tail, 0.0),
+            V::load_partial(s_tail, 0.0),
+            V::load_partial(t_tail, 0.0),
+        )
+    };
+    match io {
+        RowIo::Separate(x, y) => {
+            let (x, x_tail) = x.split_at(full);
+            let (y, y_tail) = y.split_at_mut(full);
+            for ((xs, ys), (m, s, t)) in x.chunks_exact(l).zip(y.chunks_exact_mut(l)).zip(params) {
+                affine::<V, RELU>(V::load(xs), m, s, t).store(ys);
+            }
+            if !x_tail.is_empty() {
+                let (m, s, t) = tail_params();
+                affine::<V, RELU>(V::load_partial(x_tail, 0.0), m, s, t).store_partial(y_tail);
+            }
+        }
+        RowIo::InPlace(b) => {
+            let (b, b_tail) = b.split_at_mut(full);
+            for (v, (m, s, t)) in b.chunks_exact_mut(l).zip(params) {
+                affine::<V, RELU>(V::load(v), m, s, t).store(v);
+            }
+            if !b_tail.is_empty() {
+                let (m, s, t) = tail_params();
+                affine::<V, RELU>(V::load_partial(b_tail, 0.0), m, s, t).store_partial(b_tail);
+            }
+        }
     }
 }
 
@@ -84,12 +137,7 @@ fn nsc_rows<V: F32Vec, const RELU: bool>(io: &mut RowIo<'_>, p: ChannelAffine<'_
     let c = p.shift.len();
     let rows = io.len() / c;
     for r in 0..rows {
-        io.part(r * c..(r + 1) * c).map::<V>(|x, i, lanes| {
-            let m = load_at::<V>(p.shift, i, lanes);
-            let s = load_at::<V>(p.scale, i, lanes);
-            let t = load_at::<V>(p.offset, i, lanes);
-            affine::<V, RELU>(x, m, s, t)
-        });
+        nsc_row::<V, RELU>(io.part(r * c..(r + 1) * c), p);
     }
 }
 
