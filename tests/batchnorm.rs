@@ -1,0 +1,1469 @@
+//! Batch norm through the safe API, against the float64 reference of `common::reference`:
+//! every operation, both layouts, every ISA this CPU has, one and several threads, odd and
+//! large shapes, large mean offsets, NaN and infinity; plus the properties the contract promises
+//! (training = moments + forward from moments bit for bit, thread-count independence bit for bit,
+//! in place = out of place bit for bit, sharded statistics merge to the whole batch's).
+
+mod common;
+
+use common::data::Gen;
+use common::reference as r;
+use normkit::batchnorm::{
+    self, Affine, BN_FUSE_RELU, BN_RUNNING_VAR_BIASED, RunningStats, SavedStats, TrainingParams,
+};
+use normkit::{Context, ErrorKind, InOut, Isa, Layout, Shape};
+use proptest::prelude::*;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+// ---------------------------------------------------------------------------------------------
+// Tolerances.
+//
+// The kernels accumulate `x - K` in f32 lanes over short blocks (K a value of the channel, so the
+// terms are of the size of the spread, not of the offset) and merge blocks in f64; they normalize
+// in f32 as `(x - f32(mean)) * scale + offset`. So the mean is exact to a small multiple of f32
+// rounding of the standard deviation, the variance to a small multiple of f32 rounding relative
+// to itself, and an output to f32 rounding of its terms on top.
+
+/// Mean error allowed, relative to the channel's standard deviation.
+const TOL_MEAN: f64 = 1e-6;
+/// Variance (and M2, inverse std) error allowed, relative.
+const TOL_VAR: f64 = 1e-5;
+/// Training output error allowed, relative to `|gamma| * (1 + |xhat|) + |beta|`.
+const TOL_Y: f64 = 4e-6;
+/// Inference output error allowed, relative to `|gamma * xhat| + |beta|`: three f32 roundings
+/// (`x - mean`, `gamma * invstd`, the fused multiply-add) and some slack.
+const TOL_INFERENCE: f64 = 1e-6;
+/// The contract's accuracy on `10000 + N(0, 1)`: 1e-4 required, 1e-5 the target.
+const TOL_OFFSET: f64 = 1e-5;
+/// One f32 rounding.
+const F32_EPS: f64 = 1.0 / (1u64 << 24) as f64;
+
+/// `got` is within `tol` of `want`; a NaN must be NaN, an infinity the same infinity.
+fn close(got: f64, want: f64, tol: f64) -> bool {
+    if want.is_nan() {
+        got.is_nan()
+    } else if want.is_infinite() {
+        got == want
+    } else {
+        (got - want).abs() <= tol
+    }
+}
+
+fn first_bit_diff(a: &[f32], b: &[f32]) -> Option<usize> {
+    if a.len() != b.len() {
+        return Some(a.len().min(b.len()));
+    }
+    a.iter()
+        .zip(b)
+        .position(|(p, q)| p.to_bits() != q.to_bits())
+}
+
+#[track_caller]
+fn assert_bits(a: &[f32], b: &[f32], what: &str) {
+    if let Some(i) = first_bit_diff(a, b) {
+        panic!(
+            "{what}: not bitwise equal at {i} of {}: {:?} vs {:?}",
+            a.len(),
+            a.get(i),
+            b.get(i)
+        );
+    }
+}
+
+#[track_caller]
+fn assert_bits64(a: &[f64], b: &[f64], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    if let Some(i) = a
+        .iter()
+        .zip(b)
+        .position(|(p, q)| p.to_bits() != q.to_bits())
+    {
+        panic!("{what}: not bitwise equal at {i}: {} vs {}", a[i], b[i]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Contexts: one per (threads, ISA) and test thread, so that tests running at the same time never
+// change each other's ISA.
+
+thread_local! {
+    static CONTEXTS: RefCell<HashMap<(usize, Isa), Rc<Context>>> = RefCell::new(HashMap::new());
+}
+
+fn ctx(threads: usize, isa: Isa) -> Rc<Context> {
+    CONTEXTS.with(|m| {
+        m.borrow_mut()
+            .entry((threads, isa))
+            .or_insert_with(|| {
+                let c = Context::new(threads).expect("context");
+                c.set_isa(Some(isa)).expect("a supported ISA");
+                assert_eq!(c.isa(), isa);
+                Rc::new(c)
+            })
+            .clone()
+    })
+}
+
+fn isas() -> Vec<Isa> {
+    let v = Isa::supported();
+    assert!(v.contains(&Isa::Portable));
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// Test cases: a small description (what proptest prints and shrinks) and the data built from it.
+
+#[derive(Clone, Debug)]
+struct Spec {
+    batch: usize,
+    channels: usize,
+    spatial: usize,
+    layout: Layout,
+    seed: u64,
+    /// Values are `offset + scale * N(0, 1)`, with a per-channel shift and spread around these.
+    offset: f64,
+    scale: f64,
+    gamma: bool,
+    beta: bool,
+    eps: f32,
+    momentum: f32,
+    biased: bool,
+    running: bool,
+    save: bool,
+}
+
+#[derive(Clone, Debug)]
+struct Case {
+    shape: Shape,
+    x: Vec<f32>,
+    gamma: Option<Vec<f32>>,
+    beta: Option<Vec<f32>>,
+    eps: f32,
+    momentum: f32,
+    flags: u32,
+    running: Option<(Vec<f32>, Vec<f32>)>,
+    save: bool,
+}
+
+/// Values of the tensor `shape`: channel `c` is `offset_c + scale_c * N(0, 1)` with
+/// `offset_c = offset + scale * U(-3, 3)` and `scale_c = scale * U(1/4, 4)`.
+fn tensor(g: &mut Gen, shape: &Shape, offset: f64, scale: f64) -> Vec<f32> {
+    let per_channel: Vec<(f64, f64)> = (0..shape.channels)
+        .map(|_| {
+            (
+                offset + scale * g.range(-3.0, 3.0),
+                scale * g.range(0.25, 4.0),
+            )
+        })
+        .collect();
+    let mut x = vec![0f32; r::elements(shape)];
+    for n in 0..shape.batch {
+        for (c, &(o, s)) in per_channel.iter().enumerate() {
+            for sp in 0..shape.spatial {
+                x[r::index(shape, n, c, sp)] = (o + s * g.normal()) as f32;
+            }
+        }
+    }
+    x
+}
+
+impl Case {
+    fn new(s: &Spec) -> Case {
+        let mut g = Gen::new(s.seed);
+        let shape = Shape::new(s.batch, s.channels, s.spatial, s.layout);
+        let x = tensor(&mut g, &shape, s.offset, s.scale);
+        let c = s.channels;
+        let gamma = s.gamma.then(|| g.uniforms(c, -2.0, 2.0));
+        let beta = s.beta.then(|| g.uniforms(c, -1.0, 1.0));
+        let running = s
+            .running
+            .then(|| (g.normals(c, 0.0, 1.0), g.uniforms(c, 0.5, 2.0)));
+        Case {
+            shape,
+            x,
+            gamma,
+            beta,
+            eps: s.eps,
+            momentum: s.momentum,
+            flags: if s.biased { BN_RUNNING_VAR_BIASED } else { 0 },
+            running,
+            save: s.save,
+        }
+    }
+
+    fn affine(&self) -> Affine<'_> {
+        Affine {
+            gamma: self.gamma.as_deref(),
+            beta: self.beta.as_deref(),
+        }
+    }
+
+    fn params(&self) -> TrainingParams {
+        TrainingParams {
+            eps: self.eps,
+            momentum: self.momentum,
+            flags: self.flags,
+        }
+    }
+
+    fn running_ref(&self) -> Option<(&[f32], &[f32])> {
+        self.running
+            .as_ref()
+            .map(|(m, v)| (m.as_slice(), v.as_slice()))
+    }
+
+    fn reference(&self) -> Result<r::Training, r::Rejected> {
+        r::forward_training(
+            &self.shape,
+            &self.x,
+            self.gamma.as_deref(),
+            self.beta.as_deref(),
+            self.eps,
+            self.momentum,
+            self.flags,
+            self.running_ref(),
+        )
+    }
+}
+
+/// What an output buffer holds before a call: a value no call computes from the test data.
+const SENTINEL: f32 = -7777.25;
+
+/// The outputs of a training forward (or a forward from moments).
+#[derive(Clone, Debug)]
+struct TrainOut {
+    y: Vec<f32>,
+    running: Option<(Vec<f32>, Vec<f32>)>,
+    save_mean: Option<Vec<f32>>,
+    save_invstd: Option<Vec<f32>>,
+}
+
+impl TrainOut {
+    fn before(case: &Case, x: &[f32], in_place: bool) -> TrainOut {
+        let c = case.shape.channels;
+        TrainOut {
+            y: if in_place {
+                x.to_vec()
+            } else {
+                vec![SENTINEL; x.len()]
+            },
+            running: case.running.clone(),
+            save_mean: case.save.then(|| vec![SENTINEL; c]),
+            save_invstd: case.save.then(|| vec![SENTINEL; c]),
+        }
+    }
+
+    fn state(&mut self) -> (Option<RunningStats<'_>>, SavedStats<'_>) {
+        (
+            self.running
+                .as_mut()
+                .map(|(mean, var)| RunningStats { mean, var }),
+            SavedStats {
+                mean: self.save_mean.as_deref_mut(),
+                invstd: self.save_invstd.as_deref_mut(),
+            },
+        )
+    }
+
+    #[track_caller]
+    fn assert_bits(&self, other: &TrainOut, what: &str) {
+        assert_bits(&self.y, &other.y, &format!("{what}: y"));
+        match (&self.running, &other.running) {
+            (Some((m1, v1)), Some((m2, v2))) => {
+                assert_bits(m1, m2, &format!("{what}: running mean"));
+                assert_bits(v1, v2, &format!("{what}: running var"));
+            }
+            (None, None) => {}
+            _ => panic!("{what}: running statistics present on one side only"),
+        }
+        let empty = Vec::new();
+        let pairs = [
+            (&self.save_mean, &other.save_mean, "save_mean"),
+            (&self.save_invstd, &other.save_invstd, "save_invstd"),
+        ];
+        for (a, b, name) in pairs {
+            assert_eq!(a.is_some(), b.is_some(), "{what}: {name} presence");
+            let (a, b) = (a.as_ref().unwrap_or(&empty), b.as_ref().unwrap_or(&empty));
+            assert_bits(a, b, &format!("{what}: {name}"));
+        }
+    }
+
+    /// Every output unchanged from `before` (after an error).
+    #[track_caller]
+    fn assert_untouched(&self, case: &Case, x: &[f32], in_place: bool, what: &str) {
+        self.assert_bits(
+            &TrainOut::before(case, x, in_place),
+            &format!("{what}: written on error"),
+        );
+    }
+}
+
+fn run_training(ctx: &Context, case: &Case, in_place: bool) -> (normkit::Result<()>, TrainOut) {
+    let mut out = TrainOut::before(case, &case.x, in_place);
+    let mut y = std::mem::take(&mut out.y);
+    let io = if in_place {
+        InOut::InPlace(&mut y)
+    } else {
+        InOut::separate(&case.x, &mut y).unwrap()
+    };
+    let (running, saved) = out.state();
+    let result = batchnorm::forward_training(
+        ctx,
+        case.shape,
+        io,
+        case.affine(),
+        case.params(),
+        running,
+        saved,
+    );
+    out.y = y;
+    (result, out)
+}
+
+fn run_moments(ctx: &Context, shape: Shape, x: &[f32]) -> (Vec<f64>, Vec<f64>) {
+    let mut mean = vec![f64::from(SENTINEL); shape.channels];
+    let mut m2 = vec![f64::from(SENTINEL); shape.channels];
+    batchnorm::moments(ctx, shape, x, &mut mean, &mut m2).expect("moments");
+    (mean, m2)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_from_moments(
+    ctx: &Context,
+    case: &Case,
+    shape: Shape,
+    x: &[f32],
+    count: u64,
+    mean: &[f64],
+    m2: &[f64],
+    in_place: bool,
+) -> (normkit::Result<()>, TrainOut) {
+    let mut out = TrainOut::before(case, x, in_place);
+    let mut y = std::mem::take(&mut out.y);
+    let io = if in_place {
+        InOut::InPlace(&mut y)
+    } else {
+        InOut::separate(x, &mut y).unwrap()
+    };
+    let (running, saved) = out.state();
+    let result = batchnorm::forward_from_moments(
+        ctx,
+        shape,
+        io,
+        case.affine(),
+        count,
+        mean,
+        m2,
+        case.params(),
+        running,
+        saved,
+    );
+    out.y = y;
+    (result, out)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Comparisons with the reference.
+
+/// The allowed error of a training output element.
+fn y_tol(case: &Case, c: usize, xhat: f64) -> f64 {
+    let g = r::gamma_at(case.gamma.as_deref(), c).abs();
+    let b = r::beta_at(case.beta.as_deref(), c).abs();
+    TOL_Y * (g * (1.0 + xhat.abs()) + b)
+}
+
+/// The allowed error of a mean of a channel with variance `var`.
+fn mean_tol(mean: f64, var: f64) -> f64 {
+    TOL_MEAN * var.sqrt() + 4.0 * f64::EPSILON * mean.abs()
+}
+
+/// Checks a training forward's outputs against the reference. `x` and `shape` are the local
+/// data (a shard, for a forward from moments); `scale` multiplies every tolerance.
+#[track_caller]
+fn check_training(
+    case: &Case,
+    shape: &Shape,
+    out: &TrainOut,
+    want: &r::Training,
+    scale: f64,
+    what: &str,
+) {
+    for n in 0..shape.batch {
+        for c in 0..shape.channels {
+            for s in 0..shape.spatial {
+                let i = r::index(shape, n, c, s);
+                let tol = scale * y_tol(case, c, want.xhat[i]);
+                assert!(
+                    close(out.y[i] as f64, want.y[i], tol),
+                    "{what}: y[n={n}, c={c}, s={s}] = {} but the reference is {} (tol {tol:e})",
+                    out.y[i],
+                    want.y[i]
+                );
+            }
+        }
+    }
+    for c in 0..shape.channels {
+        check_state(case, out, want, c, scale, what);
+    }
+}
+
+/// Checks the saved and running statistics of channel `c`.
+#[track_caller]
+fn check_state(case: &Case, out: &TrainOut, want: &r::Training, c: usize, scale: f64, what: &str) {
+    let (mean, var) = (want.save_mean[c], want.var[c]);
+    if let Some(sm) = &out.save_mean {
+        let tol = scale * (mean_tol(mean, var) + F32_EPS * mean.abs());
+        assert!(
+            close(sm[c] as f64, mean, tol),
+            "{what}: save_mean[{c}] = {} but the reference is {mean}",
+            sm[c]
+        );
+    }
+    if let Some(si) = &out.save_invstd {
+        let want_si = want.save_invstd[c];
+        let tol = scale * (TOL_VAR + F32_EPS) * want_si.abs();
+        assert!(
+            close(si[c] as f64, want_si, tol),
+            "{what}: save_invstd[{c}] = {} but the reference is {want_si}",
+            si[c]
+        );
+    }
+    match (&out.running, &want.running, &case.running) {
+        (Some((rm, rv)), Some((wm, wv)), Some((om, ov))) => {
+            let m = case.momentum as f64;
+            // f32 rounding of the old value's share (none when momentum 1 replaces it).
+            let old = |v: f32| {
+                if m == 1.0 {
+                    0.0
+                } else {
+                    (1.0 - m) * (v as f64).abs()
+                }
+            };
+            let tol =
+                scale * (m * mean_tol(mean, var) + 2.0 * F32_EPS * (wm[c].abs() + old(om[c])));
+            assert!(
+                close(rm[c] as f64, wm[c], tol),
+                "{what}: running_mean[{c}] = {} but the reference is {}",
+                rm[c],
+                wm[c]
+            );
+            let tol =
+                scale * (2.0 * m * TOL_VAR * var + 2.0 * F32_EPS * (wv[c].abs() + old(ov[c])));
+            assert!(
+                close(rv[c] as f64, wv[c], tol),
+                "{what}: running_var[{c}] = {} but the reference is {}",
+                rv[c],
+                wv[c]
+            );
+        }
+        (None, None, None) => {}
+        _ => panic!("{what}: running statistics do not match the case"),
+    }
+}
+
+/// Checks moments against the reference two-pass moments.
+#[track_caller]
+fn check_moments(mean: &[f64], m2: &[f64], want: &(Vec<f64>, Vec<f64>), count: u64, what: &str) {
+    for c in 0..want.0.len() {
+        let var = if count > 0 {
+            want.1[c] / count as f64
+        } else {
+            0.0
+        };
+        assert!(
+            close(mean[c], want.0[c], mean_tol(want.0[c], var)),
+            "{what}: mean[{c}] = {} but the reference is {}",
+            mean[c],
+            want.0[c]
+        );
+        assert!(
+            close(m2[c], want.1[c], TOL_VAR * want.1[c].abs()),
+            "{what}: m2[{c}] = {} but the reference is {}",
+            m2[c],
+            want.1[c]
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Strategies.
+
+fn layouts() -> impl Strategy<Value = Layout> {
+    prop_oneof![Just(Layout::Ncs), Just(Layout::Nsc)]
+}
+
+/// (batch, channels, spatial) of ordinary sizes, with C = 1, spatial = 1 and batch = 1 often,
+/// and counts that are rarely multiples of 16.
+fn small_dims() -> impl Strategy<Value = (usize, usize, usize)> {
+    prop_oneof![
+        (1..=4usize, 1..=9usize, 1..=40usize),
+        (1..=3usize, Just(1usize), 1..=600usize),
+        (1..=70usize, 1..=40usize, Just(1usize)),
+        (Just(1usize), 1..=20usize, 1..=300usize),
+        (1..=6usize, 1..=48usize, 20..=300usize),
+    ]
+}
+
+/// Shapes of at least a few tens of thousands of elements, so that contexts with several
+/// threads split the work.
+fn parallel_dims() -> impl Strategy<Value = (usize, usize, usize)> {
+    prop_oneof![
+        (2..=6usize, 1..=40usize, 1000..=4000usize),
+        (2000..=9000usize, 3..=40usize, Just(1usize)),
+        (1..=3usize, 1..=3usize, 20_000..=60_000usize),
+    ]
+}
+
+/// (offset, scale) of the values.
+fn value_ranges() -> impl Strategy<Value = (f64, f64)> {
+    prop_oneof![
+        Just((0.0, 1.0)),
+        Just((3.0, 0.5)),
+        Just((-50.0, 10.0)),
+        Just((10000.0, 1.0)),
+        Just((-10000.0, 1.0)),
+        Just((10000.0, 0.01)),
+        Just((0.0, 1000.0)),
+        Just((0.0, 1e-3)),
+        Just((5.0, 0.0)),
+    ]
+}
+
+fn momenta() -> impl Strategy<Value = f32> {
+    prop_oneof![Just(0.0f32), Just(0.1), Just(1.0), 0.0f32..=1.0]
+}
+
+fn epsilons() -> impl Strategy<Value = f32> {
+    prop_oneof![Just(1e-5f32), Just(1e-3), Just(0.5), Just(0.0)]
+}
+
+fn specs(dims: impl Strategy<Value = (usize, usize, usize)>) -> impl Strategy<Value = Spec> {
+    (
+        dims,
+        layouts(),
+        any::<u64>(),
+        value_ranges(),
+        any::<(bool, bool)>(),
+        epsilons(),
+        momenta(),
+        any::<(bool, bool, bool)>(),
+    )
+        .prop_map(
+            |(
+                (batch, channels, spatial),
+                layout,
+                seed,
+                (offset, scale),
+                ab,
+                eps,
+                momentum,
+                flags,
+            )| {
+                Spec {
+                    batch,
+                    channels,
+                    spatial,
+                    layout,
+                    seed,
+                    offset,
+                    scale,
+                    gamma: ab.0,
+                    beta: ab.1,
+                    // eps = 0 with constant channels divides 0 by 0; keep that to its own test.
+                    eps: if scale == 0.0 && eps == 0.0 {
+                        1e-5
+                    } else {
+                        eps
+                    },
+                    momentum,
+                    biased: flags.0,
+                    running: flags.1,
+                    save: flags.2,
+                }
+            },
+        )
+}
+
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Training forward.
+
+/// Every check of one training case on one context: the reference (or the reference's
+/// rejection, with nothing written), in place, and moments + forward from moments.
+fn training_case(ctx: &Context, case: &Case, want: &Result<r::Training, r::Rejected>, what: &str) {
+    let (result, out) = run_training(ctx, case, false);
+    let want = match want {
+        Err(rejected) => {
+            let kind = result.expect_err("the contract rejects this call").kind();
+            let expected = match rejected {
+                r::Rejected::BadShape => ErrorKind::BadShape,
+                r::Rejected::BadArgument => ErrorKind::BadArgument,
+            };
+            assert_eq!(kind, expected, "{what}: error kind");
+            out.assert_untouched(case, &case.x, false, what);
+            let (result, out) = run_training(ctx, case, true);
+            assert_eq!(result.unwrap_err().kind(), expected, "{what}: in place");
+            out.assert_untouched(case, &case.x, true, &format!("{what}, in place"));
+            return;
+        }
+        Ok(want) => want,
+    };
+    result.unwrap_or_else(|e| panic!("{what}: {e}"));
+    check_training(case, &case.shape, &out, want, 1.0, what);
+
+    let (result, in_place) = run_training(ctx, case, true);
+    result.unwrap();
+    out.assert_bits(&in_place, &format!("{what}: in place vs out of place"));
+
+    let (mean, m2) = run_moments(ctx, case.shape, &case.x);
+    let count = r::count(&case.shape);
+    let (result, split) =
+        run_from_moments(ctx, case, case.shape, &case.x, count, &mean, &m2, false);
+    result.unwrap();
+    out.assert_bits(
+        &split,
+        &format!("{what}: training vs moments + from_moments"),
+    );
+}
+
+proptest! {
+    #![proptest_config(config(96))]
+
+    /// Training forward against the reference, in place, and as moments + forward from
+    /// moments, for every ISA on 1 and 2 threads; ISAs agree with each other.
+    #[test]
+    fn training_forward(spec in specs(small_dims())) {
+        let case = Case::new(&spec);
+        let want = case.reference();
+        let mut first: Option<(Isa, TrainOut)> = None;
+        for isa in isas() {
+            for threads in [1, 2] {
+                let what = format!("{isa:?}, {threads} threads");
+                training_case(&ctx(threads, isa), &case, &want, &what);
+            }
+            if let Ok(w) = &want {
+                let (_, out) = run_training(&ctx(1, isa), &case, false);
+                match &first {
+                    None => first = Some((isa, out)),
+                    Some((isa0, out0)) => {
+                        // Both are within TOL of the reference, so within 2 TOL of each other;
+                        // check it directly all the same.
+                        let what = format!("{isa:?} vs {isa0:?}");
+                        check_training(&case, &case.shape, &out, w, 1.0, &what);
+                        for i in 0..out.y.len() {
+                            let c = channel_of(&case.shape, i);
+                            let tol = 2.0 * y_tol(&case, c, w.xhat[i]);
+                            prop_assert!(
+                                close(out.y[i] as f64, out0.y[i] as f64, tol),
+                                "{}: y[{}] {} vs {}", what, i, out.y[i], out0.y[i]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn channel_of(shape: &Shape, i: usize) -> usize {
+    match shape.layout {
+        Layout::Ncs => (i / shape.spatial) % shape.channels,
+        Layout::Nsc => i % shape.channels,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inference forward.
+
+#[derive(Clone, Debug)]
+struct InferenceCase {
+    case: Case,
+    mean: Vec<f32>,
+    var: Vec<f32>,
+    relu: bool,
+}
+
+fn inference_case(spec: &Spec, relu: bool) -> InferenceCase {
+    let case = Case::new(spec);
+    let mut g = Gen::new(spec.seed ^ 0x5EED);
+    let c = spec.channels;
+    // Statistics near the data's: mean within a few spreads of the offset, positive variance
+    // (and sometimes 0, where eps > 0).
+    let mean = g.normals(c, spec.offset, 2.0 * spec.scale.max(1e-3));
+    let var = (0..c)
+        .map(|_| {
+            if case.eps > 0.0 && g.below(8) == 0 {
+                0.0
+            } else {
+                (spec.scale.max(1e-3).powi(2) * g.range(0.1, 10.0)) as f32
+            }
+        })
+        .collect();
+    InferenceCase {
+        case,
+        mean,
+        var,
+        relu,
+    }
+}
+
+fn run_inference(ctx: &Context, ic: &InferenceCase, in_place: bool) -> Vec<f32> {
+    let c = &ic.case;
+    let mut y = if in_place {
+        c.x.clone()
+    } else {
+        vec![SENTINEL; c.x.len()]
+    };
+    let io = if in_place {
+        InOut::InPlace(&mut y)
+    } else {
+        InOut::separate(&c.x, &mut y).unwrap()
+    };
+    let flags = if ic.relu { BN_FUSE_RELU } else { 0 };
+    batchnorm::forward_inference(
+        ctx,
+        c.shape,
+        io,
+        c.affine(),
+        &ic.mean,
+        &ic.var,
+        c.eps,
+        flags,
+    )
+    .expect("inference");
+    y
+}
+
+#[track_caller]
+fn check_inference(ic: &InferenceCase, y: &[f32], what: &str) {
+    let c = &ic.case;
+    let (want, xhat) = r::forward_inference(
+        &c.shape,
+        &c.x,
+        c.gamma.as_deref(),
+        c.beta.as_deref(),
+        &ic.mean,
+        &ic.var,
+        c.eps,
+        ic.relu,
+    );
+    for i in 0..want.len() {
+        let ch = channel_of(&c.shape, i);
+        let g = r::gamma_at(c.gamma.as_deref(), ch);
+        let b = r::beta_at(c.beta.as_deref(), ch);
+        let tol = TOL_INFERENCE * ((g * xhat[i]).abs() + b.abs()) + f64::from(f32::MIN_POSITIVE);
+        assert!(
+            close(y[i] as f64, want[i], tol),
+            "{what}: y[{i}] (channel {ch}) = {} but the reference is {} (tol {tol:e})",
+            y[i],
+            want[i]
+        );
+        if ic.relu && !want[i].is_nan() {
+            assert!(y[i] >= 0.0, "{what}: ReLU output {} < 0", y[i]);
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(config(96))]
+
+    /// Inference forward, with and without ReLU, against the reference, in place, for every ISA
+    /// on 1 and 2 threads.
+    #[test]
+    fn inference_forward(spec in specs(small_dims()), relu in any::<bool>()) {
+        let ic = inference_case(&spec, relu);
+        for isa in isas() {
+            for threads in [1, 2] {
+                let what = format!("{isa:?}, {threads} threads, relu {relu}");
+                let ctx = ctx(threads, isa);
+                let y = run_inference(&ctx, &ic, false);
+                check_inference(&ic, &y, &what);
+                let y_in_place = run_inference(&ctx, &ic, true);
+                assert_bits(&y, &y_in_place, &format!("{what}: in place vs out of place"));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Moments, merge, and synchronous batch norm over shards.
+
+proptest! {
+    #![proptest_config(config(64))]
+
+    /// Moments against the two-pass reference, for every ISA on 1 and 2 threads.
+    #[test]
+    fn moments_match_reference(spec in specs(small_dims())) {
+        let case = Case::new(&spec);
+        let want = r::moments(&case.shape, &case.x);
+        for isa in isas() {
+            for threads in [1, 2] {
+                let (mean, m2) = run_moments(&ctx(threads, isa), case.shape, &case.x);
+                let what = format!("{isa:?}, {threads} threads");
+                check_moments(&mean, &m2, &want, r::count(&case.shape), &what);
+            }
+        }
+    }
+
+    /// `moments_merge` against Chan's formula of the reference, on arbitrary moments
+    /// (including empty sides).
+    #[test]
+    fn merge_matches_reference(
+        channels in 0..=40usize,
+        seed in any::<u64>(),
+        count_a in prop_oneof![Just(0u64), 1..=5u64, 1u64..=1u64 << 40],
+        count_b in prop_oneof![Just(0u64), 1..=5u64, 1u64..=1u64 << 40],
+    ) {
+        let mut g = Gen::new(seed);
+        let mut side = |count: u64| -> (Vec<f64>, Vec<f64>) {
+            if count == 0 {
+                return (vec![0.0; channels], vec![0.0; channels]);
+            }
+            let mean = (0..channels).map(|_| g.range(-1e4, 1e4)).collect();
+            let m2 = (0..channels).map(|_| g.range(0.0, 10.0) * count as f64).collect();
+            (mean, m2)
+        };
+        let (mean_a, m2_a) = side(count_a);
+        let (mean_b, m2_b) = side(count_b);
+        let want = r::merge(count_a, &mean_a, &m2_a, count_b, &mean_b, &m2_b);
+        let (mut got_mean, mut got_m2) = (mean_a.clone(), m2_a.clone());
+        let total = batchnorm::moments_merge(
+            count_a, &mut got_mean, &mut got_m2, count_b, &mean_b, &m2_b,
+        ).unwrap();
+        prop_assert_eq!(total, count_a + count_b);
+        for c in 0..channels {
+            // The same formula in f64: a few roundings apart at most.
+            let scale = mean_a[c].abs().max(mean_b[c].abs());
+            prop_assert!(close(got_mean[c], want.0[c], 8.0 * f64::EPSILON * scale),
+                "mean[{}] {} vs {}", c, got_mean[c], want.0[c]);
+            prop_assert!(close(got_m2[c], want.1[c], 8.0 * f64::EPSILON * want.1[c]),
+                "m2[{}] {} vs {}", c, got_m2[c], want.1[c]);
+        }
+    }
+
+    /// Synchronous batch norm: a batch cut into 2 to 4 shards along N (some may be empty);
+    /// per-shard moments merged give the whole batch's moments, and each shard's forward from
+    /// the merged moments gives the whole batch's training forward.
+    #[test]
+    fn sharded_batch_matches_whole(
+        spec in specs(small_dims()),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 1..=3),
+    ) {
+        let case = Case::new(&spec);
+        let (b, c, s) = (spec.batch, spec.channels, spec.spatial);
+        let mut bounds: Vec<usize> = cuts.iter().map(|i| i.index(b + 1)).collect();
+        bounds.push(0);
+        bounds.push(b);
+        bounds.sort();
+        let want = case.reference();
+        for isa in isas() {
+            let ctx = ctx(2, isa);
+            let whole_moments = run_moments(&ctx, case.shape, &case.x);
+            let (result, whole) = run_training(&ctx, &case, false);
+            let shards: Vec<(Shape, &[f32])> = bounds
+                .windows(2)
+                .map(|w| {
+                    let shape = Shape::new(w[1] - w[0], c, s, spec.layout);
+                    (shape, &case.x[w[0] * c * s..w[1] * c * s])
+                })
+                .collect();
+            // Merge the shards' moments in order.
+            let mut count = 0u64;
+            let (mut mean, mut m2) = (vec![0.0; c], vec![0.0; c]);
+            for (shape, x) in &shards {
+                let (sm, sm2) = run_moments(&ctx, *shape, x);
+                if shape.batch == 0 {
+                    prop_assert!(sm.iter().chain(&sm2).all(|&v| v == 0.0),
+                        "an empty shard's moments are zeros");
+                }
+                let want_merged = r::merge(count, &mean, &m2, r::count(shape), &sm, &sm2);
+                let sides: Vec<f64> = (0..c).map(|ch| mean[ch].abs().max(sm[ch].abs())).collect();
+                count = batchnorm::moments_merge(count, &mut mean, &mut m2, r::count(shape), &sm, &sm2)
+                    .unwrap();
+                for ch in 0..c {
+                    // The same formula in f64: a few roundings apart at most.
+                    prop_assert!(close(mean[ch], want_merged.0[ch], 8.0 * f64::EPSILON * sides[ch]),
+                        "merged mean[{}] {} vs {}", ch, mean[ch], want_merged.0[ch]);
+                    prop_assert!(close(m2[ch], want_merged.1[ch], 8.0 * f64::EPSILON * want_merged.1[ch]),
+                        "merged m2[{}] {} vs {}", ch, m2[ch], want_merged.1[ch]);
+                }
+            }
+            prop_assert_eq!(count, r::count(&case.shape));
+            let what = format!("{isa:?}, shards {bounds:?}");
+            let ref_moments = r::moments(&case.shape, &case.x);
+            check_moments(&mean, &m2, &ref_moments, count, &format!("{what}: merged"));
+            // Merged and whole-batch moments are both within tolerance of the reference; check
+            // them against each other too.
+            for ch in 0..c {
+                let var = ref_moments.1[ch] / count as f64;
+                prop_assert!(close(mean[ch], whole_moments.0[ch], 2.0 * mean_tol(mean[ch], var)),
+                    "{}: merged mean[{}] {} vs whole {}", what, ch, mean[ch], whole_moments.0[ch]);
+                prop_assert!(close(m2[ch], whole_moments.1[ch], 2.0 * TOL_VAR * m2[ch].abs()),
+                    "{}: merged m2[{}] {} vs whole {}", what, ch, m2[ch], whole_moments.1[ch]);
+            }
+
+            let want = match &want {
+                Ok(w) => w,
+                Err(_) => {
+                    prop_assert!(result.is_err());
+                    continue;
+                }
+            };
+            result.unwrap();
+            let mut first_state: Option<TrainOut> = None;
+            let mut y = Vec::new();
+            for (shape, x) in &shards {
+                let (result, out) =
+                    run_from_moments(&ctx, &case, *shape, x, count, &mean, &m2, false);
+                result.unwrap_or_else(|e| panic!("{what}: shard {shape:?}: {e}"));
+                y.extend_from_slice(&out.y);
+                // Running and saved statistics depend on the merged moments alone: every shard,
+                // even an empty one, writes the same.
+                let state = TrainOut { y: Vec::new(), ..out };
+                match &first_state {
+                    None => first_state = Some(state),
+                    Some(f) => f.assert_bits(&state, &format!("{what}: state of shard {shape:?}")),
+                }
+            }
+            let sharded = TrainOut { y, ..first_state.unwrap() };
+            check_training(&case, &case.shape, &sharded, want, 1.0, &format!("{what}: sharded"));
+            check_training(&case, &case.shape, &whole, want, 1.0, &format!("{what}: whole"));
+        }
+    }
+
+    /// Forward from given moments (not the data's own; a global count larger than the local
+    /// shard) against the reference, for every ISA, in place too.
+    #[test]
+    fn from_moments_matches_reference(
+        spec in specs(small_dims()),
+        extra in prop_oneof![Just(0u64), 1..=1000u64, Just(1u64 << 40)],
+        empty_local in any::<bool>(),
+    ) {
+        let mut case = Case::new(&spec);
+        let local = if empty_local {
+            Shape::new(0, spec.channels, spec.spatial, spec.layout)
+        } else {
+            case.shape
+        };
+        let x = if empty_local { Vec::new() } else { case.x.clone() };
+        case.shape = local;
+        let count = r::count(&Shape::new(spec.batch, 1, spec.spatial, spec.layout)) + extra;
+        let mut g = Gen::new(spec.seed ^ 0xF00D);
+        let mean: Vec<f64> = (0..spec.channels)
+            .map(|_| spec.offset + spec.scale * g.range(-3.0, 3.0))
+            .collect();
+        let m2: Vec<f64> = (0..spec.channels)
+            .map(|_| (spec.scale * spec.scale * g.range(0.1, 10.0)) * count as f64)
+            .collect();
+        let want = r::forward_from_moments(
+            &local, &x, case.gamma.as_deref(), case.beta.as_deref(), count, &mean, &m2,
+            case.eps, case.momentum, case.flags, case.running_ref(),
+        );
+        for isa in isas() {
+            let ctx = ctx(2, isa);
+            let what = format!("{isa:?}, count {count}");
+            let (result, out) = run_from_moments(&ctx, &case, local, &x, count, &mean, &m2, false);
+            let (result2, out2) = run_from_moments(&ctx, &case, local, &x, count, &mean, &m2, true);
+            match &want {
+                Ok(w) => {
+                    result.unwrap();
+                    result2.unwrap();
+                    check_training(&case, &local, &out, w, 1.0, &what);
+                    out.assert_bits(&out2, &format!("{what}: in place vs out of place"));
+                }
+                Err(_) => {
+                    prop_assert!(result.is_err() && result2.is_err());
+                    out.assert_untouched(&case, &x, false, &what);
+                    out2.assert_untouched(&case, &x, true, &what);
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fold.
+
+proptest! {
+    #![proptest_config(config(64))]
+
+    /// Folding into a preceding layer against the reference.
+    #[test]
+    fn fold_matches_reference(
+        c_out in 0..=24usize,
+        fan_in in 0..=70usize,
+        seed in any::<u64>(),
+        ab in any::<(bool, bool)>(),
+        eps in epsilons(),
+    ) {
+        let mut g = Gen::new(seed);
+        let weight = g.normals(c_out * fan_in, 0.0, 0.5);
+        let bias = g.normals(c_out, 0.0, 1.0);
+        let gamma = ab.0.then(|| g.uniforms(c_out, -2.0, 2.0));
+        let beta = ab.1.then(|| g.uniforms(c_out, -1.0, 1.0));
+        let mean = g.normals(c_out, 0.0, 3.0);
+        let var = g.uniforms(c_out, 0.01, 4.0);
+        let (want_w, want_b) = r::fold(
+            c_out, fan_in, &weight, &bias, gamma.as_deref(), beta.as_deref(), &mean, &var, eps,
+        );
+        let (mut w, mut b) = (weight.clone(), bias.clone());
+        batchnorm::fold(
+            c_out, fan_in, &mut w, &mut b,
+            Affine { gamma: gamma.as_deref(), beta: beta.as_deref() },
+            &mean, &var, eps,
+        ).unwrap();
+        for o in 0..c_out {
+            let k = r::gamma_at(gamma.as_deref(), o) / (var[o] as f64 + eps as f64).sqrt();
+            for i in 0..fan_in {
+                let j = o * fan_in + i;
+                let tol = 4.0 * F32_EPS * want_w[j].abs();
+                prop_assert!(close(w[j] as f64, want_w[j], tol),
+                    "weight[{}][{}] {} vs {}", o, i, w[j], want_w[j]);
+            }
+            // Allow f32 rounding of each term of (b - mean) * k + beta.
+            let terms = (bias[o] as f64 * k).abs() + (mean[o] as f64 * k).abs()
+                + r::beta_at(beta.as_deref(), o).abs();
+            let tol = 4.0 * F32_EPS * terms;
+            prop_assert!(close(b[o] as f64, want_b[o], tol), "bias[{}] {} vs {}", o, b[o], want_b[o]);
+        }
+        // The folded layer computes layer-then-BN on an input vector.
+        let input = g.normals(fan_in, 0.0, 1.0);
+        for o in 0..c_out {
+            let dot = |w: &[f32]| -> f64 {
+                (0..fan_in).map(|i| w[o * fan_in + i] as f64 * input[i] as f64).sum()
+            };
+            let layer = dot(&weight) + bias[o] as f64;
+            let bn = r::gamma_at(gamma.as_deref(), o) * (layer - mean[o] as f64)
+                / (var[o] as f64 + eps as f64).sqrt()
+                + r::beta_at(beta.as_deref(), o);
+            let folded = dot(&w) + b[o] as f64;
+            let k = r::gamma_at(gamma.as_deref(), o).abs() / (var[o] as f64 + eps as f64).sqrt();
+            let scale = k * ((0..fan_in).map(|i| (weight[o * fan_in + i] * input[i]).abs() as f64)
+                .sum::<f64>() + bias[o].abs() as f64 + mean[o].abs() as f64)
+                + r::beta_at(beta.as_deref(), o).abs();
+            prop_assert!(close(folded, bn, 8.0 * F32_EPS * scale), "output {}: {} vs {}", o, folded, bn);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Determinism across thread counts.
+
+proptest! {
+    #![proptest_config(config(12))]
+
+    /// Every operation gives bitwise the same results on 1, 2, 3 and 8 threads, for every ISA,
+    /// on shapes large enough to be split.
+    #[test]
+    fn thread_count_does_not_change_results(spec in specs(parallel_dims()), relu in any::<bool>()) {
+        let ic = inference_case(&spec, relu);
+        let case = &ic.case;
+        let want = case.reference();
+        for isa in isas() {
+            let base_ctx = ctx(1, isa);
+            let (res, base) = run_training(&base_ctx, case, false);
+            prop_assert_eq!(res.is_ok(), want.is_ok());
+            if let Ok(w) = &want {
+                check_training(case, &case.shape, &base, w, 1.0, &format!("{isa:?}"));
+            }
+            let base_moments = run_moments(&base_ctx, case.shape, &case.x);
+            let base_inference = run_inference(&base_ctx, &ic, false);
+            check_inference(&ic, &base_inference, &format!("{isa:?}"));
+            for threads in [2, 3, 8] {
+                let what = format!("{isa:?}, {threads} threads vs 1");
+                let ctx = ctx(threads, isa);
+                let (_, out) = run_training(&ctx, case, false);
+                base.assert_bits(&out, &format!("{what}: training"));
+                let (_, out) = run_training(&ctx, case, true);
+                base.assert_bits(&out, &format!("{what}: training in place"));
+                let (mean, m2) = run_moments(&ctx, case.shape, &case.x);
+                assert_bits64(&mean, &base_moments.0, &format!("{what}: moments mean"));
+                assert_bits64(&m2, &base_moments.1, &format!("{what}: moments m2"));
+                let count = r::count(&case.shape);
+                let (_, out) = run_from_moments(&ctx, case, case.shape, &case.x, count, &mean, &m2, false);
+                base.assert_bits(&out, &format!("{what}: from moments"));
+                let y = run_inference(&ctx, &ic, false);
+                assert_bits(&y, &base_inference, &format!("{what}: inference"));
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixed cases: shapes at the edges, channels larger than one chunk, large offsets, NaN and inf.
+
+fn fixed_case(batch: usize, channels: usize, spatial: usize, layout: Layout, seed: u64) -> Case {
+    Case::new(&Spec {
+        batch,
+        channels,
+        spatial,
+        layout,
+        seed,
+        offset: 1.5,
+        scale: 2.0,
+        gamma: true,
+        beta: true,
+        eps: 1e-5,
+        momentum: 0.1,
+        biased: false,
+        running: batch * spatial >= 2,
+        save: true,
+    })
+}
+
+/// Training (all checks), inference (with and without ReLU) and moments on one case, every ISA,
+/// 1 and 2 threads (and 3 and 8 bitwise equal to 1 when `all_threads`).
+fn everything(case: &Case, all_threads: bool) {
+    let want = case.reference();
+    let ic = |relu| InferenceCase {
+        case: case.clone(),
+        mean: (0..case.shape.channels).map(|c| 1.0 + c as f32).collect(),
+        var: (0..case.shape.channels).map(|c| 0.5 + c as f32).collect(),
+        relu,
+    };
+    let (plain, relu) = (ic(false), ic(true));
+    let want_moments = r::moments(&case.shape, &case.x);
+    for isa in isas() {
+        let threads: &[usize] = if all_threads { &[1, 2, 3, 8] } else { &[1, 2] };
+        let base = run_training(&ctx(1, isa), case, false).1;
+        for &t in threads {
+            let what = format!("{:?} {isa:?} {t} threads", case.shape);
+            let ctx = ctx(t, isa);
+            training_case(&ctx, case, &want, &what);
+            base.assert_bits(
+                &run_training(&ctx, case, false).1,
+                &format!("{what}: vs 1 thread"),
+            );
+            for ic in [&plain, &relu] {
+                let y = run_inference(&ctx, ic, false);
+                check_inference(ic, &y, &what);
+                assert_bits(&y, &run_inference(&ctx, ic, true), &what);
+            }
+            let (mean, m2) = run_moments(&ctx, case.shape, &case.x);
+            check_moments(&mean, &m2, &want_moments, r::count(&case.shape), &what);
+        }
+    }
+}
+
+#[test]
+fn edge_shapes() {
+    let mut seed = 1;
+    for layout in [Layout::Ncs, Layout::Nsc] {
+        for (b, c, s) in [
+            (1, 1, 1),
+            (2, 1, 1),
+            (1, 1, 2),
+            (1, 7, 1),
+            (1, 1, 15),
+            (1, 1, 17),
+            (3, 1, 33),
+            (1, 33, 1),
+            (17, 1, 1),
+            (5, 3, 31),
+            (2, 17, 9),
+            (65, 15, 1),
+            (1, 129, 3),
+            (2, 300, 7),
+            (4, 5, 2049),
+            (3, 16, 16),
+            (130, 16, 1),
+        ] {
+            seed += 1;
+            everything(&fixed_case(b, c, s, layout, seed), false);
+        }
+    }
+}
+
+/// Channels of more than 2^18 values, so that their statistics are taken in several chunks
+/// (and, channels-first, not in the one-visit path), on every thread count.
+#[test]
+fn channels_larger_than_one_chunk() {
+    let mut seed = 100;
+    for (b, c, s, layout) in [
+        (2, 3, 140_001, Layout::Ncs),
+        (1, 1, 300_007, Layout::Ncs),
+        (300_001, 2, 1, Layout::Ncs),
+        (3, 2, 100_003, Layout::Nsc),
+    ] {
+        seed += 1;
+        everything(&fixed_case(b, c, s, layout, seed), true);
+    }
+}
+
+/// The contract's accuracy example: on `10000 + N(0, 1)` the normalized output is within 1e-5
+/// of float64 (the contract requires 1e-4 and targets 1e-5).
+#[test]
+fn large_mean_offset_accuracy() {
+    let mut worst = 0.0f64;
+    for (b, c, s, layout) in [
+        (8, 16, 1000, Layout::Ncs),
+        (8, 16, 1000, Layout::Nsc),
+        (4096, 3, 1, Layout::Ncs),
+        (2, 1, 150_000, Layout::Ncs),
+        (3, 37, 29, Layout::Nsc),
+        (1, 5, 7, Layout::Ncs),
+    ] {
+        for offset in [10000.0, -10000.0] {
+            let shape = Shape::new(b, c, s, layout);
+            let x = common::data::normals(b as u64 * 31 + s as u64, b * c * s, offset, 1.0);
+            let want = r::forward_training(&shape, &x, None, None, 1e-5, 0.1, 0, None).unwrap();
+            for isa in isas() {
+                let ctx = ctx(2, isa);
+                let mut y = vec![SENTINEL; x.len()];
+                batchnorm::forward_training(
+                    &ctx,
+                    shape,
+                    InOut::separate(&x, &mut y).unwrap(),
+                    Affine::default(),
+                    TrainingParams::default(),
+                    None,
+                    SavedStats::default(),
+                )
+                .unwrap();
+                let err = y
+                    .iter()
+                    .zip(&want.y)
+                    .map(|(&g, &w)| (g as f64 - w).abs())
+                    .fold(0.0, f64::max);
+                assert!(
+                    err <= TOL_OFFSET,
+                    "{shape:?} offset {offset} {isa:?}: max error {err:e} > {TOL_OFFSET:e}"
+                );
+                worst = worst.max(err);
+                // And the moments: the mean exact to the spread, not the offset.
+                let (mean, m2) = run_moments(&ctx, shape, &x);
+                let want_m = r::moments(&shape, &x);
+                check_moments(&mean, &m2, &want_m, r::count(&shape), "offset moments");
+            }
+        }
+    }
+    eprintln!("largest error on 10000 + N(0, 1): {worst:e}");
+}
+
+/// NaN and infinities propagate without a crash: a channel holding one has NaN outputs, other
+/// channels are unaffected.
+#[test]
+fn nan_and_inf_propagate() {
+    for (b, c, s, layout) in [
+        (3, 5, 37, Layout::Ncs),
+        (3, 5, 37, Layout::Nsc),
+        (40, 5, 1, Layout::Ncs),
+        (2, 5, 3000, Layout::Ncs),
+        (2, 5, 3000, Layout::Nsc),
+        (1, 5, 140_000, Layout::Ncs),
+    ] {
+        let mut case = fixed_case(b, c, s, layout, 7);
+        let shape = case.shape;
+        let last = b * s - 1;
+        let (ns, ss) = (last / s, last % s);
+        // Channel 1: a NaN in the middle; channel 2: +inf first; channel 3: -inf last;
+        // channel 4: +inf and -inf. Channels 0 is clean.
+        case.x[r::index(&shape, b / 2, 1, s / 2)] = f32::NAN;
+        case.x[r::index(&shape, 0, 2, 0)] = f32::INFINITY;
+        case.x[r::index(&shape, ns, 3, ss)] = f32::NEG_INFINITY;
+        case.x[r::index(&shape, 0, 4, s - 1)] = f32::INFINITY;
+        case.x[r::index(&shape, b - 1, 4, 0)] = f32::NEG_INFINITY;
+        let want = case.reference().unwrap();
+        let bad = [1, 2, 3, 4];
+        for isa in isas() {
+            for threads in [1, 2] {
+                let what = format!("{shape:?} {isa:?} {threads} threads");
+                let ctx = ctx(threads, isa);
+                let (result, out) = run_training(&ctx, &case, false);
+                result.unwrap();
+                for i in 0..out.y.len() {
+                    let ch = channel_of(&shape, i);
+                    if bad.contains(&ch) {
+                        assert!(
+                            out.y[i].is_nan(),
+                            "{what}: y[{i}] of channel {ch} is {}",
+                            out.y[i]
+                        );
+                    } else {
+                        let tol = y_tol(&case, ch, want.xhat[i]);
+                        assert!(close(out.y[i] as f64, want.y[i], tol), "{what}: y[{i}]");
+                    }
+                }
+                let (rm, rv) = out.running.as_ref().unwrap();
+                let (sm, si) = (
+                    out.save_mean.as_ref().unwrap(),
+                    out.save_invstd.as_ref().unwrap(),
+                );
+                for ch in bad {
+                    assert!(!sm[ch].is_finite(), "{what}: save_mean[{ch}] = {}", sm[ch]);
+                    assert!(si[ch].is_nan(), "{what}: save_invstd[{ch}] = {}", si[ch]);
+                    assert!(
+                        !rm[ch].is_finite(),
+                        "{what}: running_mean[{ch}] = {}",
+                        rm[ch]
+                    );
+                    assert!(rv[ch].is_nan(), "{what}: running_var[{ch}] = {}", rv[ch]);
+                }
+                check_state(
+                    &case,
+                    &out,
+                    &want,
+                    0,
+                    1.0,
+                    &format!("{what}: clean channel"),
+                );
+                // The same through moments + forward from moments, and in place.
+                let (_, in_place) = run_training(&ctx, &case, true);
+                out.assert_bits(&in_place, &format!("{what}: in place"));
+                let (mean, m2) = run_moments(&ctx, shape, &case.x);
+                let (_, split) = run_from_moments(
+                    &ctx,
+                    &case,
+                    shape,
+                    &case.x,
+                    r::count(&shape),
+                    &mean,
+                    &m2,
+                    false,
+                );
+                out.assert_bits(&split, &format!("{what}: moments + from_moments"));
+
+                // Inference: only the non-finite elements themselves are affected.
+                for relu in [false, true] {
+                    let ic = InferenceCase {
+                        case: case.clone(),
+                        mean: vec![0.5; c],
+                        var: vec![2.0; c],
+                        relu,
+                    };
+                    let y = run_inference(&ctx, &ic, false);
+                    check_inference(&ic, &y, &format!("{what}: inference"));
+                }
+            }
+        }
+    }
+}
+
+/// Count rules and scalar checks of the safe API agree with the contract, and nothing is written
+/// when a call is rejected.
+#[test]
+fn training_rejections() {
+    let shapes = [
+        (1, 3, 1),
+        (1, 3, 2),
+        (2, 3, 1),
+        (0, 3, 4),
+        (3, 3, 0),
+        (2, 0, 2),
+    ];
+    for (b, c, s) in shapes {
+        for layout in [Layout::Ncs, Layout::Nsc] {
+            for running in [false, true] {
+                for flags in [0, BN_RUNNING_VAR_BIASED, BN_FUSE_RELU, 4, 1 << 31] {
+                    for eps in [1e-5, 0.0, -1e-5, f32::NAN, f32::INFINITY] {
+                        for momentum in [0.0, 0.3, 1.0, -0.1, 1.5, f32::NAN] {
+                            let mut case = fixed_case(b, c, s, layout, 3);
+                            case.running = running.then(|| (vec![0.25; c], vec![1.5; c]));
+                            case.flags = flags;
+                            case.eps = eps;
+                            case.momentum = momentum;
+                            let what = format!(
+                                "{:?} running {running} flags {flags:#x} eps {eps} momentum {momentum}",
+                                case.shape
+                            );
+                            training_case(&ctx(1, Isa::Portable), &case, &case.reference(), &what);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `momentum = 1` replaces the running statistics, even non-finite ones; `momentum = 0` keeps
+/// finite ones.
+#[test]
+fn momentum_extremes() {
+    let mut case = fixed_case(4, 3, 5, Layout::Ncs, 11);
+    for flags in [0, BN_RUNNING_VAR_BIASED] {
+        case.flags = flags;
+        case.momentum = 1.0;
+        case.running = Some((
+            vec![f32::NAN, f32::INFINITY, 3.0],
+            vec![f32::NAN, 1.0, f32::NEG_INFINITY],
+        ));
+        let want = case.reference().unwrap();
+        let (res, out) = run_training(&ctx(1, Isa::Portable), &case, false);
+        res.unwrap();
+        check_training(&case, &case.shape, &out, &want, 1.0, "momentum 1");
+        let (rm, rv) = out.running.unwrap();
+        assert!(
+            rm.iter().chain(&rv).all(|v| v.is_finite()),
+            "momentum 1 replaces non-finite running statistics: {rm:?} {rv:?}"
+        );
+        case.momentum = 0.0;
+        case.running = Some((vec![1.0, -2.0, 3.0], vec![0.5, 1.0, 2.0]));
+        let (res, out) = run_training(&ctx(1, Isa::Portable), &case, false);
+        res.unwrap();
+        assert_eq!(out.running, case.running, "momentum 0 keeps");
+    }
+}
+
+/// Zero-element tensors: moments write zeros (the identity of the merge), training of an empty
+/// channel count succeeds, inference writes nothing.
+#[test]
+fn empty_tensors() {
+    for layout in [Layout::Ncs, Layout::Nsc] {
+        for isa in isas() {
+            let ctx = ctx(1, isa);
+            let (mean, m2) = run_moments(&ctx, Shape::new(0, 4, 3, layout), &[]);
+            assert_eq!((mean, m2), (vec![0.0; 4], vec![0.0; 4]));
+            let (mean, m2) = run_moments(&ctx, Shape::new(5, 4, 0, layout), &[]);
+            assert_eq!((mean, m2), (vec![0.0; 4], vec![0.0; 4]));
+            // C = 0: nothing to compute, but a valid call.
+            let case = fixed_case(3, 0, 4, layout, 5);
+            let (res, _) = run_training(&ctx, &case, false);
+            res.unwrap();
+            let ic = InferenceCase {
+                case: fixed_case(0, 3, 4, layout, 5),
+                mean: vec![0.0; 3],
+                var: vec![1.0; 3],
+                relu: false,
+            };
+            assert!(run_inference(&ctx, &ic, false).is_empty());
+        }
+    }
+}
+
+/// Constant channels with eps = 0: the variance is exactly 0, so the normalized value is 0/0.
+#[test]
+fn constant_channel_with_zero_eps() {
+    let shape = Shape::new(3, 2, 5, Layout::Ncs);
+    let x = vec![4.25f32; 30];
+    let mut y = vec![SENTINEL; 30];
+    let mut save_invstd = vec![SENTINEL; 2];
+    let mut save_mean = vec![SENTINEL; 2];
+    batchnorm::forward_training(
+        &ctx(1, Isa::Portable),
+        shape,
+        InOut::separate(&x, &mut y).unwrap(),
+        Affine::default(),
+        TrainingParams {
+            eps: 0.0,
+            ..TrainingParams::default()
+        },
+        None,
+        SavedStats {
+            mean: Some(&mut save_mean),
+            invstd: Some(&mut save_invstd),
+        },
+    )
+    .unwrap();
+    assert_eq!(save_mean, vec![4.25; 2]);
+    assert_eq!(save_invstd, vec![f32::INFINITY; 2]);
+    assert!(y.iter().all(|v| v.is_nan()), "0 * inf is NaN: {y:?}");
+}
