@@ -18,6 +18,11 @@
 //! - `inference/<isa>_t<threads>`: `batchnorm::forward_inference`;
 //! - `training/<isa>_t<threads>`: `batchnorm::forward_training` with running and saved
 //!   statistics, as an engine calls it;
+//! - large shapes, best ISA on 2 threads: `moments/...` (the statistics pass alone; it only
+//!   reads `x`, so its throughput counts `4 * elements` bytes) and `from_moments/...` (the
+//!   normalization pass of training with given statistics), the two halves of a training forward;
+//! - large shapes: `scale_loop/t1`, `y = x * s` in a plain loop compiled for the build target, an
+//!   elementwise kernel with ordinary stores, next to the copy;
 //! - for the tiny shape, `inference_c_null_ctx/<isa>_t<threads>`: the C entry point
 //!   `nk_batchnorm_forward_inference` with a NULL context (the process-wide default: best ISA,
 //!   all cores), and `training_biased_var`: a single value per channel has no unbiased variance,
@@ -243,6 +248,79 @@ fn bench_training(
     });
 }
 
+/// The two halves of a training forward, for the large shapes: `moments` (the statistics pass,
+/// which reads `x` only, so its throughput counts `4 * elements` bytes) and `from_moments` (the
+/// normalization with given statistics and the running/saved statistics update).
+fn bench_training_parts(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    case: &Case,
+    data: &Data,
+    ctx: &Context,
+    id: &str,
+) {
+    let shape = case.shape;
+    let c = shape.channels;
+    let elements = data.x.len() as u64;
+    let (mut mean, mut m2) = (vec![0f64; c], vec![0f64; c]);
+    batchnorm::moments(ctx, shape, &data.x, &mut mean, &mut m2).expect("moments");
+    group.throughput(Throughput::Bytes(4 * elements));
+    group.bench_function(BenchmarkId::new("moments", id), |b| {
+        b.iter(|| {
+            batchnorm::moments(ctx, shape, black_box(&data.x), &mut mean, &mut m2).unwrap();
+            black_box((&mut mean, &mut m2));
+        })
+    });
+    group.throughput(Throughput::Bytes(2 * 4 * elements));
+
+    let count = (shape.batch * shape.spatial) as u64;
+    let mut y = vec![0f32; data.x.len()];
+    let (mut running_mean, mut running_var) = (vec![0f32; c], vec![1f32; c]);
+    let (mut save_mean, mut save_invstd) = (vec![0f32; c], vec![0f32; c]);
+    let mut run = |y: &mut [f32]| {
+        batchnorm::forward_from_moments(
+            ctx,
+            shape,
+            InOut::separate(black_box(&data.x), y).expect("lengths"),
+            data.affine(),
+            count,
+            &mean,
+            &m2,
+            TrainingParams::default(),
+            Some(RunningStats {
+                mean: &mut running_mean,
+                var: &mut running_var,
+            }),
+            SavedStats {
+                mean: Some(&mut save_mean),
+                invstd: Some(&mut save_invstd),
+            },
+        )
+    };
+    run(&mut y).expect("batch norm from moments");
+    group.bench_function(BenchmarkId::new("from_moments", id), |b| {
+        b.iter(|| {
+            run(&mut y).unwrap();
+            black_box(&mut y);
+        })
+    });
+}
+
+/// `y = x * s` in a plain loop the compiler vectorizes for the build target: an elementwise
+/// kernel with ordinary stores, next to `copy` (whose `memcpy` may write without reading the
+/// destination first).
+fn bench_scale_loop(group: &mut BenchmarkGroup<'_, WallTime>, x: &[f32]) {
+    let mut y = vec![0f32; x.len()];
+    group.bench_function(BenchmarkId::new("scale_loop", "t1"), |b| {
+        b.iter(|| {
+            let s = black_box(1.0f32);
+            for (y, &x) in y.iter_mut().zip(black_box(x)) {
+                *y = x * s;
+            }
+            black_box(&mut y);
+        })
+    });
+}
+
 /// The C entry point with a NULL context, as a C engine calls it.
 fn bench_inference_c(group: &mut BenchmarkGroup<'_, WallTime>, case: &Case, data: &Data) {
     let mut y = vec![0f32; data.x.len()];
@@ -298,6 +376,7 @@ fn bench_case(c: &mut Criterion, case: &Case, seed: u64) {
     bench_copy(&mut group, &data.x);
     if case.every_isa {
         bench_copy_two_threads(&mut group, &data.x);
+        bench_scale_loop(&mut group, &data.x);
     }
 
     let configs: Vec<(Isa, usize)> = if case.every_isa {
@@ -313,6 +392,9 @@ fn bench_case(c: &mut Criterion, case: &Case, seed: u64) {
         let id = format!("{}_t{threads}", isa_name(isa));
         bench_inference(&mut group, case, &data, &ctx, &id);
         bench_training(&mut group, case, &data, &ctx, &id);
+        if case.every_isa && isa == Isa::best() && threads == 2 {
+            bench_training_parts(&mut group, case, &data, &ctx, &id);
+        }
     }
     if data.x.len() <= 1024 {
         bench_inference_c(&mut group, case, &data);

@@ -10,8 +10,8 @@ Reads criterion's results (`<criterion dir>/<group>/<function>/<value>/new/bench
 `bn_<layout>_<dims>`) and prints one table per group: operation, shape, layout, ISA, threads,
 median time, GB/s of minimal traffic (read x once, write y once; 1 GB = 10^9 bytes), the ratio to
 the single-thread copy of the same group (copy time / time: 1.00 = copy speed, higher = faster),
-and for training the time ratio training / inference at the same ISA and thread count. Then a
-check of the targets.
+and for training (and its two halves, `moments` and `from_moments`) the time ratio to inference
+at the same ISA and thread count. Then a check of the targets.
 
 The criterion directory is, in order: the first argument, $CRITERION_HOME,
 $CARGO_TARGET_DIR/criterion, or target/criterion next to this script's parent. Python 3 standard
@@ -28,7 +28,16 @@ GROUP_PREFIX = "bn_"
 LAYOUTS = {"nchw": "NCS (NCHW)", "nhwc": "NSC (NHWC)", "nc": "NCS, spatial 1"}
 # Most capable first: the "default" configuration of a group is its best ISA on 2 threads.
 ISA_ORDER = ["avx512", "avx2", "neon", "portable"]
-OPERATION_ORDER = ["copy", "inference", "inference_c_null_ctx", "training", "training_biased_var"]
+OPERATION_ORDER = [
+    "copy",
+    "scale_loop",
+    "inference",
+    "inference_c_null_ctx",
+    "training",
+    "training_biased_var",
+    "moments",
+    "from_moments",
+]
 # Targets of the issue on the 2-core reference machine.
 INFERENCE_VS_COPY = 0.85
 TRAINING_VS_INFERENCE = 1.4
@@ -178,7 +187,7 @@ def print_group(group, rows):
         rate = gbps(r)
         vs_copy = fmt_ratio(copy["ns"] / r["ns"]) if copy else "-"
         ratio = "-"
-        if r["op"].startswith("training"):
+        if r["op"].startswith("training") or r["op"] in ("moments", "from_moments"):
             inf = find(rows, "inference", r["isa"], r["threads"])
             if inf:
                 ratio = f"{r['ns'] / inf['ns']:.2f}x"
@@ -246,9 +255,10 @@ def main():
     print("## Batch norm forward benchmarks\n")
     print(
         f"Criterion medians from `{display(root)}` (newest result {time.strftime('%Y-%m-%d %H:%M', time.localtime(newest))}). "
-        "GB/s counts the minimal traffic, 2 x 4 bytes per element; `vs copy` is the copy's time "
-        "(`copy`, 1 thread, same group) over the row's time; `train/inf` is training time over "
-        "inference time at the same ISA and threads.\n"
+        "GB/s counts the minimal traffic, 2 x 4 bytes per element (4 for `moments`, which only "
+        "reads); `vs copy` is the copy's time (`copy`, 1 thread, same group) over the row's time; "
+        "`train/inf` is the row's time over inference time at the same ISA and threads "
+        "(`moments` and `from_moments` are the two halves of a training forward).\n"
     )
     for group in sorted(groups, key=group_order):
         print_group(group, groups[group])
