@@ -526,7 +526,11 @@ fn apply_affine(
     let rows = elements / row_len;
     let rows_per_task = (TASK_ELEMENTS / row_len).max(1);
     let shared = io.share();
-    ctx.for_each(elements, rows.div_ceil(rows_per_task), |k| {
+    let tasks = rows.div_ceil(rows_per_task);
+    ctx.for_each(elements, tasks, |k| {
+        // Last part first: after a statistics pass over a tensor larger than the caches, the
+        // data read last is the part still cached.
+        let k = tasks - 1 - k;
         let r = k * rows_per_task..rows.min((k + 1) * rows_per_task);
         // SAFETY: tasks cover disjoint row ranges.
         let part = unsafe { shared.part(r.start * row_len..r.end * row_len) };
