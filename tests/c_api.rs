@@ -1,0 +1,213 @@
+//! The C API as a C program sees it: `tests/c/batchnorm_api.c` is compiled by the system C
+//! compiler against the committed `include/normkit.h` and linked with the library cargo built for
+//! this test run, then run; it checks every function of the header against its own naive loops
+//! and exits non-zero on any failed check. The same file is also built as C++ (the header must
+//! work there too) and linked against the shared library.
+//!
+//! Where the libraries come from: before it builds any integration test, cargo builds the
+//! library target with all its crate types (`staticlib`, `cdylib`, `rlib`) in one rustc
+//! invocation, into the `deps` directory that also holds this test's executable, e.g.
+//! `target/release/deps/libnormkit.a` for `cargo test --release` (no hash in the name). Cargo
+//! copies them up to `target/release/` only for `cargo build`, so the test looks in its own
+//! directory first and falls back to the parent. No nested cargo call is needed (it would wait
+//! forever on the build lock held by the running `cargo test`).
+//!
+//! `CC` and `CXX` choose the compilers (default `cc` and `c++`).
+
+#![cfg(target_os = "linux")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// System libraries the static library needs on Linux (glibc), as printed by
+/// `cargo rustc --release --lib --crate-type staticlib -- --print native-static-libs`.
+const NATIVE_LIBS: &[&str] = &[
+    "-lgcc_s",
+    "-lutil",
+    "-lrt",
+    "-lpthread",
+    "-lm",
+    "-ldl",
+    "-lc",
+];
+
+const WARNINGS: &[&str] = &["-Wall", "-Wextra", "-Werror"];
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn program_source() -> PathBuf {
+    root().join("tests/c/batchnorm_api.c")
+}
+
+/// The directory holding the `libnormkit.a` and `libnormkit.so` built for this test run.
+fn library_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("path of the test executable");
+    let deps = exe.parent().expect("the test executable has a directory");
+    let candidates = [
+        deps.to_path_buf(),
+        deps.parent().unwrap_or(deps).to_path_buf(),
+    ];
+    for dir in &candidates {
+        if dir.join("libnormkit.a").is_file() {
+            return dir.clone();
+        }
+    }
+    panic!(
+        "libnormkit.a not found in {candidates:?}: is `staticlib` still among the crate types of \
+         [lib] in Cargo.toml?"
+    );
+}
+
+/// A fresh directory for this test's build products.
+fn out_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("c_api")
+        .join(name);
+    std::fs::create_dir_all(&dir).expect("create the output directory");
+    dir
+}
+
+fn compiler(var: &str, default: &str) -> String {
+    std::env::var(var)
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// Runs a command and panics with its output unless it succeeds; returns its stdout.
+fn run(mut cmd: Command, what: &str) -> String {
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot start {cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{cmd:?}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+        output.status
+    );
+    if !stderr.is_empty() {
+        eprintln!("{what}: stderr:\n{stderr}");
+    }
+    stdout
+}
+
+/// Compiles the C program with `cc` (`lang` None) or as C++ (`lang` Some("c++")), links it with
+/// `link` and runs it; returns its stdout.
+fn build_and_run(name: &str, cc: &str, std: &str, lang: Option<&str>, link: &[String]) -> String {
+    let exe = out_dir(name).join("batchnorm_api");
+    let mut cmd = Command::new(cc);
+    cmd.arg(std)
+        .args(WARNINGS)
+        .arg("-O2")
+        .arg("-I")
+        .arg(root().join("include"));
+    if let Some(lang) = lang {
+        cmd.args(["-x", lang]);
+    }
+    cmd.arg(program_source());
+    if lang.is_some() {
+        cmd.args(["-x", "none"]);
+    }
+    cmd.args(link).arg("-o").arg(&exe);
+    run(cmd, &format!("compiling tests/c/batchnorm_api.c ({name})"));
+    let stdout = run(
+        Command::new(&exe),
+        &format!("the C API test program ({name})"),
+    );
+    println!("{name}: {stdout}");
+    stdout
+}
+
+fn static_link() -> Vec<String> {
+    let mut link = vec![library_dir().join("libnormkit.a").display().to_string()];
+    link.extend(NATIVE_LIBS.iter().map(|s| s.to_string()));
+    link
+}
+
+#[test]
+fn c_program_passes_against_the_static_library() {
+    let out = build_and_run(
+        "c-static",
+        &compiler("CC", "cc"),
+        "-std=c11",
+        None,
+        &static_link(),
+    );
+    assert!(out.contains(" 0 failed"), "unexpected output: {out}");
+}
+
+#[test]
+fn cpp_program_passes_against_the_static_library() {
+    let out = build_and_run(
+        "cpp-static",
+        &compiler("CXX", "c++"),
+        "-std=c++11",
+        Some("c++"),
+        &static_link(),
+    );
+    assert!(out.contains(" 0 failed"), "unexpected output: {out}");
+}
+
+#[test]
+fn c_program_passes_against_the_shared_library() {
+    let dir = library_dir();
+    assert!(
+        dir.join("libnormkit.so").is_file(),
+        "libnormkit.so missing next to libnormkit.a in {dir:?}: is `cdylib` still among the crate \
+         types?"
+    );
+    let link = vec![
+        format!("-L{}", dir.display()),
+        format!("-Wl,-rpath,{}", dir.display()),
+        "-lnormkit".to_string(),
+        "-lm".to_string(),
+    ];
+    let out = build_and_run("c-shared", &compiler("CC", "cc"), "-std=c11", None, &link);
+    assert!(out.contains(" 0 failed"), "unexpected output: {out}");
+}
+
+/// Names `nk_...` directly followed by `(` in `text`: the functions a header declares or a C
+/// file calls.
+fn called_names(text: &str) -> Vec<String> {
+    let bytes = text.as_bytes();
+    let mut names = Vec::new();
+    let mut i = 0;
+    while let Some(pos) = text[i..].find("nk_") {
+        let start = i + pos;
+        let mut end = start;
+        while end < bytes.len() && (bytes[end].is_ascii_alphanumeric() || bytes[end] == b'_') {
+            end += 1;
+        }
+        let starts_word =
+            start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        if starts_word && bytes.get(end) == Some(&b'(') {
+            names.push(text[start..end].to_string());
+        }
+        i = end.max(start + 3);
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The C program must call every function the committed header declares, so that a function
+/// added to the C API without a C-side test shows up here.
+#[test]
+fn c_program_calls_every_function_of_the_header() {
+    let header = std::fs::read_to_string(root().join("include/normkit.h")).unwrap();
+    let program = std::fs::read_to_string(program_source()).unwrap();
+    let declared = called_names(&header);
+    assert!(
+        declared.len() >= 12,
+        "found only {declared:?} in the header"
+    );
+    let called = called_names(&program);
+    let missing: Vec<&String> = declared.iter().filter(|n| !called.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "tests/c/batchnorm_api.c does not call {missing:?}, declared in include/normkit.h"
+    );
+}
