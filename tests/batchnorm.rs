@@ -636,7 +636,7 @@ fn training_case(ctx: &Context, case: &Case, want: &Result<r::Training, r::Rejec
 }
 
 proptest! {
-    #![proptest_config(config(96))]
+    #![proptest_config(config(2048))]
 
     /// Training forward against the reference, in place, and as moments + forward from
     /// moments, for every ISA on 1 and 2 threads; ISAs agree with each other.
@@ -774,7 +774,7 @@ fn check_inference(ic: &InferenceCase, y: &[f32], what: &str) {
 }
 
 proptest! {
-    #![proptest_config(config(96))]
+    #![proptest_config(config(2048))]
 
     /// Inference forward, with and without ReLU, against the reference, in place, for every ISA
     /// on 1 and 2 threads.
@@ -798,7 +798,7 @@ proptest! {
 // Moments, merge, and synchronous batch norm over shards.
 
 proptest! {
-    #![proptest_config(config(64))]
+    #![proptest_config(config(1024))]
 
     /// Moments against the two-pass reference, for every ISA on 1 and 2 threads.
     #[test]
@@ -994,7 +994,7 @@ proptest! {
 // Fold.
 
 proptest! {
-    #![proptest_config(config(64))]
+    #![proptest_config(config(1024))]
 
     /// Folding into a preceding layer against the reference.
     #[test]
@@ -1059,7 +1059,7 @@ proptest! {
 // Determinism across thread counts.
 
 proptest! {
-    #![proptest_config(config(12))]
+    #![proptest_config(config(64))]
 
     /// Every operation gives bitwise the same results on 1, 2, 3 and 8 threads, for every ISA,
     /// on shapes large enough to be split.
@@ -1466,4 +1466,89 @@ fn constant_channel_with_zero_eps() {
     assert_eq!(save_mean, vec![4.25; 2]);
     assert_eq!(save_invstd, vec![f32::INFINITY; 2]);
     assert!(y.iter().all(|v| v.is_nan()), "0 * inf is NaN: {y:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Known accuracy defects: these fail today and are ignored so that the suite stays green; run
+// them with `cargo test --release --test batchnorm -- --ignored`.
+
+/// Largest absolute error of a training forward (no affine) against the reference, the same
+/// relative to `1 + |xhat|`, and the largest relative error of the moments' M2, over every ISA.
+fn training_errors(shape: Shape, x: &[f32], eps: f32) -> (f64, f64, f64) {
+    let want = r::forward_training(&shape, x, None, None, eps, 0.1, 0, None).unwrap();
+    let want_m = r::moments(&shape, x);
+    let worst = |acc: f64, e: f64| acc.max(if e.is_nan() { f64::INFINITY } else { e });
+    let (mut abs_err, mut y_err, mut m2_err) = (0.0f64, 0.0f64, 0.0f64);
+    for isa in isas() {
+        let ctx = ctx(1, isa);
+        let mut y = vec![SENTINEL; x.len()];
+        batchnorm::forward_training(
+            &ctx,
+            shape,
+            InOut::separate(x, &mut y).unwrap(),
+            Affine::default(),
+            TrainingParams {
+                eps,
+                ..TrainingParams::default()
+            },
+            None,
+            SavedStats::default(),
+        )
+        .unwrap();
+        for ((&got, &w), &xhat) in y.iter().zip(&want.y).zip(&want.xhat) {
+            let e = (got as f64 - w).abs();
+            abs_err = worst(abs_err, e);
+            y_err = worst(y_err, e / (1.0 + xhat.abs()));
+        }
+        let (_, m2) = run_moments(&ctx, shape, x);
+        for (&got, &w) in m2.iter().zip(&want_m.1) {
+            m2_err = worst(m2_err, (got - w).abs() / w);
+        }
+    }
+    (abs_err, y_err, m2_err)
+}
+
+/// A channel whose first value is far from its mean (a spike at the start of `10000 + N(0, 1)`
+/// data): the first block's shift is that value, so the f32 sums of `x - shift` and its square
+/// cancel, and the variance loses most of its digits.
+#[test]
+#[ignore = "accuracy defect in src/kernels/moments.rs: the shift of the first block is the channel's first value"]
+fn first_value_far_from_the_mean() {
+    for (b, c, s, layout) in [
+        (1, 2, 2048, Layout::Ncs),
+        (4, 2, 512, Layout::Ncs),
+        (64, 3, 1, Layout::Nsc),
+        (1, 1, 300_000, Layout::Ncs),
+    ] {
+        for spike in [30.0, 1000.0] {
+            let shape = Shape::new(b, c, s, layout);
+            let mut x = common::data::normals(5, b * c * s, 10000.0, 1.0);
+            for ch in 0..c {
+                x[r::index(&shape, 0, ch, 0)] = (10000.0 + spike) as f32;
+            }
+            let (abs_err, y_err, m2_err) = training_errors(shape, &x, 1e-5);
+            assert!(
+                y_err <= TOL_Y && m2_err <= TOL_VAR,
+                "{shape:?}, first value 10000 + {spike}: output error {abs_err:e} \
+                 ({y_err:e} x (1 + |xhat|)), M2 relative error {m2_err:e}"
+            );
+        }
+    }
+}
+
+/// Values of spread ~1e19 or more: squared deviations overflow f32, M2 becomes infinite and
+/// every output collapses to beta, while the values and their variance are finite.
+#[test]
+#[ignore = "range defect in src/kernels/moments.rs: squared deviations are accumulated in f32"]
+fn large_spread_does_not_overflow() {
+    for layout in [Layout::Ncs, Layout::Nsc] {
+        let shape = Shape::new(4, 3, 50, layout);
+        let x = common::data::normals(5, 600, 0.0, 1e20);
+        let (abs_err, y_err, m2_err) = training_errors(shape, &x, 1e-5);
+        assert!(
+            y_err <= TOL_Y && m2_err <= TOL_VAR,
+            "{shape:?}, 1e20 * N(0, 1): output error {abs_err:e} ({y_err:e} x (1 + |xhat|)), \
+             M2 relative error {m2_err:e}"
+        );
+    }
 }
