@@ -3,7 +3,7 @@
  * (32 x 64 x 56 x 56, NCHW and NHWC), in training mode and in inference mode, check every output
  * against a plain double-precision loop, and time each call next to a memcpy of the same bytes.
  *
- * Build and run from the repository root with `make tour`, or by hand:
+ * Build and run with `examples/tour.sh`, or by hand from the repository root:
  *   cargo build --release
  *   cc -O2 -std=c11 -Iinclude examples/tour.c target/release/libnormkit.a \
  *      -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc -o tour

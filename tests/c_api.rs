@@ -211,3 +211,32 @@ fn c_program_calls_every_function_of_the_header() {
         "tests/c/batchnorm_api.c does not call {missing:?}, declared in include/normkit.h"
     );
 }
+
+/// The C example of README.md (its first C block with a `main`) compiles without warnings and
+/// runs successfully against the static library.
+#[test]
+fn readme_example_compiles_and_runs() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let example = readme
+        .split("```c\n")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .find(|code| code.contains("int main("))
+        .expect("README.md has a C block with a main function");
+    let dir = out_dir("readme");
+    let source = dir.join("example.c");
+    std::fs::write(&source, example).unwrap();
+    let exe = dir.join("example");
+    let mut cmd = Command::new(compiler("CC", "cc"));
+    cmd.arg("-std=c11")
+        .args(WARNINGS)
+        .arg("-I")
+        .arg(root().join("include"))
+        .arg(&source)
+        .args(static_link())
+        .arg("-o")
+        .arg(&exe);
+    run(cmd, "compiling the README example");
+    let out = run(Command::new(&exe), "the README example");
+    assert!(out.starts_with("channel 0: "), "unexpected output: {out}");
+}
