@@ -2046,3 +2046,192 @@ fn concurrent_calls_on_one_context() {
     // SAFETY: no call is in flight any more.
     unsafe { nk_context_destroy(ctx as *mut nk_context) };
 }
+
+/// Pointers aligned to their element type and no more (4 mod 64 for floats, 8 mod 64 for
+/// doubles) are accepted, and the results are right.
+#[test]
+fn element_alignment_is_enough() {
+    let mut arena = Arena::new(1 << 16);
+    // A shape with whole vectors and a tail, so that vector loads and stores are exercised.
+    let (b, c, s) = (3, 5, 21);
+    let n = b * c * s;
+    let f = |arena: &mut Arena, len: usize| shift(arena.alloc::<f32>(len + 1), 4);
+    let d = |arena: &mut Arena, len: usize| shift(arena.alloc::<f64>(len + 1), 8);
+    let (x, y) = (f(&mut arena, n), f(&mut arena, n));
+    let (gamma, beta) = (f(&mut arena, c), f(&mut arena, c));
+    let (rm, rv, sm, si) = (
+        f(&mut arena, c),
+        f(&mut arena, c),
+        f(&mut arena, c),
+        f(&mut arena, c),
+    );
+    let (mean, m2, mean_b, m2_b) = (
+        d(&mut arena, c),
+        d(&mut arena, c),
+        d(&mut arena, c),
+        d(&mut arena, c),
+    );
+    let mut g = Gen::new(17);
+    let xs = g.normals(n, 3.0, 2.0);
+    let (gs, bs) = (g.uniforms(c, 0.5, 2.0), g.uniforms(c, -1.0, 1.0));
+    write(x, &xs);
+    write(gamma, &gs);
+    write(beta, &bs);
+    for layout in [NCS, NSC] {
+        let shape = nk_shape {
+            batch: b,
+            channels: c,
+            spatial: s,
+            layout,
+        };
+        let rs = nk_to_shape(shape);
+        write(rm, &vec![0.0; c]);
+        write(rv, &vec![1.0; c]);
+        // SAFETY (all calls): every pointer is inside the arena with room for its extent.
+        unsafe {
+            assert_eq!(
+                nk_batchnorm_forward_training(
+                    null_mut(),
+                    shape,
+                    x,
+                    y,
+                    gamma,
+                    beta,
+                    1e-5,
+                    0.5,
+                    0,
+                    rm,
+                    rv,
+                    sm,
+                    si
+                ),
+                NK_OK
+            );
+            let want = r::forward_training(
+                &rs,
+                &xs,
+                Some(&gs),
+                Some(&bs),
+                1e-5,
+                0.5,
+                0,
+                Some((&vec![0.0; c], &vec![1.0; c])),
+            )
+            .unwrap();
+            assert_close(&read(y, n), &want.y, 1e-5, "training y");
+            let (wm, wv) = want.running.unwrap();
+            assert_close(&read(rm, c), &wm, 1e-5, "running_mean");
+            assert_close(&read(rv, c), &wv, 1e-5, "running_var");
+            assert_close(&read(sm, c), &want.save_mean, 1e-5, "save_mean");
+            assert_close(&read(si, c), &want.save_invstd, 1e-5, "save_invstd");
+
+            assert_eq!(
+                nk_batchnorm_forward_inference(
+                    null_mut(),
+                    shape,
+                    x,
+                    y,
+                    gamma,
+                    beta,
+                    sm,
+                    rv,
+                    1e-5,
+                    NK_BN_FUSE_RELU
+                ),
+                NK_OK
+            );
+            let (want_y, _) = r::forward_inference(
+                &rs,
+                &xs,
+                Some(&gs),
+                Some(&bs),
+                &read(sm, c),
+                &read(rv, c),
+                1e-5,
+                true,
+            );
+            assert_close(&read(y, n), &want_y, 1e-6, "inference y");
+
+            assert_eq!(nk_moments(null_mut(), shape, x, mean, m2), NK_OK);
+            let (want_mean, want_m2) = r::moments(&rs, &xs);
+            for ch in 0..c {
+                let (gm, gm2) = (read(mean, c)[ch], read(m2, c)[ch]);
+                assert!((gm - want_mean[ch]).abs() <= 1e-6 * (1.0 + want_mean[ch].abs()));
+                assert!((gm2 - want_m2[ch]).abs() <= 1e-5 * want_m2[ch]);
+            }
+            write(mean_b, &read(mean, c));
+            write(m2_b, &read(m2, c));
+            let (ma, m2a) = (read(mean, c), read(m2, c));
+            assert_eq!(
+                nk_moments_merge(c, COUNT, mean, m2, COUNT, mean_b, m2_b),
+                NK_OK
+            );
+            let (wm, wm2) = r::merge(COUNT, &ma, &m2a, COUNT, &ma, &m2a);
+            for ch in 0..c {
+                assert!((read(mean, c)[ch] - wm[ch]).abs() <= 1e-12 * (1.0 + wm[ch].abs()));
+                assert!((read(m2, c)[ch] - wm2[ch]).abs() <= 1e-12 * wm2[ch]);
+            }
+
+            let count = 2 * (b * s) as u64;
+            assert_eq!(
+                nk_batchnorm_forward_from_moments(
+                    null_mut(),
+                    shape,
+                    x,
+                    y,
+                    gamma,
+                    beta,
+                    count,
+                    mean,
+                    m2,
+                    1e-5,
+                    0.5,
+                    0,
+                    null_mut(),
+                    null_mut(),
+                    sm,
+                    si
+                ),
+                NK_OK
+            );
+            let want = r::forward_from_moments(
+                &rs,
+                &xs,
+                Some(&gs),
+                Some(&bs),
+                count,
+                &read(mean, c),
+                &read(m2, c),
+                1e-5,
+                0.5,
+                0,
+                None,
+            )
+            .unwrap();
+            assert_close(&read(y, n), &want.y, 1e-5, "from moments y");
+
+            let (w0, b0) = (g.normals(c * 7, 0.0, 1.0), g.normals(c, 0.0, 1.0));
+            let (weight, bias) = (x, y);
+            write(weight, &w0);
+            write(bias, &b0);
+            assert_eq!(
+                nk_batchnorm_fold(c, 7, weight, bias, gamma, beta, sm, rv, 1e-5),
+                NK_OK
+            );
+            let (ww, wb) = r::fold(
+                c,
+                7,
+                &w0,
+                &b0,
+                Some(&gs),
+                Some(&bs),
+                &read(sm, c),
+                &read(rv, c),
+                1e-5,
+            );
+            assert_close(&read(weight, c * 7), &ww, 1e-6, "folded weight");
+            assert_close(&read(bias, c), &wb, 1e-6, "folded bias");
+            write(x, &xs);
+        }
+    }
+}
