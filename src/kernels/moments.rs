@@ -6,6 +6,12 @@
 //! `x - K` is exact for values near `K`. Each block's sums become `(count, mean, M2)` in `f64`,
 //! and blocks, chunks and shards are merged with Chan et al.'s pairwise formula, in a fixed order.
 //! On `10000 + N(0,1)` data the mean is exact to `f64` rounding of the spread, not of the offset.
+//!
+//! Two cases would lose digits, and a block in either is recomputed exactly (two passes in `f64`):
+//! the first block of a run whose first value lies far from the block's mean (its sums of `d`
+//! and `d * d` then cancel; later blocks are shifted by the running mean, where any cancellation
+//! is relative to the variance between blocks, which the merge counts in full), and a block whose
+//! `f32` sums are not finite (a spread whose squares overflow `f32`, or NaN and infinities).
 
 use crate::simd::{F32Vec, Kernel};
 use std::ops::Range;
@@ -51,6 +57,37 @@ impl Moments {
             mean: self.mean + delta * (nb / n),
             m2: self.m2 + other.m2 + delta * delta * (na * nb / n),
         }
+    }
+
+    /// The moments of `values`, exactly to `f64` rounding (two passes).
+    fn exact(values: impl Iterator<Item = f32> + Clone) -> Moments {
+        let (count, sum) = values
+            .clone()
+            .fold((0u64, 0.0f64), |(n, s), v| (n + 1, s + v as f64));
+        if count == 0 {
+            return Moments::EMPTY;
+        }
+        let mean = sum / count as f64;
+        let m2 = values.map(|v| (v as f64 - mean) * (v as f64 - mean)).sum();
+        Moments { count, mean, m2 }
+    }
+
+    /// The moments of a block from its shifted sums, or `None` if they cannot be trusted: not
+    /// finite, or (for the first block of a run, `first`) cancelling by more than a factor 16
+    /// because the shift lies more than about four spreads from the block's mean.
+    #[inline]
+    fn from_trusted_sums(
+        count: usize,
+        shift: f32,
+        s1: f64,
+        s2: f64,
+        first: bool,
+    ) -> Option<Moments> {
+        if !(s1.is_finite() && s2.is_finite()) {
+            return None;
+        }
+        let m = Moments::from_shifted_sums(count, shift, s1, s2);
+        (!first || s2 <= 16.0 * m.m2).then_some(m)
     }
 
     /// The moments of `count` values from `s1 = sum(x - shift)` and `s2 = sum((x - shift)^2)`.
@@ -122,7 +159,18 @@ pub(crate) fn channel_moments<'a, V: F32Vec>(
         }
         let s1 = s1[0].add(s1[1]).add(s1[2].add(s1[3])).sum_f64();
         let s2 = s2[0].add(s2[1]).add(s2[2].add(s2[3])).sum_f64();
-        acc = acc.merge(Moments::from_shifted_sums(end - start, shift, s1, s2));
+        let first = start == range.start;
+        let block = Moments::from_trusted_sums(end - start, shift, s1, s2, first)
+            .unwrap_or_else(|| Moments::exact((start..end).map(|v| row(v / spatial)[v % spatial])));
+        acc = acc.merge(block);
+        if acc.mean.is_nan() {
+            // NaN in the data: the result is NaN whatever follows.
+            return Moments {
+                count: range.len() as u64,
+                mean: f64::NAN,
+                m2: f64::NAN,
+            };
+        }
         shift = acc.mean as f32;
         start = end;
     }
@@ -168,7 +216,7 @@ impl Kernel for RowMoments<'_> {
         let mut s2 = vec![0f32; c];
         let l = V::LANES;
         let full = c / l * l;
-        for block in self.x.chunks(ROW_BLOCK * c) {
+        for (b, block) in self.x.chunks(ROW_BLOCK * c).enumerate() {
             for row in block.chunks_exact(c) {
                 let (x, x_tail) = row.split_at(full);
                 let (k, k_tail) = shift.split_at(full);
@@ -192,8 +240,9 @@ impl Kernel for RowMoments<'_> {
             }
             let n = block.len() / c;
             for ch in 0..c {
-                let block_moments =
-                    Moments::from_shifted_sums(n, shift[ch], s1[ch] as f64, s2[ch] as f64);
+                let (a, b2) = (s1[ch] as f64, s2[ch] as f64);
+                let block_moments = Moments::from_trusted_sums(n, shift[ch], a, b2, b == 0)
+                    .unwrap_or_else(|| Moments::exact(block.chunks_exact(c).map(|r| r[ch])));
                 self.out[ch] = self.out[ch].merge(block_moments);
                 shift[ch] = self.out[ch].mean as f32;
             }
