@@ -1584,11 +1584,10 @@ fn large_spread_does_not_overflow() {
     }
 }
 
-/// Values of spread ~1e-22 or less with eps = 0: squared deviations summed in f32 are subnormal
-/// or zero, so M2 loses its digits or becomes 0 and the outputs are off, or infinite and NaN,
-/// while the float64 variance is positive and the normalized values are ordinary.
+/// Values of spread ~1e-22 or less with eps = 0: squared deviations in f32 are subnormal or zero,
+/// while the float64 variance is positive and the normalized values are ordinary; the moments
+/// must notice and keep the variance.
 #[test]
-#[ignore = "defect in src/kernels/moments.rs: f32 squares of tiny deviations underflow; run with --ignored"]
 fn tiny_spread_with_zero_eps() {
     let alternating: Vec<f32> = (0..64)
         .map(|i| if i % 2 == 0 { 1e-24 } else { -1e-24 })

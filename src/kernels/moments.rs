@@ -13,7 +13,7 @@
 //! is relative to the variance between blocks, which the merge counts in full), and a block whose
 //! `f32` sums are not finite (a spread whose squares overflow `f32`, or NaN and infinities).
 
-use crate::simd::{F32Vec, Kernel};
+use crate::simd::{F32Vec, Kernel, MAX_LANES};
 use std::ops::Range;
 
 /// Elements per block of a contiguous run: the `f32` lane sums cover at most
@@ -22,6 +22,10 @@ pub(crate) const BLOCK: usize = 2048;
 
 /// Rows per block of a channels-innermost run (each lane is one channel).
 pub(crate) const ROW_BLOCK: usize = 64;
+
+/// Mean squares below this (deviations below about 1e-15) are near `f32`'s subnormal range when
+/// squared; such blocks are recomputed exactly.
+const TINY_MEAN_SQUARE: f64 = 7.888609052210118e-31; // 2^-100
 
 /// Count, mean and sum of squared deviations from the mean (M2) of a set of values.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -72,18 +76,24 @@ impl Moments {
         Moments { count, mean, m2 }
     }
 
-    /// The moments of a block from its shifted sums, or `None` if they cannot be trusted: not
-    /// finite, or (for the first block of a run, `first`) cancelling by more than a factor 16
-    /// because the shift lies more than about four spreads from the block's mean.
+    /// The moments of a block from its shifted sums, or `None` if they cannot be trusted:
+    /// - not finite (squares overflowing `f32`, NaN or infinities in the data);
+    /// - squares lost to underflow: `s2` below `lane_bound = sum over lanes of s1_l^2 / count`,
+    ///   which exact sums always reach (Cauchy-Schwarz in each lane), or in the subnormal range;
+    /// - for the first block of a run (`first`), sums cancelling by more than a factor 16
+    ///   because the shift lies more than about four spreads from the block's mean.
     #[inline]
     fn from_trusted_sums(
         count: usize,
         shift: f32,
         s1: f64,
         s2: f64,
+        lane_bound: f64,
         first: bool,
     ) -> Option<Moments> {
-        if !(s1.is_finite() && s2.is_finite()) {
+        let n = count as f64;
+        let underflow = s2 < 0.5 * lane_bound || (s2 > 0.0 && s2 < n * TINY_MEAN_SQUARE);
+        if !(s1.is_finite() && s2.is_finite()) || underflow {
             return None;
         }
         let m = Moments::from_shifted_sums(count, shift, s1, s2);
@@ -157,10 +167,16 @@ pub(crate) fn channel_moments<'a, V: F32Vec>(
             accumulate(&row(n)[s..s + len], shift, &mut s1, &mut s2);
             v += len;
         }
-        let s1 = s1[0].add(s1[1]).add(s1[2].add(s1[3])).sum_f64();
-        let s2 = s2[0].add(s2[1]).add(s2[2].add(s2[3])).sum_f64();
+        let mut lanes1 = [0f32; MAX_LANES];
+        let mut lanes2 = [0f32; MAX_LANES];
+        s1[0].add(s1[1]).add(s1[2].add(s1[3])).store(&mut lanes1);
+        s2[0].add(s2[1]).add(s2[2].add(s2[3])).store(&mut lanes2);
+        let count = end - start;
+        let s1: f64 = lanes1.iter().map(|&v| v as f64).sum();
+        let s2: f64 = lanes2.iter().map(|&v| v as f64).sum();
+        let bound = lanes1.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / count as f64;
         let first = start == range.start;
-        let block = Moments::from_trusted_sums(end - start, shift, s1, s2, first)
+        let block = Moments::from_trusted_sums(count, shift, s1, s2, bound, first)
             .unwrap_or_else(|| Moments::exact((start..end).map(|v| row(v / spatial)[v % spatial])));
         acc = acc.merge(block);
         if acc.mean.is_nan() {
@@ -241,7 +257,8 @@ impl Kernel for RowMoments<'_> {
             let n = block.len() / c;
             for ch in 0..c {
                 let (a, b2) = (s1[ch] as f64, s2[ch] as f64);
-                let block_moments = Moments::from_trusted_sums(n, shift[ch], a, b2, b == 0)
+                let bound = a * a / n as f64;
+                let block_moments = Moments::from_trusted_sums(n, shift[ch], a, b2, bound, b == 0)
                     .unwrap_or_else(|| Moments::exact(block.chunks_exact(c).map(|r| r[ch])));
                 self.out[ch] = self.out[ch].merge(block_moments);
                 shift[ch] = self.out[ch].mean as f32;

@@ -90,11 +90,15 @@ impl SupportedIsa {
     }
 }
 
+/// The widest vector of any backend, in `f32` lanes.
+pub(crate) const MAX_LANES: usize = 16;
+
 /// A vector of `f32` lanes. Implemented once per ISA; nothing else in the crate is ISA-specific.
 ///
 /// Every method is `#[inline(always)]` in its backends so that, instantiated inside a
 /// `#[target_feature]` function by [`dispatch`], it compiles to that ISA's instructions.
 pub(crate) trait F32Vec: Copy {
+    /// Number of lanes; at most [`MAX_LANES`].
     const LANES: usize;
 
     fn splat(value: f32) -> Self;
@@ -112,8 +116,6 @@ pub(crate) trait F32Vec: Copy {
     fn mul_add(self, a: Self, b: Self) -> Self;
     /// `0 > self ? 0 : self`: negative lanes become +0; NaN and -0.0 pass through unchanged.
     fn relu(self) -> Self;
-    /// Sum of the lanes in `f64`, added in lane order.
-    fn sum_f64(self) -> f64;
 }
 
 /// A kernel written once over [`F32Vec`]; `run` must be `#[inline(always)]`.

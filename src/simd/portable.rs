@@ -59,9 +59,4 @@ impl F32Vec for Vector {
         let zero = f32x8::splat(0.0);
         Vector(self.0.simd_lt(zero).select(zero, self.0))
     }
-
-    #[inline(always)]
-    fn sum_f64(self) -> f64 {
-        self.0.to_array().iter().map(|&v| v as f64).sum()
-    }
 }

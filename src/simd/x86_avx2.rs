@@ -92,11 +92,4 @@ impl F32Vec for Vector {
         // and -0.0 in v.
         Vector(unsafe { _mm256_max_ps(_mm256_setzero_ps(), self.0) })
     }
-
-    #[inline(always)]
-    fn sum_f64(self) -> f64 {
-        let mut lanes = [0f32; 8];
-        self.store(&mut lanes);
-        lanes.iter().map(|&v| v as f64).sum()
-    }
 }
