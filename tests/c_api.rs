@@ -163,6 +163,7 @@ fn c_program_passes_against_the_shared_library() {
         format!("-L{}", dir.display()),
         format!("-Wl,-rpath,{}", dir.display()),
         "-lnormkit".to_string(),
+        "-lpthread".to_string(),
         "-lm".to_string(),
     ];
     let out = build_and_run("c-shared", &compiler("CC", "cc"), "-std=c11", None, &link);

@@ -6,15 +6,19 @@
  * double-precision loop written in this file; every error case checks the status code, that the
  * error message is set, and that no byte of any buffer changed. Cases run on every ISA the CPU
  * has, in both layouts, on a 2-thread context and on the default (NULL) context; results must be
- * bitwise identical across thread counts and between in-place and out-of-place calls.
+ * bitwise identical across thread counts, between in-place and out-of-place calls, and between a
+ * call alone and the same call made concurrently from several threads.
  *
  * Exit status 0 when every check passes; otherwise 1, with one line per failed check on stderr.
  * Built and run by tests/c_api.rs.
  */
 
+#define _POSIX_C_SOURCE 200809L /* pthreads */
+
 #include "normkit.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -974,6 +978,92 @@ static void test_determinism(nk_isa isa, nk_context *ctx2) {
     nk_context_destroy(ctx3);
 }
 
+/* Calls from several threads at once, on one shared context and on the default context, give
+ * the same bits as a call alone; each thread sees its own last error message. */
+typedef struct {
+    nk_context *ctx;
+    const bn_data *d;
+    const bn_out *want;
+    int index;
+    int mismatches;
+    int error_checks_failed;
+} worker_arg;
+
+static void *concurrent_worker(void *p) {
+    worker_arg *a = (worker_arg *)p;
+    const bn_data *d = a->d;
+    bn_out o = make_out(d);
+    for (int iter = 0; iter < 12; iter++) {
+        nk_context *ctx = iter % 2 == 0 ? a->ctx : NULL;
+        memcpy(o.rm, d->rm0, d->channels * sizeof(float));
+        memcpy(o.rv, d->rv0, d->channels * sizeof(float));
+        poison_f32(o.y, d->n);
+        nk_status s = nk_batchnorm_forward_training(ctx, d->shape, d->x, o.y, d->gamma, d->beta,
+                                                    k_eps, k_momentum, 0, o.rm, o.rv, o.save_mean,
+                                                    o.save_invstd);
+        if (s != NK_OK || !same_out(&o, a->want, d)) {
+            a->mismatches++;
+        }
+        /* A failing call sets this thread's message, whatever the others do: half the threads
+         * pass a bad eps, the other half a bad momentum, and each message names its parameter. */
+        int bad_eps = a->index % 2 == 0;
+        s = nk_batchnorm_forward_training(ctx, d->shape, d->x, o.y, d->gamma, d->beta,
+                                          bad_eps ? -1.0f : k_eps, bad_eps ? k_momentum : 2.0f, 0,
+                                          o.rm, o.rv, NULL, NULL);
+        const char *msg = nk_last_error_message();
+        if (s != NK_ERR_BAD_ARGUMENT || msg == NULL ||
+            strstr(msg, bad_eps ? "eps" : "momentum") == NULL) {
+            a->error_checks_failed++;
+        }
+    }
+    free_out(&o);
+    return NULL;
+}
+
+static void test_concurrency(nk_context *ctx) {
+    enum { THREADS = 4 };
+    EXPECT_OK(nk_context_set_isa(ctx, NK_ISA_AUTO), "set_isa(AUTO) before the concurrency test");
+    for (int l = 0; l < 2; l++) {
+        nk_layout layout = l == 0 ? NK_LAYOUT_NCS : NK_LAYOUT_NSC;
+        nk_shape sh = make_shape(8, 16, 4096, layout);
+        set_case("concurrent calls isa=%s %s", isa_name(nk_context_isa(ctx)), layout_name(layout));
+        bn_data d = make_data(sh, 2.0);
+        bn_out want = make_out(&d);
+        EXPECT_OK(nk_batchnorm_forward_training(ctx, sh, d.x, want.y, d.gamma, d.beta, k_eps,
+                                                k_momentum, 0, want.rm, want.rv, want.save_mean,
+                                                want.save_invstd),
+                  "training forward alone");
+        pthread_t threads[THREADS];
+        worker_arg args[THREADS];
+        int started = 0;
+        for (int t = 0; t < THREADS; t++) {
+            args[t].ctx = ctx;
+            args[t].d = &d;
+            args[t].want = &want;
+            args[t].index = t;
+            args[t].mismatches = 0;
+            args[t].error_checks_failed = 0;
+            if (pthread_create(&threads[t], NULL, concurrent_worker, &args[t]) == 0) {
+                started++;
+            } else {
+                break;
+            }
+        }
+        CHECK(started == THREADS, "started %d of %d threads", started, (int)THREADS);
+        for (int t = 0; t < started; t++) {
+            pthread_join(threads[t], NULL);
+            CHECK(args[t].mismatches == 0,
+                  "thread %d: %d concurrent training calls differ from the call alone", t,
+                  args[t].mismatches);
+            CHECK(args[t].error_checks_failed == 0,
+                  "thread %d: %d failed calls did not leave this thread's own error message", t,
+                  args[t].error_checks_failed);
+        }
+        free_out(&want);
+        free_data(&d);
+    }
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* The error contract                                                                           */
 
@@ -1338,6 +1428,7 @@ int main(void) {
         }
         test_determinism(isas[i], ctx);
     }
+    test_concurrency(ctx);
     /* The default context. */
     for (int l = 0; l < 2; l++) {
         nk_layout layout = l == 0 ? NK_LAYOUT_NCS : NK_LAYOUT_NSC;
