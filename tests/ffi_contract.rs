@@ -1119,10 +1119,19 @@ fn from_moments_statuses_and_precedence() {
             t.x = null();
             t.y = null_mut();
         }),
-        ("count 1, biased", NK_OK, |_, t| {
+        ("count 1, biased, one-value shard", NK_OK, |_, t| {
             t.count = 1;
             t.flags = NK_BN_RUNNING_VAR_BIASED;
+            t.shape.batch = 1;
+            t.shape.spatial = 1;
         }),
+        (
+            "count below the shard's values",
+            NK_ERR_BAD_SHAPE,
+            |_, t| {
+                t.count = COUNT - 1;
+            },
+        ),
         ("x NULL", NK_ERR_NULL_POINTER, |_, t| t.x = null()),
         ("y NULL", NK_ERR_NULL_POINTER, |_, t| t.y = null_mut()),
         ("mean NULL", NK_ERR_NULL_POINTER, |_, t| t.mean = null()),

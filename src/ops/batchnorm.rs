@@ -82,14 +82,20 @@ pub(crate) fn check_sizes(shape: &Shape) -> Result<usize> {
     shape.elements()
 }
 
-/// Checks a training forward (or a forward from moments with global `count`).
+/// Checks a training forward (or a forward from moments with global `count`, which must cover
+/// at least this shard's values).
 pub(crate) fn check_training(
     shape: &Shape,
     count: u64,
     params: &TrainingParams,
     has_running: bool,
 ) -> Result<()> {
-    check_sizes(shape)?;
+    let local = check_sizes(shape).and_then(|_| shape.count())? as u64;
+    if count < local {
+        return Err(Error::bad_shape(format!(
+            "the global count {count} is smaller than this shard's {local} values per channel"
+        )));
+    }
     if count < 1 {
         return Err(Error::bad_shape(
             "batch norm training needs at least one value per channel (batch * spatial >= 1)",
