@@ -296,11 +296,24 @@ pub fn forward_inference(
         return Ok(());
     }
     with_affine_buffer(shape.channels, |shift, scale, offset| {
-        for c in 0..shape.channels {
-            let invstd = 1.0 / (var[c] as f64 + eps as f64).sqrt();
-            shift[c] = mean[c];
-            scale[c] = (gamma_of(&affine, c) as f64 * invstd) as f32;
-            offset[c] = beta_of(&affine, c);
+        shift.copy_from_slice(mean);
+        // Branch-free loops over whole arrays (the compiler vectorizes the f64 sqrt and divide).
+        let invstd = |v: f32| 1.0 / (v as f64 + eps as f64).sqrt();
+        match affine.gamma {
+            Some(gamma) => {
+                for ((s, &v), &g) in scale.iter_mut().zip(var).zip(gamma) {
+                    *s = (g as f64 * invstd(v)) as f32;
+                }
+            }
+            None => {
+                for (s, &v) in scale.iter_mut().zip(var) {
+                    *s = invstd(v) as f32;
+                }
+            }
+        }
+        match affine.beta {
+            Some(beta) => offset.copy_from_slice(beta),
+            None => offset.fill(0.0),
         }
         let params = ChannelAffine {
             shift,
@@ -614,7 +627,8 @@ fn with_affine_buffer<R>(
     channels: usize,
     f: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]) -> R,
 ) -> R {
-    const STACK: usize = 256;
+    // Small enough that zeroing it costs little next to a tiny call.
+    const STACK: usize = 64;
     if channels <= STACK {
         let mut buf = [0f32; 3 * STACK];
         let (a, rest) = buf.split_at_mut(STACK);
