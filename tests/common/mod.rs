@@ -1,8 +1,10 @@
 //! Helpers shared by the integration tests: a plain float64 reference of every batch-norm
-//! operation ([`reference`]) and a small deterministic data generator ([`data`]).
+//! operation ([`reference`]), a plain reference of the dropout family and its generator
+//! ([`dropout_reference`]) and a small deterministic data generator ([`data`]).
 
 // Each test binary uses a different part of these helpers.
 #![allow(dead_code)]
 
 pub mod data;
+pub mod dropout_reference;
 pub mod reference;
