@@ -119,6 +119,14 @@ impl RowIo<'_> {
         }
     }
 
+    /// Address of the first input element (for prefetching what follows it in memory).
+    pub(crate) fn input_ptr(&self) -> *const f32 {
+        match self {
+            RowIo::Separate(x, _) => x.as_ptr(),
+            RowIo::InPlace(b) => b.as_ptr(),
+        }
+    }
+
     /// The sub-part `range`, reborrowed.
     pub(crate) fn part(&mut self, range: Range<usize>) -> RowIo<'_> {
         match self {
@@ -135,6 +143,70 @@ impl RowIo<'_> {
             RowIo::Separate(x, y) => map_separate(x, y, f),
             RowIo::InPlace(b) => map_in_place(b, f),
         }
+    }
+
+    /// [`RowIo::map`] with streaming stores for the vector-aligned body of the output (partial
+    /// vectors before and after it). The caller fences with `V::fence_streams()` when done.
+    #[inline(always)]
+    pub(crate) fn map_streaming<V: F32Vec>(&mut self, f: &impl VectorMap<V>) {
+        let head = match self {
+            RowIo::Separate(_, y) => unaligned_head::<V>(y),
+            RowIo::InPlace(b) => unaligned_head::<V>(b),
+        };
+        let mut head_part = self.part(0..head);
+        head_part.map(f);
+        let len = self.len();
+        match self.part(head..len) {
+            RowIo::Separate(x, y) => map_separate_streaming(x, y, head, f),
+            RowIo::InPlace(b) => map_in_place_streaming(b, head, f),
+        }
+    }
+}
+
+/// Elements of `y` before its first address aligned to a whole vector (`LANES * 4` bytes).
+#[inline(always)]
+pub(crate) fn unaligned_head<V: F32Vec>(y: &[f32]) -> usize {
+    let bytes = V::LANES * 4;
+    let misalign = y.as_ptr() as usize % bytes;
+    if misalign == 0 {
+        0
+    } else {
+        ((bytes - misalign) / 4).min(y.len())
+    }
+}
+
+/// Like `map_separate`, with `y` vector-aligned and streaming stores; `base` is the index of the
+/// first element in the caller's part.
+#[inline(always)]
+fn map_separate_streaming<V: F32Vec>(x: &[f32], y: &mut [f32], base: usize, f: &impl VectorMap<V>) {
+    let l = V::LANES;
+    let full = x.len() / l * l;
+    let (x_body, x_tail) = x.split_at(full);
+    let (y_body, y_tail) = y.split_at_mut(full);
+    for (i, (xs, ys)) in x_body
+        .chunks_exact(l)
+        .zip(y_body.chunks_exact_mut(l))
+        .enumerate()
+    {
+        f.apply(V::load(xs), base + i * l, l).store_stream(ys);
+    }
+    if !x_tail.is_empty() {
+        f.apply(V::load_partial(x_tail, 0.0), base + full, x_tail.len())
+            .store_partial(y_tail);
+    }
+}
+
+#[inline(always)]
+fn map_in_place_streaming<V: F32Vec>(b: &mut [f32], base: usize, f: &impl VectorMap<V>) {
+    let l = V::LANES;
+    let full = b.len() / l * l;
+    let (body, tail) = b.split_at_mut(full);
+    for (i, v) in body.chunks_exact_mut(l).enumerate() {
+        f.apply(V::load(v), base + i * l, l).store_stream(v);
+    }
+    if !tail.is_empty() {
+        let v = V::load_partial(tail, 0.0);
+        f.apply(v, base + full, tail.len()).store_partial(tail);
     }
 }
 

@@ -1613,3 +1613,117 @@ fn tiny_spread_with_zero_eps() {
         );
     }
 }
+
+/// Outputs of 2^22 elements or more are written with streaming stores after a partial vector
+/// that aligns them; outputs at every alignment, separate and in place, must match the
+/// reference and each other bitwise.
+#[test]
+fn large_outputs_at_every_alignment() {
+    let shapes = [
+        Shape::new(2, 3, 700_001, Layout::Ncs),
+        Shape::new(3, 7, 200_003, Layout::Nsc),
+        Shape::new(4_194_311, 1, 1, Layout::Ncs),
+    ];
+    for shape in shapes {
+        let n = r::elements(&shape);
+        let c = shape.channels;
+        let x = common::data::normals(11, n, 3.0, 2.0);
+        let gamma: Vec<f32> = (0..c).map(|i| 0.5 + i as f32).collect();
+        let beta: Vec<f32> = (0..c).map(|i| i as f32 - 1.0).collect();
+        let mean: Vec<f32> = (0..c).map(|i| 3.0 + 0.1 * i as f32).collect();
+        let var: Vec<f32> = (0..c).map(|i| 4.0 + i as f32).collect();
+        let affine = Affine {
+            gamma: Some(&gamma),
+            beta: Some(&beta),
+        };
+        let want_inf = r::forward_inference(
+            &shape,
+            &x,
+            Some(&gamma),
+            Some(&beta),
+            &mean,
+            &var,
+            1e-5,
+            true,
+        )
+        .0;
+        let want_train =
+            r::forward_training(&shape, &x, Some(&gamma), Some(&beta), 1e-5, 0.1, 0, None)
+                .unwrap()
+                .y;
+        for isa in isas() {
+            let ctx = ctx(2, isa);
+            let mut first: Option<(Vec<f32>, Vec<f32>)> = None;
+            // The output starts 0..4 floats past a 64-byte boundary.
+            for skew in 0..4 {
+                let mut buf = vec![SENTINEL; n + 32];
+                let start = (64 - (buf.as_ptr() as usize % 64)) / 4 % 16 + skew;
+                let y = &mut buf[start..start + n];
+                batchnorm::forward_inference(
+                    &ctx,
+                    shape,
+                    InOut::separate(&x, y).unwrap(),
+                    affine,
+                    &mean,
+                    &var,
+                    1e-5,
+                    batchnorm::BN_FUSE_RELU,
+                )
+                .unwrap();
+                let inf = y.to_vec();
+                y.copy_from_slice(&x);
+                batchnorm::forward_training(
+                    &ctx,
+                    shape,
+                    InOut::InPlace(y),
+                    affine,
+                    TrainingParams::default(),
+                    None,
+                    SavedStats::default(),
+                )
+                .unwrap();
+                let train = y.to_vec();
+                assert!(
+                    buf[..start]
+                        .iter()
+                        .chain(&buf[start + n..])
+                        .all(|v| v.to_bits() == SENTINEL.to_bits()),
+                    "{shape:?} {isa:?}: wrote outside y"
+                );
+                match &first {
+                    None => {
+                        let worst = |got: &[f32], want: &[f64]| {
+                            got.iter()
+                                .zip(want)
+                                .map(|(&g, &w)| (g as f64 - w).abs() / (1.0 + w.abs()))
+                                .fold(0.0, f64::max)
+                        };
+                        assert!(
+                            worst(&inf, &want_inf) < 1e-5,
+                            "{shape:?} {isa:?}: inference off by {}",
+                            worst(&inf, &want_inf)
+                        );
+                        assert!(
+                            worst(&train, &want_train) < 1e-5,
+                            "{shape:?} {isa:?}: training off by {}",
+                            worst(&train, &want_train)
+                        );
+                        first = Some((inf, train));
+                    }
+                    Some((i0, t0)) => {
+                        assert!(
+                            i0.iter().zip(&inf).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{shape:?} {isa:?} skew {skew}: inference differs"
+                        );
+                        assert!(
+                            t0.iter()
+                                .zip(&train)
+                                .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{shape:?} {isa:?} skew {skew}: training differs"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

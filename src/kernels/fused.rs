@@ -15,6 +15,11 @@ pub(crate) struct ChannelTraining<'r, In, Out, P> {
     pub row_in: &'r In,
     pub row_out: &'r Out,
     pub params: &'r P,
+    /// Streaming stores: for outputs much larger than the caches.
+    pub stream: bool,
+    /// Prefetch the next channel while normalizing this one (rows of the next channel directly
+    /// follow this channel's rows in memory), so its reading overlaps this channel's writing.
+    pub prefetch_next: bool,
 }
 
 impl<'a, 'o, In, Out, P> Kernel for ChannelTraining<'_, In, Out, P>
@@ -29,7 +34,17 @@ where
         let moments = channel_moments::<V>(self.row_in, self.spatial, 0..self.rows * self.spatial);
         let (shift, scale, offset) = (self.params)(moments);
         for n in 0..self.rows {
-            affine_span::<V, false>(&mut (self.row_out)(n), shift, scale, offset);
+            let mut row = (self.row_out)(n);
+            if self.prefetch_next {
+                let next = row.input_ptr().wrapping_add(self.spatial);
+                for line in (0..self.spatial).step_by(64 / 4) {
+                    V::prefetch(next.wrapping_add(line));
+                }
+            }
+            affine_span::<V, false>(&mut row, shift, scale, offset, self.stream);
+        }
+        if self.stream {
+            V::fence_streams();
         }
         moments
     }

@@ -20,7 +20,8 @@ use std::ops::Range;
 /// `BLOCK / (4 * LANES)` values each before they are folded into `f64`.
 pub(crate) const BLOCK: usize = 2048;
 
-/// Rows per block of a channels-innermost run (each lane is one channel).
+/// Rows per block of a channels-innermost run (each lane is one channel, so each `f32` lane sum
+/// covers at most this many values: the rounding of those sums grows with their length).
 pub(crate) const ROW_BLOCK: usize = 64;
 
 /// Mean squares below this (deviations below about 1e-15) are near `f32`'s subnormal range when

@@ -5,10 +5,11 @@
 //! `offset`) keeps the result exact to `f32` rounding on data with a large offset, where the
 //! usual folded form `x * a + b` cancels catastrophically.
 
-use crate::io::{RowIo, VectorMap};
+use crate::io::{RowIo, VectorMap, unaligned_head};
 use crate::simd::{F32Vec, Kernel};
 
-/// Per-channel parameters of the affine map, each of length C.
+/// Per-channel parameters of the affine map, each of length at least C (the channels-innermost
+/// kernel needs them extended cyclically to `C + MAX_LANES`, see [`NscAffine`]).
 #[derive(Clone, Copy)]
 pub(crate) struct ChannelAffine<'a> {
     pub shift: &'a [f32],
@@ -36,19 +37,26 @@ impl<V: F32Vec, const RELU: bool> VectorMap<V> for UniformAffine<V, RELU> {
     }
 }
 
-/// Applies one channel's map to a contiguous span.
+/// Applies one channel's map to a contiguous span, with streaming stores if `stream` (the caller
+/// then fences with `V::fence_streams()`).
 #[inline(always)]
 pub(crate) fn affine_span<V: F32Vec, const RELU: bool>(
     io: &mut RowIo<'_>,
     shift: f32,
     scale: f32,
     offset: f32,
+    stream: bool,
 ) {
-    io.map::<V>(&UniformAffine::<V, RELU> {
+    let map = UniformAffine::<V, RELU> {
         shift: V::splat(shift),
         scale: V::splat(scale),
         offset: V::splat(offset),
-    });
+    };
+    if stream {
+        io.map_streaming::<V>(&map);
+    } else {
+        io.map::<V>(&map);
+    }
 }
 
 /// Channels-first rows: `io` holds whole rows of `spatial` elements, the first being row
@@ -57,87 +65,136 @@ pub(crate) struct NcsAffine<'a> {
     pub io: RowIo<'a>,
     pub first_row: usize,
     pub spatial: usize,
+    pub channels: usize,
     pub params: ChannelAffine<'a>,
     pub relu: bool,
+    /// Streaming stores: for outputs much larger than the caches.
+    pub stream: bool,
 }
 
 impl Kernel for NcsAffine<'_> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(mut self) {
-        let channels = self.params.shift.len();
+        let channels = self.channels;
         let rows = self.io.len() / self.spatial;
         let p = self.params;
+        let mut c = self.first_row % channels;
         for r in 0..rows {
-            let c = (self.first_row + r) % channels;
             let mut row = self.io.part(r * self.spatial..(r + 1) * self.spatial);
             if self.relu {
-                affine_span::<V, true>(&mut row, p.shift[c], p.scale[c], p.offset[c]);
+                affine_span::<V, true>(&mut row, p.shift[c], p.scale[c], p.offset[c], self.stream);
             } else {
-                affine_span::<V, false>(&mut row, p.shift[c], p.scale[c], p.offset[c]);
+                affine_span::<V, false>(&mut row, p.shift[c], p.scale[c], p.offset[c], self.stream);
             }
+            c = if c + 1 == channels { 0 } else { c + 1 };
+        }
+        if self.stream {
+            V::fence_streams();
         }
     }
 }
 
-/// Channels-innermost rows: `io` holds whole rows of `channels` elements.
+/// Channels-innermost rows: `io` holds whole rows of `channels` elements, treated as one
+/// contiguous run in which element `e` belongs to channel `e % C`. The parameters are given
+/// extended cyclically to `C + MAX_LANES` entries (`p[j] = p[j % C]`), so a vector starting at
+/// channel `c0` takes its `LANES` parameters from `p[c0..c0 + LANES]` whatever `C` is, and rows of
+/// any width (even `C < LANES`) run at full vector width. With `stream`, the vector-aligned body
+/// of the output is written with streaming stores.
 pub(crate) struct NscAffine<'a> {
     pub io: RowIo<'a>,
+    pub channels: usize,
     pub params: ChannelAffine<'a>,
     pub relu: bool,
+    /// Streaming stores: for outputs much larger than the caches.
+    pub stream: bool,
 }
 
-/// One row of `C` channels: lane `i` uses channel `i`'s parameters.
+/// The cyclically extended parameters of lanes starting at channel `c0`.
 #[inline(always)]
-fn nsc_row<V: F32Vec, const RELU: bool>(io: RowIo<'_>, p: ChannelAffine<'_>) {
-    let l = V::LANES;
-    let full = p.shift.len() / l * l;
-    let (m, m_tail) = p.shift.split_at(full);
-    let (s, s_tail) = p.scale.split_at(full);
-    let (t, t_tail) = p.offset.split_at(full);
-    let params = m
-        .chunks_exact(l)
-        .zip(s.chunks_exact(l))
-        .zip(t.chunks_exact(l))
-        .map(|((m, s), t)| (V::load(m), V::load(s), V::load(t)));
-    let tail_params = || {
+fn lane_params<V: F32Vec>(p: &ChannelAffine<'_>, c0: usize, lanes: usize) -> (V, V, V) {
+    if lanes == V::LANES {
         (
-            V::load_partial(m_tail, 0.0),
-            V::load_partial(s_tail, 0.0),
-            V::load_partial(t_tail, 0.0),
+            V::load(&p.shift[c0..]),
+            V::load(&p.scale[c0..]),
+            V::load(&p.offset[c0..]),
         )
+    } else {
+        (
+            V::load_partial(&p.shift[c0..c0 + lanes], 0.0),
+            V::load_partial(&p.scale[c0..c0 + lanes], 0.0),
+            V::load_partial(&p.offset[c0..c0 + lanes], 0.0),
+        )
+    }
+}
+
+/// The channel `lanes` elements after channel `c0`.
+#[inline(always)]
+fn advance(c0: usize, lanes: usize, channels: usize) -> usize {
+    let c = c0 + lanes;
+    if c < channels { c } else { c % channels }
+}
+
+#[inline(always)]
+fn nsc_run<V: F32Vec, const RELU: bool, const STREAM: bool>(
+    io: &mut RowIo<'_>,
+    channels: usize,
+    p: ChannelAffine<'_>,
+) {
+    let l = V::LANES;
+    let len = io.len();
+    let head = if STREAM {
+        match &*io {
+            RowIo::Separate(_, y) => unaligned_head::<V>(y),
+            RowIo::InPlace(b) => unaligned_head::<V>(b),
+        }
+    } else {
+        0
     };
-    match io {
-        RowIo::Separate(x, y) => {
-            let (x, x_tail) = x.split_at(full);
-            let (y, y_tail) = y.split_at_mut(full);
-            for ((xs, ys), (m, s, t)) in x.chunks_exact(l).zip(y.chunks_exact_mut(l)).zip(params) {
-                affine::<V, RELU>(V::load(xs), m, s, t).store(ys);
+    let full = head + (len - head) / l * l;
+    let mut c0 = 0;
+    // Partial head (to reach an aligned output for streaming), full vectors, partial tail.
+    for (range, step) in [(0..head, head), (head..full, l), (full..len, len - full)] {
+        if range.is_empty() {
+            continue;
+        }
+        match io.part(range) {
+            RowIo::Separate(x, y) => {
+                for (xs, ys) in x.chunks(step).zip(y.chunks_mut(step)) {
+                    let (m, s, t) = lane_params::<V>(&p, c0, xs.len());
+                    if xs.len() == l {
+                        store::<V, STREAM>(affine::<V, RELU>(V::load(xs), m, s, t), ys);
+                    } else {
+                        affine::<V, RELU>(V::load_partial(xs, 0.0), m, s, t).store_partial(ys);
+                    }
+                    c0 = advance(c0, xs.len(), channels);
+                }
             }
-            if !x_tail.is_empty() {
-                let (m, s, t) = tail_params();
-                affine::<V, RELU>(V::load_partial(x_tail, 0.0), m, s, t).store_partial(y_tail);
+            RowIo::InPlace(b) => {
+                for v in b.chunks_mut(step) {
+                    let (m, s, t) = lane_params::<V>(&p, c0, v.len());
+                    if v.len() == l {
+                        store::<V, STREAM>(affine::<V, RELU>(V::load(v), m, s, t), v);
+                    } else {
+                        let y = affine::<V, RELU>(V::load_partial(v, 0.0), m, s, t);
+                        y.store_partial(v);
+                    }
+                    c0 = advance(c0, v.len(), channels);
+                }
             }
         }
-        RowIo::InPlace(b) => {
-            let (b, b_tail) = b.split_at_mut(full);
-            for (v, (m, s, t)) in b.chunks_exact_mut(l).zip(params) {
-                affine::<V, RELU>(V::load(v), m, s, t).store(v);
-            }
-            if !b_tail.is_empty() {
-                let (m, s, t) = tail_params();
-                affine::<V, RELU>(V::load_partial(b_tail, 0.0), m, s, t).store_partial(b_tail);
-            }
-        }
+    }
+    if STREAM {
+        V::fence_streams();
     }
 }
 
 #[inline(always)]
-fn nsc_rows<V: F32Vec, const RELU: bool>(io: &mut RowIo<'_>, p: ChannelAffine<'_>) {
-    let c = p.shift.len();
-    let rows = io.len() / c;
-    for r in 0..rows {
-        nsc_row::<V, RELU>(io.part(r * c..(r + 1) * c), p);
+fn store<V: F32Vec, const STREAM: bool>(v: V, dst: &mut [f32]) {
+    if STREAM {
+        v.store_stream(dst)
+    } else {
+        v.store(dst)
     }
 }
 
@@ -145,10 +202,12 @@ impl Kernel for NscAffine<'_> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(mut self) {
-        if self.relu {
-            nsc_rows::<V, true>(&mut self.io, self.params)
-        } else {
-            nsc_rows::<V, false>(&mut self.io, self.params)
+        let (c, p) = (self.channels, self.params);
+        match (self.relu, self.stream) {
+            (true, true) => nsc_run::<V, true, true>(&mut self.io, c, p),
+            (true, false) => nsc_run::<V, true, false>(&mut self.io, c, p),
+            (false, true) => nsc_run::<V, false, true>(&mut self.io, c, p),
+            (false, false) => nsc_run::<V, false, false>(&mut self.io, c, p),
         }
     }
 }

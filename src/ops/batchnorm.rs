@@ -14,7 +14,7 @@ use crate::kernels::fused::ChannelTraining;
 use crate::kernels::moments::{ChannelMoments, Moments, RowMoments};
 use crate::kernels::normalize::{ChannelAffine, NcsAffine, NscAffine};
 use crate::shape::{Shape, checked_elements};
-use crate::simd::dispatch;
+use crate::simd::{MAX_LANES, dispatch};
 
 /// `running_var` tracks the biased variance (ONNX); the default is unbiased, `count / (count - 1)`.
 pub const BN_RUNNING_VAR_BIASED: u32 = 1;
@@ -29,6 +29,19 @@ const CHANNEL_CHUNK: usize = 1 << 18;
 const TASK_ELEMENTS: usize = 1 << 15;
 /// Most chunks a channels-innermost reduction is split into.
 const MAX_ROW_CHUNKS: usize = 256;
+/// Outputs of at least this many elements (16 MB, half of a large last-level cache)
+/// are written with streaming stores: they would not stay cached anyway, and streaming saves
+/// reading every output line before writing it.
+const STREAM_MIN_ELEMENTS: usize = 1 << 22;
+/// Channels-first rows shorter than this are not streamed: the partial vectors at both ends of
+/// every row share cache lines with streamed stores, which costs more than streaming saves.
+const STREAM_MIN_ROW: usize = 1024;
+
+/// Whether to write an output with streaming stores.
+fn streams(shape: &Shape, elements: usize) -> bool {
+    elements >= STREAM_MIN_ELEMENTS
+        && (shape.channels_innermost() || shape.spatial >= STREAM_MIN_ROW)
+}
 
 /// Optional per-channel scale and shift; `None` means `gamma = 1`, `beta = 0`.
 #[derive(Clone, Copy, Debug, Default)]
@@ -295,7 +308,7 @@ pub fn forward_inference(
     if elements == 0 {
         return Ok(());
     }
-    with_affine_buffer(shape.channels, |shift, scale, offset| {
+    let fill = |shift: &mut [f32], scale: &mut [f32], offset: &mut [f32]| {
         shift.copy_from_slice(mean);
         // Branch-free loops over whole arrays (the compiler vectorizes the f64 sqrt and divide).
         let invstd = |v: f32| 1.0 / (v as f64 + eps as f64).sqrt();
@@ -315,12 +328,9 @@ pub fn forward_inference(
             Some(beta) => offset.copy_from_slice(beta),
             None => offset.fill(0.0),
         }
-        let params = ChannelAffine {
-            shift,
-            scale,
-            offset,
-        };
-        apply_affine(ctx, &shape, &mut io, params, flags & BN_FUSE_RELU != 0);
+    };
+    with_channel_affine(shape.channels, fill, |params| {
+        apply_affine(ctx, &shape, &mut io, params, flags & BN_FUSE_RELU != 0)
     });
     Ok(())
 }
@@ -492,6 +502,8 @@ fn fused_training(
                 row_in: &row_in,
                 row_out: &row_out,
                 params: &params,
+                stream: streams(shape, elements),
+                prefetch_next: ch + 1 < c,
             },
         )
     })
@@ -509,17 +521,14 @@ fn normalize_with_moments(
     if io.is_empty() {
         return;
     }
-    with_affine_buffer(shape.channels, |shift, scale, offset| {
+    let fill = |shift: &mut [f32], scale: &mut [f32], offset: &mut [f32]| {
         for (c, &m) in stats.iter().enumerate() {
             let (p, _) = channel_affine(m, gamma_of(&affine, c), beta_of(&affine, c), eps);
             (shift[c], scale[c], offset[c]) = p;
         }
-        let params = ChannelAffine {
-            shift,
-            scale,
-            offset,
-        };
-        apply_affine(ctx, shape, io, params, false);
+    };
+    with_channel_affine(shape.channels, fill, |params| {
+        apply_affine(ctx, shape, io, params, false)
     });
 }
 
@@ -544,6 +553,7 @@ fn apply_affine(
     };
     let rows = elements / row_len;
     let rows_per_task = (TASK_ELEMENTS / row_len).max(1);
+    let stream = streams(shape, elements);
     let shared = io.share();
     let tasks = rows.div_ceil(rows_per_task);
     ctx.for_each(elements, tasks, |k| {
@@ -558,8 +568,10 @@ fn apply_affine(
                 isa,
                 NscAffine {
                     io: part,
+                    channels: shape.channels,
                     params,
                     relu,
+                    stream,
                 },
             )
         } else {
@@ -569,8 +581,10 @@ fn apply_affine(
                     io: part,
                     first_row: r.start,
                     spatial: row_len,
+                    channels: shape.channels,
                     params,
                     relu,
+                    stream,
                 },
             )
         }
@@ -622,22 +636,42 @@ fn write_state(
     }
 }
 
-/// Runs `f` with three scratch arrays of `channels` floats, on the stack when small.
-fn with_affine_buffer<R>(
+/// Builds per-channel parameters with `fill` (given the first `channels` entries of the shift,
+/// scale and offset arrays), extends them cyclically to `channels + MAX_LANES` entries (as the
+/// channels-innermost kernel reads them), and runs `then` on them. The arrays live on the stack
+/// for small channel counts, so tiny calls do not allocate.
+fn with_channel_affine<R>(
     channels: usize,
-    f: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]) -> R,
+    fill: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]),
+    then: impl FnOnce(ChannelAffine<'_>) -> R,
 ) -> R {
-    // Small enough that zeroing it costs little next to a tiny call.
-    const STACK: usize = 64;
-    if channels <= STACK {
-        let mut buf = [0f32; 3 * STACK];
-        let (a, rest) = buf.split_at_mut(STACK);
-        let (b, c) = rest.split_at_mut(STACK);
-        f(&mut a[..channels], &mut b[..channels], &mut c[..channels])
+    const STACK: usize = 64 + MAX_LANES;
+    let len = channels + MAX_LANES;
+    let mut stack = [0f32; 3 * STACK];
+    let mut heap = Vec::new();
+    let buf: &mut [f32] = if len <= STACK {
+        &mut stack[..3 * len]
     } else {
-        let mut buf = vec![0f32; 3 * channels];
-        let (a, rest) = buf.split_at_mut(channels);
-        let (b, c) = rest.split_at_mut(channels);
-        f(a, b, c)
+        heap.resize(3 * len, 0.0);
+        &mut heap
+    };
+    let (shift, rest) = buf.split_at_mut(len);
+    let (scale, offset) = rest.split_at_mut(len);
+    fill(
+        &mut shift[..channels],
+        &mut scale[..channels],
+        &mut offset[..channels],
+    );
+    if channels > 0 {
+        for a in [&mut *shift, &mut *scale, &mut *offset] {
+            for j in channels..len {
+                a[j] = a[j % channels];
+            }
+        }
     }
+    then(ChannelAffine {
+        shift,
+        scale,
+        offset,
+    })
 }

@@ -110,6 +110,16 @@ pub(crate) trait F32Vec: Copy {
     fn load_partial(src: &[f32], fill: f32) -> Self;
     /// Stores the first `dst.len() < LANES` lanes.
     fn store_partial(self, dst: &mut [f32]);
+    /// Stores into the first `LANES` elements of `dst` with a streaming (non-temporal) store:
+    /// written to memory without reading the line into the caches first. `dst` must be aligned
+    /// to `LANES * 4` bytes (panics otherwise). Call [`F32Vec::fence_streams`] after the last one.
+    fn store_stream(self, dst: &mut [f32]);
+    /// Orders earlier streaming stores before any later store (`sfence`); a no-op where
+    /// `store_stream` is a plain store.
+    fn fence_streams();
+    /// Hints that the cache line holding `addr` will be read soon. Never faults, whatever
+    /// `addr` is; a no-op where the backend has no prefetch.
+    fn prefetch(addr: *const f32);
     fn add(self, rhs: Self) -> Self;
     fn sub(self, rhs: Self) -> Self;
     /// `self * a + b`, fused where the ISA has FMA.

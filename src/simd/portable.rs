@@ -40,6 +40,17 @@ impl F32Vec for Vector {
     }
 
     #[inline(always)]
+    fn store_stream(self, dst: &mut [f32]) {
+        self.store(dst);
+    }
+
+    #[inline(always)]
+    fn fence_streams() {}
+
+    #[inline(always)]
+    fn prefetch(_: *const f32) {}
+
+    #[inline(always)]
     fn add(self, rhs: Self) -> Self {
         Vector(self.0 + rhs.0)
     }

@@ -69,6 +69,25 @@ impl F32Vec for Vector {
     }
 
     #[inline(always)]
+    fn store_stream(self, dst: &mut [f32]) {
+        assert!(dst.len() >= 8 && (dst.as_ptr() as usize).is_multiple_of(32));
+        // SAFETY: dst holds at least 8 floats and is 32-byte aligned, as vmovntps requires.
+        unsafe { _mm256_stream_ps(dst.as_mut_ptr(), self.0) }
+    }
+
+    #[inline(always)]
+    fn fence_streams() {
+        // SAFETY: see the file header.
+        unsafe { _mm_sfence() }
+    }
+
+    #[inline(always)]
+    fn prefetch(addr: *const f32) {
+        // SAFETY: a prefetch reads nothing architecturally and never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(addr.cast()) }
+    }
+
+    #[inline(always)]
     fn add(self, rhs: Self) -> Self {
         // SAFETY: see the file header.
         Vector(unsafe { _mm256_add_ps(self.0, rhs.0) })

@@ -59,6 +59,25 @@ impl F32Vec for Vector {
     }
 
     #[inline(always)]
+    fn store_stream(self, dst: &mut [f32]) {
+        assert!(dst.len() >= 16 && (dst.as_ptr() as usize).is_multiple_of(64));
+        // SAFETY: dst holds at least 16 floats and is 64-byte aligned, as vmovntps requires.
+        unsafe { _mm512_stream_ps(dst.as_mut_ptr(), self.0) }
+    }
+
+    #[inline(always)]
+    fn fence_streams() {
+        // SAFETY: see the file header.
+        unsafe { _mm_sfence() }
+    }
+
+    #[inline(always)]
+    fn prefetch(addr: *const f32) {
+        // SAFETY: a prefetch reads nothing architecturally and never faults, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(addr.cast()) }
+    }
+
+    #[inline(always)]
     fn add(self, rhs: Self) -> Self {
         // SAFETY: see the file header.
         Vector(unsafe { _mm512_add_ps(self.0, rhs.0) })
