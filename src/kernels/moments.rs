@@ -64,6 +64,29 @@ impl Moments {
         }
     }
 
+    /// `acc[i] = acc[i].merge(part[i])` for sets whose counts are the same in every position
+    /// (the channels of one chunk): the merge weights are computed once, not per channel.
+    pub(crate) fn merge_each(acc: &mut [Moments], part: &[Moments]) {
+        let (Some(a0), Some(b0)) = (acc.first().copied(), part.first().copied()) else {
+            return;
+        };
+        let (na, nb) = (a0.count, b0.count);
+        let n = (na + nb) as f64;
+        let (w_b, w_ab) = (nb as f64 / n, na as f64 * nb as f64 / n);
+        for (a, &b) in acc.iter_mut().zip(part) {
+            if a.count != na || b.count != nb || na == 0 || nb == 0 {
+                *a = a.merge(b);
+                continue;
+            }
+            let delta = b.mean - a.mean;
+            *a = Moments {
+                count: na + nb,
+                mean: a.mean + delta * w_b,
+                m2: a.m2 + b.m2 + delta * delta * w_ab,
+            };
+        }
+    }
+
     /// The moments of `values`, exactly to `f64` rounding (two passes).
     fn exact(values: impl Iterator<Item = f32> + Clone) -> Moments {
         let (count, sum) = values
@@ -255,14 +278,27 @@ impl Kernel for RowMoments<'_> {
                         .store_partial(b_tail);
                 }
             }
+            // Every channel has the same counts, so the merge weights are shared: no division
+            // per channel in this loop (the same formulas as `Moments::merge`).
             let n = block.len() / c;
+            let before = (b * ROW_BLOCK) as f64;
+            let (nf, total) = (n as f64, before + n as f64);
+            let (w_block, w_cross) = (nf / total, before * nf / total);
             for ch in 0..c {
                 let (a, b2) = (s1[ch] as f64, s2[ch] as f64);
-                let bound = a * a / n as f64;
-                let block_moments = Moments::from_trusted_sums(n, shift[ch], a, b2, bound, b == 0)
-                    .unwrap_or_else(|| Moments::exact(block.chunks_exact(c).map(|r| r[ch])));
-                self.out[ch] = self.out[ch].merge(block_moments);
-                shift[ch] = self.out[ch].mean as f32;
+                let block_moments =
+                    Moments::from_trusted_sums(n, shift[ch], a, b2, a * (a / nf), b == 0)
+                        .unwrap_or_else(|| Moments::exact(block.chunks_exact(c).map(|r| r[ch])));
+                let acc = &mut self.out[ch];
+                if b == 0 {
+                    *acc = block_moments;
+                } else {
+                    let delta = block_moments.mean - acc.mean;
+                    acc.mean += delta * w_block;
+                    acc.m2 += block_moments.m2 + delta * delta * w_cross;
+                    acc.count += n as u64;
+                }
+                shift[ch] = acc.mean as f32;
             }
             s1.fill(0.0);
             s2.fill(0.0);

@@ -446,9 +446,7 @@ fn channel_moments(ctx: &Context, shape: &Shape, x: &[f32]) -> Vec<Moments> {
         });
         let mut total = vec![Moments::EMPTY; c];
         for p in &partials {
-            for (t, &m) in total.iter_mut().zip(p) {
-                *t = t.merge(m);
-            }
+            Moments::merge_each(&mut total, p);
         }
         total
     } else {
