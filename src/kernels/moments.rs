@@ -166,6 +166,26 @@ fn accumulate<V: F32Vec>(seg: &[f32], shift: f32, s1: &mut [V; 4], s2: &mut [V; 
     }
 }
 
+/// Loads `src` (at most `LANES` values) into the first lanes; the rest are 0.
+#[inline(always)]
+fn load_lanes<V: F32Vec>(src: &[f32]) -> V {
+    if src.len() == V::LANES {
+        V::load(src)
+    } else {
+        V::load_partial(src, 0.0)
+    }
+}
+
+/// Stores the first `dst.len()` (at most `LANES`) lanes.
+#[inline(always)]
+fn store_lanes<V: F32Vec>(v: V, dst: &mut [f32]) {
+    if dst.len() == V::LANES {
+        v.store(dst)
+    } else {
+        v.store_partial(dst)
+    }
+}
+
 /// The moments of the virtual elements `range` of one channel whose values lie in rows of
 /// `spatial` contiguous elements: virtual element `v` is `row(v / spatial)[v % spatial]`.
 #[inline(always)]
@@ -255,28 +275,43 @@ impl Kernel for RowMoments<'_> {
         let mut s1 = vec![0f32; c];
         let mut s2 = vec![0f32; c];
         let l = V::LANES;
-        let full = c / l * l;
         for (b, block) in self.x.chunks(ROW_BLOCK * c).enumerate() {
-            for row in block.chunks_exact(c) {
-                let (x, x_tail) = row.split_at(full);
-                let (k, k_tail) = shift.split_at(full);
-                let (a, a_tail) = s1.split_at_mut(full);
-                let (b, b_tail) = s2.split_at_mut(full);
-                let lanes = x
-                    .chunks_exact(l)
-                    .zip(k.chunks_exact(l))
-                    .zip(a.chunks_exact_mut(l).zip(b.chunks_exact_mut(l)));
-                for ((x, k), (a, b)) in lanes {
-                    let d = V::load(x).sub(V::load(k));
-                    V::load(a).add(d).store(a);
-                    d.mul_add(d, V::load(b)).store(b);
+            // Channel tiles of four vectors, each summed over the block's rows in registers
+            // (no stores in the row loop), then the rest of the channels one vector at a time.
+            let tiles = c / (4 * l) * (4 * l);
+            for c0 in (0..tiles).step_by(4 * l) {
+                let k = [
+                    V::load(&shift[c0..]),
+                    V::load(&shift[c0 + l..]),
+                    V::load(&shift[c0 + 2 * l..]),
+                    V::load(&shift[c0 + 3 * l..]),
+                ];
+                let (mut a, mut q) = ([V::splat(0.0); 4], [V::splat(0.0); 4]);
+                for row in block.chunks_exact(c) {
+                    let xs = &row[c0..c0 + 4 * l];
+                    for j in 0..4 {
+                        let d = V::load(&xs[j * l..]).sub(k[j]);
+                        a[j] = a[j].add(d);
+                        q[j] = d.mul_add(d, q[j]);
+                    }
                 }
-                if !x_tail.is_empty() {
-                    let d = V::load_partial(x_tail, 0.0).sub(V::load_partial(k_tail, 0.0));
-                    V::load_partial(a_tail, 0.0).add(d).store_partial(a_tail);
-                    d.mul_add(d, V::load_partial(b_tail, 0.0))
-                        .store_partial(b_tail);
+                for j in 0..4 {
+                    a[j].store(&mut s1[c0 + j * l..]);
+                    q[j].store(&mut s2[c0 + j * l..]);
                 }
+            }
+            for c0 in (tiles..c).step_by(l) {
+                let lanes = l.min(c - c0);
+                let k = load_lanes::<V>(&shift[c0..c0 + lanes]);
+                let (mut a, mut q) = (V::splat(0.0), V::splat(0.0));
+                for row in block.chunks_exact(c) {
+                    // Lanes past the channels load 0 in both x and the shift: their d is 0.
+                    let d = load_lanes::<V>(&row[c0..c0 + lanes]).sub(k);
+                    a = a.add(d);
+                    q = d.mul_add(d, q);
+                }
+                store_lanes(a, &mut s1[c0..c0 + lanes]);
+                store_lanes(q, &mut s2[c0..c0 + lanes]);
             }
             // Every channel has the same counts, so the merge weights are shared: no division
             // per channel in this loop (the same formulas as `Moments::merge`).
@@ -300,8 +335,6 @@ impl Kernel for RowMoments<'_> {
                 }
                 shift[ch] = acc.mean as f32;
             }
-            s1.fill(0.0);
-            s2.fill(0.0);
         }
     }
 }

@@ -9,7 +9,7 @@ use crate::io::{RowIo, VectorMap, unaligned_head};
 use crate::simd::{F32Vec, Kernel};
 
 /// Per-channel parameters of the affine map, each of length at least C (the channels-innermost
-/// kernel needs them extended cyclically to `C + MAX_LANES`, see [`NscAffine`]).
+/// kernel needs them extended cyclically to `2 * C + MAX_LANES`, see [`NscAffine`]).
 #[derive(Clone, Copy)]
 pub(crate) struct ChannelAffine<'a> {
     pub shift: &'a [f32],
@@ -97,9 +97,10 @@ impl Kernel for NcsAffine<'_> {
 
 /// Channels-innermost rows: `io` holds whole rows of `channels` elements, treated as one
 /// contiguous run in which element `e` belongs to channel `e % C`. The parameters are given
-/// extended cyclically to `C + MAX_LANES` entries (`p[j] = p[j % C]`), so a vector starting at
-/// channel `c0` takes its `LANES` parameters from `p[c0..c0 + LANES]` whatever `C` is, and rows of
-/// any width (even `C < LANES`) run at full vector width. With `stream`, the vector-aligned body
+/// extended cyclically to `2 * C + MAX_LANES` entries (`p[j] = p[j % C]`), so a vector starting
+/// at channel `c0` takes its `LANES` parameters from `p[c0..c0 + LANES]`, and a run of `C`
+/// elements from `p[c0..c0 + C]`, whatever `C` is: rows of any width (even `C < LANES`) run at
+/// full vector width. With `stream`, the vector-aligned body
 /// of the output is written with streaming stores.
 pub(crate) struct NscAffine<'a> {
     pub io: RowIo<'a>,
@@ -152,41 +153,109 @@ fn nsc_run<V: F32Vec, const RELU: bool, const STREAM: bool>(
         0
     };
     let full = head + (len - head) / l * l;
-    let mut c0 = 0;
-    // Partial head (to reach an aligned output for streaming), full vectors, partial tail.
-    for (range, step) in [(0..head, head), (head..full, l), (full..len, len - full)] {
-        if range.is_empty() {
-            continue;
-        }
-        match io.part(range) {
-            RowIo::Separate(x, y) => {
-                for (xs, ys) in x.chunks(step).zip(y.chunks_mut(step)) {
-                    let (m, s, t) = lane_params::<V>(&p, c0, xs.len());
-                    if xs.len() == l {
-                        store::<V, STREAM>(affine::<V, RELU>(V::load(xs), m, s, t), ys);
-                    } else {
-                        affine::<V, RELU>(V::load_partial(xs, 0.0), m, s, t).store_partial(ys);
-                    }
-                    c0 = advance(c0, xs.len(), channels);
-                }
-            }
-            RowIo::InPlace(b) => {
-                for v in b.chunks_mut(step) {
-                    let (m, s, t) = lane_params::<V>(&p, c0, v.len());
-                    if v.len() == l {
-                        store::<V, STREAM>(affine::<V, RELU>(V::load(v), m, s, t), v);
-                    } else {
-                        let y = affine::<V, RELU>(V::load_partial(v, 0.0), m, s, t);
-                        y.store_partial(v);
-                    }
-                    c0 = advance(c0, v.len(), channels);
-                }
-            }
-        }
+    // A partial vector up to an aligned output (for streaming), whole vectors, a partial tail.
+    let mut c0 = nsc_vectors::<V, RELU, false>(&mut io.part(0..head), head, channels, p, 0);
+    let mut periods = 0;
+    if channels.is_multiple_of(l) && full - head >= channels {
+        // Every run of `channels` elements starts at channel `c0` again: its vectors take their
+        // parameters from one fixed window, zipped without any per-vector bookkeeping.
+        periods = (full - head) / channels * channels;
+        nsc_periods::<V, RELU, STREAM>(&mut io.part(head..head + periods), channels, p, c0);
     }
+    c0 = nsc_vectors::<V, RELU, STREAM>(&mut io.part(head + periods..full), l, channels, p, c0);
+    nsc_vectors::<V, RELU, false>(&mut io.part(full..len), l, channels, p, c0);
     if STREAM {
         V::fence_streams();
     }
+}
+
+/// Whole periods of `channels` elements (a multiple of `LANES`), each starting at channel `c0`.
+#[inline(always)]
+fn nsc_periods<V: F32Vec, const RELU: bool, const STREAM: bool>(
+    io: &mut RowIo<'_>,
+    channels: usize,
+    p: ChannelAffine<'_>,
+    c0: usize,
+) {
+    let l = V::LANES;
+    let window = |a: &'_ [f32]| -> std::ops::Range<usize> {
+        debug_assert!(a.len() >= c0 + channels);
+        c0..c0 + channels
+    };
+    let (m, s, t) = (
+        &p.shift[window(p.shift)],
+        &p.scale[window(p.scale)],
+        &p.offset[window(p.offset)],
+    );
+    match io {
+        RowIo::Separate(x, y) => {
+            for (xp, yp) in x.chunks_exact(channels).zip(y.chunks_exact_mut(channels)) {
+                let lanes = xp.chunks_exact(l).zip(yp.chunks_exact_mut(l));
+                let params = m
+                    .chunks_exact(l)
+                    .zip(s.chunks_exact(l))
+                    .zip(t.chunks_exact(l));
+                for ((xs, ys), ((m, s), t)) in lanes.zip(params) {
+                    let v = affine::<V, RELU>(V::load(xs), V::load(m), V::load(s), V::load(t));
+                    store::<V, STREAM>(v, ys);
+                }
+            }
+        }
+        RowIo::InPlace(b) => {
+            for bp in b.chunks_exact_mut(channels) {
+                let params = m
+                    .chunks_exact(l)
+                    .zip(s.chunks_exact(l))
+                    .zip(t.chunks_exact(l));
+                for (v, ((m, s), t)) in bp.chunks_exact_mut(l).zip(params) {
+                    let y = affine::<V, RELU>(V::load(v), V::load(m), V::load(s), V::load(t));
+                    store::<V, STREAM>(y, v);
+                }
+            }
+        }
+    }
+}
+
+/// Any run, in pieces of `step` elements (`LANES`, or the length of a single partial piece),
+/// starting at channel `c0`; returns the channel after the run.
+#[inline(always)]
+fn nsc_vectors<V: F32Vec, const RELU: bool, const STREAM: bool>(
+    io: &mut RowIo<'_>,
+    step: usize,
+    channels: usize,
+    p: ChannelAffine<'_>,
+    mut c0: usize,
+) -> usize {
+    let l = V::LANES;
+    if io.len() == 0 {
+        return c0;
+    }
+    match io {
+        RowIo::Separate(x, y) => {
+            for (xs, ys) in x.chunks(step).zip(y.chunks_mut(step)) {
+                let (m, s, t) = lane_params::<V>(&p, c0, xs.len());
+                if xs.len() == l {
+                    store::<V, STREAM>(affine::<V, RELU>(V::load(xs), m, s, t), ys);
+                } else {
+                    affine::<V, RELU>(V::load_partial(xs, 0.0), m, s, t).store_partial(ys);
+                }
+                c0 = advance(c0, xs.len(), channels);
+            }
+        }
+        RowIo::InPlace(b) => {
+            for v in b.chunks_mut(step) {
+                let (m, s, t) = lane_params::<V>(&p, c0, v.len());
+                if v.len() == l {
+                    store::<V, STREAM>(affine::<V, RELU>(V::load(v), m, s, t), v);
+                } else {
+                    let y = affine::<V, RELU>(V::load_partial(v, 0.0), m, s, t);
+                    y.store_partial(v);
+                }
+                c0 = advance(c0, v.len(), channels);
+            }
+        }
+    }
+    c0
 }
 
 #[inline(always)]

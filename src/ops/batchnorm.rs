@@ -635,16 +635,16 @@ fn write_state(
 }
 
 /// Builds per-channel parameters with `fill` (given the first `channels` entries of the shift,
-/// scale and offset arrays), extends them cyclically to `channels + MAX_LANES` entries (as the
-/// channels-innermost kernel reads them), and runs `then` on them. The arrays live on the stack
+/// scale and offset arrays), extends them cyclically to `2 * channels + MAX_LANES` entries (as
+/// the channels-innermost kernel reads them), and runs `then` on them. The arrays live on the stack
 /// for small channel counts, so tiny calls do not allocate.
 fn with_channel_affine<R>(
     channels: usize,
     fill: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]),
     then: impl FnOnce(ChannelAffine<'_>) -> R,
 ) -> R {
-    const STACK: usize = 64 + MAX_LANES;
-    let len = channels + MAX_LANES;
+    const STACK: usize = 2 * 64 + MAX_LANES;
+    let len = 2 * channels + MAX_LANES;
     let mut stack = [0f32; 3 * STACK];
     let mut heap = Vec::new();
     let buf: &mut [f32] = if len <= STACK {
