@@ -192,6 +192,170 @@ enum nk_status nk_batchnorm_fold(size_t c_out,
                                  const float *var,
                                  float eps);
 
+// Philox4x32-10 (Salmon et al., SC'11; Random123): `out` = the block of `counter[4]` under
+// `key[2]`. The word `w` of the dropout stream of `seed` is `out[w & 3]` for counter
+// `{lo32(w >> 2), hi32(w >> 2), 0, 0}` and key `{lo32(seed), hi32(seed)}`. Does nothing if
+// a pointer is NULL; `out` may overlap the inputs.
+//
+// # Safety
+// `counter` and `out` are valid for 4 `uint32_t`, `key` for 2.
+void nk_philox4x32_10(const uint32_t *counter, const uint32_t *key, uint32_t *out);
+
+// The keep mask of `n` elements: bit `i` (bit `i & 7` of byte `i >> 3`) is 1 iff
+// `(r >> 8) >= ceil(p * 2^24)` for word `r = offset + i` of the stream of `seed`; unused high
+// bits of the last byte are 0. `mask`: ceil(n / 8) bytes, required.
+//
+// # Safety
+// `mask` is valid for ceil(n / 8) bytes.
+enum nk_status nk_dropout_mask(struct nk_context *ctx,
+                               size_t n,
+                               float p,
+                               uint64_t seed,
+                               uint64_t offset,
+                               uint8_t *mask);
+
+// Inverted dropout: kept elements `y = x * (float)(1.0 / (1.0 - p))`, dropped ones exactly
+// `+0.0` (a select). `p` in [0, 1]. `mask` (optional output, ceil(n / 8) bytes) receives the
+// keep mask. `y == x` is allowed. DropConnect is this call on a weight buffer.
+//
+// # Safety
+// `x`, `y`: n floats; `mask`: NULL or ceil(n / 8) bytes.
+enum nk_status nk_dropout_forward(struct nk_context *ctx,
+                                  size_t n,
+                                  const float *x,
+                                  float *y,
+                                  float p,
+                                  uint64_t seed,
+                                  uint64_t offset,
+                                  uint8_t *mask);
+
+// Backward of `nk_dropout_forward`: `dx = dy * scale` where the forward kept the element,
+// `+0.0` where it dropped it. `mask` (optional input) holds the forward's mask; NULL makes
+// the decisions again from `(seed, offset)`. `dx` is required; `dx == dy` is allowed.
+//
+// # Safety
+// `dy`, `dx`: n floats; `mask`: NULL or ceil(n / 8) bytes.
+enum nk_status nk_dropout_backward(struct nk_context *ctx,
+                                   size_t n,
+                                   const float *dy,
+                                   float *dx,
+                                   float p,
+                                   uint64_t seed,
+                                   uint64_t offset,
+                                   const uint8_t *mask);
+
+// Channel (spatial) dropout: one keep decision per (n, c) pair, from word
+// `offset + n * channels + c`, applied to the pair's whole spatial map; both layouts. `mask`
+// (optional output) receives batch * channels bits, ceil(batch * channels / 8) bytes. A shape
+// without elements writes nothing.
+//
+// # Safety
+// `x`, `y`: batch * channels * spatial floats; `mask`: NULL or ceil(batch * channels / 8)
+// bytes.
+enum nk_status nk_channel_dropout_forward(struct nk_context *ctx,
+                                          struct nk_shape shape,
+                                          const float *x,
+                                          float *y,
+                                          float p,
+                                          uint64_t seed,
+                                          uint64_t offset,
+                                          uint8_t *mask);
+
+// Backward of `nk_channel_dropout_forward`, from `mask` (optional input) or with the
+// decisions made again from `(seed, offset)`. `dx` is required; `dx == dy` is allowed.
+//
+// # Safety
+// As `nk_channel_dropout_forward`.
+enum nk_status nk_channel_dropout_backward(struct nk_context *ctx,
+                                           struct nk_shape shape,
+                                           const float *dy,
+                                           float *dx,
+                                           float p,
+                                           uint64_t seed,
+                                           uint64_t offset,
+                                           const uint8_t *mask);
+
+// Alpha dropout (SELU networks): dropped elements take alpha' = -1.7580993408473766, then
+// `y = a * x' + b`, `a = ((1 - p) * (1 + p * alpha'^2))^-1/2`, `b = -a * alpha' * p` (computed
+// in double, rounded to float; the product and the sum each rounded). `p = 1` gives `+0.0`.
+// `mask` (optional output): the keep mask.
+//
+// # Safety
+// As `nk_dropout_forward`.
+enum nk_status nk_alpha_dropout_forward(struct nk_context *ctx,
+                                        size_t n,
+                                        const float *x,
+                                        float *y,
+                                        float p,
+                                        uint64_t seed,
+                                        uint64_t offset,
+                                        uint8_t *mask);
+
+// Backward of `nk_alpha_dropout_forward`: `dx = dy * a` where kept, `+0.0` where dropped;
+// from `mask` (optional input) or made again.
+//
+// # Safety
+// As `nk_dropout_backward`.
+enum nk_status nk_alpha_dropout_backward(struct nk_context *ctx,
+                                         size_t n,
+                                         const float *dy,
+                                         float *dx,
+                                         float p,
+                                         uint64_t seed,
+                                         uint64_t offset,
+                                         const uint8_t *mask);
+
+// Gaussian dropout: `y = x * e`, `e = 1 + sqrt(p / (1 - p)) * sqrt(-2 ln u1) * cos(2 pi u2)`,
+// `u1 = ((r0 >> 8) + 1) * 2^-24`, `u2 = (r1 >> 8) * 2^-24` from words `2 * (offset + i)` and
+// `2 * (offset + i) + 1`. `p` in [0, 1). Agrees across ISAs within float rounding.
+//
+// # Safety
+// `x`, `y`: n floats.
+enum nk_status nk_gaussian_dropout_forward(struct nk_context *ctx,
+                                           size_t n,
+                                           const float *x,
+                                           float *y,
+                                           float p,
+                                           uint64_t seed,
+                                           uint64_t offset);
+
+// Backward of `nk_gaussian_dropout_forward`: `dx = dy * e`, the same factors.
+//
+// # Safety
+// `dy`, `dx`: n floats.
+enum nk_status nk_gaussian_dropout_backward(struct nk_context *ctx,
+                                            size_t n,
+                                            const float *dy,
+                                            float *dx,
+                                            float p,
+                                            uint64_t seed,
+                                            uint64_t offset);
+
+// Uniform dropout ("Uout", Li et al., CVPR 2019): `y = x * (1 + r)`, `r = beta * (2u - 1)`,
+// `u = (w >> 8) * 2^-24` for word `w = offset + i`. `beta` finite and >= 0.
+//
+// # Safety
+// `x`, `y`: n floats.
+enum nk_status nk_uniform_dropout_forward(struct nk_context *ctx,
+                                          size_t n,
+                                          const float *x,
+                                          float *y,
+                                          float beta,
+                                          uint64_t seed,
+                                          uint64_t offset);
+
+// Backward of `nk_uniform_dropout_forward`: `dx = dy * (1 + r)`, the same factors.
+//
+// # Safety
+// `dy`, `dx`: n floats.
+enum nk_status nk_uniform_dropout_backward(struct nk_context *ctx,
+                                           size_t n,
+                                           const float *dy,
+                                           float *dx,
+                                           float beta,
+                                           uint64_t seed,
+                                           uint64_t offset);
+
 // The library version: (major << 16) | (minor << 8) | patch.
 uint32_t nk_version(void);
 

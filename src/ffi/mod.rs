@@ -9,9 +9,11 @@
 #![allow(non_camel_case_types)]
 
 mod batchnorm;
+mod dropout;
 mod library;
 
 pub use batchnorm::*;
+pub use dropout::*;
 pub use library::*;
 
 use crate::error::{Error, ErrorKind, Result};

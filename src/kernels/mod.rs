@@ -2,6 +2,8 @@
 //! [`crate::simd::dispatch`]. Kernels know nothing of threads or C: the `ops` layer splits the
 //! work and calls them on parts of the tensors.
 
+pub(crate) mod dropout;
 pub(crate) mod fused;
 pub(crate) mod moments;
 pub(crate) mod normalize;
+pub(crate) mod philox;

@@ -3,3 +3,4 @@
 //! kernels on them.
 
 pub mod batchnorm;
+pub mod dropout;

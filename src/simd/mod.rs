@@ -126,6 +126,69 @@ pub(crate) trait F32Vec: Copy {
     fn mul_add(self, a: Self, b: Self) -> Self;
     /// `0 > self ? 0 : self`: negative lanes become +0; NaN and -0.0 pass through unchanged.
     fn relu(self) -> Self;
+
+    /// The `u32` vector of the same lane count.
+    type U: U32Vec;
+
+    fn mul(self, rhs: Self) -> Self;
+    fn div(self, rhs: Self) -> Self;
+    /// Correctly rounded square root.
+    fn sqrt(self) -> Self;
+    /// The bits of each lane.
+    fn to_bits(self) -> Self::U;
+    /// Lanes made of the given bits.
+    fn from_bits(bits: Self::U) -> Self;
+    /// Each lane of `v` read as an `i32` and converted (rounded to nearest) to `f32`.
+    fn from_i32(v: Self::U) -> Self;
+    /// Lane `j` is `if_set[j]` where bit `j` of `bits` is 1, else `if_clear[j]` (bits at and
+    /// above `LANES` are ignored). A select: the lanes not chosen never reach the result.
+    fn select_bits(bits: u32, if_set: Self, if_clear: Self) -> Self;
+}
+
+/// A vector of `u32` lanes, as many as the [`F32Vec`] it belongs to. Arithmetic wraps.
+///
+/// Every method is `#[inline(always)]` in its backends, as for [`F32Vec`].
+pub(crate) trait U32Vec: Copy {
+    /// Number of lanes; equal to the `F32Vec`'s.
+    const LANES: usize;
+    /// Vector registers of the ISA: how many vectors a kernel can keep live without spilling.
+    const REGISTERS: usize;
+
+    fn splat(value: u32) -> Self;
+    /// `[0, 1, ..., LANES - 1]`.
+    fn lane_index() -> Self;
+    /// Loads the first `LANES` elements of `src` (panics if shorter).
+    fn load(src: &[u32]) -> Self;
+    /// Stores into the first `LANES` elements of `dst` (panics if shorter).
+    #[allow(dead_code)] // the tests read vectors back with it
+    fn store(self, dst: &mut [u32]);
+    fn add(self, rhs: Self) -> Self;
+    fn sub(self, rhs: Self) -> Self;
+    fn and(self, rhs: Self) -> Self;
+    fn xor(self, rhs: Self) -> Self;
+    /// `self ^ b ^ c` (one instruction on AVX-512; elsewhere `b ^ c` first, so that a `self`
+    /// that comes last costs one step of latency).
+    fn xor3(self, b: Self, c: Self) -> Self;
+    /// Logical shift left by `n < 32` bits.
+    fn shl(self, n: u32) -> Self;
+    /// Logical shift right by `n < 32` bits.
+    fn shr(self, n: u32) -> Self;
+    /// The 64-bit products `self[2i] * m` of the even lanes: low half in lane `2i`, high half
+    /// in lane `2i + 1` (the odd lanes of `self` are ignored).
+    fn mul_even(self, m: u32) -> Self;
+    /// Lane `2i + 1` moved to lane `2i`, lane `2i + 1` set to 0 (each 64-bit pair shifted
+    /// right by 32 bits).
+    fn odd_to_even(self) -> Self;
+    /// `[self[0], odd[0], self[2], odd[2], ...]`: the even lanes of `self` and, between them,
+    /// the even lanes of `odd`.
+    fn even_pairs(self, odd: Self) -> Self;
+    /// Bit `j` is set iff `self[j] >= rhs[j]` (unsigned); bits at and above `LANES` are 0.
+    fn ge_bits(self, rhs: Self) -> u32;
+    /// Interleaves the lanes: `[self[0], rhs[0], self[1], rhs[1], ...]`, first `LANES` lanes
+    /// then the next `LANES`.
+    fn zip(self, rhs: Self) -> (Self, Self);
+    /// Lanes `start .. start + LANES` of the concatenation `[self, next]` (`start < LANES`).
+    fn lanes_from(self, next: Self, start: usize) -> Self;
 }
 
 /// A kernel written once over [`F32Vec`]; `run` must be `#[inline(always)]`.

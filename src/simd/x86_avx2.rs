@@ -5,7 +5,7 @@
 //! only for a `SupportedIsa` checked at run time, so the instructions exist on the CPU. Every
 //! memory access is bounded by a slice length checked first.
 
-use super::F32Vec;
+use super::{F32Vec, U32Vec};
 use std::arch::x86_64::*;
 
 #[derive(Clone, Copy)]
@@ -110,5 +110,191 @@ impl F32Vec for Vector {
         // SAFETY: see the file header. maxps(a, b) is `a > b ? a : b`, so max(0, v) keeps NaN
         // and -0.0 in v.
         Vector(unsafe { _mm256_max_ps(_mm256_setzero_ps(), self.0) })
+    }
+
+    type U = Words;
+
+    #[inline(always)]
+    fn mul(self, rhs: Self) -> Self {
+        // SAFETY: see the file header.
+        Vector(unsafe { _mm256_mul_ps(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    fn div(self, rhs: Self) -> Self {
+        // SAFETY: see the file header.
+        Vector(unsafe { _mm256_div_ps(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        // SAFETY: see the file header.
+        Vector(unsafe { _mm256_sqrt_ps(self.0) })
+    }
+
+    #[inline(always)]
+    fn to_bits(self) -> Words {
+        // SAFETY: see the file header.
+        Words(unsafe { _mm256_castps_si256(self.0) })
+    }
+
+    #[inline(always)]
+    fn from_bits(bits: Words) -> Self {
+        // SAFETY: see the file header.
+        Vector(unsafe { _mm256_castsi256_ps(bits.0) })
+    }
+
+    #[inline(always)]
+    fn from_i32(v: Words) -> Self {
+        // SAFETY: see the file header.
+        Vector(unsafe { _mm256_cvtepi32_ps(v.0) })
+    }
+
+    #[inline(always)]
+    fn select_bits(bits: u32, if_set: Self, if_clear: Self) -> Self {
+        // SAFETY: see the file header. Lane j shifts bit j into its sign bit, which is what
+        // blendv reads.
+        unsafe {
+            let to_sign = _mm256_setr_epi32(31, 30, 29, 28, 27, 26, 25, 24);
+            let mask = _mm256_sllv_epi32(_mm256_set1_epi32(bits as i32), to_sign);
+            Vector(_mm256_blendv_ps(
+                if_clear.0,
+                if_set.0,
+                _mm256_castsi256_ps(mask),
+            ))
+        }
+    }
+}
+
+/// Eight `u32` lanes in a `__m256i`.
+#[derive(Clone, Copy)]
+pub(crate) struct Words(__m256i);
+
+impl U32Vec for Words {
+    const REGISTERS: usize = 16;
+    const LANES: usize = 8;
+
+    #[inline(always)]
+    fn splat(value: u32) -> Self {
+        // SAFETY: see the file header.
+        Words(unsafe { _mm256_set1_epi32(value as i32) })
+    }
+
+    #[inline(always)]
+    fn lane_index() -> Self {
+        // SAFETY: see the file header.
+        Words(unsafe { _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7) })
+    }
+
+    #[inline(always)]
+    fn load(src: &[u32]) -> Self {
+        assert!(src.len() >= 8);
+        // SAFETY: src holds at least 8 words; unaligned load.
+        Words(unsafe { _mm256_loadu_si256(src.as_ptr().cast()) })
+    }
+
+    #[inline(always)]
+    fn store(self, dst: &mut [u32]) {
+        assert!(dst.len() >= 8);
+        // SAFETY: dst holds at least 8 words; unaligned store.
+        unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), self.0) }
+    }
+
+    #[inline(always)]
+    fn add(self, rhs: Self) -> Self {
+        // SAFETY: see the file header.
+        Words(unsafe { _mm256_add_epi32(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    fn sub(self, rhs: Self) -> Self {
+        // SAFETY: see the file header.
+        Words(unsafe { _mm256_sub_epi32(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    fn and(self, rhs: Self) -> Self {
+        // SAFETY: see the file header.
+        Words(unsafe { _mm256_and_si256(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    fn xor(self, rhs: Self) -> Self {
+        // SAFETY: see the file header.
+        Words(unsafe { _mm256_xor_si256(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    fn xor3(self, b: Self, c: Self) -> Self {
+        self.xor(b.xor(c))
+    }
+
+    #[inline(always)]
+    fn shl(self, n: u32) -> Self {
+        // SAFETY: see the file header. A constant count becomes an immediate shift.
+        Words(unsafe { _mm256_sll_epi32(self.0, _mm_cvtsi32_si128(n as i32)) })
+    }
+
+    #[inline(always)]
+    fn shr(self, n: u32) -> Self {
+        // SAFETY: see the file header. A constant count becomes an immediate shift.
+        Words(unsafe { _mm256_srl_epi32(self.0, _mm_cvtsi32_si128(n as i32)) })
+    }
+
+    #[inline(always)]
+    fn mul_even(self, m: u32) -> Self {
+        // SAFETY: see the file header.
+        Words(unsafe { _mm256_mul_epu32(self.0, _mm256_set1_epi32(m as i32)) })
+    }
+
+    #[inline(always)]
+    fn odd_to_even(self) -> Self {
+        // SAFETY: see the file header.
+        Words(unsafe { _mm256_srli_epi64::<32>(self.0) })
+    }
+
+    #[inline(always)]
+    fn even_pairs(self, odd: Self) -> Self {
+        // SAFETY: see the file header.
+        Words(unsafe { _mm256_blend_epi32::<0b1010_1010>(self.0, _mm256_slli_epi64::<32>(odd.0)) })
+    }
+
+    #[inline(always)]
+    fn ge_bits(self, rhs: Self) -> u32 {
+        // SAFETY: see the file header. a >= b (unsigned) iff max(a, b) == a.
+        unsafe {
+            let ge = _mm256_cmpeq_epi32(_mm256_max_epu32(self.0, rhs.0), self.0);
+            _mm256_movemask_ps(_mm256_castsi256_ps(ge)) as u32
+        }
+    }
+
+    #[inline(always)]
+    fn zip(self, rhs: Self) -> (Self, Self) {
+        // SAFETY: see the file header. unpack works within 128-bit halves; the two permutes
+        // put the halves in order.
+        unsafe {
+            let lo = _mm256_unpacklo_epi32(self.0, rhs.0);
+            let hi = _mm256_unpackhi_epi32(self.0, rhs.0);
+            (
+                Words(_mm256_permute2x128_si256::<0x20>(lo, hi)),
+                Words(_mm256_permute2x128_si256::<0x31>(lo, hi)),
+            )
+        }
+    }
+
+    #[inline(always)]
+    fn lanes_from(self, next: Self, start: usize) -> Self {
+        debug_assert!(start < 8);
+        // SAFETY: see the file header. vpermd reads the low 3 bits of each index.
+        unsafe {
+            let index = _mm256_add_epi32(
+                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                _mm256_set1_epi32(start as i32),
+            );
+            let from_self = _mm256_permutevar8x32_epi32(self.0, index);
+            let from_next = _mm256_permutevar8x32_epi32(next.0, index);
+            let in_next = _mm256_cmpgt_epi32(index, _mm256_set1_epi32(7));
+            Words(_mm256_blendv_epi8(from_self, from_next, in_next))
+        }
     }
 }

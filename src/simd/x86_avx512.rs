@@ -5,7 +5,7 @@
 //! only for a `SupportedIsa` checked at run time, so the instructions exist on the CPU. Every
 //! memory access is bounded by a slice length checked first.
 
-use super::F32Vec;
+use super::{F32Vec, U32Vec};
 use std::arch::x86_64::*;
 
 #[derive(Clone, Copy)]
@@ -100,5 +100,175 @@ impl F32Vec for Vector {
         // SAFETY: see the file header. vmaxps(a, b) is `a > b ? a : b`, so max(0, v) keeps NaN
         // and -0.0 in v.
         Vector(unsafe { _mm512_max_ps(_mm512_setzero_ps(), self.0) })
+    }
+
+    type U = Words;
+
+    #[inline(always)]
+    fn mul(self, rhs: Self) -> Self {
+        // SAFETY: see the file header.
+        Vector(unsafe { _mm512_mul_ps(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    fn div(self, rhs: Self) -> Self {
+        // SAFETY: see the file header.
+        Vector(unsafe { _mm512_div_ps(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    fn sqrt(self) -> Self {
+        // SAFETY: see the file header.
+        Vector(unsafe { _mm512_sqrt_ps(self.0) })
+    }
+
+    #[inline(always)]
+    fn to_bits(self) -> Words {
+        // SAFETY: see the file header.
+        Words(unsafe { _mm512_castps_si512(self.0) })
+    }
+
+    #[inline(always)]
+    fn from_bits(bits: Words) -> Self {
+        // SAFETY: see the file header.
+        Vector(unsafe { _mm512_castsi512_ps(bits.0) })
+    }
+
+    #[inline(always)]
+    fn from_i32(v: Words) -> Self {
+        // SAFETY: see the file header.
+        Vector(unsafe { _mm512_cvtepi32_ps(v.0) })
+    }
+
+    #[inline(always)]
+    fn select_bits(bits: u32, if_set: Self, if_clear: Self) -> Self {
+        // SAFETY: see the file header. The bits are the lane mask.
+        Vector(unsafe { _mm512_mask_blend_ps(bits as __mmask16, if_clear.0, if_set.0) })
+    }
+}
+
+/// Sixteen `u32` lanes in a `__m512i`.
+#[derive(Clone, Copy)]
+pub(crate) struct Words(__m512i);
+
+impl U32Vec for Words {
+    const REGISTERS: usize = 32;
+    const LANES: usize = 16;
+
+    #[inline(always)]
+    fn splat(value: u32) -> Self {
+        // SAFETY: see the file header.
+        Words(unsafe { _mm512_set1_epi32(value as i32) })
+    }
+
+    #[inline(always)]
+    fn lane_index() -> Self {
+        // SAFETY: see the file header.
+        Words(unsafe { _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15) })
+    }
+
+    #[inline(always)]
+    fn load(src: &[u32]) -> Self {
+        assert!(src.len() >= 16);
+        // SAFETY: src holds at least 16 words; unaligned load.
+        Words(unsafe { _mm512_loadu_si512(src.as_ptr().cast()) })
+    }
+
+    #[inline(always)]
+    fn store(self, dst: &mut [u32]) {
+        assert!(dst.len() >= 16);
+        // SAFETY: dst holds at least 16 words; unaligned store.
+        unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), self.0) }
+    }
+
+    #[inline(always)]
+    fn add(self, rhs: Self) -> Self {
+        // SAFETY: see the file header.
+        Words(unsafe { _mm512_add_epi32(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    fn sub(self, rhs: Self) -> Self {
+        // SAFETY: see the file header.
+        Words(unsafe { _mm512_sub_epi32(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    fn and(self, rhs: Self) -> Self {
+        // SAFETY: see the file header.
+        Words(unsafe { _mm512_and_si512(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    fn xor(self, rhs: Self) -> Self {
+        // SAFETY: see the file header.
+        Words(unsafe { _mm512_xor_si512(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    fn xor3(self, b: Self, c: Self) -> Self {
+        // SAFETY: see the file header. 0x96 is the truth table of a ^ b ^ c.
+        Words(unsafe { _mm512_ternarylogic_epi32::<0x96>(self.0, b.0, c.0) })
+    }
+
+    #[inline(always)]
+    fn shl(self, n: u32) -> Self {
+        // SAFETY: see the file header. A constant count becomes an immediate shift.
+        Words(unsafe { _mm512_sll_epi32(self.0, _mm_cvtsi32_si128(n as i32)) })
+    }
+
+    #[inline(always)]
+    fn shr(self, n: u32) -> Self {
+        // SAFETY: see the file header. A constant count becomes an immediate shift.
+        Words(unsafe { _mm512_srl_epi32(self.0, _mm_cvtsi32_si128(n as i32)) })
+    }
+
+    #[inline(always)]
+    fn mul_even(self, m: u32) -> Self {
+        // SAFETY: see the file header.
+        Words(unsafe { _mm512_mul_epu32(self.0, _mm512_set1_epi32(m as i32)) })
+    }
+
+    #[inline(always)]
+    fn odd_to_even(self) -> Self {
+        // SAFETY: see the file header.
+        Words(unsafe { _mm512_srli_epi64::<32>(self.0) })
+    }
+
+    #[inline(always)]
+    fn even_pairs(self, odd: Self) -> Self {
+        // SAFETY: see the file header. The odd lanes take lane 2i of `odd` (shuffle 0xA0 copies
+        // lanes 0 and 2 of each 128-bit block to lanes 1 and 3).
+        Words(unsafe { _mm512_mask_shuffle_epi32::<0xA0>(self.0, 0xAAAA, odd.0) })
+    }
+
+    #[inline(always)]
+    fn ge_bits(self, rhs: Self) -> u32 {
+        // SAFETY: see the file header.
+        u32::from(unsafe { _mm512_cmpge_epu32_mask(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    fn zip(self, rhs: Self) -> (Self, Self) {
+        // SAFETY: see the file header. Index i < 16 picks lane i of self, 16 + i lane i of rhs.
+        unsafe {
+            let lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+            let hi =
+                _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+            (
+                Words(_mm512_permutex2var_epi32(self.0, lo, rhs.0)),
+                Words(_mm512_permutex2var_epi32(self.0, hi, rhs.0)),
+            )
+        }
+    }
+
+    #[inline(always)]
+    fn lanes_from(self, next: Self, start: usize) -> Self {
+        debug_assert!(start < 16);
+        // SAFETY: see the file header. Index i < 16 picks lane i of self, 16 + i lane i of next.
+        unsafe {
+            let index = _mm512_add_epi32(Self::lane_index().0, _mm512_set1_epi32(start as i32));
+            Words(_mm512_permutex2var_epi32(self.0, index, next.0))
+        }
     }
 }

@@ -1,0 +1,443 @@
+//! C entry points of the dropout family: checks, then the safe API of `ops::dropout`.
+
+use super::library::{context, nk_context, nk_shape};
+use super::{Regions, call, in_out, nk_status, optional, optional_mut, require, slice_mut};
+use crate::ops::dropout::{
+    self, check_beta, check_channel, check_elementwise, check_p, check_p_gaussian, mask_len,
+};
+
+/// Philox4x32-10 (Salmon et al., SC'11; Random123): `out` = the block of `counter[4]` under
+/// `key[2]`. The word `w` of the dropout stream of `seed` is `out[w & 3]` for counter
+/// `{lo32(w >> 2), hi32(w >> 2), 0, 0}` and key `{lo32(seed), hi32(seed)}`. Does nothing if
+/// a pointer is NULL; `out` may overlap the inputs.
+///
+/// # Safety
+/// `counter` and `out` are valid for 4 `uint32_t`, `key` for 2.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_philox4x32_10(counter: *const u32, key: *const u32, out: *mut u32) {
+    if counter.is_null() || key.is_null() || out.is_null() {
+        return;
+    }
+    // SAFETY: the caller's promise on extents; unaligned accesses are fine for any pointer.
+    unsafe {
+        let c = [0, 1, 2, 3].map(|i| counter.add(i).read_unaligned());
+        let k = [0, 1].map(|i| key.add(i).read_unaligned());
+        let r = dropout::philox4x32_10(c, k);
+        for (i, word) in r.into_iter().enumerate() {
+            out.add(i).write_unaligned(word);
+        }
+    }
+}
+
+/// The keep mask of `n` elements: bit `i` (bit `i & 7` of byte `i >> 3`) is 1 iff
+/// `(r >> 8) >= ceil(p * 2^24)` for word `r = offset + i` of the stream of `seed`; unused high
+/// bits of the last byte are 0. `mask`: ceil(n / 8) bytes, required.
+///
+/// # Safety
+/// `mask` is valid for ceil(n / 8) bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_dropout_mask(
+    ctx: *mut nk_context,
+    n: usize,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *mut u8,
+) -> nk_status {
+    call(|| {
+        require("mask", mask, n)?;
+        check_elementwise(n, offset, 1)?;
+        check_p(p)?;
+        let bytes = mask_len(n);
+        Regions::default().output("mask", mask, bytes).check()?;
+        // SAFETY: pointer checked above; the extent is the caller's promise.
+        unsafe { dropout::mask(context(ctx), n, p, seed, offset, slice_mut(mask, bytes)) }
+    })
+}
+
+/// The checks shared by the elementwise dropout functions: NULL data pointers, sizes and the
+/// word range, then the scalar (`check`), then alignment and overlap with the optional mask.
+fn check_elementwise_call(
+    n: usize,
+    offset: u64,
+    words_per_element: u64,
+    (x, x_name): (*const f32, &'static str),
+    (y, y_name): (*mut f32, &'static str),
+    mask: (*const u8, bool),
+    check: impl FnOnce() -> crate::Result<()>,
+) -> crate::Result<()> {
+    require(x_name, x, n)?;
+    require(y_name, y, n)?;
+    check_elementwise(n, offset, words_per_element)?;
+    check()?;
+    let mut regions = Regions::default();
+    regions
+        .input(x_name, x, n)
+        .output_replacing(y_name, y, n, x_name);
+    let (mask, writes) = mask;
+    if writes {
+        regions.output("mask", mask as *mut u8, mask_len(n));
+    } else {
+        regions.input("mask", mask, mask_len(n));
+    }
+    regions.check()
+}
+
+/// Inverted dropout: kept elements `y = x * (float)(1.0 / (1.0 - p))`, dropped ones exactly
+/// `+0.0` (a select). `p` in [0, 1]. `mask` (optional output, ceil(n / 8) bytes) receives the
+/// keep mask. `y == x` is allowed. DropConnect is this call on a weight buffer.
+///
+/// # Safety
+/// `x`, `y`: n floats; `mask`: NULL or ceil(n / 8) bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_dropout_forward(
+    ctx: *mut nk_context,
+    n: usize,
+    x: *const f32,
+    y: *mut f32,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *mut u8,
+) -> nk_status {
+    call(|| {
+        check_elementwise_call(n, offset, 1, (x, "x"), (y, "y"), (mask, true), || {
+            check_p(p)
+        })?;
+        // SAFETY: pointers checked above; extents are the caller's promise.
+        unsafe {
+            dropout::forward(
+                context(ctx),
+                in_out(x, y, n),
+                p,
+                seed,
+                offset,
+                optional_mut(mask, mask_len(n)),
+            )
+        }
+    })
+}
+
+/// Backward of `nk_dropout_forward`: `dx = dy * scale` where the forward kept the element,
+/// `+0.0` where it dropped it. `mask` (optional input) holds the forward's mask; NULL makes
+/// the decisions again from `(seed, offset)`. `dx` is required; `dx == dy` is allowed.
+///
+/// # Safety
+/// `dy`, `dx`: n floats; `mask`: NULL or ceil(n / 8) bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_dropout_backward(
+    ctx: *mut nk_context,
+    n: usize,
+    dy: *const f32,
+    dx: *mut f32,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *const u8,
+) -> nk_status {
+    call(|| {
+        check_elementwise_call(n, offset, 1, (dy, "dy"), (dx, "dx"), (mask, false), || {
+            check_p(p)
+        })?;
+        // SAFETY: pointers checked above; extents are the caller's promise.
+        unsafe {
+            dropout::backward(
+                context(ctx),
+                in_out(dy, dx, n),
+                p,
+                seed,
+                offset,
+                optional(mask, mask_len(n)),
+            )
+        }
+    })
+}
+
+/// The checks of a channel dropout call; returns (elements, pairs).
+fn check_channel_call(
+    shape: &nk_shape,
+    offset: u64,
+    (x, x_name): (*const f32, &'static str),
+    (y, y_name): (*mut f32, &'static str),
+    mask: (*const u8, bool),
+    p: f32,
+) -> crate::Result<(crate::Shape, usize, usize)> {
+    let data = usize::from(!shape.is_empty());
+    require(x_name, x, data)?;
+    require(y_name, y, data)?;
+    let (elements, pairs) = check_channel(&shape.sizes(), offset)?;
+    check_p(p)?;
+    let checked = shape.to_shape()?;
+    let mut regions = Regions::default();
+    regions
+        .input(x_name, x, elements)
+        .output_replacing(y_name, y, elements, x_name);
+    let (mask, writes) = mask;
+    if writes {
+        regions.output("mask", mask as *mut u8, mask_len(pairs));
+    } else {
+        regions.input("mask", mask, mask_len(pairs));
+    }
+    regions.check()?;
+    Ok((checked, elements, pairs))
+}
+
+/// Channel (spatial) dropout: one keep decision per (n, c) pair, from word
+/// `offset + n * channels + c`, applied to the pair's whole spatial map; both layouts. `mask`
+/// (optional output) receives batch * channels bits, ceil(batch * channels / 8) bytes. A shape
+/// without elements writes nothing.
+///
+/// # Safety
+/// `x`, `y`: batch * channels * spatial floats; `mask`: NULL or ceil(batch * channels / 8)
+/// bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_channel_dropout_forward(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const f32,
+    y: *mut f32,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *mut u8,
+) -> nk_status {
+    call(|| {
+        let (checked, elements, pairs) =
+            check_channel_call(&shape, offset, (x, "x"), (y, "y"), (mask, true), p)?;
+        // SAFETY: pointers checked above; extents are the caller's promise.
+        unsafe {
+            dropout::channel_forward(
+                context(ctx),
+                checked,
+                in_out(x, y, elements),
+                p,
+                seed,
+                offset,
+                optional_mut(mask, mask_len(pairs)),
+            )
+        }
+    })
+}
+
+/// Backward of `nk_channel_dropout_forward`, from `mask` (optional input) or with the
+/// decisions made again from `(seed, offset)`. `dx` is required; `dx == dy` is allowed.
+///
+/// # Safety
+/// As `nk_channel_dropout_forward`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_channel_dropout_backward(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    dy: *const f32,
+    dx: *mut f32,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *const u8,
+) -> nk_status {
+    call(|| {
+        let (checked, elements, pairs) =
+            check_channel_call(&shape, offset, (dy, "dy"), (dx, "dx"), (mask, false), p)?;
+        // SAFETY: pointers checked above; extents are the caller's promise.
+        unsafe {
+            dropout::channel_backward(
+                context(ctx),
+                checked,
+                in_out(dy, dx, elements),
+                p,
+                seed,
+                offset,
+                optional(mask, mask_len(pairs)),
+            )
+        }
+    })
+}
+
+/// Alpha dropout (SELU networks): dropped elements take alpha' = -1.7580993408473766, then
+/// `y = a * x' + b`, `a = ((1 - p) * (1 + p * alpha'^2))^-1/2`, `b = -a * alpha' * p` (computed
+/// in double, rounded to float; the product and the sum each rounded). `p = 1` gives `+0.0`.
+/// `mask` (optional output): the keep mask.
+///
+/// # Safety
+/// As `nk_dropout_forward`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_alpha_dropout_forward(
+    ctx: *mut nk_context,
+    n: usize,
+    x: *const f32,
+    y: *mut f32,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *mut u8,
+) -> nk_status {
+    call(|| {
+        check_elementwise_call(n, offset, 1, (x, "x"), (y, "y"), (mask, true), || {
+            check_p(p)
+        })?;
+        // SAFETY: pointers checked above; extents are the caller's promise.
+        unsafe {
+            dropout::alpha_forward(
+                context(ctx),
+                in_out(x, y, n),
+                p,
+                seed,
+                offset,
+                optional_mut(mask, mask_len(n)),
+            )
+        }
+    })
+}
+
+/// Backward of `nk_alpha_dropout_forward`: `dx = dy * a` where kept, `+0.0` where dropped;
+/// from `mask` (optional input) or made again.
+///
+/// # Safety
+/// As `nk_dropout_backward`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_alpha_dropout_backward(
+    ctx: *mut nk_context,
+    n: usize,
+    dy: *const f32,
+    dx: *mut f32,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *const u8,
+) -> nk_status {
+    call(|| {
+        check_elementwise_call(n, offset, 1, (dy, "dy"), (dx, "dx"), (mask, false), || {
+            check_p(p)
+        })?;
+        // SAFETY: pointers checked above; extents are the caller's promise.
+        unsafe {
+            dropout::alpha_backward(
+                context(ctx),
+                in_out(dy, dx, n),
+                p,
+                seed,
+                offset,
+                optional(mask, mask_len(n)),
+            )
+        }
+    })
+}
+
+/// Gaussian dropout: `y = x * e`, `e = 1 + sqrt(p / (1 - p)) * sqrt(-2 ln u1) * cos(2 pi u2)`,
+/// `u1 = ((r0 >> 8) + 1) * 2^-24`, `u2 = (r1 >> 8) * 2^-24` from words `2 * (offset + i)` and
+/// `2 * (offset + i) + 1`. `p` in [0, 1). Agrees across ISAs within float rounding.
+///
+/// # Safety
+/// `x`, `y`: n floats.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_gaussian_dropout_forward(
+    ctx: *mut nk_context,
+    n: usize,
+    x: *const f32,
+    y: *mut f32,
+    p: f32,
+    seed: u64,
+    offset: u64,
+) -> nk_status {
+    call(|| {
+        check_elementwise_call(
+            n,
+            offset,
+            2,
+            (x, "x"),
+            (y, "y"),
+            (std::ptr::null(), false),
+            || check_p_gaussian(p),
+        )?;
+        // SAFETY: pointers checked above; extents are the caller's promise.
+        unsafe { dropout::gaussian_forward(context(ctx), in_out(x, y, n), p, seed, offset) }
+    })
+}
+
+/// Backward of `nk_gaussian_dropout_forward`: `dx = dy * e`, the same factors.
+///
+/// # Safety
+/// `dy`, `dx`: n floats.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_gaussian_dropout_backward(
+    ctx: *mut nk_context,
+    n: usize,
+    dy: *const f32,
+    dx: *mut f32,
+    p: f32,
+    seed: u64,
+    offset: u64,
+) -> nk_status {
+    call(|| {
+        check_elementwise_call(
+            n,
+            offset,
+            2,
+            (dy, "dy"),
+            (dx, "dx"),
+            (std::ptr::null(), false),
+            || check_p_gaussian(p),
+        )?;
+        // SAFETY: pointers checked above; extents are the caller's promise.
+        unsafe { dropout::gaussian_backward(context(ctx), in_out(dy, dx, n), p, seed, offset) }
+    })
+}
+
+/// Uniform dropout ("Uout", Li et al., CVPR 2019): `y = x * (1 + r)`, `r = beta * (2u - 1)`,
+/// `u = (w >> 8) * 2^-24` for word `w = offset + i`. `beta` finite and >= 0.
+///
+/// # Safety
+/// `x`, `y`: n floats.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_uniform_dropout_forward(
+    ctx: *mut nk_context,
+    n: usize,
+    x: *const f32,
+    y: *mut f32,
+    beta: f32,
+    seed: u64,
+    offset: u64,
+) -> nk_status {
+    call(|| {
+        check_elementwise_call(
+            n,
+            offset,
+            1,
+            (x, "x"),
+            (y, "y"),
+            (std::ptr::null(), false),
+            || check_beta(beta),
+        )?;
+        // SAFETY: pointers checked above; extents are the caller's promise.
+        unsafe { dropout::uniform_forward(context(ctx), in_out(x, y, n), beta, seed, offset) }
+    })
+}
+
+/// Backward of `nk_uniform_dropout_forward`: `dx = dy * (1 + r)`, the same factors.
+///
+/// # Safety
+/// `dy`, `dx`: n floats.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_uniform_dropout_backward(
+    ctx: *mut nk_context,
+    n: usize,
+    dy: *const f32,
+    dx: *mut f32,
+    beta: f32,
+    seed: u64,
+    offset: u64,
+) -> nk_status {
+    call(|| {
+        check_elementwise_call(
+            n,
+            offset,
+            1,
+            (dy, "dy"),
+            (dx, "dx"),
+            (std::ptr::null(), false),
+            || check_beta(beta),
+        )?;
+        // SAFETY: pointers checked above; extents are the caller's promise.
+        unsafe { dropout::uniform_backward(context(ctx), in_out(dy, dx, n), beta, seed, offset) }
+    })
+}
