@@ -1,8 +1,9 @@
-//! The C API as a C program sees it: `tests/c/batchnorm_api.c` is compiled by the system C
-//! compiler against the committed `include/normkit.h` and linked with the library cargo built for
-//! this test run, then run; it checks every function of the header against its own naive loops
-//! and exits non-zero on any failed check. The same file is also built as C++ (the header must
-//! work there too) and linked against the shared library.
+//! The C API as a C program sees it: `tests/c/batchnorm_api.c` and `tests/c/dropout_api.c` are
+//! compiled by the system C compiler against the committed `include/normkit.h` and linked with
+//! the library cargo built for this test run, then run; together they check every function of
+//! the header against their own naive loops, and each exits non-zero on any failed check. The
+//! same files are also built as C++ (the header must work there too) and linked against the
+//! shared library.
 //!
 //! Where the libraries come from: before it builds any integration test, cargo builds the
 //! library target with all its crate types (`staticlib`, `cdylib`, `rlib`) in one rustc
@@ -37,8 +38,11 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn program_source() -> PathBuf {
-    root().join("tests/c/batchnorm_api.c")
+/// The C programs, by name: `tests/c/<name>.c`.
+const PROGRAMS: &[&str] = &["batchnorm_api", "dropout_api"];
+
+fn program_source(program: &str) -> PathBuf {
+    root().join(format!("tests/c/{program}.c"))
 }
 
 /// The directory holding the `libnormkit.a` and `libnormkit.so` built for this test run.
@@ -94,10 +98,24 @@ fn run(mut cmd: Command, what: &str) -> String {
     stdout
 }
 
-/// Compiles the C program with `cc` (`lang` None) or as C++ (`lang` Some("c++")), links it with
-/// `link` and runs it; returns its stdout.
+/// Compiles each C program with `cc` (`lang` None) or as C++ (`lang` Some("c++")), links it with
+/// `link` and runs it; returns their stdout, one after the other.
 fn build_and_run(name: &str, cc: &str, std: &str, lang: Option<&str>, link: &[String]) -> String {
-    let exe = out_dir(name).join("batchnorm_api");
+    PROGRAMS
+        .iter()
+        .map(|program| build_and_run_one(program, name, cc, std, lang, link))
+        .collect()
+}
+
+fn build_and_run_one(
+    program: &str,
+    name: &str,
+    cc: &str,
+    std: &str,
+    lang: Option<&str>,
+    link: &[String],
+) -> String {
+    let exe = out_dir(name).join(program);
     let mut cmd = Command::new(cc);
     cmd.arg(std)
         .args(WARNINGS)
@@ -107,17 +125,17 @@ fn build_and_run(name: &str, cc: &str, std: &str, lang: Option<&str>, link: &[St
     if let Some(lang) = lang {
         cmd.args(["-x", lang]);
     }
-    cmd.arg(program_source());
+    cmd.arg(program_source(program));
     if lang.is_some() {
         cmd.args(["-x", "none"]);
     }
     cmd.args(link).arg("-o").arg(&exe);
-    run(cmd, &format!("compiling tests/c/batchnorm_api.c ({name})"));
+    run(cmd, &format!("compiling tests/c/{program}.c ({name})"));
     let stdout = run(
         Command::new(&exe),
-        &format!("the C API test program ({name})"),
+        &format!("the C API test program {program} ({name})"),
     );
-    println!("{name}: {stdout}");
+    println!("{name}: {program}: {stdout}");
     stdout
 }
 
@@ -194,23 +212,64 @@ fn called_names(text: &str) -> Vec<String> {
     names
 }
 
-/// The C program must call every function the committed header declares, so that a function
+/// The C programs must call every function the committed header declares, so that a function
 /// added to the C API without a C-side test shows up here.
 #[test]
 fn c_program_calls_every_function_of_the_header() {
     let header = std::fs::read_to_string(root().join("include/normkit.h")).unwrap();
-    let program = std::fs::read_to_string(program_source()).unwrap();
     let declared = called_names(&header);
     assert!(
         declared.len() >= 12,
         "found only {declared:?} in the header"
     );
-    let called = called_names(&program);
+    let mut called = Vec::new();
+    for program in PROGRAMS {
+        called.extend(called_names(
+            &std::fs::read_to_string(program_source(program)).unwrap(),
+        ));
+    }
     let missing: Vec<&String> = declared.iter().filter(|n| !called.contains(n)).collect();
     assert!(
         missing.is_empty(),
-        "tests/c/batchnorm_api.c does not call {missing:?}, declared in include/normkit.h"
+        "no program of tests/c calls {missing:?}, declared in include/normkit.h"
     );
+}
+
+/// The DropConnect example of README.md (the C block with a `main` that calls
+/// `nk_dropout_forward`) compiles without warnings and runs successfully against the static
+/// library, printing one line per step.
+#[test]
+fn readme_dropconnect_example_compiles_and_runs() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let example = readme
+        .split("```c\n")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .find(|code| code.contains("int main(") && code.contains("nk_dropout_forward"))
+        .expect("README.md has a C block with a main function calling nk_dropout_forward");
+    let dir = out_dir("readme-dropconnect");
+    let source = dir.join("dropconnect.c");
+    std::fs::write(&source, example).unwrap();
+    let exe = dir.join("dropconnect");
+    let mut cmd = Command::new(compiler("CC", "cc"));
+    cmd.arg("-std=c11")
+        .args(WARNINGS)
+        .arg("-I")
+        .arg(root().join("include"))
+        .arg(&source)
+        .args(static_link())
+        .arg("-o")
+        .arg(&exe);
+    run(cmd, "compiling the README DropConnect example");
+    let out = run(Command::new(&exe), "the README DropConnect example");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "unexpected output: {out}");
+    for (step, line) in lines.iter().enumerate() {
+        assert!(
+            line.starts_with(&format!("DropConnect step {step}: ")),
+            "unexpected output: {out}"
+        );
+    }
 }
 
 /// The C example of README.md (its first C block with a `main`) compiles without warnings and

@@ -2,9 +2,10 @@
  * The C API of normkit, checked from C (and, compiled as C++, from C++) against the committed
  * header and the static library.
  *
- * Every function of include/normkit.h is called here. Each result is compared with a naive
- * double-precision loop written in this file; every error case checks the status code, that the
- * error message is set, and that no byte of any buffer changed. Cases run on every ISA the CPU
+ * Every function of include/normkit.h but the dropout family (tests/c/dropout_api.c) is called
+ * here. Each result is compared with a naive double-precision loop written in this file; every
+ * error case checks the status code, that the error message is set, and that no byte of any
+ * buffer changed. Cases run on every ISA the CPU
  * has, in both layouts, on a 2-thread context and on the default (NULL) context; results must be
  * bitwise identical across thread counts, between in-place and out-of-place calls, and between a
  * call alone and the same call made concurrently from several threads.
@@ -1381,71 +1382,6 @@ static void test_errors(nk_context *ctx) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Dropout family: a first smoke check of every function, to be replaced by full coverage.      */
-
-/* Word w of the stream of seed, from nk_philox4x32_10 as the contract defines it. */
-static uint32_t dropout_word(uint64_t seed, uint64_t w) {
-    const uint32_t counter[4] = {(uint32_t)(w >> 2), (uint32_t)(w >> 34), 0, 0};
-    const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
-    uint32_t out[4];
-    nk_philox4x32_10(counter, key, out);
-    return out[w & 3];
-}
-
-static void test_dropout_smoke(nk_context *ctx) {
-    set_case("dropout smoke");
-    {
-        const uint32_t counter[4] = {0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u};
-        const uint32_t key[2] = {0xa4093822u, 0x299f31d0u};
-        const uint32_t want[4] = {0xd16cfe09u, 0x94fdccebu, 0x5001e420u, 0x24126ea1u};
-        uint32_t out[4];
-        nk_philox4x32_10(counter, key, out);
-        CHECK(memcmp(out, want, sizeof out) == 0, "nk_philox4x32_10 known answer");
-    }
-    enum { N = 77 };
-    const float p = 0.3f;
-    const uint64_t seed = 11, offset = 5;
-    const double threshold = ceil((double)p * 16777216.0);
-    const float scale = (float)(1.0 / (1.0 - (double)p));
-    float x[N], y[N], d[N];
-    uint8_t mask[(N + 7) / 8], mask2[(N + 7) / 8];
-    for (int i = 0; i < N; i++) {
-        x[i] = (float)(i - 30) * 0.25f;
-    }
-    EXPECT_OK(nk_dropout_mask(ctx, N, p, seed, offset, mask), "nk_dropout_mask");
-    EXPECT_OK(nk_dropout_forward(ctx, N, x, y, p, seed, offset, mask2), "nk_dropout_forward");
-    EXPECT_OK(nk_dropout_backward(ctx, N, x, d, p, seed, offset, NULL), "nk_dropout_backward");
-    for (int i = 0; i < N; i++) {
-        int kept = (double)(dropout_word(seed, offset + (uint64_t)i) >> 8) >= threshold;
-        CHECK(((mask[i / 8] >> (i % 8)) & 1) == kept, "mask bit %d", i);
-        CHECK(((mask2[i / 8] >> (i % 8)) & 1) == kept, "forward mask bit %d", i);
-        float want = kept ? x[i] * scale : 0.0f;
-        CHECK(same_bytes(&y[i], &want, sizeof want), "forward element %d", i);
-        CHECK(same_bytes(&d[i], &want, sizeof want), "backward element %d", i);
-    }
-    nk_shape sh = make_shape(2, 3, 5, NK_LAYOUT_NCS);
-    EXPECT_OK(nk_channel_dropout_forward(ctx, sh, x, y, p, seed, offset, mask),
-              "nk_channel_dropout_forward");
-    EXPECT_OK(nk_channel_dropout_backward(ctx, sh, x, d, p, seed, offset, mask),
-              "nk_channel_dropout_backward");
-    CHECK(memcmp(y, d, 30 * sizeof(float)) == 0, "channel backward = forward on dy = x");
-    EXPECT_OK(nk_alpha_dropout_forward(ctx, N, x, y, p, seed, offset, NULL),
-              "nk_alpha_dropout_forward");
-    EXPECT_OK(nk_alpha_dropout_backward(ctx, N, x, d, p, seed, offset, NULL),
-              "nk_alpha_dropout_backward");
-    EXPECT_OK(nk_gaussian_dropout_forward(ctx, N, x, y, p, seed, offset),
-              "nk_gaussian_dropout_forward");
-    EXPECT_OK(nk_gaussian_dropout_backward(ctx, N, x, d, p, seed, offset),
-              "nk_gaussian_dropout_backward");
-    CHECK(memcmp(y, d, sizeof y) == 0, "gaussian backward = forward on dy = x");
-    EXPECT_OK(nk_uniform_dropout_forward(ctx, N, x, y, 0.5f, seed, offset),
-              "nk_uniform_dropout_forward");
-    EXPECT_OK(nk_uniform_dropout_backward(ctx, N, x, d, 0.5f, seed, offset),
-              "nk_uniform_dropout_backward");
-    CHECK(memcmp(y, d, sizeof y) == 0, "uniform backward = forward on dy = x");
-}
-
-/* ------------------------------------------------------------------------------------------ */
 
 int main(void) {
     test_library();
@@ -1468,7 +1404,6 @@ int main(void) {
     test_errors(ctx);
     test_errors(NULL);
     test_fold();
-    test_dropout_smoke(ctx);
 
     /* (batch, channels, spatial): tiny, odd, spatial = 1, more than 256 channels, channels
      * longer than one 2^18-element chunk, and large enough to run on several threads. */
