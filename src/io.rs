@@ -140,8 +140,8 @@ impl RowIo<'_> {
     #[inline(always)]
     pub(crate) fn map<V: F32Vec>(&mut self, f: &impl VectorMap<V>) {
         match self {
-            RowIo::Separate(x, y) => map_separate(x, y, f),
-            RowIo::InPlace(b) => map_in_place(b, f),
+            RowIo::Separate(x, y) => map_separate::<V, false>(x, y, 0, f),
+            RowIo::InPlace(b) => map_in_place::<V, false>(b, 0, f),
         }
     }
 
@@ -157,8 +157,8 @@ impl RowIo<'_> {
         head_part.map(f);
         let len = self.len();
         match self.part(head..len) {
-            RowIo::Separate(x, y) => map_separate_streaming(x, y, head, f),
-            RowIo::InPlace(b) => map_in_place_streaming(b, head, f),
+            RowIo::Separate(x, y) => map_separate::<V, true>(x, y, head, f),
+            RowIo::InPlace(b) => map_in_place::<V, true>(b, head, f),
         }
     }
 }
@@ -175,41 +175,6 @@ pub(crate) fn unaligned_head<V: F32Vec>(y: &[f32]) -> usize {
     }
 }
 
-/// Like `map_separate`, with `y` vector-aligned and streaming stores; `base` is the index of the
-/// first element in the caller's part.
-#[inline(always)]
-fn map_separate_streaming<V: F32Vec>(x: &[f32], y: &mut [f32], base: usize, f: &impl VectorMap<V>) {
-    let l = V::LANES;
-    let full = x.len() / l * l;
-    let (x_body, x_tail) = x.split_at(full);
-    let (y_body, y_tail) = y.split_at_mut(full);
-    for (i, (xs, ys)) in x_body
-        .chunks_exact(l)
-        .zip(y_body.chunks_exact_mut(l))
-        .enumerate()
-    {
-        f.apply(V::load(xs), base + i * l, l).store_stream(ys);
-    }
-    if !x_tail.is_empty() {
-        f.apply(V::load_partial(x_tail, 0.0), base + full, x_tail.len())
-            .store_partial(y_tail);
-    }
-}
-
-#[inline(always)]
-fn map_in_place_streaming<V: F32Vec>(b: &mut [f32], base: usize, f: &impl VectorMap<V>) {
-    let l = V::LANES;
-    let full = b.len() / l * l;
-    let (body, tail) = b.split_at_mut(full);
-    for (i, v) in body.chunks_exact_mut(l).enumerate() {
-        f.apply(V::load(v), base + i * l, l).store_stream(v);
-    }
-    if !tail.is_empty() {
-        let v = V::load_partial(tail, 0.0);
-        f.apply(v, base + full, tail.len()).store_partial(tail);
-    }
-}
-
 /// An elementwise map over vectors, for [`RowIo::map`].
 ///
 /// A trait rather than a closure: `apply` is `#[inline(always)]` in every implementation, so it
@@ -220,8 +185,25 @@ pub(crate) trait VectorMap<V: F32Vec> {
     fn apply(&self, x: V, i: usize, lanes: usize) -> V;
 }
 
+/// Stores a whole vector, streaming (`dst` vector-aligned) if `STREAM`.
 #[inline(always)]
-fn map_separate<V: F32Vec>(x: &[f32], y: &mut [f32], f: &impl VectorMap<V>) {
+pub(crate) fn store_vector<V: F32Vec, const STREAM: bool>(v: V, dst: &mut [f32]) {
+    if STREAM {
+        v.store_stream(dst)
+    } else {
+        v.store(dst)
+    }
+}
+
+/// `y = f(x)` by vectors, a partial one last; `base` is the index of `x[0]` in the caller's part.
+/// With `STREAM`, `y` is vector-aligned and whole vectors are streamed.
+#[inline(always)]
+fn map_separate<V: F32Vec, const STREAM: bool>(
+    x: &[f32],
+    y: &mut [f32],
+    base: usize,
+    f: &impl VectorMap<V>,
+) {
     let l = V::LANES;
     let full = x.len() / l * l;
     let (x_body, x_tail) = x.split_at(full);
@@ -231,24 +213,26 @@ fn map_separate<V: F32Vec>(x: &[f32], y: &mut [f32], f: &impl VectorMap<V>) {
         .zip(y_body.chunks_exact_mut(l))
         .enumerate()
     {
-        f.apply(V::load(xs), i * l, l).store(ys);
+        store_vector::<V, STREAM>(f.apply(V::load(xs), base + i * l, l), ys);
     }
     if !x_tail.is_empty() {
-        f.apply(V::load_partial(x_tail, 0.0), full, x_tail.len())
+        f.apply(V::load_partial(x_tail, 0.0), base + full, x_tail.len())
             .store_partial(y_tail);
     }
 }
 
+/// [`map_separate`] in place.
 #[inline(always)]
-fn map_in_place<V: F32Vec>(b: &mut [f32], f: &impl VectorMap<V>) {
+fn map_in_place<V: F32Vec, const STREAM: bool>(b: &mut [f32], base: usize, f: &impl VectorMap<V>) {
     let l = V::LANES;
     let full = b.len() / l * l;
     let (body, tail) = b.split_at_mut(full);
     for (i, v) in body.chunks_exact_mut(l).enumerate() {
-        f.apply(V::load(v), i * l, l).store(v);
+        let y = f.apply(V::load(v), base + i * l, l);
+        store_vector::<V, STREAM>(y, v);
     }
     if !tail.is_empty() {
         let v = V::load_partial(tail, 0.0);
-        f.apply(v, full, tail.len()).store_partial(tail);
+        f.apply(v, base + full, tail.len()).store_partial(tail);
     }
 }

@@ -5,7 +5,7 @@
 //! `offset`) keeps the result exact to `f32` rounding on data with a large offset, where the
 //! usual folded form `x * a + b` cancels catastrophically.
 
-use crate::io::{RowIo, VectorMap, unaligned_head};
+use crate::io::{RowIo, VectorMap, store_vector, unaligned_head};
 use crate::simd::{F32Vec, Kernel};
 
 /// Per-channel parameters of the affine map, each of length at least C (the channels-innermost
@@ -197,7 +197,7 @@ fn nsc_periods<V: F32Vec, const RELU: bool, const STREAM: bool>(
                     .zip(t.chunks_exact(l));
                 for ((xs, ys), ((m, s), t)) in lanes.zip(params) {
                     let v = affine::<V, RELU>(V::load(xs), V::load(m), V::load(s), V::load(t));
-                    store::<V, STREAM>(v, ys);
+                    store_vector::<V, STREAM>(v, ys);
                 }
             }
         }
@@ -209,7 +209,7 @@ fn nsc_periods<V: F32Vec, const RELU: bool, const STREAM: bool>(
                     .zip(t.chunks_exact(l));
                 for (v, ((m, s), t)) in bp.chunks_exact_mut(l).zip(params) {
                     let y = affine::<V, RELU>(V::load(v), V::load(m), V::load(s), V::load(t));
-                    store::<V, STREAM>(y, v);
+                    store_vector::<V, STREAM>(y, v);
                 }
             }
         }
@@ -235,7 +235,7 @@ fn nsc_vectors<V: F32Vec, const RELU: bool, const STREAM: bool>(
             for (xs, ys) in x.chunks(step).zip(y.chunks_mut(step)) {
                 let (m, s, t) = lane_params::<V>(&p, c0, xs.len());
                 if xs.len() == l {
-                    store::<V, STREAM>(affine::<V, RELU>(V::load(xs), m, s, t), ys);
+                    store_vector::<V, STREAM>(affine::<V, RELU>(V::load(xs), m, s, t), ys);
                 } else {
                     affine::<V, RELU>(V::load_partial(xs, 0.0), m, s, t).store_partial(ys);
                 }
@@ -246,7 +246,7 @@ fn nsc_vectors<V: F32Vec, const RELU: bool, const STREAM: bool>(
             for v in b.chunks_mut(step) {
                 let (m, s, t) = lane_params::<V>(&p, c0, v.len());
                 if v.len() == l {
-                    store::<V, STREAM>(affine::<V, RELU>(V::load(v), m, s, t), v);
+                    store_vector::<V, STREAM>(affine::<V, RELU>(V::load(v), m, s, t), v);
                 } else {
                     let y = affine::<V, RELU>(V::load_partial(v, 0.0), m, s, t);
                     y.store_partial(v);
@@ -256,15 +256,6 @@ fn nsc_vectors<V: F32Vec, const RELU: bool, const STREAM: bool>(
         }
     }
     c0
-}
-
-#[inline(always)]
-fn store<V: F32Vec, const STREAM: bool>(v: V, dst: &mut [f32]) {
-    if STREAM {
-        v.store_stream(dst)
-    } else {
-        v.store(dst)
-    }
 }
 
 impl Kernel for NscAffine<'_> {
