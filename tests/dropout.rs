@@ -2388,3 +2388,231 @@ fn error_contract_of_channel_dropout() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// The safe Rust API.
+
+/// `normkit::dropout::*` gives bitwise what the C functions give (which the tests above hold to
+/// the reference), out of place and in place, with and without masks; its generator functions
+/// match the reference; and its checks reject what the contract rejects.
+#[test]
+fn safe_api_matches_the_c_functions() {
+    use normkit::dropout as d;
+    use normkit::{Context, ErrorKind, InOut, Layout, Shape};
+
+    for (counter, key, want) in r::PHILOX4X32_10_KAT {
+        assert_eq!(d::philox4x32_10(counter, key), want);
+    }
+    for w in [0u64, 1, 5, 1 << 34, u64::MAX] {
+        assert_eq!(d::stream_word(99, w), r::word(99, w), "stream_word({w})");
+    }
+    assert_eq!(d::mask_len(17), 3);
+
+    let n = 1001;
+    let (seed, offset) = (0xABCDu64, 13u64);
+    let x = data(40, n, false);
+    for isa in Isa::supported() {
+        let ctx = Context::new(1).unwrap();
+        ctx.set_isa(Some(isa)).unwrap();
+        let c_ctx = Ctx::new(1, isa);
+        let what = format!("{isa:?}");
+
+        let mut mask = vec![0u8; d::mask_len(n)];
+        d::mask(&ctx, n, 0.3, seed, offset, &mut mask).unwrap();
+        assert_eq!(mask, r::dropout_mask(n, 0.3, seed, offset), "mask, {what}");
+
+        for kind in KINDS {
+            let param = if kind == Kind::Uniform { 0.6 } else { 0.3 };
+            let mask_arg = if kind.has_mask() {
+                Mask::Out
+            } else {
+                Mask::Null
+            };
+            let (want_y, want_mask) = run(
+                &c_ctx, kind, false, false, &x, param, seed, offset, mask_arg,
+            );
+            let (want_dx, _) = run(
+                &c_ctx,
+                kind,
+                true,
+                false,
+                &x,
+                param,
+                seed,
+                offset,
+                Mask::Null,
+            );
+            for in_place in [false, true] {
+                let mut y = vec![0.0f32; n];
+                let mut buf = x.clone();
+                let io = if in_place {
+                    InOut::InPlace(&mut buf)
+                } else {
+                    InOut::separate(&x, &mut y).unwrap()
+                };
+                let mut m = vec![0u8; d::mask_len(n)];
+                let m_out = kind.has_mask().then_some(&mut m[..]);
+                match kind {
+                    Kind::Dropout => d::forward(&ctx, io, param, seed, offset, m_out),
+                    Kind::Alpha => d::alpha_forward(&ctx, io, param, seed, offset, m_out),
+                    Kind::Gaussian => d::gaussian_forward(&ctx, io, param, seed, offset),
+                    Kind::Uniform => d::uniform_forward(&ctx, io, param, seed, offset),
+                }
+                .unwrap();
+                let got = if in_place { &buf } else { &y };
+                let label = format!("{kind:?} forward (in place {in_place}), {what}");
+                assert_same(got, &want_y, &label);
+                if let Some(want_mask) = &want_mask {
+                    assert_eq!(&m, want_mask, "{label}: mask");
+                }
+
+                // Backward, made again and (masked variants) from the mask.
+                for use_mask in [false, true] {
+                    if use_mask && !kind.has_mask() {
+                        continue;
+                    }
+                    let mut dx = vec![0.0f32; n];
+                    let mut buf = x.clone();
+                    let io = if in_place {
+                        InOut::InPlace(&mut buf)
+                    } else {
+                        InOut::separate(&x, &mut dx).unwrap()
+                    };
+                    let m_in = use_mask.then_some(&m[..]);
+                    match kind {
+                        Kind::Dropout => d::backward(&ctx, io, param, seed, offset, m_in),
+                        Kind::Alpha => d::alpha_backward(&ctx, io, param, seed, offset, m_in),
+                        Kind::Gaussian => d::gaussian_backward(&ctx, io, param, seed, offset),
+                        Kind::Uniform => d::uniform_backward(&ctx, io, param, seed, offset),
+                    }
+                    .unwrap();
+                    let got = if in_place { &buf } else { &dx };
+                    assert_same(
+                        got,
+                        &want_dx,
+                        &format!(
+                            "{kind:?} backward (mask {use_mask}, in place {in_place}), {what}"
+                        ),
+                    );
+                }
+            }
+        }
+
+        for (layout, channels_last) in [(Layout::Ncs, false), (Layout::Nsc, true)] {
+            let (b, c, s) = (7, 11, 13);
+            let xc = data(41, b * c * s, true);
+            let (want_y, want_mask) = run_channel(
+                &c_ctx,
+                shape(b, c, s, channels_last),
+                false,
+                false,
+                &xc,
+                0.45,
+                seed,
+                offset,
+                Mask::Out,
+            );
+            let sh = Shape::new(b, c, s, layout);
+            let mut y = vec![0.0f32; b * c * s];
+            let mut m = vec![0u8; d::mask_len(b * c)];
+            d::channel_forward(
+                &ctx,
+                sh,
+                InOut::separate(&xc, &mut y).unwrap(),
+                0.45,
+                seed,
+                offset,
+                Some(&mut m),
+            )
+            .unwrap();
+            assert_same(&y, &want_y, &format!("channel forward {layout:?}, {what}"));
+            assert_eq!(
+                Some(&m),
+                want_mask.as_ref(),
+                "channel mask {layout:?}, {what}"
+            );
+            let mut buf = xc.clone();
+            d::channel_backward(
+                &ctx,
+                sh,
+                InOut::InPlace(&mut buf),
+                0.45,
+                seed,
+                offset,
+                Some(&m),
+            )
+            .unwrap();
+            assert_same(
+                &buf,
+                &want_y,
+                &format!("channel backward {layout:?}, {what}"),
+            );
+        }
+
+        // The checks: a mask of the wrong length, bad scalars, the word index.
+        let mut y = vec![0.0f32; n];
+        let mut short = vec![0u8; d::mask_len(n) - 1];
+        let kind_of = |r: normkit::Result<()>| r.unwrap_err().kind();
+        assert_eq!(
+            kind_of(d::mask(&ctx, n, 0.3, seed, offset, &mut short)),
+            ErrorKind::BadShape
+        );
+        assert_eq!(
+            kind_of(d::forward(
+                &ctx,
+                InOut::separate(&x, &mut y).unwrap(),
+                0.3,
+                seed,
+                offset,
+                Some(&mut short)
+            )),
+            ErrorKind::BadShape
+        );
+        assert_eq!(
+            kind_of(d::forward(
+                &ctx,
+                InOut::separate(&x, &mut y).unwrap(),
+                f32::NAN,
+                seed,
+                offset,
+                None
+            )),
+            ErrorKind::BadArgument
+        );
+        assert_eq!(
+            kind_of(d::gaussian_forward(
+                &ctx,
+                InOut::separate(&x, &mut y).unwrap(),
+                1.0,
+                seed,
+                offset
+            )),
+            ErrorKind::BadArgument
+        );
+        assert_eq!(
+            kind_of(d::uniform_forward(
+                &ctx,
+                InOut::separate(&x, &mut y).unwrap(),
+                -1.0,
+                seed,
+                offset
+            )),
+            ErrorKind::BadArgument
+        );
+        assert_eq!(
+            kind_of(d::backward(
+                &ctx,
+                InOut::separate(&x, &mut y).unwrap(),
+                0.3,
+                seed,
+                u64::MAX - 10,
+                None
+            )),
+            ErrorKind::Overflow
+        );
+        assert!(
+            y.iter().all(|&v| v == 0.0) && short.iter().all(|&b| b == 0),
+            "the safe API wrote on error"
+        );
+    }
+}
