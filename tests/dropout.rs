@@ -2616,3 +2616,61 @@ fn safe_api_matches_the_c_functions() {
         );
     }
 }
+
+/// Sizes around the boundaries of the work split over threads (every multiple of 2^15 elements
+/// in the library today, but the test does not rely on it), at offsets inside a block of four
+/// words and a mask byte, and channel shapes where one (n, c) pair spans many threads or many
+/// pairs share a cache line, on every ISA with 1, 2 and 3 threads.
+#[test]
+fn odd_sizes_and_shapes_on_every_context() {
+    let mut contexts = Vec::new();
+    for isa in Isa::supported() {
+        for threads in [1, 2, 3] {
+            contexts.push(Ctx::new(threads, isa));
+        }
+    }
+    for ctx in &contexts {
+        for n in [(1usize << 15) - 3, (1 << 15) + 1, (3 << 15) + 7] {
+            for offset in [0u64, 3, 9] {
+                for kind in KINDS {
+                    let x = data(n as u64, n, kind == Kind::Dropout);
+                    let param = if kind == Kind::Uniform { 1.5 } else { 0.6 };
+                    let what = format!("{kind:?}, n {n}, offset {offset}, {}", ctx.name);
+                    let mask_arg = if kind.has_mask() {
+                        Mask::Out
+                    } else {
+                        Mask::Null
+                    };
+                    let (y, mask) = run(ctx, kind, false, false, &x, param, 8, offset, mask_arg);
+                    check_forward(kind, &x, param, 8, offset, &y, mask.as_deref(), &what);
+                    if let Some(mask) = &mask {
+                        let (dx, _) =
+                            run(ctx, kind, true, true, &x, param, 8, offset, Mask::In(mask));
+                        let keep = r::unpack(mask, n);
+                        check_backward(kind, &x, param, 8, offset, Some(&keep), None, &dx, &what);
+                    }
+                }
+            }
+        }
+        for (b, c, s) in [
+            (1usize, 1usize, 100_003usize),
+            (100_003, 1, 1),
+            (3, 70_000, 1),
+            (2, 3, 50_000),
+        ] {
+            for channels_last in [false, true] {
+                let offset = 5;
+                let x = data(b as u64, b * c * s, true);
+                let keep = r::channel_keep_decisions(b, c, 0.37, 3, offset);
+                let want = r::channel_apply(&x, b, c, s, channels_last, &keep, 0.37);
+                let sh = shape(b, c, s, channels_last);
+                let what = format!("channel {b}x{c}x{s}, last {channels_last}, {}", ctx.name);
+                let (y, mask) = run_channel(ctx, sh, false, false, &x, 0.37, 3, offset, Mask::Out);
+                assert_same(&y, &want, &what);
+                assert_mask(&mask.unwrap(), &keep, &what);
+                let (dx, _) = run_channel(ctx, sh, true, true, &x, 0.37, 3, offset, Mask::Null);
+                assert_same(&dx, &want, &format!("{what}: backward in place"));
+            }
+        }
+    }
+}
