@@ -1,5 +1,5 @@
 //! Dropout kernels: keep masks, inverted and alpha dropout (from a mask or from the stream),
-//! and the multiplicative-noise variants (Gaussian, uniform).
+//! channel dropout, and the multiplicative-noise variants (Gaussian, uniform).
 //!
 //! Every kernel works on a part of a call that starts at element `first` of the call and
 //! reads the words of the stream from `offset + first` on (see [`super::philox`]). One vector
@@ -8,14 +8,21 @@
 //! two such batches (`shift` words into the first). So a part gives the same values as the
 //! same elements of one call over the whole tensor.
 //!
-//! Keep decisions travel as bits, LSB first, exactly as in the packed masks: a group of
-//! `4 * LANES` elements is one `u64` of keep bits, whether it comes from the stream, from a
-//! mask, or is constant. Forward, backward, with or without mask therefore agree by
-//! construction.
+//! Keep decisions travel as bits, LSB first, exactly as in the packed masks, whether they come
+//! from the stream, from a mask, or are constant: forward, backward, with or without mask
+//! therefore agree by construction.
+//!
+//! The data is processed group by group (`4 * LANES` elements for keep decisions): each
+//! group's random values are drawn, then applied to its vectors at once, with the input
+//! prefetched a few kilobytes ahead and, for large outputs, streaming stores. The arithmetic of
+//! the generator and the traffic to memory thus proceed side by side.
 
 use super::philox::BlockStream;
-use crate::io::RowIo;
+use crate::io::{RowIo, VectorMap, store_vector, unaligned_head};
 use crate::simd::{F32Vec, Kernel, U32Vec};
+
+/// How far ahead of the group being computed its input is prefetched, in elements (4 KiB).
+const PREFETCH_AHEAD: usize = 1024;
 
 /// `SPREAD[m]` has bit `4k` set for each bit `k` of `m`.
 const SPREAD: [u32; 256] = {
@@ -132,113 +139,14 @@ impl<U: U32Vec> BitSource for KeepStream<U> {
     }
 }
 
-/// Bits read from a packed mask, `width` at a time from bit `bit` on; bits past the end of
-/// the mask read as 0.
-struct MaskBits<'a> {
-    mask: &'a [u8],
-    bit: usize,
-    width: usize,
-}
-
-impl BitSource for MaskBits<'_> {
-    #[inline(always)]
-    fn next(&mut self) -> u64 {
-        let (byte, shift) = (self.bit / 8, self.bit % 8);
-        self.bit += self.width;
-        let le: [u8; 16] = match self.mask.get(byte..byte + 16) {
-            Some(bytes) => bytes.try_into().unwrap(),
-            None => {
-                let mut le = [0u8; 16];
-                let rest = self.mask.get(byte..).unwrap_or(&[]);
-                let n = rest.len().min(16);
-                le[..n].copy_from_slice(&rest[..n]);
-                le
-            }
-        };
-        (u128::from_le_bytes(le) >> shift) as u64
-    }
-}
-
 /// The same bits for every group.
+#[derive(Clone, Copy)]
 struct ConstantBits(u64);
 
 impl BitSource for ConstantBits {
     #[inline(always)]
     fn next(&mut self) -> u64 {
         self.0
-    }
-}
-
-/// A map over groups of `VECTORS * LANES` elements: `next_group` prepares a group (drawing its
-/// random values), `apply` maps its vectors.
-trait GroupMap<V: F32Vec> {
-    const VECTORS: usize;
-    /// Prepares the next group, of which the first `elements` are real.
-    fn next_group(&mut self, elements: usize);
-    /// Output vector `v` of the current group from input vector `x`.
-    fn apply(&self, v: usize, x: V) -> V;
-}
-
-/// Runs `map` over the elements of `io`, group by group.
-#[inline(always)]
-fn drive<V: F32Vec, M: GroupMap<V>>(io: &mut RowIo<'_>, map: &mut M) {
-    let l = V::LANES;
-    let w = M::VECTORS * l;
-    match io {
-        RowIo::Separate(x, y) => {
-            let full = x.len() / w * w;
-            let (x_body, x_tail) = x.split_at(full);
-            let (y_body, y_tail) = y.split_at_mut(full);
-            for (xs, ys) in x_body.chunks_exact(w).zip(y_body.chunks_exact_mut(w)) {
-                map.next_group(w);
-                for v in 0..M::VECTORS {
-                    map.apply(v, V::load(&xs[v * l..])).store(&mut ys[v * l..]);
-                }
-            }
-            if !x_tail.is_empty() {
-                map.next_group(x_tail.len());
-                for v in 0..M::VECTORS {
-                    let start = v * l;
-                    if start >= x_tail.len() {
-                        break;
-                    }
-                    let end = (start + l).min(x_tail.len());
-                    let (xs, ys) = (&x_tail[start..end], &mut y_tail[start..end]);
-                    if end - start == l {
-                        map.apply(v, V::load(xs)).store(ys);
-                    } else {
-                        map.apply(v, V::load_partial(xs, 0.0)).store_partial(ys);
-                    }
-                }
-            }
-        }
-        RowIo::InPlace(b) => {
-            let full = b.len() / w * w;
-            let (body, tail) = b.split_at_mut(full);
-            for bs in body.chunks_exact_mut(w) {
-                map.next_group(w);
-                for v in 0..M::VECTORS {
-                    let s = &mut bs[v * l..];
-                    map.apply(v, V::load(s)).store(s);
-                }
-            }
-            if !tail.is_empty() {
-                map.next_group(tail.len());
-                for v in 0..M::VECTORS {
-                    let start = v * l;
-                    if start >= tail.len() {
-                        break;
-                    }
-                    let end = (start + l).min(tail.len());
-                    let s = &mut tail[start..end];
-                    if end - start == l {
-                        map.apply(v, V::load(s)).store(s);
-                    } else {
-                        map.apply(v, V::load_partial(s, 0.0)).store_partial(s);
-                    }
-                }
-            }
-        }
     }
 }
 
@@ -280,21 +188,13 @@ fn write_bits(mask: &mut [u8], group: usize, bits: u64, elements: usize, lanes: 
     }
 }
 
-/// The map of [`KeepKernel`]: bits from a source, optionally stored as a mask.
-struct KeepGroups<'m, S, K> {
-    source: S,
-    op: K,
-    mask_out: Option<&'m mut [u8]>,
-    group: usize,
-    bits: u64,
-}
-
 /// Kept and dropped values of one [`KeepMap`].
 trait KeepOp<V: F32Vec> {
     fn kept(&self, x: V) -> V;
     fn dropped(&self, x: V) -> V;
 }
 
+#[derive(Clone, Copy)]
 struct ScaleOp<V> {
     scale: V,
 }
@@ -310,6 +210,7 @@ impl<V: F32Vec> KeepOp<V> for ScaleOp<V> {
     }
 }
 
+#[derive(Clone, Copy)]
 struct AffineOp<V> {
     a: V,
     b: V,
@@ -327,16 +228,233 @@ impl<V: F32Vec> KeepOp<V> for AffineOp<V> {
     }
 }
 
-impl<V: F32Vec, S: BitSource, K: KeepOp<V>> GroupMap<V> for KeepGroups<'_, S, K> {
+/// Writes the keep bits of the next `elements` elements of `source` into `mask`
+/// (`ceil(elements / 8)` bytes).
+#[inline(always)]
+fn fill_bits<V: F32Vec, S: BitSource>(source: &mut S, mask: &mut [u8], elements: usize) {
+    let width = 4 * V::LANES;
+    let mut group = 0;
+    let mut left = elements;
+    while left > 0 {
+        let n = left.min(width);
+        write_bits(mask, group, source.next(), n, V::LANES);
+        group += 1;
+        left -= n;
+    }
+}
+
+/// Appends bits to a packed mask, from its first byte on, whatever their grouping.
+struct MaskWriter<'m> {
+    out: Option<&'m mut [u8]>,
+    /// Bytes written so far.
+    written: usize,
+    /// Bits not yet written, at the bottom.
+    pending: u128,
+    count: usize,
+}
+
+impl<'m> MaskWriter<'m> {
+    fn new(out: Option<&'m mut [u8]>) -> Self {
+        MaskWriter {
+            out,
+            written: 0,
+            pending: 0,
+            count: 0,
+        }
+    }
+
+    /// Appends the low `n <= 64` bits of `bits`.
+    #[inline(always)]
+    fn push(&mut self, bits: u64, n: usize) {
+        let Some(out) = self.out.as_deref_mut() else {
+            return;
+        };
+        let bits = if n < 64 { bits & ((1 << n) - 1) } else { bits };
+        self.pending |= u128::from(bits) << self.count;
+        self.count += n;
+        if self.count >= 64 {
+            let at = self.written;
+            out[at..at + 8].copy_from_slice(&(self.pending as u64).to_le_bytes());
+            self.written += 8;
+            self.pending >>= 64;
+            self.count -= 64;
+        }
+    }
+
+    /// Writes the bits still pending; the unused high bits of the last byte are 0.
+    fn finish(&mut self) {
+        let Some(out) = self.out.as_deref_mut() else {
+            return;
+        };
+        let bytes = self.count.div_ceil(8);
+        let at = self.written;
+        out[at..at + bytes].copy_from_slice(&self.pending.to_le_bytes()[..bytes]);
+        self.written += bytes;
+        self.pending = 0;
+        self.count = 0;
+    }
+}
+
+/// The random values of a pass, group by group.
+trait Groups<V: F32Vec> {
+    /// Vectors per group.
+    const VECTORS: usize;
+    /// Draws the next group, of which the first `elements` are real; keep decisions go to
+    /// `mask`.
+    fn next_group(&mut self, elements: usize, mask: &mut MaskWriter<'_>);
+    /// Output vector `v` of the current group from input vector `x`.
+    fn apply(&self, v: usize, x: V) -> V;
+}
+
+/// Runs `groups` over `io`: whole groups, then a partial one. With `STREAM` the output is
+/// vector-aligned and written with streaming stores.
+#[inline(always)]
+fn run_groups<V: F32Vec, G: Groups<V>, const STREAM: bool>(
+    io: &mut RowIo<'_>,
+    groups: &mut G,
+    mask: &mut MaskWriter<'_>,
+) {
+    let l = V::LANES;
+    let w = G::VECTORS * l;
+    let ahead = io.input_ptr().wrapping_add(PREFETCH_AHEAD);
+    match io {
+        RowIo::Separate(x, y) => {
+            let full = x.len() / w * w;
+            let (x_body, x_tail) = x.split_at(full);
+            let (y_body, y_tail) = y.split_at_mut(full);
+            for (k, (xs, ys)) in x_body
+                .chunks_exact(w)
+                .zip(y_body.chunks_exact_mut(w))
+                .enumerate()
+            {
+                groups.next_group(w, mask);
+                for line in (0..w).step_by(16) {
+                    V::prefetch(ahead.wrapping_add(k * w + line));
+                }
+                for v in 0..G::VECTORS {
+                    let y = groups.apply(v, V::load(&xs[v * l..]));
+                    store_vector::<V, STREAM>(y, &mut ys[v * l..]);
+                }
+            }
+            if !x_tail.is_empty() {
+                groups.next_group(x_tail.len(), mask);
+                for v in 0..G::VECTORS {
+                    let start = v * l;
+                    if start >= x_tail.len() {
+                        break;
+                    }
+                    let end = (start + l).min(x_tail.len());
+                    let (xs, ys) = (&x_tail[start..end], &mut y_tail[start..end]);
+                    if end - start == l {
+                        groups.apply(v, V::load(xs)).store(ys);
+                    } else {
+                        groups.apply(v, V::load_partial(xs, 0.0)).store_partial(ys);
+                    }
+                }
+            }
+        }
+        RowIo::InPlace(b) => {
+            let full = b.len() / w * w;
+            let (body, tail) = b.split_at_mut(full);
+            for (k, bs) in body.chunks_exact_mut(w).enumerate() {
+                groups.next_group(w, mask);
+                for line in (0..w).step_by(16) {
+                    V::prefetch(ahead.wrapping_add(k * w + line));
+                }
+                for v in 0..G::VECTORS {
+                    let s = &mut bs[v * l..];
+                    let y = groups.apply(v, V::load(s));
+                    store_vector::<V, STREAM>(y, s);
+                }
+            }
+            if !tail.is_empty() {
+                groups.next_group(tail.len(), mask);
+                for v in 0..G::VECTORS {
+                    let start = v * l;
+                    if start >= tail.len() {
+                        break;
+                    }
+                    let end = (start + l).min(tail.len());
+                    let s = &mut tail[start..end];
+                    if end - start == l {
+                        groups.apply(v, V::load(s)).store(s);
+                    } else {
+                        groups.apply(v, V::load_partial(s, 0.0)).store_partial(s);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Elements before the first vector-aligned output element when streaming, else 0.
+#[inline(always)]
+fn output_head<V: F32Vec>(io: &RowIo<'_>, stream: bool) -> usize {
+    if !stream {
+        return 0;
+    }
+    match io {
+        RowIo::Separate(_, y) => unaligned_head::<V>(y),
+        RowIo::InPlace(b) => unaligned_head::<V>(b),
+    }
+}
+
+/// A whole pass: the first `head` elements with `head_groups` (plain stores), the rest with
+/// `groups`, streamed if `stream` (then `head` aligns the output). Each of the two was started
+/// at its own first element.
+#[inline(always)]
+fn run_pass<V: F32Vec, G: Groups<V>>(
+    io: &mut RowIo<'_>,
+    head: usize,
+    head_groups: Option<G>,
+    mut groups: G,
+    stream: bool,
+    mask: &mut MaskWriter<'_>,
+) {
+    if let Some(mut head_groups) = head_groups {
+        run_groups::<V, G, false>(&mut io.part(0..head), &mut head_groups, mask);
+    }
+    let n = io.len();
+    let mut rest = io.part(head..n);
+    if stream {
+        run_groups::<V, G, true>(&mut rest, &mut groups, mask);
+        V::fence_streams();
+    } else {
+        run_groups::<V, G, false>(&mut rest, &mut groups, mask);
+    }
+    mask.finish();
+}
+
+/// Keep-or-drop groups: bits from a source.
+#[derive(Clone, Copy)]
+struct KeepGroups<S, K> {
+    source: S,
+    op: K,
+    bits: u64,
+}
+
+/// Keep groups from the stream of `seed`, the first element reading word `first_word`.
+#[inline(always)]
+fn keep_groups<V: F32Vec, K: KeepOp<V>>(
+    seed: u64,
+    first_word: u64,
+    threshold: u32,
+    op: K,
+) -> KeepGroups<KeepStream<V::U>, K> {
+    KeepGroups {
+        source: KeepStream::new(seed, first_word, threshold),
+        op,
+        bits: 0,
+    }
+}
+
+impl<V: F32Vec, S: BitSource, K: KeepOp<V>> Groups<V> for KeepGroups<S, K> {
     const VECTORS: usize = 4;
 
     #[inline(always)]
-    fn next_group(&mut self, elements: usize) {
+    fn next_group(&mut self, elements: usize, mask: &mut MaskWriter<'_>) {
         self.bits = self.source.next();
-        if let Some(mask) = self.mask_out.as_deref_mut() {
-            write_bits(mask, self.group, self.bits, elements, V::LANES);
-        }
-        self.group += 1;
+        mask.push(self.bits, elements);
     }
 
     #[inline(always)]
@@ -346,62 +464,120 @@ impl<V: F32Vec, S: BitSource, K: KeepOp<V>> GroupMap<V> for KeepGroups<'_, S, K>
     }
 }
 
+/// Bits `pos .. pos + 25` (at least) of a packed mask, at the bottom; bits past its end are 0.
+#[inline(always)]
+fn bits_at(mask: &[u8], pos: usize) -> u32 {
+    let (byte, shift) = (pos / 8, pos % 8);
+    let le: [u8; 4] = match mask.get(byte..byte + 4) {
+        Some(bytes) => bytes.try_into().unwrap(),
+        None => {
+            let mut le = [0u8; 4];
+            let rest = mask.get(byte..).unwrap_or(&[]);
+            let n = rest.len().min(4);
+            le[..n].copy_from_slice(&rest[..n]);
+            le
+        }
+    };
+    u32::from_le_bytes(le) >> shift
+}
+
+/// Keep-or-drop by the bits of a packed mask: element `i` of the part uses bit
+/// `first_bit + i`.
+struct ApplyBits<'b, K> {
+    bits: &'b [u8],
+    first_bit: usize,
+    op: K,
+}
+
+impl<V: F32Vec, K: KeepOp<V>> VectorMap<V> for ApplyBits<'_, K> {
+    #[inline(always)]
+    fn apply(&self, x: V, i: usize, _: usize) -> V {
+        let bits = bits_at(self.bits, self.first_bit + i);
+        V::select_bits(bits, self.op.kept(x), self.op.dropped(x))
+    }
+}
+
+/// Keep-or-drop with one decision for the whole part.
+struct ApplyAll<K> {
+    kept: bool,
+    op: K,
+}
+
+impl<V: F32Vec, K: KeepOp<V>> VectorMap<V> for ApplyAll<K> {
+    #[inline(always)]
+    fn apply(&self, x: V, _: usize, _: usize) -> V {
+        if self.kept {
+            self.op.kept(x)
+        } else {
+            self.op.dropped(x)
+        }
+    }
+}
+
+/// Runs `f` over `io`, with streaming stores if `stream` (the caller fences).
+#[inline(always)]
+fn map<V: F32Vec>(io: &mut RowIo<'_>, f: &impl VectorMap<V>, stream: bool) {
+    if stream {
+        io.map_streaming(f)
+    } else {
+        io.map(f)
+    }
+}
+
 /// Keep-or-drop over a contiguous part: inverted dropout, alpha dropout and their backward
 /// passes, with the decisions from the stream or from a mask, and optionally stored as a mask
-/// (`mask_out`, from the part's first element, `ceil(len / 8)` bytes).
+/// (`mask_out`, from the part's first element, `ceil(len / 8)` bytes). `stream`: write the
+/// output with streaming stores.
 pub(crate) struct KeepKernel<'a> {
     pub io: RowIo<'a>,
     pub decisions: Decisions<'a>,
     pub map: KeepMap,
     pub mask_out: Option<&'a mut [u8]>,
+    pub stream: bool,
 }
 
 impl KeepKernel<'_> {
     #[inline(always)]
-    fn with_op<V: F32Vec, K: KeepOp<V>>(mut self, op: K) {
-        let mask_out = self.mask_out;
-        let constant = |all: bool| ConstantBits(if all { u64::MAX } else { 0 });
+    fn with_op<V: F32Vec, K: KeepOp<V> + Copy>(mut self, op: K) {
+        let stream = self.stream;
+        let mut mask = MaskWriter::new(self.mask_out);
+        let head = output_head::<V>(&self.io, stream);
         match self.decisions {
+            Decisions::Mask {
+                mask: bits,
+                first_bit,
+            } => {
+                let f = ApplyBits {
+                    bits,
+                    first_bit,
+                    op,
+                };
+                map(&mut self.io, &f, stream);
+                if stream {
+                    V::fence_streams();
+                }
+            }
             Decisions::Stream {
                 seed,
                 first_word,
-                keep,
-            } => match keep {
-                Keep::AtLeast(t) => drive(
-                    &mut self.io,
-                    &mut KeepGroups {
-                        source: KeepStream::<V::U>::new(seed, first_word, t),
-                        op,
-                        mask_out,
-                        group: 0,
-                        bits: 0,
-                    },
-                ),
-                _ => drive(
-                    &mut self.io,
-                    &mut KeepGroups {
-                        source: constant(keep == Keep::All),
-                        op,
-                        mask_out,
-                        group: 0,
-                        bits: 0,
-                    },
-                ),
-            },
-            Decisions::Mask { mask, first_bit } => drive(
-                &mut self.io,
-                &mut KeepGroups {
-                    source: MaskBits {
-                        mask,
-                        bit: first_bit,
-                        width: 4 * V::LANES,
-                    },
+                keep: Keep::AtLeast(t),
+            } => {
+                let head_groups = if head > 0 {
+                    Some(keep_groups::<V, K>(seed, first_word, t, op))
+                } else {
+                    None
+                };
+                let groups = keep_groups::<V, K>(seed, first_word + head as u64, t, op);
+                run_pass(&mut self.io, head, head_groups, groups, stream, &mut mask);
+            }
+            Decisions::Stream { keep, .. } => {
+                let groups = KeepGroups {
+                    source: ConstantBits(if keep == Keep::All { u64::MAX } else { 0 }),
                     op,
-                    mask_out,
-                    group: 0,
                     bits: 0,
-                },
-            ),
+                };
+                run_pass(&mut self.io, head, Some(groups), groups, stream, &mut mask);
+            }
         }
     }
 }
@@ -442,6 +618,7 @@ pub(crate) struct ChannelKernel<'a> {
     pub rows: ChannelRows,
     pub mask: &'a [u8],
     pub scale: f32,
+    pub stream: bool,
 }
 
 impl Kernel for ChannelKernel<'_> {
@@ -449,41 +626,29 @@ impl Kernel for ChannelKernel<'_> {
     #[inline(always)]
     fn run<V: F32Vec>(mut self) {
         let rows = self.io.len() / self.row_len;
+        let op = ScaleOp {
+            scale: V::splat(self.scale),
+        };
         for i in 0..rows {
             let r = self.first_row + i;
             let mut row = self.io.part(i * self.row_len..(i + 1) * self.row_len);
-            let op = ScaleOp {
-                scale: V::splat(self.scale),
-            };
             match self.rows {
                 ChannelRows::Maps => {
                     let kept = self.mask[r / 8] >> (r % 8) & 1 == 1;
-                    drive(
-                        &mut row,
-                        &mut KeepGroups {
-                            source: ConstantBits(if kept { u64::MAX } else { 0 }),
-                            op,
-                            mask_out: None,
-                            group: 0,
-                            bits: 0,
-                        },
-                    );
+                    map(&mut row, &ApplyAll { kept, op }, self.stream);
                 }
-                ChannelRows::Innermost { channels, spatial } => drive(
-                    &mut row,
-                    &mut KeepGroups {
-                        source: MaskBits {
-                            mask: self.mask,
-                            bit: r / spatial * channels,
-                            width: 4 * V::LANES,
-                        },
+                ChannelRows::Innermost { channels, spatial } => {
+                    let f = ApplyBits {
+                        bits: self.mask,
+                        first_bit: r / spatial * channels,
                         op,
-                        mask_out: None,
-                        group: 0,
-                        bits: 0,
-                    },
-                ),
+                    };
+                    map(&mut row, &f, self.stream);
+                }
             }
+        }
+        if self.stream {
+            V::fence_streams();
         }
     }
 }
@@ -498,32 +663,18 @@ pub(crate) struct MaskKernel<'a> {
     pub keep: Keep,
 }
 
-impl MaskKernel<'_> {
-    #[inline(always)]
-    fn fill<S: BitSource>(self, mut source: S, lanes: usize) {
-        let width = 4 * lanes;
-        let mut group = 0;
-        let mut left = self.elements;
-        while left > 0 {
-            let n = left.min(width);
-            write_bits(self.mask, group, source.next(), n, lanes);
-            group += 1;
-            left -= n;
-        }
-    }
-}
-
 impl Kernel for MaskKernel<'_> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(self) {
+        let n = self.elements;
         match self.keep {
             Keep::AtLeast(t) => {
-                let source = KeepStream::<V::U>::new(self.seed, self.first_word, t);
-                self.fill(source, V::LANES)
+                let mut source = KeepStream::<V::U>::new(self.seed, self.first_word, t);
+                fill_bits::<V, _>(&mut source, self.mask, n)
             }
-            Keep::All => self.fill(ConstantBits(u64::MAX), V::LANES),
-            Keep::None => self.fill(ConstantBits(0), V::LANES),
+            Keep::All => fill_bits::<V, _>(&mut ConstantBits(u64::MAX), self.mask, n),
+            Keep::None => fill_bits::<V, _>(&mut ConstantBits(0), self.mask, n),
         }
     }
 }
@@ -594,53 +745,6 @@ fn centered<V: F32Vec>(r: V::U) -> V {
     V::from_i32(r.shr(8))
         .mul(V::splat(1.0 / 8_388_608.0))
         .sub(V::splat(1.0))
-}
-
-/// Uniform ("Uout") noise: `factor = 1 + beta * (2u - 1)`, one word per element.
-struct UniformGroups<V: F32Vec> {
-    words: WordStream<V::U>,
-    beta: V,
-    factors: [V; 4],
-}
-
-impl<V: F32Vec> GroupMap<V> for UniformGroups<V> {
-    const VECTORS: usize = 4;
-
-    #[inline(always)]
-    fn next_group(&mut self, _: usize) {
-        let words = self.words.next();
-        let one = V::splat(1.0);
-        for (f, w) in self.factors.iter_mut().zip(words) {
-            *f = one.add(self.beta.mul(centered::<V>(w)));
-        }
-    }
-
-    #[inline(always)]
-    fn apply(&self, v: usize, x: V) -> V {
-        x.mul(self.factors[v])
-    }
-}
-
-/// `y = x * (1 + beta * (2u - 1))` over a contiguous part whose first element reads word
-/// `first_word`. Forward and backward alike.
-pub(crate) struct UniformKernel<'a> {
-    pub io: RowIo<'a>,
-    pub seed: u64,
-    pub first_word: u64,
-    pub beta: f32,
-}
-
-impl Kernel for UniformKernel<'_> {
-    type Output = ();
-    #[inline(always)]
-    fn run<V: F32Vec>(mut self) {
-        let mut map = UniformGroups::<V> {
-            words: WordStream::new(self.seed, self.first_word),
-            beta: V::splat(self.beta),
-            factors: [V::splat(1.0); 4],
-        };
-        drive(&mut self.io, &mut map);
-    }
 }
 
 /// `ln(m * 2^-24)` for integer lanes `m` in [1, 2^24], to a few ulp.
@@ -744,18 +848,59 @@ fn gaussian_factor<V: F32Vec>(r0: V::U, r1: V::U, sigma: V) -> V {
     V::splat(1.0).add(sigma.mul(radius).mul(cos_turns::<V>(r1.shr(8))))
 }
 
-/// Gaussian factors in element order, `2 * LANES` at a time (two words per element).
-struct GaussianGroups<V: F32Vec> {
+/// Element-ordered noise factors, `VECTORS * LANES` elements at a time.
+trait Factors<V: F32Vec> {
+    const VECTORS: usize;
+    /// The factors of the next group, in `out[..VECTORS]`.
+    fn next(&mut self, out: &mut [V; 4]);
+}
+
+/// Uniform ("Uout") noise: `factor = 1 + beta * (2u - 1)`, one word per element.
+struct UniformFactors<V: F32Vec> {
+    words: WordStream<V::U>,
+    beta: V,
+}
+
+impl<V: F32Vec> Factors<V> for UniformFactors<V> {
+    const VECTORS: usize = 4;
+
+    #[inline(always)]
+    fn next(&mut self, out: &mut [V; 4]) {
+        let words = self.words.next();
+        let one = V::splat(1.0);
+        for (f, w) in out.iter_mut().zip(words) {
+            *f = one.add(self.beta.mul(centered::<V>(w)));
+        }
+    }
+}
+
+/// Gaussian factors, two words per element: each block holds two elements (words 0, 1 and
+/// words 2, 3).
+struct GaussianFactors<V: F32Vec> {
     blocks: BlockStream<V::U>,
+    /// 1 when the part starts at an odd element: the first factor of a batch is skipped.
     shift: usize,
     sigma: V,
     previous: [V::U; 2],
-    factors: [V; 2],
 }
 
-impl<V: F32Vec> GaussianGroups<V> {
-    /// The factors of the `2 * LANES` elements of the next `LANES` blocks: each block holds
-    /// two elements (words 0, 1 and words 2, 3).
+impl<V: F32Vec> GaussianFactors<V> {
+    #[inline(always)]
+    fn new(seed: u64, first_element: u64, sigma: f32) -> Self {
+        let zero = V::U::splat(0);
+        let mut factors = GaussianFactors {
+            blocks: BlockStream::new(seed, first_element >> 1),
+            shift: (first_element & 1) as usize,
+            sigma: V::splat(sigma),
+            previous: [zero, zero],
+        };
+        if factors.shift != 0 {
+            factors.previous = factors.batch();
+        }
+        factors
+    }
+
+    /// The factors of the `2 * LANES` elements of the next `LANES` blocks, in element order.
     #[inline(always)]
     fn batch(&mut self) -> [V::U; 2] {
         let [w0, w1, w2, w3] = self.blocks.next();
@@ -766,11 +911,11 @@ impl<V: F32Vec> GaussianGroups<V> {
     }
 }
 
-impl<V: F32Vec> GroupMap<V> for GaussianGroups<V> {
+impl<V: F32Vec> Factors<V> for GaussianFactors<V> {
     const VECTORS: usize = 2;
 
     #[inline(always)]
-    fn next_group(&mut self, _: usize) {
+    fn next(&mut self, out: &mut [V; 4]) {
         let now = self.batch();
         let bits = if self.shift == 0 {
             now
@@ -779,12 +924,85 @@ impl<V: F32Vec> GroupMap<V> for GaussianGroups<V> {
             self.previous = now;
             [p[0].lanes_from(p[1], 1), p[1].lanes_from(now[0], 1)]
         };
-        self.factors = [V::from_bits(bits[0]), V::from_bits(bits[1])];
+        out[0] = V::from_bits(bits[0]);
+        out[1] = V::from_bits(bits[1]);
+    }
+}
+
+/// Noise groups: `y = x * factor`.
+struct FactorGroups<V, F> {
+    factors: F,
+    current: [V; 4],
+}
+
+impl<V: F32Vec, F: Factors<V>> FactorGroups<V, F> {
+    #[inline(always)]
+    fn new(factors: F) -> Self {
+        FactorGroups {
+            factors,
+            current: [V::splat(1.0); 4],
+        }
+    }
+}
+
+impl<V: F32Vec, F: Factors<V>> Groups<V> for FactorGroups<V, F> {
+    const VECTORS: usize = F::VECTORS;
+
+    #[inline(always)]
+    fn next_group(&mut self, _: usize, _: &mut MaskWriter<'_>) {
+        self.factors.next(&mut self.current);
     }
 
     #[inline(always)]
     fn apply(&self, v: usize, x: V) -> V {
-        x.mul(self.factors[v])
+        x.mul(self.current[v])
+    }
+}
+
+/// Uniform factors from the stream of `seed`, the first element reading word `first_word`.
+#[inline(always)]
+fn uniform_factors<V: F32Vec>(seed: u64, first_word: u64, beta: f32) -> UniformFactors<V> {
+    UniformFactors {
+        words: WordStream::new(seed, first_word),
+        beta: V::splat(beta),
+    }
+}
+
+/// `y = x * (1 + beta * (2u - 1))` over a contiguous part whose first element reads word
+/// `first_word`. Forward and backward alike.
+pub(crate) struct UniformKernel<'a> {
+    pub io: RowIo<'a>,
+    pub seed: u64,
+    pub first_word: u64,
+    pub beta: f32,
+    pub stream: bool,
+}
+
+impl Kernel for UniformKernel<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<V: F32Vec>(mut self) {
+        let head = output_head::<V>(&self.io, self.stream);
+        let head_groups = if head > 0 {
+            Some(FactorGroups::new(uniform_factors::<V>(
+                self.seed,
+                self.first_word,
+                self.beta,
+            )))
+        } else {
+            None
+        };
+        let at = self.first_word + head as u64;
+        let groups = FactorGroups::new(uniform_factors::<V>(self.seed, at, self.beta));
+        let mut no_mask = MaskWriter::new(None);
+        run_pass(
+            &mut self.io,
+            head,
+            head_groups,
+            groups,
+            self.stream,
+            &mut no_mask,
+        );
     }
 }
 
@@ -796,23 +1014,223 @@ pub(crate) struct GaussianKernel<'a> {
     pub seed: u64,
     pub first_element: u64,
     pub sigma: f32,
+    pub stream: bool,
 }
 
 impl Kernel for GaussianKernel<'_> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(mut self) {
-        let zero = V::U::splat(0);
-        let mut map = GaussianGroups::<V> {
-            blocks: BlockStream::new(self.seed, self.first_element >> 1),
-            shift: (self.first_element & 1) as usize,
-            sigma: V::splat(self.sigma),
-            previous: [zero, zero],
-            factors: [V::splat(1.0); 2],
+        let head = output_head::<V>(&self.io, self.stream);
+        let head_groups = if head > 0 {
+            let factors = GaussianFactors::<V>::new(self.seed, self.first_element, self.sigma);
+            Some(FactorGroups::new(factors))
+        } else {
+            None
         };
-        if map.shift != 0 {
-            map.previous = map.batch();
+        let at = self.first_element + head as u64;
+        let groups = FactorGroups::new(GaussianFactors::<V>::new(self.seed, at, self.sigma));
+        let mut no_mask = MaskWriter::new(None);
+        run_pass(
+            &mut self.io,
+            head,
+            head_groups,
+            groups,
+            self.stream,
+            &mut no_mask,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The kernels with 16 emulated lanes (the groups, keep words and Philox steps of AVX-512)
+    //! against the portable backend, bit for bit; the operations are checked against a plain
+    //! reference in `ops::dropout`.
+
+    use super::*;
+    use crate::kernels::philox::stream_word;
+    use crate::simd::emulated::Emulated;
+    use crate::simd::{Isa, SupportedIsa, dispatch};
+
+    #[derive(Clone, Copy, Debug)]
+    enum Backend {
+        Portable,
+        Sixteen,
+    }
+
+    impl Backend {
+        fn run<K: Kernel>(self, kernel: K) -> K::Output {
+            match self {
+                Backend::Portable => dispatch(SupportedIsa::new(Isa::Portable).unwrap(), kernel),
+                Backend::Sixteen => kernel.run::<Emulated<16>>(),
+            }
         }
-        drive(&mut self.io, &mut map);
+    }
+
+    fn data(n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (stream_word(99, i as u64) as f32 / u32::MAX as f32 - 0.5) * 4.0)
+            .collect()
+    }
+
+    const SIZES: [usize; 8] = [1, 15, 64, 65, 127, 1000, 4099, 5000];
+    const FIRST_WORDS: [u64; 5] = [0, 1, 2, 3, (1 << 34) - 37];
+
+    /// `f(backend, x, y)` on both backends with the output at `shift` floats past an aligned
+    /// address (so that streaming starts with a head); the outputs must be equal bit for bit.
+    fn same_on_both<T: PartialEq + std::fmt::Debug>(
+        n: usize,
+        f: impl Fn(Backend, &[f32], &mut [f32]) -> T,
+    ) {
+        let x = data(n);
+        let mut results = Vec::new();
+        for backend in [Backend::Portable, Backend::Sixteen] {
+            for shift in [0, 3] {
+                let mut buffer = vec![0f32; n + 32];
+                let base = buffer.as_ptr() as usize % 64 / 4;
+                let start = (16 - base) % 16 + shift;
+                let y = &mut buffer[start..start + n];
+                let extra = f(backend, &x, y);
+                let bits: Vec<u32> = y.iter().map(|v| v.to_bits()).collect();
+                results.push((bits, extra));
+            }
+        }
+        for r in &results[1..] {
+            assert!(r == &results[0], "n {n}: {:?}", r.1);
+        }
+    }
+
+    #[test]
+    fn keep_kernels_match_with_sixteen_lanes() {
+        let maps = [
+            KeepMap::Scale(1.25),
+            KeepMap::Affine {
+                a: 1.5,
+                b: -0.25,
+                dropped: -2.0,
+            },
+        ];
+        for n in SIZES {
+            for first_word in FIRST_WORDS {
+                for keep in [Keep::new(0.3), Keep::All, Keep::None] {
+                    for map in maps {
+                        for stream in [false, true] {
+                            same_on_both(n, |backend, x, y| {
+                                let mut mask = vec![0u8; n.div_ceil(8)];
+                                let decisions = Decisions::Stream {
+                                    seed: 7,
+                                    first_word,
+                                    keep,
+                                };
+                                backend.run(KeepKernel {
+                                    io: RowIo::Separate(x, y),
+                                    decisions,
+                                    map,
+                                    mask_out: Some(&mut mask),
+                                    stream,
+                                });
+                                let mut alone = vec![0u8; n.div_ceil(8)];
+                                backend.run(MaskKernel {
+                                    mask: &mut alone,
+                                    elements: n,
+                                    seed: 7,
+                                    first_word,
+                                    keep,
+                                });
+                                assert_eq!(mask, alone, "{backend:?} n {n} word {first_word}");
+                                mask
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn mask_decisions_match_with_sixteen_lanes() {
+        for n in SIZES {
+            let mask: Vec<u8> = (0..n.div_ceil(8) + 2)
+                .map(|i| (i * 37 % 256) as u8)
+                .collect();
+            for first_bit in [0, 3, 8, 13] {
+                for stream in [false, true] {
+                    same_on_both(n, |backend, x, y| {
+                        backend.run(KeepKernel {
+                            io: RowIo::Separate(x, y),
+                            decisions: Decisions::Mask {
+                                mask: &mask,
+                                first_bit,
+                            },
+                            map: KeepMap::Scale(2.0),
+                            mask_out: None,
+                            stream,
+                        })
+                    });
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn noise_kernels_match_with_sixteen_lanes() {
+        for n in SIZES {
+            for first in FIRST_WORDS {
+                for stream in [false, true] {
+                    same_on_both(n, |backend, x, y| {
+                        backend.run(UniformKernel {
+                            io: RowIo::Separate(x, y),
+                            seed: 5,
+                            first_word: first,
+                            beta: 0.75,
+                            stream,
+                        })
+                    });
+                    same_on_both(n, |backend, x, y| {
+                        backend.run(GaussianKernel {
+                            io: RowIo::Separate(x, y),
+                            seed: 5,
+                            first_element: first,
+                            sigma: 0.6,
+                            stream,
+                        })
+                    });
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn channel_kernels_match_with_sixteen_lanes() {
+        let mask: Vec<u8> = (0..64).map(|i| (i * 91 % 256) as u8).collect();
+        for (rows, row_len, kind) in [
+            (6, 1030, ChannelRows::Maps),
+            (9, 7, ChannelRows::Maps),
+            (
+                12,
+                37,
+                ChannelRows::Innermost {
+                    channels: 37,
+                    spatial: 3,
+                },
+            ),
+        ] {
+            for first_row in [0, 5] {
+                for stream in [false, true] {
+                    same_on_both(rows * row_len, |backend, x, y| {
+                        backend.run(ChannelKernel {
+                            io: RowIo::Separate(x, y),
+                            first_row,
+                            row_len,
+                            rows: kind,
+                            mask: &mask,
+                            scale: 3.0,
+                            stream,
+                        })
+                    });
+                }
+            }
+        }
     }
 }

@@ -239,6 +239,7 @@ impl<U: U32Vec> BlockStream<U> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::simd::emulated::Emulated;
     use crate::simd::{F32Vec, Isa, Kernel, SupportedIsa, dispatch};
 
     /// Random123's known-answer vectors for philox4x32 with 10 rounds: counter, key, result.
@@ -372,17 +373,24 @@ mod tests {
             (1 << 62) - 1,
             (1 << 62) - 5,
         ];
-        for isa in Isa::supported() {
-            let (out, streams) = dispatch(
-                SupportedIsa::new(isa).unwrap(),
-                VectorPhilox {
-                    counters: &counters,
-                    key,
-                    blocks: &blocks,
-                },
-            );
+        let kernel = || VectorPhilox {
+            counters: &counters,
+            key,
+            blocks: &blocks,
+        };
+        let mut runs: Vec<(String, _)> = Isa::supported()
+            .into_iter()
+            .map(|isa| {
+                let out = dispatch(SupportedIsa::new(isa).unwrap(), kernel());
+                (format!("{isa:?}"), out)
+            })
+            .collect();
+        // The lanes and registers of AVX-512, emulated, wherever the tests run.
+        runs.push(("16 emulated lanes".into(), kernel().run::<Emulated<16>>()));
+        runs.push(("8 emulated lanes".into(), kernel().run::<Emulated<8>>()));
+        for (isa, (out, streams)) in runs {
             for (c, o) in counters.iter().zip(&out) {
-                assert_eq!(*o, philox4x32_10(*c, key), "{isa:?}, counter {c:x?}");
+                assert_eq!(*o, philox4x32_10(*c, key), "{isa}, counter {c:x?}");
             }
             for (&b, lanes) in blocks.iter().zip(&streams) {
                 let l = lanes.len() / 5;
@@ -390,7 +398,7 @@ mod tests {
                     // Two vectors from stream_blocks, then three from a BlockStream.
                     let block = b + if j < 2 * l { j } else { j - 2 * l } as u64;
                     let want = philox4x32_10([block as u32, (block >> 32) as u32, 0, 0], key);
-                    assert_eq!(*o, want, "{isa:?}, stream block {block}");
+                    assert_eq!(*o, want, "{isa}, stream block {block}");
                 }
             }
         }

@@ -38,6 +38,12 @@ use std::sync::Mutex;
 /// vector group, so each task starts a fresh group.
 const TASK_ELEMENTS: usize = 1 << 15;
 
+/// Calls with at least this many elements write their output with streaming stores: it would
+/// not stay in the caches anyway, and streaming saves reading each output line first.
+const STREAM_MIN_ELEMENTS: usize = 1 << 22;
+/// Channel dropout streams only rows at least this long (a partial vector on each side).
+const STREAM_MIN_ROW: usize = 1024;
+
 /// The negative saturation value of SELU, `-lambda * alpha`, that alpha dropout gives dropped
 /// elements before its affine correction.
 const ALPHA_PRIME: f64 = -1.758_099_340_847_376_6;
@@ -465,6 +471,7 @@ fn run_keep(
     mask_out: Option<&mut [u8]>,
 ) {
     let n = io.len();
+    let stream = n >= STREAM_MIN_ELEMENTS;
     let isa = ctx.supported_isa();
     let tasks = parts(io, mask_out, TASK_ELEMENTS);
     ctx.for_each(n, tasks.len(), |t| {
@@ -478,6 +485,7 @@ fn run_keep(
                 decisions: decisions_from(decisions, t * TASK_ELEMENTS),
                 map,
                 mask_out: part.mask_out.as_deref_mut(),
+                stream,
             },
         );
     });
@@ -516,6 +524,7 @@ fn apply_channel(ctx: &Context, shape: &Shape, io: &mut InOut<'_>, mask: &[u8], 
         (shape.spatial, ChannelRows::Maps)
     };
     let rows_per_task = (TASK_ELEMENTS / row_len).max(1);
+    let stream = n >= STREAM_MIN_ELEMENTS && row_len >= STREAM_MIN_ROW;
     let isa = ctx.supported_isa();
     let tasks = parts(io, None, rows_per_task * row_len);
     ctx.for_each(n, tasks.len(), |t| {
@@ -529,6 +538,7 @@ fn apply_channel(ctx: &Context, shape: &Shape, io: &mut InOut<'_>, mask: &[u8], 
                 rows,
                 mask,
                 scale,
+                stream,
             },
         );
     });
@@ -560,6 +570,7 @@ fn run_gaussian(ctx: &Context, io: &mut InOut<'_>, p: f32, seed: u64, offset: u6
                 seed,
                 first_element: offset + (t * TASK_ELEMENTS) as u64,
                 sigma,
+                stream: n >= STREAM_MIN_ELEMENTS,
             },
         );
     });
@@ -589,6 +600,7 @@ fn run_uniform(ctx: &Context, io: &mut InOut<'_>, beta: f32, seed: u64, offset: 
                 seed,
                 first_word: offset + (t * TASK_ELEMENTS) as u64,
                 beta,
+                stream: n >= STREAM_MIN_ELEMENTS,
             },
         );
     });
@@ -913,6 +925,76 @@ mod tests {
                 if op == 0 && cut % 8 == 0 {
                     assert_eq!(m_whole, m_pieces);
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn large_calls_give_what_their_pieces_give() {
+        // Calls of 2^22 elements or more stream their output (after a head that aligns it);
+        // the pieces, being smaller, do not. Output one float past an aligned address.
+        let ctx = Context::new(2).unwrap();
+        let n = (1 << 22) + 77;
+        let cut = (1 << 21) + 8;
+        let x = data(n, 4);
+        let (seed, offset) = (8, 3);
+        let mut whole_buffer = vec![0f32; n + 1];
+        let mut pieces = vec![0f32; n];
+        for op in 0..5 {
+            let whole = &mut whole_buffer[1..];
+            let mut whole_mask = vec![0u8; mask_len(n)];
+            let mut pieces_mask = vec![0u8; mask_len(n)];
+            let run = |x: &[f32], y: &mut [f32], o: u64, m: &mut [u8]| {
+                let io = InOut::separate(x, y).unwrap();
+                match op {
+                    0 => forward(&ctx, io, 0.25, seed, o, Some(m)).unwrap(),
+                    1 => backward(&ctx, io, 0.25, seed, o, None).unwrap(),
+                    2 => alpha_forward(&ctx, io, 0.25, seed, o, None).unwrap(),
+                    3 => gaussian_forward(&ctx, io, 0.25, seed, o).unwrap(),
+                    _ => uniform_forward(&ctx, io, 0.25, seed, o).unwrap(),
+                }
+            };
+            run(&x, whole, offset, &mut whole_mask);
+            let (first, second) = pieces.split_at_mut(cut);
+            let (m_first, m_second) = pieces_mask.split_at_mut(mask_len(cut));
+            run(&x[..cut], first, offset, m_first);
+            run(&x[cut..], second, offset + cut as u64, m_second);
+            assert!(same_bits(whole, &pieces), "op {op}");
+            if op == 0 {
+                assert_eq!(whole_mask, reference_mask(n, 0.25, seed, offset));
+            }
+            // Backward from the mask, streamed, gives the forward's values on dy = x.
+            if op == 0 {
+                let mut dx = vec![0f32; n + 1];
+                let io = InOut::separate(&x, &mut dx[1..]).unwrap();
+                backward(&ctx, io, 0.25, seed, offset, Some(&whole_mask)).unwrap();
+                assert!(same_bits(&dx[1..], whole));
+            }
+        }
+    }
+
+    #[test]
+    fn large_channel_calls_drop_whole_maps() {
+        let ctx = Context::new(2).unwrap();
+        for shape in [
+            Shape::new(2, 3, 700_001, Layout::Ncs),
+            Shape::new(4, 2048, 520, Layout::Nsc),
+        ] {
+            let n = shape.elements().unwrap();
+            let x = data(n, 2);
+            let mut buffer = vec![0f32; n + 1];
+            let mut m = vec![0u8; mask_len(shape.batch * shape.channels)];
+            let io = InOut::separate(&x, &mut buffer[1..]).unwrap();
+            channel_forward(&ctx, shape, io, 0.5, 1, 2, Some(&mut m)).unwrap();
+            let (c, s) = (shape.channels, shape.spatial);
+            for (i, (&y, &x)) in buffer[1..].iter().zip(&x).enumerate() {
+                let pair = match shape.layout {
+                    Layout::Ncs => i / s,
+                    Layout::Nsc => i / (s * c) * c + i % c,
+                };
+                let kept = keeps(1, 2 + pair as u64, 0.5);
+                let want = if kept { x * 2.0 } else { 0.0 };
+                assert_eq!(y.to_bits(), want.to_bits(), "{shape:?} element {i}");
             }
         }
     }

@@ -9,6 +9,8 @@
 //! Adding an ISA means one new backend file here, one arm in [`dispatch`] and one in
 //! [`Isa::is_supported`].
 
+#[cfg(test)]
+pub(crate) mod emulated;
 mod portable;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx2;

@@ -1,0 +1,207 @@
+//! A plain scalar backend of `N` lanes, for tests: the written-out meaning of every trait
+//! method. With `N = 16` and 32 registers it runs the kernels' code paths of AVX-512 (16-lane
+//! groups, 64-bit keep words, two Philox vectors per step) on any CPU.
+
+use super::{F32Vec, U32Vec};
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Emulated<const N: usize>([f32; N]);
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EmulatedWords<const N: usize>([u32; N]);
+
+impl<const N: usize> Emulated<N> {
+    fn map(self, f: impl Fn(f32) -> f32) -> Self {
+        Emulated(self.0.map(f))
+    }
+
+    fn zip_with(self, rhs: Self, f: impl Fn(f32, f32) -> f32) -> Self {
+        Emulated(std::array::from_fn(|j| f(self.0[j], rhs.0[j])))
+    }
+}
+
+impl<const N: usize> EmulatedWords<N> {
+    fn map(self, f: impl Fn(u32) -> u32) -> Self {
+        EmulatedWords(self.0.map(f))
+    }
+
+    fn zip_with(self, rhs: Self, f: impl Fn(u32, u32) -> u32) -> Self {
+        EmulatedWords(std::array::from_fn(|j| f(self.0[j], rhs.0[j])))
+    }
+}
+
+impl<const N: usize> F32Vec for Emulated<N> {
+    const LANES: usize = N;
+    type U = EmulatedWords<N>;
+
+    fn splat(value: f32) -> Self {
+        Emulated([value; N])
+    }
+
+    fn load(src: &[f32]) -> Self {
+        Emulated(src[..N].try_into().unwrap())
+    }
+
+    fn store(self, dst: &mut [f32]) {
+        dst[..N].copy_from_slice(&self.0);
+    }
+
+    fn load_partial(src: &[f32], fill: f32) -> Self {
+        assert!(src.len() < N);
+        let mut lanes = [fill; N];
+        lanes[..src.len()].copy_from_slice(src);
+        Emulated(lanes)
+    }
+
+    fn store_partial(self, dst: &mut [f32]) {
+        assert!(dst.len() < N);
+        let n = dst.len();
+        dst.copy_from_slice(&self.0[..n]);
+    }
+
+    fn store_stream(self, dst: &mut [f32]) {
+        assert!((dst.as_ptr() as usize).is_multiple_of(N * 4));
+        self.store(dst);
+    }
+
+    fn fence_streams() {}
+
+    fn prefetch(_: *const f32) {}
+
+    fn add(self, rhs: Self) -> Self {
+        self.zip_with(rhs, |a, b| a + b)
+    }
+
+    fn sub(self, rhs: Self) -> Self {
+        self.zip_with(rhs, |a, b| a - b)
+    }
+
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        Emulated(std::array::from_fn(|j| self.0[j].mul_add(a.0[j], b.0[j])))
+    }
+
+    fn relu(self) -> Self {
+        self.map(|v| if 0.0 > v { 0.0 } else { v })
+    }
+
+    fn mul(self, rhs: Self) -> Self {
+        self.zip_with(rhs, |a, b| a * b)
+    }
+
+    fn div(self, rhs: Self) -> Self {
+        self.zip_with(rhs, |a, b| a / b)
+    }
+
+    fn sqrt(self) -> Self {
+        self.map(f32::sqrt)
+    }
+
+    fn to_bits(self) -> EmulatedWords<N> {
+        EmulatedWords(self.0.map(f32::to_bits))
+    }
+
+    fn from_bits(bits: EmulatedWords<N>) -> Self {
+        Emulated(bits.0.map(f32::from_bits))
+    }
+
+    fn from_i32(v: EmulatedWords<N>) -> Self {
+        Emulated(v.0.map(|w| w as i32 as f32))
+    }
+
+    fn select_bits(bits: u32, if_set: Self, if_clear: Self) -> Self {
+        Emulated(std::array::from_fn(|j| {
+            if bits >> j & 1 == 1 {
+                if_set.0[j]
+            } else {
+                if_clear.0[j]
+            }
+        }))
+    }
+}
+
+impl<const N: usize> U32Vec for EmulatedWords<N> {
+    const LANES: usize = N;
+    const REGISTERS: usize = if N >= 16 { 32 } else { 16 };
+
+    fn splat(value: u32) -> Self {
+        EmulatedWords([value; N])
+    }
+
+    fn lane_index() -> Self {
+        EmulatedWords(std::array::from_fn(|j| j as u32))
+    }
+
+    fn load(src: &[u32]) -> Self {
+        EmulatedWords(src[..N].try_into().unwrap())
+    }
+
+    fn store(self, dst: &mut [u32]) {
+        dst[..N].copy_from_slice(&self.0);
+    }
+
+    fn add(self, rhs: Self) -> Self {
+        self.zip_with(rhs, u32::wrapping_add)
+    }
+
+    fn sub(self, rhs: Self) -> Self {
+        self.zip_with(rhs, u32::wrapping_sub)
+    }
+
+    fn and(self, rhs: Self) -> Self {
+        self.zip_with(rhs, |a, b| a & b)
+    }
+
+    fn xor(self, rhs: Self) -> Self {
+        self.zip_with(rhs, |a, b| a ^ b)
+    }
+
+    fn xor3(self, b: Self, c: Self) -> Self {
+        self.xor(b).xor(c)
+    }
+
+    fn shl(self, n: u32) -> Self {
+        self.map(|w| w << n)
+    }
+
+    fn shr(self, n: u32) -> Self {
+        self.map(|w| w >> n)
+    }
+
+    fn mul_even(self, m: u32) -> Self {
+        EmulatedWords(std::array::from_fn(|j| {
+            let product = u64::from(self.0[j & !1]) * u64::from(m);
+            if j % 2 == 0 {
+                product as u32
+            } else {
+                (product >> 32) as u32
+            }
+        }))
+    }
+
+    fn odd_to_even(self) -> Self {
+        EmulatedWords(std::array::from_fn(|j| {
+            if j % 2 == 0 { self.0[j + 1] } else { 0 }
+        }))
+    }
+
+    fn even_pairs(self, odd: Self) -> Self {
+        EmulatedWords(std::array::from_fn(|j| {
+            if j % 2 == 0 { self.0[j] } else { odd.0[j - 1] }
+        }))
+    }
+
+    fn ge_bits(self, rhs: Self) -> u32 {
+        (0..N).map(|j| u32::from(self.0[j] >= rhs.0[j]) << j).sum()
+    }
+
+    fn zip(self, rhs: Self) -> (Self, Self) {
+        let both: Vec<u32> = (0..N).flat_map(|j| [self.0[j], rhs.0[j]]).collect();
+        (Self::load(&both), Self::load(&both[N..]))
+    }
+
+    fn lanes_from(self, next: Self, start: usize) -> Self {
+        assert!(start < N);
+        let both: Vec<u32> = self.0.iter().chain(&next.0).copied().collect();
+        Self::load(&both[start..])
+    }
+}
