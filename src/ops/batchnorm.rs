@@ -662,8 +662,12 @@ fn with_channel_affine<R>(
     );
     if channels > 0 {
         for a in [&mut *shift, &mut *scale, &mut *offset] {
-            for j in channels..len {
-                a[j] = a[j % channels];
+            // Doubling copies: `filled` stays a multiple of `channels`, so a[filled + j] = a[j].
+            let mut filled = channels;
+            while filled < len {
+                let n = filled.min(len - filled);
+                a.copy_within(0..n, filled);
+                filled += n;
             }
         }
     }
