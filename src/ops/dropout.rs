@@ -149,7 +149,8 @@ fn alpha_constants(p: f32) -> (f32, f32, f32) {
     if p >= 1.0 {
         return (0.0, 0.0, 0.0);
     }
-    let p = f64::from(p);
+    // -0.0 counts as 0: b must be +0.0, not -0.0.
+    let p = if p == 0.0 { 0.0 } else { f64::from(p) };
     let a = 1.0 / ((1.0 - p) * (1.0 + p * ALPHA_PRIME * ALPHA_PRIME)).sqrt();
     let b = -a * ALPHA_PRIME * p;
     let (a, b) = (a as f32, b as f32);
@@ -792,6 +793,41 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn negative_zero_p_is_zero() {
+        let ctx = Context::new(1).unwrap();
+        let x = [
+            -0.0f32,
+            0.0,
+            1.5,
+            -2.0,
+            f32::NAN,
+            f32::INFINITY,
+            -1e-40,
+            3.0,
+            -0.0,
+        ];
+        let n = x.len();
+        for op in 0..6 {
+            let mut outputs = Vec::new();
+            for p in [0.0f32, -0.0] {
+                let mut y = vec![9.0f32; n];
+                let mut m = vec![0u8; mask_len(n)];
+                let io = InOut::separate(&x, &mut y).unwrap();
+                match op {
+                    0 => forward(&ctx, io, p, 1, 2, Some(&mut m)).unwrap(),
+                    1 => backward(&ctx, io, p, 1, 2, None).unwrap(),
+                    2 => alpha_forward(&ctx, io, p, 1, 2, Some(&mut m)).unwrap(),
+                    3 => alpha_backward(&ctx, io, p, 1, 2, None).unwrap(),
+                    4 => gaussian_forward(&ctx, io, p, 1, 2).unwrap(),
+                    _ => uniform_forward(&ctx, io, p, 1, 2).unwrap(),
+                }
+                outputs.push((y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), m));
+            }
+            assert_eq!(outputs[0], outputs[1], "op {op}");
         }
     }
 
