@@ -3,7 +3,8 @@
 use super::library::{context, nk_context, nk_shape};
 use super::{Regions, call, in_out, nk_status, optional, optional_mut, require, slice_mut};
 use crate::ops::dropout::{
-    self, check_beta, check_channel, check_elementwise, check_p, check_p_gaussian, mask_len,
+    self, check_beta, check_channel, check_elementwise, check_p, check_p_gaussian, check_words,
+    mask_len,
 };
 
 /// Philox4x32-10 (Salmon et al., SC'11; Random123): `out` = the block of `counter[4]` under
@@ -46,7 +47,8 @@ pub unsafe extern "C" fn nk_dropout_mask(
 ) -> nk_status {
     call(|| {
         require("mask", mask, n)?;
-        check_elementwise(n, offset, 1)?;
+        // A mask of any n fits in memory (n / 8 bytes): only the word index can overflow.
+        check_words(n, offset, 1)?;
         check_p(p)?;
         let bytes = mask_len(n);
         Regions::default().output("mask", mask, bytes).check()?;

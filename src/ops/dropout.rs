@@ -75,7 +75,9 @@ pub(crate) fn check_elementwise(n: usize, offset: u64, words_per_element: u64) -
     check_words(n, offset, words_per_element)
 }
 
-fn check_words(n: usize, offset: u64, words_per_element: u64) -> Result<()> {
+/// Checks that the last word a call reads, `(offset + n) * words_per_element - 1`, fits in
+/// 64 bits. `n = 0` reads no word.
+pub(crate) fn check_words(n: usize, offset: u64, words_per_element: u64) -> Result<()> {
     if n == 0 {
         return Ok(());
     }
