@@ -183,13 +183,17 @@ pub(crate) fn stream_blocks<U: U32Vec, const N: usize>(
             ];
         }
     }
-    for k in &key.vector[2..] {
-        for halves in chains.iter_mut() {
-            for chain in halves.iter_mut() {
-                *chain = round_pairs(*chain, k);
+    // Rounds 3 to 10, unrolled so that the chains interleave freely across rounds.
+    macro_rules! rounds {
+        ($($r:literal)*) => {$(
+            for halves in chains.iter_mut() {
+                for chain in halves.iter_mut() {
+                    *chain = round_pairs(*chain, &key.vector[$r]);
+                }
             }
-        }
+        )*};
     }
+    rounds!(2 3 4 5 6 7 8 9);
     for (words, [even, odd]) in out.iter_mut().zip(chains) {
         *words = join(even, odd);
     }
