@@ -33,7 +33,7 @@ pub use context::Context;
 pub use error::{Error, ErrorKind, Result};
 pub use io::InOut;
 pub use kernels::moments::Moments;
-pub use ops::{batchnorm, dropout};
+pub use ops::{batchnorm, dropout, groupnorm, instancenorm, layernorm, rmsnorm};
 pub use shape::{Layout, Shape};
 pub use simd::Isa;
 

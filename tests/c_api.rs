@@ -39,7 +39,19 @@ fn root() -> &'static Path {
 }
 
 /// The C programs, by name: `tests/c/<name>.c`.
-const PROGRAMS: &[&str] = &["batchnorm_api", "dropout_api"];
+/// The C programs: every `tests/c/*.c`, by name, in order.
+fn programs() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(root().join("tests/c"))
+        .expect("tests/c")
+        .filter_map(|entry| {
+            let path = entry.expect("tests/c entry").path();
+            (path.extension()? == "c").then(|| path.file_stem()?.to_str().map(String::from))?
+        })
+        .collect();
+    names.sort();
+    assert!(names.len() >= 2, "found only {names:?} in tests/c");
+    names
+}
 
 fn program_source(program: &str) -> PathBuf {
     root().join(format!("tests/c/{program}.c"))
@@ -101,7 +113,7 @@ fn run(mut cmd: Command, what: &str) -> String {
 /// Compiles each C program with `cc` (`lang` None) or as C++ (`lang` Some("c++")), links it with
 /// `link` and runs it; returns their stdout, one after the other.
 fn build_and_run(name: &str, cc: &str, std: &str, lang: Option<&str>, link: &[String]) -> String {
-    PROGRAMS
+    programs()
         .iter()
         .map(|program| build_and_run_one(program, name, cc, std, lang, link))
         .collect()
@@ -223,7 +235,7 @@ fn c_program_calls_every_function_of_the_header() {
         "found only {declared:?} in the header"
     );
     let mut called = Vec::new();
-    for program in PROGRAMS {
+    for program in &programs() {
         called.extend(called_names(
             &std::fs::read_to_string(program_source(program)).unwrap(),
         ));

@@ -4,3 +4,7 @@
 
 pub mod batchnorm;
 pub mod dropout;
+pub mod groupnorm;
+pub mod instancenorm;
+pub mod layernorm;
+pub mod rmsnorm;

@@ -5,6 +5,9 @@
 // Each test binary uses a different part of these helpers.
 #![allow(dead_code)]
 
+pub mod backward_reference;
 pub mod data;
 pub mod dropout_reference;
+pub mod group_reference;
+pub mod layer_reference;
 pub mod reference;

@@ -1,0 +1,1 @@
+//! The nk_groupnorm_* and nk_instancenorm_* entry points.

@@ -1,0 +1,1 @@
+//! Batch-norm backward kernels: per-channel gradient reductions and the input gradient.

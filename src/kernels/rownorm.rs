@@ -1,0 +1,1 @@
+//! Row-wise normalization kernels: layer norm, RMS norm and weight standardization.

@@ -1,0 +1,1 @@
+//! Instance normalization: group norm with one group per channel.

@@ -1,0 +1,1 @@
+//! Plain float64 reference of the batch-norm backward passes.
