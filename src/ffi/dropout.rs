@@ -6,6 +6,7 @@ use crate::ops::dropout::{
     self, check_beta, check_channel, check_elementwise, check_p, check_p_gaussian, check_words,
     mask_len,
 };
+use crate::{Context, InOut};
 
 /// Philox4x32-10 (Salmon et al., SC'11; Random123): `out` = the block of `counter[4]` under
 /// `key[2]`. The word `w` of the dropout stream of `seed` is `out[w & 3]` for counter
@@ -85,6 +86,135 @@ fn check_elementwise_call(
     regions.check()
 }
 
+/// The arguments every elementwise dropout entry point shares.
+#[derive(Clone, Copy)]
+struct Elementwise {
+    ctx: *mut nk_context,
+    n: usize,
+    /// `x` of a forward, `dy` of a backward, with its name for messages.
+    input: (*const f32, &'static str),
+    /// `y` of a forward, `dx` of a backward.
+    output: (*mut f32, &'static str),
+    /// `p`, or `beta` of uniform dropout.
+    scalar: f32,
+    seed: u64,
+    offset: u64,
+}
+
+/// A keep-or-drop forward of the safe API (writes an optional mask).
+type KeepForward = fn(&Context, InOut<'_>, f32, u64, u64, Option<&mut [u8]>) -> crate::Result<()>;
+/// A keep-or-drop backward of the safe API (reads an optional mask).
+type KeepBackward = fn(&Context, InOut<'_>, f32, u64, u64, Option<&[u8]>) -> crate::Result<()>;
+/// A multiplicative-noise pass of the safe API (no mask).
+type Noise = fn(&Context, InOut<'_>, f32, u64, u64) -> crate::Result<()>;
+
+impl Elementwise {
+    fn new(
+        ctx: *mut nk_context,
+        n: usize,
+        input: (*const f32, &'static str),
+        output: (*mut f32, &'static str),
+        scalar: f32,
+        seed: u64,
+        offset: u64,
+    ) -> Self {
+        Elementwise {
+            ctx,
+            n,
+            input,
+            output,
+            scalar,
+            seed,
+            offset,
+        }
+    }
+
+    /// `op` after the checks of a keep-or-drop forward: `mask` is an optional output.
+    ///
+    /// # Safety
+    /// `input`, `output`: n floats; `mask`: NULL or ceil(n / 8) bytes.
+    unsafe fn keep_forward(self, op: KeepForward, mask: *mut u8) -> nk_status {
+        let c = self;
+        call(|| {
+            c.check(1, (mask, true), || check_p(c.scalar))?;
+            // SAFETY: pointers checked above; extents are the caller's promise.
+            let (ctx, io, mask) = unsafe {
+                (
+                    context(c.ctx),
+                    c.in_out(),
+                    optional_mut(mask, mask_len(c.n)),
+                )
+            };
+            op(ctx, io, c.scalar, c.seed, c.offset, mask)
+        })
+    }
+
+    /// `op` after the checks of a keep-or-drop backward: `mask` is an optional input.
+    ///
+    /// # Safety
+    /// `input`, `output`: n floats; `mask`: NULL or ceil(n / 8) bytes.
+    unsafe fn keep_backward(self, op: KeepBackward, mask: *const u8) -> nk_status {
+        let c = self;
+        call(|| {
+            c.check(1, (mask, false), || check_p(c.scalar))?;
+            // SAFETY: pointers checked above; extents are the caller's promise.
+            let (ctx, io, mask) =
+                unsafe { (context(c.ctx), c.in_out(), optional(mask, mask_len(c.n))) };
+            op(ctx, io, c.scalar, c.seed, c.offset, mask)
+        })
+    }
+
+    /// `op` after the checks of a noise pass reading `words_per_element` words per element,
+    /// with `check` for its scalar.
+    ///
+    /// # Safety
+    /// `input`, `output`: n floats.
+    unsafe fn noise(
+        self,
+        op: Noise,
+        words_per_element: u64,
+        check: fn(f32) -> crate::Result<()>,
+    ) -> nk_status {
+        let c = self;
+        call(|| {
+            c.check(words_per_element, (std::ptr::null(), false), || {
+                check(c.scalar)
+            })?;
+            // SAFETY: pointers checked above; extents are the caller's promise.
+            let (ctx, io) = unsafe { (context(c.ctx), c.in_out()) };
+            op(ctx, io, c.scalar, c.seed, c.offset)
+        })
+    }
+
+    /// [`check_elementwise_call`] of these arguments.
+    fn check(
+        &self,
+        words_per_element: u64,
+        mask: (*const u8, bool),
+        scalar: impl FnOnce() -> crate::Result<()>,
+    ) -> crate::Result<()> {
+        let (input, output) = (self.input, self.output);
+        check_elementwise_call(
+            self.n,
+            self.offset,
+            words_per_element,
+            input,
+            output,
+            mask,
+            scalar,
+        )
+    }
+
+    /// The data as a safe [`InOut`].
+    ///
+    /// # Safety
+    /// Checked by [`Self::check`]; `input` and `output` valid for `n` floats.
+    unsafe fn in_out<'a>(&self) -> InOut<'a> {
+        // SAFETY: the caller's promise.
+        unsafe { in_out(self.input.0, self.output.0, self.n) }
+    }
+}
+
 /// Inverted dropout: kept elements `y = x * (float)(1.0 / (1.0 - p))`, dropped ones exactly
 /// `+0.0` (a select). `p` in [0, 1]. `mask` (optional output, ceil(n / 8) bytes) receives the
 /// keep mask. `y == x` is allowed. DropConnect is this call on a weight buffer.
@@ -102,22 +232,9 @@ pub unsafe extern "C" fn nk_dropout_forward(
     offset: u64,
     mask: *mut u8,
 ) -> nk_status {
-    call(|| {
-        check_elementwise_call(n, offset, 1, (x, "x"), (y, "y"), (mask, true), || {
-            check_p(p)
-        })?;
-        // SAFETY: pointers checked above; extents are the caller's promise.
-        unsafe {
-            dropout::forward(
-                context(ctx),
-                in_out(x, y, n),
-                p,
-                seed,
-                offset,
-                optional_mut(mask, mask_len(n)),
-            )
-        }
-    })
+    let call = Elementwise::new(ctx, n, (x, "x"), (y, "y"), p, seed, offset);
+    // SAFETY: the caller's promise on extents, as documented above.
+    unsafe { call.keep_forward(dropout::forward, mask) }
 }
 
 /// Backward of `nk_dropout_forward`: `dx = dy * scale` where the forward kept the element,
@@ -137,22 +254,9 @@ pub unsafe extern "C" fn nk_dropout_backward(
     offset: u64,
     mask: *const u8,
 ) -> nk_status {
-    call(|| {
-        check_elementwise_call(n, offset, 1, (dy, "dy"), (dx, "dx"), (mask, false), || {
-            check_p(p)
-        })?;
-        // SAFETY: pointers checked above; extents are the caller's promise.
-        unsafe {
-            dropout::backward(
-                context(ctx),
-                in_out(dy, dx, n),
-                p,
-                seed,
-                offset,
-                optional(mask, mask_len(n)),
-            )
-        }
-    })
+    let call = Elementwise::new(ctx, n, (dy, "dy"), (dx, "dx"), p, seed, offset);
+    // SAFETY: the caller's promise on extents, as documented above.
+    unsafe { call.keep_backward(dropout::backward, mask) }
 }
 
 /// The checks of a channel dropout call; returns (elements, pairs).
@@ -273,22 +377,9 @@ pub unsafe extern "C" fn nk_alpha_dropout_forward(
     offset: u64,
     mask: *mut u8,
 ) -> nk_status {
-    call(|| {
-        check_elementwise_call(n, offset, 1, (x, "x"), (y, "y"), (mask, true), || {
-            check_p(p)
-        })?;
-        // SAFETY: pointers checked above; extents are the caller's promise.
-        unsafe {
-            dropout::alpha_forward(
-                context(ctx),
-                in_out(x, y, n),
-                p,
-                seed,
-                offset,
-                optional_mut(mask, mask_len(n)),
-            )
-        }
-    })
+    let call = Elementwise::new(ctx, n, (x, "x"), (y, "y"), p, seed, offset);
+    // SAFETY: the caller's promise on extents, as documented above.
+    unsafe { call.keep_forward(dropout::alpha_forward, mask) }
 }
 
 /// Backward of `nk_alpha_dropout_forward`: `dx = dy * a` where kept, `+0.0` where dropped;
@@ -307,22 +398,9 @@ pub unsafe extern "C" fn nk_alpha_dropout_backward(
     offset: u64,
     mask: *const u8,
 ) -> nk_status {
-    call(|| {
-        check_elementwise_call(n, offset, 1, (dy, "dy"), (dx, "dx"), (mask, false), || {
-            check_p(p)
-        })?;
-        // SAFETY: pointers checked above; extents are the caller's promise.
-        unsafe {
-            dropout::alpha_backward(
-                context(ctx),
-                in_out(dy, dx, n),
-                p,
-                seed,
-                offset,
-                optional(mask, mask_len(n)),
-            )
-        }
-    })
+    let call = Elementwise::new(ctx, n, (dy, "dy"), (dx, "dx"), p, seed, offset);
+    // SAFETY: the caller's promise on extents, as documented above.
+    unsafe { call.keep_backward(dropout::alpha_backward, mask) }
 }
 
 /// Gaussian dropout: `y = x * e`, `e = 1 + sqrt(p / (1 - p)) * sqrt(-2 ln u1) * cos(2 pi u2)`,
@@ -341,19 +419,9 @@ pub unsafe extern "C" fn nk_gaussian_dropout_forward(
     seed: u64,
     offset: u64,
 ) -> nk_status {
-    call(|| {
-        check_elementwise_call(
-            n,
-            offset,
-            2,
-            (x, "x"),
-            (y, "y"),
-            (std::ptr::null(), false),
-            || check_p_gaussian(p),
-        )?;
-        // SAFETY: pointers checked above; extents are the caller's promise.
-        unsafe { dropout::gaussian_forward(context(ctx), in_out(x, y, n), p, seed, offset) }
-    })
+    let call = Elementwise::new(ctx, n, (x, "x"), (y, "y"), p, seed, offset);
+    // SAFETY: the caller's promise on extents, as documented above.
+    unsafe { call.noise(dropout::gaussian_forward, 2, check_p_gaussian) }
 }
 
 /// Backward of `nk_gaussian_dropout_forward`: `dx = dy * e`, the same factors.
@@ -370,19 +438,9 @@ pub unsafe extern "C" fn nk_gaussian_dropout_backward(
     seed: u64,
     offset: u64,
 ) -> nk_status {
-    call(|| {
-        check_elementwise_call(
-            n,
-            offset,
-            2,
-            (dy, "dy"),
-            (dx, "dx"),
-            (std::ptr::null(), false),
-            || check_p_gaussian(p),
-        )?;
-        // SAFETY: pointers checked above; extents are the caller's promise.
-        unsafe { dropout::gaussian_backward(context(ctx), in_out(dy, dx, n), p, seed, offset) }
-    })
+    let call = Elementwise::new(ctx, n, (dy, "dy"), (dx, "dx"), p, seed, offset);
+    // SAFETY: the caller's promise on extents, as documented above.
+    unsafe { call.noise(dropout::gaussian_backward, 2, check_p_gaussian) }
 }
 
 /// Uniform dropout ("Uout", Li et al., CVPR 2019): `y = x * (1 + r)`, `r = beta * (2u - 1)`,
@@ -400,19 +458,9 @@ pub unsafe extern "C" fn nk_uniform_dropout_forward(
     seed: u64,
     offset: u64,
 ) -> nk_status {
-    call(|| {
-        check_elementwise_call(
-            n,
-            offset,
-            1,
-            (x, "x"),
-            (y, "y"),
-            (std::ptr::null(), false),
-            || check_beta(beta),
-        )?;
-        // SAFETY: pointers checked above; extents are the caller's promise.
-        unsafe { dropout::uniform_forward(context(ctx), in_out(x, y, n), beta, seed, offset) }
-    })
+    let call = Elementwise::new(ctx, n, (x, "x"), (y, "y"), beta, seed, offset);
+    // SAFETY: the caller's promise on extents, as documented above.
+    unsafe { call.noise(dropout::uniform_forward, 1, check_beta) }
 }
 
 /// Backward of `nk_uniform_dropout_forward`: `dx = dy * (1 + r)`, the same factors.
@@ -429,17 +477,7 @@ pub unsafe extern "C" fn nk_uniform_dropout_backward(
     seed: u64,
     offset: u64,
 ) -> nk_status {
-    call(|| {
-        check_elementwise_call(
-            n,
-            offset,
-            1,
-            (dy, "dy"),
-            (dx, "dx"),
-            (std::ptr::null(), false),
-            || check_beta(beta),
-        )?;
-        // SAFETY: pointers checked above; extents are the caller's promise.
-        unsafe { dropout::uniform_backward(context(ctx), in_out(dy, dx, n), beta, seed, offset) }
-    })
+    let call = Elementwise::new(ctx, n, (dy, "dy"), (dx, "dx"), beta, seed, offset);
+    // SAFETY: the caller's promise on extents, as documented above.
+    unsafe { call.noise(dropout::uniform_backward, 1, check_beta) }
 }

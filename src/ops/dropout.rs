@@ -159,6 +159,13 @@ fn alpha_constants(p: f32) -> (f32, f32, f32) {
     (a, b, ALPHA_PRIME as f32 * a + b)
 }
 
+/// The checks of an elementwise keep-or-drop call of `n` elements with an optional mask.
+fn check_keep(n: usize, offset: u64, mask: Option<&[u8]>, p: f32) -> Result<()> {
+    check_elementwise(n, offset, 1)?;
+    check_mask(mask, n)?;
+    check_p(p)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Public operations.
 
@@ -190,10 +197,7 @@ pub fn forward(
     offset: u64,
     mask: Option<&mut [u8]>,
 ) -> Result<()> {
-    let n = io.len();
-    check_elementwise(n, offset, 1)?;
-    check_mask(mask.as_deref(), n)?;
-    check_p(p)?;
+    check_keep(io.len(), offset, mask.as_deref(), p)?;
     let map = KeepMap::Scale(inverted_scale(p));
     run_keep(ctx, &mut io, stream(seed, offset, p), map, mask);
     Ok(())
@@ -210,10 +214,7 @@ pub fn backward(
     offset: u64,
     mask: Option<&[u8]>,
 ) -> Result<()> {
-    let n = io.len();
-    check_elementwise(n, offset, 1)?;
-    check_mask(mask, n)?;
-    check_p(p)?;
+    check_keep(io.len(), offset, mask, p)?;
     let map = KeepMap::Scale(inverted_scale(p));
     run_keep(ctx, &mut io, decisions(mask, seed, offset, p), map, None);
     Ok(())
@@ -231,10 +232,7 @@ pub fn alpha_forward(
     offset: u64,
     mask: Option<&mut [u8]>,
 ) -> Result<()> {
-    let n = io.len();
-    check_elementwise(n, offset, 1)?;
-    check_mask(mask.as_deref(), n)?;
-    check_p(p)?;
+    check_keep(io.len(), offset, mask.as_deref(), p)?;
     let (a, b, dropped) = alpha_constants(p);
     let map = KeepMap::Affine { a, b, dropped };
     run_keep(ctx, &mut io, stream(seed, offset, p), map, mask);
@@ -250,10 +248,7 @@ pub fn alpha_backward(
     offset: u64,
     mask: Option<&[u8]>,
 ) -> Result<()> {
-    let n = io.len();
-    check_elementwise(n, offset, 1)?;
-    check_mask(mask, n)?;
-    check_p(p)?;
+    check_keep(io.len(), offset, mask, p)?;
     let (a, _, _) = alpha_constants(p);
     run_keep(
         ctx,
