@@ -14,7 +14,7 @@
 #   --libdir   libraries directory (default PREFIX/lib)
 #   --destdir  staging root prepended to every installed path (for packagers); the
 #              installed files still name PREFIX
-#   --no-build install what target/release already holds
+#   --no-build install what an earlier run built (in target/packaging)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -53,9 +53,15 @@ else
 fi
 
 if [ "$build" = 1 ]; then
-    (cd "$root" && cargo build --release --lib)
+    # The installed shared library carries its soname. It is built in a target directory of
+    # its own: the one `cargo build` leaves in target/release for development has no soname,
+    # so that `-Ltarget/release -lnormkit` just works.
+    (cd "$root" && cargo rustc --release --lib --target-dir target/packaging \
+        --crate-type staticlib &&
+        cargo rustc --release --lib --target-dir target/packaging --crate-type cdylib -- \
+            -C link-arg=-Wl,-soname,"$soname")
 fi
-release="$root/target/release"
+release="$root/target/packaging/release"
 for f in libnormkit.a libnormkit.so; do
     [ -f "$release/$f" ] || { echo "install.sh: $release/$f missing (build first)" >&2; exit 1; }
 done

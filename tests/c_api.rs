@@ -200,6 +200,32 @@ fn c_program_passes_against_the_shared_library() {
     assert!(out.contains(" 0 failed"), "unexpected output: {out}");
 }
 
+/// The C programs built with AddressSanitizer and UndefinedBehaviorSanitizer (any report is
+/// fatal) against the static library: out-of-bounds accesses, use after free, leaks and
+/// undefined behaviour on the C side of every call, and any heap misuse the library would
+/// cause through the C allocator.
+#[test]
+fn c_program_passes_under_address_and_undefined_behaviour_sanitizers() {
+    let mut link: Vec<String> = [
+        "-g",
+        "-fsanitize=address,undefined",
+        "-fno-sanitize-recover=all",
+        "-fno-omit-frame-pointer",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    link.extend(static_link());
+    let out = build_and_run(
+        "c-sanitized",
+        &compiler("CC", "cc"),
+        "-std=c11",
+        None,
+        &link,
+    );
+    assert!(out.contains(" 0 failed"), "unexpected output: {out}");
+}
+
 /// Names `nk_...` directly followed by `(` in `text`: the functions a header declares or a C
 /// file calls.
 fn called_names(text: &str) -> Vec<String> {
