@@ -7,7 +7,7 @@
 #     static library, also after the installed tree was moved elsewhere; an incompatible
 #     version request fails.
 # Needs cc, pkg-config, cmake, nm and readelf (binutils).
-# Usage: packaging/test.sh [--no-build]   (--no-build: install what target/release holds)
+# Usage: packaging/test.sh [--no-build]   (--no-build: install what an earlier install built)
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
