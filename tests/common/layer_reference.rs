@@ -1,6 +1,9 @@
 //! Plain float64 reference of layer norm, RMS norm and weight standardization: straight loops
 //! over the definitions, two passes for the statistics.
 
+// Index loops follow the definitions most directly.
+#![allow(clippy::needless_range_loop)]
+
 /// Forward results: the output and each row's statistics (mean 0 for RMS norm).
 pub struct Forward {
     pub y: Vec<f64>,
