@@ -1,1 +1,84 @@
 //! RMS normalization.
+//!
+//! A `rows x cols` matrix, each row contiguous: `y = x * invrms * gamma[j]`,
+//! `invrms = 1 / sqrt(mean(x^2) + eps)` per row, with `gamma` (optional) of length `cols` and
+//! `save_invrms` (optional) of length `rows`. As for layer norm, a call with `cols = 0` writes
+//! nothing, and a backward over zero rows writes zeros to `dgamma`.
+
+pub use super::layernorm::Grad;
+
+use super::layernorm::{
+    RowsCall, check_backward_lens, check_forward, check_sizes, rows_backward, rows_forward,
+};
+use crate::batchnorm::Affine;
+use crate::context::Context;
+use crate::error::{Result, check_len};
+use crate::io::InOut;
+
+/// RMS norm forward; saves each row's `invrms` where asked.
+pub fn forward(
+    ctx: &Context,
+    rows: usize,
+    cols: usize,
+    io: InOut<'_>,
+    gamma: Option<&[f32]>,
+    eps: f32,
+    save_invrms: Option<&mut [f32]>,
+) -> Result<()> {
+    let n = check_forward(rows, cols, eps)?;
+    check_len("x", io.input(), n)?;
+    if let Some(g) = gamma {
+        check_len("gamma", g, cols)?;
+    }
+    if let Some(s) = save_invrms.as_deref() {
+        check_len("save_invrms", s, rows)?;
+    }
+    rows_forward(
+        ctx,
+        RowsCall {
+            rows,
+            cols,
+            centered: false,
+            eps,
+        },
+        io,
+        Affine { gamma, beta: None },
+        None,
+        save_invrms,
+    );
+    Ok(())
+}
+
+/// RMS norm backward from the saved `invrms`: `dx` (if `grad` is [`Grad::Dx`]) and
+/// `dgamma = sum over rows of dy * x * invrms` (optional).
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    ctx: &Context,
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    grad: Grad<'_>,
+    gamma: Option<&[f32]>,
+    save_invrms: &[f32],
+    dgamma: Option<&mut [f32]>,
+) -> Result<()> {
+    let n = check_sizes(rows, cols)?;
+    check_backward_lens(cols, n, x, &grad, gamma)?;
+    check_len("save_invrms", save_invrms, rows)?;
+    if let Some(d) = dgamma.as_deref() {
+        check_len("dgamma", d, cols)?;
+    }
+    rows_backward(
+        ctx,
+        rows,
+        cols,
+        x,
+        grad,
+        gamma,
+        None,
+        save_invrms,
+        dgamma,
+        None,
+    );
+    Ok(())
+}

@@ -1,0 +1,1284 @@
+//! Layer norm, RMS norm and weight standardization through the safe API and the C entry points,
+//! against the float64 reference of `common::layer_reference`: every ISA this CPU has, one and
+//! several threads (bitwise equal), odd shapes, large offsets, NaN and infinity, long rows,
+//! in place = out of place bit for bit, and the error contract of the C functions.
+
+mod common;
+
+use common::data::Gen;
+use common::layer_reference as r;
+use normkit::batchnorm::{Affine, SavedStats};
+use normkit::ffi::nk_status::{self, *};
+use normkit::ffi::*;
+use normkit::layernorm::{self, Grad};
+use normkit::{Context, ErrorKind, InOut, Isa, rmsnorm};
+use proptest::prelude::*;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ptr::{null, null_mut};
+use std::rc::Rc;
+
+/// Output error allowed, relative to `|gamma| * (1 + |xhat|) + |beta|`.
+const TOL_Y: f64 = 5e-6;
+/// Saved statistics: mean relative to the row's spread, inverse std relative.
+const TOL_STAT: f64 = 2e-6;
+/// Gradient error allowed, relative to the size of the terms (see `Backward::dx_scale`).
+const TOL_GRAD: f64 = 2e-5;
+/// The contract's accuracy on `10000 + N(0, 1)`.
+const TOL_OFFSET: f64 = 1e-5;
+
+thread_local! {
+    static CONTEXTS: RefCell<HashMap<(usize, Isa), Rc<Context>>> = RefCell::new(HashMap::new());
+}
+
+fn ctx(threads: usize, isa: Isa) -> Rc<Context> {
+    CONTEXTS.with(|m| {
+        m.borrow_mut()
+            .entry((threads, isa))
+            .or_insert_with(|| {
+                let c = Context::new(threads).expect("context");
+                c.set_isa(Some(isa)).expect("a supported ISA");
+                Rc::new(c)
+            })
+            .clone()
+    })
+}
+
+fn isas() -> Vec<Isa> {
+    Isa::supported()
+}
+
+fn close(got: f64, want: f64, tol: f64) -> bool {
+    if want.is_nan() {
+        got.is_nan()
+    } else if want.is_infinite() {
+        got == want
+    } else {
+        (got - want).abs() <= tol
+    }
+}
+
+#[track_caller]
+fn assert_bits(a: &[f32], b: &[f32], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    if let Some(i) = a
+        .iter()
+        .zip(b)
+        .position(|(p, q)| p.to_bits() != q.to_bits())
+    {
+        panic!("{what}: not bitwise equal at {i}: {} vs {}", a[i], b[i]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cases.
+
+#[derive(Clone, Debug)]
+struct Case {
+    rows: usize,
+    cols: usize,
+    x: Vec<f32>,
+    dy: Vec<f32>,
+    gamma: Option<Vec<f32>>,
+    beta: Option<Vec<f32>>,
+    eps: f32,
+}
+
+fn case(rows: usize, cols: usize, seed: u64, offset: f64, scale: f64, affine: bool) -> Case {
+    let mut g = Gen::new(seed);
+    let mut x = Vec::with_capacity(rows * cols);
+    for _ in 0..rows {
+        // Every row its own offset and spread around the given ones.
+        let o = offset + scale * g.normal();
+        let s = scale * g.range(0.5, 2.0);
+        x.extend(g.normals(cols, o, s));
+    }
+    Case {
+        rows,
+        cols,
+        dy: g.normals(rows * cols, 0.0, 1.0),
+        gamma: affine.then(|| g.uniforms(cols, 0.5, 2.0)),
+        beta: affine.then(|| g.uniforms(cols, -1.0, 1.0)),
+        x,
+        eps: 1e-5,
+    }
+}
+
+struct Fwd {
+    y: Vec<f32>,
+    mean: Vec<f32>,
+    inv: Vec<f32>,
+}
+
+fn run_forward(c: &Case, cx: &Context, centered: bool, in_place: bool) -> Fwd {
+    let mut y = if in_place {
+        c.x.clone()
+    } else {
+        vec![f32::NAN; c.x.len()]
+    };
+    let io = if in_place {
+        InOut::InPlace(&mut y)
+    } else {
+        InOut::separate(&c.x, &mut y).unwrap()
+    };
+    let mut mean = vec![f32::NAN; c.rows];
+    let mut inv = vec![f32::NAN; c.rows];
+    if centered {
+        layernorm::forward(
+            cx,
+            c.rows,
+            c.cols,
+            io,
+            Affine {
+                gamma: c.gamma.as_deref(),
+                beta: c.beta.as_deref(),
+            },
+            c.eps,
+            SavedStats {
+                mean: Some(&mut mean),
+                invstd: Some(&mut inv),
+            },
+        )
+        .unwrap();
+    } else {
+        rmsnorm::forward(
+            cx,
+            c.rows,
+            c.cols,
+            io,
+            c.gamma.as_deref(),
+            c.eps,
+            Some(&mut inv),
+        )
+        .unwrap();
+    }
+    Fwd { y, mean, inv }
+}
+
+struct Bwd {
+    dx: Vec<f32>,
+    dgamma: Vec<f32>,
+    dbeta: Vec<f32>,
+}
+
+fn run_backward(c: &Case, f: &Fwd, cx: &Context, centered: bool, in_place: bool) -> Bwd {
+    let mut dx = if in_place {
+        c.dy.clone()
+    } else {
+        vec![f32::NAN; c.dy.len()]
+    };
+    let grad = if in_place {
+        Grad::Dx(InOut::InPlace(&mut dx))
+    } else {
+        Grad::Dx(InOut::separate(&c.dy, &mut dx).unwrap())
+    };
+    let mut dgamma = vec![f32::NAN; c.cols];
+    let mut dbeta = vec![f32::NAN; c.cols];
+    if centered {
+        layernorm::backward(
+            cx,
+            c.rows,
+            c.cols,
+            &c.x,
+            grad,
+            c.gamma.as_deref(),
+            &f.mean,
+            &f.inv,
+            Some(&mut dgamma),
+            Some(&mut dbeta),
+        )
+        .unwrap();
+    } else {
+        rmsnorm::backward(
+            cx,
+            c.rows,
+            c.cols,
+            &c.x,
+            grad,
+            c.gamma.as_deref(),
+            &f.inv,
+            Some(&mut dgamma),
+        )
+        .unwrap();
+        dbeta.fill(0.0);
+    }
+    Bwd { dx, dgamma, dbeta }
+}
+
+fn check_forward(c: &Case, f: &Fwd, centered: bool, tol: f64, what: &str) {
+    // RMS norm has no beta.
+    let beta = if centered { c.beta.as_deref() } else { None };
+    let want = r::forward(
+        c.rows,
+        c.cols,
+        &c.x,
+        c.gamma.as_deref(),
+        beta,
+        c.eps,
+        centered,
+    );
+    for row in 0..c.rows {
+        let (m, s) = (want.mean[row], want.inv[row]);
+        if centered {
+            assert!(
+                close(f.mean[row] as f64, m, TOL_STAT / s + m.abs() * 1e-7),
+                "{what}: mean of row {row}: {} vs {m}",
+                f.mean[row]
+            );
+        }
+        assert!(
+            close(f.inv[row] as f64, s, TOL_STAT * s),
+            "{what}: inv of row {row}: {} vs {s}",
+            f.inv[row]
+        );
+        for j in 0..c.cols {
+            let i = row * c.cols + j;
+            let xhat = (c.x[i] as f64 - m) * s;
+            let g = c.gamma.as_ref().map_or(1.0, |g| g[j] as f64);
+            let b = beta.map_or(0.0, |b| b[j] as f64);
+            let bound = tol * (g.abs() * (1.0 + xhat.abs()) + b.abs());
+            assert!(
+                close(f.y[i] as f64, want.y[i], bound),
+                "{what}: y[{row}][{j}] = {} vs {}",
+                f.y[i],
+                want.y[i]
+            );
+        }
+    }
+}
+
+fn check_backward(c: &Case, f: &Fwd, b: &Bwd, centered: bool, tol: f64, what: &str) {
+    let mean: Vec<f64> = f.mean.iter().map(|&v| v as f64).collect();
+    let inv: Vec<f64> = f.inv.iter().map(|&v| v as f64).collect();
+    let want = r::backward(
+        c.rows,
+        c.cols,
+        &c.x,
+        &c.dy,
+        c.gamma.as_deref(),
+        &mean,
+        &inv,
+        centered,
+    );
+    for i in 0..c.x.len() {
+        assert!(
+            close(b.dx[i] as f64, want.dx[i], tol * want.dx_scale[i] + 1e-30),
+            "{what}: dx[{i}] = {} vs {} (scale {})",
+            b.dx[i],
+            want.dx[i],
+            want.dx_scale[i]
+        );
+    }
+    for j in 0..c.cols {
+        assert!(
+            close(
+                b.dgamma[j] as f64,
+                want.dgamma[j],
+                tol * want.dgamma_scale[j] + 1e-30
+            ),
+            "{what}: dgamma[{j}] = {} vs {}",
+            b.dgamma[j],
+            want.dgamma[j]
+        );
+        if centered {
+            assert!(
+                close(
+                    b.dbeta[j] as f64,
+                    want.dbeta[j],
+                    tol * want.dbeta_scale[j] + 1e-30
+                ),
+                "{what}: dbeta[{j}] = {} vs {}",
+                b.dbeta[j],
+                want.dbeta[j]
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reference against itself.
+
+#[test]
+fn reference_backward_matches_finite_differences() {
+    for centered in [true, false] {
+        for (rows, cols) in [(1, 1), (1, 2), (2, 3), (3, 7), (2, 16)] {
+            let c = case(rows, cols, 11 + cols as u64, 0.5, 1.0, true);
+            let eps = 1e-3;
+            let x: Vec<f64> = c.x.iter().map(|&v| v as f64).collect();
+            let dy: Vec<f64> = c.dy.iter().map(|&v| v as f64).collect();
+            let gamma: Vec<f64> = c
+                .gamma
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|&v| v as f64)
+                .collect();
+            let beta: Vec<f64> = c.beta.as_ref().unwrap().iter().map(|&v| v as f64).collect();
+            let f = r::forward(rows, cols, &c.x, c.gamma.as_deref(), None, eps, centered);
+            let b = r::backward(
+                rows,
+                cols,
+                &c.x,
+                &c.dy,
+                c.gamma.as_deref(),
+                &f.mean,
+                &f.inv,
+                centered,
+            );
+            let h = 1e-6;
+            let l = |x: &[f64], g: &[f64], be: &[f64]| {
+                r::loss(rows, cols, x, &dy, g, be, eps as f64, centered)
+            };
+            for i in 0..x.len() {
+                let (mut p, mut m) = (x.clone(), x.clone());
+                p[i] += h;
+                m[i] -= h;
+                let fd = (l(&p, &gamma, &beta) - l(&m, &gamma, &beta)) / (2.0 * h);
+                assert!(
+                    (fd - b.dx[i]).abs() <= 1e-6 * (1.0 + fd.abs()),
+                    "dx[{i}] {fd} vs {}",
+                    b.dx[i]
+                );
+            }
+            for j in 0..cols {
+                let (mut p, mut m) = (gamma.clone(), gamma.clone());
+                p[j] += h;
+                m[j] -= h;
+                let fd = (l(&x, &p, &beta) - l(&x, &m, &beta)) / (2.0 * h);
+                assert!(
+                    (fd - b.dgamma[j]).abs() <= 1e-6 * (1.0 + fd.abs()),
+                    "dgamma[{j}]"
+                );
+                let (mut p, mut m) = (beta.clone(), beta.clone());
+                p[j] += h;
+                m[j] -= h;
+                let fd = (l(&x, &gamma, &p) - l(&x, &gamma, &m)) / (2.0 * h);
+                assert!(
+                    (fd - b.dbeta[j]).abs() <= 1e-6 * (1.0 + fd.abs()),
+                    "dbeta[{j}]"
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Accuracy.
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn matches_reference(
+        rows in prop_oneof![Just(1usize), 1usize..6],
+        cols in prop_oneof![Just(1usize), 1usize..80, Just(768usize), 2040usize..2060, Just(5000usize)],
+        seed in any::<u64>(),
+        offset in prop_oneof![Just(0.0f64), -100.0f64..100.0, Just(1e4f64)],
+        affine in any::<bool>(),
+        centered in any::<bool>(),
+    ) {
+        let c = case(rows, cols, seed, offset, 1.0, affine);
+        for isa in isas() {
+            let cx = ctx(1, isa);
+            let f = run_forward(&c, &cx, centered, false);
+            // RMS norm of offset data: xhat is about 1 everywhere, the spread a small part.
+            check_forward(&c, &f, centered, TOL_Y, &format!("{isa:?} {rows}x{cols}"));
+            let b = run_backward(&c, &f, &cx, centered, false);
+            check_backward(&c, &f, &b, centered, TOL_GRAD, &format!("{isa:?} {rows}x{cols}"));
+        }
+    }
+}
+
+#[test]
+fn offset_data_is_normalized_to_1e5() {
+    for isa in isas() {
+        for cols in [7, 768, 4096, 100_003] {
+            let mut g = Gen::new(cols as u64);
+            let rows = 3;
+            let x = g.normals(rows * cols, 10000.0, 1.0);
+            let c = Case {
+                rows,
+                cols,
+                dy: vec![0.0; x.len()],
+                x,
+                gamma: None,
+                beta: None,
+                eps: 0.0,
+            };
+            let f = run_forward(&c, &ctx(1, isa), true, false);
+            let want = r::forward(rows, cols, &c.x, None, None, 0.0, true);
+            let worst =
+                f.y.iter()
+                    .zip(&want.y)
+                    .map(|(&a, &b)| (a as f64 - b).abs())
+                    .fold(0.0, f64::max);
+            assert!(worst <= TOL_OFFSET, "{isa:?} cols {cols}: {worst}");
+        }
+    }
+}
+
+#[test]
+fn long_rows_gradients_within_1e4() {
+    for centered in [true, false] {
+        for (rows, cols) in [(2, 1 << 20), (1 << 16, 16), (3, 10_000)] {
+            let c = case(rows, cols, 5, 3.0, 2.0, true);
+            let cx = ctx(2, Isa::best());
+            let f = run_forward(&c, &cx, centered, false);
+            check_forward(&c, &f, centered, TOL_Y, "long");
+            let b = run_backward(&c, &f, &cx, centered, false);
+            check_backward(&c, &f, &b, centered, TOL_GRAD, "long");
+            // Plain relative error of the sums, against the f64 reference.
+            let mean: Vec<f64> = f.mean.iter().map(|&v| v as f64).collect();
+            let inv: Vec<f64> = f.inv.iter().map(|&v| v as f64).collect();
+            let want = r::backward(
+                rows,
+                cols,
+                &c.x,
+                &c.dy,
+                c.gamma.as_deref(),
+                &mean,
+                &inv,
+                centered,
+            );
+            for j in 0..cols {
+                let rel =
+                    |got: f32, want: f64, scale: f64| (got as f64 - want).abs() / scale.max(1e-30);
+                assert!(rel(b.dgamma[j], want.dgamma[j], want.dgamma_scale[j]) <= 1e-5);
+            }
+        }
+    }
+}
+
+#[test]
+fn nan_and_inf_stay_in_their_row() {
+    for centered in [true, false] {
+        for isa in isas() {
+            let mut c = case(5, 37, 3, 1.0, 1.0, true);
+            c.x[37 + 5] = f32::NAN;
+            c.x[3 * 37 + 36] = f32::INFINITY;
+            let f = run_forward(&c, &ctx(1, isa), centered, false);
+            check_forward(&c, &f, centered, TOL_Y, "nan/inf");
+            for row in [0, 2, 4] {
+                assert!(f.y[row * 37..(row + 1) * 37].iter().all(|v| v.is_finite()));
+            }
+            assert!(f.y[37..74].iter().all(|v| v.is_nan()));
+            let b = run_backward(&c, &f, &ctx(1, isa), centered, false);
+            for row in [0, 2, 4] {
+                assert!(b.dx[row * 37..(row + 1) * 37].iter().all(|v| v.is_finite()));
+            }
+        }
+    }
+}
+
+#[test]
+fn weight_standardize_matches_reference() {
+    for isa in isas() {
+        for (c_out, fan_in) in [(1, 1), (3, 9), (64, 27), (5, 1000)] {
+            let c = case(c_out, fan_in, 9, 0.1, 0.05, false);
+            let cx = ctx(1, isa);
+            let mut w = vec![f32::NAN; c.x.len()];
+            layernorm::weight_standardize(
+                &cx,
+                c_out,
+                fan_in,
+                InOut::separate(&c.x, &mut w).unwrap(),
+                1e-5,
+            )
+            .unwrap();
+            let want = r::forward(c_out, fan_in, &c.x, None, None, 1e-5, true);
+            for (i, (&g, &e)) in w.iter().zip(&want.y).enumerate() {
+                assert!(
+                    close(g as f64, e, TOL_Y * (1.0 + e.abs())),
+                    "w[{i}] {g} vs {e}"
+                );
+            }
+            let mut inplace = c.x.clone();
+            layernorm::weight_standardize(&cx, c_out, fan_in, InOut::InPlace(&mut inplace), 1e-5)
+                .unwrap();
+            assert_bits(&w, &inplace, "weight standardization in place");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Determinism and in place.
+
+#[test]
+fn thread_counts_and_in_place_give_the_same_bits() {
+    let shapes = [
+        (300, 777),
+        (5000, 7),
+        (40, 10_000),
+        (1, 100_000),
+        (3000, 64),
+        (129, 300),
+    ];
+    for centered in [true, false] {
+        for (rows, cols) in shapes {
+            let c = case(rows, cols, 21, 2.0, 1.5, true);
+            for isa in isas() {
+                let base = run_forward(&c, &ctx(1, isa), centered, false);
+                let bb = run_backward(&c, &base, &ctx(1, isa), centered, false);
+                for threads in [2, 3, 8] {
+                    let what = format!("{isa:?} {rows}x{cols} t{threads}");
+                    let f = run_forward(&c, &ctx(threads, isa), centered, false);
+                    assert_bits(&f.y, &base.y, &what);
+                    assert_bits(&f.inv, &base.inv, &what);
+                    if centered {
+                        assert_bits(&f.mean, &base.mean, &what);
+                    }
+                    let b = run_backward(&c, &base, &ctx(threads, isa), centered, false);
+                    assert_bits(&b.dx, &bb.dx, &what);
+                    assert_bits(&b.dgamma, &bb.dgamma, &what);
+                    assert_bits(&b.dbeta, &bb.dbeta, &what);
+                }
+                let f = run_forward(&c, &ctx(2, isa), centered, true);
+                assert_bits(&f.y, &base.y, "forward in place");
+                let b = run_backward(&c, &base, &ctx(2, isa), centered, true);
+                assert_bits(&b.dx, &bb.dx, "backward in place");
+                assert_bits(&b.dgamma, &bb.dgamma, "backward in place");
+            }
+        }
+    }
+}
+
+#[test]
+fn optional_outputs_do_not_change_the_others() {
+    for centered in [true, false] {
+        for (rows, cols) in [(3, 50), (200, 300), (9, 9000)] {
+            let c = case(rows, cols, 4, 0.0, 1.0, true);
+            let cx = ctx(2, Isa::best());
+            let f = run_forward(&c, &cx, centered, false);
+            let full = run_backward(&c, &f, &cx, centered, false);
+            // dx alone, and sums alone.
+            let mut dx = vec![0f32; c.x.len()];
+            let mut dg = vec![0f32; cols];
+            if centered {
+                layernorm::backward(
+                    &cx,
+                    rows,
+                    cols,
+                    &c.x,
+                    Grad::Dx(InOut::separate(&c.dy, &mut dx).unwrap()),
+                    c.gamma.as_deref(),
+                    &f.mean,
+                    &f.inv,
+                    None,
+                    None,
+                )
+                .unwrap();
+                layernorm::backward(
+                    &cx,
+                    rows,
+                    cols,
+                    &c.x,
+                    Grad::Dy(&c.dy),
+                    c.gamma.as_deref(),
+                    &f.mean,
+                    &f.inv,
+                    Some(&mut dg),
+                    None,
+                )
+                .unwrap();
+            } else {
+                rmsnorm::backward(
+                    &cx,
+                    rows,
+                    cols,
+                    &c.x,
+                    Grad::Dx(InOut::separate(&c.dy, &mut dx).unwrap()),
+                    c.gamma.as_deref(),
+                    &f.inv,
+                    None,
+                )
+                .unwrap();
+                rmsnorm::backward(
+                    &cx,
+                    rows,
+                    cols,
+                    &c.x,
+                    Grad::Dy(&c.dy),
+                    c.gamma.as_deref(),
+                    &f.inv,
+                    Some(&mut dg),
+                )
+                .unwrap();
+            }
+            assert_bits(&dx, &full.dx, "dx alone");
+            assert_bits(&dg, &full.dgamma, "dgamma alone");
+            // Forward without saves.
+            let mut y = vec![0f32; c.x.len()];
+            if centered {
+                layernorm::forward(
+                    &cx,
+                    rows,
+                    cols,
+                    InOut::separate(&c.x, &mut y).unwrap(),
+                    Affine {
+                        gamma: c.gamma.as_deref(),
+                        beta: c.beta.as_deref(),
+                    },
+                    c.eps,
+                    SavedStats::default(),
+                )
+                .unwrap();
+            } else {
+                rmsnorm::forward(
+                    &cx,
+                    rows,
+                    cols,
+                    InOut::separate(&c.x, &mut y).unwrap(),
+                    c.gamma.as_deref(),
+                    c.eps,
+                    None,
+                )
+                .unwrap();
+            }
+            assert_bits(&y, &f.y, "forward without saves");
+        }
+    }
+}
+
+#[test]
+fn safe_api_rejects_bad_lengths_and_eps() {
+    let cx = ctx(1, Isa::Portable);
+    let x = vec![1.0f32; 6];
+    let mut y = vec![0.0f32; 6];
+    let e = layernorm::forward(
+        &cx,
+        2,
+        3,
+        InOut::separate(&x, &mut y).unwrap(),
+        Affine::default(),
+        -1.0,
+        SavedStats::default(),
+    );
+    assert_eq!(e.unwrap_err().kind(), ErrorKind::BadArgument);
+    let e = layernorm::forward(
+        &cx,
+        2,
+        4,
+        InOut::separate(&x, &mut y).unwrap(),
+        Affine::default(),
+        1.0,
+        SavedStats::default(),
+    );
+    assert_eq!(e.unwrap_err().kind(), ErrorKind::BadShape);
+    let e = rmsnorm::forward(
+        &cx,
+        usize::MAX,
+        3,
+        InOut::separate(&x, &mut y).unwrap(),
+        None,
+        1.0,
+        None,
+    );
+    assert_eq!(e.unwrap_err().kind(), ErrorKind::Overflow);
+    let g = [1.0f32; 2];
+    let e = rmsnorm::forward(
+        &cx,
+        2,
+        3,
+        InOut::separate(&x, &mut y).unwrap(),
+        Some(&g),
+        1.0,
+        None,
+    );
+    assert_eq!(e.unwrap_err().kind(), ErrorKind::BadShape);
+    assert!(y.iter().all(|&v| v == 0.0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The C entry points: error contract, nothing written on error, zero-element calls.
+
+/// One arena for every buffer of a call, filled with a pattern no call writes.
+struct Arena {
+    mem: Vec<u64>,
+    next: usize,
+}
+
+impl Arena {
+    fn new() -> Arena {
+        let mut mem = vec![0u64; 1024];
+        for (i, w) in mem.iter_mut().enumerate() {
+            *w = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 0x7F80_0001_7F80_0001;
+        }
+        Arena { mem, next: 8 }
+    }
+    fn alloc(&mut self, floats: usize) -> *mut f32 {
+        let start = self.next.next_multiple_of(8);
+        self.next = start + floats.div_ceil(2) + 8;
+        assert!(self.next <= self.mem.len());
+        // SAFETY: in bounds.
+        unsafe { self.mem.as_mut_ptr().add(start).cast() }
+    }
+    fn bytes(&self) -> Vec<u64> {
+        self.mem.clone()
+    }
+}
+
+fn fill(p: *mut f32, v: &[f32]) {
+    // SAFETY: arena buffers large enough.
+    unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), p, v.len()) };
+}
+
+fn read(p: *const f32, n: usize) -> Vec<f32> {
+    // SAFETY: arena buffers large enough.
+    unsafe { std::slice::from_raw_parts(p, n).to_vec() }
+}
+
+fn byte_shift(p: *mut f32, bytes: isize) -> *mut f32 {
+    p.cast::<u8>().wrapping_offset(bytes).cast()
+}
+
+const R: usize = 3;
+const C: usize = 5;
+
+struct Fx {
+    arena: Arena,
+    x: *mut f32,
+    y: *mut f32,
+    dy: *mut f32,
+    dx: *mut f32,
+    gamma: *mut f32,
+    beta: *mut f32,
+    mean: *mut f32,
+    inv: *mut f32,
+    dgamma: *mut f32,
+    dbeta: *mut f32,
+}
+
+impl Fx {
+    fn new() -> Fx {
+        let mut a = Arena::new();
+        let mut g = Gen::new(1);
+        let fx = Fx {
+            x: a.alloc(R * C),
+            y: a.alloc(R * C),
+            dy: a.alloc(R * C),
+            dx: a.alloc(R * C),
+            gamma: a.alloc(C),
+            beta: a.alloc(C),
+            mean: a.alloc(R),
+            inv: a.alloc(R),
+            dgamma: a.alloc(C),
+            dbeta: a.alloc(C),
+            arena: a,
+        };
+        fill(fx.x, &g.normals(R * C, 1.0, 1.0));
+        fill(fx.dy, &g.normals(R * C, 0.0, 1.0));
+        fill(fx.gamma, &g.uniforms(C, 0.5, 2.0));
+        fill(fx.beta, &g.uniforms(C, -1.0, 1.0));
+        fill(fx.mean, &g.normals(R, 1.0, 0.1));
+        fill(fx.inv, &g.uniforms(R, 0.5, 2.0));
+        fx
+    }
+}
+
+/// Every argument of every C function, so that one field at a time can be made wrong.
+#[derive(Clone, Copy)]
+struct Args {
+    rows: usize,
+    cols: usize,
+    x: *mut f32,
+    y: *mut f32,
+    dy: *mut f32,
+    dx: *mut f32,
+    gamma: *mut f32,
+    beta: *mut f32,
+    eps: f32,
+    mean: *mut f32,
+    inv: *mut f32,
+    dgamma: *mut f32,
+    dbeta: *mut f32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fun {
+    LnForward,
+    LnBackward,
+    RmsForward,
+    RmsBackward,
+    Standardize,
+}
+
+const FUNS: [Fun; 5] = [
+    Fun::LnForward,
+    Fun::LnBackward,
+    Fun::RmsForward,
+    Fun::RmsBackward,
+    Fun::Standardize,
+];
+
+fn call(f: Fun, a: Args) -> nk_status {
+    // SAFETY: arena pointers (possibly moved inside the arena, or NULL on purpose).
+    unsafe {
+        match f {
+            Fun::LnForward => nk_layernorm_forward(
+                null_mut(),
+                a.rows,
+                a.cols,
+                a.x,
+                a.y,
+                a.gamma,
+                a.beta,
+                a.eps,
+                a.mean,
+                a.inv,
+            ),
+            Fun::LnBackward => nk_layernorm_backward(
+                null_mut(),
+                a.rows,
+                a.cols,
+                a.x,
+                a.dy,
+                a.dx,
+                a.gamma,
+                a.mean,
+                a.inv,
+                a.dgamma,
+                a.dbeta,
+            ),
+            Fun::RmsForward => {
+                nk_rmsnorm_forward(null_mut(), a.rows, a.cols, a.x, a.y, a.gamma, a.eps, a.inv)
+            }
+            Fun::RmsBackward => nk_rmsnorm_backward(
+                null_mut(),
+                a.rows,
+                a.cols,
+                a.x,
+                a.dy,
+                a.dx,
+                a.gamma,
+                a.inv,
+                a.dgamma,
+            ),
+            Fun::Standardize => nk_weight_standardize(null_mut(), a.rows, a.cols, a.x, a.y, a.eps),
+        }
+    }
+}
+
+fn args(fx: &Fx) -> Args {
+    Args {
+        rows: R,
+        cols: C,
+        x: fx.x,
+        y: fx.y,
+        dy: fx.dy,
+        dx: fx.dx,
+        gamma: fx.gamma,
+        beta: fx.beta,
+        eps: 1e-5,
+        mean: fx.mean,
+        inv: fx.inv,
+        dgamma: fx.dgamma,
+        dbeta: fx.dbeta,
+    }
+}
+
+/// Calls `f` with `a`, expects `want`, and checks that no byte of the arena changed.
+#[track_caller]
+fn expect_error(fx: &Fx, f: Fun, a: Args, want: nk_status, what: &str) {
+    let before = fx.arena.bytes();
+    let got = call(f, a);
+    assert_eq!(got, want, "{f:?}: {what}");
+    assert!(
+        fx.arena.bytes() == before,
+        "{f:?}: {what}: a buffer was written"
+    );
+    // SAFETY: never NULL.
+    let msg = unsafe { std::ffi::CStr::from_ptr(nk_last_error_message()) };
+    assert!(!msg.to_bytes().is_empty(), "{f:?}: {what}: no message");
+}
+
+fn is_backward(f: Fun) -> bool {
+    matches!(f, Fun::LnBackward | Fun::RmsBackward)
+}
+
+#[test]
+fn c_functions_return_each_status_and_write_nothing_on_error() {
+    for f in FUNS {
+        let fx = Fx::new();
+        let ok = args(&fx);
+        let huge = usize::MAX / 4;
+        // NULL pointers.
+        expect_error(
+            &fx,
+            f,
+            Args {
+                x: null_mut(),
+                ..ok
+            },
+            NK_ERR_NULL_POINTER,
+            "x NULL",
+        );
+        if is_backward(f) {
+            expect_error(
+                &fx,
+                f,
+                Args {
+                    dy: null_mut(),
+                    ..ok
+                },
+                NK_ERR_NULL_POINTER,
+                "dy NULL",
+            );
+            expect_error(
+                &fx,
+                f,
+                Args {
+                    inv: null_mut(),
+                    ..ok
+                },
+                NK_ERR_NULL_POINTER,
+                "inv NULL",
+            );
+            if f == Fun::LnBackward {
+                expect_error(
+                    &fx,
+                    f,
+                    Args {
+                        mean: null_mut(),
+                        ..ok
+                    },
+                    NK_ERR_NULL_POINTER,
+                    "mean NULL",
+                );
+            }
+        } else {
+            expect_error(
+                &fx,
+                f,
+                Args {
+                    y: null_mut(),
+                    ..ok
+                },
+                NK_ERR_NULL_POINTER,
+                "y NULL",
+            );
+        }
+        // Overflow, and NULL before it.
+        expect_error(
+            &fx,
+            f,
+            Args { rows: huge, ..ok },
+            NK_ERR_OVERFLOW,
+            "rows overflow",
+        );
+        expect_error(
+            &fx,
+            f,
+            Args { cols: huge, ..ok },
+            NK_ERR_OVERFLOW,
+            "cols overflow",
+        );
+        expect_error(
+            &fx,
+            f,
+            Args {
+                rows: huge,
+                x: null_mut(),
+                ..ok
+            },
+            NK_ERR_NULL_POINTER,
+            "NULL before overflow",
+        );
+        if !is_backward(f) {
+            // eps, after overflow and NULL.
+            for eps in [-1.0, f32::NAN, f32::INFINITY, -0.5e-30] {
+                expect_error(&fx, f, Args { eps, ..ok }, NK_ERR_BAD_ARGUMENT, "bad eps");
+            }
+            expect_error(
+                &fx,
+                f,
+                Args {
+                    eps: -1.0,
+                    rows: huge,
+                    ..ok
+                },
+                NK_ERR_OVERFLOW,
+                "overflow before eps",
+            );
+            expect_error(
+                &fx,
+                f,
+                Args {
+                    eps: -1.0,
+                    y: byte_shift(fx.y, 1),
+                    ..ok
+                },
+                NK_ERR_BAD_ARGUMENT,
+                "eps before misaligned",
+            );
+            expect_error(
+                &fx,
+                f,
+                Args {
+                    eps: -1.0,
+                    rows: 0,
+                    x: null_mut(),
+                    y: null_mut(),
+                    ..ok
+                },
+                NK_ERR_BAD_ARGUMENT,
+                "eps checked on empty calls",
+            );
+        }
+        // Misaligned, then alias.
+        expect_error(
+            &fx,
+            f,
+            Args {
+                x: byte_shift(fx.x, 2),
+                ..ok
+            },
+            NK_ERR_MISALIGNED,
+            "x misaligned",
+        );
+        if f != Fun::Standardize {
+            expect_error(
+                &fx,
+                f,
+                Args {
+                    gamma: byte_shift(fx.gamma, 1),
+                    ..ok
+                },
+                NK_ERR_MISALIGNED,
+                "gamma misaligned",
+            );
+            expect_error(
+                &fx,
+                f,
+                Args {
+                    inv: byte_shift(fx.inv, 3),
+                    ..ok
+                },
+                NK_ERR_MISALIGNED,
+                "inv misaligned",
+            );
+        }
+        if is_backward(f) {
+            expect_error(&fx, f, Args { dx: fx.x, ..ok }, NK_ERR_ALIAS, "dx == x");
+            expect_error(
+                &fx,
+                f,
+                Args {
+                    dx: byte_shift(fx.dy, 4),
+                    ..ok
+                },
+                NK_ERR_ALIAS,
+                "dx overlaps dy",
+            );
+            expect_error(
+                &fx,
+                f,
+                Args {
+                    dgamma: byte_shift(fx.dx, 8),
+                    ..ok
+                },
+                NK_ERR_ALIAS,
+                "dgamma overlaps dx",
+            );
+            expect_error(
+                &fx,
+                f,
+                Args {
+                    dgamma: fx.gamma,
+                    ..ok
+                },
+                NK_ERR_ALIAS,
+                "dgamma == gamma",
+            );
+            expect_error(
+                &fx,
+                f,
+                Args {
+                    dx: byte_shift(fx.x, 4),
+                    dgamma: byte_shift(fx.gamma, 1),
+                    ..ok
+                },
+                NK_ERR_MISALIGNED,
+                "misaligned before alias",
+            );
+            if f == Fun::LnBackward {
+                expect_error(
+                    &fx,
+                    f,
+                    Args {
+                        dbeta: fx.dgamma,
+                        ..ok
+                    },
+                    NK_ERR_ALIAS,
+                    "dbeta == dgamma",
+                );
+            }
+        } else {
+            expect_error(
+                &fx,
+                f,
+                Args {
+                    y: byte_shift(fx.x, 4),
+                    ..ok
+                },
+                NK_ERR_ALIAS,
+                "y overlaps x",
+            );
+            if f != Fun::Standardize {
+                expect_error(
+                    &fx,
+                    f,
+                    Args {
+                        inv: byte_shift(fx.y, 8),
+                        ..ok
+                    },
+                    NK_ERR_ALIAS,
+                    "save overlaps y",
+                );
+                expect_error(
+                    &fx,
+                    f,
+                    Args { inv: fx.x, ..ok },
+                    NK_ERR_ALIAS,
+                    "save overlaps x",
+                );
+            }
+            if f == Fun::LnForward {
+                expect_error(
+                    &fx,
+                    f,
+                    Args { mean: fx.inv, ..ok },
+                    NK_ERR_ALIAS,
+                    "save_mean == save_invstd",
+                );
+            }
+        }
+        // And a valid call succeeds.
+        assert_eq!(call(f, ok), NK_OK, "{f:?}: valid call");
+    }
+}
+
+#[test]
+fn c_functions_accept_empty_calls_and_optional_pointers() {
+    for f in FUNS {
+        let fx = Fx::new();
+        let ok = args(&fx);
+        let none = Args {
+            x: null_mut(),
+            y: null_mut(),
+            dy: null_mut(),
+            dx: null_mut(),
+            gamma: null_mut(),
+            beta: null_mut(),
+            dgamma: null_mut(),
+            dbeta: null_mut(),
+            ..ok
+        };
+        // rows = 0: no data, no statistics; dgamma and dbeta (given) become zeros.
+        let before = fx.arena.bytes();
+        assert_eq!(
+            call(
+                f,
+                Args {
+                    rows: 0,
+                    mean: null_mut(),
+                    inv: null_mut(),
+                    ..none
+                }
+            ),
+            NK_OK,
+            "{f:?}"
+        );
+        assert!(fx.arena.bytes() == before);
+        assert_eq!(call(f, Args { rows: 0, ..ok }), NK_OK);
+        if is_backward(f) {
+            assert_eq!(read(fx.dgamma, C), vec![0.0; C]);
+            if f == Fun::LnBackward {
+                assert_eq!(read(fx.dbeta, C), vec![0.0; C]);
+            }
+        }
+        // cols = 0: nothing written at all, saved statistics included.
+        let before = fx.arena.bytes();
+        assert_eq!(call(f, Args { cols: 0, ..none }), NK_OK, "{f:?} cols 0");
+        assert_eq!(call(f, Args { cols: 0, ..ok }), NK_OK, "{f:?} cols 0");
+        assert!(fx.arena.bytes() == before, "{f:?}: cols 0 wrote");
+        // Every optional pointer NULL.
+        let minimal = Args {
+            gamma: null_mut(),
+            beta: null_mut(),
+            dgamma: null_mut(),
+            dbeta: null_mut(),
+            ..ok
+        };
+        let minimal = if is_backward(f) {
+            minimal
+        } else {
+            Args {
+                mean: null_mut(),
+                inv: null_mut(),
+                ..minimal
+            }
+        };
+        assert_eq!(call(f, minimal), NK_OK, "{f:?} optional NULL");
+        if is_backward(f) {
+            assert_eq!(
+                call(
+                    f,
+                    Args {
+                        dx: null_mut(),
+                        ..minimal
+                    }
+                ),
+                NK_OK
+            );
+        }
+    }
+    let _ = null::<f32>();
+}
+
+#[test]
+fn c_functions_match_the_safe_api() {
+    let fx = Fx::new();
+    let a = args(&fx);
+    let c = Case {
+        rows: R,
+        cols: C,
+        x: read(fx.x, R * C),
+        dy: read(fx.dy, R * C),
+        gamma: Some(read(fx.gamma, C)),
+        beta: Some(read(fx.beta, C)),
+        eps: 1e-5,
+    };
+    let cx = Context::global();
+    for centered in [true, false] {
+        let f = run_forward(&c, cx, centered, false);
+        let b = run_backward(&c, &f, cx, centered, false);
+        if centered {
+            assert_eq!(call(Fun::LnForward, a), NK_OK);
+            assert_bits(&read(fx.mean, R), &f.mean, "C mean");
+        } else {
+            assert_eq!(call(Fun::RmsForward, a), NK_OK);
+        }
+        assert_bits(&read(fx.y, R * C), &f.y, "C y");
+        assert_bits(&read(fx.inv, R), &f.inv, "C inv");
+        let fun = if centered {
+            Fun::LnBackward
+        } else {
+            Fun::RmsBackward
+        };
+        assert_eq!(call(fun, a), NK_OK);
+        assert_bits(&read(fx.dx, R * C), &b.dx, "C dx");
+        assert_bits(&read(fx.dgamma, C), &b.dgamma, "C dgamma");
+        if centered {
+            assert_bits(&read(fx.dbeta, C), &b.dbeta, "C dbeta");
+        }
+        // In place through C.
+        fill(fx.y, &c.x);
+        let fun = if centered {
+            Fun::LnForward
+        } else {
+            Fun::RmsForward
+        };
+        assert_eq!(call(fun, Args { x: fx.y, ..a }), NK_OK);
+        assert_bits(&read(fx.y, R * C), &f.y, "C in place");
+    }
+}
