@@ -356,6 +356,59 @@ enum nk_status nk_uniform_dropout_backward(struct nk_context *ctx,
                                            uint64_t seed,
                                            uint64_t offset);
 
+// Group norm forward: C channels in `groups` consecutive groups (at least 1, dividing C, else
+// NK_ERR_BAD_SHAPE); mean and biased variance per (n, group) over C/groups*S values (each group
+// needs at least one value when batch > 0); y = gamma[c] * (x - mean) * invstd + beta[c].
+// `gamma`, `beta` (length C) and the saves (length batch*groups, index n*groups + g) are
+// optional; y == x is allowed.
+//
+// # Safety
+// Every non-NULL pointer is valid for its extent in the contract (x, y: N*C*S floats; gamma,
+// beta: C floats; save_mean, save_invstd: batch*groups floats).
+enum nk_status nk_groupnorm_forward(struct nk_context *ctx,
+                                    struct nk_shape shape,
+                                    size_t groups,
+                                    const float *x,
+                                    float *y,
+                                    const float *gamma,
+                                    const float *beta,
+                                    float eps,
+                                    float *save_mean,
+                                    float *save_invstd);
+
+// Group norm backward from the saved statistics (`save_mean`, `save_invstd` required, length
+// batch*groups): dx (optional; dx == dy allowed), dgamma = sum(dy * xhat) and dbeta = sum(dy)
+// per channel (each optional; zeros over no values).
+//
+// # Safety
+// As `nk_groupnorm_forward`; dy, dx: N*C*S floats; dgamma, dbeta: C floats.
+enum nk_status nk_groupnorm_backward(struct nk_context *ctx,
+                                     struct nk_shape shape,
+                                     size_t groups,
+                                     const float *x,
+                                     const float *dy,
+                                     float *dx,
+                                     const float *gamma,
+                                     const float *save_mean,
+                                     const float *save_invstd,
+                                     float *dgamma,
+                                     float *dbeta);
+
+// Instance norm forward: group norm with groups = C (statistics per (n, c) over S values; S >= 1
+// when batch and C are not 0). Saves have length batch*C, index n*C + c; y == x is allowed.
+//
+// # Safety
+// As `nk_groupnorm_forward`, with batch*C floats for each save.
+enum nk_status nk_instancenorm_forward(struct nk_context *ctx,
+                                       struct nk_shape shape,
+                                       const float *x,
+                                       float *y,
+                                       const float *gamma,
+                                       const float *beta,
+                                       float eps,
+                                       float *save_mean,
+                                       float *save_invstd);
+
 // The library version: (major << 16) | (minor << 8) | patch.
 uint32_t nk_version(void);
 
