@@ -348,3 +348,135 @@ impl Kernel for NscGradApply<'_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The kernels with 16 emulated lanes (the vector widths and partial vectors of AVX-512)
+    //! and with 4 and 8, against plain loops in `f64`.
+
+    use super::*;
+    use crate::simd::emulated::Emulated;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let h = (i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8;
+                (h % 1000) as f32 / 250.0 - 2.0
+            })
+            .collect()
+    }
+
+    fn close(a: f64, b: f64, scale: f64) -> bool {
+        (a - b).abs() <= 1e-5 * scale
+    }
+
+    fn check_lanes<V: F32Vec>() {
+        for c in [1usize, 3, 7, 8, 15, 16, 17, 33] {
+            for rows in [1usize, 5, 64, 130] {
+                let (x, dy) = (values(rows * c, 1), values(rows * c, 2));
+                let shift = values(c, 3);
+                // Channels innermost: per-channel sums.
+                let mut out = vec![GradSums::default(); c];
+                NscGradSums {
+                    x: &x,
+                    dy: &dy,
+                    channels: c,
+                    shift: &shift,
+                    out: &mut out,
+                }
+                .run::<V>();
+                for ch in 0..c {
+                    let (mut a, mut b, mut m) = (0.0, 0.0, 0.0);
+                    for r in 0..rows {
+                        let (xv, g) = (x[r * c + ch] as f64, dy[r * c + ch] as f64);
+                        a += g;
+                        b += g * (xv - shift[ch] as f64);
+                        m += (g * (xv - shift[ch] as f64)).abs() + g.abs();
+                    }
+                    assert!(close(out[ch].dy, a, m), "{} lanes, C {c}", V::LANES);
+                    assert!(close(out[ch].dy_x, b, m), "{} lanes, C {c}", V::LANES);
+                }
+                // Channels first: rows of `c` values (c as the spatial size here).
+                let mut rows_out = vec![GradSums::default(); rows];
+                let shift_of = |r: usize| shift[r % c];
+                NcsGradSums {
+                    x: &x,
+                    dy: &dy,
+                    first_row: 0,
+                    spatial: c,
+                    shift: &shift_of,
+                    out: &mut rows_out,
+                }
+                .run::<V>();
+                for (r, o) in rows_out.iter().enumerate() {
+                    let (mut a, mut b, mut m) = (0.0, 0.0, 0.0);
+                    for i in r * c..(r + 1) * c {
+                        let (xv, g) = (x[i] as f64, dy[i] as f64);
+                        a += g;
+                        b += g * (xv - shift_of(r) as f64);
+                        m += (g * (xv - shift_of(r) as f64)).abs() + g.abs();
+                    }
+                    assert!(close(o.dy, a, m) && close(o.dy_x, b, m));
+                }
+                // Input gradient, both layouts, separate and in place.
+                let (a, b, k) = (values(c, 4), values(c, 5), values(c, 6));
+                let want = |i: usize, ch: usize| {
+                    (x[i] as f64 - shift[ch] as f64) * b[ch] as f64
+                        + (dy[i] as f64 * a[ch] as f64 + k[ch] as f64)
+                };
+                let mut dx = vec![0f32; x.len()];
+                NscGradApply {
+                    x: &x,
+                    io: RowIo::Separate(&dy, &mut dx),
+                    channels: c,
+                    mean: &shift,
+                    a: &a,
+                    b: &b,
+                    k: &k,
+                }
+                .run::<V>();
+                let mut in_place = dy.clone();
+                NscGradApply {
+                    x: &x,
+                    io: RowIo::InPlace(&mut in_place),
+                    channels: c,
+                    mean: &shift,
+                    a: &a,
+                    b: &b,
+                    k: &k,
+                }
+                .run::<V>();
+                assert_eq!(dx, in_place);
+                for (i, &v) in dx.iter().enumerate() {
+                    assert!(close(v as f64, want(i, i % c), 10.0), "dx[{i}]");
+                }
+                let coefficients = |r: usize| GradCoefficients {
+                    mean: shift[r % c],
+                    a: a[r % c],
+                    b: b[r % c],
+                    k: k[r % c],
+                };
+                let mut dx = vec![0f32; x.len()];
+                NcsGradApply {
+                    x: &x,
+                    io: RowIo::Separate(&dy, &mut dx),
+                    first_row: 0,
+                    spatial: c,
+                    coefficients: &coefficients,
+                }
+                .run::<V>();
+                for (i, &v) in dx.iter().enumerate() {
+                    let r = i / c;
+                    assert!(close(v as f64, want(i, r % c), 10.0), "dx[{i}]");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kernels_on_emulated_lanes() {
+        check_lanes::<Emulated<16>>();
+        check_lanes::<Emulated<8>>();
+        check_lanes::<Emulated<4>>();
+    }
+}

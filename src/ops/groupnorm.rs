@@ -214,15 +214,18 @@ pub fn backward(
                 *o = 0.0;
                 continue;
             }
-            let total: f64 = (0..shape.batch)
+            let total = (0..shape.batch)
                 .map(|n| stats.invstd(n, ch) * sums[n * c + ch].dy_x)
-                .sum();
+                .fold(0.0f64, |a, b| a + b);
             *o = total as f32;
         }
     }
     if let Some(out) = dbeta {
         for (ch, o) in out.iter_mut().enumerate() {
-            let total: f64 = (0..shape.batch).map(|n| sums[n * c + ch].dy).sum();
+            // From +0.0: a sum over no values is +0.0 (`Iterator::sum` would start at -0.0).
+            let total = (0..shape.batch)
+                .map(|n| sums[n * c + ch].dy)
+                .fold(0.0f64, |a, b| a + b);
             *o = total as f32;
         }
     }
