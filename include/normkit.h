@@ -356,17 +356,18 @@ enum nk_status nk_uniform_dropout_backward(struct nk_context *ctx,
                                            uint64_t seed,
                                            uint64_t offset);
 
-// Layer norm forward over `rows` rows of `cols` contiguous floats: each row normalized with its
-// own mean and biased variance, then `y = xhat * gamma + beta` (`gamma`, `beta` optional, `cols`
-// floats). `save_mean`, `save_invstd` (optional, `rows` floats) receive each row's statistics.
-// `y == x` is in place. With `cols == 0` nothing is written.
+// Group norm forward: C channels in `groups` consecutive groups (at least 1, dividing C, else
+// NK_ERR_BAD_SHAPE); mean and biased variance per (n, group) over C/groups*S values (each group
+// needs at least one value when batch > 0); y = gamma[c] * (x - mean) * invstd + beta[c].
+// `gamma`, `beta` (length C) and the saves (length batch*groups, index n*groups + g) are
+// optional; y == x is allowed.
 //
 // # Safety
-// Every non-NULL pointer is valid for its extent (x, y: rows*cols floats; gamma, beta: cols;
-// save_mean, save_invstd: rows).
-enum nk_status nk_layernorm_forward(struct nk_context *ctx,
-                                    size_t rows,
-                                    size_t cols,
+// Every non-NULL pointer is valid for its extent in the contract (x, y: N*C*S floats; gamma,
+// beta: C floats; save_mean, save_invstd: batch*groups floats).
+enum nk_status nk_groupnorm_forward(struct nk_context *ctx,
+                                    struct nk_shape shape,
+                                    size_t groups,
                                     const float *x,
                                     float *y,
                                     const float *gamma,
@@ -375,15 +376,15 @@ enum nk_status nk_layernorm_forward(struct nk_context *ctx,
                                     float *save_mean,
                                     float *save_invstd);
 
-// Layer norm backward from the saved statistics (`save_mean`, `save_invstd` required, `rows`
-// floats): `dx` (optional; `dx == dy` is in place), `dgamma = sum over rows of dy * xhat` and
-// `dbeta = sum over rows of dy` (each optional, `cols` floats; zeros when `rows == 0`).
+// Group norm backward from the saved statistics (`save_mean`, `save_invstd` required, length
+// batch*groups): dx (optional; dx == dy allowed), dgamma = sum(dy * xhat) and dbeta = sum(dy)
+// per channel (each optional; zeros over no values).
 //
 // # Safety
-// As `nk_layernorm_forward`; dy, dx: rows*cols floats; dgamma, dbeta: cols.
-enum nk_status nk_layernorm_backward(struct nk_context *ctx,
-                                     size_t rows,
-                                     size_t cols,
+// As `nk_groupnorm_forward`; dy, dx: N*C*S floats; dgamma, dbeta: C floats.
+enum nk_status nk_groupnorm_backward(struct nk_context *ctx,
+                                     struct nk_shape shape,
+                                     size_t groups,
                                      const float *x,
                                      const float *dy,
                                      float *dx,
@@ -393,48 +394,20 @@ enum nk_status nk_layernorm_backward(struct nk_context *ctx,
                                      float *dgamma,
                                      float *dbeta);
 
-// RMS norm forward: `y = x / sqrt(mean(x^2) + eps) * gamma` per row of `cols` contiguous
-// floats (`gamma` optional). `save_invrms` (optional, `rows` floats) receives each row's
-// `1 / sqrt(mean(x^2) + eps)`. `y == x` is in place. With `cols == 0` nothing is written.
+// Instance norm forward: group norm with groups = C (statistics per (n, c) over S values; S >= 1
+// when batch and C are not 0). Saves have length batch*C, index n*C + c; y == x is allowed.
 //
 // # Safety
-// As `nk_layernorm_forward`.
-enum nk_status nk_rmsnorm_forward(struct nk_context *ctx,
-                                  size_t rows,
-                                  size_t cols,
-                                  const float *x,
-                                  float *y,
-                                  const float *gamma,
-                                  float eps,
-                                  float *save_invrms);
-
-// RMS norm backward from the saved `save_invrms` (required, `rows` floats): `dx` (optional;
-// `dx == dy` is in place) and `dgamma = sum over rows of dy * x * invrms` (optional, `cols`
-// floats; zeros when `rows == 0`).
-//
-// # Safety
-// As `nk_layernorm_backward`.
-enum nk_status nk_rmsnorm_backward(struct nk_context *ctx,
-                                   size_t rows,
-                                   size_t cols,
-                                   const float *x,
-                                   const float *dy,
-                                   float *dx,
-                                   const float *gamma,
-                                   const float *save_invrms,
-                                   float *dgamma);
-
-// Weight standardization: each of `c_out` rows of `fan_in` weights standardized to mean 0 and
-// scale `1 / sqrt(var + eps)` (layer norm without affine). `w_out == w` is in place.
-//
-// # Safety
-// `w`, `w_out`: c_out*fan_in floats each, unless NULL for an empty tensor.
-enum nk_status nk_weight_standardize(struct nk_context *ctx,
-                                     size_t c_out,
-                                     size_t fan_in,
-                                     const float *w,
-                                     float *w_out,
-                                     float eps);
+// As `nk_groupnorm_forward`, with batch*C floats for each save.
+enum nk_status nk_instancenorm_forward(struct nk_context *ctx,
+                                       struct nk_shape shape,
+                                       const float *x,
+                                       float *y,
+                                       const float *gamma,
+                                       const float *beta,
+                                       float eps,
+                                       float *save_mean,
+                                       float *save_invstd);
 
 // The library version: (major << 16) | (minor << 8) | patch.
 uint32_t nk_version(void);

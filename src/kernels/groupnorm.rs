@@ -1,1 +1,482 @@
-//! Group-norm kernels: statistics per (batch, group) and the normalize pass, both layouts.
+//! Group-norm kernels: statistics per (batch, group) and the normalize pass, both layouts, and
+//! the backward reductions and input gradient.
+//!
+//! Forward statistics reuse [`super::moments`]. The backward reduces, per (batch, channel),
+//! `sum(dy)` and `sum(dy * (x - mean))` (with `mean` the `f32` mean its group saved, so `x - mean`
+//! is exact for values near the mean whatever the data's offset), in `f32` lanes over short
+//! blocks folded into `f64`. The input gradient is `dx = (x - mean) * b + (dy * a + k)` with
+//! per-(batch, channel) coefficients computed in `f64` from those sums.
+
+use super::moments::{BLOCK, Moments, ROW_BLOCK, channel_moments};
+use super::normalize::affine_span;
+use crate::io::RowIo;
+use crate::simd::{F32Vec, Kernel, MAX_LANES};
+
+/// Forward of one channels-first group in one visit: the moments of its `rows` rows (channels)
+/// of `spatial` elements, read through `row_in`, then each row mapped through `row_out` with the
+/// parameters `params(moments, row)` gives (`(shift, scale, offset)`). Returns the moments.
+pub(crate) struct NcsGroupForward<'r, In, Out, P> {
+    pub rows: usize,
+    pub spatial: usize,
+    pub row_in: &'r In,
+    pub row_out: &'r Out,
+    pub params: &'r P,
+}
+
+impl<'a, 'o, In, Out, P> Kernel for NcsGroupForward<'_, In, Out, P>
+where
+    In: Fn(usize) -> &'a [f32],
+    Out: Fn(usize) -> RowIo<'o>,
+    P: Fn(Moments, usize) -> (f32, f32, f32),
+{
+    type Output = Moments;
+    #[inline(always)]
+    fn run<V: F32Vec>(self) -> Moments {
+        let moments = channel_moments::<V>(self.row_in, self.spatial, 0..self.rows * self.spatial);
+        for r in 0..self.rows {
+            let (shift, scale, offset) = (self.params)(moments, r);
+            affine_span::<V, false>(&mut (self.row_out)(r), shift, scale, offset, false);
+        }
+        moments
+    }
+}
+
+/// Channels-first rows with one affine map each: `io` holds whole rows of `spatial` elements,
+/// the first being row `first_row` of the tensor; `params(row)` gives `(shift, scale, offset)`.
+pub(crate) struct NcsRows<'a, P> {
+    pub io: RowIo<'a>,
+    pub first_row: usize,
+    pub spatial: usize,
+    pub params: &'a P,
+}
+
+impl<P: Fn(usize) -> (f32, f32, f32)> Kernel for NcsRows<'_, P> {
+    type Output = ();
+    #[inline(always)]
+    fn run<V: F32Vec>(mut self) {
+        let rows = self.io.len() / self.spatial;
+        for r in 0..rows {
+            let (shift, scale, offset) = (self.params)(self.first_row + r);
+            let mut row = self.io.part(r * self.spatial..(r + 1) * self.spatial);
+            affine_span::<V, false>(&mut row, shift, scale, offset, false);
+        }
+    }
+}
+
+/// Sums of a gradient reduction: `dy = sum(dy)`, `dy_x = sum(dy * (x - shift))`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct GradSums {
+    pub dy: f64,
+    pub dy_x: f64,
+}
+
+/// Loads the first `lanes` (at most `LANES`) values of `v`; the other lanes are 0.
+#[inline(always)]
+fn load_lanes<V: F32Vec>(v: &[f32], lanes: usize) -> V {
+    if lanes == V::LANES {
+        V::load(v)
+    } else {
+        V::load_partial(&v[..lanes], 0.0)
+    }
+}
+
+/// Stores the first `lanes` (at most `LANES`) lanes of `v`.
+#[inline(always)]
+fn store_lanes<V: F32Vec>(v: V, dst: &mut [f32], lanes: usize) {
+    if lanes == V::LANES {
+        v.store(dst)
+    } else {
+        v.store_partial(&mut dst[..lanes])
+    }
+}
+
+/// Folds the lanes of two `f32` vectors into `f64` sums (lane order fixed).
+#[inline(always)]
+fn fold_lanes<V: F32Vec>(a: V, b: V) -> (f64, f64) {
+    let mut la = [0f32; MAX_LANES];
+    let mut lb = [0f32; MAX_LANES];
+    a.store(&mut la);
+    b.store(&mut lb);
+    let sa = la[..V::LANES].iter().map(|&v| v as f64).sum();
+    let sb = lb[..V::LANES].iter().map(|&v| v as f64).sum();
+    (sa, sb)
+}
+
+/// The gradient sums of one contiguous run (`x`, `dy` of equal length) with one shift, in blocks
+/// of [`BLOCK`] elements: `f32` lane sums within a block, `f64` across blocks.
+#[inline(always)]
+fn run_grad_sums<V: F32Vec>(x: &[f32], dy: &[f32], shift: f32) -> GradSums {
+    let l = V::LANES;
+    let k = V::splat(shift);
+    let mut total = GradSums::default();
+    for (xb, db) in x.chunks(BLOCK).zip(dy.chunks(BLOCK)) {
+        let zero = V::splat(0.0);
+        let (mut a, mut b) = ([zero; 2], [zero; 2]);
+        let mut xs = xb.chunks_exact(2 * l);
+        let mut ds = db.chunks_exact(2 * l);
+        for (xq, dq) in (&mut xs).zip(&mut ds) {
+            for j in 0..2 {
+                let g = V::load(&dq[j * l..]);
+                let d = V::load(&xq[j * l..]).sub(k);
+                a[j] = a[j].add(g);
+                b[j] = d.mul_add(g, b[j]);
+            }
+        }
+        let (xr, dr) = (xs.remainder(), ds.remainder());
+        let mut xv = xr.chunks(l);
+        for (j, dv) in dr.chunks(l).enumerate() {
+            let xv = xv.next().unwrap_or(&[]);
+            let (g, d) = if dv.len() == l {
+                (V::load(dv), V::load(xv).sub(k))
+            } else {
+                // Lanes past the run load dy = 0: they add nothing.
+                (V::load_partial(dv, 0.0), V::load_partial(xv, shift).sub(k))
+            };
+            a[j] = a[j].add(g);
+            b[j] = d.mul_add(g, b[j]);
+        }
+        let (sa, sb) = fold_lanes(a[0].add(a[1]), b[0].add(b[1]));
+        total.dy += sa;
+        total.dy_x += sb;
+    }
+    total
+}
+
+/// Gradient sums of channels-first rows: `x`, `dy` hold whole rows of `spatial` elements, the
+/// first being row `first_row`; row `r` is shifted by `shift(r)`. One entry of `out` per row.
+pub(crate) struct NcsGradSums<'a, F> {
+    pub x: &'a [f32],
+    pub dy: &'a [f32],
+    pub first_row: usize,
+    pub spatial: usize,
+    pub shift: &'a F,
+    pub out: &'a mut [GradSums],
+}
+
+impl<F: Fn(usize) -> f32> Kernel for NcsGradSums<'_, F> {
+    type Output = ();
+    #[inline(always)]
+    fn run<V: F32Vec>(self) {
+        let s = self.spatial;
+        let rows = self.x.chunks_exact(s).zip(self.dy.chunks_exact(s));
+        for (r, ((x, dy), out)) in rows.zip(self.out.iter_mut()).enumerate() {
+            *out = run_grad_sums::<V>(x, dy, (self.shift)(self.first_row + r));
+        }
+    }
+}
+
+/// Gradient sums of channels-innermost rows of `channels` values (one batch item): channel `c`
+/// shifted by `shift[c]`, summed over the rows in blocks of [`ROW_BLOCK`] rows (each lane one
+/// channel, `f32` within a block), blocks added in order in `f64` to `out[c]` (length C).
+pub(crate) struct NscGradSums<'a> {
+    pub x: &'a [f32],
+    pub dy: &'a [f32],
+    pub channels: usize,
+    pub shift: &'a [f32],
+    pub out: &'a mut [GradSums],
+}
+
+impl Kernel for NscGradSums<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<V: F32Vec>(self) {
+        let (c, l) = (self.channels, V::LANES);
+        let block = ROW_BLOCK * c;
+        for (xb, db) in self.x.chunks(block).zip(self.dy.chunks(block)) {
+            for c0 in (0..c).step_by(l) {
+                let lanes = l.min(c - c0);
+                let k = load_lanes::<V>(&self.shift[c0..], lanes);
+                let (mut a, mut b) = (V::splat(0.0), V::splat(0.0));
+                for (xr, dr) in xb.chunks_exact(c).zip(db.chunks_exact(c)) {
+                    // Lanes past the channels load 0 in dy: they add nothing.
+                    let g = load_lanes::<V>(&dr[c0..], lanes);
+                    let d = load_lanes::<V>(&xr[c0..], lanes).sub(k);
+                    a = a.add(g);
+                    b = d.mul_add(g, b);
+                }
+                let mut la = [0f32; MAX_LANES];
+                let mut lb = [0f32; MAX_LANES];
+                a.store(&mut la);
+                b.store(&mut lb);
+                for j in 0..lanes {
+                    let o = &mut self.out[c0 + j];
+                    o.dy += la[j] as f64;
+                    o.dy_x += lb[j] as f64;
+                }
+            }
+        }
+    }
+}
+
+/// Coefficients of the input gradient of one (batch, channel): `dx = (x - mean) * b + (dy * a + k)`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct GradCoefficients {
+    pub mean: f32,
+    pub a: f32,
+    pub b: f32,
+    pub k: f32,
+}
+
+#[inline(always)]
+fn grad_vector<V: F32Vec>(x: V, dy: V, mean: V, a: V, b: V, k: V) -> V {
+    x.sub(mean).mul_add(b, dy.mul_add(a, k))
+}
+
+/// Channels-first rows of the input gradient: `x` and `io` (`dy` in, `dx` out) hold whole rows
+/// of `spatial` elements, the first being row `first_row`; `coefficients(row)` gives the row's.
+pub(crate) struct NcsGradApply<'a, F> {
+    pub x: &'a [f32],
+    pub io: RowIo<'a>,
+    pub first_row: usize,
+    pub spatial: usize,
+    pub coefficients: &'a F,
+}
+
+/// `dx = grad(x, dy)` over one run with one set of coefficients (`io`: `dy` in, `dx` out).
+#[inline(always)]
+fn apply_run<V: F32Vec>(x: &[f32], io: &mut RowIo<'_>, p: GradCoefficients) {
+    let l = V::LANES;
+    let (m, a, b, k) = (
+        V::splat(p.mean),
+        V::splat(p.a),
+        V::splat(p.b),
+        V::splat(p.k),
+    );
+    let full = x.len() / l * l;
+    match io {
+        RowIo::Separate(dy, dx) => {
+            for ((xs, ds), os) in x[..full]
+                .chunks_exact(l)
+                .zip(dy[..full].chunks_exact(l))
+                .zip(dx[..full].chunks_exact_mut(l))
+            {
+                grad_vector(V::load(xs), V::load(ds), m, a, b, k).store(os);
+            }
+            if full < x.len() {
+                let v = grad_vector(
+                    V::load_partial(&x[full..], 0.0),
+                    V::load_partial(&dy[full..], 0.0),
+                    m,
+                    a,
+                    b,
+                    k,
+                );
+                v.store_partial(&mut dx[full..]);
+            }
+        }
+        RowIo::InPlace(buf) => {
+            for (xs, vs) in x[..full]
+                .chunks_exact(l)
+                .zip(buf[..full].chunks_exact_mut(l))
+            {
+                grad_vector(V::load(xs), V::load(vs), m, a, b, k).store(vs);
+            }
+            if full < x.len() {
+                let tail = &mut buf[full..];
+                let v = grad_vector(
+                    V::load_partial(&x[full..], 0.0),
+                    V::load_partial(tail, 0.0),
+                    m,
+                    a,
+                    b,
+                    k,
+                );
+                v.store_partial(tail);
+            }
+        }
+    }
+}
+
+impl<F: Fn(usize) -> GradCoefficients> Kernel for NcsGradApply<'_, F> {
+    type Output = ();
+    #[inline(always)]
+    fn run<V: F32Vec>(mut self) {
+        let s = self.spatial;
+        let rows = self.x.len() / s;
+        for r in 0..rows {
+            let p = (self.coefficients)(self.first_row + r);
+            apply_run::<V>(
+                &self.x[r * s..(r + 1) * s],
+                &mut self.io.part(r * s..(r + 1) * s),
+                p,
+            );
+        }
+    }
+}
+
+/// Channels-innermost rows of the input gradient for one batch item: `x` and `io` hold whole
+/// rows of `channels` values; the coefficients are per channel (`mean`, `a`, `b`, `k`, length C).
+pub(crate) struct NscGradApply<'a> {
+    pub x: &'a [f32],
+    pub io: RowIo<'a>,
+    pub channels: usize,
+    pub mean: &'a [f32],
+    pub a: &'a [f32],
+    pub b: &'a [f32],
+    pub k: &'a [f32],
+}
+
+impl Kernel for NscGradApply<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<V: F32Vec>(mut self) {
+        let (c, l) = (self.channels, V::LANES);
+        let rows = self.x.len() / c;
+        for r in 0..rows {
+            let x = &self.x[r * c..(r + 1) * c];
+            let mut io = self.io.part(r * c..(r + 1) * c);
+            for c0 in (0..c).step_by(l) {
+                let lanes = l.min(c - c0);
+                let (m, a, b, k) = (
+                    load_lanes::<V>(&self.mean[c0..], lanes),
+                    load_lanes::<V>(&self.a[c0..], lanes),
+                    load_lanes::<V>(&self.b[c0..], lanes),
+                    load_lanes::<V>(&self.k[c0..], lanes),
+                );
+                let xv = load_lanes::<V>(&x[c0..], lanes);
+                match &mut io {
+                    RowIo::Separate(dy, dx) => {
+                        let v = grad_vector(xv, load_lanes::<V>(&dy[c0..], lanes), m, a, b, k);
+                        store_lanes(v, &mut dx[c0..], lanes);
+                    }
+                    RowIo::InPlace(buf) => {
+                        let v = grad_vector(xv, load_lanes::<V>(&buf[c0..], lanes), m, a, b, k);
+                        store_lanes(v, &mut buf[c0..], lanes);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The kernels with 16 emulated lanes (the vector widths and partial vectors of AVX-512)
+    //! and with 4 and 8, against plain loops in `f64`.
+
+    use super::*;
+    use crate::simd::emulated::Emulated;
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let h = (i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8;
+                (h % 1000) as f32 / 250.0 - 2.0
+            })
+            .collect()
+    }
+
+    fn close(a: f64, b: f64, scale: f64) -> bool {
+        (a - b).abs() <= 1e-5 * scale
+    }
+
+    fn check_lanes<V: F32Vec>() {
+        for c in [1usize, 3, 7, 8, 15, 16, 17, 33] {
+            for rows in [1usize, 5, 64, 130] {
+                let (x, dy) = (values(rows * c, 1), values(rows * c, 2));
+                let shift = values(c, 3);
+                // Channels innermost: per-channel sums.
+                let mut out = vec![GradSums::default(); c];
+                NscGradSums {
+                    x: &x,
+                    dy: &dy,
+                    channels: c,
+                    shift: &shift,
+                    out: &mut out,
+                }
+                .run::<V>();
+                for ch in 0..c {
+                    let (mut a, mut b, mut m) = (0.0, 0.0, 0.0);
+                    for r in 0..rows {
+                        let (xv, g) = (x[r * c + ch] as f64, dy[r * c + ch] as f64);
+                        a += g;
+                        b += g * (xv - shift[ch] as f64);
+                        m += (g * (xv - shift[ch] as f64)).abs() + g.abs();
+                    }
+                    assert!(close(out[ch].dy, a, m), "{} lanes, C {c}", V::LANES);
+                    assert!(close(out[ch].dy_x, b, m), "{} lanes, C {c}", V::LANES);
+                }
+                // Channels first: rows of `c` values (c as the spatial size here).
+                let mut rows_out = vec![GradSums::default(); rows];
+                let shift_of = |r: usize| shift[r % c];
+                NcsGradSums {
+                    x: &x,
+                    dy: &dy,
+                    first_row: 0,
+                    spatial: c,
+                    shift: &shift_of,
+                    out: &mut rows_out,
+                }
+                .run::<V>();
+                for (r, o) in rows_out.iter().enumerate() {
+                    let (mut a, mut b, mut m) = (0.0, 0.0, 0.0);
+                    for i in r * c..(r + 1) * c {
+                        let (xv, g) = (x[i] as f64, dy[i] as f64);
+                        a += g;
+                        b += g * (xv - shift_of(r) as f64);
+                        m += (g * (xv - shift_of(r) as f64)).abs() + g.abs();
+                    }
+                    assert!(close(o.dy, a, m) && close(o.dy_x, b, m));
+                }
+                // Input gradient, both layouts, separate and in place.
+                let (a, b, k) = (values(c, 4), values(c, 5), values(c, 6));
+                let want = |i: usize, ch: usize| {
+                    (x[i] as f64 - shift[ch] as f64) * b[ch] as f64
+                        + (dy[i] as f64 * a[ch] as f64 + k[ch] as f64)
+                };
+                let mut dx = vec![0f32; x.len()];
+                NscGradApply {
+                    x: &x,
+                    io: RowIo::Separate(&dy, &mut dx),
+                    channels: c,
+                    mean: &shift,
+                    a: &a,
+                    b: &b,
+                    k: &k,
+                }
+                .run::<V>();
+                let mut in_place = dy.clone();
+                NscGradApply {
+                    x: &x,
+                    io: RowIo::InPlace(&mut in_place),
+                    channels: c,
+                    mean: &shift,
+                    a: &a,
+                    b: &b,
+                    k: &k,
+                }
+                .run::<V>();
+                assert_eq!(dx, in_place);
+                for (i, &v) in dx.iter().enumerate() {
+                    assert!(close(v as f64, want(i, i % c), 10.0), "dx[{i}]");
+                }
+                let coefficients = |r: usize| GradCoefficients {
+                    mean: shift[r % c],
+                    a: a[r % c],
+                    b: b[r % c],
+                    k: k[r % c],
+                };
+                let mut dx = vec![0f32; x.len()];
+                NcsGradApply {
+                    x: &x,
+                    io: RowIo::Separate(&dy, &mut dx),
+                    first_row: 0,
+                    spatial: c,
+                    coefficients: &coefficients,
+                }
+                .run::<V>();
+                for (i, &v) in dx.iter().enumerate() {
+                    let r = i / c;
+                    assert!(close(v as f64, want(i, r % c), 10.0), "dx[{i}]");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn kernels_on_emulated_lanes() {
+        check_lanes::<Emulated<16>>();
+        check_lanes::<Emulated<8>>();
+        check_lanes::<Emulated<4>>();
+    }
+}

@@ -1,1 +1,679 @@
 //! Group normalization.
+//!
+//! The `C` channels are split into `groups` consecutive groups of `C / groups` channels; per
+//! batch item `n` and group `g`, the mean and biased variance are taken over the group's
+//! `C / groups * spatial` values, and `y = gamma[c] * (x - mean) * invstd + beta[c]` with
+//! `invstd = 1 / sqrt(var + eps)`. Saved statistics have length `batch * groups`, index
+//! `n * groups + g`.
+//!
+//! Sizes: `groups` must be at least 1 and divide `C` (else `BadShape`). The forward needs every
+//! group to hold at least one value (`C / groups * spatial >= 1` when `batch * groups > 0`,
+//! else `BadShape`); a call without groups (`batch == 0`) does nothing. The backward accepts
+//! empty groups: its reductions over no values give zeros.
+//!
+//! Statistics: a channels-first group is one contiguous run of values, reduced like a batch-norm
+//! channel (shifted `f32` block sums merged in `f64`); channels-innermost, each channel's moments
+//! over the spatial rows are merged per group with Chan's formula in `f64`, channels in order.
+//! Work is split by the shape alone and merged in a fixed order: results do not depend on the
+//! thread count.
+
+use crate::context::Context;
+use crate::error::{Error, Result, check_eps, check_len};
+use crate::io::{InOut, SharedIo};
+use crate::kernels::groupnorm::{
+    GradCoefficients, GradSums, NcsGradApply, NcsGradSums, NcsGroupForward, NcsRows, NscGradApply,
+    NscGradSums,
+};
+use crate::kernels::moments::{ChannelMoments, Moments, ROW_BLOCK, RowMoments};
+use crate::kernels::normalize::{ChannelAffine, NscAffine};
+use crate::shape::{Layout, Shape, checked_elements};
+use crate::simd::{MAX_LANES, dispatch};
+
+pub use crate::ops::batchnorm::{Affine, SavedStats};
+
+/// Elements of one channels-first group processed as one unit: a group of at most this many
+/// values is normalized right after its statistics, while it is in cache; larger groups are
+/// reduced in chunks of this size, merged in order, then normalized in a second pass.
+const GROUP_CHUNK: usize = 1 << 18;
+/// Approximate elements per parallel task of the row-wise passes.
+const TASK_ELEMENTS: usize = 1 << 15;
+
+/// The output gradient of a backward and where the input gradient goes.
+#[derive(Debug)]
+pub enum Gradients<'a> {
+    /// `dy` only: the input gradient is not wanted.
+    DyOnly(&'a [f32]),
+    /// `dy` in, `dx` out, separately or in place (`dx` overwriting `dy`).
+    WithDx(InOut<'a>),
+}
+
+impl Gradients<'_> {
+    fn dy(&self) -> &[f32] {
+        match self {
+            Gradients::DyOnly(dy) => dy,
+            Gradients::WithDx(io) => io.input(),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation, in the order of the C contract: overflow, shape, argument.
+
+/// Checks the sizes of a group-norm call: overflow of the tensor, of the per-channel arrays and
+/// of the saved statistics (`batch * groups`), then the groups (at least 1, dividing C; for
+/// `per_channel`, groups = C and no group check). Returns the number of groups.
+fn check_sizes(shape: &Shape, groups: usize, per_channel: bool) -> Result<usize> {
+    checked_elements(&[shape.channels], 4, "per-channel array")?;
+    checked_elements(&[shape.batch, groups], 4, "saved statistics")?;
+    shape.elements()?;
+    if !per_channel && (groups == 0 || !shape.channels.is_multiple_of(groups)) {
+        return Err(Error::bad_shape(format!(
+            "groups must be at least 1 and divide the {} channels, got {groups}",
+            shape.channels
+        )));
+    }
+    Ok(groups)
+}
+
+/// Checks a forward with `groups` groups (`per_channel`: instance norm, groups = C).
+pub(crate) fn check_forward(
+    shape: &Shape,
+    groups: usize,
+    eps: f32,
+    per_channel: bool,
+) -> Result<()> {
+    check_sizes(shape, groups, per_channel)?;
+    if shape.batch > 0 && groups > 0 && (shape.channels == 0 || shape.spatial == 0) {
+        return Err(Error::bad_shape(
+            "every group needs at least one value (channels / groups * spatial >= 1)",
+        ));
+    }
+    check_eps(eps)
+}
+
+/// Checks a backward with `groups` groups.
+pub(crate) fn check_backward(shape: &Shape, groups: usize) -> Result<()> {
+    check_sizes(shape, groups, false).map(|_| ())
+}
+
+fn check_affine(affine: &Affine<'_>, channels: usize) -> Result<()> {
+    if let Some(g) = affine.gamma {
+        check_len("gamma", g, channels)?;
+    }
+    if let Some(b) = affine.beta {
+        check_len("beta", b, channels)?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public operations.
+
+/// Group norm forward: statistics per (batch item, group), normalization with `gamma`, `beta`
+/// per channel (optional), and the saved mean and inverse standard deviation (optional, length
+/// `batch * groups`).
+pub fn forward(
+    ctx: &Context,
+    shape: Shape,
+    groups: usize,
+    io: InOut<'_>,
+    affine: Affine<'_>,
+    eps: f32,
+    saved: SavedStats<'_>,
+) -> Result<()> {
+    check_forward(&shape, groups, eps, false)?;
+    forward_checked(ctx, shape, groups, io, affine, eps, saved)
+}
+
+/// The forward after the size and argument checks (shared with instance norm).
+pub(crate) fn forward_checked(
+    ctx: &Context,
+    shape: Shape,
+    groups: usize,
+    mut io: InOut<'_>,
+    affine: Affine<'_>,
+    eps: f32,
+    saved: SavedStats<'_>,
+) -> Result<()> {
+    let elements = shape.elements()?;
+    check_len("x", io.input(), elements)?;
+    check_affine(&affine, shape.channels)?;
+    let saves = shape.batch * groups;
+    if let Some(m) = &saved.mean {
+        check_len("save_mean", m, saves)?;
+    }
+    if let Some(s) = &saved.invstd {
+        check_len("save_invstd", s, saves)?;
+    }
+    if elements == 0 {
+        return Ok(());
+    }
+    let stats = forward_data(ctx, &shape, groups, &mut io, affine, eps);
+    let SavedStats { mean, invstd } = saved;
+    if let Some(out) = mean {
+        for (o, s) in out.iter_mut().zip(&stats) {
+            *o = s.mean as f32;
+        }
+    }
+    if let Some(out) = invstd {
+        for (o, s) in out.iter_mut().zip(&stats) {
+            *o = s.invstd as f32;
+        }
+    }
+    Ok(())
+}
+
+/// Group norm backward from the saved statistics (required, length `batch * groups`): the input
+/// gradient (if `grad` carries `dx`), `dgamma = sum(dy * xhat)` and `dbeta = sum(dy)` per channel
+/// (each optional; zeros over no values). Per (batch item, group), with `g = dy * gamma[c]`:
+/// `dx = invstd * (g - mean(g) - xhat * mean(g * xhat))`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    ctx: &Context,
+    shape: Shape,
+    groups: usize,
+    x: &[f32],
+    mut grad: Gradients<'_>,
+    gamma: Option<&[f32]>,
+    save_mean: &[f32],
+    save_invstd: &[f32],
+    dgamma: Option<&mut [f32]>,
+    dbeta: Option<&mut [f32]>,
+) -> Result<()> {
+    check_backward(&shape, groups)?;
+    let elements = shape.elements()?;
+    let c = shape.channels;
+    check_len("x", x, elements)?;
+    check_len("dy", grad.dy(), elements)?;
+    if let Some(g) = gamma {
+        check_len("gamma", g, c)?;
+    }
+    check_len("save_mean", save_mean, shape.batch * groups)?;
+    check_len("save_invstd", save_invstd, shape.batch * groups)?;
+    if let Some(d) = &dgamma {
+        check_len("dgamma", d, c)?;
+    }
+    if let Some(d) = &dbeta {
+        check_len("dbeta", d, c)?;
+    }
+    let stats = GroupStats {
+        groups,
+        per_group: c / groups,
+        mean: save_mean,
+        invstd: save_invstd,
+    };
+    let sums = if elements == 0 {
+        vec![GradSums::default(); shape.batch * c]
+    } else {
+        grad_sums(ctx, &shape, &stats, x, grad.dy())
+    };
+    // dgamma and dbeta: batch items added in order, per channel; zeros over no values.
+    if let Some(out) = dgamma {
+        for (ch, o) in out.iter_mut().enumerate() {
+            if elements == 0 {
+                *o = 0.0;
+                continue;
+            }
+            let total = (0..shape.batch)
+                .map(|n| stats.invstd(n, ch) * sums[n * c + ch].dy_x)
+                .fold(0.0f64, |a, b| a + b);
+            *o = total as f32;
+        }
+    }
+    if let Some(out) = dbeta {
+        for (ch, o) in out.iter_mut().enumerate() {
+            // From +0.0: a sum over no values is +0.0 (`Iterator::sum` would start at -0.0).
+            let total = (0..shape.batch)
+                .map(|n| sums[n * c + ch].dy)
+                .fold(0.0f64, |a, b| a + b);
+            *o = total as f32;
+        }
+    }
+    if let Gradients::WithDx(io) = &mut grad
+        && elements > 0
+    {
+        let coefficients = grad_coefficients(&shape, &stats, gamma, &sums);
+        apply_grad(ctx, &shape, x, io, &coefficients);
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward data path.
+
+/// Statistics of one (batch item, group).
+#[derive(Clone, Copy, Debug)]
+struct Stat {
+    mean: f64,
+    invstd: f64,
+}
+
+fn stat_of(m: Moments, eps: f32) -> Stat {
+    let var = m.m2 / m.count as f64;
+    let var = if var < 0.0 { 0.0 } else { var };
+    Stat {
+        mean: m.mean,
+        invstd: 1.0 / (var + eps as f64).sqrt(),
+    }
+}
+
+/// The affine map of channel `c` in a group with statistics `s`: `(shift, scale, offset)` with
+/// `shift = f32(mean)`, `scale = f32(gamma * invstd)` and the rest of the mean folded into
+/// `offset = beta - (mean - shift) * scale`.
+fn channel_params(s: Stat, affine: &Affine<'_>, c: usize) -> (f32, f32, f32) {
+    let gamma = affine.gamma.map_or(1.0, |g| g[c]);
+    let beta = affine.beta.map_or(0.0, |b| b[c]);
+    let scale = (gamma as f64 * s.invstd) as f32;
+    let shift = s.mean as f32;
+    let rest = s.mean - shift as f64;
+    let offset = (beta as f64 - rest * scale as f64) as f32;
+    (shift, scale, offset)
+}
+
+/// Normalizes `io` (non-empty) and returns the statistics per (batch item, group).
+fn forward_data(
+    ctx: &Context,
+    shape: &Shape,
+    groups: usize,
+    io: &mut InOut<'_>,
+    affine: Affine<'_>,
+    eps: f32,
+) -> Vec<Stat> {
+    let (c, s) = (shape.channels, shape.spatial);
+    let per_group = c / groups;
+    let run = per_group * s;
+    if !shape.channels_innermost() && run <= GROUP_CHUNK {
+        return fused_ncs(ctx, shape, groups, io, affine, eps);
+    }
+    let moments = if shape.layout == Layout::Ncs || s == 1 {
+        run_moments(ctx, shape.batch * groups, run, io.input())
+    } else {
+        nsc_group_moments(ctx, shape, groups, io.input())
+    };
+    let stats: Vec<Stat> = moments.into_iter().map(|m| stat_of(m, eps)).collect();
+    normalize(ctx, shape, groups, io, affine, &stats);
+    stats
+}
+
+/// Moments of `runs` contiguous runs of `run` values each (channels-first groups, or groups of
+/// an `(N, C)` matrix), in chunks of [`GROUP_CHUNK`] merged in order.
+fn run_moments(ctx: &Context, runs: usize, run: usize, x: &[f32]) -> Vec<Moments> {
+    let isa = ctx.supported_isa();
+    let chunks = run.div_ceil(GROUP_CHUNK);
+    let partials = ctx.map(x.len(), runs * chunks, |i| {
+        let (r, k) = (i / chunks, i % chunks);
+        let row = |_: usize| &x[r * run..(r + 1) * run];
+        dispatch(
+            isa,
+            ChannelMoments {
+                row: &row,
+                spatial: run,
+                range: k * GROUP_CHUNK..run.min((k + 1) * GROUP_CHUNK),
+            },
+        )
+    });
+    partials
+        .chunks(chunks)
+        .map(|p| p.iter().fold(Moments::EMPTY, |a, &b| a.merge(b)))
+        .collect()
+}
+
+/// Rows per chunk of a channels-innermost pass over `rows` rows of `channels` values.
+fn row_chunk(channels: usize) -> usize {
+    TASK_ELEMENTS.div_ceil(channels).next_multiple_of(ROW_BLOCK)
+}
+
+/// Channels-innermost group moments: per batch item, each channel's moments over the spatial
+/// rows (chunks of whole row blocks merged in order), then the channels of each group merged in
+/// order.
+fn nsc_group_moments(ctx: &Context, shape: &Shape, groups: usize, x: &[f32]) -> Vec<Moments> {
+    let (c, s) = (shape.channels, shape.spatial);
+    let isa = ctx.supported_isa();
+    let chunk = row_chunk(c);
+    let chunks = s.div_ceil(chunk);
+    let partials: Vec<Vec<Moments>> = ctx.map(x.len(), shape.batch * chunks, |i| {
+        let (n, k) = (i / chunks, i % chunks);
+        let rows = k * chunk..s.min((k + 1) * chunk);
+        let mut out = vec![Moments::EMPTY; c];
+        dispatch(
+            isa,
+            RowMoments {
+                x: &x[(n * s + rows.start) * c..(n * s + rows.end) * c],
+                channels: c,
+                out: &mut out,
+            },
+        );
+        out
+    });
+    let per_group = c / groups;
+    let mut result = Vec::with_capacity(shape.batch * groups);
+    for n in 0..shape.batch {
+        let mut channels = vec![Moments::EMPTY; c];
+        for p in &partials[n * chunks..(n + 1) * chunks] {
+            Moments::merge_each(&mut channels, p);
+        }
+        for g in 0..groups {
+            let members = &channels[g * per_group..(g + 1) * per_group];
+            result.push(members.iter().fold(Moments::EMPTY, |a, &b| a.merge(b)));
+        }
+    }
+    result
+}
+
+/// Channels-first forward with groups of at most [`GROUP_CHUNK`] values: one task per (batch
+/// item, group) computes the group's moments and normalizes it while it is in cache.
+fn fused_ncs(
+    ctx: &Context,
+    shape: &Shape,
+    groups: usize,
+    io: &mut InOut<'_>,
+    affine: Affine<'_>,
+    eps: f32,
+) -> Vec<Stat> {
+    let (c, s) = (shape.channels, shape.spatial);
+    let per_group = c / groups;
+    let isa = ctx.supported_isa();
+    let elements = io.len();
+    let shared: SharedIo<'_> = io.share();
+    ctx.map(elements, shape.batch * groups, |i| {
+        let (n, g) = (i / groups, i % groups);
+        let first = n * c + g * per_group;
+        let range = |r: usize| (first + r) * s..(first + r + 1) * s;
+        // SAFETY: this task alone touches the rows of group (n, g). Its input slices are used
+        // only for the moments, before the rows are written through `row_out`.
+        let row_in = |r: usize| unsafe { shared.input(range(r)) };
+        // SAFETY: as above; one row is written at a time.
+        let row_out = |r: usize| unsafe { shared.part(range(r)) };
+        let params =
+            |m: Moments, r: usize| channel_params(stat_of(m, eps), &affine, g * per_group + r);
+        let m = dispatch(
+            isa,
+            NcsGroupForward {
+                rows: per_group,
+                spatial: s,
+                row_in: &row_in,
+                row_out: &row_out,
+                params: &params,
+            },
+        );
+        stat_of(m, eps)
+    })
+}
+
+/// Normalizes `io` with the statistics per (batch item, group), in parallel parts of about
+/// [`TASK_ELEMENTS`] whole rows.
+fn normalize(
+    ctx: &Context,
+    shape: &Shape,
+    groups: usize,
+    io: &mut InOut<'_>,
+    affine: Affine<'_>,
+    stats: &[Stat],
+) {
+    let (c, s) = (shape.channels, shape.spatial);
+    let per_group = c / groups;
+    let elements = io.len();
+    let isa = ctx.supported_isa();
+    let innermost = shape.channels_innermost();
+    let row_len = if innermost { c } else { s };
+    let rows = elements / row_len;
+    let rows_per_task = (TASK_ELEMENTS / row_len).max(1);
+    let tasks = rows.div_ceil(rows_per_task);
+    let shared = io.share();
+    ctx.for_each(elements, tasks, |k| {
+        let r = k * rows_per_task..rows.min((k + 1) * rows_per_task);
+        if innermost {
+            // Rows of C values; row `r` belongs to batch item `r / spatial`.
+            let len = 2 * c + MAX_LANES;
+            let mut buf = vec![0f32; 3 * len];
+            let mut row = r.start;
+            while row < r.end {
+                let n = row / s;
+                let end = r.end.min((n + 1) * s);
+                let (shift, rest) = buf.split_at_mut(len);
+                let (scale, offset) = rest.split_at_mut(len);
+                for j in 0..len {
+                    let ch = j % c;
+                    let p = channel_params(stats[n * groups + ch / per_group], &affine, ch);
+                    (shift[j], scale[j], offset[j]) = p;
+                }
+                // SAFETY: tasks cover disjoint row ranges.
+                let part = unsafe { shared.part(row * c..end * c) };
+                dispatch(
+                    isa,
+                    NscAffine {
+                        io: part,
+                        channels: c,
+                        params: ChannelAffine {
+                            shift,
+                            scale,
+                            offset,
+                        },
+                        relu: false,
+                        stream: false,
+                    },
+                );
+                row = end;
+            }
+        } else {
+            // Rows of `spatial` values; row `r` is channel `r % C` of batch item `r / C`.
+            let params = |row: usize| {
+                let (n, ch) = (row / c, row % c);
+                channel_params(stats[n * groups + ch / per_group], &affine, ch)
+            };
+            // SAFETY: tasks cover disjoint row ranges.
+            let part = unsafe { shared.part(r.start * s..r.end * s) };
+            dispatch(
+                isa,
+                NcsRows {
+                    io: part,
+                    first_row: r.start,
+                    spatial: s,
+                    params: &params,
+                },
+            );
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward data path.
+
+/// Saved statistics of a backward.
+struct GroupStats<'a> {
+    groups: usize,
+    per_group: usize,
+    mean: &'a [f32],
+    invstd: &'a [f32],
+}
+
+impl GroupStats<'_> {
+    fn index(&self, n: usize, c: usize) -> usize {
+        n * self.groups + c / self.per_group
+    }
+
+    fn mean(&self, n: usize, c: usize) -> f32 {
+        self.mean[self.index(n, c)]
+    }
+
+    fn invstd(&self, n: usize, c: usize) -> f64 {
+        self.invstd[self.index(n, c)] as f64
+    }
+}
+
+/// Per (batch item, channel), index `n * C + c`: `sum(dy)` and `sum(dy * (x - mean))` over the
+/// spatial positions, with `mean` the saved mean of the channel's group.
+fn grad_sums(
+    ctx: &Context,
+    shape: &Shape,
+    stats: &GroupStats<'_>,
+    x: &[f32],
+    dy: &[f32],
+) -> Vec<GradSums> {
+    let (b, c, s) = (shape.batch, shape.channels, shape.spatial);
+    let isa = ctx.supported_isa();
+    if shape.layout == Layout::Ncs && s > 1 {
+        // Rows of `spatial` values, row `n * C + c`; each row's sums are the same whatever the
+        // task holding it.
+        let rows = b * c;
+        let rows_per_task = (TASK_ELEMENTS / s).max(1);
+        let parts = ctx.map(x.len(), rows.div_ceil(rows_per_task), |k| {
+            let r = k * rows_per_task..rows.min((k + 1) * rows_per_task);
+            let mut out = vec![GradSums::default(); r.len()];
+            let shift = |row: usize| stats.mean(row / c, row % c);
+            dispatch(
+                isa,
+                NcsGradSums {
+                    x: &x[r.start * s..r.end * s],
+                    dy: &dy[r.start * s..r.end * s],
+                    first_row: r.start,
+                    spatial: s,
+                    shift: &shift,
+                    out: &mut out,
+                },
+            );
+            out
+        });
+        parts.concat()
+    } else {
+        // Channels innermost: per batch item, chunks of whole row blocks, added in order.
+        let chunk = row_chunk(c);
+        let chunks = s.div_ceil(chunk);
+        let parts: Vec<Vec<GradSums>> = ctx.map(x.len(), b * chunks, |i| {
+            let (n, k) = (i / chunks, i % chunks);
+            let rows = k * chunk..s.min((k + 1) * chunk);
+            let shift: Vec<f32> = (0..c).map(|ch| stats.mean(n, ch)).collect();
+            let mut out = vec![GradSums::default(); c];
+            let span = (n * s + rows.start) * c..(n * s + rows.end) * c;
+            dispatch(
+                isa,
+                NscGradSums {
+                    x: &x[span.clone()],
+                    dy: &dy[span],
+                    channels: c,
+                    shift: &shift,
+                    out: &mut out,
+                },
+            );
+            out
+        });
+        let mut sums = vec![GradSums::default(); b * c];
+        for n in 0..b {
+            let total = &mut sums[n * c..(n + 1) * c];
+            for p in &parts[n * chunks..(n + 1) * chunks] {
+                for (t, q) in total.iter_mut().zip(p) {
+                    t.dy += q.dy;
+                    t.dy_x += q.dy_x;
+                }
+            }
+        }
+        sums
+    }
+}
+
+/// The input-gradient coefficients per (batch item, channel), index `n * C + c`.
+fn grad_coefficients(
+    shape: &Shape,
+    stats: &GroupStats<'_>,
+    gamma: Option<&[f32]>,
+    sums: &[GradSums],
+) -> Vec<GradCoefficients> {
+    let (c, groups, per_group) = (shape.channels, stats.groups, stats.per_group);
+    let count = (per_group * shape.spatial) as f64;
+    let gamma_of = |ch: usize| gamma.map_or(1.0, |g| g[ch] as f64);
+    let mut out = vec![GradCoefficients::default(); shape.batch * c];
+    for n in 0..shape.batch {
+        for g in 0..groups {
+            let i = n * groups + g;
+            let (mean, invstd) = (stats.mean[i], stats.invstd[i] as f64);
+            let channels = g * per_group..(g + 1) * per_group;
+            // mean(g) and mean(g * xhat) over the group, channels added in order.
+            let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
+            for ch in channels.clone() {
+                let q = sums[n * c + ch];
+                sum_g += gamma_of(ch) * q.dy;
+                sum_gx += gamma_of(ch) * q.dy_x;
+            }
+            let mean_g = sum_g / count;
+            let mean_gx = invstd * sum_gx / count;
+            let b = (-invstd * invstd * mean_gx) as f32;
+            let k = (-invstd * mean_g) as f32;
+            for ch in channels {
+                out[n * c + ch] = GradCoefficients {
+                    mean,
+                    a: (invstd * gamma_of(ch)) as f32,
+                    b,
+                    k,
+                };
+            }
+        }
+    }
+    out
+}
+
+/// `dx = (x - mean) * b + (dy * a + k)` over the whole tensor, in parallel parts of about
+/// [`TASK_ELEMENTS`] whole rows.
+fn apply_grad(
+    ctx: &Context,
+    shape: &Shape,
+    x: &[f32],
+    io: &mut InOut<'_>,
+    coefficients: &[GradCoefficients],
+) {
+    let (c, s) = (shape.channels, shape.spatial);
+    let elements = io.len();
+    let isa = ctx.supported_isa();
+    let innermost = shape.channels_innermost();
+    let row_len = if innermost { c } else { s };
+    let rows = elements / row_len;
+    let rows_per_task = (TASK_ELEMENTS / row_len).max(1);
+    let tasks = rows.div_ceil(rows_per_task);
+    let shared = io.share();
+    ctx.for_each(elements, tasks, |k| {
+        let r = k * rows_per_task..rows.min((k + 1) * rows_per_task);
+        let span = r.start * row_len..r.end * row_len;
+        // SAFETY: tasks cover disjoint row ranges.
+        let part = unsafe { shared.part(span.clone()) };
+        if innermost {
+            let mut part = part;
+            let mut row = r.start;
+            let mut fields = vec![0f32; 4 * c];
+            while row < r.end {
+                let n = row / s;
+                let end = r.end.min((n + 1) * s);
+                let (mean, rest) = fields.split_at_mut(c);
+                let (a, rest) = rest.split_at_mut(c);
+                let (b, k) = rest.split_at_mut(c);
+                for (ch, p) in coefficients[n * c..(n + 1) * c].iter().enumerate() {
+                    (mean[ch], a[ch], b[ch], k[ch]) = (p.mean, p.a, p.b, p.k);
+                }
+                let local = (row - r.start) * c..(end - r.start) * c;
+                dispatch(
+                    isa,
+                    NscGradApply {
+                        x: &x[row * c..end * c],
+                        io: part.part(local),
+                        channels: c,
+                        mean,
+                        a,
+                        b,
+                        k,
+                    },
+                );
+                row = end;
+            }
+        } else {
+            let coefficients = |row: usize| coefficients[row];
+            dispatch(
+                isa,
+                NcsGradApply {
+                    x: &x[span],
+                    io: part,
+                    first_row: r.start,
+                    spatial: s,
+                    coefficients: &coefficients,
+                },
+            );
+        }
+    });
+}
