@@ -192,6 +192,59 @@ enum nk_status nk_batchnorm_fold(size_t c_out,
                                  const float *var,
                                  float eps);
 
+// Batch norm backward (training mode), from `x`, `dy` and the statistics the forward saved
+// (`save_mean`, `save_invstd` required): `dx` (optional; may be `dy`, in place, but not `x`),
+// `dgamma = sum(dy * xhat)` and `dbeta = sum(dy)` (each optional). `gamma` optional (ones).
+// Equals nk_batchnorm_backward_reduce then nk_batchnorm_backward_apply with the local count.
+//
+// # Safety
+// Every non-NULL pointer is valid for its extent in the contract (x, dy, dx: N*C*S floats;
+// per-channel arrays: C floats).
+enum nk_status nk_batchnorm_backward(struct nk_context *ctx,
+                                     struct nk_shape shape,
+                                     const float *x,
+                                     const float *dy,
+                                     float *dx,
+                                     const float *gamma,
+                                     const float *save_mean,
+                                     const float *save_invstd,
+                                     float *dgamma,
+                                     float *dbeta);
+
+// The per-channel sums of a synchronous batch norm backward over this shard: `sum_dy[c] =
+// sum(dy)` and `sum_dy_xhat[c] = sum(dy * xhat)`, in double (zeros for an empty shard). Add up
+// every shard's sums, then call nk_batchnorm_backward_apply.
+//
+// # Safety
+// As `nk_batchnorm_backward`; `sum_dy`, `sum_dy_xhat`: C doubles.
+enum nk_status nk_batchnorm_backward_reduce(struct nk_context *ctx,
+                                            struct nk_shape shape,
+                                            const float *x,
+                                            const float *dy,
+                                            const float *save_mean,
+                                            const float *save_invstd,
+                                            double *sum_dy,
+                                            double *sum_dy_xhat);
+
+// The input gradient of a synchronous batch norm backward: `dx = gamma * invstd * (dy -
+// sum_dy / count - xhat * sum_dy_xhat / count)` with the sums added up over every shard and
+// `count` the global number of values per channel (at least 1 and at least this shard's N*S,
+// else NK_ERR_BAD_SHAPE). `dx` required (may be `dy`, in place); `gamma` optional (ones).
+//
+// # Safety
+// As `nk_batchnorm_backward`; `sum_dy`, `sum_dy_xhat`: C doubles.
+enum nk_status nk_batchnorm_backward_apply(struct nk_context *ctx,
+                                           struct nk_shape shape,
+                                           const float *x,
+                                           const float *dy,
+                                           float *dx,
+                                           const float *gamma,
+                                           const float *save_mean,
+                                           const float *save_invstd,
+                                           uint64_t count,
+                                           const double *sum_dy,
+                                           const double *sum_dy_xhat);
+
 // Philox4x32-10 (Salmon et al., SC'11; Random123): `out` = the block of `counter[4]` under
 // `key[2]`. The word `w` of the dropout stream of `seed` is `out[w & 3]` for counter
 // `{lo32(w >> 2), hi32(w >> 2), 0, 0}` and key `{lo32(seed), hi32(seed)}`. Does nothing if

@@ -377,3 +377,184 @@ pub unsafe extern "C" fn nk_batchnorm_fold(
         }
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// Backward passes.
+
+use crate::ops::batchnorm::{BackwardIo, check_apply_count};
+
+/// Batch norm backward (training mode), from `x`, `dy` and the statistics the forward saved
+/// (`save_mean`, `save_invstd` required): `dx` (optional; may be `dy`, in place, but not `x`),
+/// `dgamma = sum(dy * xhat)` and `dbeta = sum(dy)` (each optional). `gamma` optional (ones).
+/// Equals nk_batchnorm_backward_reduce then nk_batchnorm_backward_apply with the local count.
+///
+/// # Safety
+/// Every non-NULL pointer is valid for its extent in the contract (x, dy, dx: N*C*S floats;
+/// per-channel arrays: C floats).
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_batchnorm_backward(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const f32,
+    dy: *const f32,
+    dx: *mut f32,
+    gamma: *const f32,
+    save_mean: *const f32,
+    save_invstd: *const f32,
+    dgamma: *mut f32,
+    dbeta: *mut f32,
+) -> nk_status {
+    call(|| {
+        let (data, channels) = null_lens(&shape);
+        require("x", x, data)?;
+        require("dy", dy, data)?;
+        require("save_mean", save_mean, channels)?;
+        require("save_invstd", save_invstd, channels)?;
+        check_sizes(&shape.sizes())?;
+        let shape = shape.to_shape()?;
+        let (n, c) = (shape.elements()?, shape.channels);
+        Regions::default()
+            .input("x", x, n)
+            .input("dy", dy, n)
+            .output_replacing("dx", dx, n, "dy")
+            .input("gamma", gamma, c)
+            .input("save_mean", save_mean, c)
+            .input("save_invstd", save_invstd, c)
+            .output("dgamma", dgamma, c)
+            .output("dbeta", dbeta, c)
+            .check()?;
+        // SAFETY: pointers checked above (NULL, alignment, overlap); extents are the caller's
+        // promise.
+        unsafe {
+            let io = if dx.is_null() {
+                BackwardIo::DyOnly(slice(dy, n))
+            } else {
+                BackwardIo::WithDx(in_out(dy, dx, n))
+            };
+            batchnorm::backward(
+                context(ctx),
+                shape,
+                slice(x, n),
+                io,
+                optional(gamma, c),
+                slice(save_mean, c),
+                slice(save_invstd, c),
+                optional_mut(dgamma, c),
+                optional_mut(dbeta, c),
+            )
+        }
+    })
+}
+
+/// The per-channel sums of a synchronous batch norm backward over this shard: `sum_dy[c] =
+/// sum(dy)` and `sum_dy_xhat[c] = sum(dy * xhat)`, in double (zeros for an empty shard). Add up
+/// every shard's sums, then call nk_batchnorm_backward_apply.
+///
+/// # Safety
+/// As `nk_batchnorm_backward`; `sum_dy`, `sum_dy_xhat`: C doubles.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_batchnorm_backward_reduce(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const f32,
+    dy: *const f32,
+    save_mean: *const f32,
+    save_invstd: *const f32,
+    sum_dy: *mut f64,
+    sum_dy_xhat: *mut f64,
+) -> nk_status {
+    call(|| {
+        let (data, channels) = null_lens(&shape);
+        require("x", x, data)?;
+        require("dy", dy, data)?;
+        require("save_mean", save_mean, channels)?;
+        require("save_invstd", save_invstd, channels)?;
+        require("sum_dy", sum_dy, channels)?;
+        require("sum_dy_xhat", sum_dy_xhat, channels)?;
+        check_sizes(&shape.sizes())?;
+        let shape = shape.to_shape()?;
+        let (n, c) = (shape.elements()?, shape.channels);
+        Regions::default()
+            .input("x", x, n)
+            .input("dy", dy, n)
+            .input("save_mean", save_mean, c)
+            .input("save_invstd", save_invstd, c)
+            .output("sum_dy", sum_dy, c)
+            .output("sum_dy_xhat", sum_dy_xhat, c)
+            .check()?;
+        // SAFETY: pointers checked above; extents are the caller's promise.
+        unsafe {
+            batchnorm::backward_reduce(
+                context(ctx),
+                shape,
+                slice(x, n),
+                slice(dy, n),
+                slice(save_mean, c),
+                slice(save_invstd, c),
+                slice_mut(sum_dy, c),
+                slice_mut(sum_dy_xhat, c),
+            )
+        }
+    })
+}
+
+/// The input gradient of a synchronous batch norm backward: `dx = gamma * invstd * (dy -
+/// sum_dy / count - xhat * sum_dy_xhat / count)` with the sums added up over every shard and
+/// `count` the global number of values per channel (at least 1 and at least this shard's N*S,
+/// else NK_ERR_BAD_SHAPE). `dx` required (may be `dy`, in place); `gamma` optional (ones).
+///
+/// # Safety
+/// As `nk_batchnorm_backward`; `sum_dy`, `sum_dy_xhat`: C doubles.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_batchnorm_backward_apply(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const f32,
+    dy: *const f32,
+    dx: *mut f32,
+    gamma: *const f32,
+    save_mean: *const f32,
+    save_invstd: *const f32,
+    count: u64,
+    sum_dy: *const f64,
+    sum_dy_xhat: *const f64,
+) -> nk_status {
+    call(|| {
+        let (data, channels) = null_lens(&shape);
+        require("x", x, data)?;
+        require("dy", dy, data)?;
+        require("dx", dx, data)?;
+        require("save_mean", save_mean, channels)?;
+        require("save_invstd", save_invstd, channels)?;
+        require("sum_dy", sum_dy, channels)?;
+        require("sum_dy_xhat", sum_dy_xhat, channels)?;
+        check_apply_count(&shape.sizes(), count)?;
+        let shape = shape.to_shape()?;
+        let (n, c) = (shape.elements()?, shape.channels);
+        Regions::default()
+            .input("x", x, n)
+            .input("dy", dy, n)
+            .output_replacing("dx", dx, n, "dy")
+            .input("gamma", gamma, c)
+            .input("save_mean", save_mean, c)
+            .input("save_invstd", save_invstd, c)
+            .input("sum_dy", sum_dy, c)
+            .input("sum_dy_xhat", sum_dy_xhat, c)
+            .check()?;
+        // SAFETY: pointers checked above; extents are the caller's promise.
+        unsafe {
+            batchnorm::backward_apply(
+                context(ctx),
+                shape,
+                slice(x, n),
+                in_out(dy, dx, n),
+                optional(gamma, c),
+                slice(save_mean, c),
+                slice(save_invstd, c),
+                count,
+                slice(sum_dy, c),
+                slice(sum_dy_xhat, c),
+            )
+        }
+    })
+}

@@ -1,1 +1,374 @@
 //! Batch-norm backward kernels: per-channel gradient reductions and the input gradient.
+//!
+//! Reductions: per channel, `sum(dy)` and `sum(dy * (x - mean))` (the caller multiplies the
+//! second by `invstd` to get `sum(dy * xhat)`). Within a block every lane sums its terms in
+//! `f32`; a block's lane sums are added into `f64` in lane order, and blocks in order, so a
+//! result depends on the block boundaries only, which the caller fixes by the shape. `x - mean`
+//! is exact for values near the mean (`mean` is the saved `f32` mean), so a large offset of the
+//! data costs no precision.
+//!
+//! Input gradient: `dx = dy * a[c] + (x - mean[c]) * b[c] + k[c]`, with the per-channel
+//! coefficients computed in `f64` by the caller from the reductions.
+
+use crate::io::{RowIo, VectorMap};
+use crate::simd::{F32Vec, Kernel, MAX_LANES};
+use std::cell::Cell;
+use std::ops::Range;
+
+/// Elements per block of a contiguous run: each `f32` lane sum covers at most
+/// `BLOCK / (4 * LANES)` terms before it is added into `f64`.
+pub(crate) const BLOCK: usize = 2048;
+
+/// Rows per block of a channels-innermost run (each lane is one channel).
+pub(crate) const ROW_BLOCK: usize = 64;
+
+/// `f64` sums of a channel (or of a part of one): `sum(dy)` and `sum(dy * (x - mean))`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct GradSums {
+    pub dy: f64,
+    pub dy_xm: f64,
+}
+
+/// Adds `dy` and `dy * (x - m)` of a contiguous span to the lane sums.
+#[inline(always)]
+fn accumulate<V: F32Vec>(x: &[f32], dy: &[f32], m: f32, s1: &mut [V; 4], s2: &mut [V; 4]) {
+    let l = V::LANES;
+    let mv = V::splat(m);
+    let mut xq = x.chunks_exact(4 * l);
+    let mut dq = dy.chunks_exact(4 * l);
+    for (xs, ds) in (&mut xq).zip(&mut dq) {
+        for j in 0..4 {
+            let d = V::load(&ds[j * l..]);
+            let xm = V::load(&xs[j * l..]).sub(mv);
+            s1[j] = s1[j].add(d);
+            s2[j] = xm.mul_add(d, s2[j]);
+        }
+    }
+    let mut xv = xq.remainder().chunks_exact(l);
+    let mut dv = dq.remainder().chunks_exact(l);
+    for (j, (xs, ds)) in (&mut xv).zip(&mut dv).enumerate() {
+        let d = V::load(ds);
+        let xm = V::load(xs).sub(mv);
+        s1[j] = s1[j].add(d);
+        s2[j] = xm.mul_add(d, s2[j]);
+    }
+    let (xt, dt) = (xv.remainder(), dv.remainder());
+    if !xt.is_empty() {
+        // Lanes past the tail load dy = 0 and x = m: both terms are exactly 0.
+        let d = V::load_partial(dt, 0.0);
+        let xm = V::load_partial(xt, m).sub(mv);
+        s1[3] = s1[3].add(d);
+        s2[3] = xm.mul_add(d, s2[3]);
+    }
+}
+
+/// The sum of the lanes of `v`, in `f64`, in lane order.
+#[inline(always)]
+fn lane_sum<V: F32Vec>(v: V) -> f64 {
+    let mut lanes = [0f32; MAX_LANES];
+    v.store(&mut lanes);
+    lanes[..V::LANES].iter().map(|&v| v as f64).sum()
+}
+
+/// One channel of a channels-first tensor: the virtual elements `range` of the channel, whose
+/// values lie in rows of `spatial` elements, row `n` at `(n * channels + channel) * spatial`
+/// of `x` and `dy`.
+pub(crate) struct ChannelGrad<'a> {
+    pub x: &'a [f32],
+    pub dy: &'a [f32],
+    pub channels: usize,
+    pub channel: usize,
+    pub spatial: usize,
+    pub range: Range<usize>,
+    /// The saved mean of the channel.
+    pub mean: f32,
+}
+
+impl Kernel for ChannelGrad<'_> {
+    type Output = GradSums;
+    #[inline(always)]
+    fn run<V: F32Vec>(self) -> GradSums {
+        let s = self.spatial;
+        let mut acc = GradSums::default();
+        let mut start = self.range.start;
+        while start < self.range.end {
+            let end = self.range.end.min(start + BLOCK);
+            let zero = V::splat(0.0);
+            let (mut s1, mut s2) = ([zero; 4], [zero; 4]);
+            let mut v = start;
+            while v < end {
+                let (n, i) = (v / s, v % s);
+                let len = (end - v).min(s - i);
+                let at = (n * self.channels + self.channel) * s + i;
+                accumulate(
+                    &self.x[at..at + len],
+                    &self.dy[at..at + len],
+                    self.mean,
+                    &mut s1,
+                    &mut s2,
+                );
+                v += len;
+            }
+            acc.dy += lane_sum(s1[0].add(s1[1]).add(s1[2].add(s1[3])));
+            acc.dy_xm += lane_sum(s2[0].add(s2[1]).add(s2[2].add(s2[3])));
+            start = end;
+        }
+        acc
+    }
+}
+
+/// Loads `src` (at most `LANES` values) into the first lanes; the rest hold `fill`.
+#[inline(always)]
+fn load_lanes<V: F32Vec>(src: &[f32], fill: f32) -> V {
+    if src.len() == V::LANES {
+        V::load(src)
+    } else {
+        V::load_partial(src, fill)
+    }
+}
+
+/// Stores the first `dst.len()` (at most `LANES`) lanes.
+#[inline(always)]
+fn store_lanes<V: F32Vec>(v: V, dst: &mut [f32]) {
+    if dst.len() == V::LANES {
+        v.store(dst)
+    } else {
+        v.store_partial(dst)
+    }
+}
+
+/// Consecutive rows of `channels` values each (channels innermost): per-channel sums added to
+/// `out` (length `channels`), in blocks of [`ROW_BLOCK`] rows.
+pub(crate) struct RowGrad<'a> {
+    pub x: &'a [f32],
+    pub dy: &'a [f32],
+    pub channels: usize,
+    /// Saved means, length `channels`.
+    pub mean: &'a [f32],
+    pub out: &'a mut [GradSums],
+}
+
+impl Kernel for RowGrad<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<V: F32Vec>(self) {
+        let c = self.channels;
+        let l = V::LANES;
+        let mut s1 = vec![0f32; c];
+        let mut s2 = vec![0f32; c];
+        let mean = self.mean;
+        for (xb, db) in self
+            .x
+            .chunks(ROW_BLOCK * c)
+            .zip(self.dy.chunks(ROW_BLOCK * c))
+        {
+            // Channel tiles of four vectors summed over the block's rows in registers, then the
+            // rest of the channels one vector at a time.
+            let tiles = c / (4 * l) * (4 * l);
+            for c0 in (0..tiles).step_by(4 * l) {
+                let m = [
+                    V::load(&mean[c0..]),
+                    V::load(&mean[c0 + l..]),
+                    V::load(&mean[c0 + 2 * l..]),
+                    V::load(&mean[c0 + 3 * l..]),
+                ];
+                let (mut a, mut q) = ([V::splat(0.0); 4], [V::splat(0.0); 4]);
+                for (xr, dr) in xb.chunks_exact(c).zip(db.chunks_exact(c)) {
+                    let (xs, ds) = (&xr[c0..c0 + 4 * l], &dr[c0..c0 + 4 * l]);
+                    for j in 0..4 {
+                        let d = V::load(&ds[j * l..]);
+                        let xm = V::load(&xs[j * l..]).sub(m[j]);
+                        a[j] = a[j].add(d);
+                        q[j] = xm.mul_add(d, q[j]);
+                    }
+                }
+                for j in 0..4 {
+                    a[j].store(&mut s1[c0 + j * l..]);
+                    q[j].store(&mut s2[c0 + j * l..]);
+                }
+            }
+            for c0 in (tiles..c).step_by(l) {
+                let lanes = l.min(c - c0);
+                let m = load_lanes::<V>(&mean[c0..c0 + lanes], 0.0);
+                let (mut a, mut q) = (V::splat(0.0), V::splat(0.0));
+                for (xr, dr) in xb.chunks_exact(c).zip(db.chunks_exact(c)) {
+                    // Lanes past the channels load 0 for dy: both terms are 0.
+                    let d = load_lanes::<V>(&dr[c0..c0 + lanes], 0.0);
+                    let xm = load_lanes::<V>(&xr[c0..c0 + lanes], 0.0).sub(m);
+                    a = a.add(d);
+                    q = xm.mul_add(d, q);
+                }
+                store_lanes(a, &mut s1[c0..c0 + lanes]);
+                store_lanes(q, &mut s2[c0..c0 + lanes]);
+            }
+            for ((o, &a), &q) in self.out.iter_mut().zip(&s1).zip(&s2) {
+                o.dy += a as f64;
+                o.dy_xm += q as f64;
+            }
+        }
+    }
+}
+
+/// Per-channel coefficients of the input gradient: `dx = dy * a + (x - mean) * b + k`. For the
+/// channels-innermost kernel each array is extended cyclically to `2 * C + MAX_LANES` entries
+/// (`p[j] = p[j % C]`), as the forward's per-channel parameters are.
+#[derive(Clone, Copy)]
+pub(crate) struct GradCoefficients<'a> {
+    pub mean: &'a [f32],
+    pub a: &'a [f32],
+    pub b: &'a [f32],
+    pub k: &'a [f32],
+}
+
+#[inline(always)]
+fn grad<V: F32Vec>(dy: V, x: V, m: V, a: V, b: V, k: V) -> V {
+    x.sub(m).mul_add(b, dy.mul_add(a, k))
+}
+
+/// Loads `x[i..i + lanes]`.
+#[inline(always)]
+fn load_x<V: F32Vec>(x: &[f32], i: usize, lanes: usize) -> V {
+    if lanes == V::LANES {
+        V::load(&x[i..])
+    } else {
+        V::load_partial(&x[i..i + lanes], 0.0)
+    }
+}
+
+/// One channel's gradient over a span: `dy` is what the map receives, `x` the matching span.
+struct UniformGrad<'a, V> {
+    x: &'a [f32],
+    m: V,
+    a: V,
+    b: V,
+    k: V,
+}
+
+impl<V: F32Vec> VectorMap<V> for UniformGrad<'_, V> {
+    #[inline(always)]
+    fn apply(&self, dy: V, i: usize, lanes: usize) -> V {
+        grad(
+            dy,
+            load_x::<V>(self.x, i, lanes),
+            self.m,
+            self.a,
+            self.b,
+            self.k,
+        )
+    }
+}
+
+/// Channels-first rows: `io` maps whole rows of `dy` (read) to `dx` (written, possibly in
+/// place), `x` holds the same rows; the first is row `first_row` of the tensor (row `r` belongs
+/// to channel `r % channels`).
+pub(crate) struct NcsGrad<'a> {
+    pub x: &'a [f32],
+    pub io: RowIo<'a>,
+    pub first_row: usize,
+    pub spatial: usize,
+    pub channels: usize,
+    pub coef: GradCoefficients<'a>,
+    /// Streaming stores: for outputs much larger than the caches.
+    pub stream: bool,
+}
+
+impl Kernel for NcsGrad<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<V: F32Vec>(mut self) {
+        let s = self.spatial;
+        let rows = self.io.len() / s;
+        let p = self.coef;
+        let mut c = self.first_row % self.channels;
+        for r in 0..rows {
+            let span = r * s..(r + 1) * s;
+            let map = UniformGrad {
+                x: &self.x[span.clone()],
+                m: V::splat(p.mean[c]),
+                a: V::splat(p.a[c]),
+                b: V::splat(p.b[c]),
+                k: V::splat(p.k[c]),
+            };
+            let mut row = self.io.part(span);
+            if self.stream {
+                row.map_streaming::<V>(&map);
+            } else {
+                row.map::<V>(&map);
+            }
+            c = if c + 1 == self.channels { 0 } else { c + 1 };
+        }
+        if self.stream {
+            V::fence_streams();
+        }
+    }
+}
+
+/// Channels-innermost rows: `io` maps whole rows of `channels` elements of `dy` to `dx`, `x`
+/// holds the same rows. The vectors are visited in order; `channel` follows the channel of the
+/// next vector's first lane.
+struct CyclicGrad<'a> {
+    x: &'a [f32],
+    coef: GradCoefficients<'a>,
+    channels: usize,
+    channel: Cell<usize>,
+}
+
+impl<V: F32Vec> VectorMap<V> for CyclicGrad<'_> {
+    #[inline(always)]
+    fn apply(&self, dy: V, i: usize, lanes: usize) -> V {
+        let c0 = self.channel.get();
+        let p = &self.coef;
+        let (m, a, b, k) = if lanes == V::LANES {
+            (
+                V::load(&p.mean[c0..]),
+                V::load(&p.a[c0..]),
+                V::load(&p.b[c0..]),
+                V::load(&p.k[c0..]),
+            )
+        } else {
+            (
+                V::load_partial(&p.mean[c0..c0 + lanes], 0.0),
+                V::load_partial(&p.a[c0..c0 + lanes], 0.0),
+                V::load_partial(&p.b[c0..c0 + lanes], 0.0),
+                V::load_partial(&p.k[c0..c0 + lanes], 0.0),
+            )
+        };
+        let next = c0 + lanes;
+        self.channel.set(if next < self.channels {
+            next
+        } else {
+            next % self.channels
+        });
+        grad(dy, load_x::<V>(self.x, i, lanes), m, a, b, k)
+    }
+}
+
+/// Channels-innermost rows of `channels` elements: `io` maps `dy` to `dx`, `x` holds the same
+/// rows. The coefficients are extended cyclically (see [`GradCoefficients`]).
+pub(crate) struct NscGrad<'a> {
+    pub x: &'a [f32],
+    pub io: RowIo<'a>,
+    pub channels: usize,
+    pub coef: GradCoefficients<'a>,
+    /// Streaming stores: for outputs much larger than the caches.
+    pub stream: bool,
+}
+
+impl Kernel for NscGrad<'_> {
+    type Output = ();
+    #[inline(always)]
+    fn run<V: F32Vec>(mut self) {
+        let map = CyclicGrad {
+            x: self.x,
+            coef: self.coef,
+            channels: self.channels,
+            channel: Cell::new(0),
+        };
+        if self.stream {
+            self.io.map_streaming::<V>(&map);
+            V::fence_streams();
+        } else {
+            self.io.map::<V>(&map);
+        }
+    }
+}

@@ -677,3 +677,364 @@ fn with_channel_affine<R>(
         offset,
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// Backward passes (training mode), local and synchronous.
+//
+// `xhat = (x - save_mean[c]) * save_invstd[c]`. The reduction gives `sum_dy[c] = sum(dy)` and
+// `sum_dy_xhat[c] = sum(dy * xhat)` over the channel's `batch * spatial` values; the input
+// gradient is `dx = gamma[c] * save_invstd[c] * (dy - sum_dy / count - xhat * sum_dy_xhat /
+// count)` with `count` the global number of values per channel.
+
+use crate::kernels::backward::{
+    ChannelGrad, GradCoefficients, GradSums, NcsGrad, NscGrad, RowGrad,
+};
+
+/// The output gradient `dy` of a [`backward`], and where the input gradient `dx` goes, if
+/// anywhere.
+#[derive(Debug)]
+pub enum BackwardIo<'a> {
+    /// Only `dy`: no input gradient wanted.
+    DyOnly(&'a [f32]),
+    /// `dy` read, `dx` written: `InOut::Separate { x: dy, y: dx }`, or `InOut::InPlace` to
+    /// overwrite `dy` with `dx`.
+    WithDx(InOut<'a>),
+}
+
+impl BackwardIo<'_> {
+    fn dy(&self) -> &[f32] {
+        match self {
+            BackwardIo::DyOnly(dy) => dy,
+            BackwardIo::WithDx(io) => io.input(),
+        }
+    }
+}
+
+/// Checks the global `count` of a [`backward_apply`]: at least one value per channel, and at
+/// least this shard's values.
+pub(crate) fn check_apply_count(shape: &Shape, count: u64) -> Result<()> {
+    let local = check_sizes(shape).and_then(|_| shape.count())? as u64;
+    if count < local {
+        return Err(Error::bad_shape(format!(
+            "the global count {count} is smaller than this shard's {local} values per channel"
+        )));
+    }
+    if count < 1 {
+        return Err(Error::bad_shape(
+            "the batch norm backward needs at least one value per channel (count >= 1)",
+        ));
+    }
+    Ok(())
+}
+
+fn check_saved(channels: usize, save_mean: &[f32], save_invstd: &[f32]) -> Result<()> {
+    check_len("save_mean", save_mean, channels)?;
+    check_len("save_invstd", save_invstd, channels)
+}
+
+/// Training-mode backward of one batch: the input gradient `dx` (if `io` has one), `dgamma =
+/// sum(dy * xhat)` and `dbeta = sum(dy)` (each optional), from the input `x`, the output
+/// gradient `dy` and the statistics the forward saved. `gamma` `None` means ones. Equals
+/// [`backward_reduce`] followed by [`backward_apply`] with this batch's count, bit for bit; an
+/// empty batch writes zero `dgamma` and `dbeta`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    ctx: &Context,
+    shape: Shape,
+    x: &[f32],
+    io: BackwardIo<'_>,
+    gamma: Option<&[f32]>,
+    save_mean: &[f32],
+    save_invstd: &[f32],
+    dgamma: Option<&mut [f32]>,
+    dbeta: Option<&mut [f32]>,
+) -> Result<()> {
+    let elements = check_sizes(&shape)?;
+    let c = shape.channels;
+    check_len("x", x, elements)?;
+    check_len("dy", io.dy(), elements)?;
+    if let Some(g) = gamma {
+        check_len("gamma", g, c)?;
+    }
+    check_saved(c, save_mean, save_invstd)?;
+    if let Some(d) = &dgamma {
+        check_len("dgamma", d, c)?;
+    }
+    if let Some(d) = &dbeta {
+        check_len("dbeta", d, c)?;
+    }
+    let wants_dx = matches!(io, BackwardIo::WithDx(_));
+    if !wants_dx && dgamma.is_none() && dbeta.is_none() {
+        return Ok(());
+    }
+    let sums = grad_sums(ctx, &shape, x, io.dy(), save_mean, save_invstd);
+    if let BackwardIo::WithDx(mut io) = io
+        && elements > 0
+    {
+        let count = shape.count()? as u64;
+        apply_grad(
+            ctx,
+            &shape,
+            x,
+            &mut io,
+            gamma,
+            save_mean,
+            save_invstd,
+            count,
+            &sums,
+        );
+    }
+    if let Some(d) = dgamma {
+        for (o, s) in d.iter_mut().zip(&sums) {
+            *o = s.dy_xm as f32;
+        }
+    }
+    if let Some(d) = dbeta {
+        for (o, s) in d.iter_mut().zip(&sums) {
+            *o = s.dy as f32;
+        }
+    }
+    Ok(())
+}
+
+/// The per-channel sums of a backward over this shard: `sum_dy[c] = sum(dy)` and
+/// `sum_dy_xhat[c] = sum(dy * xhat)`, in `f64` (zeros for an empty shard). Shards' sums add up
+/// to the whole batch's; give the totals to [`backward_apply`].
+#[allow(clippy::too_many_arguments)]
+pub fn backward_reduce(
+    ctx: &Context,
+    shape: Shape,
+    x: &[f32],
+    dy: &[f32],
+    save_mean: &[f32],
+    save_invstd: &[f32],
+    sum_dy: &mut [f64],
+    sum_dy_xhat: &mut [f64],
+) -> Result<()> {
+    let elements = check_sizes(&shape)?;
+    let c = shape.channels;
+    check_len("x", x, elements)?;
+    check_len("dy", dy, elements)?;
+    check_saved(c, save_mean, save_invstd)?;
+    check_len("sum_dy", sum_dy, c)?;
+    check_len("sum_dy_xhat", sum_dy_xhat, c)?;
+    let sums = grad_sums(ctx, &shape, x, dy, save_mean, save_invstd);
+    for ((a, b), s) in sum_dy.iter_mut().zip(sum_dy_xhat.iter_mut()).zip(&sums) {
+        *a = s.dy;
+        *b = s.dy_xm;
+    }
+    Ok(())
+}
+
+/// The input gradient from the sums of every shard's [`backward_reduce`] (added up) and the
+/// global `count` of values per channel: `io` reads `dy` and writes `dx` (separately, or in
+/// place over `dy`). `count` must be at least 1 and at least this shard's `batch * spatial`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_apply(
+    ctx: &Context,
+    shape: Shape,
+    x: &[f32],
+    mut io: InOut<'_>,
+    gamma: Option<&[f32]>,
+    save_mean: &[f32],
+    save_invstd: &[f32],
+    count: u64,
+    sum_dy: &[f64],
+    sum_dy_xhat: &[f64],
+) -> Result<()> {
+    check_apply_count(&shape, count)?;
+    let elements = shape.elements()?;
+    let c = shape.channels;
+    check_len("x", x, elements)?;
+    check_len("dy", io.input(), elements)?;
+    if let Some(g) = gamma {
+        check_len("gamma", g, c)?;
+    }
+    check_saved(c, save_mean, save_invstd)?;
+    check_len("sum_dy", sum_dy, c)?;
+    check_len("sum_dy_xhat", sum_dy_xhat, c)?;
+    if elements == 0 {
+        return Ok(());
+    }
+    let sums: Vec<GradSums> = sum_dy
+        .iter()
+        .zip(sum_dy_xhat)
+        .map(|(&dy, &dy_xm)| GradSums { dy, dy_xm })
+        .collect();
+    apply_grad(
+        ctx,
+        &shape,
+        x,
+        &mut io,
+        gamma,
+        save_mean,
+        save_invstd,
+        count,
+        &sums,
+    );
+    Ok(())
+}
+
+/// Per-channel `sum(dy)` and `sum(dy * xhat)` (in the `dy_xm` field, already multiplied by
+/// `invstd`). Chunks are fixed by the shape and added in order, so the result does not depend on
+/// the thread count.
+fn grad_sums(
+    ctx: &Context,
+    shape: &Shape,
+    x: &[f32],
+    dy: &[f32],
+    save_mean: &[f32],
+    save_invstd: &[f32],
+) -> Vec<GradSums> {
+    let (c, s) = (shape.channels, shape.spatial);
+    let count = shape.batch * s;
+    let mut total = vec![GradSums::default(); c];
+    if c == 0 || count == 0 {
+        return total;
+    }
+    let isa = ctx.supported_isa();
+    if shape.channels_innermost() {
+        let rows = count;
+        let chunk = row_chunk(rows, c);
+        let partials: Vec<Vec<GradSums>> = ctx.map(2 * x.len(), rows.div_ceil(chunk), |k| {
+            let r = k * chunk..rows.min((k + 1) * chunk);
+            let mut out = vec![GradSums::default(); c];
+            let span = r.start * c..r.end * c;
+            dispatch(
+                isa,
+                RowGrad {
+                    x: &x[span.clone()],
+                    dy: &dy[span],
+                    channels: c,
+                    mean: save_mean,
+                    out: &mut out,
+                },
+            );
+            out
+        });
+        for p in &partials {
+            for (t, q) in total.iter_mut().zip(p) {
+                t.dy += q.dy;
+                t.dy_xm += q.dy_xm;
+            }
+        }
+    } else {
+        let chunks = count.div_ceil(CHANNEL_CHUNK);
+        let partials = ctx.map(2 * x.len(), c * chunks, |i| {
+            let (ch, k) = (i / chunks, i % chunks);
+            dispatch(
+                isa,
+                ChannelGrad {
+                    x,
+                    dy,
+                    channels: c,
+                    channel: ch,
+                    spatial: s,
+                    range: k * CHANNEL_CHUNK..count.min((k + 1) * CHANNEL_CHUNK),
+                    mean: save_mean[ch],
+                },
+            )
+        });
+        for (t, p) in total.iter_mut().zip(partials.chunks(chunks)) {
+            for q in p {
+                t.dy += q.dy;
+                t.dy_xm += q.dy_xm;
+            }
+        }
+    }
+    for (t, &invstd) in total.iter_mut().zip(save_invstd) {
+        t.dy_xm *= invstd as f64;
+    }
+    total
+}
+
+/// `dx = gamma * invstd * (dy - sum_dy / count - xhat * sum_dy_xhat / count)` over the whole
+/// tensor, as `dx = dy * a + (x - mean) * b + k` with per-channel `a`, `b`, `k` from `f64`, in
+/// parallel parts of about `TASK_ELEMENTS` whole rows.
+#[allow(clippy::too_many_arguments)]
+fn apply_grad(
+    ctx: &Context,
+    shape: &Shape,
+    x: &[f32],
+    io: &mut InOut<'_>,
+    gamma: Option<&[f32]>,
+    save_mean: &[f32],
+    save_invstd: &[f32],
+    count: u64,
+    sums: &[GradSums],
+) {
+    let elements = io.len();
+    let c = shape.channels;
+    if elements == 0 || c == 0 {
+        return;
+    }
+    // Coefficients extended cyclically to `2 * C + MAX_LANES` entries (see GradCoefficients).
+    let len = 2 * c + MAX_LANES;
+    let mut buf = vec![0f32; 4 * len];
+    let (mean, rest) = buf.split_at_mut(len);
+    let (a, rest) = rest.split_at_mut(len);
+    let (b, k) = rest.split_at_mut(len);
+    let n = count as f64;
+    for ch in 0..c {
+        let invstd = save_invstd[ch] as f64;
+        let scale = gamma.map_or(1.0, |g| g[ch] as f64) * invstd;
+        mean[ch] = save_mean[ch];
+        a[ch] = scale as f32;
+        b[ch] = (-scale * invstd * (sums[ch].dy_xm / n)) as f32;
+        k[ch] = (-scale * (sums[ch].dy / n)) as f32;
+    }
+    for p in [&mut *mean, &mut *a, &mut *b, &mut *k] {
+        let mut filled = c;
+        while filled < len {
+            let m = filled.min(len - filled);
+            p.copy_within(0..m, filled);
+            filled += m;
+        }
+    }
+    let coef = GradCoefficients { mean, a, b, k };
+
+    let isa = ctx.supported_isa();
+    let row_len = if shape.channels_innermost() {
+        c
+    } else {
+        shape.spatial
+    };
+    let rows = elements / row_len;
+    let rows_per_task = (TASK_ELEMENTS / row_len).max(1);
+    let stream = streams(shape, elements);
+    let shared = io.share();
+    let tasks = rows.div_ceil(rows_per_task);
+    ctx.for_each(2 * elements, tasks, |t| {
+        // Last part first: the reduction read it last, so it is the part still cached.
+        let t = tasks - 1 - t;
+        let r = t * rows_per_task..rows.min((t + 1) * rows_per_task);
+        let span = r.start * row_len..r.end * row_len;
+        // SAFETY: tasks cover disjoint row ranges.
+        let part = unsafe { shared.part(span.clone()) };
+        if shape.channels_innermost() {
+            dispatch(
+                isa,
+                NscGrad {
+                    x: &x[span],
+                    io: part,
+                    channels: c,
+                    coef,
+                    stream,
+                },
+            )
+        } else {
+            dispatch(
+                isa,
+                NcsGrad {
+                    x: &x[span],
+                    io: part,
+                    first_row: r.start,
+                    spatial: row_len,
+                    channels: c,
+                    coef,
+                    stream,
+                },
+            )
+        }
+    });
+}
