@@ -462,6 +462,86 @@ enum nk_status nk_instancenorm_forward(struct nk_context *ctx,
                                        float *save_mean,
                                        float *save_invstd);
 
+// Layer norm forward over `rows` rows of `cols` contiguous floats: each row normalized with its
+// own mean and biased variance, then `y = xhat * gamma + beta` (`gamma`, `beta` optional, `cols`
+// floats). `save_mean`, `save_invstd` (optional, `rows` floats) receive each row's statistics.
+// `y == x` is in place. With `cols == 0` nothing is written.
+//
+// # Safety
+// Every non-NULL pointer is valid for its extent (x, y: rows*cols floats; gamma, beta: cols;
+// save_mean, save_invstd: rows).
+enum nk_status nk_layernorm_forward(struct nk_context *ctx,
+                                    size_t rows,
+                                    size_t cols,
+                                    const float *x,
+                                    float *y,
+                                    const float *gamma,
+                                    const float *beta,
+                                    float eps,
+                                    float *save_mean,
+                                    float *save_invstd);
+
+// Layer norm backward from the saved statistics (`save_mean`, `save_invstd` required, `rows`
+// floats): `dx` (optional; `dx == dy` is in place), `dgamma = sum over rows of dy * xhat` and
+// `dbeta = sum over rows of dy` (each optional, `cols` floats; zeros when `rows == 0`).
+//
+// # Safety
+// As `nk_layernorm_forward`; dy, dx: rows*cols floats; dgamma, dbeta: cols.
+enum nk_status nk_layernorm_backward(struct nk_context *ctx,
+                                     size_t rows,
+                                     size_t cols,
+                                     const float *x,
+                                     const float *dy,
+                                     float *dx,
+                                     const float *gamma,
+                                     const float *save_mean,
+                                     const float *save_invstd,
+                                     float *dgamma,
+                                     float *dbeta);
+
+// RMS norm forward: `y = x / sqrt(mean(x^2) + eps) * gamma` per row of `cols` contiguous
+// floats (`gamma` optional). `save_invrms` (optional, `rows` floats) receives each row's
+// `1 / sqrt(mean(x^2) + eps)`. `y == x` is in place. With `cols == 0` nothing is written.
+//
+// # Safety
+// As `nk_layernorm_forward`.
+enum nk_status nk_rmsnorm_forward(struct nk_context *ctx,
+                                  size_t rows,
+                                  size_t cols,
+                                  const float *x,
+                                  float *y,
+                                  const float *gamma,
+                                  float eps,
+                                  float *save_invrms);
+
+// RMS norm backward from the saved `save_invrms` (required, `rows` floats): `dx` (optional;
+// `dx == dy` is in place) and `dgamma = sum over rows of dy * x * invrms` (optional, `cols`
+// floats; zeros when `rows == 0`).
+//
+// # Safety
+// As `nk_layernorm_backward`.
+enum nk_status nk_rmsnorm_backward(struct nk_context *ctx,
+                                   size_t rows,
+                                   size_t cols,
+                                   const float *x,
+                                   const float *dy,
+                                   float *dx,
+                                   const float *gamma,
+                                   const float *save_invrms,
+                                   float *dgamma);
+
+// Weight standardization: each of `c_out` rows of `fan_in` weights standardized to mean 0 and
+// scale `1 / sqrt(var + eps)` (layer norm without affine). `w_out == w` is in place.
+//
+// # Safety
+// `w`, `w_out`: c_out*fan_in floats each, unless NULL for an empty tensor.
+enum nk_status nk_weight_standardize(struct nk_context *ctx,
+                                     size_t c_out,
+                                     size_t fan_in,
+                                     const float *w,
+                                     float *w_out,
+                                     float eps);
+
 // The library version: (major << 16) | (minor << 8) | patch.
 uint32_t nk_version(void);
 
