@@ -783,7 +783,7 @@ fn safe_api_errors_write_nothing() {
     // Backward: wrong saves length, bad groups; nothing written.
     let mut dx = vec![SENTINEL; 60];
     let mut dg = vec![SENTINEL; 6];
-    let saves = vec![1.0f32; 6];
+    let saves = [1.0f32; 6];
     for (groups, saves_len, kind) in [(4, 8, ErrorKind::BadShape), (3, 5, ErrorKind::BadShape)] {
         let r = groupnorm::backward(
             &ctx,
@@ -1044,12 +1044,7 @@ impl Bwd {
 /// Runs each case on a fresh fixture: the expected status, and after an error the whole arena
 /// unchanged.
 #[track_caller]
-fn run_cases<T>(
-    name: &str,
-    make: fn(&Fx) -> T,
-    call: fn(&T) -> nk_status,
-    cases: &[(&str, nk_status, fn(&Fx, &mut T))],
-) {
+fn run_cases<T>(name: &str, make: fn(&Fx) -> T, call: fn(&T) -> nk_status, cases: &[CallCase<T>]) {
     let mut failures = Vec::new();
     for (what, expected, mutate) in cases {
         let fx = Fx::new();
@@ -1066,8 +1061,10 @@ fn run_cases<T>(
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-type FwdCase = (&'static str, nk_status, fn(&Fx, &mut Fwd));
-type BwdCase = (&'static str, nk_status, fn(&Fx, &mut Bwd));
+/// A variation of the fixture's valid call and the status the contract gives it.
+type CallCase<T> = (&'static str, nk_status, fn(&Fx, &mut T));
+type FwdCase = CallCase<Fwd>;
+type BwdCase = CallCase<Bwd>;
 
 #[test]
 fn forward_statuses_and_precedence() {

@@ -183,7 +183,30 @@ impl Kernel for NscGradSums<'_> {
         let (c, l) = (self.channels, V::LANES);
         let block = ROW_BLOCK * c;
         for (xb, db) in self.x.chunks(block).zip(self.dy.chunks(block)) {
-            for c0 in (0..c).step_by(l) {
+            // Tiles of four vectors of channels, summed over the block's rows in registers (four
+            // independent chains), then the rest one vector at a time.
+            let tiles = c / (4 * l) * (4 * l);
+            for c0 in (0..tiles).step_by(4 * l) {
+                let k = [
+                    V::load(&self.shift[c0..]),
+                    V::load(&self.shift[c0 + l..]),
+                    V::load(&self.shift[c0 + 2 * l..]),
+                    V::load(&self.shift[c0 + 3 * l..]),
+                ];
+                let (mut a, mut b) = ([V::splat(0.0); 4], [V::splat(0.0); 4]);
+                for (xr, dr) in xb.chunks_exact(c).zip(db.chunks_exact(c)) {
+                    for j in 0..4 {
+                        let g = V::load(&dr[c0 + j * l..]);
+                        let d = V::load(&xr[c0 + j * l..]).sub(k[j]);
+                        a[j] = a[j].add(g);
+                        b[j] = d.mul_add(g, b[j]);
+                    }
+                }
+                for j in 0..4 {
+                    add_lanes(a[j], b[j], &mut self.out[c0 + j * l..c0 + (j + 1) * l]);
+                }
+            }
+            for c0 in (tiles..c).step_by(l) {
                 let lanes = l.min(c - c0);
                 let k = load_lanes::<V>(&self.shift[c0..], lanes);
                 let (mut a, mut b) = (V::splat(0.0), V::splat(0.0));
@@ -194,17 +217,22 @@ impl Kernel for NscGradSums<'_> {
                     a = a.add(g);
                     b = d.mul_add(g, b);
                 }
-                let mut la = [0f32; MAX_LANES];
-                let mut lb = [0f32; MAX_LANES];
-                a.store(&mut la);
-                b.store(&mut lb);
-                for j in 0..lanes {
-                    let o = &mut self.out[c0 + j];
-                    o.dy += la[j] as f64;
-                    o.dy_x += lb[j] as f64;
-                }
+                add_lanes(a, b, &mut self.out[c0..c0 + lanes]);
             }
         }
+    }
+}
+
+/// Adds lane `j` of `a` and `b` to `out[j]` (`dy` and `dy_x`) for every `j < out.len()`.
+#[inline(always)]
+fn add_lanes<V: F32Vec>(a: V, b: V, out: &mut [GradSums]) {
+    let mut la = [0f32; MAX_LANES];
+    let mut lb = [0f32; MAX_LANES];
+    a.store(&mut la);
+    b.store(&mut lb);
+    for (j, o) in out.iter_mut().enumerate() {
+        o.dy += la[j] as f64;
+        o.dy_x += lb[j] as f64;
     }
 }
 
