@@ -16,9 +16,7 @@ mod library;
 
 pub use batchnorm::*;
 pub use dropout::*;
-#[allow(unused_imports)] // filled in by the group-norm entry points
 pub use groupnorm::*;
-#[allow(unused_imports)] // filled in by the layer-norm entry points
 pub use layernorm::*;
 pub use library::*;
 
