@@ -420,7 +420,7 @@ fn offset_data_is_normalized_to_1e5() {
 #[test]
 fn long_rows_gradients_within_1e4() {
     for centered in [true, false] {
-        for (rows, cols) in [(2, 1 << 20), (1 << 16, 16), (3, 10_000)] {
+        for (rows, cols) in [(2, 1 << 20), (1 << 16, 16), (3, 10_000), (600, 8000)] {
             let c = case(rows, cols, 5, 3.0, 2.0, true);
             let cx = ctx(2, Isa::best());
             let f = run_forward(&c, &cx, centered, false);
@@ -505,6 +505,8 @@ fn weight_standardize_matches_reference() {
 
 #[test]
 fn thread_counts_and_in_place_give_the_same_bits() {
+    // Fused column sums in one wave and in several (600 x 8000), the separate column pass
+    // (more than 8192 columns), one long row, tiny rows.
     let shapes = [
         (300, 777),
         (5000, 7),
@@ -512,6 +514,7 @@ fn thread_counts_and_in_place_give_the_same_bits() {
         (1, 100_000),
         (3000, 64),
         (129, 300),
+        (600, 8000),
     ];
     for centered in [true, false] {
         for (rows, cols) in shapes {

@@ -181,7 +181,13 @@ pub(crate) struct RowsForward<'a, 'p> {
     pub save_inv: Option<&'a mut [f32]>,
     /// Streaming stores: for outputs much larger than the caches.
     pub stream: bool,
+    /// Whether a row of input follows the part's last row in memory (it is prefetched while
+    /// that row is normalized, as every other row's successor is).
+    pub more_after: bool,
 }
+
+/// Most elements of the next row prefetched while a row is normalized.
+const PREFETCH_MAX: usize = 512;
 
 impl Kernel for RowsForward<'_, '_> {
     type Output = ();
@@ -208,6 +214,7 @@ fn forward_rows<V: F32Vec, const G: bool, const B: bool>(k: RowsForward<'_, '_>)
         mut save_mean,
         mut save_inv,
         stream,
+        more_after,
     } = k;
     if cols == 0 {
         return;
@@ -216,6 +223,13 @@ fn forward_rows<V: F32Vec, const G: bool, const B: bool>(k: RowsForward<'_, '_>)
     for r in 0..rows {
         let mut row = io.part(r * cols..(r + 1) * cols);
         let p = row_params::<V>(input(&row), centered, eps);
+        if r + 1 < rows || more_after {
+            // Start reading the next row while this one, already cached, is normalized.
+            let next = row.input_ptr().wrapping_add(cols);
+            for line in (0..cols.min(PREFETCH_MAX)).step_by(64 / 4) {
+                V::prefetch(next.wrapping_add(line));
+            }
+        }
         if let Some(m) = save_mean.as_deref_mut() {
             m[r] = p.mean;
         }
@@ -525,6 +539,7 @@ mod tests {
                     save_mean: Some(&mut mean),
                     save_inv: Some(&mut inv),
                     stream: false,
+                    more_after: false,
                 }
                 .run::<Emulated<16>>();
                 for r in 0..rows {

@@ -272,6 +272,7 @@ pub(crate) fn rows_forward(
                 save_mean,
                 save_inv,
                 stream,
+                more_after: k + 1 < tasks,
             },
         );
     });
