@@ -7,8 +7,10 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU8, Ordering};
 
 /// Calls with fewer elements than this run on the calling thread: below it, waking the pool
-/// costs more than the work.
-pub(crate) const PARALLEL_MIN_ELEMENTS: usize = 1 << 15;
+/// costs more than the work. Under Miri, small calls use the pool too, so that the interpreter
+/// checks the parallel paths on tensors it can afford (results do not depend on this: the work
+/// split is fixed by the shape).
+pub(crate) const PARALLEL_MIN_ELEMENTS: usize = if cfg!(miri) { 64 } else { 1 << 15 };
 
 /// Owns a thread pool and the ISA its kernels use. Cheap to share: every operation takes
 /// `&Context`, and calls on one context may run concurrently from many threads.
