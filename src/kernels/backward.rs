@@ -71,20 +71,22 @@ fn lane_sum<V: F32Vec>(v: V) -> f64 {
 }
 
 /// One channel of a channels-first tensor: the virtual elements `range` of the channel, whose
-/// values lie in rows of `spatial` elements, row `n` at `(n * channels + channel) * spatial`
-/// of `x` and `dy`.
-pub(crate) struct ChannelGrad<'a> {
-    pub x: &'a [f32],
-    pub dy: &'a [f32],
-    pub channels: usize,
-    pub channel: usize,
+/// values lie in rows of `spatial` elements: virtual element `v` is `x_row(v / spatial)[v %
+/// spatial]` (and the same of `dy_row`).
+pub(crate) struct ChannelGrad<'r, X, D> {
+    pub x_row: &'r X,
+    pub dy_row: &'r D,
     pub spatial: usize,
     pub range: Range<usize>,
     /// The saved mean of the channel.
     pub mean: f32,
 }
 
-impl Kernel for ChannelGrad<'_> {
+impl<'a, 'b, X, D> Kernel for ChannelGrad<'_, X, D>
+where
+    X: Fn(usize) -> &'a [f32],
+    D: Fn(usize) -> &'b [f32],
+{
     type Output = GradSums;
     #[inline(always)]
     fn run<V: F32Vec>(self) -> GradSums {
@@ -99,10 +101,9 @@ impl Kernel for ChannelGrad<'_> {
             while v < end {
                 let (n, i) = (v / s, v % s);
                 let len = (end - v).min(s - i);
-                let at = (n * self.channels + self.channel) * s + i;
                 accumulate(
-                    &self.x[at..at + len],
-                    &self.dy[at..at + len],
+                    &(self.x_row)(n)[i..i + len],
+                    &(self.dy_row)(n)[i..i + len],
                     self.mean,
                     &mut s1,
                     &mut s2,
@@ -370,5 +371,53 @@ impl Kernel for NscGrad<'_> {
         } else {
             self.io.map::<V>(&map);
         }
+    }
+}
+
+/// One channel of a channels-first tensor in one visit: its sums (`grad`, over all its `rows`
+/// rows), then its input gradient while its rows are still in cache: `io_row(n)` maps row `n`
+/// of `dy` to `dx`; `coef` turns the sums (as [`ChannelGrad`] gives
+/// them) into the channel's `(mean, a, b, k)`. Returns the sums.
+pub(crate) struct ChannelBackward<'r, X, D, Io, P> {
+    pub grad: ChannelGrad<'r, X, D>,
+    pub rows: usize,
+    pub io_row: &'r Io,
+    pub coef: &'r P,
+    /// Streaming stores: for outputs much larger than the caches.
+    pub stream: bool,
+}
+
+impl<'a, 'b, 'o, X, D, Io, P> Kernel for ChannelBackward<'_, X, D, Io, P>
+where
+    X: Fn(usize) -> &'a [f32],
+    D: Fn(usize) -> &'b [f32],
+    Io: Fn(usize) -> RowIo<'o>,
+    P: Fn(GradSums) -> (f32, f32, f32, f32),
+{
+    type Output = GradSums;
+    #[inline(always)]
+    fn run<V: F32Vec>(self) -> GradSums {
+        let x_row = self.grad.x_row;
+        let sums = self.grad.run::<V>();
+        let (m, a, b, k) = (self.coef)(sums);
+        for n in 0..self.rows {
+            let map = UniformGrad {
+                x: x_row(n),
+                m: V::splat(m),
+                a: V::splat(a),
+                b: V::splat(b),
+                k: V::splat(k),
+            };
+            let mut row = (self.io_row)(n);
+            if self.stream {
+                row.map_streaming::<V>(&map);
+            } else {
+                row.map::<V>(&map);
+            }
+        }
+        if self.stream {
+            V::fence_streams();
+        }
+        sums
     }
 }
