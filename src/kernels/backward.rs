@@ -10,7 +10,7 @@
 //! Input gradient: `dx = dy * a[c] + (x - mean[c]) * b[c] + k[c]`, with the per-channel
 //! coefficients computed in `f64` by the caller from the reductions.
 
-use crate::io::{RowIo, VectorMap};
+use crate::io::{RowIo, VectorMap, store_vector, unaligned_head};
 use crate::simd::{F32Vec, Kernel, MAX_LANES};
 use std::cell::Cell;
 use std::ops::Range;
@@ -359,6 +359,40 @@ impl Kernel for NscGrad<'_> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(mut self) {
+        let (c, l) = (self.channels, V::LANES);
+        if c.is_multiple_of(l) {
+            // A partial run up to an aligned output (for streaming), whole periods of `c`
+            // elements (each starting at the same channel, so vector `j` of a period takes the
+            // coefficients of window `j`, without per-vector bookkeeping), then the rest.
+            let len = self.io.len();
+            let head = if self.stream {
+                match &self.io {
+                    RowIo::Separate(_, y) => unaligned_head::<V>(y),
+                    RowIo::InPlace(b) => unaligned_head::<V>(b),
+                }
+            } else {
+                0
+            };
+            let body = head + (len - head) / c * c;
+            let cyclic = |x, first| CyclicGrad {
+                x,
+                coef: self.coef,
+                channels: c,
+                channel: Cell::new(first),
+            };
+            self.io.part(0..head).map::<V>(&cyclic(&self.x[..head], 0));
+            let mut part = self.io.part(head..body);
+            if self.stream {
+                nsc_periods::<V, true>(&self.x[head..body], &mut part, c, head, &self.coef);
+                V::fence_streams();
+            } else {
+                nsc_periods::<V, false>(&self.x[head..body], &mut part, c, head, &self.coef);
+            }
+            self.io
+                .part(body..len)
+                .map::<V>(&cyclic(&self.x[body..], head));
+            return;
+        }
         let map = CyclicGrad {
             x: self.x,
             coef: self.coef,
@@ -419,5 +453,71 @@ where
             V::fence_streams();
         }
         sums
+    }
+}
+
+/// Whole periods of `channels` elements (a multiple of `LANES`), each starting at channel `c0`;
+/// with `STREAM` the output is vector-aligned and written with streaming stores.
+#[inline(always)]
+fn nsc_periods<V: F32Vec, const STREAM: bool>(
+    x: &[f32],
+    io: &mut RowIo<'_>,
+    channels: usize,
+    c0: usize,
+    p: &GradCoefficients<'_>,
+) {
+    let l = V::LANES;
+    let w = c0..c0 + channels;
+    let (m, a, b, k) = (
+        &p.mean[w.clone()],
+        &p.a[w.clone()],
+        &p.b[w.clone()],
+        &p.k[w],
+    );
+    let coef = || {
+        m.chunks_exact(l)
+            .zip(a.chunks_exact(l))
+            .zip(b.chunks_exact(l).zip(k.chunks_exact(l)))
+    };
+    match io {
+        RowIo::Separate(dy, dx) => {
+            let rows = x
+                .chunks_exact(channels)
+                .zip(dy.chunks_exact(channels))
+                .zip(dx.chunks_exact_mut(channels));
+            for ((xr, dr), or) in rows {
+                let data = xr.chunks_exact(l).zip(dr.chunks_exact(l));
+                for (((xs, ds), os), ((m, a), (b, k))) in
+                    data.zip(or.chunks_exact_mut(l)).zip(coef())
+                {
+                    let v = grad(
+                        V::load(ds),
+                        V::load(xs),
+                        V::load(m),
+                        V::load(a),
+                        V::load(b),
+                        V::load(k),
+                    );
+                    store_vector::<V, STREAM>(v, os);
+                }
+            }
+        }
+        RowIo::InPlace(buf) => {
+            let rows = x.chunks_exact(channels).zip(buf.chunks_exact_mut(channels));
+            for (xr, br) in rows {
+                let data = xr.chunks_exact(l).zip(br.chunks_exact_mut(l));
+                for ((xs, bs), ((m, a), (b, k))) in data.zip(coef()) {
+                    let v = grad(
+                        V::load(bs),
+                        V::load(xs),
+                        V::load(m),
+                        V::load(a),
+                        V::load(b),
+                        V::load(k),
+                    );
+                    store_vector::<V, STREAM>(v, bs);
+                }
+            }
+        }
     }
 }
