@@ -521,3 +521,190 @@ fn nsc_periods<V: F32Vec, const STREAM: bool>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The kernels with 16 and 8 emulated lanes (the code paths of AVX-512 and AVX2 on any CPU)
+    //! against plain `f64` loops; the operations are checked against a separate reference in
+    //! the integration tests.
+
+    use super::*;
+    use crate::simd::emulated::Emulated;
+
+    fn data(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let h = (i as u32 ^ seed)
+                    .wrapping_mul(2_654_435_761)
+                    .rotate_left(13);
+                (h % 20_000) as f32 / 1000.0 - 10.0
+            })
+            .collect()
+    }
+
+    fn close(got: f64, want: f64, scale: f64) -> bool {
+        (got - want).abs() <= 1e-5 * scale + 1e-30
+    }
+
+    fn row_grad<V: F32Vec>(rows: usize, c: usize) {
+        let (x, dy, mean) = (data(rows * c, 1), data(rows * c, 2), data(c, 3));
+        let mut out = vec![GradSums::default(); c];
+        RowGrad {
+            x: &x,
+            dy: &dy,
+            channels: c,
+            mean: &mean,
+            out: &mut out,
+        }
+        .run::<V>();
+        for ch in 0..c {
+            let (mut s1, mut s2, mut a1, mut a2) = (0.0, 0.0, 0.0, 0.0);
+            for r in 0..rows {
+                let (xv, d) = (x[r * c + ch] as f64, dy[r * c + ch] as f64);
+                s1 += d;
+                s2 += d * (xv - mean[ch] as f64);
+                a1 += d.abs();
+                a2 += (d * (xv - mean[ch] as f64)).abs();
+            }
+            assert!(close(out[ch].dy, s1, a1), "{rows}x{c} channel {ch}");
+            assert!(close(out[ch].dy_xm, s2, a2), "{rows}x{c} channel {ch}");
+        }
+    }
+
+    fn channel_grad<V: F32Vec>(rows: usize, s: usize, range: Range<usize>) {
+        let (x, dy) = (data(rows * s, 4), data(rows * s, 5));
+        let x_row = |n: usize| &x[n * s..(n + 1) * s];
+        let dy_row = |n: usize| &dy[n * s..(n + 1) * s];
+        let got = ChannelGrad {
+            x_row: &x_row,
+            dy_row: &dy_row,
+            spatial: s,
+            range: range.clone(),
+            mean: 0.5,
+        }
+        .run::<V>();
+        let (mut s1, mut s2, mut a) = (0.0, 0.0, 0.0);
+        for v in range {
+            let (xv, d) = (x[v] as f64, dy[v] as f64);
+            s1 += d;
+            s2 += d * (xv - 0.5);
+            a += d.abs() * (1.0 + (xv - 0.5).abs());
+        }
+        assert!(
+            close(got.dy, s1, a) && close(got.dy_xm, s2, a),
+            "{rows}x{s}"
+        );
+    }
+
+    /// Per-channel coefficients extended cyclically, as the ops layer makes them.
+    fn coefficients(c: usize) -> Vec<Vec<f32>> {
+        (0..4)
+            .map(|k| {
+                let base = data(c, 10 + k);
+                (0..2 * c + MAX_LANES).map(|j| base[j % c]).collect()
+            })
+            .collect()
+    }
+
+    fn want_dx(x: &[f32], dy: &[f32], p: &[Vec<f32>], ch: usize, i: usize) -> (f64, f64) {
+        let (m, a, b, k) = (
+            p[0][ch] as f64,
+            p[1][ch] as f64,
+            p[2][ch] as f64,
+            p[3][ch] as f64,
+        );
+        let (xv, d) = (x[i] as f64, dy[i] as f64);
+        let t = [d * a, (xv - m) * b, k];
+        (t.iter().sum(), t.iter().map(|v| v.abs()).sum())
+    }
+
+    fn nsc_grad<V: F32Vec>(rows: usize, c: usize, stream: bool, offset: usize) {
+        let n = rows * c;
+        let (x, dy) = (data(n, 6), data(n, 7));
+        let p = coefficients(c);
+        let coef = GradCoefficients {
+            mean: &p[0],
+            a: &p[1],
+            b: &p[2],
+            k: &p[3],
+        };
+        let mut buf = vec![0f32; n + offset];
+        NscGrad {
+            x: &x,
+            io: RowIo::Separate(&dy, &mut buf[offset..]),
+            channels: c,
+            coef,
+            stream,
+        }
+        .run::<V>();
+        for i in 0..n {
+            let (want, scale) = want_dx(&x, &dy, &p, i % c, i);
+            let got = buf[offset + i] as f64;
+            assert!(
+                close(got, want, scale),
+                "{rows}x{c} at {i}: {got} vs {want}"
+            );
+        }
+    }
+
+    fn ncs_grad<V: F32Vec>(rows: usize, c: usize, s: usize, first_row: usize, stream: bool) {
+        let n = rows * s;
+        let (x, dy) = (data(n, 8), data(n, 9));
+        let p = coefficients(c);
+        let coef = GradCoefficients {
+            mean: &p[0],
+            a: &p[1],
+            b: &p[2],
+            k: &p[3],
+        };
+        let mut dx = dy.clone();
+        NcsGrad {
+            x: &x,
+            io: RowIo::InPlace(&mut dx),
+            first_row,
+            spatial: s,
+            channels: c,
+            coef,
+            stream,
+        }
+        .run::<V>();
+        for i in 0..n {
+            let ch = (first_row + i / s) % c;
+            let (want, scale) = want_dx(&x, &dy, &p, ch, i);
+            assert!(close(dx[i] as f64, want, scale), "{rows}x{s} at {i}");
+        }
+    }
+
+    fn all<V: F32Vec>() {
+        for c in [1, 3, 8, 16, 17, 32, 64, 67] {
+            row_grad::<V>(150, c);
+            for stream in [false, true] {
+                for offset in [0, 1, 5] {
+                    nsc_grad::<V>(9, c, stream, offset);
+                }
+            }
+        }
+        channel_grad::<V>(5, 37, 0..185);
+        channel_grad::<V>(3, 1000, 10..2990);
+        channel_grad::<V>(2, 3000, 100..5000);
+        for stream in [false, true] {
+            ncs_grad::<V>(7, 3, 37, 2, stream);
+            ncs_grad::<V>(2, 5, 100, 4, stream);
+        }
+    }
+
+    #[test]
+    fn sixteen_lanes() {
+        all::<Emulated<16>>();
+    }
+
+    #[test]
+    fn eight_lanes() {
+        all::<Emulated<8>>();
+    }
+
+    #[test]
+    fn four_lanes() {
+        all::<Emulated<4>>();
+    }
+}
