@@ -668,10 +668,10 @@ mod tests {
             stream,
         }
         .run::<V>();
-        for i in 0..n {
+        for (i, &got) in dx.iter().enumerate() {
             let ch = (first_row + i / s) % c;
             let (want, scale) = want_dx(&x, &dy, &p, ch, i);
-            assert!(close(dx[i] as f64, want, scale), "{rows}x{s} at {i}");
+            assert!(close(got as f64, want, scale), "{rows}x{s} at {i}");
         }
     }
 
