@@ -1,4 +1,4 @@
-//! Batch norm forward throughput, next to a plain copy of the same bytes.
+//! Batch norm forward and backward throughput, next to a plain copy of the same bytes.
 //!
 //! Run and summarize:
 //!
@@ -35,7 +35,7 @@ use criterion::measurement::WallTime;
 use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
 };
-use normkit::batchnorm::{self, Affine, RunningStats, SavedStats, TrainingParams};
+use normkit::batchnorm::{self, Affine, BackwardIo, RunningStats, SavedStats, TrainingParams};
 use normkit::ffi::{nk_batchnorm_forward_inference, nk_layout, nk_shape, nk_status};
 use normkit::{Context, InOut, Isa, Layout, Shape};
 use std::hint::black_box;
@@ -454,5 +454,154 @@ fn batchnorm_forward(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, batchnorm_forward);
+// ---------------------------------------------------------------------------------------------
+// Backward.
+//
+// One group per layout, `bnbwd_<layout>_32x64x56x56`, each benchmark declaring the minimal
+// traffic of a backward, `3 * 4 * elements` bytes (read `x` and `dy`, write `dx` once; the
+// reduction alone reads `2 * 4 * elements`):
+//
+// - `three_streams/t1`, `/t2`: `dx = x + dy` in a plain loop, on one thread and split in two
+//   halves on two scoped threads: one pass over the same bytes, the reference;
+// - `copy/t1`: `y.copy_from_slice(&x)` of one tensor, as in the forward groups;
+// - `backward/<isa>_t<threads>`: `batchnorm::backward` with `dx`, `dgamma` and `dbeta`;
+// - best ISA on 2 threads: `backward_reduce` and `backward_apply`, its two passes.
+
+/// `dx = x + dy`: reads two streams, writes one.
+fn add_streams(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    for ((d, &a), &b) in dx.iter_mut().zip(x).zip(dy) {
+        *d = a + b;
+    }
+}
+
+fn bench_backward_case(c: &mut Criterion, name: &str, shape: Shape, seed: u64) {
+    let n = shape.batch * shape.channels * shape.spatial;
+    let ch = shape.channels;
+    let mut rng = Rng(seed);
+    let x = rng.normals(n, 1.0, 1.0);
+    let dy = rng.normals(n, 0.0, 1.0);
+    let gamma = rng.normals(ch, 1.0, 0.1);
+    let (mut mean, mut m2) = (vec![0f64; ch], vec![0f64; ch]);
+    let ctx2 = context(2, Isa::best());
+    batchnorm::moments(&ctx2, shape, &x, &mut mean, &mut m2).expect("moments");
+    let count = (shape.batch * shape.spatial) as u64;
+    let save_mean: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+    let save_invstd: Vec<f32> = m2
+        .iter()
+        .map(|&m2| (1.0 / (m2 / count as f64 + EPS as f64).sqrt()) as f32)
+        .collect();
+
+    let mut group = c.benchmark_group(name);
+    group
+        .throughput(Throughput::Bytes(3 * 4 * n as u64))
+        .sample_size(20)
+        .warm_up_time(Duration::from_secs(2))
+        .measurement_time(Duration::from_secs(4));
+
+    let mut dx = vec![0f32; n];
+    group.bench_function(BenchmarkId::new("three_streams", "t1"), |b| {
+        b.iter(|| {
+            add_streams(black_box(&x), black_box(&dy), &mut dx);
+            black_box(&mut dx);
+        })
+    });
+    let half = n.div_ceil(2);
+    group.bench_function(BenchmarkId::new("three_streams", "t2"), |b| {
+        b.iter(|| {
+            let (x0, x1) = black_box(&x[..]).split_at(half);
+            let (d0, d1) = black_box(&dy[..]).split_at(half);
+            let (o0, o1) = dx.split_at_mut(half);
+            std::thread::scope(|s| {
+                s.spawn(|| add_streams(x1, d1, o1));
+                add_streams(x0, d0, o0);
+            });
+            black_box(&mut dx);
+        })
+    });
+    group.throughput(Throughput::Bytes(2 * 4 * n as u64));
+    bench_copy(&mut group, &x);
+    group.throughput(Throughput::Bytes(3 * 4 * n as u64));
+
+    let (mut dgamma, mut dbeta) = (vec![0f32; ch], vec![0f32; ch]);
+    for isa in Isa::supported() {
+        for threads in [1, 2] {
+            let ctx = context(threads, isa);
+            let id = format!("{}_t{threads}", isa_name(isa));
+            group.bench_function(BenchmarkId::new("backward", id), |b| {
+                b.iter(|| {
+                    batchnorm::backward(
+                        &ctx,
+                        shape,
+                        black_box(&x),
+                        BackwardIo::WithDx(InOut::separate(&dy, &mut dx).unwrap()),
+                        Some(&gamma),
+                        &save_mean,
+                        &save_invstd,
+                        Some(&mut dgamma),
+                        Some(&mut dbeta),
+                    )
+                    .unwrap();
+                    black_box(&mut dx);
+                })
+            });
+        }
+    }
+
+    let id = format!("{}_t2", isa_name(Isa::best()));
+    let (mut sum_dy, mut sum_dy_xhat) = (vec![0f64; ch], vec![0f64; ch]);
+    group.throughput(Throughput::Bytes(2 * 4 * n as u64));
+    group.bench_function(BenchmarkId::new("backward_reduce", &id), |b| {
+        b.iter(|| {
+            batchnorm::backward_reduce(
+                &ctx2,
+                shape,
+                black_box(&x),
+                black_box(&dy),
+                &save_mean,
+                &save_invstd,
+                &mut sum_dy,
+                &mut sum_dy_xhat,
+            )
+            .unwrap();
+            black_box((&mut sum_dy, &mut sum_dy_xhat));
+        })
+    });
+    group.throughput(Throughput::Bytes(3 * 4 * n as u64));
+    group.bench_function(BenchmarkId::new("backward_apply", &id), |b| {
+        b.iter(|| {
+            batchnorm::backward_apply(
+                &ctx2,
+                shape,
+                black_box(&x),
+                InOut::separate(&dy, &mut dx).unwrap(),
+                Some(&gamma),
+                &save_mean,
+                &save_invstd,
+                count,
+                &sum_dy,
+                &sum_dy_xhat,
+            )
+            .unwrap();
+            black_box(&mut dx);
+        })
+    });
+    group.finish();
+}
+
+fn batchnorm_backward(c: &mut Criterion) {
+    bench_backward_case(
+        c,
+        "bnbwd_nchw_32x64x56x56",
+        Shape::new(32, 64, 56 * 56, Layout::Ncs),
+        0xB0C0_0001,
+    );
+    bench_backward_case(
+        c,
+        "bnbwd_nhwc_32x64x56x56",
+        Shape::new(32, 64, 56 * 56, Layout::Nsc),
+        0xB0C0_0002,
+    );
+}
+
+criterion_group!(benches, batchnorm_forward, batchnorm_backward);
 criterion_main!(benches);

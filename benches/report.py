@@ -46,6 +46,10 @@ TRAINING_TARGET_GROUPS = ("bn_nchw_32x64x56x56", "bn_nhwc_32x64x56x56")
 # Results of one group measured further apart than this are flagged (a filtered run can leave
 # older results next to newer ones).
 STALE_SPREAD_S = 15 * 60
+# Backward groups (`bnbwd_<layout>_<dims>`): the backward within this factor of the time of one
+# pass over its minimal traffic (`three_streams`: read x and dy, write dx, one thread).
+BACKWARD_GROUP_PREFIX = "bnbwd_"
+BACKWARD_VS_THREE_STREAMS = 2.0
 
 
 def criterion_dir():
@@ -80,12 +84,12 @@ def parse_group(group):
     return shape, LAYOUTS.get(layout, layout), elements
 
 
-def load(root):
+def load(root, prefix=GROUP_PREFIX):
     rows = []
     for bench in sorted(root.glob("*/**/new/benchmark.json")):
         meta = json.loads(bench.read_text())
         group = meta.get("group_id", "")
-        if not group.startswith(GROUP_PREFIX):
+        if not group.startswith(prefix):
             continue
         estimates_path = bench.parent / "estimates.json"
         if not estimates_path.exists():
@@ -243,9 +247,55 @@ def display(path):
         return path.name
 
 
+def print_backward(rows):
+    """Tables and the target of the backward groups."""
+    groups = {}
+    for r in rows:
+        groups.setdefault(r["group"], []).append(r)
+    print("## Batch norm backward benchmarks\n")
+    print(
+        "GB/s counts the minimal traffic, 3 x 4 bytes per element (read x and dy, write dx; "
+        "2 x 4 for `copy` and `backward_reduce`); `vs 3 streams` is the row's time over the time "
+        "of `three_streams` (dx = x + dy, 1 thread, same group).\n"
+    )
+    targets = []
+    for group in sorted(groups):
+        g = groups[group]
+        shape, layout, _ = parse_group(group)
+        ref = find(g, "three_streams", threads=1)
+        print(f"### `{group}`: {shape}, {layout}\n")
+        print("| operation | ISA | threads | median time | GB/s | vs 3 streams |")
+        print("|---|---|---|---:|---:|---:|")
+        for r in sorted(g, key=lambda r: (r["op"], r["isa"], r["threads"])):
+            rate = gbps(r)
+            rate = f"{rate:.2f}" if rate is not None else "-"
+            vs = f"{r['ns'] / ref['ns']:.2f}x" if ref else "-"
+            print(f"| {r['op']} | {r['isa']} | {r['threads']} | {fmt_time(r['ns'])} | {rate} | {vs} |")
+        print()
+        for isa in ISA_ORDER:
+            b = find(g, "backward", isa, 2)
+            if b and ref:
+                targets.append((f"{shape} {layout}", b["ns"] / ref["ns"], isa))
+                break
+    if targets:
+        print("| target | shape | measured | met |")
+        print("|---|---|---|---|")
+        for label, ratio, isa in targets:
+            ok = "yes" if ratio <= BACKWARD_VS_THREE_STREAMS else "NO"
+            print(
+                f"| backward <= {BACKWARD_VS_THREE_STREAMS}x a three-stream pass | {label} "
+                f"| {ratio:.2f}x ({isa}, 2 threads) | {ok} |"
+            )
+        print()
+
+
 def main():
     root = criterion_dir()
+    backward_rows = load(root, BACKWARD_GROUP_PREFIX)
     rows = load(root)
+    if backward_rows and not rows:
+        print_backward(backward_rows)
+        return
     if not rows:
         sys.exit(f"no batch norm results under {root}: run `cargo bench --bench batchnorm` first")
     groups = {}
@@ -263,6 +313,8 @@ def main():
     for group in sorted(groups, key=group_order):
         print_group(group, groups[group])
     print_targets(groups)
+    if backward_rows:
+        print_backward(backward_rows)
 
 
 if __name__ == "__main__":

@@ -687,7 +687,7 @@ fn with_channel_affine<R>(
 // count)` with `count` the global number of values per channel.
 
 use crate::kernels::backward::{
-    ChannelGrad, GradCoefficients, GradSums, NcsGrad, NscGrad, RowGrad,
+    ChannelBackward, ChannelGrad, GradCoefficients, GradSums, NcsGrad, NscGrad, RowGrad,
 };
 
 /// The output gradient `dy` of a [`backward`], and where the input gradient `dx` goes, if
@@ -767,23 +767,33 @@ pub fn backward(
     if !wants_dx && dgamma.is_none() && dbeta.is_none() {
         return Ok(());
     }
-    let sums = grad_sums(ctx, &shape, x, io.dy(), save_mean, save_invstd);
-    if let BackwardIo::WithDx(mut io) = io
-        && elements > 0
-    {
-        let count = shape.count()? as u64;
-        apply_grad(
-            ctx,
-            &shape,
-            x,
-            &mut io,
-            gamma,
-            save_mean,
-            save_invstd,
-            count,
-            &sums,
-        );
-    }
+    let count = shape.count()?;
+    let sums = match io {
+        BackwardIo::WithDx(mut io)
+            if !shape.channels_innermost() && count > 0 && count <= CHANNEL_CHUNK && c > 0 =>
+        {
+            fused_backward(ctx, &shape, x, &mut io, gamma, save_mean, save_invstd)
+        }
+        BackwardIo::WithDx(mut io) => {
+            let sums = grad_sums(ctx, &shape, x, io.input(), save_mean, save_invstd);
+            if elements > 0 {
+                let n = count as u64;
+                apply_grad(
+                    ctx,
+                    &shape,
+                    x,
+                    &mut io,
+                    gamma,
+                    save_mean,
+                    save_invstd,
+                    n,
+                    &sums,
+                );
+            }
+            sums
+        }
+        BackwardIo::DyOnly(dy) => grad_sums(ctx, &shape, x, dy, save_mean, save_invstd),
+    };
     if let Some(d) = dgamma {
         for (o, s) in d.iter_mut().zip(&sums) {
             *o = s.dy_xm as f32;
@@ -925,10 +935,8 @@ fn grad_sums(
             dispatch(
                 isa,
                 ChannelGrad {
-                    x,
-                    dy,
-                    channels: c,
-                    channel: ch,
+                    x_row: &|n: usize| &x[(n * c + ch) * s..(n * c + ch + 1) * s],
+                    dy_row: &|n: usize| &dy[(n * c + ch) * s..(n * c + ch + 1) * s],
                     spatial: s,
                     range: k * CHANNEL_CHUNK..count.min((k + 1) * CHANNEL_CHUNK),
                     mean: save_mean[ch],
@@ -946,6 +954,88 @@ fn grad_sums(
         t.dy_xm *= invstd as f64;
     }
     total
+}
+
+/// The coefficients `(mean, a, b, k)` of `dx = dy * a + (x - mean) * b + k` for channel `ch`
+/// with sums `s` (`s.dy_xm = sum(dy * xhat)`): `a = gamma * invstd`, `b = -a * invstd *
+/// sum_dy_xhat / count`, `k = -a * sum_dy / count`, in `f64` and rounded.
+fn grad_coefficients(
+    gamma: Option<&[f32]>,
+    save_mean: &[f32],
+    save_invstd: &[f32],
+    count: u64,
+    ch: usize,
+    s: GradSums,
+) -> (f32, f32, f32, f32) {
+    let n = count as f64;
+    let invstd = save_invstd[ch] as f64;
+    let scale = gamma.map_or(1.0, |g| g[ch] as f64) * invstd;
+    (
+        save_mean[ch],
+        scale as f32,
+        (-scale * invstd * (s.dy_xm / n)) as f32,
+        (-scale * (s.dy / n)) as f32,
+    )
+}
+
+/// The sums of a channel as [`grad_sums`] gives them, from its one chunk's kernel result.
+fn channel_total(part: GradSums, invstd: f32) -> GradSums {
+    let mut t = GradSums::default();
+    t.dy += part.dy;
+    t.dy_xm += part.dy_xm;
+    t.dy_xm *= invstd as f64;
+    t
+}
+
+/// Channels-first backward, one task per channel of at most `CHANNEL_CHUNK` values: the
+/// channel's sums, then its input gradient while the channel is in cache. The same blocks, sums
+/// and coefficients as [`grad_sums`] then [`apply_grad`], so the same bits.
+#[allow(clippy::too_many_arguments)]
+fn fused_backward(
+    ctx: &Context,
+    shape: &Shape,
+    x: &[f32],
+    io: &mut InOut<'_>,
+    gamma: Option<&[f32]>,
+    save_mean: &[f32],
+    save_invstd: &[f32],
+) -> Vec<GradSums> {
+    let (c, s, rows) = (shape.channels, shape.spatial, shape.batch);
+    let count = rows * s;
+    let isa = ctx.supported_isa();
+    let elements = io.len();
+    let stream = streams(shape, elements);
+    let shared: SharedIo<'_> = io.share();
+    ctx.map(2 * elements, c, |ch| {
+        let range = |n: usize| (n * c + ch) * s..(n * c + ch + 1) * s;
+        // SAFETY: this task alone touches the rows of channel `ch`. Its `dy` slices are read only
+        // by the reduction, before any row is written through `io_row`.
+        let dy_row = |n: usize| unsafe { shared.input(range(n)) };
+        let x_row = |n: usize| &x[range(n)];
+        // SAFETY: as above; one row is written at a time, after the reduction.
+        let io_row = |n: usize| unsafe { shared.part(range(n)) };
+        let coef = |part: GradSums| {
+            let t = channel_total(part, save_invstd[ch]);
+            grad_coefficients(gamma, save_mean, save_invstd, count as u64, ch, t)
+        };
+        let part = dispatch(
+            isa,
+            ChannelBackward {
+                grad: ChannelGrad {
+                    x_row: &x_row,
+                    dy_row: &dy_row,
+                    spatial: s,
+                    range: 0..count,
+                    mean: save_mean[ch],
+                },
+                rows,
+                io_row: &io_row,
+                coef: &coef,
+                stream,
+            },
+        );
+        channel_total(part, save_invstd[ch])
+    })
 }
 
 /// `dx = gamma * invstd * (dy - sum_dy / count - xhat * sum_dy_xhat / count)` over the whole
@@ -974,14 +1064,9 @@ fn apply_grad(
     let (mean, rest) = buf.split_at_mut(len);
     let (a, rest) = rest.split_at_mut(len);
     let (b, k) = rest.split_at_mut(len);
-    let n = count as f64;
     for ch in 0..c {
-        let invstd = save_invstd[ch] as f64;
-        let scale = gamma.map_or(1.0, |g| g[ch] as f64) * invstd;
-        mean[ch] = save_mean[ch];
-        a[ch] = scale as f32;
-        b[ch] = (-scale * invstd * (sums[ch].dy_xm / n)) as f32;
-        k[ch] = (-scale * (sums[ch].dy / n)) as f32;
+        (mean[ch], a[ch], b[ch], k[ch]) =
+            grad_coefficients(gamma, save_mean, save_invstd, count, ch, sums[ch]);
     }
     for p in [&mut *mean, &mut *a, &mut *b, &mut *k] {
         let mut filled = c;
