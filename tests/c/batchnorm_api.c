@@ -2,8 +2,9 @@
  * The C API of normkit, checked from C (and, compiled as C++, from C++) against the committed
  * header and the static library.
  *
- * Every function of include/normkit.h but the dropout family (tests/c/dropout_api.c) is called
- * here. Each result is compared with a naive double-precision loop written in this file; every
+ * The batch-norm forward functions, moments, fold, the library and context functions are called
+ * here (the backward passes, the other normalizations and the dropout family have programs of
+ * their own in tests/c). Each result is compared with a naive double-precision loop written in this file; every
  * error case checks the status code, that the error message is set, and that no byte of any
  * buffer changed. Cases run on every ISA the CPU
  * has, in both layouts, on a 2-thread context and on the default (NULL) context; results must be
