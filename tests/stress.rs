@@ -8,7 +8,7 @@ mod common;
 use common::data::normals;
 use normkit::ffi::nk_status::NK_OK;
 use normkit::ffi::*;
-use std::ptr::null_mut;
+use std::ptr::{null, null_mut};
 use std::sync::Barrier;
 
 const NCS: nk_layout_value = 0;
@@ -29,9 +29,13 @@ enum Op {
     Dropout,
     Gaussian,
     Channel,
+    LayerNorm,
+    GroupNormNsc,
+    BackwardNcs,
+    RmsBackward,
 }
 
-const OPS: [Op; 7] = [
+const OPS: [Op; 11] = [
     Op::TrainingNcs,
     Op::TrainingNsc,
     Op::Inference,
@@ -39,6 +43,10 @@ const OPS: [Op; 7] = [
     Op::Dropout,
     Op::Gaussian,
     Op::Channel,
+    Op::LayerNorm,
+    Op::GroupNormNsc,
+    Op::BackwardNcs,
+    Op::RmsBackward,
 ];
 
 struct Inputs {
@@ -64,6 +72,8 @@ fn run(op: Op, ctx: *mut nk_context, input: &Inputs, seed: u64) -> Vec<u8> {
     let mut stats = vec![0f32; 4 * CHANNELS];
     let mut moments = vec![0f64; 2 * CHANNELS];
     let mut mask = vec![0u8; ELEMENTS.div_ceil(8)];
+    // Per-row or per-group statistics and per-column sums of the other normalizations.
+    let mut rows = vec![0f32; 2 * BATCH * CHANNELS + SPATIAL];
     let (x, g, b) = (input.x.as_ptr(), input.gamma.as_ptr(), input.beta.as_ptr());
     let yp = y.as_mut_ptr();
     // SAFETY (every call): each pointer is valid for the extent its function reads or writes
@@ -115,6 +125,66 @@ fn run(op: Op, ctx: *mut nk_context, input: &Inputs, seed: u64) -> Vec<u8> {
                 nk_dropout_forward(ctx, ELEMENTS, x, yp, 0.3, seed, 7, mask.as_mut_ptr())
             }
             Op::Gaussian => nk_gaussian_dropout_forward(ctx, ELEMENTS, x, yp, 0.2, seed, 3),
+            Op::LayerNorm => {
+                let r = rows.as_mut_ptr();
+                let cols = SPATIAL;
+                let n_rows = BATCH * CHANNELS;
+                nk_layernorm_forward(
+                    ctx,
+                    n_rows,
+                    cols,
+                    x,
+                    yp,
+                    null(),
+                    null(),
+                    1e-5,
+                    r,
+                    r.add(n_rows),
+                )
+            }
+            Op::GroupNormNsc => {
+                let r = rows.as_mut_ptr();
+                nk_groupnorm_forward(ctx, shape(NSC), 4, x, yp, g, b, 1e-5, r, r.add(BATCH * 4))
+            }
+            Op::BackwardNcs => {
+                // The statistics of a forward first, then the backward with dy = the input.
+                let st = stats.as_mut_ptr();
+                let s1 = nk_batchnorm_forward_training(
+                    ctx,
+                    shape(NCS),
+                    x,
+                    yp,
+                    g,
+                    b,
+                    1e-5,
+                    0.1,
+                    0,
+                    null_mut(),
+                    null_mut(),
+                    st,
+                    st.add(CHANNELS),
+                );
+                assert_eq!(s1, NK_OK);
+                nk_batchnorm_backward(
+                    ctx,
+                    shape(NCS),
+                    x,
+                    x,
+                    yp,
+                    g,
+                    st,
+                    st.add(CHANNELS),
+                    st.add(2 * CHANNELS),
+                    st.add(3 * CHANNELS),
+                )
+            }
+            Op::RmsBackward => {
+                let (n_rows, cols) = (BATCH * CHANNELS, SPATIAL);
+                let r = rows.as_mut_ptr();
+                let s1 = nk_rmsnorm_forward(ctx, n_rows, cols, x, yp, null(), 1e-6, r);
+                assert_eq!(s1, NK_OK);
+                nk_rmsnorm_backward(ctx, n_rows, cols, x, x, yp, null(), r, r.add(n_rows))
+            }
             Op::Channel => {
                 nk_channel_dropout_forward(ctx, shape(NSC), x, yp, 0.5, seed, 11, mask.as_mut_ptr())
             }
@@ -125,6 +195,7 @@ fn run(op: Op, ctx: *mut nk_context, input: &Inputs, seed: u64) -> Vec<u8> {
     bytes.extend(stats.iter().flat_map(|v| v.to_le_bytes()));
     bytes.extend(moments.iter().flat_map(|v| v.to_le_bytes()));
     bytes.extend(mask);
+    bytes.extend(rows.iter().flat_map(|v| v.to_le_bytes()));
     bytes
 }
 
