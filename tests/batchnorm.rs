@@ -6,6 +6,8 @@
 
 mod common;
 
+use common::check::{assert_bits, assert_bits64, close, ctx};
+
 use common::data::Gen;
 use common::reference as r;
 use normkit::batchnorm::{
@@ -13,9 +15,6 @@ use normkit::batchnorm::{
 };
 use normkit::{Context, ErrorKind, InOut, Isa, Layout, Shape};
 use proptest::prelude::*;
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::rc::Rc;
 
 // ---------------------------------------------------------------------------------------------
 // Tolerances.
@@ -39,72 +38,6 @@ const TOL_INFERENCE: f64 = 1e-6;
 const TOL_OFFSET: f64 = 1e-5;
 /// One f32 rounding.
 const F32_EPS: f64 = 1.0 / (1u64 << 24) as f64;
-
-/// `got` is within `tol` of `want`; a NaN must be NaN, an infinity the same infinity.
-fn close(got: f64, want: f64, tol: f64) -> bool {
-    if want.is_nan() {
-        got.is_nan()
-    } else if want.is_infinite() {
-        got == want
-    } else {
-        (got - want).abs() <= tol
-    }
-}
-
-fn first_bit_diff(a: &[f32], b: &[f32]) -> Option<usize> {
-    if a.len() != b.len() {
-        return Some(a.len().min(b.len()));
-    }
-    a.iter()
-        .zip(b)
-        .position(|(p, q)| p.to_bits() != q.to_bits())
-}
-
-#[track_caller]
-fn assert_bits(a: &[f32], b: &[f32], what: &str) {
-    if let Some(i) = first_bit_diff(a, b) {
-        panic!(
-            "{what}: not bitwise equal at {i} of {}: {:?} vs {:?}",
-            a.len(),
-            a.get(i),
-            b.get(i)
-        );
-    }
-}
-
-#[track_caller]
-fn assert_bits64(a: &[f64], b: &[f64], what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    if let Some(i) = a
-        .iter()
-        .zip(b)
-        .position(|(p, q)| p.to_bits() != q.to_bits())
-    {
-        panic!("{what}: not bitwise equal at {i}: {} vs {}", a[i], b[i]);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Contexts: one per (threads, ISA) and test thread, so that tests running at the same time never
-// change each other's ISA.
-
-thread_local! {
-    static CONTEXTS: RefCell<HashMap<(usize, Isa), Rc<Context>>> = RefCell::new(HashMap::new());
-}
-
-fn ctx(threads: usize, isa: Isa) -> Rc<Context> {
-    CONTEXTS.with(|m| {
-        m.borrow_mut()
-            .entry((threads, isa))
-            .or_insert_with(|| {
-                let c = Context::new(threads).expect("context");
-                c.set_isa(Some(isa)).expect("a supported ISA");
-                assert_eq!(c.isa(), isa);
-                Rc::new(c)
-            })
-            .clone()
-    })
-}
 
 fn isas() -> Vec<Isa> {
     let v = Isa::supported();

@@ -9,6 +9,9 @@
 
 mod common;
 
+use common::check::{assert_bits, assert_bits64, ctx};
+use std::ffi::CStr;
+
 use common::backward_reference as r;
 use common::data::Gen;
 use normkit::batchnorm::{self, BackwardIo, TrainingParams};
@@ -16,11 +19,7 @@ use normkit::ffi::nk_status::{self, *};
 use normkit::ffi::*;
 use normkit::{Context, ErrorKind, InOut, Isa, Layout, Shape};
 use proptest::prelude::*;
-use std::cell::RefCell;
-use std::collections::HashMap;
-use std::ffi::CStr;
 use std::ptr::{null, null_mut};
-use std::rc::Rc;
 
 // ---------------------------------------------------------------------------------------------
 // Tolerances.
@@ -35,47 +34,6 @@ use std::rc::Rc;
 const TOL_SUM: f64 = 1e-5;
 /// Error of an input gradient, relative to the magnitude of its terms.
 const TOL_DX: f64 = 1e-5;
-
-thread_local! {
-    static CONTEXTS: RefCell<HashMap<(usize, Isa), Rc<Context>>> = RefCell::new(HashMap::new());
-}
-
-fn ctx(threads: usize, isa: Isa) -> Rc<Context> {
-    CONTEXTS.with(|m| {
-        m.borrow_mut()
-            .entry((threads, isa))
-            .or_insert_with(|| {
-                let c = Context::new(threads).expect("context");
-                c.set_isa(Some(isa)).expect("a supported ISA");
-                Rc::new(c)
-            })
-            .clone()
-    })
-}
-
-#[track_caller]
-fn assert_bits(a: &[f32], b: &[f32], what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    if let Some(i) = a
-        .iter()
-        .zip(b)
-        .position(|(p, q)| p.to_bits() != q.to_bits())
-    {
-        panic!("{what}: not bitwise equal at {i}: {} vs {}", a[i], b[i]);
-    }
-}
-
-#[track_caller]
-fn assert_bits64(a: &[f64], b: &[f64], what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    if let Some(i) = a
-        .iter()
-        .zip(b)
-        .position(|(p, q)| p.to_bits() != q.to_bits())
-    {
-        panic!("{what}: not bitwise equal at {i}: {} vs {}", a[i], b[i]);
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Cases.

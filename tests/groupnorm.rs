@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::check::{assert_bits, close, ctx};
+
 use common::data::Gen;
 use common::group_reference as gr;
 use common::reference::index;
@@ -15,10 +17,7 @@ use normkit::ffi::*;
 use normkit::groupnorm::{self, Affine, Gradients, SavedStats};
 use normkit::{Context, ErrorKind, InOut, Isa, Layout, Shape, instancenorm};
 use proptest::prelude::*;
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::ptr::{null, null_mut};
-use std::rc::Rc;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
@@ -31,45 +30,6 @@ const TOL_OFFSET: f64 = 1e-5;
 const TOL_GRAD: f64 = 1e-5;
 const F32_EPS: f64 = 1.0 / (1u64 << 24) as f64;
 const SENTINEL: f32 = -7777.25;
-
-fn close(got: f64, want: f64, tol: f64) -> bool {
-    if want.is_nan() {
-        got.is_nan()
-    } else if want.is_infinite() {
-        got == want
-    } else {
-        (got - want).abs() <= tol
-    }
-}
-
-#[track_caller]
-fn assert_bits(a: &[f32], b: &[f32], what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    if let Some(i) = a
-        .iter()
-        .zip(b)
-        .position(|(p, q)| p.to_bits() != q.to_bits())
-    {
-        panic!("{what}: not bitwise equal at {i}: {} vs {}", a[i], b[i]);
-    }
-}
-
-thread_local! {
-    static CONTEXTS: RefCell<HashMap<(usize, Isa), Rc<Context>>> = RefCell::new(HashMap::new());
-}
-
-fn ctx(threads: usize, isa: Isa) -> Rc<Context> {
-    CONTEXTS.with(|m| {
-        m.borrow_mut()
-            .entry((threads, isa))
-            .or_insert_with(|| {
-                let c = Context::new(threads).expect("context");
-                c.set_isa(Some(isa)).expect("a supported ISA");
-                Rc::new(c)
-            })
-            .clone()
-    })
-}
 
 fn isas() -> Vec<Isa> {
     Isa::supported()

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::check::{assert_bits, close, ctx};
+
 use common::data::Gen;
 use common::layer_reference as r;
 use normkit::batchnorm::{Affine, SavedStats};
@@ -13,10 +15,7 @@ use normkit::ffi::*;
 use normkit::layernorm::{self, Grad};
 use normkit::{Context, ErrorKind, InOut, Isa, rmsnorm};
 use proptest::prelude::*;
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::ptr::{null, null_mut};
-use std::rc::Rc;
 
 /// Output error allowed, relative to `|gamma| * (1 + |xhat|) + |beta|`.
 const TOL_Y: f64 = 5e-6;
@@ -27,47 +26,8 @@ const TOL_GRAD: f64 = 2e-5;
 /// The contract's accuracy on `10000 + N(0, 1)`.
 const TOL_OFFSET: f64 = 1e-5;
 
-thread_local! {
-    static CONTEXTS: RefCell<HashMap<(usize, Isa), Rc<Context>>> = RefCell::new(HashMap::new());
-}
-
-fn ctx(threads: usize, isa: Isa) -> Rc<Context> {
-    CONTEXTS.with(|m| {
-        m.borrow_mut()
-            .entry((threads, isa))
-            .or_insert_with(|| {
-                let c = Context::new(threads).expect("context");
-                c.set_isa(Some(isa)).expect("a supported ISA");
-                Rc::new(c)
-            })
-            .clone()
-    })
-}
-
 fn isas() -> Vec<Isa> {
     Isa::supported()
-}
-
-fn close(got: f64, want: f64, tol: f64) -> bool {
-    if want.is_nan() {
-        got.is_nan()
-    } else if want.is_infinite() {
-        got == want
-    } else {
-        (got - want).abs() <= tol
-    }
-}
-
-#[track_caller]
-fn assert_bits(a: &[f32], b: &[f32], what: &str) {
-    assert_eq!(a.len(), b.len(), "{what}: lengths");
-    if let Some(i) = a
-        .iter()
-        .zip(b)
-        .position(|(p, q)| p.to_bits() != q.to_bits())
-    {
-        panic!("{what}: not bitwise equal at {i}: {} vs {}", a[i], b[i]);
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

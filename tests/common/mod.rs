@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod backward_reference;
+pub mod check;
 pub mod data;
 pub mod dropout_reference;
 pub mod group_reference;
