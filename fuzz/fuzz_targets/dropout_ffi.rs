@@ -166,7 +166,8 @@ fn elementwise(input: &mut Input<'_>, ctx: *mut nk_context, wild: u8, seed: u64,
     let ys = a.now_f32(y);
     // The keep decisions: from the given mask, or made again (and checked against the returned
     // mask).
-    let decisions: Vec<bool> = if given_mask != usize::MAX && !a.is_null(given_mask) {
+    // With p = 1 everything is dropped whatever a given mask says.
+    let decisions: Vec<bool> = if given_mask != usize::MAX && !a.is_null(given_mask) && scalar < 1.0 {
         let m = a.before_u8(given_mask);
         (0..n).map(|i| bit(&m, i)).collect()
     } else {
@@ -201,7 +202,7 @@ fn elementwise(input: &mut Input<'_>, ctx: *mut nk_context, wild: u8, seed: u64,
                     (false, false) => (0.0, 0.0),
                 };
                 if p >= 1.0 || (!forward && !decisions[i]) {
-                    assert!(ys[i].to_bits() == 0, "alpha dropout[{i}]: got {} want +0.0", ys[i]);
+                    assert!(ys[i].to_bits() == 0, "alpha dropout[{i}]: got {} want +0.0 (p {p}, forward {forward}, kept {}, x {})", ys[i], decisions[i], xs[i]);
                 } else if xs[i].is_finite() {
                     assert_close("alpha dropout", i, f64::from(ys[i]), want, mag, 1e-6);
                 }
@@ -263,7 +264,7 @@ fn channel(input: &mut Input<'_>, ctx: *mut nk_context, wild: u8, seed: u64, off
     if !check_status(&a, "channel dropout", status, expect) {
         return;
     }
-    let decisions: Vec<bool> = if !forward && !a.is_null(given_mask) {
+    let decisions: Vec<bool> = if !forward && !a.is_null(given_mask) && p < 1.0 {
         let m = a.before_u8(given_mask);
         (0..pairs).map(|i| bit(&m, i)).collect()
     } else {
