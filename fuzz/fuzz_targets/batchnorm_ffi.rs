@@ -32,17 +32,30 @@ struct Call {
 
 impl Call {
     fn shape(&self) -> nk_shape {
-        nk_shape { batch: self.batch, channels: self.channels, spatial: self.spatial, layout: self.layout }
+        nk_shape {
+            batch: self.batch,
+            channels: self.channels,
+            spatial: self.spatial,
+            layout: self.layout,
+        }
     }
     fn dims(&self) -> (usize, usize, usize) {
         (self.batch, self.channels, self.spatial)
     }
     /// Element count, capped for the buffers of a huge call.
     fn n(&self) -> usize {
-        if self.huge { 16 } else { self.batch * self.channels * self.spatial }
+        if self.huge {
+            16
+        } else {
+            self.batch * self.channels * self.spatial
+        }
     }
     fn c(&self) -> usize {
-        if self.huge { self.channels.min(16) } else { self.channels }
+        if self.huge {
+            self.channels.min(16)
+        } else {
+            self.channels
+        }
     }
     fn count(&self) -> usize {
         self.batch.saturating_mul(self.spatial)
@@ -89,7 +102,11 @@ fn shape_of(input: &mut Input<'_>) -> Call {
     let mut call = Call {
         batch: input.size(4),
         channels: input.size(if big { 16 } else { 9 }),
-        spatial: if big { 1 + usize::from(input.byte()) * 3 } else { input.size(40) },
+        spatial: if big {
+            1 + usize::from(input.byte()) * 3
+        } else {
+            input.size(40)
+        },
         layout: input.layout(),
         huge: false,
     };
@@ -135,7 +152,10 @@ fn forward(input: &mut Input<'_>, call: &Call, ctx: *mut nk_context, wild: u8, t
     let (mean, var) = if training && !from_moments {
         (usize::MAX, usize::MAX)
     } else {
-        (a.input("mean", kind, c, Fill::Data), a.input("var", kind, c, Fill::Positive))
+        (
+            a.input("mean", kind, c, Fill::Data),
+            a.input("var", kind, c, Fill::Positive),
+        )
     };
     let y = a.output("y", Kind::F32, n);
     a.replaces(y, x);
@@ -153,7 +173,11 @@ fn forward(input: &mut Input<'_>, call: &Call, ctx: *mut nk_context, wild: u8, t
     a.build(input);
     let eps = input.scalar(1e-5);
     let momentum = input.scalar(0.1);
-    let flags = input.flags(if training { NK_BN_RUNNING_VAR_BIASED } else { NK_BN_FUSE_RELU });
+    let flags = input.flags(if training {
+        NK_BN_RUNNING_VAR_BIASED
+    } else {
+        NK_BN_FUSE_RELU
+    });
     let local = call.count() as u64;
     let count = if from_moments {
         match input.byte() % 6 {
@@ -172,7 +196,8 @@ fn forward(input: &mut Input<'_>, call: &Call, ctx: *mut nk_context, wild: u8, t
         null |= a.is_null(rm) != a.is_null(rv);
     }
     let biased = flags & NK_BN_RUNNING_VAR_BIASED != 0;
-    let bad_shape = training && (count < local || count < 1 || (has_running && !biased && count < 2));
+    let bad_shape =
+        training && (count < local || count < 1 || (has_running && !biased && count < 2));
     let bad_argument = call.bad_layout()
         || bad_eps(eps)
         || if training {
@@ -183,18 +208,51 @@ fn forward(input: &mut Input<'_>, call: &Call, ctx: *mut nk_context, wild: u8, t
     let status = unsafe {
         if from_moments {
             nk_batchnorm_forward_from_moments(
-                ctx, call.shape(), a.ptr(x), a.ptr(y), a.ptr(gamma), a.ptr(beta), count, a.ptr(mean),
-                a.ptr(var), eps, momentum, flags, a.ptr(rm), a.ptr(rv), a.ptr(sm), a.ptr(si),
+                ctx,
+                call.shape(),
+                a.ptr(x),
+                a.ptr(y),
+                a.ptr(gamma),
+                a.ptr(beta),
+                count,
+                a.ptr(mean),
+                a.ptr(var),
+                eps,
+                momentum,
+                flags,
+                a.ptr(rm),
+                a.ptr(rv),
+                a.ptr(sm),
+                a.ptr(si),
             )
         } else if training {
             nk_batchnorm_forward_training(
-                ctx, call.shape(), a.ptr(x), a.ptr(y), a.ptr(gamma), a.ptr(beta), eps, momentum, flags,
-                a.ptr(rm), a.ptr(rv), a.ptr(sm), a.ptr(si),
+                ctx,
+                call.shape(),
+                a.ptr(x),
+                a.ptr(y),
+                a.ptr(gamma),
+                a.ptr(beta),
+                eps,
+                momentum,
+                flags,
+                a.ptr(rm),
+                a.ptr(rv),
+                a.ptr(sm),
+                a.ptr(si),
             )
         } else {
             nk_batchnorm_forward_inference(
-                ctx, call.shape(), a.ptr(x), a.ptr(y), a.ptr(gamma), a.ptr(beta), a.ptr(mean), a.ptr(var),
-                eps, flags,
+                ctx,
+                call.shape(),
+                a.ptr(x),
+                a.ptr(y),
+                a.ptr(gamma),
+                a.ptr(beta),
+                a.ptr(mean),
+                a.ptr(var),
+                eps,
+                flags,
             )
         }
     };
@@ -202,7 +260,13 @@ fn forward(input: &mut Input<'_>, call: &Call, ctx: *mut nk_context, wild: u8, t
         check_huge(&a, "huge shape", status, call.empty_ok());
         return;
     }
-    let what = if from_moments { "forward_from_moments" } else if training { "forward_training" } else { "forward_inference" };
+    let what = if from_moments {
+        "forward_from_moments"
+    } else if training {
+        "forward_training"
+    } else {
+        "forward_inference"
+    };
     let expect = expected(null, false, bad_shape, bad_argument, misaligned, alias);
     if !check_status(&a, what, status, expect) {
         return;
@@ -210,12 +274,26 @@ fn forward(input: &mut Input<'_>, call: &Call, ctx: *mut nk_context, wild: u8, t
     let xs = a.before_f32(x);
     let (g, b) = (a.before_f32(gamma), a.before_f32(beta));
     let ys = a.now_f32(y);
-    let stats = |buf: Buf| if kind == Kind::F64 { a.before_f64(buf) } else { a.before_f32(buf).into_iter().map(f64::from).collect() };
-    let (given_mean, given_var) = if mean == usize::MAX { (vec![], vec![]) } else { (stats(mean), stats(var)) };
+    let stats = |buf: Buf| {
+        if kind == Kind::F64 {
+            a.before_f64(buf)
+        } else {
+            a.before_f32(buf).into_iter().map(f64::from).collect()
+        }
+    };
+    let (given_mean, given_var) = if mean == usize::MAX {
+        (vec![], vec![])
+    } else {
+        (stats(mean), stats(var))
+    };
     if !(sane32(&xs) && sane32(&g) && sane32(&b) && sane64(&given_mean) && sane64(&given_var)) {
         return;
     }
-    let (rm0, rv0) = if has_running { (a.before_f32(rm), a.before_f32(rv)) } else { (vec![], vec![]) };
+    let (rm0, rv0) = if has_running {
+        (a.before_f32(rm), a.before_f32(rv))
+    } else {
+        (vec![], vec![])
+    };
     let (rm1, rv1, sm1, si1) = if training {
         (a.now_f32(rm), a.now_f32(rv), a.now_f32(sm), a.now_f32(si))
     } else {
@@ -246,7 +324,14 @@ fn forward(input: &mut Input<'_>, call: &Call, ctx: *mut nk_context, wild: u8, t
         }
         if training {
             if !sm1.is_empty() {
-                assert_close("save_mean", ch, f64::from(sm1[ch]), m, m.abs() + var.sqrt(), 1e-5);
+                assert_close(
+                    "save_mean",
+                    ch,
+                    f64::from(sm1[ch]),
+                    m,
+                    m.abs() + var.sqrt(),
+                    1e-5,
+                );
             }
             if !si1.is_empty() {
                 assert_close("save_invstd", ch, f64::from(si1[ch]), invstd, invstd, TOL);
@@ -291,10 +376,27 @@ fn moments_call(input: &mut Input<'_>, call: &Call, ctx: *mut nk_context, wild: 
     for ch in 0..c {
         let idx = call.channel(ch);
         let (m, q, k) = moments(idx.iter().map(|&i| f64::from(xs[i])));
-        let spread = idx.iter().map(|&i| (f64::from(xs[i]) - m).abs()).fold(0.0, f64::max);
-        assert_close("moments mean", ch, means[ch], m, spread + m.abs() * 1e-3, 1e-5);
+        let spread = idx
+            .iter()
+            .map(|&i| (f64::from(xs[i]) - m).abs())
+            .fold(0.0, f64::max);
+        assert_close(
+            "moments mean",
+            ch,
+            means[ch],
+            m,
+            spread + m.abs() * 1e-3,
+            1e-5,
+        );
         let ulp = m.abs() * 1.2e-7;
-        assert_close("moments m2", ch, m2s[ch], q, q + k as f64 * (spread * ulp + ulp * ulp), TOL);
+        assert_close(
+            "moments m2",
+            ch,
+            m2s[ch],
+            q,
+            q + k as f64 * (spread * ulp + ulp * ulp),
+            TOL,
+        );
     }
 }
 
@@ -317,13 +419,26 @@ fn merge(input: &mut Input<'_>, wild: u8) {
     let (null, misaligned, alias) = a.pointer_errors();
     let overflow = count_a.checked_add(count_b).is_none();
     let status = unsafe {
-        nk_moments_merge(channels, count_a, a.ptr(mean_a), a.ptr(m2_a), count_b, a.ptr(mean_b), a.ptr(m2_b))
+        nk_moments_merge(
+            channels,
+            count_a,
+            a.ptr(mean_a),
+            a.ptr(m2_a),
+            count_b,
+            a.ptr(mean_b),
+            a.ptr(m2_b),
+        )
     };
     let expect = expected(null, overflow, false, false, misaligned, alias);
     if !check_status(&a, "moments_merge", status, expect) {
         return;
     }
-    let (ma0, qa0, mb, qb) = (a.before_f64(mean_a), a.before_f64(m2_a), a.before_f64(mean_b), a.before_f64(m2_b));
+    let (ma0, qa0, mb, qb) = (
+        a.before_f64(mean_a),
+        a.before_f64(m2_a),
+        a.before_f64(mean_b),
+        a.before_f64(m2_b),
+    );
     let (ma1, qa1) = (a.now_f64(mean_a), a.now_f64(m2_a));
     for ch in 0..channels {
         let (want_m, want_q, mag_m, mag_q) = if count_b == 0 {
@@ -335,10 +450,18 @@ fn merge(input: &mut Input<'_>, wild: u8) {
             let n = na + nb;
             let d = mb[ch] - ma0[ch];
             let q = qa0[ch] + qb[ch] + d * d * (na * nb / n);
-            (ma0[ch] + d * (nb / n), q, ma0[ch].abs() + mb[ch].abs(), qa0[ch].abs() + qb[ch].abs() + d * d * (na * nb / n))
+            (
+                ma0[ch] + d * (nb / n),
+                q,
+                ma0[ch].abs() + mb[ch].abs(),
+                qa0[ch].abs() + qb[ch].abs() + d * d * (na * nb / n),
+            )
         };
         if mag_m == 0.0 && mag_q == 0.0 {
-            assert!(ma1[ch].to_bits() == want_m.to_bits() && qa1[ch].to_bits() == want_q.to_bits(), "merge with an empty side changed channel {ch}");
+            assert!(
+                ma1[ch].to_bits() == want_m.to_bits() && qa1[ch].to_bits() == want_q.to_bits(),
+                "merge with an empty side changed channel {ch}"
+            );
         } else {
             assert_close("merge mean", ch, ma1[ch], want_m, mag_m, 1e-12);
             assert_close("merge m2", ch, qa1[ch], want_q, mag_q, 1e-12);
@@ -351,7 +474,11 @@ fn fold(input: &mut Input<'_>, wild: u8) {
     let (mut c_out, mut fan_in) = (input.size(12), input.size(40));
     let (buf_c, buf_n) = (c_out, c_out * fan_in);
     if huge_call {
-        if input.bool() { c_out = huge(input) } else { fan_in = huge(input) }
+        if input.bool() {
+            c_out = huge(input)
+        } else {
+            fan_in = huge(input)
+        }
     }
     let mut a = Arena::default();
     let gamma = a.opt_input("gamma", Kind::F32, buf_c, Fill::Data);
@@ -365,7 +492,17 @@ fn fold(input: &mut Input<'_>, wild: u8) {
     let eps = input.scalar(1e-5);
     let (null, misaligned, alias) = a.pointer_errors();
     let status = unsafe {
-        nk_batchnorm_fold(c_out, fan_in, a.ptr(weight), a.ptr(bias), a.ptr(gamma), a.ptr(beta), a.ptr(mean), a.ptr(var), eps)
+        nk_batchnorm_fold(
+            c_out,
+            fan_in,
+            a.ptr(weight),
+            a.ptr(bias),
+            a.ptr(gamma),
+            a.ptr(beta),
+            a.ptr(mean),
+            a.ptr(var),
+            eps,
+        )
     };
     if huge_call {
         check_huge(&a, "huge fold", status, buf_n == 0 && c_out < (1 << 40));
@@ -375,8 +512,18 @@ fn fold(input: &mut Input<'_>, wild: u8) {
     if !check_status(&a, "fold", status, expect) {
         return;
     }
-    let (w0, b0, w1, b1) = (a.before_f32(weight), a.before_f32(bias), a.now_f32(weight), a.now_f32(bias));
-    let (g, be, m, v) = (a.before_f32(gamma), a.before_f32(beta), a.before_f32(mean), a.before_f32(var));
+    let (w0, b0, w1, b1) = (
+        a.before_f32(weight),
+        a.before_f32(bias),
+        a.now_f32(weight),
+        a.now_f32(bias),
+    );
+    let (g, be, m, v) = (
+        a.before_f32(gamma),
+        a.before_f32(beta),
+        a.before_f32(mean),
+        a.before_f32(var),
+    );
     if !(sane32(&w0) && sane32(&b0) && sane32(&g) && sane32(&be) && sane32(&m) && sane32(&v)) {
         return;
     }
@@ -388,14 +535,22 @@ fn fold(input: &mut Input<'_>, wild: u8) {
             assert_close("fold weight", k, f64::from(w1[k]), want, want.abs(), 1e-5);
         }
         let want = (f64::from(b0[o]) - f64::from(m[o])) * s + beta_or(&be, o);
-        let mag = (f64::from(b0[o]).abs() + f64::from(m[o]).abs()) * s.abs() + beta_or(&be, o).abs();
+        let mag =
+            (f64::from(b0[o]).abs() + f64::from(m[o]).abs()) * s.abs() + beta_or(&be, o).abs();
         assert_close("fold bias", o, f64::from(b1[o]), want, mag, 1e-5);
     }
 }
 
 /// Per-channel sums of the backward from the saved statistics: (sum dy, sum dy*xhat, their
 /// magnitudes).
-fn sums(call: &Call, x: &[f32], dy: &[f32], sm: &[f32], si: &[f32], ch: usize) -> (f64, f64, f64, f64) {
+fn sums(
+    call: &Call,
+    x: &[f32],
+    dy: &[f32],
+    sm: &[f32],
+    si: &[f32],
+    ch: usize,
+) -> (f64, f64, f64, f64) {
     let (m, s) = (f64::from(sm[ch]), f64::from(si[ch]));
     let (mut a, mut b, mut ma, mut mb) = (0.0, 0.0, 0.0, 0.0);
     for i in call.channel(ch) {
@@ -412,10 +567,20 @@ fn sums(call: &Call, x: &[f32], dy: &[f32], sm: &[f32], si: &[f32], ch: usize) -
 /// dx of one element: `gamma * invstd * (dy - sum_dy / count - xhat * sum_dy_xhat / count)`
 /// and its magnitude.
 #[allow(clippy::too_many_arguments)]
-fn dx_of(g: f64, m: f64, s: f64, x: f64, dy: f64, count: f64, sdy: (f64, f64), sdx: (f64, f64)) -> (f64, f64) {
+fn dx_of(
+    g: f64,
+    m: f64,
+    s: f64,
+    x: f64,
+    dy: f64,
+    count: f64,
+    sdy: (f64, f64),
+    sdx: (f64, f64),
+) -> (f64, f64) {
     let xhat = (x - m) * s;
     let want = g * s * (dy - sdy.0 / count - xhat * sdx.0 / count);
-    let mag = (g * s).abs() * (dy.abs() + sdy.1 / count + (x.abs() + m.abs()) * s.abs() * sdx.1 / count);
+    let mag =
+        (g * s).abs() * (dy.abs() + sdy.1 / count + (x.abs() + m.abs()) * s.abs() * sdx.1 / count);
     (want, mag)
 }
 
@@ -435,7 +600,18 @@ fn backward(input: &mut Input<'_>, call: &Call, ctx: *mut nk_context, wild: u8) 
     a.build(input);
     let (null, misaligned, alias) = a.pointer_errors();
     let status = unsafe {
-        nk_batchnorm_backward(ctx, call.shape(), a.ptr(x), a.ptr(dy), a.ptr(dx), a.ptr(gamma), a.ptr(sm), a.ptr(si), a.ptr(dgamma), a.ptr(dbeta))
+        nk_batchnorm_backward(
+            ctx,
+            call.shape(),
+            a.ptr(x),
+            a.ptr(dy),
+            a.ptr(dx),
+            a.ptr(gamma),
+            a.ptr(sm),
+            a.ptr(si),
+            a.ptr(dgamma),
+            a.ptr(dbeta),
+        )
     };
     if call.huge {
         check_huge(&a, "huge shape", status, call.empty_ok());
@@ -445,7 +621,13 @@ fn backward(input: &mut Input<'_>, call: &Call, ctx: *mut nk_context, wild: u8) 
     if !check_status(&a, "backward", status, expect) {
         return;
     }
-    let (xs, dys, g, m, s) = (a.before_f32(x), a.before_f32(dy), a.before_f32(gamma), a.before_f32(sm), a.before_f32(si));
+    let (xs, dys, g, m, s) = (
+        a.before_f32(x),
+        a.before_f32(dy),
+        a.before_f32(gamma),
+        a.before_f32(sm),
+        a.before_f32(si),
+    );
     let (dx1, dg1, db1) = (a.now_f32(dx), a.now_f32(dgamma), a.now_f32(dbeta));
     if !(sane32(&xs) && sane32(&dys) && sane32(&g) && sane32(&m) && sane32(&s)) {
         return;
@@ -461,7 +643,16 @@ fn backward(input: &mut Input<'_>, call: &Call, ctx: *mut nk_context, wild: u8) 
         }
         if !dx1.is_empty() {
             for i in call.channel(ch) {
-                let (want, mag) = dx_of(gamma_or(&g, ch), f64::from(m[ch]), f64::from(s[ch]), f64::from(xs[i]), f64::from(dys[i]), count, (sdy, mdy), (sdx, mdx));
+                let (want, mag) = dx_of(
+                    gamma_or(&g, ch),
+                    f64::from(m[ch]),
+                    f64::from(s[ch]),
+                    f64::from(xs[i]),
+                    f64::from(dys[i]),
+                    count,
+                    (sdy, mdy),
+                    (sdx, mdx),
+                );
                 assert_close("backward dx", i, f64::from(dx1[i]), want, mag, TOL);
             }
         }
@@ -481,7 +672,16 @@ fn reduce(input: &mut Input<'_>, call: &Call, ctx: *mut nk_context, wild: u8) {
     a.build(input);
     let (null, misaligned, alias) = a.pointer_errors();
     let status = unsafe {
-        nk_batchnorm_backward_reduce(ctx, call.shape(), a.ptr(x), a.ptr(dy), a.ptr(sm), a.ptr(si), a.ptr(sum_dy), a.ptr(sum_dx))
+        nk_batchnorm_backward_reduce(
+            ctx,
+            call.shape(),
+            a.ptr(x),
+            a.ptr(dy),
+            a.ptr(sm),
+            a.ptr(si),
+            a.ptr(sum_dy),
+            a.ptr(sum_dx),
+        )
     };
     if call.huge {
         check_huge(&a, "huge shape", status, call.empty_ok());
@@ -491,7 +691,12 @@ fn reduce(input: &mut Input<'_>, call: &Call, ctx: *mut nk_context, wild: u8) {
     if !check_status(&a, "backward_reduce", status, expect) {
         return;
     }
-    let (xs, dys, m, s) = (a.before_f32(x), a.before_f32(dy), a.before_f32(sm), a.before_f32(si));
+    let (xs, dys, m, s) = (
+        a.before_f32(x),
+        a.before_f32(dy),
+        a.before_f32(sm),
+        a.before_f32(si),
+    );
     let (got_dy, got_dx) = (a.now_f64(sum_dy), a.now_f64(sum_dx));
     if !(sane32(&xs) && sane32(&dys) && sane32(&m) && sane32(&s)) {
         return;
@@ -526,7 +731,19 @@ fn apply(input: &mut Input<'_>, call: &Call, ctx: *mut nk_context, wild: u8) {
     };
     let (null, misaligned, alias) = a.pointer_errors();
     let status = unsafe {
-        nk_batchnorm_backward_apply(ctx, call.shape(), a.ptr(x), a.ptr(dy), a.ptr(dx), a.ptr(gamma), a.ptr(sm), a.ptr(si), count, a.ptr(sum_dy), a.ptr(sum_dx))
+        nk_batchnorm_backward_apply(
+            ctx,
+            call.shape(),
+            a.ptr(x),
+            a.ptr(dy),
+            a.ptr(dx),
+            a.ptr(gamma),
+            a.ptr(sm),
+            a.ptr(si),
+            count,
+            a.ptr(sum_dy),
+            a.ptr(sum_dx),
+        )
     };
     if call.huge {
         check_huge(&a, "huge shape", status, call.empty_ok());
@@ -537,15 +754,37 @@ fn apply(input: &mut Input<'_>, call: &Call, ctx: *mut nk_context, wild: u8) {
     if !check_status(&a, "backward_apply", status, expect) {
         return;
     }
-    let (xs, dys, g, m, s) = (a.before_f32(x), a.before_f32(dy), a.before_f32(gamma), a.before_f32(sm), a.before_f32(si));
+    let (xs, dys, g, m, s) = (
+        a.before_f32(x),
+        a.before_f32(dy),
+        a.before_f32(gamma),
+        a.before_f32(sm),
+        a.before_f32(si),
+    );
     let (sdy, sdx) = (a.before_f64(sum_dy), a.before_f64(sum_dx));
     let dx1 = a.now_f32(dx);
-    if !(sane32(&xs) && sane32(&dys) && sane32(&g) && sane32(&m) && sane32(&s) && sane64(&sdy) && sane64(&sdx)) {
+    if !(sane32(&xs)
+        && sane32(&dys)
+        && sane32(&g)
+        && sane32(&m)
+        && sane32(&s)
+        && sane64(&sdy)
+        && sane64(&sdx))
+    {
         return;
     }
     for ch in 0..c {
         for i in call.channel(ch) {
-            let (want, mag) = dx_of(gamma_or(&g, ch), f64::from(m[ch]), f64::from(s[ch]), f64::from(xs[i]), f64::from(dys[i]), count as f64, (sdy[ch], sdy[ch].abs()), (sdx[ch], sdx[ch].abs()));
+            let (want, mag) = dx_of(
+                gamma_or(&g, ch),
+                f64::from(m[ch]),
+                f64::from(s[ch]),
+                f64::from(xs[i]),
+                f64::from(dys[i]),
+                count as f64,
+                (sdy[ch], sdy[ch].abs()),
+                (sdx[ch], sdx[ch].abs()),
+            );
             assert_close("apply dx", i, f64::from(dx1[i]), want, mag, TOL);
         }
     }

@@ -41,7 +41,10 @@ fn philox(counter: [u32; 4], key: [u32; 2]) -> [u32; 4] {
 /// Word `w` of the stream of `seed`.
 fn word(seed: u64, w: u64) -> u32 {
     let block = w >> 2;
-    philox([block as u32, (block >> 32) as u32, 0, 0], [seed as u32, (seed >> 32) as u32])[(w & 3) as usize]
+    philox(
+        [block as u32, (block >> 32) as u32, 0, 0],
+        [seed as u32, (seed >> 32) as u32],
+    )[(w & 3) as usize]
 }
 
 fn kept(seed: u64, w: u64, p: f32) -> bool {
@@ -81,7 +84,11 @@ fuzz_target!(|data: &[u8]| {
     let op = input.byte() % 11;
     let ctx = context(input.byte());
     let wild = input.byte();
-    let seed = if input.bool() { u64::from(input.byte()) } else { input.u64() };
+    let seed = if input.bool() {
+        u64::from(input.byte())
+    } else {
+        input.u64()
+    };
     let offset = offset_of(&mut input);
     match op {
         0 => mask_call(&mut input, ctx, wild, seed, offset),
@@ -107,7 +114,14 @@ fn mask_call(input: &mut Input<'_>, ctx: *mut nk_context, wild: u8, seed: u64, o
     let p = input.probability();
     let (null, misaligned, alias) = a.pointer_errors();
     let status = unsafe { nk_dropout_mask(ctx, n, p, seed, offset, a.ptr(mask)) };
-    let expect = expected(null, words_overflow(n, offset, 1), false, !(0.0..=1.0).contains(&p), misaligned, alias);
+    let expect = expected(
+        null,
+        words_overflow(n, offset, 1),
+        false,
+        !(0.0..=1.0).contains(&p),
+        misaligned,
+        alias,
+    );
     if !check_status(&a, "dropout_mask", status, expect) {
         return;
     }
@@ -125,19 +139,38 @@ fn check_mask(mask: &[u8], bits: usize, keep: impl Fn(usize) -> bool) {
 
 /// The elementwise calls: 1, 2 inverted dropout forward, backward; 5, 6 alpha; 7, 8 Gaussian;
 /// 9, 10 uniform.
-fn elementwise(input: &mut Input<'_>, ctx: *mut nk_context, wild: u8, seed: u64, offset: u64, op: u8) {
+fn elementwise(
+    input: &mut Input<'_>,
+    ctx: *mut nk_context,
+    wild: u8,
+    seed: u64,
+    offset: u64,
+    op: u8,
+) {
     let n = size_of(input);
     let forward = op % 2 == 1;
     let keeps = op <= 6;
     let mut a = Arena::default();
     let x = a.input(if forward { "x" } else { "dy" }, Kind::F32, n, Fill::Data);
-    let given_mask = if keeps && !forward { a.opt_input("mask", Kind::U8, mask_len(n), Fill::Bytes) } else { usize::MAX };
+    let given_mask = if keeps && !forward {
+        a.opt_input("mask", Kind::U8, mask_len(n), Fill::Bytes)
+    } else {
+        usize::MAX
+    };
     let y = a.output(if forward { "y" } else { "dx" }, Kind::F32, n);
     a.replaces(y, x);
-    let out_mask = if keeps && forward { a.opt_output("mask", Kind::U8, mask_len(n)) } else { usize::MAX };
+    let out_mask = if keeps && forward {
+        a.opt_output("mask", Kind::U8, mask_len(n))
+    } else {
+        usize::MAX
+    };
     a.place(input, wild);
     a.build(input);
-    let scalar = if op >= 9 { input.scalar(0.5) } else { input.probability() };
+    let scalar = if op >= 9 {
+        input.scalar(0.5)
+    } else {
+        input.probability()
+    };
     let words = if op == 7 || op == 8 { 2 } else { 1 };
     let bad_argument = match op {
         7 | 8 => !(0.0..1.0).contains(&scalar),
@@ -158,7 +191,14 @@ fn elementwise(input: &mut Input<'_>, ctx: *mut nk_context, wild: u8, seed: u64,
             _ => nk_uniform_dropout_backward(ctx, n, xp, yp, scalar, seed, offset),
         }
     };
-    let expect = expected(null, words_overflow(n, offset, words), false, bad_argument, misaligned, alias);
+    let expect = expected(
+        null,
+        words_overflow(n, offset, words),
+        false,
+        bad_argument,
+        misaligned,
+        alias,
+    );
     if !check_status(&a, "elementwise dropout", status, expect) {
         return;
     }
@@ -167,11 +207,14 @@ fn elementwise(input: &mut Input<'_>, ctx: *mut nk_context, wild: u8, seed: u64,
     // The keep decisions: from the given mask, or made again (and checked against the returned
     // mask).
     // With p = 1 everything is dropped whatever a given mask says.
-    let decisions: Vec<bool> = if given_mask != usize::MAX && !a.is_null(given_mask) && scalar < 1.0 {
+    let decisions: Vec<bool> = if given_mask != usize::MAX && !a.is_null(given_mask) && scalar < 1.0
+    {
         let m = a.before_u8(given_mask);
         (0..n).map(|i| bit(&m, i)).collect()
     } else {
-        (0..n).map(|i| keeps && kept(seed, offset + i as u64, scalar)).collect()
+        (0..n)
+            .map(|i| keeps && kept(seed, offset + i as u64, scalar))
+            .collect()
     };
     if out_mask != usize::MAX && !a.is_null(out_mask) {
         check_mask(&a.now_u8(out_mask), n, |i| decisions[i]);
@@ -182,7 +225,13 @@ fn elementwise(input: &mut Input<'_>, ctx: *mut nk_context, wild: u8, seed: u64,
             let scale = (1.0 / (1.0 - f64::from(p))) as f32;
             for i in 0..n {
                 let want = if decisions[i] { xs[i] * scale } else { 0.0 };
-                assert!(same(ys[i], want), "dropout[{i}]: got {} want {want} (x {}, kept {})", ys[i], xs[i], decisions[i]);
+                assert!(
+                    same(ys[i], want),
+                    "dropout[{i}]: got {} want {want} (x {}, kept {})",
+                    ys[i],
+                    xs[i],
+                    decisions[i]
+                );
             }
         }
         5 | 6 => {
@@ -202,7 +251,13 @@ fn elementwise(input: &mut Input<'_>, ctx: *mut nk_context, wild: u8, seed: u64,
                     (false, false) => (0.0, 0.0),
                 };
                 if p >= 1.0 || (!forward && !decisions[i]) {
-                    assert!(ys[i].to_bits() == 0, "alpha dropout[{i}]: got {} want +0.0 (p {p}, forward {forward}, kept {}, x {})", ys[i], decisions[i], xs[i]);
+                    assert!(
+                        ys[i].to_bits() == 0,
+                        "alpha dropout[{i}]: got {} want +0.0 (p {p}, forward {forward}, kept {}, x {})",
+                        ys[i],
+                        decisions[i],
+                        xs[i]
+                    );
                 } else if xs[i].is_finite() {
                     assert_close("alpha dropout", i, f64::from(ys[i]), want, mag, 1e-6);
                 }
@@ -218,7 +273,14 @@ fn elementwise(input: &mut Input<'_>, ctx: *mut nk_context, wild: u8, seed: u64,
                 let e = 1.0 + sigma * r * (2.0 * std::f64::consts::PI * u2).cos();
                 let xv = f64::from(xs[i]);
                 if xs[i].is_finite() {
-                    assert_close("gaussian dropout", i, f64::from(ys[i]), xv * e, xv.abs() * (1.0 + sigma * r), 2e-5);
+                    assert_close(
+                        "gaussian dropout",
+                        i,
+                        f64::from(ys[i]),
+                        xv * e,
+                        xv.abs() * (1.0 + sigma * r),
+                        2e-5,
+                    );
                 }
             }
         }
@@ -229,33 +291,86 @@ fn elementwise(input: &mut Input<'_>, ctx: *mut nk_context, wild: u8, seed: u64,
                 let e = 1.0 + beta * (2.0 * u - 1.0);
                 let xv = f64::from(xs[i]);
                 if xs[i].is_finite() {
-                    assert_close("uniform dropout", i, f64::from(ys[i]), xv * e, xv.abs() * (1.0 + beta), 1e-6);
+                    assert_close(
+                        "uniform dropout",
+                        i,
+                        f64::from(ys[i]),
+                        xv * e,
+                        xv.abs() * (1.0 + beta),
+                        1e-6,
+                    );
                 }
             }
         }
     }
 }
 
-fn channel(input: &mut Input<'_>, ctx: *mut nk_context, wild: u8, seed: u64, offset: u64, forward: bool) {
-    let (batch, channels, spatial) = (input.size(6), input.size(12), if input.byte() % 8 == 0 { usize::from(input.byte()) * 3 } else { input.size(20) });
+fn channel(
+    input: &mut Input<'_>,
+    ctx: *mut nk_context,
+    wild: u8,
+    seed: u64,
+    offset: u64,
+    forward: bool,
+) {
+    let (batch, channels, spatial) = (
+        input.size(6),
+        input.size(12),
+        if input.byte() % 8 == 0 {
+            usize::from(input.byte()) * 3
+        } else {
+            input.size(20)
+        },
+    );
     let layout = input.layout();
     let (n, pairs) = (batch * channels * spatial, batch * channels);
     let mut a = Arena::default();
     let x = a.input(if forward { "x" } else { "dy" }, Kind::F32, n, Fill::Data);
-    let given_mask = if forward { usize::MAX } else { a.opt_input("mask", Kind::U8, mask_len(pairs), Fill::Bytes) };
+    let given_mask = if forward {
+        usize::MAX
+    } else {
+        a.opt_input("mask", Kind::U8, mask_len(pairs), Fill::Bytes)
+    };
     let y = a.output(if forward { "y" } else { "dx" }, Kind::F32, n);
     a.replaces(y, x);
-    let out_mask = if forward { a.opt_output("mask", Kind::U8, mask_len(pairs)) } else { usize::MAX };
+    let out_mask = if forward {
+        a.opt_output("mask", Kind::U8, mask_len(pairs))
+    } else {
+        usize::MAX
+    };
     a.place(input, wild);
     a.build(input);
     let p = input.probability();
     let (null, misaligned, alias) = a.pointer_errors();
-    let shape = nk_shape { batch, channels, spatial, layout };
+    let shape = nk_shape {
+        batch,
+        channels,
+        spatial,
+        layout,
+    };
     let status = unsafe {
         if forward {
-            nk_channel_dropout_forward(ctx, shape, a.ptr(x), a.ptr(y), p, seed, offset, a.ptr(out_mask))
+            nk_channel_dropout_forward(
+                ctx,
+                shape,
+                a.ptr(x),
+                a.ptr(y),
+                p,
+                seed,
+                offset,
+                a.ptr(out_mask),
+            )
         } else {
-            nk_channel_dropout_backward(ctx, shape, a.ptr(x), a.ptr(y), p, seed, offset, a.ptr(given_mask))
+            nk_channel_dropout_backward(
+                ctx,
+                shape,
+                a.ptr(x),
+                a.ptr(y),
+                p,
+                seed,
+                offset,
+                a.ptr(given_mask),
+            )
         }
     };
     let overflow = n > 0 && words_overflow(pairs, offset, 1);
@@ -268,7 +383,9 @@ fn channel(input: &mut Input<'_>, ctx: *mut nk_context, wild: u8, seed: u64, off
         let m = a.before_u8(given_mask);
         (0..pairs).map(|i| bit(&m, i)).collect()
     } else {
-        (0..pairs).map(|i| kept(seed, offset.wrapping_add(i as u64), p)).collect()
+        (0..pairs)
+            .map(|i| kept(seed, offset.wrapping_add(i as u64), p))
+            .collect()
     };
     if forward && !a.is_null(out_mask) {
         if n == 0 {
@@ -283,8 +400,16 @@ fn channel(input: &mut Input<'_>, ctx: *mut nk_context, wild: u8, seed: u64, off
         for c in 0..channels {
             for s in 0..spatial {
                 let i = index(layout, (batch, channels, spatial), b, c, s);
-                let want = if decisions[b * channels + c] { xs[i] * scale } else { 0.0 };
-                assert!(same(ys[i], want), "channel dropout ({b}, {c}, {s}): got {} want {want}", ys[i]);
+                let want = if decisions[b * channels + c] {
+                    xs[i] * scale
+                } else {
+                    0.0
+                };
+                assert!(
+                    same(ys[i], want),
+                    "channel dropout ({b}, {c}, {s}): got {} want {want}",
+                    ys[i]
+                );
             }
         }
     }

@@ -169,7 +169,15 @@ pub struct Arena {
 pub type Buf = usize;
 
 impl Arena {
-    fn add(&mut self, name: &'static str, kind: Kind, len: usize, writes: bool, required: bool, fill: Fill) -> Buf {
+    fn add(
+        &mut self,
+        name: &'static str,
+        kind: Kind,
+        len: usize,
+        writes: bool,
+        required: bool,
+        fill: Fill,
+    ) -> Buf {
         self.slots.push(Slot {
             name,
             kind,
@@ -233,14 +241,16 @@ impl Arena {
             match input.byte() % 4 {
                 0 => self.slots[i].null = true,
                 1 => {
-                    let misalign = 1 + usize::from(input.byte()) % (self.slots[i].kind.size() * 2 - 1);
+                    let misalign =
+                        1 + usize::from(input.byte()) % (self.slots[i].kind.size() * 2 - 1);
                     self.slots[i].place = Place::Own { misalign };
                 }
                 _ if i > 0 => {
                     // Overlap an earlier buffer that has its own memory.
                     let base = usize::from(input.byte()) % i;
                     if let Place::Own { .. } = self.slots[base].place {
-                        let shift = usize::from(input.byte()) % (self.slots[base].len * self.slots[base].kind.size() + 1);
+                        let shift = usize::from(input.byte())
+                            % (self.slots[base].len * self.slots[base].kind.size() + 1);
                         self.slots[i].place = Place::At { base, shift };
                     }
                 }
@@ -260,7 +270,9 @@ impl Arena {
         }
         for s in &self.slots {
             if let Place::At { base, shift } = s.place {
-                let Place::Own { misalign } = self.slots[base].place else { unreachable!() };
+                let Place::Own { misalign } = self.slots[base].place else {
+                    unreachable!()
+                };
                 need[base] = need[base].max(misalign + shift + s.len * s.kind.size());
             }
         }
@@ -288,10 +300,15 @@ impl Arena {
                     match (fill, kind) {
                         (Fill::Sentinel, _) => {}
                         (Fill::Bytes, _) | (_, Kind::U8) => content[at] = input.byte(),
-                        (Fill::Data, Kind::F32) => content[at..at + 4].copy_from_slice(&input.value(mode, e).to_le_bytes()),
-                        (Fill::Data, Kind::F64) => content[at..at + 8].copy_from_slice(&f64::from(input.value(mode, e)).to_le_bytes()),
-                        (Fill::Positive, Kind::F32) => content[at..at + 4].copy_from_slice(&positive(input, mode).to_le_bytes()),
-                        (Fill::Positive, Kind::F64) => content[at..at + 8].copy_from_slice(&f64::from(positive(input, mode)).to_le_bytes()),
+                        (Fill::Data, Kind::F32) => {
+                            content[at..at + 4].copy_from_slice(&input.value(mode, e).to_le_bytes())
+                        }
+                        (Fill::Data, Kind::F64) => content[at..at + 8]
+                            .copy_from_slice(&f64::from(input.value(mode, e)).to_le_bytes()),
+                        (Fill::Positive, Kind::F32) => content[at..at + 4]
+                            .copy_from_slice(&positive(input, mode).to_le_bytes()),
+                        (Fill::Positive, Kind::F64) => content[at..at + 8]
+                            .copy_from_slice(&f64::from(positive(input, mode)).to_le_bytes()),
                     }
                 }
                 // SAFETY: `ptr` is valid for `bytes` bytes.
@@ -321,7 +338,11 @@ impl Arena {
 
     /// The pointer passed for a buffer (NULL if chosen so).
     pub fn ptr<T>(&self, b: Buf) -> *mut T {
-        if self.slots[b].null { std::ptr::null_mut() } else { self.ptrs[b] as *mut T }
+        if self.slots[b].null {
+            std::ptr::null_mut()
+        } else {
+            self.ptrs[b] as *mut T
+        }
     }
     pub fn is_null(&self, b: Buf) -> bool {
         self.slots[b].null
@@ -329,13 +350,17 @@ impl Arena {
     /// Whether the buffer is exactly the input it replaces (in place).
     pub fn in_place(&self, b: Buf) -> bool {
         !self.slots[b].null
-            && self.slots[b].replaces.is_some_and(|r| !self.slots[r].null && self.ptrs[r] == self.ptrs[b])
+            && self.slots[b]
+                .replaces
+                .is_some_and(|r| !self.slots[r].null && self.ptrs[r] == self.ptrs[b])
     }
 
     /// The contract's status from the pointers alone, for the checks that come before and
     /// after the call's own size and argument checks: `(null, misaligned, alias)`.
     pub fn pointer_errors(&self) -> (bool, bool, bool) {
-        let live: Vec<usize> = (0..self.slots.len()).filter(|&i| !self.slots[i].null).collect();
+        let live: Vec<usize> = (0..self.slots.len())
+            .filter(|&i| !self.slots[i].null)
+            .collect();
         let null = self.slots.iter().any(|s| s.null && s.required && s.len > 0);
         let misaligned = live
             .iter()
@@ -381,17 +406,27 @@ impl Arena {
                     let p = self.ptrs[i] as usize;
                     s.writes && !s.null && addr >= p && addr < p + s.len * s.kind.size()
                 });
-                assert!(inside, "byte {j} of {} changed outside every output", self.slots[m].name);
+                assert!(
+                    inside,
+                    "byte {j} of {} changed outside every output",
+                    self.slots[m].name
+                );
             }
         }
     }
 
     /// A buffer's values before the call (from the snapshot).
     pub fn before_f32(&self, b: Buf) -> Vec<f32> {
-        self.read_at(b, &self.before, 4).chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        self.read_at(b, &self.before, 4)
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     }
     pub fn before_f64(&self, b: Buf) -> Vec<f64> {
-        self.read_at(b, &self.before, 8).chunks(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+        self.read_at(b, &self.before, 8)
+            .chunks(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     }
     pub fn before_u8(&self, b: Buf) -> Vec<u8> {
         self.read_at(b, &self.before, 1)
@@ -399,11 +434,17 @@ impl Arena {
     /// A buffer's values now.
     pub fn now_f32(&self, b: Buf) -> Vec<f32> {
         let now = self.snapshot();
-        self.read_at(b, &now, 4).chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+        self.read_at(b, &now, 4)
+            .chunks(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     }
     pub fn now_f64(&self, b: Buf) -> Vec<f64> {
         let now = self.snapshot();
-        self.read_at(b, &now, 8).chunks(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()
+        self.read_at(b, &now, 8)
+            .chunks(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
     }
     pub fn now_u8(&self, b: Buf) -> Vec<u8> {
         let now = self.snapshot();
@@ -433,7 +474,14 @@ fn positive(input: &mut Input<'_>, mode: u8) -> f32 {
 }
 
 /// The contract's error precedence: the first of the errors that apply, or OK.
-pub fn expected(null: bool, overflow: bool, shape: bool, argument: bool, misaligned: bool, alias: bool) -> nk_status {
+pub fn expected(
+    null: bool,
+    overflow: bool,
+    shape: bool,
+    argument: bool,
+    misaligned: bool,
+    alias: bool,
+) -> nk_status {
     use nk_status::*;
     [
         (null, NK_ERR_NULL_POINTER),
@@ -485,7 +533,10 @@ pub fn finite64(v: &[f64]) -> bool {
 /// Asserts `close` for each element, with a message.
 #[track_caller]
 pub fn assert_close(what: &str, i: usize, got: f64, want: f64, magnitude: f64, tol: f64) {
-    assert!(close(got, want, magnitude, tol), "{what}[{i}]: got {got}, want {want} (magnitude {magnitude})");
+    assert!(
+        close(got, want, magnitude, tol),
+        "{what}[{i}]: got {got}, want {want} (magnitude {magnitude})"
+    );
 }
 
 /// The context of a call: the default (NULL), a one-thread context, or a three-thread context
@@ -498,7 +549,10 @@ pub fn context(choice: u8) -> *mut normkit::ffi::nk_context {
         let mut ctx = std::ptr::null_mut();
         // SAFETY: `ctx` is valid for writing one pointer; the context lives for the process.
         unsafe {
-            assert_eq!(normkit::ffi::nk_context_create(threads, &mut ctx), nk_status::NK_OK);
+            assert_eq!(
+                normkit::ffi::nk_context_create(threads, &mut ctx),
+                nk_status::NK_OK
+            );
             assert_eq!(normkit::ffi::nk_context_set_isa(ctx, isa), nk_status::NK_OK);
         }
         ctx as usize
@@ -522,7 +576,11 @@ pub fn sane64(v: &[f64]) -> bool {
 /// Element `(n, c, s)`'s index for a layout (0: NCS, 1: NSC).
 pub fn index(layout: i32, dims: (usize, usize, usize), n: usize, c: usize, s: usize) -> usize {
     let (_, channels, spatial) = dims;
-    if layout == 0 { (n * channels + c) * spatial + s } else { (n * spatial + s) * channels + c }
+    if layout == 0 {
+        (n * channels + c) * spatial + s
+    } else {
+        (n * spatial + s) * channels + c
+    }
 }
 
 /// A size far beyond memory, for the overflow checks.
