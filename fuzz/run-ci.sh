@@ -52,7 +52,8 @@ report_crash() {
     local t="$1" log="$2"
     echo "FAILED: $t"
     tail -n 60 "$log"
-    grep -o "Test unit written to .*" "$log" | sed 's/^Test unit written to /crash input: fuzz\//' || true
+    grep -o "Running: .*" "$log" | tail -n 1 | sed 's/^Running: /failing input: /' || true
+    grep -o "Test unit written to .*" "$log" | sed 's/^Test unit written to /crash input: /' || true
     echo "replay: (cd fuzz && cargo +nightly fuzz run $t <crash input>)"
 }
 
@@ -62,7 +63,8 @@ for t in "${targets[@]}"; do
     dir="regressions/$t"
     if [ -d "$dir" ] && [ -n "$(ls -A "$dir")" ]; then
         log="$logs/$t.regressions.log"
-        if cargo +nightly fuzz run "$t" "$dir" -- -runs=0 >"$log" 2>&1; then
+        # Files (not a directory) as arguments: libFuzzer runs each once and exits.
+        if cargo +nightly fuzz run "$t" "$PWD/$dir"/* >"$log" 2>&1; then
             echo "$t: $(ls "$dir" | wc -l) regression inputs pass"
         else
             report_crash "$t" "$log"
@@ -78,9 +80,10 @@ step "fuzz each target for $seconds s ($jobs at a time)"
 fuzz_one() {
     local t="$1"
     mkdir -p "corpus/$t" "artifacts/$t"
+    # New inputs go to the first directory; the regression inputs seed the run.
     local seeds=()
-    [ -d "regressions/$t" ] && seeds=("regressions/$t")
-    cargo +nightly fuzz run "$t" "corpus/$t" "${seeds[@]}" -- \
+    [ -d "regressions/$t" ] && seeds=("$PWD/regressions/$t")
+    cargo +nightly fuzz run "$t" "$PWD/corpus/$t" "${seeds[@]}" -- \
         -max_total_time="$seconds" -print_final_stats=1 -len_control=0 -max_len=4096 \
         >"$logs/$t.log" 2>&1
 }
