@@ -341,7 +341,7 @@ fn forward(input: &mut Input<'_>, call: &Call, ctx: *mut nk_context, wild: u8, t
                 let want_m = (1.0 - mom) * f64::from(rm0[ch]) + mom * m;
                 let batch_var = if biased { var } else { var_unbiased };
                 let want_v = (1.0 - mom) * f64::from(rv0[ch]) + mom * batch_var;
-                let mag_m = f64::from(rm0[ch]).abs() + m.abs();
+                let mag_m = f64::from(rm0[ch]).abs() + m.abs() + var.abs().sqrt();
                 let mag_v = f64::from(rv0[ch]).abs() + batch_var.abs();
                 assert_close("running_mean", ch, f64::from(rm1[ch]), want_m, mag_m, TOL);
                 assert_close("running_var", ch, f64::from(rv1[ch]), want_v, mag_v, TOL);
