@@ -52,7 +52,6 @@ report_crash() {
     local t="$1" log="$2"
     echo "FAILED: $t"
     tail -n 60 "$log"
-    grep -o "Running: .*" "$log" | tail -n 1 | sed 's/^Running: /failing input: /' || true
     grep -o "Test unit written to .*" "$log" | sed 's/^Test unit written to /crash input: /' || true
     echo "replay: (cd fuzz && cargo +nightly fuzz run $t <crash input>)"
 }
@@ -68,6 +67,7 @@ for t in "${targets[@]}"; do
             echo "$t: $(ls "$dir" | wc -l) regression inputs pass"
         else
             report_crash "$t" "$log"
+            grep -o "Running: .*" "$log" | tail -n 1 | sed 's/^Running: /failing regression input: /' || true
             failed=1
         fi
     else

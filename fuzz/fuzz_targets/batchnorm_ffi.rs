@@ -185,7 +185,7 @@ fn forward(input: &mut Input<'_>, call: &Call, ctx: *mut nk_context, wild: u8, t
             1 => local.saturating_sub(1),
             2 => u64::from(input.u32()),
             3 => u64::MAX,
-            _ => local + u64::from(input.byte() % 3),
+            _ => local.saturating_add(u64::from(input.byte() % 3)),
         }
     } else {
         local
@@ -727,7 +727,7 @@ fn apply(input: &mut Input<'_>, call: &Call, ctx: *mut nk_context, wild: u8) {
         0 => 0,
         1 => local.saturating_sub(1),
         2 => input.u64(),
-        _ => local + u64::from(input.byte() % 4),
+        _ => local.saturating_add(u64::from(input.byte() % 4)),
     };
     let (null, misaligned, alias) = a.pointer_errors();
     let status = unsafe {
