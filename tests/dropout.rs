@@ -2674,3 +2674,61 @@ fn odd_sizes_and_shapes_on_every_context() {
         }
     }
 }
+
+/// With `p = 1` every gradient is exactly `+0.0`, even where a passed mask says "kept" (no
+/// forward with `p = 1` keeps anything): not `dy * inf` (inverted dropout) or `dy * 0` = `-0.0`
+/// (alpha dropout).
+#[test]
+fn backward_with_p_one_ignores_a_mask_that_keeps() {
+    let dy = [-3.0f32, 2.0, -0.5, f32::NAN, f32::NEG_INFINITY, 7.0];
+    let mask = [0xffu8];
+    for alpha in [false, true] {
+        let mut dx = [1.0f32; 6];
+        // SAFETY: every pointer is valid for its extent.
+        let status = unsafe {
+            if alpha {
+                nk_alpha_dropout_backward(
+                    null_mut(),
+                    6,
+                    dy.as_ptr(),
+                    dx.as_mut_ptr(),
+                    1.0,
+                    7,
+                    0,
+                    mask.as_ptr(),
+                )
+            } else {
+                nk_dropout_backward(
+                    null_mut(),
+                    6,
+                    dy.as_ptr(),
+                    dx.as_mut_ptr(),
+                    1.0,
+                    7,
+                    0,
+                    mask.as_ptr(),
+                )
+            }
+        };
+        assert_eq!(status, NK_OK);
+        assert!(dx.iter().all(|v| v.to_bits() == 0), "alpha {alpha}: {dx:?}");
+    }
+    for channels_last in [false, true] {
+        let mut dx = [1.0f32; 6];
+        // SAFETY: every pointer is valid for its extent.
+        let status = unsafe {
+            nk_channel_dropout_backward(
+                null_mut(),
+                shape(1, 2, 3, channels_last),
+                dy.as_ptr(),
+                dx.as_mut_ptr(),
+                1.0,
+                7,
+                0,
+                mask.as_ptr(),
+            )
+        };
+        assert_eq!(status, NK_OK);
+        assert!(dx.iter().all(|v| v.to_bits() == 0), "channel: {dx:?}");
+    }
+}

@@ -315,9 +315,10 @@ pub fn channel_backward(
         return Ok(());
     }
     let mut own = Vec::new();
+    // With p = 1 every pair is dropped whatever a mask says (see `decisions`).
     let bits: &[u8] = match mask {
-        Some(m) => m,
-        None => {
+        Some(m) if p < 1.0 => m,
+        _ => {
             own.resize(mask_len(pairs), 0);
             fill_mask(ctx, pairs, Keep::new(p), seed, offset, &mut own);
             &own
@@ -434,11 +435,13 @@ fn stream(seed: u64, offset: u64, p: f32) -> Decisions<'static> {
     }
 }
 
-/// Decisions from `mask` when given, else from the stream.
+/// Decisions from `mask` when given, else from the stream. With `p = 1` every element is
+/// dropped whatever a mask says (no forward with `p = 1` keeps any), so that every gradient is
+/// `+0.0` rather than `dy` times an infinite or zero factor.
 fn decisions(mask: Option<&[u8]>, seed: u64, offset: u64, p: f32) -> Decisions<'_> {
     match mask {
-        Some(mask) => Decisions::Mask { mask, first_bit: 0 },
-        None => stream(seed, offset, p),
+        Some(mask) if p < 1.0 => Decisions::Mask { mask, first_bit: 0 },
+        _ => stream(seed, offset, p),
     }
 }
 

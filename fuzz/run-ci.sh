@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Fuzzing in continuous integration: builds every cargo-fuzz target (libFuzzer, AddressSanitizer,
+# nightly Rust), replays the committed regression inputs (fuzz/regressions/<target>/) so that
+# old crashes stay fixed, then fuzzes each target for FUZZ_SECONDS seconds (default 60), up to
+# FUZZ_JOBS targets at a time (default: the number of cores, at most 4). Installs the nightly
+# toolchain and cargo-fuzz when missing. Exits non-zero on any crash or finding and prints where
+# the input that triggers it was written.
+#
+# Run from anywhere: fuzz/run-ci.sh            (FUZZ_SECONDS=300 fuzz/run-ci.sh for longer runs)
+# The growing corpus lives in fuzz/corpus/<target>/ (not committed); crash inputs in
+# fuzz/artifacts/<target>/.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")"
+seconds="${FUZZ_SECONDS:-60}"
+cores="$(nproc 2>/dev/null || echo 2)"
+jobs="${FUZZ_JOBS:-$((cores < 4 ? cores : 4))}"
+start=$SECONDS
+
+step() {
+    echo
+    echo "==> $* ($((SECONDS - start)) s)"
+}
+
+step "nightly toolchain and cargo-fuzz"
+if ! command -v rustup >/dev/null 2>&1; then
+    export PATH="$HOME/.cargo/bin:$PATH"
+fi
+if ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    rustup toolchain install nightly --profile minimal
+fi
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    cargo install cargo-fuzz --locked
+fi
+rustup run nightly rustc --version
+cargo fuzz --version
+
+targets=()
+while IFS= read -r t; do
+    targets+=("$t")
+done < <(cargo +nightly fuzz list)
+echo "targets: ${targets[*]}"
+
+step "build (AddressSanitizer)"
+cargo +nightly fuzz build
+
+logs="$(mktemp -d)"
+trap 'rm -rf "$logs"' EXIT
+
+# Prints the crash inputs libFuzzer reported in a log, and the command that replays them.
+report_crash() {
+    local t="$1" log="$2"
+    echo "FAILED: $t"
+    tail -n 60 "$log"
+    grep -o "Test unit written to .*" "$log" | sed 's/^Test unit written to /crash input: /' || true
+    echo "replay: (cd fuzz && cargo +nightly fuzz run $t <crash input>)"
+}
+
+step "regression inputs"
+failed=0
+for t in "${targets[@]}"; do
+    dir="regressions/$t"
+    if [ -d "$dir" ] && [ -n "$(ls -A "$dir")" ]; then
+        log="$logs/$t.regressions.log"
+        # Files (not a directory) as arguments: libFuzzer runs each once and exits.
+        if cargo +nightly fuzz run "$t" "$PWD/$dir"/* >"$log" 2>&1; then
+            echo "$t: $(ls "$dir" | wc -l) regression inputs pass"
+        else
+            report_crash "$t" "$log"
+            grep -o "Running: .*" "$log" | tail -n 1 | sed 's/^Running: /failing regression input: /' || true
+            failed=1
+        fi
+    else
+        echo "$t: no regression inputs"
+    fi
+done
+[ "$failed" -eq 0 ] || exit 1
+
+step "fuzz each target for $seconds s ($jobs at a time)"
+fuzz_one() {
+    local t="$1"
+    mkdir -p "corpus/$t" "artifacts/$t"
+    # New inputs go to the first directory; the regression inputs seed the run.
+    local seeds=()
+    [ -d "regressions/$t" ] && seeds=("$PWD/regressions/$t")
+    cargo +nightly fuzz run "$t" "$PWD/corpus/$t" "${seeds[@]}" -- \
+        -max_total_time="$seconds" -print_final_stats=1 -len_control=0 -max_len=4096 \
+        >"$logs/$t.log" 2>&1
+}
+pids=()
+names=()
+for t in "${targets[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do
+        sleep 1
+    done
+    fuzz_one "$t" &
+    pids+=("$!")
+    names+=("$t")
+done
+for i in "${!pids[@]}"; do
+    t="${names[$i]}"
+    if wait "${pids[$i]}"; then
+        runs="$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$logs/$t.log" | grep -o '[0-9]*$' || echo '?')"
+        echo "$t: ok, $runs executions in $seconds s"
+    else
+        report_crash "$t" "$logs/$t.log"
+        failed=1
+    fi
+done
+
+step "done in $((SECONDS - start)) s"
+exit "$failed"
