@@ -20,7 +20,7 @@ use criterion::measurement::WallTime;
 use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
 };
-use normkit::groupnorm::{self, Affine, Gradients, SavedStats};
+use normkit::groupnorm::{self, Affine, BackwardIo, SavedStats};
 use normkit::{Context, InOut, Isa, Layout, Shape, instancenorm};
 use std::hint::black_box;
 use std::time::Duration;
@@ -171,7 +171,7 @@ fn bench_case(c: &mut Criterion, case: &Case) {
                                 shape,
                                 case.groups,
                                 black_box(&x),
-                                Gradients::WithDx(InOut::separate(&dy, &mut y).unwrap()),
+                                BackwardIo::WithDx(InOut::separate(&dy, &mut y).unwrap()),
                                 Some(&gamma),
                                 &mean,
                                 &invstd,

@@ -26,7 +26,7 @@ use criterion::{
 };
 use normkit::batchnorm::{Affine, SavedStats};
 use normkit::ffi::{nk_layernorm_forward, nk_status};
-use normkit::layernorm::{self, Grad};
+use normkit::layernorm::{self, BackwardIo};
 use normkit::{Context, InOut, Isa, rmsnorm};
 use std::hint::black_box;
 use std::ptr::null_mut;
@@ -204,7 +204,7 @@ fn backward(c: &mut Criterion, rows: usize, cols: usize) {
                     rows,
                     cols,
                     black_box(&x),
-                    Grad::Dx(InOut::separate(&dy, &mut dx).unwrap()),
+                    BackwardIo::WithDx(InOut::separate(&dy, &mut dx).unwrap()),
                     Some(&gamma),
                     &mean,
                     &inv,

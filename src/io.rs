@@ -59,6 +59,27 @@ impl<'a> InOut<'a> {
     }
 }
 
+/// The output gradient `dy` of a normalization backward and where the input gradient `dx` goes,
+/// if anywhere.
+#[derive(Debug)]
+pub enum BackwardIo<'a> {
+    /// Only `dy`: no input gradient wanted.
+    DyOnly(&'a [f32]),
+    /// `dy` read, `dx` written: `InOut::Separate { x: dy, y: dx }`, or `InOut::InPlace` to
+    /// overwrite `dy` with `dx`.
+    WithDx(InOut<'a>),
+}
+
+impl BackwardIo<'_> {
+    /// The output gradient.
+    pub(crate) fn dy(&self) -> &[f32] {
+        match self {
+            BackwardIo::DyOnly(dy) => dy,
+            BackwardIo::WithDx(io) => io.input(),
+        }
+    }
+}
+
 /// An [`InOut`] that parallel tasks share, each taking the parts it owns.
 pub(crate) struct SharedIo<'a> {
     x: *const f32,

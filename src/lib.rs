@@ -31,7 +31,7 @@ mod simd;
 
 pub use context::Context;
 pub use error::{Error, ErrorKind, Result};
-pub use io::InOut;
+pub use io::{BackwardIo, InOut};
 pub use kernels::moments::Moments;
 pub use ops::{batchnorm, dropout, groupnorm, instancenorm, layernorm, rmsnorm};
 pub use shape::{Layout, Shape};

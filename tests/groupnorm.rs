@@ -14,7 +14,7 @@ use common::group_reference as gr;
 use common::reference::index;
 use normkit::ffi::nk_status::{self, *};
 use normkit::ffi::*;
-use normkit::groupnorm::{self, Affine, Gradients, SavedStats};
+use normkit::groupnorm::{self, Affine, BackwardIo, SavedStats};
 use normkit::{Context, ErrorKind, InOut, Isa, Layout, Shape, instancenorm};
 use proptest::prelude::*;
 use std::ptr::{null, null_mut};
@@ -172,9 +172,9 @@ fn run_backward(ctx: &Context, case: &Case, saved: &FwdOut, in_place: bool) -> B
     let mut dgamma = vec![SENTINEL; c];
     let mut dbeta = vec![SENTINEL; c];
     let grad = if in_place {
-        Gradients::WithDx(InOut::InPlace(&mut dx))
+        BackwardIo::WithDx(InOut::InPlace(&mut dx))
     } else {
-        Gradients::WithDx(InOut::separate(&case.dy, &mut dx).unwrap())
+        BackwardIo::WithDx(InOut::separate(&case.dy, &mut dx).unwrap())
     };
     groupnorm::backward(
         ctx,
@@ -500,7 +500,7 @@ fn large_offset_accuracy() {
     }
 }
 
-/// Gradients on large groups (about 2^18 values each) agree with the reference to 1e-4
+/// BackwardIo on large groups (about 2^18 values each) agree with the reference to 1e-4
 /// relative, with values far from zero.
 #[test]
 fn large_group_gradients() {
@@ -750,7 +750,7 @@ fn safe_api_errors_write_nothing() {
             shape,
             groups,
             &x,
-            Gradients::WithDx(InOut::separate(&x, &mut dx).unwrap()),
+            BackwardIo::WithDx(InOut::separate(&x, &mut dx).unwrap()),
             None,
             &saves[..saves_len.min(6)],
             &saves[..saves_len.min(6)],
@@ -775,7 +775,7 @@ fn backward_over_no_values_writes_zeros() {
         shape,
         2,
         &[],
-        Gradients::DyOnly(&[]),
+        BackwardIo::DyOnly(&[]),
         None,
         &saves,
         &saves,

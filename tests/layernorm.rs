@@ -12,7 +12,7 @@ use common::layer_reference as r;
 use normkit::batchnorm::{Affine, SavedStats};
 use normkit::ffi::nk_status::{self, *};
 use normkit::ffi::*;
-use normkit::layernorm::{self, Grad};
+use normkit::layernorm::{self, BackwardIo};
 use normkit::{Context, ErrorKind, InOut, Isa, rmsnorm};
 use proptest::prelude::*;
 use std::ptr::{null, null_mut};
@@ -128,9 +128,9 @@ fn run_backward(c: &Case, f: &Fwd, cx: &Context, centered: bool, in_place: bool)
         vec![f32::NAN; c.dy.len()]
     };
     let grad = if in_place {
-        Grad::Dx(InOut::InPlace(&mut dx))
+        BackwardIo::WithDx(InOut::InPlace(&mut dx))
     } else {
-        Grad::Dx(InOut::separate(&c.dy, &mut dx).unwrap())
+        BackwardIo::WithDx(InOut::separate(&c.dy, &mut dx).unwrap())
     };
     let mut dgamma = vec![f32::NAN; c.cols];
     let mut dbeta = vec![f32::NAN; c.cols];
@@ -522,7 +522,7 @@ fn optional_outputs_do_not_change_the_others() {
                     rows,
                     cols,
                     &c.x,
-                    Grad::Dx(InOut::separate(&c.dy, &mut dx).unwrap()),
+                    BackwardIo::WithDx(InOut::separate(&c.dy, &mut dx).unwrap()),
                     c.gamma.as_deref(),
                     &f.mean,
                     &f.inv,
@@ -535,7 +535,7 @@ fn optional_outputs_do_not_change_the_others() {
                     rows,
                     cols,
                     &c.x,
-                    Grad::Dy(&c.dy),
+                    BackwardIo::DyOnly(&c.dy),
                     c.gamma.as_deref(),
                     &f.mean,
                     &f.inv,
@@ -549,7 +549,7 @@ fn optional_outputs_do_not_change_the_others() {
                     rows,
                     cols,
                     &c.x,
-                    Grad::Dx(InOut::separate(&c.dy, &mut dx).unwrap()),
+                    BackwardIo::WithDx(InOut::separate(&c.dy, &mut dx).unwrap()),
                     c.gamma.as_deref(),
                     &f.inv,
                     None,
@@ -560,7 +560,7 @@ fn optional_outputs_do_not_change_the_others() {
                     rows,
                     cols,
                     &c.x,
-                    Grad::Dy(&c.dy),
+                    BackwardIo::DyOnly(&c.dy),
                     c.gamma.as_deref(),
                     &f.inv,
                     Some(&mut dg),

@@ -1,7 +1,10 @@
 //! C entry points of batch normalization: checks, then the safe API of `ops::batchnorm`.
 
 use super::library::{context, nk_context, nk_shape};
-use super::{Regions, call, in_out, nk_status, optional, optional_mut, require, slice, slice_mut};
+use super::{
+    Regions, backward_io, call, in_out, nk_status, optional, optional_mut, require, slice,
+    slice_mut,
+};
 use crate::error::{Error, ErrorKind};
 use crate::ops::batchnorm::{
     self, Affine, RunningStats, SavedStats, TrainingParams, check_fold, check_inference,
@@ -381,7 +384,7 @@ pub unsafe extern "C" fn nk_batchnorm_fold(
 // ---------------------------------------------------------------------------------------------
 // Backward passes.
 
-use crate::ops::batchnorm::{BackwardIo, check_apply_count};
+use crate::ops::batchnorm::check_apply_count;
 
 /// Batch norm backward (training mode), from `x`, `dy` and the statistics the forward saved
 /// (`save_mean`, `save_invstd` required): `dx` (optional; may be `dy`, in place, but not `x`),
@@ -426,11 +429,7 @@ pub unsafe extern "C" fn nk_batchnorm_backward(
         // SAFETY: pointers checked above (NULL, alignment, overlap); extents are the caller's
         // promise.
         unsafe {
-            let io = if dx.is_null() {
-                BackwardIo::DyOnly(slice(dy, n))
-            } else {
-                BackwardIo::WithDx(in_out(dy, dx, n))
-            };
+            let io = backward_io(dy, dx, n);
             batchnorm::backward(
                 context(ctx),
                 shape,

@@ -1,8 +1,10 @@
 //! The nk_groupnorm_* and nk_instancenorm_* entry points.
 
 use super::library::{context, nk_context, nk_shape};
-use super::{Regions, call, in_out, nk_status, optional, optional_mut, require, slice};
-use crate::ops::groupnorm::{self, Affine, Gradients, SavedStats};
+use super::{
+    Regions, backward_io, call, in_out, nk_status, optional, optional_mut, require, slice,
+};
+use crate::ops::groupnorm::{self, Affine, SavedStats};
 use crate::ops::instancenorm;
 
 /// Group norm forward: C channels in `groups` consecutive groups (at least 1, dividing C, else
@@ -106,11 +108,7 @@ pub unsafe extern "C" fn nk_groupnorm_backward(
             .check()?;
         // SAFETY: pointers checked above; extents are the caller's promise.
         unsafe {
-            let grad = if dx.is_null() {
-                Gradients::DyOnly(slice(dy, n))
-            } else {
-                Gradients::WithDx(in_out(dy, dx, n))
-            };
+            let grad = backward_io(dy, dx, n);
             groupnorm::backward(
                 context(ctx),
                 shape,

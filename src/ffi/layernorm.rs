@@ -2,31 +2,18 @@
 //! safe API of `ops::layernorm` and `ops::rmsnorm`.
 
 use super::library::{context, nk_context};
-use super::{Regions, call, in_out, nk_status, optional, optional_mut, require, slice};
+use super::{
+    Regions, backward_io, call, in_out, nk_status, optional, optional_mut, require, slice,
+};
 use crate::batchnorm::{Affine, SavedStats};
 use crate::error::Result;
 use crate::io::InOut;
-use crate::ops::layernorm::{self, Grad, check_forward, check_sizes};
+use crate::ops::layernorm::{self, check_forward, check_sizes};
 use crate::ops::rmsnorm;
 
 /// Whether a `rows x cols` call has data (NULL data pointers are accepted when it has none).
 fn has_data(rows: usize, cols: usize) -> usize {
     usize::from(rows > 0 && cols > 0)
-}
-
-/// The gradient of a backward: `dx` optional, in place when `dx == dy`.
-///
-/// # Safety
-/// `dy` and `dx` passed [`Regions::check`] with `dx` registered by `output_replacing(.., "dy")`,
-/// and are valid for `n` elements.
-unsafe fn grad<'a>(dy: *const f32, dx: *mut f32, n: usize) -> Grad<'a> {
-    if dx.is_null() {
-        // SAFETY: forwarded.
-        Grad::Dy(unsafe { slice(dy, n) })
-    } else {
-        // SAFETY: forwarded.
-        Grad::Dx(unsafe { in_out(dy, dx, n) })
-    }
 }
 
 /// Layer norm forward over `rows` rows of `cols` contiguous floats: each row normalized with its
@@ -129,7 +116,7 @@ pub unsafe extern "C" fn nk_layernorm_backward(
                 rows,
                 cols,
                 slice(x, n),
-                grad(dy, dx, n),
+                backward_io(dy, dx, n),
                 optional(gamma, cols),
                 slice(save_mean, rows),
                 slice(save_invstd, rows),
@@ -222,7 +209,7 @@ pub unsafe extern "C" fn nk_rmsnorm_backward(
                 rows,
                 cols,
                 slice(x, n),
-                grad(dy, dx, n),
+                backward_io(dy, dx, n),
                 optional(gamma, cols),
                 slice(save_invrms, rows),
                 optional_mut(dgamma, cols),

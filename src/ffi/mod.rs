@@ -21,7 +21,7 @@ pub use layernorm::*;
 pub use library::*;
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::io::InOut;
+use crate::io::{BackwardIo, InOut};
 use std::cell::RefCell;
 use std::ffi::CString;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -321,5 +321,20 @@ pub(crate) unsafe fn in_out<'a>(x: *const f32, y: *mut f32, len: usize) -> InOut
                 y: slice_mut(y, len),
             }
         }
+    }
+}
+
+/// The gradient of a backward: `dx` optional, in place when `dx == dy`.
+///
+/// # Safety
+/// `dy` and `dx` passed [`Regions::check`] with `dx` registered by `output_replacing(.., "dy")`,
+/// and are valid for `n` elements.
+pub(crate) unsafe fn backward_io<'a>(dy: *const f32, dx: *mut f32, n: usize) -> BackwardIo<'a> {
+    if dx.is_null() {
+        // SAFETY: forwarded.
+        BackwardIo::DyOnly(unsafe { slice(dy, n) })
+    } else {
+        // SAFETY: forwarded.
+        BackwardIo::WithDx(unsafe { in_out(dy, dx, n) })
     }
 }

@@ -9,6 +9,7 @@
 
 use crate::context::Context;
 use crate::error::{Error, Result, check_eps, check_flags, check_len};
+pub use crate::io::BackwardIo;
 use crate::io::{InOut, SharedIo};
 use crate::kernels::fused::ChannelTraining;
 use crate::kernels::moments::{ChannelMoments, Moments, RowMoments};
@@ -689,26 +690,6 @@ fn with_channel_affine<R>(
 use crate::kernels::backward::{
     ChannelBackward, ChannelGrad, GradCoefficients, GradSums, NcsGrad, NscGrad, RowGrad,
 };
-
-/// The output gradient `dy` of a [`backward`], and where the input gradient `dx` goes, if
-/// anywhere.
-#[derive(Debug)]
-pub enum BackwardIo<'a> {
-    /// Only `dy`: no input gradient wanted.
-    DyOnly(&'a [f32]),
-    /// `dy` read, `dx` written: `InOut::Separate { x: dy, y: dx }`, or `InOut::InPlace` to
-    /// overwrite `dy` with `dx`.
-    WithDx(InOut<'a>),
-}
-
-impl BackwardIo<'_> {
-    fn dy(&self) -> &[f32] {
-        match self {
-            BackwardIo::DyOnly(dy) => dy,
-            BackwardIo::WithDx(io) => io.input(),
-        }
-    }
-}
 
 /// Checks the global `count` of a [`backward_apply`]: at least one value per channel, and at
 /// least this shard's values.

@@ -29,6 +29,7 @@ use crate::kernels::normalize::{ChannelAffine, NscAffine};
 use crate::shape::{Layout, Shape, checked_elements};
 use crate::simd::{MAX_LANES, dispatch};
 
+pub use crate::io::BackwardIo;
 pub use crate::ops::batchnorm::{Affine, SavedStats};
 
 /// Elements of one channels-first group processed as one unit: a group of at most this many
@@ -37,24 +38,6 @@ pub use crate::ops::batchnorm::{Affine, SavedStats};
 const GROUP_CHUNK: usize = 1 << 18;
 /// Approximate elements per parallel task of the row-wise passes.
 const TASK_ELEMENTS: usize = 1 << 15;
-
-/// The output gradient of a backward and where the input gradient goes.
-#[derive(Debug)]
-pub enum Gradients<'a> {
-    /// `dy` only: the input gradient is not wanted.
-    DyOnly(&'a [f32]),
-    /// `dy` in, `dx` out, separately or in place (`dx` overwriting `dy`).
-    WithDx(InOut<'a>),
-}
-
-impl Gradients<'_> {
-    fn dy(&self) -> &[f32] {
-        match self {
-            Gradients::DyOnly(dy) => dy,
-            Gradients::WithDx(io) => io.input(),
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Validation, in the order of the C contract: overflow, shape, argument.
@@ -173,7 +156,7 @@ pub fn backward(
     shape: Shape,
     groups: usize,
     x: &[f32],
-    mut grad: Gradients<'_>,
+    mut grad: BackwardIo<'_>,
     gamma: Option<&[f32]>,
     save_mean: &[f32],
     save_invstd: &[f32],
@@ -229,7 +212,7 @@ pub fn backward(
             *o = total as f32;
         }
     }
-    if let Gradients::WithDx(io) = &mut grad
+    if let BackwardIo::WithDx(io) = &mut grad
         && elements > 0
     {
         let coefficients = grad_coefficients(&shape, &stats, gamma, &sums);

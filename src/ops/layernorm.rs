@@ -12,6 +12,7 @@
 use crate::batchnorm::{Affine, SavedStats};
 use crate::context::Context;
 use crate::error::{Result, check_eps, check_len};
+pub use crate::io::BackwardIo;
 use crate::io::{InOut, RowIo, SharedIo};
 use crate::kernels::rownorm::{
     ColumnPass, ColumnSums, GradIo, ROW_BLOCK, RowsBackward, RowsForward,
@@ -32,25 +33,6 @@ const FUSED_SUMS_MAX_COLS: usize = 1 << 13;
 const WAVE_ACCUMULATORS: usize = 1 << 20;
 /// Columns per task of the separate column-sum pass.
 const COLUMN_CHUNK: usize = 1 << 12;
-
-/// The gradient of a backward: `dy` alone when `dx` is not wanted, or `dy` in and `dx` out
-/// (separate, or in place over `dy`).
-#[derive(Debug)]
-pub enum Grad<'a> {
-    /// `dy` only: `dx` is not computed.
-    Dy(&'a [f32]),
-    /// `dy` in, `dx` out.
-    Dx(InOut<'a>),
-}
-
-impl Grad<'_> {
-    fn dy(&self) -> &[f32] {
-        match self {
-            Grad::Dy(dy) => dy,
-            Grad::Dx(io) => io.input(),
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Validation, in the order of the C contract: overflow, shape, argument.
@@ -110,7 +92,7 @@ pub fn forward(
     Ok(())
 }
 
-/// Layer norm backward from the saved statistics: `dx` (if `grad` is [`Grad::Dx`]),
+/// Layer norm backward from the saved statistics: `dx` (if `grad` is [`BackwardIo::WithDx`]),
 /// `dgamma = sum over rows of dy * xhat` and `dbeta = sum over rows of dy` (each optional).
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
@@ -118,7 +100,7 @@ pub fn backward(
     rows: usize,
     cols: usize,
     x: &[f32],
-    grad: Grad<'_>,
+    grad: BackwardIo<'_>,
     gamma: Option<&[f32]>,
     save_mean: &[f32],
     save_invstd: &[f32],
@@ -181,7 +163,7 @@ pub(crate) fn check_backward_lens(
     cols: usize,
     n: usize,
     x: &[f32],
-    grad: &Grad<'_>,
+    grad: &BackwardIo<'_>,
     gamma: Option<&[f32]>,
 ) -> Result<()> {
     check_len("x", x, n)?;
@@ -285,7 +267,7 @@ pub(crate) fn rows_backward(
     rows: usize,
     cols: usize,
     x: &[f32],
-    mut grad: Grad<'_>,
+    mut grad: BackwardIo<'_>,
     gamma: Option<&[f32]>,
     mean: Option<&[f32]>,
     inv: &[f32],
@@ -313,12 +295,12 @@ pub(crate) fn rows_backward(
         mean,
         inv,
     };
-    let want_dx = matches!(grad, Grad::Dx(_));
+    let want_dx = matches!(grad, BackwardIo::WithDx(_));
     let dy_only: &[f32];
     let mut shared_holder = None;
     match &mut grad {
-        Grad::Dy(dy) => dy_only = dy,
-        Grad::Dx(io) => {
+        BackwardIo::DyOnly(dy) => dy_only = dy,
+        BackwardIo::WithDx(io) => {
             dy_only = &[];
             shared_holder = Some(io.share());
         }

@@ -5,7 +5,7 @@
 //! `save_invrms` (optional) of length `rows`. As for layer norm, a call with `cols = 0` writes
 //! nothing, and a backward over zero rows writes zeros to `dgamma`.
 
-pub use super::layernorm::Grad;
+pub use super::layernorm::BackwardIo;
 
 use super::layernorm::{
     RowsCall, check_backward_lens, check_forward, check_sizes, rows_backward, rows_forward,
@@ -49,7 +49,7 @@ pub fn forward(
     Ok(())
 }
 
-/// RMS norm backward from the saved `invrms`: `dx` (if `grad` is [`Grad::Dx`]) and
+/// RMS norm backward from the saved `invrms`: `dx` (if `grad` is [`BackwardIo::WithDx`]) and
 /// `dgamma = sum over rows of dy * x * invrms` (optional).
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
@@ -57,7 +57,7 @@ pub fn backward(
     rows: usize,
     cols: usize,
     x: &[f32],
-    grad: Grad<'_>,
+    grad: BackwardIo<'_>,
     gamma: Option<&[f32]>,
     save_invrms: &[f32],
     dgamma: Option<&mut [f32]>,
