@@ -104,17 +104,7 @@ pub(crate) fn check_training(
     params: &TrainingParams,
     has_running: bool,
 ) -> Result<()> {
-    let local = check_sizes(shape).and_then(|_| shape.count())? as u64;
-    if count < local {
-        return Err(Error::bad_shape(format!(
-            "the global count {count} is smaller than this shard's {local} values per channel"
-        )));
-    }
-    if count < 1 {
-        return Err(Error::bad_shape(
-            "batch norm training needs at least one value per channel (batch * spatial >= 1)",
-        ));
-    }
+    check_global_count(shape, count, "batch norm training")?;
     if has_running && params.flags & BN_RUNNING_VAR_BIASED == 0 && count < 2 {
         return Err(Error::bad_shape(
             "the unbiased running variance needs at least two values per channel",
@@ -694,6 +684,12 @@ use crate::kernels::backward::{
 /// Checks the global `count` of a [`backward_apply`]: at least one value per channel, and at
 /// least this shard's values.
 pub(crate) fn check_apply_count(shape: &Shape, count: u64) -> Result<()> {
+    check_global_count(shape, count, "the batch norm backward")
+}
+
+/// Checks the global `count` of a sharded call (`what` names it): at least this shard's values
+/// per channel, and at least one.
+fn check_global_count(shape: &Shape, count: u64, what: &str) -> Result<()> {
     let local = check_sizes(shape).and_then(|_| shape.count())? as u64;
     if count < local {
         return Err(Error::bad_shape(format!(
@@ -701,9 +697,9 @@ pub(crate) fn check_apply_count(shape: &Shape, count: u64) -> Result<()> {
         )));
     }
     if count < 1 {
-        return Err(Error::bad_shape(
-            "the batch norm backward needs at least one value per channel (count >= 1)",
-        ));
+        return Err(Error::bad_shape(format!(
+            "{what} needs at least one value per channel (count >= 1)"
+        )));
     }
     Ok(())
 }
