@@ -128,7 +128,8 @@ pub(crate) fn check_inference(shape: &Shape, eps: f32, flags: u32) -> Result<()>
     check_eps(eps)
 }
 
-fn check_affine(affine: &Affine<'_>, channels: usize) -> Result<()> {
+/// Checks the lengths of the per-channel `gamma` and `beta` that are given.
+pub(crate) fn check_affine(affine: &Affine<'_>, channels: usize) -> Result<()> {
     if let Some(g) = affine.gamma {
         check_len("gamma", g, channels)?;
     }

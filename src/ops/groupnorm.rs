@@ -30,6 +30,7 @@ use crate::shape::{Layout, Shape, checked_elements};
 use crate::simd::{MAX_LANES, dispatch};
 
 pub use crate::io::BackwardIo;
+use crate::ops::batchnorm::check_affine;
 pub use crate::ops::batchnorm::{Affine, SavedStats};
 
 /// Elements of one channels-first group processed as one unit: a group of at most this many
@@ -77,16 +78,6 @@ pub(crate) fn check_forward(
 /// Checks a backward with `groups` groups.
 pub(crate) fn check_backward(shape: &Shape, groups: usize) -> Result<()> {
     check_sizes(shape, groups, false).map(|_| ())
-}
-
-fn check_affine(affine: &Affine<'_>, channels: usize) -> Result<()> {
-    if let Some(g) = affine.gamma {
-        check_len("gamma", g, channels)?;
-    }
-    if let Some(b) = affine.beta {
-        check_len("beta", b, channels)?;
-    }
-    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
