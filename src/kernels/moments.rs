@@ -24,6 +24,15 @@ pub(crate) const BLOCK: usize = 2048;
 /// covers at most this many values: the rounding of those sums grows with their length).
 pub(crate) const ROW_BLOCK: usize = 64;
 
+/// Widest rows (in channels) the channels-innermost moments sum tile by tile in registers (a
+/// block of `ROW_BLOCK` such rows is 64 KiB, in L1 and L2 while its tiles visit it); wider rows
+/// are summed row by row with the sums in memory, each row read once, front to back: a tile
+/// visiting 128 bytes of every row of several kilobytes defeats the hardware prefetchers (they
+/// do not cross pages) and maps every access of a pass to the same few cache sets.
+const TILED_MAX_CHANNELS: usize = 256;
+/// Floats per 64-byte cache line.
+const LINE_FLOATS: usize = 16;
+
 /// Mean squares below this (deviations below about 1e-15) are near `f32`'s subnormal range when
 /// squared; such blocks are recomputed exactly.
 const TINY_MEAN_SQUARE: f64 = 7.888609052210118e-31; // 2^-100
@@ -100,12 +109,8 @@ impl Moments {
         Moments { count, mean, m2 }
     }
 
-    /// The moments of a block from its shifted sums, or `None` if they cannot be trusted:
-    /// - not finite (squares overflowing `f32`, NaN or infinities in the data);
-    /// - squares lost to underflow: `s2` below `lane_bound = sum over lanes of s1_l^2 / count`,
-    ///   which exact sums always reach (Cauchy-Schwarz in each lane), or in the subnormal range;
-    /// - for the first block of a run (`first`), sums cancelling by more than a factor 16
-    ///   because the shift lies more than about four spreads from the block's mean.
+    /// The moments of a block from its shifted sums, or `None` if they cannot be trusted (see
+    /// [`Moments::sums_trusted`]).
     #[inline]
     fn from_trusted_sums(
         count: usize,
@@ -115,25 +120,42 @@ impl Moments {
         lane_bound: f64,
         first: bool,
     ) -> Option<Moments> {
-        let n = count as f64;
-        let underflow = s2 < 0.5 * lane_bound || (s2 > 0.0 && s2 < n * TINY_MEAN_SQUARE);
-        if !(s1.is_finite() && s2.is_finite()) || underflow {
-            return None;
-        }
-        let m = Moments::from_shifted_sums(count, shift, s1, s2);
-        (!first || s2 <= 16.0 * m.m2).then_some(m)
+        Moments::sums_trusted(count as f64, s1, s2, lane_bound, first)
+            .then(|| Moments::from_shifted_sums(count, shift, s1, s2))
+    }
+
+    /// Whether the shifted sums `s1`, `s2` of `n` values can be trusted. Not if:
+    /// - not finite (squares overflowing `f32`, NaN or infinities in the data);
+    /// - squares lost to underflow: `s2` below `lane_bound = sum over lanes of s1_l^2 / count`,
+    ///   which exact sums always reach (Cauchy-Schwarz in each lane), or in the subnormal range;
+    /// - for the first block of a run (`first`), sums cancelling by more than a factor 16
+    ///   because the shift lies more than about four spreads from the block's mean.
+    ///
+    /// Branch-free, so that a loop over channels vectorizes.
+    #[inline(always)]
+    fn sums_trusted(n: f64, s1: f64, s2: f64, lane_bound: f64, first: bool) -> bool {
+        let underflow = (s2 < 0.5 * lane_bound) | ((s2 > 0.0) & (s2 < n * TINY_MEAN_SQUARE));
+        let finite = (s1.abs() <= f64::MAX) & (s2.abs() <= f64::MAX);
+        let cancels = first & (s2 > 16.0 * Moments::shifted_m2(n, s1, s2));
+        finite & !underflow & !cancels
+    }
+
+    /// M2 of `n` values from `s1 = sum(x - shift)` and `s2 = sum((x - shift)^2)`. Rounding may
+    /// leave a tiny negative M2 for constant data, clamped to 0; NaN stays NaN.
+    #[inline(always)]
+    fn shifted_m2(n: f64, s1: f64, s2: f64) -> f64 {
+        let m2 = s2 - s1 * (s1 / n);
+        if m2 < 0.0 { 0.0 } else { m2 }
     }
 
     /// The moments of `count` values from `s1 = sum(x - shift)` and `s2 = sum((x - shift)^2)`.
     #[inline]
     fn from_shifted_sums(count: usize, shift: f32, s1: f64, s2: f64) -> Moments {
         let n = count as f64;
-        let m2 = s2 - s1 * (s1 / n);
         Moments {
             count: count as u64,
             mean: shift as f64 + s1 / n,
-            // Rounding may leave a tiny negative M2 for constant data; NaN stays NaN.
-            m2: if m2 < 0.0 { 0.0 } else { m2 },
+            m2: Moments::shifted_m2(n, s1, s2),
         }
     }
 }
@@ -262,6 +284,12 @@ pub(crate) struct RowMoments<'a> {
 
 impl Kernel for RowMoments<'_> {
     type Output = ();
+    /// The first block of `ROW_BLOCK` rows is summed with each channel's first value as its
+    /// shift; every later block with the first block's mean, the same for all of them, so their
+    /// `f32` block sums add up in `f64` with no merge per block (two additions per channel).
+    /// The rest's sums become moments once, checked as a first block is (a shift more than
+    /// about four spreads from the rest's mean, or sums not finite or underflowing, and the
+    /// channel is recomputed exactly), then merged with the first block's.
     #[inline(always)]
     fn run<V: F32Vec>(self) {
         let c = self.channels;
@@ -274,67 +302,257 @@ impl Kernel for RowMoments<'_> {
         let mut shift = self.x[..c].to_vec();
         let mut s1 = vec![0f32; c];
         let mut s2 = vec![0f32; c];
-        let l = V::LANES;
-        for (b, block) in self.x.chunks(ROW_BLOCK * c).enumerate() {
-            // Channel tiles of four vectors, each summed over the block's rows in registers
-            // (no stores in the row loop), then the rest of the channels one vector at a time.
-            let tiles = c / (4 * l) * (4 * l);
-            for c0 in (0..tiles).step_by(4 * l) {
-                let k = [
-                    V::load(&shift[c0..]),
-                    V::load(&shift[c0 + l..]),
-                    V::load(&shift[c0 + 2 * l..]),
-                    V::load(&shift[c0 + 3 * l..]),
-                ];
-                let (mut a, mut q) = ([V::splat(0.0); 4], [V::splat(0.0); 4]);
-                for row in block.chunks_exact(c) {
-                    let xs = &row[c0..c0 + 4 * l];
-                    for j in 0..4 {
-                        let d = V::load(&xs[j * l..]).sub(k[j]);
-                        a[j] = a[j].add(d);
-                        q[j] = d.mul_add(d, q[j]);
-                    }
-                }
-                for j in 0..4 {
-                    a[j].store(&mut s1[c0 + j * l..]);
-                    q[j].store(&mut s2[c0 + j * l..]);
-                }
-            }
-            for c0 in (tiles..c).step_by(l) {
-                let lanes = l.min(c - c0);
-                let k = load_lanes::<V>(&shift[c0..c0 + lanes]);
-                let (mut a, mut q) = (V::splat(0.0), V::splat(0.0));
-                for row in block.chunks_exact(c) {
-                    // Lanes past the channels load 0 in both x and the shift: their d is 0.
-                    let d = load_lanes::<V>(&row[c0..c0 + lanes]).sub(k);
-                    a = a.add(d);
-                    q = d.mul_add(d, q);
-                }
-                store_lanes(a, &mut s1[c0..c0 + lanes]);
-                store_lanes(q, &mut s2[c0..c0 + lanes]);
-            }
-            // Every channel has the same counts, so the merge weights are shared: no division
-            // per channel in this loop (the same formulas as `Moments::merge`).
-            let n = block.len() / c;
-            let before = (b * ROW_BLOCK) as f64;
-            let (nf, total) = (n as f64, before + n as f64);
-            let (w_block, w_cross) = (nf / total, before * nf / total);
+        let (head, rest) = self.x.split_at(self.x.len().min(ROW_BLOCK * c));
+        block_sums::<V>(head, c, &shift, &mut s1, &mut s2);
+        let mut sum1: Vec<f64> = s1.iter().map(|&v| v as f64).collect();
+        let mut sum2: Vec<f64> = s2.iter().map(|&v| v as f64).collect();
+        moments_from_sums(head, c, &shift, &sum1, &sum2, self.out);
+        if rest.is_empty() {
+            return;
+        }
+        for (k, m) in shift.iter_mut().zip(self.out.iter()) {
+            *k = m.mean as f32;
+        }
+        sum1.fill(0.0);
+        sum2.fill(0.0);
+        for block in rest.chunks(ROW_BLOCK * c) {
+            block_sums::<V>(block, c, &shift, &mut s1, &mut s2);
             for ch in 0..c {
-                let (a, b2) = (s1[ch] as f64, s2[ch] as f64);
-                let block_moments =
-                    Moments::from_trusted_sums(n, shift[ch], a, b2, a * (a / nf), b == 0)
-                        .unwrap_or_else(|| Moments::exact(block.chunks_exact(c).map(|r| r[ch])));
-                let acc = &mut self.out[ch];
-                if b == 0 {
-                    *acc = block_moments;
-                } else {
-                    let delta = block_moments.mean - acc.mean;
-                    acc.mean += delta * w_block;
-                    acc.m2 += block_moments.m2 + delta * delta * w_cross;
-                    acc.count += n as u64;
-                }
-                shift[ch] = acc.mean as f32;
+                sum1[ch] += s1[ch] as f64;
+                sum2[ch] += s2[ch] as f64;
             }
         }
+        let mut tail = vec![Moments::EMPTY; c];
+        moments_from_sums(rest, c, &shift, &sum1, &sum2, &mut tail);
+        Moments::merge_each(self.out, &tail);
+    }
+}
+
+/// The moments of each channel of `rows` (rows of `c` channels) from its sums `sum1 = sum(x -
+/// shift)` and `sum2 = sum((x - shift)^2)`, each checked as a first block's are (see
+/// [`Moments::sums_trusted`]); a channel that fails is recomputed exactly. The check runs over
+/// all channels first, branch-free, so that it and the common all-trusted path vectorize.
+fn moments_from_sums(
+    rows: &[f32],
+    c: usize,
+    shift: &[f32],
+    sum1: &[f64],
+    sum2: &[f64],
+    out: &mut [Moments],
+) {
+    let count = rows.len() / c;
+    let n = count as f64;
+    let mut trusted = true;
+    for (&a, &q) in sum1.iter().zip(sum2) {
+        trusted &= Moments::sums_trusted(n, a, q, a * (a / n), true);
+    }
+    for ch in 0..c {
+        let (a, q) = (sum1[ch], sum2[ch]);
+        out[ch] = if trusted || Moments::sums_trusted(n, a, q, a * (a / n), true) {
+            Moments::from_shifted_sums(count, shift[ch], a, q)
+        } else {
+            Moments::exact(rows.chunks_exact(c).map(|r| r[ch]))
+        };
+    }
+}
+
+/// `s1[ch] = sum(x - shift[ch])` and `s2[ch] = sum((x - shift[ch])^2)` over the rows of
+/// `block` (at most `ROW_BLOCK` rows of `c` channels), in `f32`.
+#[inline(always)]
+fn block_sums<V: F32Vec>(block: &[f32], c: usize, shift: &[f32], s1: &mut [f32], s2: &mut [f32]) {
+    if c <= TILED_MAX_CHANNELS {
+        // The next block's rows are prefetched tile by tile while this one is summed.
+        let ahead = block.as_ptr().wrapping_add(block.len());
+        row_sums::<V>(block, c, shift, s1, s2, ahead);
+    } else {
+        row_sums_in_memory::<V>(block, c, shift, s1, s2);
+    }
+}
+
+/// `s1[ch] = sum(x - shift[ch])`, `s2[ch] = sum((x - shift[ch])^2)` over the rows of `block`
+/// (`c` channels each): channel tiles of four vectors, each summed over the block's rows in
+/// registers (no stores in the row loop), then the rest of the channels one vector at a time.
+/// A tile visits only part of each row, an access pattern the hardware prefetchers do not
+/// follow, so each row of a tile also prefetches the same part of the row `ahead` points to
+/// (the next block's; prefetching never faults, wherever it points).
+#[inline(always)]
+fn row_sums<V: F32Vec>(
+    block: &[f32],
+    c: usize,
+    shift: &[f32],
+    s1: &mut [f32],
+    s2: &mut [f32],
+    ahead: *const f32,
+) {
+    let l = V::LANES;
+    let tiles = c / (4 * l) * (4 * l);
+    for c0 in (0..tiles).step_by(4 * l) {
+        let k = [
+            V::load(&shift[c0..]),
+            V::load(&shift[c0 + l..]),
+            V::load(&shift[c0 + 2 * l..]),
+            V::load(&shift[c0 + 3 * l..]),
+        ];
+        let (mut a, mut q) = ([V::splat(0.0); 4], [V::splat(0.0); 4]);
+        for (r, row) in block.chunks_exact(c).enumerate() {
+            for line in (0..4 * l).step_by(LINE_FLOATS) {
+                V::prefetch(ahead.wrapping_add(r * c + c0 + line));
+            }
+            let xs = &row[c0..c0 + 4 * l];
+            for j in 0..4 {
+                let d = V::load(&xs[j * l..]).sub(k[j]);
+                a[j] = a[j].add(d);
+                q[j] = d.mul_add(d, q[j]);
+            }
+        }
+        for j in 0..4 {
+            a[j].store(&mut s1[c0 + j * l..]);
+            q[j].store(&mut s2[c0 + j * l..]);
+        }
+    }
+    for c0 in (tiles..c).step_by(l) {
+        let lanes = l.min(c - c0);
+        let k = load_lanes::<V>(&shift[c0..c0 + lanes]);
+        let (mut a, mut q) = (V::splat(0.0), V::splat(0.0));
+        for (r, row) in block.chunks_exact(c).enumerate() {
+            V::prefetch(ahead.wrapping_add(r * c + c0));
+            // Lanes past the channels load 0 in both x and the shift: their d is 0.
+            let d = load_lanes::<V>(&row[c0..c0 + lanes]).sub(k);
+            a = a.add(d);
+            q = d.mul_add(d, q);
+        }
+        store_lanes(a, &mut s1[c0..c0 + lanes]);
+        store_lanes(q, &mut s2[c0..c0 + lanes]);
+    }
+}
+
+/// As [`row_sums`] for rows of any width, row by row with the sums in memory (L1).
+#[inline(always)]
+fn row_sums_in_memory<V: F32Vec>(
+    block: &[f32],
+    c: usize,
+    shift: &[f32],
+    s1: &mut [f32],
+    s2: &mut [f32],
+) {
+    let l = V::LANES;
+    let full = c / l * l;
+    s1.fill(0.0);
+    s2.fill(0.0);
+    for row in block.chunks_exact(c) {
+        for c0 in (0..full).step_by(l) {
+            let d = V::load(&row[c0..c0 + l]).sub(V::load(&shift[c0..c0 + l]));
+            V::load(&s1[c0..c0 + l]).add(d).store(&mut s1[c0..c0 + l]);
+            d.mul_add(d, V::load(&s2[c0..c0 + l]))
+                .store(&mut s2[c0..c0 + l]);
+        }
+        if full < c {
+            // Lanes past the channels load 0 in both x and the shift: their d is 0.
+            let d = load_lanes::<V>(&row[full..]).sub(load_lanes::<V>(&shift[full..]));
+            store_lanes(load_lanes::<V>(&s1[full..]).add(d), &mut s1[full..]);
+            store_lanes(d.mul_add(d, load_lanes::<V>(&s2[full..])), &mut s2[full..]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The channels-innermost moments with 16, 8 and 4 emulated lanes (the code paths of
+    //! AVX-512, AVX2 and NEON on any CPU) against two-pass `f64` loops, on rows narrow enough for
+    //! the tiled path and wide enough for the row-by-row one, with data whose mean drifts along
+    //! the rows (the shift after the first block is then far from later rows), large offsets,
+    //! constant channels and non-finite values.
+
+    use super::*;
+    use crate::simd::emulated::Emulated;
+
+    /// Values of row `r`, channel `ch`: a channel offset, a drift along the rows and noise.
+    fn data(rows: usize, c: usize, offset: f32, drift: f32) -> Vec<f32> {
+        let mut x = Vec::with_capacity(rows * c);
+        for r in 0..rows {
+            for ch in 0..c {
+                let h = ((r * c + ch) as u32)
+                    .wrapping_mul(2_654_435_761)
+                    .rotate_left(13);
+                let noise = (h % 20_000) as f32 / 10_000.0 - 1.0;
+                x.push(offset + ch as f32 * 0.25 + drift * r as f32 + noise);
+            }
+        }
+        x
+    }
+
+    fn check<V: F32Vec>(x: &[f32], c: usize, what: &str) {
+        let rows = x.len() / c;
+        let mut out = vec![Moments::EMPTY; c];
+        RowMoments {
+            x,
+            channels: c,
+            out: &mut out,
+        }
+        .run::<V>();
+        for (ch, got) in out.iter().enumerate() {
+            let values = || (0..rows).map(|r| x[r * c + ch] as f64);
+            let mean = values().sum::<f64>() / rows as f64;
+            let m2: f64 = values().map(|v| (v - mean) * (v - mean)).sum();
+            let ctx = format!("{what}: {rows}x{c} channel {ch}: got {got:?}, want {mean} {m2}");
+            assert_eq!(got.count, rows as u64, "{ctx}");
+            if !m2.is_finite() {
+                assert!(
+                    got.mean.is_nan() || got.m2.is_nan() || !got.m2.is_finite(),
+                    "{ctx}"
+                );
+                continue;
+            }
+            let spread = (m2 / rows as f64).sqrt();
+            assert!(
+                (got.mean - mean).abs() <= 1e-6 * spread + 1e-12 * mean.abs(),
+                "{ctx}"
+            );
+            assert!((got.m2 - m2).abs() <= 1e-5 * m2 + 1e-30, "{ctx}");
+        }
+    }
+
+    fn all<V: F32Vec>() {
+        let narrow = [1, 3, V::LANES, 4 * V::LANES + 1, TILED_MAX_CHANNELS];
+        let wide = [TILED_MAX_CHANNELS + 1, TILED_MAX_CHANNELS + V::LANES + 3];
+        for &c in narrow.iter().chain(&wide) {
+            for rows in [
+                1,
+                2,
+                ROW_BLOCK - 1,
+                ROW_BLOCK,
+                ROW_BLOCK + 1,
+                3 * ROW_BLOCK + 5,
+            ] {
+                for (offset, drift) in [(0.0, 0.0), (10_000.0, 0.0), (0.0, 0.5), (-300.0, 40.0)] {
+                    let what = format!("offset {offset} drift {drift}");
+                    check::<V>(&data(rows, c, offset, drift), c, &what);
+                }
+                let mut x = data(rows, c, 5.0, 0.0);
+                // A constant channel, and the last channel non-finite in the last row.
+                for r in 0..rows {
+                    x[r * c] = 7.5;
+                }
+                x[rows * c - 1] = f32::INFINITY;
+                check::<V>(&x, c, "constant and infinite channels");
+                x[rows * c - 1] = f32::NAN;
+                check::<V>(&x, c, "NaN channel");
+            }
+        }
+    }
+
+    #[test]
+    fn sixteen_lanes() {
+        all::<Emulated<16>>();
+    }
+
+    #[test]
+    fn eight_lanes() {
+        all::<Emulated<8>>();
+    }
+
+    #[test]
+    fn four_lanes() {
+        all::<Emulated<4>>();
     }
 }

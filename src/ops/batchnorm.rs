@@ -28,6 +28,9 @@ pub const BN_FUSE_RELU: u32 = 2;
 const CHANNEL_CHUNK: usize = 1 << 18;
 /// Approximate elements per parallel task for channels-innermost work and for normalization.
 const TASK_ELEMENTS: usize = 1 << 15;
+/// Approximate elements per chunk of a channels-innermost reduction: larger than a
+/// normalization task because every chunk ends with a merge per channel on the calling thread.
+const REDUCTION_TASK_ELEMENTS: usize = 1 << 17;
 /// Most chunks a channels-innermost reduction is split into.
 const MAX_ROW_CHUNKS: usize = 256;
 /// Outputs of at least this many elements (16 MB, half of a large last-level cache)
@@ -404,10 +407,13 @@ fn fuses_channels(shape: &Shape) -> bool {
 
 /// Rows per chunk of a channels-innermost reduction over `rows` rows of `channels` values.
 fn row_chunk(rows: usize, channels: usize) -> usize {
-    let by_size = TASK_ELEMENTS
+    let by_size = REDUCTION_TASK_ELEMENTS
         .div_ceil(channels)
         .next_multiple_of(crate::kernels::moments::ROW_BLOCK);
-    by_size.max(rows.div_ceil(MAX_ROW_CHUNKS))
+    // At least two blocks: a chunk's first block costs a merge per channel, the rest little.
+    by_size
+        .max(2 * crate::kernels::moments::ROW_BLOCK)
+        .max(rows.div_ceil(MAX_ROW_CHUNKS))
 }
 
 /// Per-channel moments of a whole tensor. Chunks are fixed by the shape and merged in order, so
