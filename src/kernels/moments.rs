@@ -426,7 +426,8 @@ fn row_sums<V: F32Vec>(
     }
 }
 
-/// As [`row_sums`] for rows of any width, row by row with the sums in memory (L1).
+/// As [`row_sums`] for rows of any width, with the sums in memory (L1): four rows at a time
+/// (one load and store of each sum per four rows), each row read front to back.
 #[inline(always)]
 fn row_sums_in_memory<V: F32Vec>(
     block: &[f32],
@@ -439,7 +440,31 @@ fn row_sums_in_memory<V: F32Vec>(
     let full = c / l * l;
     s1.fill(0.0);
     s2.fill(0.0);
-    for row in block.chunks_exact(c) {
+    let mut quads = block.chunks_exact(4 * c);
+    for q in &mut quads {
+        let (r0, rest) = q.split_at(c);
+        let (r1, rest) = rest.split_at(c);
+        let (r2, r3) = rest.split_at(c);
+        for c0 in (0..full).step_by(l) {
+            let k = V::load(&shift[c0..c0 + l]);
+            let d0 = V::load(&r0[c0..c0 + l]).sub(k);
+            let d1 = V::load(&r1[c0..c0 + l]).sub(k);
+            let d2 = V::load(&r2[c0..c0 + l]).sub(k);
+            let d3 = V::load(&r3[c0..c0 + l]).sub(k);
+            let sum = d0.add(d1).add(d2.add(d3));
+            let squares = d0.mul_add(d0, d1.mul(d1)).add(d2.mul_add(d2, d3.mul(d3)));
+            V::load(&s1[c0..c0 + l]).add(sum).store(&mut s1[c0..c0 + l]);
+            V::load(&s2[c0..c0 + l])
+                .add(squares)
+                .store(&mut s2[c0..c0 + l]);
+        }
+        if full < c {
+            for row in [r0, r1, r2, r3] {
+                row_tail::<V>(row, full, shift, s1, s2);
+            }
+        }
+    }
+    for row in quads.remainder().chunks_exact(c) {
         for c0 in (0..full).step_by(l) {
             let d = V::load(&row[c0..c0 + l]).sub(V::load(&shift[c0..c0 + l]));
             V::load(&s1[c0..c0 + l]).add(d).store(&mut s1[c0..c0 + l]);
@@ -447,12 +472,18 @@ fn row_sums_in_memory<V: F32Vec>(
                 .store(&mut s2[c0..c0 + l]);
         }
         if full < c {
-            // Lanes past the channels load 0 in both x and the shift: their d is 0.
-            let d = load_lanes::<V>(&row[full..]).sub(load_lanes::<V>(&shift[full..]));
-            store_lanes(load_lanes::<V>(&s1[full..]).add(d), &mut s1[full..]);
-            store_lanes(d.mul_add(d, load_lanes::<V>(&s2[full..])), &mut s2[full..]);
+            row_tail::<V>(row, full, shift, s1, s2);
         }
     }
+}
+
+/// Adds the channels from `full` to the end of `row` (fewer than `LANES`) to the sums.
+#[inline(always)]
+fn row_tail<V: F32Vec>(row: &[f32], full: usize, shift: &[f32], s1: &mut [f32], s2: &mut [f32]) {
+    // Lanes past the channels load 0 in both x and the shift: their d is 0.
+    let d = load_lanes::<V>(&row[full..]).sub(load_lanes::<V>(&shift[full..]));
+    store_lanes(load_lanes::<V>(&s1[full..]).add(d), &mut s1[full..]);
+    store_lanes(d.mul_add(d, load_lanes::<V>(&s2[full..])), &mut s2[full..]);
 }
 
 #[cfg(test)]
