@@ -154,7 +154,6 @@ impl Kernel for RowGrad<'_> {
     #[inline(always)]
     fn run<V: F32Vec>(self) {
         let c = self.channels;
-        let l = V::LANES;
         let mut s1 = vec![0f32; c];
         let mut s2 = vec![0f32; c];
         let mean = self.mean;
@@ -163,49 +162,119 @@ impl Kernel for RowGrad<'_> {
             .chunks(ROW_BLOCK * c)
             .zip(self.dy.chunks(ROW_BLOCK * c))
         {
-            // Channel tiles of four vectors summed over the block's rows in registers, then the
-            // rest of the channels one vector at a time.
-            let tiles = c / (4 * l) * (4 * l);
-            for c0 in (0..tiles).step_by(4 * l) {
-                let m = [
-                    V::load(&mean[c0..]),
-                    V::load(&mean[c0 + l..]),
-                    V::load(&mean[c0 + 2 * l..]),
-                    V::load(&mean[c0 + 3 * l..]),
-                ];
-                let (mut a, mut q) = ([V::splat(0.0); 4], [V::splat(0.0); 4]);
-                for (xr, dr) in xb.chunks_exact(c).zip(db.chunks_exact(c)) {
-                    let (xs, ds) = (&xr[c0..c0 + 4 * l], &dr[c0..c0 + 4 * l]);
-                    for j in 0..4 {
-                        let d = V::load(&ds[j * l..]);
-                        let xm = V::load(&xs[j * l..]).sub(m[j]);
-                        a[j] = a[j].add(d);
-                        q[j] = xm.mul_add(d, q[j]);
-                    }
-                }
-                for j in 0..4 {
-                    a[j].store(&mut s1[c0 + j * l..]);
-                    q[j].store(&mut s2[c0 + j * l..]);
-                }
-            }
-            for c0 in (tiles..c).step_by(l) {
-                let lanes = l.min(c - c0);
-                let m = load_lanes::<V>(&mean[c0..c0 + lanes], 0.0);
-                let (mut a, mut q) = (V::splat(0.0), V::splat(0.0));
-                for (xr, dr) in xb.chunks_exact(c).zip(db.chunks_exact(c)) {
-                    // Lanes past the channels load 0 for dy: both terms are 0.
-                    let d = load_lanes::<V>(&dr[c0..c0 + lanes], 0.0);
-                    let xm = load_lanes::<V>(&xr[c0..c0 + lanes], 0.0).sub(m);
-                    a = a.add(d);
-                    q = xm.mul_add(d, q);
-                }
-                store_lanes(a, &mut s1[c0..c0 + lanes]);
-                store_lanes(q, &mut s2[c0..c0 + lanes]);
+            if c <= TILED_MAX_CHANNELS {
+                grad_tiles::<V>(xb, db, c, mean, &mut s1, &mut s2);
+            } else {
+                grad_rows::<V>(xb, db, c, mean, &mut s1, &mut s2);
             }
             for ((o, &a), &q) in self.out.iter_mut().zip(&s1).zip(&s2) {
                 o.dy += a as f64;
                 o.dy_xm += q as f64;
             }
+        }
+    }
+}
+
+/// Widest rows (in channels) whose reduction runs tile by tile; see the moments kernel's
+/// constant of the same name for why wider rows go row by row.
+const TILED_MAX_CHANNELS: usize = 256;
+/// Floats per 64-byte cache line.
+const LINE_FLOATS: usize = 16;
+
+/// `s1[ch] = sum(dy)`, `s2[ch] = sum(dy * (x - mean[ch]))` over the rows of one block: channel
+/// tiles of four vectors summed over the block's rows in registers, then the rest of the
+/// channels one vector at a time. Each row of a tile prefetches the same part of the next
+/// block's row (a tile visits only part of each row, which the hardware prefetchers do not
+/// follow; prefetching never faults, wherever it points).
+#[inline(always)]
+fn grad_tiles<V: F32Vec>(
+    xb: &[f32],
+    db: &[f32],
+    c: usize,
+    mean: &[f32],
+    s1: &mut [f32],
+    s2: &mut [f32],
+) {
+    let l = V::LANES;
+    let (x_ahead, dy_ahead) = (
+        xb.as_ptr().wrapping_add(xb.len()),
+        db.as_ptr().wrapping_add(db.len()),
+    );
+    let tiles = c / (4 * l) * (4 * l);
+    for c0 in (0..tiles).step_by(4 * l) {
+        let m = [
+            V::load(&mean[c0..]),
+            V::load(&mean[c0 + l..]),
+            V::load(&mean[c0 + 2 * l..]),
+            V::load(&mean[c0 + 3 * l..]),
+        ];
+        let (mut a, mut q) = ([V::splat(0.0); 4], [V::splat(0.0); 4]);
+        for (r, (xr, dr)) in xb.chunks_exact(c).zip(db.chunks_exact(c)).enumerate() {
+            for line in (0..4 * l).step_by(LINE_FLOATS) {
+                V::prefetch(x_ahead.wrapping_add(r * c + c0 + line));
+                V::prefetch(dy_ahead.wrapping_add(r * c + c0 + line));
+            }
+            let (xs, ds) = (&xr[c0..c0 + 4 * l], &dr[c0..c0 + 4 * l]);
+            for j in 0..4 {
+                let d = V::load(&ds[j * l..]);
+                let xm = V::load(&xs[j * l..]).sub(m[j]);
+                a[j] = a[j].add(d);
+                q[j] = xm.mul_add(d, q[j]);
+            }
+        }
+        for j in 0..4 {
+            a[j].store(&mut s1[c0 + j * l..]);
+            q[j].store(&mut s2[c0 + j * l..]);
+        }
+    }
+    for c0 in (tiles..c).step_by(l) {
+        let lanes = l.min(c - c0);
+        let m = load_lanes::<V>(&mean[c0..c0 + lanes], 0.0);
+        let (mut a, mut q) = (V::splat(0.0), V::splat(0.0));
+        for (r, (xr, dr)) in xb.chunks_exact(c).zip(db.chunks_exact(c)).enumerate() {
+            V::prefetch(x_ahead.wrapping_add(r * c + c0));
+            V::prefetch(dy_ahead.wrapping_add(r * c + c0));
+            // Lanes past the channels load 0 for dy: both terms are 0.
+            let d = load_lanes::<V>(&dr[c0..c0 + lanes], 0.0);
+            let xm = load_lanes::<V>(&xr[c0..c0 + lanes], 0.0).sub(m);
+            a = a.add(d);
+            q = xm.mul_add(d, q);
+        }
+        store_lanes(a, &mut s1[c0..c0 + lanes]);
+        store_lanes(q, &mut s2[c0..c0 + lanes]);
+    }
+}
+
+/// As [`grad_tiles`] for rows of any width, row by row with the sums in memory (L1): each row
+/// is read once, front to back.
+#[inline(always)]
+fn grad_rows<V: F32Vec>(
+    xb: &[f32],
+    db: &[f32],
+    c: usize,
+    mean: &[f32],
+    s1: &mut [f32],
+    s2: &mut [f32],
+) {
+    let l = V::LANES;
+    s1.fill(0.0);
+    s2.fill(0.0);
+    for (xr, dr) in xb.chunks_exact(c).zip(db.chunks_exact(c)) {
+        for c0 in (0..c).step_by(l) {
+            let lanes = l.min(c - c0);
+            let span = c0..c0 + lanes;
+            // Lanes past the channels load 0 for dy: both terms are 0.
+            let d = load_lanes::<V>(&dr[span.clone()], 0.0);
+            let xm =
+                load_lanes::<V>(&xr[span.clone()], 0.0).sub(load_lanes(&mean[span.clone()], 0.0));
+            store_lanes(
+                load_lanes::<V>(&s1[span.clone()], 0.0).add(d),
+                &mut s1[span.clone()],
+            );
+            store_lanes(
+                xm.mul_add(d, load_lanes::<V>(&s2[span.clone()], 0.0)),
+                &mut s2[span],
+            );
         }
     }
 }
@@ -676,6 +745,10 @@ mod tests {
     }
 
     fn all<V: F32Vec>() {
+        // Rows wider than TILED_MAX_CHANNELS take the row-by-row reduction.
+        for c in [TILED_MAX_CHANNELS, TILED_MAX_CHANNELS + 1, 300, 1029] {
+            row_grad::<V>(70, c);
+        }
         for c in [1, 3, 8, 16, 17, 32, 64, 67] {
             row_grad::<V>(150, c);
             for stream in [false, true] {
