@@ -148,8 +148,14 @@ def target_misses(med, nbytes, err, workloads, llc):
         for lib in ("onednn", "pytorch"):
             p = med.get((w, lib, 2))
             if p is not None and p / nk < speedup_target(w, lib):
+                need = p / speedup_target(w, lib)
+                copy = med.get((w, "copy", 2))
+                bound = ""
+                if copy and not is_tiny(w) and need < copy:
+                    bound = (f"; the target needs {fmt_time(need)}, less than a copy of the "
+                             f"same bytes ({fmt_time(copy)})")
                 misses.append(f"{w}: {p / nk:.2f}x {LIB_NAMES[lib]} "
-                              f"(target {speedup_target(w, lib):g}x)")
+                              f"(target {speedup_target(w, lib):g}x{bound})")
         copy = med.get((w, "copy", 2))
         if copy and not is_tiny(w) and llc and nbytes[w] > llc and nk / copy > 1.15:
             misses.append(f"{w}: {nk / copy:.2f}x the copy time (target 1.15x; working set "
