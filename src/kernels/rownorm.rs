@@ -49,7 +49,7 @@ fn input<'b>(io: &'b RowIo<'_>) -> &'b [f32] {
 #[inline(always)]
 fn load_at<V: F32Vec>(src: &[f32], i: usize, lanes: usize, fill: f32) -> V {
     if lanes == V::LANES {
-        V::load(&src[i..])
+        V::load(&src[i..i + V::LANES])
     } else {
         V::load_partial(&src[i..i + lanes], fill)
     }
@@ -186,8 +186,8 @@ pub(crate) struct RowsForward<'a, 'p> {
     pub more_after: bool,
 }
 
-/// Most elements of the next row prefetched while a row is normalized.
-const PREFETCH_MAX: usize = 512;
+/// Most elements of the next row prefetched while a row is normalized (8 KiB).
+const PREFETCH_MAX: usize = 2048;
 
 impl Kernel for RowsForward<'_, '_> {
     type Output = ();
