@@ -299,7 +299,7 @@ fn grad<V: F32Vec>(dy: V, x: V, m: V, a: V, b: V, k: V) -> V {
 #[inline(always)]
 fn load_x<V: F32Vec>(x: &[f32], i: usize, lanes: usize) -> V {
     if lanes == V::LANES {
-        V::load(&x[i..])
+        V::load(&x[i..i + V::LANES])
     } else {
         V::load_partial(&x[i..i + lanes], 0.0)
     }
@@ -390,10 +390,10 @@ impl<V: F32Vec> VectorMap<V> for CyclicGrad<'_> {
         let p = &self.coef;
         let (m, a, b, k) = if lanes == V::LANES {
             (
-                V::load(&p.mean[c0..]),
-                V::load(&p.a[c0..]),
-                V::load(&p.b[c0..]),
-                V::load(&p.k[c0..]),
+                V::load(&p.mean[c0..c0 + V::LANES]),
+                V::load(&p.a[c0..c0 + V::LANES]),
+                V::load(&p.b[c0..c0 + V::LANES]),
+                V::load(&p.k[c0..c0 + V::LANES]),
             )
         } else {
             (

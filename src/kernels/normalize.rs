@@ -116,9 +116,9 @@ pub(crate) struct NscAffine<'a> {
 fn lane_params<V: F32Vec>(p: &ChannelAffine<'_>, c0: usize, lanes: usize) -> (V, V, V) {
     if lanes == V::LANES {
         (
-            V::load(&p.shift[c0..]),
-            V::load(&p.scale[c0..]),
-            V::load(&p.offset[c0..]),
+            V::load(&p.shift[c0..c0 + V::LANES]),
+            V::load(&p.scale[c0..c0 + V::LANES]),
+            V::load(&p.offset[c0..c0 + V::LANES]),
         )
     } else {
         (
