@@ -10,6 +10,7 @@
 //! Input gradient: `dx = dy * a[c] + (x - mean[c]) * b[c] + k[c]`, with the per-channel
 //! coefficients computed in `f64` by the caller from the reductions.
 
+use super::moments::{LINE_FLOATS, TILED_MAX_CHANNELS};
 use crate::io::{RowIo, VectorMap, store_vector, unaligned_head};
 use crate::simd::{F32Vec, Kernel, MAX_LANES};
 use std::cell::Cell;
@@ -174,12 +175,6 @@ impl Kernel for RowGrad<'_> {
         }
     }
 }
-
-/// Widest rows (in channels) whose reduction runs tile by tile; see the moments kernel's
-/// constant of the same name for why wider rows go row by row.
-const TILED_MAX_CHANNELS: usize = 256;
-/// Floats per 64-byte cache line.
-const LINE_FLOATS: usize = 16;
 
 /// `s1[ch] = sum(dy)`, `s2[ch] = sum(dy * (x - mean[ch]))` over the rows of one block: channel
 /// tiles of four vectors summed over the block's rows in registers, then the rest of the

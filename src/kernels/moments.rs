@@ -12,6 +12,10 @@
 //! and `d * d` then cancel; later blocks are shifted by the running mean, where any cancellation
 //! is relative to the variance between blocks, which the merge counts in full), and a block whose
 //! `f32` sums are not finite (a spread whose squares overflow `f32`, or NaN and infinities).
+//!
+//! Channels-innermost runs (rows of channels, each lane one channel) keep one shift for every
+//! block after a chunk's first: the first block's mean. Their `f32` block sums then add up in
+//! `f64` with no merge per block, and become moments once per chunk, checked like a first block.
 
 use crate::simd::{F32Vec, Kernel, MAX_LANES};
 use std::ops::Range;
@@ -29,9 +33,9 @@ pub(crate) const ROW_BLOCK: usize = 64;
 /// are summed row by row with the sums in memory, each row read once, front to back: a tile
 /// visiting 128 bytes of every row of several kilobytes defeats the hardware prefetchers (they
 /// do not cross pages) and maps every access of a pass to the same few cache sets.
-const TILED_MAX_CHANNELS: usize = 256;
+pub(crate) const TILED_MAX_CHANNELS: usize = 256;
 /// Floats per 64-byte cache line.
-const LINE_FLOATS: usize = 16;
+pub(crate) const LINE_FLOATS: usize = 16;
 
 /// Mean squares below this (deviations below about 1e-15) are near `f32`'s subnormal range when
 /// squared; such blocks are recomputed exactly.
