@@ -1,0 +1,86 @@
+//! The peer comparison's report (`benches/peers/report.py`, Python standard library only for the
+//! tables) on made-up measurements: medians over rounds, GB/s, the copy ratio, the ratios to each
+//! peer, the accuracy table and the list of missed targets. Skipped with a message where no
+//! `python3` is installed.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn line(workload: &str, lib: &str, threads: u32, ns: f64, bytes: f64) -> String {
+    format!(
+        "{{\"workload\": \"{workload}\", \"lib\": \"{lib}\", \"threads\": {threads}, \
+         \"ns\": {ns}, \"bytes\": {bytes}}}\n"
+    )
+}
+
+#[test]
+fn report_tables_and_targets() {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("skipped: no python3");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("normkit-peers-report-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let raw = dir.join("raw.jsonl");
+    let markdown = dir.join("out.md");
+    let readme = dir.join("README.md");
+    let mut text = String::from("{\"meta\": \"onednn\", \"version\": \"9.9.9\"}\nnot json\n");
+    // Three rounds: the report takes the median (2 ms for normkit, 1.6 ms for the copy).
+    for ns in [2.0e6, 1.9e6, 9.0e6] {
+        text += &line("big_fwd", "normkit", 2, ns, 80.0e6);
+    }
+    for ns in [1.6e6, 1.7e6, 1.5e6] {
+        text += &line("big_fwd", "copy", 2, ns, 80.0e6);
+    }
+    text += &line("big_fwd", "onednn", 2, 3.0e6, 80.0e6);
+    text += &line("big_fwd", "pytorch", 2, 3.0e6, 80.0e6);
+    text += &line("tiny_x", "normkit", 2, 400.0, 512.0);
+    text += &line("tiny_x", "pytorch", 2, 4000.0, 512.0);
+    text += "{\"workload\": \"accuracy_y\", \"lib\": \"normkit\", \"max_err\": 2e-07}\n";
+    text += "{\"workload\": \"accuracy_y\", \"lib\": \"pytorch\", \"max_err\": 1e-07}\n";
+    std::fs::write(&raw, text).unwrap();
+    std::fs::write(
+        &readme,
+        "before\n<!-- peers-table:begin -->\nold\n<!-- peers-table:end -->\nafter\n",
+    )
+    .unwrap();
+
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/peers/report.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&raw)
+        .arg("--markdown")
+        .arg(&markdown)
+        .arg("--readme")
+        .arg(&readme)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md = std::fs::read_to_string(&markdown).unwrap();
+    let expect = [
+        // 80 MB in 2 ms = 40 GB/s; copy 1.6 ms = 80% of copy; peers 3 ms = 1.5x.
+        "| big_fwd | 2.00 ms | 40.0 | 80% | 3.00 ms | 3.00 ms | 1.50x | 1.50x | 1.60 ms |",
+        "| tiny_x | 400 ns | - | - | n/a | 4000 ns | n/a | 10.00x | - |",
+        "| accuracy_y | 2.0e-07 | n/a | 1.0e-07 |",
+        "- big_fwd: 1.50x PyTorch (target 2x; the target needs 1.50 ms, less than a copy of \
+         the same bytes (1.60 ms))",
+        "- accuracy_y: normkit error 2.0e-07 > PyTorch 1.0e-07",
+        "oneDNN 9.9.9",
+        "3 round(s)",
+    ];
+    for e in expect {
+        assert!(md.contains(e), "missing {e:?} in:\n{md}");
+    }
+    // 1.5x oneDNN meets the 1.2x target, and a tiny call has no copy target.
+    assert!(!md.contains("big_fwd: 1.50x oneDNN"), "{md}");
+    assert!(!md.contains("tiny_x:"), "{md}");
+    let readme_text = std::fs::read_to_string(&readme).unwrap();
+    assert!(readme_text.starts_with("before\n<!-- peers-table:begin -->\n"));
+    assert!(readme_text.ends_with("<!-- peers-table:end -->\nafter\n"));
+    assert!(readme_text.contains("| big_fwd | 2.00 ms |") && !readme_text.contains("old"));
+    std::fs::remove_dir_all(&dir).ok();
+}
