@@ -349,6 +349,54 @@ proptest! {
     }
 }
 
+/// Values far below 1 (subnormal floats) with eps = 0: the inverse spread (about 1e40) exceeds
+/// the largest float, the normalized values (about 1) do not. Both norms, every ISA, in place and
+/// not, rows mixing such values with ordinary ones.
+#[test]
+fn inverse_spread_beyond_f32_still_normalizes() {
+    for isa in isas() {
+        for cols in [1, 5, 8, 33, 300] {
+            let mut g = Gen::new(cols as u64 + 7);
+            let rows = 3;
+            let mut x = g.normals(rows * cols, 0.0, 1.0);
+            // Rows 0 and 2 tiny (around 1e-40), row 1 ordinary.
+            for (i, v) in x.iter_mut().enumerate() {
+                if i / cols != 1 {
+                    *v *= 1e-40;
+                }
+            }
+            let c = Case {
+                rows,
+                cols,
+                dy: vec![0.0; x.len()],
+                gamma: Some(g.uniforms(cols, 0.5, 2.0)),
+                beta: Some(g.uniforms(cols, -1.0, 1.0)),
+                x,
+                eps: 0.0,
+            };
+            for centered in [true, false] {
+                for in_place in [false, true] {
+                    let f = run_forward(&c, &ctx(1, isa), centered, in_place);
+                    let beta = if centered { c.beta.as_deref() } else { None };
+                    let want =
+                        r::forward(rows, cols, &c.x, c.gamma.as_deref(), beta, 0.0, centered);
+                    for (i, (&got, &w)) in f.y.iter().zip(&want.y).enumerate() {
+                        // A one-column layer norm with eps = 0 is 0/0 (NaN) in the reference.
+                        let nan_expected = centered && cols == 1;
+                        assert!(
+                            (nan_expected && w.is_nan() && got.is_nan())
+                                || (w.is_finite()
+                                    && (got as f64 - w).abs() <= 1e-5 * (1.0 + w.abs())),
+                            "{isa:?} cols {cols} centered {centered} in place {in_place}: \
+                             y[{i}] = {got} vs {w}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn offset_data_is_normalized_to_1e5() {
     for isa in isas() {

@@ -106,6 +106,9 @@ struct RowParams {
     offset: f32,
     mean: f32,
     inv: f32,
+    /// The mean (0 for RMS norm) and the inverse spread in `f64`.
+    mean64: f64,
+    inv64: f64,
 }
 
 /// The parameters of a row (not empty): layer norm if `centered`, else RMS norm.
@@ -126,6 +129,8 @@ fn row_params<V: F32Vec>(row: &[f32], centered: bool, eps: f32) -> RowParams {
             offset: -((rest * scale as f64) as f32),
             mean: shift,
             inv: scale,
+            mean64: m.mean,
+            inv64: inv,
         }
     } else {
         let inv = 1.0 / (mean_square::<V>(row) + eps as f64).sqrt();
@@ -137,6 +142,8 @@ fn row_params<V: F32Vec>(row: &[f32], centered: bool, eps: f32) -> RowParams {
             offset: -0.0,
             mean: 0.0,
             inv: scale,
+            mean64: 0.0,
+            inv64: inv,
         }
     }
 }
@@ -236,6 +243,12 @@ fn forward_rows<V: F32Vec, const G: bool, const B: bool>(k: RowsForward<'_, '_>)
         if let Some(s) = save_inv.as_deref_mut() {
             s[r] = p.inv;
         }
+        if p.scale.is_infinite() && p.inv64.is_finite() {
+            // Values far below 1 with a tiny eps: the inverse spread exceeds the largest f32
+            // although the normalized values need not. Such a row is normalized in f64.
+            normalize_in_f64(&mut row, p, gamma, beta);
+            continue;
+        }
         let map = RowMap::<V, G, B> {
             shift: V::splat(p.shift),
             scale: V::splat(p.scale),
@@ -251,6 +264,32 @@ fn forward_rows<V: F32Vec, const G: bool, const B: bool>(k: RowsForward<'_, '_>)
     }
     if stream {
         V::fence_streams();
+    }
+}
+
+/// `y = (x - mean) * inv * gamma + beta` in `f64` for every element of a row, rounded once.
+fn normalize_in_f64(
+    row: &mut RowIo<'_>,
+    p: RowParams,
+    gamma: Option<&[f32]>,
+    beta: Option<&[f32]>,
+) {
+    let y = |j: usize, x: f32| -> f32 {
+        let g = gamma.map_or(1.0, |g| g[j] as f64);
+        let b = beta.map_or(0.0, |b| b[j] as f64);
+        ((x as f64 - p.mean64) * p.inv64 * g + b) as f32
+    };
+    match row {
+        RowIo::Separate(x, out) => {
+            for (j, (o, &v)) in out.iter_mut().zip(x.iter()).enumerate() {
+                *o = y(j, v);
+            }
+        }
+        RowIo::InPlace(b) => {
+            for (j, v) in b.iter_mut().enumerate() {
+                *v = y(j, *v);
+            }
+        }
     }
 }
 
