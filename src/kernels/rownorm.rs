@@ -17,7 +17,8 @@
 //! The backward reads the saved statistics: per row, `xhat = (x - mean) * invstd` (mean 0 for
 //! RMS norm), `g = dy * gamma`; the row sums of `g` and `g * xhat` are `f32` lane sums per block
 //! of [`COL_BLOCK`] values folded into `f64`; then
-//! `dx = invstd * (g - mean(g) - xhat * mean(g * xhat))` (without `mean(g)` for RMS norm).
+//! `dx = invstd * g - ((x - mean) * b + k)` with `b = invstd^2 * mean(g * xhat)` and `k = invstd *
+//! mean(g)` in `f64` (`k = 0` for RMS norm), so that no subnormal `xhat` is rounded on the way.
 //! The column sums `dy * xhat` and `dy` (for `dgamma`, `dbeta`) are added to `f32` accumulators
 //! the caller folds into `f64` after at most [`ROW_BLOCK`] rows.
 
@@ -434,29 +435,31 @@ fn row_pass<V: F32Vec, const G: bool, const SUMS: bool, const ROW: bool>(
     (total_g, total_gx)
 }
 
-/// `dx = (g - (xhat * mgx + mg)) * inv`, from `dy`, with `x` and `gamma` read at the same index.
+/// `dx = g * inv - ((x - mean) * b + k)`, from `dy`, with `x` and `gamma` read at the same
+/// index: `inv * (g - mean(g) - xhat * mean(g * xhat))` with the row's coefficients
+/// `b = inv^2 * mean(g * xhat)` and `k = inv * mean(g)` computed in `f64`. `x - mean` is
+/// multiplied by `b` directly, never rounded to an `xhat` first: for values far below 1, `xhat`
+/// would be subnormal and lose digits that the product keeps.
 struct DxMap<'p, V, const G: bool> {
     x: &'p [f32],
     gamma: &'p [f32],
     mean: f32,
     m: V,
     s: V,
-    mg: V,
-    mgx: V,
+    b: V,
+    k: V,
 }
 
 impl<V: F32Vec, const G: bool> VectorMap<V> for DxMap<'_, V, G> {
     #[inline(always)]
     fn apply(&self, dy: V, i: usize, lanes: usize) -> V {
-        let xhat = load_at::<V>(self.x, i, lanes, self.mean)
-            .sub(self.m)
-            .mul(self.s);
+        let xm = load_at::<V>(self.x, i, lanes, self.mean).sub(self.m);
         let g = if G {
             dy.mul(load_at(self.gamma, i, lanes, 0.0))
         } else {
             dy
         };
-        g.sub(xhat.mul_add(self.mgx, self.mg)).mul(self.s)
+        g.mul(self.s).sub(xm.mul_add(self.b, self.k))
     }
 }
 
@@ -490,14 +493,15 @@ fn backward_rows<V: F32Vec, const G: bool, const SUMS: bool>(k: RowsBackward<'_,
                     row_pass::<V, G, SUMS, true>(xr, input(&row), gamma, mu, s, &mut sums);
                 let n = cols as f64;
                 let mg = if mean.is_some() { sg / n } else { 0.0 };
+                let inv = s as f64;
                 let map = DxMap::<V, G> {
                     x: xr,
                     gamma,
                     mean: mu,
                     m: V::splat(mu),
                     s: V::splat(s),
-                    mg: V::splat(mg as f32),
-                    mgx: V::splat((sgx / n) as f32),
+                    b: V::splat((inv * inv * (sgx / n)) as f32),
+                    k: V::splat((inv * mg) as f32),
                 };
                 row.map::<V>(&map);
             }
