@@ -310,7 +310,7 @@ impl Kernel for RowMoments<'_> {
         block_sums::<V>(head, c, &shift, &mut s1, &mut s2);
         let mut sum1: Vec<f64> = s1.iter().map(|&v| v as f64).collect();
         let mut sum2: Vec<f64> = s2.iter().map(|&v| v as f64).collect();
-        moments_from_sums(head, c, &shift, &sum1, &sum2, self.out);
+        moments_from_sums(head, c, &shift, &sum1, &sum2, 16.0, self.out);
         if rest.is_empty() {
             return;
         }
@@ -327,7 +327,9 @@ impl Kernel for RowMoments<'_> {
             }
         }
         let mut tail = vec![Moments::EMPTY; c];
-        moments_from_sums(rest, c, &shift, &sum1, &sum2, &mut tail);
+        // The rest's shift is trusted only within about one spread of its mean: its f32 block
+        // sums round relative to their distance from the shift, over many blocks.
+        moments_from_sums(rest, c, &shift, &sum1, &sum2, 2.0, &mut tail);
         Moments::merge_each(self.out, &tail);
     }
 }
@@ -342,17 +344,22 @@ fn moments_from_sums(
     shift: &[f32],
     sum1: &[f64],
     sum2: &[f64],
+    cancel_limit: f64,
     out: &mut [Moments],
 ) {
     let count = rows.len() / c;
     let n = count as f64;
+    let ok = |a: f64, q: f64| {
+        Moments::sums_trusted(n, a, q, a * (a / n), true)
+            & (q <= cancel_limit * Moments::shifted_m2(n, a, q))
+    };
     let mut trusted = true;
     for (&a, &q) in sum1.iter().zip(sum2) {
-        trusted &= Moments::sums_trusted(n, a, q, a * (a / n), true);
+        trusted &= ok(a, q);
     }
     for ch in 0..c {
         let (a, q) = (sum1[ch], sum2[ch]);
-        out[ch] = if trusted || Moments::sums_trusted(n, a, q, a * (a / n), true) {
+        out[ch] = if trusted || ok(a, q) {
             Moments::from_shifted_sums(count, shift[ch], a, q)
         } else {
             Moments::exact(rows.chunks_exact(c).map(|r| r[ch]))
