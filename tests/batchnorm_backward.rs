@@ -632,6 +632,42 @@ fn edge_shapes() {
     }
 }
 
+/// A channel whose gamma and inverse spread are near the top of the f32 range: `gamma *
+/// invstd` (about 1e35) still fits f32, but the coefficient of `x - mean` (`gamma * invstd^2 *
+/// mean(dy * xhat)`, about 1e45) does not, while every exact gradient (about 1e35) is finite.
+/// Values are scaled down so that `xhat` is of order one. The other channels are ordinary,
+/// so both the f32 and the f64 path run in the same call; checked on every ISA, both layouts,
+/// the fused, the unfused and the reduce + apply paths, in place, and on several threads.
+#[test]
+fn coefficients_beyond_f32_give_finite_gradients() {
+    for (b, c, s) in [(3, 2, 37), (5, 19, 1), (2, 3, 200), (2, 17, 16)] {
+        for layout in [Layout::Ncs, Layout::Nsc] {
+            let shape = Shape::new(b, c, s, layout);
+            let mut case = Case::new(shape, (b * c + s) as u64, 0.0, true);
+            for v in case.x.iter_mut().chain(case.save_mean.iter_mut()) {
+                *v *= 1e-10;
+            }
+            for v in case.save_invstd.iter_mut() {
+                *v *= 1e10;
+            }
+            case.gamma.as_mut().unwrap()[0] = 1e25;
+            check_case(&case, &[2, 3]);
+            let dx = run_backward(&ctx(1, Isa::best()), &case).dx;
+            assert!(dx.iter().all(|v| v.is_finite()), "{shape:?}: {dx:?}");
+        }
+    }
+    // More than 2^18 values per channel: the unfused channels-first path.
+    let mut case = Case::new(Shape::new(2, 2, 140_001, Layout::Ncs), 3, 0.0, true);
+    for v in case.x.iter_mut().chain(case.save_mean.iter_mut()) {
+        *v *= 1e-10;
+    }
+    for v in case.save_invstd.iter_mut() {
+        *v *= 1e10;
+    }
+    case.gamma.as_mut().unwrap()[1] = 1e25;
+    check_case(&case, &[2]);
+}
+
 /// Relative errors of the library's gradients against the reference on `case`:
 /// `(sum_dy, sum_dy_xhat, dx)`, each the largest over channels or elements.
 fn relative_errors(ctx: &Context, case: &Case) -> (f64, f64, f64) {

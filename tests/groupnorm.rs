@@ -552,6 +552,46 @@ fn large_group_gradients() {
     }
 }
 
+/// A group whose gamma and inverse spread are near the top of the f32 range: `gamma *
+/// invstd` (about 1e35) fits f32, but the coefficient of `x - mean` (`invstd^2 * mean(g *
+/// xhat)`, about 1e45) does not, while every exact gradient (about 1e35) is finite. The other
+/// groups are ordinary. Every ISA, both layouts, in place, several threads (bit for bit).
+#[test]
+fn coefficients_beyond_f32_give_finite_gradients() {
+    for (batch, groups, per_group, spatial) in [(2, 2, 3, 5), (3, 3, 7, 1), (1, 2, 17, 16)] {
+        for layout in [Layout::Ncs, Layout::Nsc] {
+            let spec = Spec {
+                batch,
+                groups,
+                per_group,
+                spatial,
+                layout,
+                seed: (batch * groups + spatial) as u64,
+                offset: 0.0,
+                scale: 1e-10,
+                gamma: true,
+                beta: false,
+                eps: 1e-30,
+            };
+            let mut case = Case::new(&spec);
+            case.gamma.as_mut().unwrap()[0] = 1e25;
+            let what = format!("{:?}", case.shape);
+            for isa in isas() {
+                let out = run_forward(&ctx(1, isa), &case, false, false);
+                let grads = run_backward(&ctx(1, isa), &case, &out, false);
+                assert!(
+                    grads.dx.iter().all(|v| v.is_finite()),
+                    "{what} {isa:?}: {:?}",
+                    grads.dx
+                );
+                check_backward(&case, &out, &grads, TOL_GRAD, &format!("{what} {isa:?}"));
+                let in_place = run_backward(&ctx(3, isa), &case, &out, true);
+                assert_bits(&in_place.dx, &grads.dx, &format!("{what} {isa:?} in place"));
+            }
+        }
+    }
+}
+
 /// The reference backward agrees with central finite differences of the reference forward.
 #[test]
 fn reference_backward_matches_finite_differences() {

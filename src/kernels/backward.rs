@@ -283,6 +283,75 @@ pub(crate) struct GradCoefficients<'a> {
     pub a: &'a [f32],
     pub b: &'a [f32],
     pub k: &'a [f32],
+    /// Every channel's coefficients in `f64` when some channel's do not fit `f32` (see
+    /// [`WideGrad`]), else empty. Channels-first rows of such a channel are computed in `f64`;
+    /// channels-innermost rows are computed in `f64` throughout.
+    pub wide: &'a [WideGrad],
+}
+
+/// The coefficients of `dx = dy * a + (x - mean) * b + k` as computed, in `f64`. The vector
+/// kernels take them rounded to `f32`, which is exact enough only while each is zero or a
+/// normal `f32`: one beyond the `f32` range (gamma or the inverse spread near the top of the
+/// range) would give `inf * tiny` where the exact product is finite, and a subnormal one has
+/// lost its relative precision. Runs of such a channel are computed here, element by element
+/// in `f64`, where every term of a finite gradient is finite.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct WideGrad {
+    pub mean: f32,
+    pub a: f64,
+    pub b: f64,
+    pub k: f64,
+}
+
+impl WideGrad {
+    /// `(mean, a, b, k)` rounded to `f32`, if each rounded coefficient is exactly zero, a normal
+    /// `f32`, or NaN (which both forms propagate alike).
+    pub(crate) fn narrow(&self) -> Option<(f32, f32, f32, f32)> {
+        let fits = |v: f64| {
+            let r = v as f32;
+            r.is_nan() || (r == 0.0 && v == 0.0) || (r.is_finite() && r.abs() >= f32::MIN_POSITIVE)
+        };
+        (fits(self.a) && fits(self.b) && fits(self.k)).then_some((
+            self.mean,
+            self.a as f32,
+            self.b as f32,
+            self.k as f32,
+        ))
+    }
+
+    /// The gradient of one element, in `f64`, rounded once.
+    #[inline]
+    pub(crate) fn dx(&self, dy: f32, x: f32) -> f32 {
+        let xm = x as f64 - self.mean as f64;
+        (dy as f64 * self.a + xm * self.b + self.k) as f32
+    }
+
+    /// A run of one channel: `io` maps `dy` to `dx`, `x` holds the same elements.
+    pub(crate) fn apply(&self, x: &[f32], io: &mut RowIo<'_>) {
+        apply_wide(x, io, |_| self);
+    }
+}
+
+/// `dx` in `f64` over rows of channels-innermost data: element `i` of `io` (and of `x`) is
+/// channel `i % wide.len()`.
+pub(crate) fn apply_wide_cyclic(wide: &[WideGrad], x: &[f32], io: &mut RowIo<'_>) {
+    let c = wide.len();
+    apply_wide(x, io, |i| &wide[i % c]);
+}
+
+fn apply_wide<'w>(x: &[f32], io: &mut RowIo<'_>, coef: impl Fn(usize) -> &'w WideGrad) {
+    match io {
+        RowIo::Separate(dy, dx) => {
+            for (i, ((o, &d), &xv)) in dx.iter_mut().zip(dy.iter()).zip(x).enumerate() {
+                *o = coef(i).dx(d, xv);
+            }
+        }
+        RowIo::InPlace(buf) => {
+            for (i, (o, &xv)) in buf.iter_mut().zip(x).enumerate() {
+                *o = coef(i).dx(*o, xv);
+            }
+        }
+    }
 }
 
 #[inline(always)]
@@ -347,6 +416,11 @@ impl Kernel for NcsGrad<'_> {
         let mut c = self.first_row % self.channels;
         for r in 0..rows {
             let span = r * s..(r + 1) * s;
+            if let Some(w) = p.wide.get(c).filter(|w| w.narrow().is_none()) {
+                w.apply(&self.x[span.clone()], &mut self.io.part(span));
+                c = if c + 1 == self.channels { 0 } else { c + 1 };
+                continue;
+            }
             let map = UniformGrad {
                 x: &self.x[span.clone()],
                 m: V::splat(p.mean[c]),
@@ -424,6 +498,10 @@ impl Kernel for NscGrad<'_> {
     #[inline(always)]
     fn run<V: F32Vec>(mut self) {
         let (c, l) = (self.channels, V::LANES);
+        if !self.coef.wide.is_empty() {
+            apply_wide_cyclic(self.coef.wide, self.x, &mut self.io);
+            return;
+        }
         if c.is_multiple_of(l) {
             // A partial run up to an aligned output (for streaming), whole periods of `c`
             // elements (each starting at the same channel, so vector `j` of a period takes the
@@ -475,7 +553,7 @@ impl Kernel for NscGrad<'_> {
 /// One channel of a channels-first tensor in one visit: its sums (`grad`, over all its `rows`
 /// rows), then its input gradient while its rows are still in cache: `io_row(n)` maps row `n`
 /// of `dy` to `dx`; `coef` turns the sums (as [`ChannelGrad`] gives
-/// them) into the channel's `(mean, a, b, k)`. Returns the sums.
+/// them) into the channel's coefficients. Returns the sums.
 pub(crate) struct ChannelBackward<'r, X, D, Io, P> {
     pub grad: ChannelGrad<'r, X, D>,
     pub rows: usize,
@@ -490,14 +568,20 @@ where
     X: Fn(usize) -> &'a [f32],
     D: Fn(usize) -> &'b [f32],
     Io: Fn(usize) -> RowIo<'o>,
-    P: Fn(GradSums) -> (f32, f32, f32, f32),
+    P: Fn(GradSums) -> WideGrad,
 {
     type Output = GradSums;
     #[inline(always)]
     fn run<V: F32Vec>(self) -> GradSums {
         let x_row = self.grad.x_row;
         let sums = self.grad.run::<V>();
-        let (m, a, b, k) = (self.coef)(sums);
+        let wide = (self.coef)(sums);
+        let Some((m, a, b, k)) = wide.narrow() else {
+            for n in 0..self.rows {
+                wide.apply(x_row(n), &mut (self.io_row)(n));
+            }
+            return sums;
+        };
         for n in 0..self.rows {
             let map = UniformGrad {
                 x: x_row(n),
@@ -691,6 +775,7 @@ mod tests {
             a: &p[1],
             b: &p[2],
             k: &p[3],
+            wide: &[],
         };
         let mut buf = vec![0f32; n + offset];
         NscGrad {
@@ -720,6 +805,7 @@ mod tests {
             a: &p[1],
             b: &p[2],
             k: &p[3],
+            wide: &[],
         };
         let mut dx = dy.clone();
         NcsGrad {
@@ -739,6 +825,122 @@ mod tests {
         }
     }
 
+    /// Channel 1's coefficient of `x - mean` is beyond f32 (about 1e45) while every gradient
+    /// is finite: its rows (channels first) or every row (channels innermost) take the `f64`
+    /// path; the other channels keep the vector form.
+    fn wide_grad<V: F32Vec>(rows: usize, c: usize, s: usize) {
+        let n = rows * c * s;
+        let x: Vec<f32> = data(n, 20).iter().map(|v| v * 1e-10).collect();
+        let dy = data(n, 21);
+        let wide: Vec<WideGrad> = (0..c)
+            .map(|ch| {
+                let big = if ch == 1 { 1e35 } else { 1.0 };
+                WideGrad {
+                    mean: 1e-10,
+                    a: 0.5 * big,
+                    b: -3e10 * big,
+                    k: 0.25 * big,
+                }
+            })
+            .collect();
+        let p = coefficients(c);
+        let mut q = p.clone();
+        for (ch, w) in wide.iter().enumerate() {
+            if let Some((m, a, b, k)) = w.narrow() {
+                for j in (ch..q[0].len()).step_by(c) {
+                    (q[0][j], q[1][j], q[2][j], q[3][j]) = (m, a, b, k);
+                }
+            }
+        }
+        let coef = GradCoefficients {
+            mean: &q[0],
+            a: &q[1],
+            b: &q[2],
+            k: &q[3],
+            wide: &wide,
+        };
+        let want = |i: usize, ch: usize| {
+            let w = &wide[ch];
+            let v = dy[i] as f64 * w.a + (x[i] as f64 - w.mean as f64) * w.b + w.k;
+            let scale = (dy[i] as f64 * w.a).abs()
+                + ((x[i] as f64 - w.mean as f64) * w.b).abs()
+                + w.k.abs();
+            (v, scale)
+        };
+        // Channels first: rows of `s` elements, row r of channel r % c.
+        let mut dx = vec![0f32; n];
+        NcsGrad {
+            x: &x,
+            io: RowIo::Separate(&dy, &mut dx),
+            first_row: 0,
+            spatial: s,
+            channels: c,
+            coef,
+            stream: false,
+        }
+        .run::<V>();
+        for (i, &got) in dx.iter().enumerate() {
+            let (w, scale) = want(i, (i / s) % c);
+            assert!(
+                got.is_finite() && close(got as f64, w, scale),
+                "ncs {i}: {got} vs {w}"
+            );
+        }
+        let x_row = |r: usize| &x[(r * c + 1) * s..(r * c + 2) * s];
+        let dy_row = |r: usize| &dy[(r * c + 1) * s..(r * c + 2) * s];
+        let mut out = dy.clone();
+        let ptr = out.as_mut_ptr() as usize;
+        let io_row = |r: usize| {
+            let start = (r * c + 1) * s;
+            // SAFETY: rows are disjoint parts of `out`, each borrowed once, one at a time, and
+            // `dy_row` reads `dy`, not `out`.
+            RowIo::InPlace(unsafe {
+                std::slice::from_raw_parts_mut((ptr as *mut f32).add(start), s)
+            })
+        };
+        ChannelBackward {
+            grad: ChannelGrad {
+                x_row: &x_row,
+                dy_row: &dy_row,
+                spatial: s,
+                range: 0..rows * s,
+                mean: 1e-10,
+            },
+            rows,
+            io_row: &io_row,
+            coef: &|_| wide[1],
+            stream: false,
+        }
+        .run::<V>();
+        for r in 0..rows {
+            let span = (r * c + 1) * s..(r * c + 2) * s;
+            for (i, &got) in span.clone().zip(&out[span]) {
+                let (w, scale) = want(i, 1);
+                assert!(
+                    got.is_finite() && close(got as f64, w, scale),
+                    "channel {i}: {got}"
+                );
+            }
+        }
+        // Channels innermost: every element in f64.
+        let mut dx = vec![0f32; rows * s * c];
+        NscGrad {
+            x: &x,
+            io: RowIo::Separate(&dy, &mut dx),
+            channels: c,
+            coef,
+            stream: false,
+        }
+        .run::<V>();
+        for (i, &got) in dx.iter().enumerate() {
+            let (w, scale) = want(i, i % c);
+            assert!(
+                got.is_finite() && close(got as f64, w, scale),
+                "nsc {i}: {got} vs {w}"
+            );
+        }
+    }
+
     fn all<V: F32Vec>() {
         // Rows wider than TILED_MAX_CHANNELS take the row-by-row reduction.
         for c in [TILED_MAX_CHANNELS, TILED_MAX_CHANNELS + 1, 300, 1029] {
@@ -752,6 +954,9 @@ mod tests {
                 }
             }
         }
+        wide_grad::<V>(3, 2, 37);
+        wide_grad::<V>(5, 17, 1);
+        wide_grad::<V>(2, 3, 40);
         channel_grad::<V>(5, 37, 0..185);
         channel_grad::<V>(3, 1000, 10..2990);
         channel_grad::<V>(2, 3000, 100..5000);

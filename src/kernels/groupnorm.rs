@@ -7,6 +7,7 @@
 //! blocks folded into `f64`. The input gradient is `dx = (x - mean) * b + (dy * a + k)` with
 //! per-(batch, channel) coefficients computed in `f64` from those sums.
 
+use super::backward::WideGrad;
 use super::moments::{BLOCK, Moments, ROW_BLOCK, channel_moments};
 use super::normalize::affine_span;
 use crate::io::RowIo;
@@ -236,22 +237,14 @@ fn add_lanes<V: F32Vec>(a: V, b: V, out: &mut [GradSums]) {
     }
 }
 
-/// Coefficients of the input gradient of one (batch, channel): `dx = (x - mean) * b + (dy * a + k)`.
-#[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct GradCoefficients {
-    pub mean: f32,
-    pub a: f32,
-    pub b: f32,
-    pub k: f32,
-}
-
 #[inline(always)]
 fn grad_vector<V: F32Vec>(x: V, dy: V, mean: V, a: V, b: V, k: V) -> V {
     x.sub(mean).mul_add(b, dy.mul_add(a, k))
 }
 
 /// Channels-first rows of the input gradient: `x` and `io` (`dy` in, `dx` out) hold whole rows
-/// of `spatial` elements, the first being row `first_row`; `coefficients(row)` gives the row's.
+/// of `spatial` elements, the first being row `first_row`; `coefficients(row)` gives the row's
+/// (a row whose coefficients do not fit `f32` is computed in `f64`, see [`WideGrad`]).
 pub(crate) struct NcsGradApply<'a, F> {
     pub x: &'a [f32],
     pub io: RowIo<'a>,
@@ -262,14 +255,9 @@ pub(crate) struct NcsGradApply<'a, F> {
 
 /// `dx = grad(x, dy)` over one run with one set of coefficients (`io`: `dy` in, `dx` out).
 #[inline(always)]
-fn apply_run<V: F32Vec>(x: &[f32], io: &mut RowIo<'_>, p: GradCoefficients) {
+fn apply_run<V: F32Vec>(x: &[f32], io: &mut RowIo<'_>, p: (f32, f32, f32, f32)) {
     let l = V::LANES;
-    let (m, a, b, k) = (
-        V::splat(p.mean),
-        V::splat(p.a),
-        V::splat(p.b),
-        V::splat(p.k),
-    );
+    let (m, a, b, k) = (V::splat(p.0), V::splat(p.1), V::splat(p.2), V::splat(p.3));
     let full = x.len() / l * l;
     match io {
         RowIo::Separate(dy, dx) => {
@@ -315,19 +303,22 @@ fn apply_run<V: F32Vec>(x: &[f32], io: &mut RowIo<'_>, p: GradCoefficients) {
     }
 }
 
-impl<F: Fn(usize) -> GradCoefficients> Kernel for NcsGradApply<'_, F> {
+impl<F: Fn(usize) -> WideGrad> Kernel for NcsGradApply<'_, F> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(mut self) {
         let s = self.spatial;
         let rows = self.x.len() / s;
         for r in 0..rows {
-            let p = (self.coefficients)(self.first_row + r);
-            apply_run::<V>(
+            let wide = (self.coefficients)(self.first_row + r);
+            let (x, mut io) = (
                 &self.x[r * s..(r + 1) * s],
-                &mut self.io.part(r * s..(r + 1) * s),
-                p,
+                self.io.part(r * s..(r + 1) * s),
             );
+            match wide.narrow() {
+                Some(p) => apply_run::<V>(x, &mut io, p),
+                None => wide.apply(x, &mut io),
+            }
         }
     }
 }
@@ -478,11 +469,11 @@ mod tests {
                 for (i, &v) in dx.iter().enumerate() {
                     assert!(close(v as f64, want(i, i % c), 10.0), "dx[{i}]");
                 }
-                let coefficients = |r: usize| GradCoefficients {
+                let coefficients = |r: usize| WideGrad {
                     mean: shift[r % c],
-                    a: a[r % c],
-                    b: b[r % c],
-                    k: k[r % c],
+                    a: a[r % c] as f64,
+                    b: b[r % c] as f64,
+                    k: k[r % c] as f64,
                 };
                 let mut dx = vec![0f32; x.len()];
                 NcsGradApply {

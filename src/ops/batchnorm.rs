@@ -685,7 +685,7 @@ fn with_channel_affine<R>(
 // count)` with `count` the global number of values per channel.
 
 use crate::kernels::backward::{
-    ChannelBackward, ChannelGrad, GradCoefficients, GradSums, NcsGrad, NscGrad, RowGrad,
+    ChannelBackward, ChannelGrad, GradCoefficients, GradSums, NcsGrad, NscGrad, RowGrad, WideGrad,
 };
 
 /// Checks the global `count` of a [`backward_apply`]: at least one value per channel, and at
@@ -942,7 +942,7 @@ fn grad_sums(
 
 /// The coefficients `(mean, a, b, k)` of `dx = dy * a + (x - mean) * b + k` for channel `ch`
 /// with sums `s` (`s.dy_xm = sum(dy * xhat)`): `a = gamma * invstd`, `b = -a * invstd *
-/// sum_dy_xhat / count`, `k = -a * sum_dy / count`, in `f64` and rounded.
+/// sum_dy_xhat / count`, `k = -a * sum_dy / count`, in `f64`.
 fn grad_coefficients(
     gamma: Option<&[f32]>,
     save_mean: &[f32],
@@ -950,16 +950,16 @@ fn grad_coefficients(
     count: u64,
     ch: usize,
     s: GradSums,
-) -> (f32, f32, f32, f32) {
+) -> WideGrad {
     let n = count as f64;
     let invstd = save_invstd[ch] as f64;
     let scale = gamma.map_or(1.0, |g| g[ch] as f64) * invstd;
-    (
-        save_mean[ch],
-        scale as f32,
-        (-scale * invstd * (s.dy_xm / n)) as f32,
-        (-scale * (s.dy / n)) as f32,
-    )
+    WideGrad {
+        mean: save_mean[ch],
+        a: scale,
+        b: -scale * invstd * (s.dy_xm / n),
+        k: -scale * (s.dy / n),
+    }
 }
 
 /// The sums of a channel as [`grad_sums`] gives them, from its one chunk's kernel result.
@@ -1048,9 +1048,20 @@ fn apply_grad(
     let (mean, rest) = buf.split_at_mut(len);
     let (a, rest) = rest.split_at_mut(len);
     let (b, k) = rest.split_at_mut(len);
-    for ch in 0..c {
-        (mean[ch], a[ch], b[ch], k[ch]) =
-            grad_coefficients(gamma, save_mean, save_invstd, count, ch, sums[ch]);
+    let mut wide: Vec<WideGrad> = (0..c)
+        .map(|ch| grad_coefficients(gamma, save_mean, save_invstd, count, ch, sums[ch]))
+        .collect();
+    let mut all_narrow = true;
+    for (ch, w) in wide.iter().enumerate() {
+        // A channel that does not fit f32 is computed from `wide` (see WideGrad); its f32
+        // coefficients stay zero.
+        match w.narrow() {
+            Some(p) => (mean[ch], a[ch], b[ch], k[ch]) = p,
+            None => all_narrow = false,
+        }
+    }
+    if all_narrow {
+        wide.clear();
     }
     for p in [&mut *mean, &mut *a, &mut *b, &mut *k] {
         let mut filled = c;
@@ -1060,7 +1071,13 @@ fn apply_grad(
             filled += m;
         }
     }
-    let coef = GradCoefficients { mean, a, b, k };
+    let coef = GradCoefficients {
+        mean,
+        a,
+        b,
+        k,
+        wide: &wide,
+    };
 
     let isa = ctx.supported_isa();
     let row_len = if shape.channels_innermost() {

@@ -20,9 +20,9 @@
 use crate::context::Context;
 use crate::error::{Error, Result, check_eps, check_len};
 use crate::io::{InOut, SharedIo};
+use crate::kernels::backward::{WideGrad, apply_wide_cyclic};
 use crate::kernels::groupnorm::{
-    GradCoefficients, GradSums, NcsGradApply, NcsGradSums, NcsGroupForward, NcsRows, NscGradApply,
-    NscGradSums,
+    GradSums, NcsGradApply, NcsGradSums, NcsGroupForward, NcsRows, NscGradApply, NscGradSums,
 };
 use crate::kernels::moments::{ChannelMoments, Moments, ROW_BLOCK, RowMoments};
 use crate::kernels::normalize::{ChannelAffine, NscAffine};
@@ -551,11 +551,11 @@ fn grad_coefficients(
     stats: &GroupStats<'_>,
     gamma: Option<&[f32]>,
     sums: &[GradSums],
-) -> Vec<GradCoefficients> {
+) -> Vec<WideGrad> {
     let (c, groups, per_group) = (shape.channels, stats.groups, stats.per_group);
     let count = (per_group * shape.spatial) as f64;
     let gamma_of = |ch: usize| gamma.map_or(1.0, |g| g[ch] as f64);
-    let mut out = vec![GradCoefficients::default(); shape.batch * c];
+    let mut out = vec![WideGrad::default(); shape.batch * c];
     for n in 0..shape.batch {
         for g in 0..groups {
             let i = n * groups + g;
@@ -570,12 +570,12 @@ fn grad_coefficients(
             }
             let mean_g = sum_g / count;
             let mean_gx = invstd * sum_gx / count;
-            let b = (-invstd * invstd * mean_gx) as f32;
-            let k = (-invstd * mean_g) as f32;
+            let b = -invstd * invstd * mean_gx;
+            let k = -invstd * mean_g;
             for ch in channels {
-                out[n * c + ch] = GradCoefficients {
+                out[n * c + ch] = WideGrad {
                     mean,
-                    a: (invstd * gamma_of(ch)) as f32,
+                    a: invstd * gamma_of(ch),
                     b,
                     k,
                 };
@@ -592,7 +592,7 @@ fn apply_grad(
     shape: &Shape,
     x: &[f32],
     io: &mut InOut<'_>,
-    coefficients: &[GradCoefficients],
+    coefficients: &[WideGrad],
 ) {
     let (c, s) = (shape.channels, shape.spatial);
     let elements = io.len();
@@ -618,10 +618,21 @@ fn apply_grad(
                 let (mean, rest) = fields.split_at_mut(c);
                 let (a, rest) = rest.split_at_mut(c);
                 let (b, k) = rest.split_at_mut(c);
-                for (ch, p) in coefficients[n * c..(n + 1) * c].iter().enumerate() {
-                    (mean[ch], a[ch], b[ch], k[ch]) = (p.mean, p.a, p.b, p.k);
+                let item = &coefficients[n * c..(n + 1) * c];
+                let mut narrow = true;
+                for (ch, p) in item.iter().enumerate() {
+                    match p.narrow() {
+                        Some(p) => (mean[ch], a[ch], b[ch], k[ch]) = p,
+                        None => narrow = false,
+                    }
                 }
                 let local = (row - r.start) * c..(end - r.start) * c;
+                if !narrow {
+                    // Coefficients beyond f32 (see WideGrad): this item's rows in f64.
+                    apply_wide_cyclic(item, &x[row * c..end * c], &mut part.part(local));
+                    row = end;
+                    continue;
+                }
                 dispatch(
                     isa,
                     NscGradApply {
