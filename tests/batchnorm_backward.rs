@@ -9,6 +9,8 @@
 
 mod common;
 
+use common::prop::config;
+
 use common::check::{assert_bits, assert_bits64, ctx};
 use std::ffi::CStr;
 
@@ -482,7 +484,7 @@ fn small_dims() -> impl Strategy<Value = (usize, usize, usize)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(config(48))]
 
     #[test]
     fn backward_matches_reference(

@@ -8,6 +8,8 @@
 
 mod common;
 
+use common::prop::config;
+
 use common::data::Gen;
 use common::dropout_reference as r;
 use normkit::Isa;
@@ -634,14 +636,6 @@ fn param_of(kind: Kind, p: f32, beta: f32) -> f32 {
         Kind::Uniform => beta,
         Kind::Gaussian => p.min(0.999),
         _ => p,
-    }
-}
-
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
     }
 }
 

@@ -7,6 +7,8 @@
 
 mod common;
 
+use common::prop::config;
+
 use common::check::{assert_bits, close, ctx};
 
 use common::data::Gen;
@@ -378,14 +380,6 @@ fn specs(dims: impl Strategy<Value = (usize, usize, usize, usize)>) -> impl Stra
                 eps,
             },
         )
-}
-
-fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig {
-        cases,
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::prop::config;
+
 use common::check::{assert_bits, close, ctx};
 
 use common::data::Gen;
@@ -326,7 +328,7 @@ fn reference_backward_matches_finite_differences() {
 // Accuracy.
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(config(48))]
 
     #[test]
     fn matches_reference(

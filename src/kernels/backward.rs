@@ -1,26 +1,27 @@
 //! Batch-norm backward kernels: per-channel gradient reductions and the input gradient.
 //!
 //! Reductions: per channel, `sum(dy)` and `sum(dy * (x - mean))` (the caller multiplies the
-//! second by `invstd` to get `sum(dy * xhat)`). Within a block every lane sums its terms in
-//! `f32`; a block's lane sums are added into `f64` in lane order, and blocks in order, so a
-//! result depends on the block boundaries only, which the caller fixes by the shape. `x - mean`
-//! is exact for values near the mean (`mean` is the saved `f32` mean), so a large offset of the
-//! data costs no precision.
+//! second by `invstd` to get `sum(dy * xhat)`), in `f64` lanes (see [`super::sums`]): `x - mean`
+//! rounded in `f32` is the only rounding of a term, the product is exact, so a sum is within
+//! `2^-24` of the sum of its terms' magnitudes, plus `f64` rounding. Lanes are added in lane
+//! order and blocks in order, so a result depends on the block boundaries only, which the
+//! caller fixes by the shape. `x - mean` is exact for values near the mean (`mean` is the saved
+//! `f32` mean), so a large offset of the data costs no precision.
 //!
 //! Input gradient: `dx = dy * a[c] + (x - mean[c]) * b[c] + k[c]`, with the per-channel
 //! coefficients computed in `f64` by the caller from the reductions.
 
 use super::moments::{LINE_FLOATS, TILED_MAX_CHANNELS};
+use super::sums::Sums2;
 use crate::io::{RowIo, VectorMap, store_vector, unaligned_head};
-use crate::simd::{F32Vec, Kernel, MAX_LANES};
+use crate::simd::{F32Vec, Kernel};
 use std::cell::Cell;
 use std::ops::Range;
 
-/// Elements per block of a contiguous run: each `f32` lane sum covers at most
-/// `BLOCK / (4 * LANES)` terms before it is added into `f64`.
+/// Elements per block of a contiguous run: each block's lane sums are added in order.
 pub(crate) const BLOCK: usize = 2048;
 
-/// Rows per block of a channels-innermost run (each lane is one channel).
+/// Rows per block of a channels-innermost run.
 pub(crate) const ROW_BLOCK: usize = 64;
 
 /// `f64` sums of a channel (or of a part of one): `sum(dy)` and `sum(dy * (x - mean))`.
@@ -30,45 +31,33 @@ pub(crate) struct GradSums {
     pub dy_xm: f64,
 }
 
-/// Adds `dy` and `dy * (x - m)` of a contiguous span to the lane sums.
+/// Adds `dy` and `dy * (x - m)` of a contiguous span to the lane sums (two accumulators, so
+/// that two chains of `f64` additions run at once).
 #[inline(always)]
-fn accumulate<V: F32Vec>(x: &[f32], dy: &[f32], m: f32, s1: &mut [V; 4], s2: &mut [V; 4]) {
+fn accumulate<V: F32Vec>(x: &[f32], dy: &[f32], m: f32, acc: &mut [Sums2<V>; 2]) {
     let l = V::LANES;
     let mv = V::splat(m);
-    let mut xq = x.chunks_exact(4 * l);
-    let mut dq = dy.chunks_exact(4 * l);
-    for (xs, ds) in (&mut xq).zip(&mut dq) {
-        for j in 0..4 {
+    let mut xp = x.chunks_exact(2 * l);
+    let mut dp = dy.chunks_exact(2 * l);
+    for (xs, ds) in (&mut xp).zip(&mut dp) {
+        for (j, a) in acc.iter_mut().enumerate() {
             let d = V::load(&ds[j * l..]);
             let xm = V::load(&xs[j * l..]).sub(mv);
-            s1[j] = s1[j].add(d);
-            s2[j] = xm.mul_add(d, s2[j]);
+            a.add(d, xm);
         }
     }
-    let mut xv = xq.remainder().chunks_exact(l);
-    let mut dv = dq.remainder().chunks_exact(l);
-    for (j, (xs, ds)) in (&mut xv).zip(&mut dv).enumerate() {
-        let d = V::load(ds);
-        let xm = V::load(xs).sub(mv);
-        s1[j] = s1[j].add(d);
-        s2[j] = xm.mul_add(d, s2[j]);
+    let (xr, dr) = (xp.remainder(), dp.remainder());
+    if xr.len() >= l {
+        acc[0].add(V::load(dr), V::load(xr).sub(mv));
     }
-    let (xt, dt) = (xv.remainder(), dv.remainder());
+    let full = xr.len() / l * l;
+    let (xt, dt) = (&xr[full..], &dr[full..]);
     if !xt.is_empty() {
         // Lanes past the tail load dy = 0 and x = m: both terms are exactly 0.
         let d = V::load_partial(dt, 0.0);
         let xm = V::load_partial(xt, m).sub(mv);
-        s1[3] = s1[3].add(d);
-        s2[3] = xm.mul_add(d, s2[3]);
+        acc[1].add(d, xm);
     }
-}
-
-/// The sum of the lanes of `v`, in `f64`, in lane order.
-#[inline(always)]
-fn lane_sum<V: F32Vec>(v: V) -> f64 {
-    let mut lanes = [0f32; MAX_LANES];
-    v.store(&mut lanes);
-    lanes[..V::LANES].iter().map(|&v| v as f64).sum()
 }
 
 /// One channel of a channels-first tensor: the virtual elements `range` of the channel, whose
@@ -96,8 +85,7 @@ where
         let mut start = self.range.start;
         while start < self.range.end {
             let end = self.range.end.min(start + BLOCK);
-            let zero = V::splat(0.0);
-            let (mut s1, mut s2) = ([zero; 4], [zero; 4]);
+            let mut sums = [Sums2::<V>::zero(); 2];
             let mut v = start;
             while v < end {
                 let (n, i) = (v / s, v % s);
@@ -106,36 +94,16 @@ where
                     &(self.x_row)(n)[i..i + len],
                     &(self.dy_row)(n)[i..i + len],
                     self.mean,
-                    &mut s1,
-                    &mut s2,
+                    &mut sums,
                 );
                 v += len;
             }
-            acc.dy += lane_sum(s1[0].add(s1[1]).add(s1[2].add(s1[3])));
-            acc.dy_xm += lane_sum(s2[0].add(s2[1]).add(s2[2].add(s2[3])));
+            let (dy, dy_xm) = sums[0].merge(sums[1]).totals();
+            acc.dy += dy;
+            acc.dy_xm += dy_xm;
             start = end;
         }
         acc
-    }
-}
-
-/// Loads `src` (at most `LANES` values) into the first lanes; the rest hold `fill`.
-#[inline(always)]
-fn load_lanes<V: F32Vec>(src: &[f32], fill: f32) -> V {
-    if src.len() == V::LANES {
-        V::load(src)
-    } else {
-        V::load_partial(src, fill)
-    }
-}
-
-/// Stores the first `dst.len()` (at most `LANES`) lanes.
-#[inline(always)]
-fn store_lanes<V: F32Vec>(v: V, dst: &mut [f32]) {
-    if dst.len() == V::LANES {
-        v.store(dst)
-    } else {
-        v.store_partial(dst)
     }
 }
 
@@ -155,8 +123,8 @@ impl Kernel for RowGrad<'_> {
     #[inline(always)]
     fn run<V: F32Vec>(self) {
         let c = self.channels;
-        let mut s1 = vec![0f32; c];
-        let mut s2 = vec![0f32; c];
+        let mut s1 = vec![0f64; c];
+        let mut s2 = vec![0f64; c];
         let mean = self.mean;
         for (xb, db) in self
             .x
@@ -168,75 +136,69 @@ impl Kernel for RowGrad<'_> {
             } else {
                 grad_rows::<V>(xb, db, c, mean, &mut s1, &mut s2);
             }
-            for ((o, &a), &q) in self.out.iter_mut().zip(&s1).zip(&s2) {
-                o.dy += a as f64;
-                o.dy_xm += q as f64;
-            }
+        }
+        for ((o, &a), &q) in self.out.iter_mut().zip(&s1).zip(&s2) {
+            o.dy += a;
+            o.dy_xm += q;
         }
     }
 }
 
-/// `s1[ch] = sum(dy)`, `s2[ch] = sum(dy * (x - mean[ch]))` over the rows of one block: channel
-/// tiles of four vectors summed over the block's rows in registers, then the rest of the
-/// channels one vector at a time. Each row of a tile prefetches the same part of the next
-/// block's row (a tile visits only part of each row, which the hardware prefetchers do not
-/// follow; prefetching never faults, wherever it points).
+/// Adds `sum(dy)` to `s1[ch]` and `sum(dy * (x - mean[ch]))` to `s2[ch]` over the rows of one
+/// block: channel tiles of two vectors summed over the block's rows in registers, then the
+/// rest of the channels one vector at a time and, past the last whole vector, one by one. Each
+/// row of a tile prefetches the same part of the next block's row (a tile visits only part of
+/// each row, which the hardware prefetchers do not follow; prefetching never faults, wherever
+/// it points).
 #[inline(always)]
 fn grad_tiles<V: F32Vec>(
     xb: &[f32],
     db: &[f32],
     c: usize,
     mean: &[f32],
-    s1: &mut [f32],
-    s2: &mut [f32],
+    s1: &mut [f64],
+    s2: &mut [f64],
 ) {
     let l = V::LANES;
     let (x_ahead, dy_ahead) = (
         xb.as_ptr().wrapping_add(xb.len()),
         db.as_ptr().wrapping_add(db.len()),
     );
-    let tiles = c / (4 * l) * (4 * l);
-    for c0 in (0..tiles).step_by(4 * l) {
-        let m = [
-            V::load(&mean[c0..]),
-            V::load(&mean[c0 + l..]),
-            V::load(&mean[c0 + 2 * l..]),
-            V::load(&mean[c0 + 3 * l..]),
-        ];
-        let (mut a, mut q) = ([V::splat(0.0); 4], [V::splat(0.0); 4]);
+    let full = c / l * l;
+    let tiles = c / (2 * l) * (2 * l);
+    for c0 in (0..tiles).step_by(2 * l) {
+        let m = [V::load(&mean[c0..]), V::load(&mean[c0 + l..])];
+        let mut acc = [Sums2::<V>::zero(); 2];
         for (r, (xr, dr)) in xb.chunks_exact(c).zip(db.chunks_exact(c)).enumerate() {
-            for line in (0..4 * l).step_by(LINE_FLOATS) {
+            for line in (0..2 * l).step_by(LINE_FLOATS) {
                 V::prefetch(x_ahead.wrapping_add(r * c + c0 + line));
                 V::prefetch(dy_ahead.wrapping_add(r * c + c0 + line));
             }
-            let (xs, ds) = (&xr[c0..c0 + 4 * l], &dr[c0..c0 + 4 * l]);
-            for j in 0..4 {
-                let d = V::load(&ds[j * l..]);
-                let xm = V::load(&xs[j * l..]).sub(m[j]);
-                a[j] = a[j].add(d);
-                q[j] = xm.mul_add(d, q[j]);
+            for (j, a) in acc.iter_mut().enumerate() {
+                let d = V::load(&dr[c0 + j * l..]);
+                let xm = V::load(&xr[c0 + j * l..]).sub(m[j]);
+                a.add(d, xm);
             }
         }
-        for j in 0..4 {
-            a[j].store(&mut s1[c0 + j * l..]);
-            q[j].store(&mut s2[c0 + j * l..]);
+        for (j, a) in acc.iter().enumerate() {
+            let at = c0 + j * l..c0 + (j + 1) * l;
+            a.add_to(&mut s1[at.clone()], &mut s2[at]);
         }
     }
-    for c0 in (tiles..c).step_by(l) {
-        let lanes = l.min(c - c0);
-        let m = load_lanes::<V>(&mean[c0..c0 + lanes], 0.0);
-        let (mut a, mut q) = (V::splat(0.0), V::splat(0.0));
+    for c0 in (tiles..full).step_by(l) {
+        let m = V::load(&mean[c0..]);
+        let mut acc = Sums2::<V>::zero();
         for (r, (xr, dr)) in xb.chunks_exact(c).zip(db.chunks_exact(c)).enumerate() {
             V::prefetch(x_ahead.wrapping_add(r * c + c0));
             V::prefetch(dy_ahead.wrapping_add(r * c + c0));
-            // Lanes past the channels load 0 for dy: both terms are 0.
-            let d = load_lanes::<V>(&dr[c0..c0 + lanes], 0.0);
-            let xm = load_lanes::<V>(&xr[c0..c0 + lanes], 0.0).sub(m);
-            a = a.add(d);
-            q = xm.mul_add(d, q);
+            acc.add(V::load(&dr[c0..]), V::load(&xr[c0..]).sub(m));
         }
-        store_lanes(a, &mut s1[c0..c0 + lanes]);
-        store_lanes(q, &mut s2[c0..c0 + lanes]);
+        acc.add_to(&mut s1[c0..c0 + l], &mut s2[c0..c0 + l]);
+    }
+    if full < c {
+        for (xr, dr) in xb.chunks_exact(c).zip(db.chunks_exact(c)) {
+            grad_tail(xr, dr, full, mean, s1, s2);
+        }
     }
 }
 
@@ -248,29 +210,32 @@ fn grad_rows<V: F32Vec>(
     db: &[f32],
     c: usize,
     mean: &[f32],
-    s1: &mut [f32],
-    s2: &mut [f32],
+    s1: &mut [f64],
+    s2: &mut [f64],
 ) {
     let l = V::LANES;
-    s1.fill(0.0);
-    s2.fill(0.0);
+    let full = c / l * l;
     for (xr, dr) in xb.chunks_exact(c).zip(db.chunks_exact(c)) {
-        for c0 in (0..c).step_by(l) {
-            let lanes = l.min(c - c0);
-            let span = c0..c0 + lanes;
-            // Lanes past the channels load 0 for dy: both terms are 0.
-            let d = load_lanes::<V>(&dr[span.clone()], 0.0);
-            let xm =
-                load_lanes::<V>(&xr[span.clone()], 0.0).sub(load_lanes(&mean[span.clone()], 0.0));
-            store_lanes(
-                load_lanes::<V>(&s1[span.clone()], 0.0).add(d),
-                &mut s1[span.clone()],
-            );
-            store_lanes(
-                xm.mul_add(d, load_lanes::<V>(&s2[span.clone()], 0.0)),
-                &mut s2[span],
-            );
+        for c0 in (0..full).step_by(l) {
+            let mut acc = Sums2::<V>::zero();
+            let xm = V::load(&xr[c0..]).sub(V::load(&mean[c0..]));
+            acc.add(V::load(&dr[c0..]), xm);
+            acc.add_to(&mut s1[c0..c0 + l], &mut s2[c0..c0 + l]);
         }
+        if full < c {
+            grad_tail(xr, dr, full, mean, s1, s2);
+        }
+    }
+}
+
+/// Adds the channels from `full` to the end of a row (fewer than `LANES`) to the sums, one by
+/// one (`x - mean` rounded in `f32` as the vectors round it).
+#[inline(always)]
+fn grad_tail(xr: &[f32], dr: &[f32], full: usize, mean: &[f32], s1: &mut [f64], s2: &mut [f64]) {
+    for ch in full..xr.len() {
+        let d = dr[ch] as f64;
+        s1[ch] += d;
+        s2[ch] += d * (xr[ch] - mean[ch]) as f64;
     }
 }
 
@@ -677,6 +642,7 @@ mod tests {
     //! the integration tests.
 
     use super::*;
+    use crate::simd::MAX_LANES;
     use crate::simd::emulated::Emulated;
 
     fn data(n: usize, seed: u32) -> Vec<f32> {

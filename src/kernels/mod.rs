@@ -10,3 +10,4 @@ pub(crate) mod moments;
 pub(crate) mod normalize;
 pub(crate) mod philox;
 pub(crate) mod rownorm;
+pub(crate) mod sums;

@@ -1,31 +1,37 @@
 //! Per-channel moments (count, mean, M2) in one pass over the data.
 //!
 //! Values are accumulated in blocks. Within a block every lane sums `d = x - K` and `d * d` in
-//! `f32`, where the shift `K` is the first value of the run for the first block and the running
-//! mean (rounded to `f32`) for every later block, so `d` is small whatever the data's offset and
-//! `x - K` is exact for values near `K`. Each block's sums become `(count, mean, M2)` in `f64`,
-//! and blocks, chunks and shards are merged with Chan et al.'s pairwise formula, in a fixed order.
-//! On `10000 + N(0,1)` data the mean is exact to `f64` rounding of the spread, not of the offset.
+//! `f64` (see [`super::sums`]: `d` is the only rounding, the square is exact), where the shift
+//! `K` is the first value of the run for the first block and the running mean (rounded to `f32`)
+//! for every later block, so `d` is small whatever the data's offset and `x - K` is exact for
+//! values near `K`. Each block's sums become `(count, mean, M2)`, and blocks, chunks and shards
+//! are merged with Chan et al.'s pairwise formula, in a fixed order.
 //!
-//! Two cases would lose digits, and a block in either is recomputed exactly (two passes in `f64`):
-//! the first block of a run whose first value lies far from the block's mean (its sums of `d`
-//! and `d * d` then cancel; later blocks are shifted by the running mean, where any cancellation
-//! is relative to the variance between blocks, which the merge counts in full), and a block whose
-//! `f32` sums are not finite (a spread whose squares overflow `f32`, or NaN and infinities).
+//! Accuracy: with `D^2` the mean of `(x - K)^2` over the values, the mean is within
+//! `2^-24 * D` and M2 within `2 * 2^-24 * D / sigma` of itself (relative), plus `f64` rounding.
+//! The checks below keep `D <= sqrt(18) * sigma` (`sigma^2 = M2 / n`): so the mean is within
+//! `4.3 * 2^-24 * sigma` and M2 within `8.5 * 2^-24` relative, whatever the count and offset.
+//!
+//! A block is recomputed exactly (two passes in `f64`) when the first block of a run has its
+//! first value far from the block's mean (`sum(d * d) > 16 * M2`: the sums would cancel and
+//! `D` grow), or when its sums are not finite (`x - K` overflowing `f32`, or NaN and
+//! infinities). Later blocks are shifted by the running mean, which lies close to them in the
+//! sense that counts: over a run, `sum((x - K)^2) <= 16 * M2(first block) + 2 * M2 <= 18 * M2`
+//! (Chan's merge of equal-sized blocks).
 //!
 //! Channels-innermost runs (rows of channels, each lane one channel) keep one shift for every
-//! block after a chunk's first: the first block's mean. Their `f32` block sums then add up in
-//! `f64` with no merge per block, and become moments once per chunk, checked like a first block.
+//! block after a chunk's first: the first block's mean. Their sums then add up in `f64` with no
+//! merge per block, and become moments once per chunk, checked like a first block.
 
-use crate::simd::{F32Vec, Kernel, MAX_LANES};
+use super::sums::Sums2;
+use crate::simd::{F32Vec, Kernel};
 use std::ops::Range;
 
-/// Elements per block of a contiguous run: the `f32` lane sums cover at most
-/// `BLOCK / (4 * LANES)` values each before they are folded into `f64`.
+/// Elements per block of a contiguous run: each block's sums become moments, merged in order.
 pub(crate) const BLOCK: usize = 2048;
 
-/// Rows per block of a channels-innermost run (each lane is one channel, so each `f32` lane sum
-/// covers at most this many values: the rounding of those sums grows with their length).
+/// Rows per block of a channels-innermost run (a block's rows are summed tile by tile while the
+/// block is in L1 and L2).
 pub(crate) const ROW_BLOCK: usize = 64;
 
 /// Widest rows (in channels) the channels-innermost moments sum tile by tile in registers (a
@@ -36,10 +42,6 @@ pub(crate) const ROW_BLOCK: usize = 64;
 pub(crate) const TILED_MAX_CHANNELS: usize = 256;
 /// Floats per 64-byte cache line.
 pub(crate) const LINE_FLOATS: usize = 16;
-
-/// Mean squares below this (deviations below about 1e-15) are near `f32`'s subnormal range when
-/// squared; such blocks are recomputed exactly.
-const TINY_MEAN_SQUARE: f64 = 7.888609052210118e-31; // 2^-100
 
 /// Count, mean and sum of squared deviations from the mean (M2) of a set of values.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -121,27 +123,23 @@ impl Moments {
         shift: f32,
         s1: f64,
         s2: f64,
-        lane_bound: f64,
         first: bool,
     ) -> Option<Moments> {
-        Moments::sums_trusted(count as f64, s1, s2, lane_bound, first)
+        Moments::sums_trusted(count as f64, s1, s2, first)
             .then(|| Moments::from_shifted_sums(count, shift, s1, s2))
     }
 
-    /// Whether the shifted sums `s1`, `s2` of `n` values can be trusted. Not if:
-    /// - not finite (squares overflowing `f32`, NaN or infinities in the data);
-    /// - squares lost to underflow: `s2` below `lane_bound = sum over lanes of s1_l^2 / count`,
-    ///   which exact sums always reach (Cauchy-Schwarz in each lane), or in the subnormal range;
-    /// - for the first block of a run (`first`), sums cancelling by more than a factor 16
-    ///   because the shift lies more than about four spreads from the block's mean.
+    /// Whether the shifted sums `s1`, `s2` of `n` values can be trusted. Not if not finite
+    /// (`x - shift` overflowing `f32`, NaN or infinities in the data), nor, for the first block
+    /// of a run (`first`), if the shift lies more than about four spreads from the block's mean
+    /// (`s2 > 16 * M2`), which would loosen the accuracy bound (see the module documentation).
     ///
     /// Branch-free, so that a loop over channels vectorizes.
     #[inline(always)]
-    fn sums_trusted(n: f64, s1: f64, s2: f64, lane_bound: f64, first: bool) -> bool {
-        let underflow = (s2 < 0.5 * lane_bound) | ((s2 > 0.0) & (s2 < n * TINY_MEAN_SQUARE));
+    fn sums_trusted(n: f64, s1: f64, s2: f64, first: bool) -> bool {
         let finite = (s1.abs() <= f64::MAX) & (s2.abs() <= f64::MAX);
         let cancels = first & (s2 > 16.0 * Moments::shifted_m2(n, s1, s2));
-        finite & !underflow & !cancels
+        finite & !cancels
     }
 
     /// M2 of `n` values from `s1 = sum(x - shift)` and `s2 = sum((x - shift)^2)`. Rounding may
@@ -164,51 +162,29 @@ impl Moments {
     }
 }
 
-/// Adds `d = x - k` and `d * d` of every element of `seg` to the lane sums.
+/// Adds `d = x - shift` and `d * d` of every element of `seg` to the lane sums (two
+/// accumulators, so that two chains of `f64` additions run at once).
 #[inline(always)]
-fn accumulate<V: F32Vec>(seg: &[f32], shift: f32, s1: &mut [V; 4], s2: &mut [V; 4]) {
+fn accumulate<V: F32Vec>(seg: &[f32], shift: f32, acc: &mut [Sums2<V>; 2]) {
     let l = V::LANES;
     let k = V::splat(shift);
-    let mut quads = seg.chunks_exact(4 * l);
-    for q in &mut quads {
-        for j in 0..4 {
-            let d = V::load(&q[j * l..]).sub(k);
-            s1[j] = s1[j].add(d);
-            s2[j] = d.mul_add(d, s2[j]);
-        }
+    let mut pairs = seg.chunks_exact(2 * l);
+    for p in &mut pairs {
+        let d0 = V::load(p).sub(k);
+        let d1 = V::load(&p[l..]).sub(k);
+        acc[0].add(d0, d0);
+        acc[1].add(d1, d1);
     }
-    let mut singles = quads.remainder().chunks_exact(l);
-    for (j, v) in (&mut singles).enumerate() {
-        let d = V::load(v).sub(k);
-        s1[j] = s1[j].add(d);
-        s2[j] = d.mul_add(d, s2[j]);
+    let rest = pairs.remainder();
+    if rest.len() >= l {
+        let d = V::load(rest).sub(k);
+        acc[0].add(d, d);
     }
-    let tail = singles.remainder();
+    let tail = &rest[rest.len() / l * l..];
     if !tail.is_empty() {
         // Lanes past the tail load `shift`, so their d is exactly 0.
         let d = V::load_partial(tail, shift).sub(k);
-        s1[3] = s1[3].add(d);
-        s2[3] = d.mul_add(d, s2[3]);
-    }
-}
-
-/// Loads `src` (at most `LANES` values) into the first lanes; the rest are 0.
-#[inline(always)]
-fn load_lanes<V: F32Vec>(src: &[f32]) -> V {
-    if src.len() == V::LANES {
-        V::load(src)
-    } else {
-        V::load_partial(src, 0.0)
-    }
-}
-
-/// Stores the first `dst.len()` (at most `LANES`) lanes.
-#[inline(always)]
-fn store_lanes<V: F32Vec>(v: V, dst: &mut [f32]) {
-    if dst.len() == V::LANES {
-        v.store(dst)
-    } else {
-        v.store_partial(dst)
+        acc[1].add(d, d);
     }
 }
 
@@ -228,25 +204,18 @@ pub(crate) fn channel_moments<'a, V: F32Vec>(
     let mut start = range.start;
     while start < range.end {
         let end = range.end.min(start + BLOCK);
-        let zero = V::splat(0.0);
-        let (mut s1, mut s2) = ([zero; 4], [zero; 4]);
+        let mut sums = [Sums2::<V>::zero(); 2];
         let mut v = start;
         while v < end {
             let (n, s) = (v / spatial, v % spatial);
             let len = (end - v).min(spatial - s);
-            accumulate(&row(n)[s..s + len], shift, &mut s1, &mut s2);
+            accumulate(&row(n)[s..s + len], shift, &mut sums);
             v += len;
         }
-        let mut lanes1 = [0f32; MAX_LANES];
-        let mut lanes2 = [0f32; MAX_LANES];
-        s1[0].add(s1[1]).add(s1[2].add(s1[3])).store(&mut lanes1);
-        s2[0].add(s2[1]).add(s2[2].add(s2[3])).store(&mut lanes2);
         let count = end - start;
-        let s1: f64 = lanes1.iter().map(|&v| v as f64).sum();
-        let s2: f64 = lanes2.iter().map(|&v| v as f64).sum();
-        let bound = lanes1.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / count as f64;
+        let (s1, s2) = sums[0].merge(sums[1]).totals();
         let first = start == range.start;
-        let block = Moments::from_trusted_sums(count, shift, s1, s2, bound, first)
+        let block = Moments::from_trusted_sums(count, shift, s1, s2, first)
             .unwrap_or_else(|| Moments::exact((start..end).map(|v| row(v / spatial)[v % spatial])));
         acc = acc.merge(block);
         if acc.mean.is_nan() {
@@ -290,10 +259,9 @@ impl Kernel for RowMoments<'_> {
     type Output = ();
     /// The first block of `ROW_BLOCK` rows is summed with each channel's first value as its
     /// shift; every later block with the first block's mean, the same for all of them, so their
-    /// `f32` block sums add up in `f64` with no merge per block (two additions per channel).
-    /// The rest's sums become moments once, checked as a first block is (a shift more than
-    /// about four spreads from the rest's mean, or sums not finite or underflowing, and the
-    /// channel is recomputed exactly), then merged with the first block's.
+    /// sums add up with no merge per block. The rest's sums become moments once, checked as a
+    /// first block is (a shift more than about four spreads from the rest's mean, or sums not
+    /// finite, and the channel is recomputed exactly), then merged with the first block's.
     #[inline(always)]
     fn run<V: F32Vec>(self) {
         let c = self.channels;
@@ -304,13 +272,11 @@ impl Kernel for RowMoments<'_> {
             return;
         }
         let mut shift = self.x[..c].to_vec();
-        let mut s1 = vec![0f32; c];
-        let mut s2 = vec![0f32; c];
+        let mut sum1 = vec![0f64; c];
+        let mut sum2 = vec![0f64; c];
         let (head, rest) = self.x.split_at(self.x.len().min(ROW_BLOCK * c));
-        block_sums::<V>(head, c, &shift, &mut s1, &mut s2);
-        let mut sum1: Vec<f64> = s1.iter().map(|&v| v as f64).collect();
-        let mut sum2: Vec<f64> = s2.iter().map(|&v| v as f64).collect();
-        moments_from_sums(head, c, &shift, &sum1, &sum2, 16.0, self.out);
+        block_sums::<V>(head, c, &shift, &mut sum1, &mut sum2);
+        moments_from_sums(head, c, &shift, &sum1, &sum2, self.out);
         if rest.is_empty() {
             return;
         }
@@ -320,16 +286,10 @@ impl Kernel for RowMoments<'_> {
         sum1.fill(0.0);
         sum2.fill(0.0);
         for block in rest.chunks(ROW_BLOCK * c) {
-            block_sums::<V>(block, c, &shift, &mut s1, &mut s2);
-            for ch in 0..c {
-                sum1[ch] += s1[ch] as f64;
-                sum2[ch] += s2[ch] as f64;
-            }
+            block_sums::<V>(block, c, &shift, &mut sum1, &mut sum2);
         }
         let mut tail = vec![Moments::EMPTY; c];
-        // The rest's shift is trusted only within about one spread of its mean: its f32 block
-        // sums round relative to their distance from the shift, over many blocks.
-        moments_from_sums(rest, c, &shift, &sum1, &sum2, 2.0, &mut tail);
+        moments_from_sums(rest, c, &shift, &sum1, &sum2, &mut tail);
         Moments::merge_each(self.out, &tail);
     }
 }
@@ -344,15 +304,11 @@ fn moments_from_sums(
     shift: &[f32],
     sum1: &[f64],
     sum2: &[f64],
-    cancel_limit: f64,
     out: &mut [Moments],
 ) {
     let count = rows.len() / c;
     let n = count as f64;
-    let ok = |a: f64, q: f64| {
-        Moments::sums_trusted(n, a, q, a * (a / n), true)
-            & (q <= cancel_limit * Moments::shifted_m2(n, a, q))
-    };
+    let ok = |a: f64, q: f64| Moments::sums_trusted(n, a, q, true);
     let mut trusted = true;
     for (&a, &q) in sum1.iter().zip(sum2) {
         trusted &= ok(a, q);
@@ -367,10 +323,10 @@ fn moments_from_sums(
     }
 }
 
-/// `s1[ch] = sum(x - shift[ch])` and `s2[ch] = sum((x - shift[ch])^2)` over the rows of
-/// `block` (at most `ROW_BLOCK` rows of `c` channels), in `f32`.
+/// Adds `sum(x - shift[ch])` to `s1[ch]` and `sum((x - shift[ch])^2)` to `s2[ch]` over the rows
+/// of `block` (at most `ROW_BLOCK` rows of `c` channels).
 #[inline(always)]
-fn block_sums<V: F32Vec>(block: &[f32], c: usize, shift: &[f32], s1: &mut [f32], s2: &mut [f32]) {
+fn block_sums<V: F32Vec>(block: &[f32], c: usize, shift: &[f32], s1: &mut [f64], s2: &mut [f64]) {
     if c <= TILED_MAX_CHANNELS {
         // The next block's rows are prefetched tile by tile while this one is summed.
         let ahead = block.as_ptr().wrapping_add(block.len());
@@ -380,121 +336,109 @@ fn block_sums<V: F32Vec>(block: &[f32], c: usize, shift: &[f32], s1: &mut [f32],
     }
 }
 
-/// `s1[ch] = sum(x - shift[ch])`, `s2[ch] = sum((x - shift[ch])^2)` over the rows of `block`
-/// (`c` channels each): channel tiles of four vectors, each summed over the block's rows in
-/// registers (no stores in the row loop), then the rest of the channels one vector at a time.
-/// A tile visits only part of each row, an access pattern the hardware prefetchers do not
-/// follow, so each row of a tile also prefetches the same part of the row `ahead` points to
-/// (the next block's; prefetching never faults, wherever it points).
+/// [`block_sums`] in channel tiles of two vectors, each summed over the block's rows in
+/// registers (no stores in the row loop), then the rest of the channels one vector at a time
+/// and, past the last whole vector, one by one. A tile visits only part of each row, an access
+/// pattern the hardware prefetchers do not follow, so each row of a tile also prefetches the
+/// same part of the row `ahead` points to (the next block's; prefetching never faults,
+/// wherever it points).
 #[inline(always)]
 fn row_sums<V: F32Vec>(
     block: &[f32],
     c: usize,
     shift: &[f32],
-    s1: &mut [f32],
-    s2: &mut [f32],
+    s1: &mut [f64],
+    s2: &mut [f64],
     ahead: *const f32,
 ) {
     let l = V::LANES;
-    let tiles = c / (4 * l) * (4 * l);
-    for c0 in (0..tiles).step_by(4 * l) {
-        let k = [
-            V::load(&shift[c0..]),
-            V::load(&shift[c0 + l..]),
-            V::load(&shift[c0 + 2 * l..]),
-            V::load(&shift[c0 + 3 * l..]),
-        ];
-        let (mut a, mut q) = ([V::splat(0.0); 4], [V::splat(0.0); 4]);
+    let full = c / l * l;
+    let tiles = c / (2 * l) * (2 * l);
+    for c0 in (0..tiles).step_by(2 * l) {
+        let k = [V::load(&shift[c0..]), V::load(&shift[c0 + l..])];
+        let mut acc = [Sums2::<V>::zero(); 2];
         for (r, row) in block.chunks_exact(c).enumerate() {
-            for line in (0..4 * l).step_by(LINE_FLOATS) {
+            for line in (0..2 * l).step_by(LINE_FLOATS) {
                 V::prefetch(ahead.wrapping_add(r * c + c0 + line));
             }
-            let xs = &row[c0..c0 + 4 * l];
-            for j in 0..4 {
-                let d = V::load(&xs[j * l..]).sub(k[j]);
-                a[j] = a[j].add(d);
-                q[j] = d.mul_add(d, q[j]);
+            for (j, a) in acc.iter_mut().enumerate() {
+                let d = V::load(&row[c0 + j * l..]).sub(k[j]);
+                a.add(d, d);
             }
         }
-        for j in 0..4 {
-            a[j].store(&mut s1[c0 + j * l..]);
-            q[j].store(&mut s2[c0 + j * l..]);
+        for (j, a) in acc.iter().enumerate() {
+            let at = c0 + j * l..c0 + (j + 1) * l;
+            a.add_to(&mut s1[at.clone()], &mut s2[at]);
         }
     }
-    for c0 in (tiles..c).step_by(l) {
-        let lanes = l.min(c - c0);
-        let k = load_lanes::<V>(&shift[c0..c0 + lanes]);
-        let (mut a, mut q) = (V::splat(0.0), V::splat(0.0));
+    for c0 in (tiles..full).step_by(l) {
+        let k = V::load(&shift[c0..]);
+        let mut acc = Sums2::<V>::zero();
         for (r, row) in block.chunks_exact(c).enumerate() {
             V::prefetch(ahead.wrapping_add(r * c + c0));
-            // Lanes past the channels load 0 in both x and the shift: their d is 0.
-            let d = load_lanes::<V>(&row[c0..c0 + lanes]).sub(k);
-            a = a.add(d);
-            q = d.mul_add(d, q);
+            let d = V::load(&row[c0..]).sub(k);
+            acc.add(d, d);
         }
-        store_lanes(a, &mut s1[c0..c0 + lanes]);
-        store_lanes(q, &mut s2[c0..c0 + lanes]);
+        acc.add_to(&mut s1[c0..c0 + l], &mut s2[c0..c0 + l]);
+    }
+    if full < c {
+        for row in block.chunks_exact(c) {
+            row_tail(row, full, shift, s1, s2);
+        }
     }
 }
 
-/// As [`row_sums`] for rows of any width, with the sums in memory (L1): four rows at a time
-/// (one load and store of each sum per four rows), each row read front to back.
+/// As [`row_sums`] for rows of any width, with the sums in memory (L1): two rows at a time,
+/// each row read front to back.
 #[inline(always)]
 fn row_sums_in_memory<V: F32Vec>(
     block: &[f32],
     c: usize,
     shift: &[f32],
-    s1: &mut [f32],
-    s2: &mut [f32],
+    s1: &mut [f64],
+    s2: &mut [f64],
 ) {
     let l = V::LANES;
     let full = c / l * l;
-    s1.fill(0.0);
-    s2.fill(0.0);
-    let mut quads = block.chunks_exact(4 * c);
-    for q in &mut quads {
-        let (r0, rest) = q.split_at(c);
-        let (r1, rest) = rest.split_at(c);
-        let (r2, r3) = rest.split_at(c);
+    let mut pairs = block.chunks_exact(2 * c);
+    for p in &mut pairs {
+        let (r0, r1) = p.split_at(c);
         for c0 in (0..full).step_by(l) {
-            let k = V::load(&shift[c0..c0 + l]);
-            let d0 = V::load(&r0[c0..c0 + l]).sub(k);
-            let d1 = V::load(&r1[c0..c0 + l]).sub(k);
-            let d2 = V::load(&r2[c0..c0 + l]).sub(k);
-            let d3 = V::load(&r3[c0..c0 + l]).sub(k);
-            let sum = d0.add(d1).add(d2.add(d3));
-            let squares = d0.mul_add(d0, d1.mul(d1)).add(d2.mul_add(d2, d3.mul(d3)));
-            V::load(&s1[c0..c0 + l]).add(sum).store(&mut s1[c0..c0 + l]);
-            V::load(&s2[c0..c0 + l])
-                .add(squares)
-                .store(&mut s2[c0..c0 + l]);
+            let k = V::load(&shift[c0..]);
+            let d0 = V::load(&r0[c0..]).sub(k);
+            let d1 = V::load(&r1[c0..]).sub(k);
+            let mut acc = Sums2::<V>::zero();
+            acc.add(d0, d0);
+            acc.add(d1, d1);
+            acc.add_to(&mut s1[c0..c0 + l], &mut s2[c0..c0 + l]);
         }
         if full < c {
-            for row in [r0, r1, r2, r3] {
-                row_tail::<V>(row, full, shift, s1, s2);
-            }
+            row_tail(r0, full, shift, s1, s2);
+            row_tail(r1, full, shift, s1, s2);
         }
     }
-    for row in quads.remainder().chunks_exact(c) {
+    for row in pairs.remainder().chunks_exact(c) {
         for c0 in (0..full).step_by(l) {
-            let d = V::load(&row[c0..c0 + l]).sub(V::load(&shift[c0..c0 + l]));
-            V::load(&s1[c0..c0 + l]).add(d).store(&mut s1[c0..c0 + l]);
-            d.mul_add(d, V::load(&s2[c0..c0 + l]))
-                .store(&mut s2[c0..c0 + l]);
+            let d = V::load(&row[c0..]).sub(V::load(&shift[c0..]));
+            let mut acc = Sums2::<V>::zero();
+            acc.add(d, d);
+            acc.add_to(&mut s1[c0..c0 + l], &mut s2[c0..c0 + l]);
         }
         if full < c {
-            row_tail::<V>(row, full, shift, s1, s2);
+            row_tail(row, full, shift, s1, s2);
         }
     }
 }
 
-/// Adds the channels from `full` to the end of `row` (fewer than `LANES`) to the sums.
+/// Adds the channels from `full` to the end of `row` (fewer than `LANES`) to the sums, one by
+/// one (`d` rounded in `f32` as the vectors round it).
 #[inline(always)]
-fn row_tail<V: F32Vec>(row: &[f32], full: usize, shift: &[f32], s1: &mut [f32], s2: &mut [f32]) {
-    // Lanes past the channels load 0 in both x and the shift: their d is 0.
-    let d = load_lanes::<V>(&row[full..]).sub(load_lanes::<V>(&shift[full..]));
-    store_lanes(load_lanes::<V>(&s1[full..]).add(d), &mut s1[full..]);
-    store_lanes(d.mul_add(d, load_lanes::<V>(&s2[full..])), &mut s2[full..]);
+fn row_tail(row: &[f32], full: usize, shift: &[f32], s1: &mut [f64], s2: &mut [f64]) {
+    for ch in full..row.len() {
+        let d = (row[ch] - shift[ch]) as f64;
+        s1[ch] += d;
+        s2[ch] += d * d;
+    }
 }
 
 #[cfg(test)]

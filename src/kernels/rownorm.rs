@@ -3,39 +3,31 @@
 //! A part is a run of whole rows of `cols` contiguous elements. The forward visits each row once
 //! for its statistics and then normalizes it while it is still in L1/L2:
 //!
-//! - layer norm: the row's moments as one channel of [`channel_moments`] (shifted `f32` lane
-//!   sums in blocks, folded into `f64`, Chan-merged), then
+//! - layer norm: the row's moments as one channel of [`channel_moments`] (shifted sums in
+//!   `f64` lanes per block, Chan-merged), then
 //!   `xhat = (x - m_hi) * s - m_lo * s` with `m_hi = f32(mean)`, `m_lo = mean - m_hi`,
 //!   `s = f32(invstd)`, so that the output keeps the precision of the `f64` mean on data with a
 //!   large offset;
-//! - RMS norm: the mean square as `f32` lane sums of `x * x` per block of [`COL_BLOCK`] values,
-//!   folded into `f64` (a block whose `f32` sum overflowed or underflowed is summed again in
-//!   `f64`), then `xhat = x * s`.
+//! - RMS norm: the mean square as `f64` lane sums of the exact squares `x * x`, then
+//!   `xhat = x * s`.
 //!
 //! Then `y = xhat * gamma + beta` per column.
 //!
 //! The backward reads the saved statistics: per row, `xhat = (x - mean) * invstd` (mean 0 for
-//! RMS norm), `g = dy * gamma`; the row sums of `g` and `g * xhat` are `f32` lane sums per block
-//! of [`COL_BLOCK`] values folded into `f64`; then
-//! `dx = invstd * g - ((x - mean) * b + k)` with `b = invstd^2 * mean(g * xhat)` and `k = invstd *
-//! mean(g)` in `f64` (`k = 0` for RMS norm), so that no subnormal `xhat` is rounded on the way.
-//! The column sums `dy * xhat` and `dy` (for `dgamma`, `dbeta`) are added to `f32` accumulators
-//! the caller folds into `f64` after at most [`ROW_BLOCK`] rows.
+//! RMS norm), `g = dy * gamma`; the row sums of `g` and `g * (x - mean)` are `f64` lane sums
+//! of products formed in `f64` (see [`super::sums`]), the latter multiplied by `invstd` once;
+//! then `dx = invstd * g - ((x - mean) * b + k)` with `b = invstd^2 * mean(g * xhat)` and `k =
+//! invstd * mean(g)` in `f64` (`k = 0` for RMS norm), so that no subnormal `xhat` is rounded on
+//! the way. The column sums `dy * xhat` and `dy` (for `dgamma`, `dbeta`) are added to `f64`
+//! accumulators the caller adds up after at most [`ROW_BLOCK`] rows.
 
 use super::moments::channel_moments;
+use super::sums::Sums2;
 use crate::io::{RowIo, VectorMap};
-use crate::simd::{F32Vec, Kernel, MAX_LANES};
+use crate::simd::{F32Vec, F64Vec, Kernel};
 
-/// Values per `f32` block of a row's sums before they are folded into `f64`.
-pub(crate) const COL_BLOCK: usize = 2048;
-
-/// Rows per block of column sums: each `f32` column accumulator covers at most this many rows
-/// before the caller folds it into `f64`.
+/// Rows per block of column sums: the caller adds each block's column sums into its totals.
 pub(crate) const ROW_BLOCK: usize = 64;
-
-/// Sums of squares below `count` times this (values below about 1e-15) are near `f32`'s
-/// subnormal range; such blocks are summed again in `f64`.
-const TINY_MEAN_SQUARE: f64 = 7.888609052210118e-31; // 2^-100
 
 /// The input of a row part, as it is now.
 #[inline(always)]
@@ -56,47 +48,29 @@ fn load_at<V: F32Vec>(src: &[f32], i: usize, lanes: usize, fill: f32) -> V {
     }
 }
 
-/// Sum of the lanes, in `f64`.
-#[inline(always)]
-fn lane_sum<V: F32Vec>(v: V) -> f64 {
-    let mut lanes = [0f32; MAX_LANES];
-    v.store(&mut lanes);
-    lanes[..V::LANES].iter().map(|&l| l as f64).sum()
-}
-
-/// The mean of `x * x` over a row (not empty), in `f64`.
+/// The mean of `x * x` over a row (not empty), in `f64`: the squares are exact, so only the
+/// `f64` additions round.
 #[inline(always)]
 fn mean_square<V: F32Vec>(row: &[f32]) -> f64 {
     let l = V::LANES;
-    let mut total = 0f64;
-    for block in row.chunks(COL_BLOCK) {
-        let mut acc = [V::splat(0.0); 4];
-        let mut quads = block.chunks_exact(4 * l);
-        for q in &mut quads {
-            for (j, a) in acc.iter_mut().enumerate() {
-                let v = V::load(&q[j * l..]);
-                *a = v.mul_add(v, *a);
-            }
-        }
-        let mut singles = quads.remainder().chunks_exact(l);
-        for (j, s) in (&mut singles).enumerate() {
-            let v = V::load(s);
-            acc[j] = v.mul_add(v, acc[j]);
-        }
-        let tail = singles.remainder();
-        if !tail.is_empty() {
-            let v = V::load_partial(tail, 0.0);
-            acc[3] = v.mul_add(v, acc[3]);
-        }
-        let mut sum = lane_sum(acc[0].add(acc[1]).add(acc[2].add(acc[3])));
-        let n = block.len() as f64;
-        if !sum.is_finite() || sum < n * TINY_MEAN_SQUARE {
-            // Squares overflowed or underflowed `f32` (or the data holds NaN or infinities).
-            sum = block.iter().map(|&v| v as f64 * v as f64).sum();
-        }
-        total += sum;
+    let mut acc = [Sums2::<V>::zero(); 2];
+    let mut pairs = row.chunks_exact(2 * l);
+    for p in &mut pairs {
+        let (v0, v1) = (V::load(p), V::load(&p[l..]));
+        acc[0].add(v0, v0);
+        acc[1].add(v1, v1);
     }
-    total / row.len() as f64
+    let rest = pairs.remainder();
+    if rest.len() >= l {
+        let v = V::load(rest);
+        acc[0].add(v, v);
+    }
+    let tail = &rest[rest.len() / l * l..];
+    if !tail.is_empty() {
+        let v = V::load_partial(tail, 0.0);
+        acc[1].add(v, v);
+    }
+    acc[0].merge(acc[1]).totals().1 / row.len() as f64
 }
 
 /// How one row is normalized: `xhat = (x - shift) * scale + offset`, and what is saved.
@@ -301,10 +275,11 @@ pub(crate) enum GradIo<'a> {
     Dx(RowIo<'a>),
 }
 
-/// Column sums of a block of rows, added to by the kernels: `dy * xhat` and `dy`.
+/// Column sums of a block of rows, added to by the kernels: `dy * xhat` and `dy`, in `f64`
+/// (`dy * (x - mean) * inv` formed in `f64`, so that no subnormal `xhat` is rounded first).
 pub(crate) struct ColumnSums<'a> {
-    pub dy_xhat: &'a mut [f32],
-    pub dy: &'a mut [f32],
+    pub dy_xhat: &'a mut [f64],
+    pub dy: &'a mut [f64],
 }
 
 /// Backward of a part of whole rows.
@@ -335,60 +310,53 @@ impl Kernel for RowsBackward<'_, '_> {
 }
 
 /// The row's values at one vector position, for [`row_pass`].
-struct RowAt<'r, 'c, V> {
+struct RowAt<'r, 'c, V: F32Vec> {
     x: &'r [f32],
     dy: &'r [f32],
     gamma: &'r [f32],
     mean: f32,
     m: V,
-    s: V,
+    s: <V as F32Vec>::D,
     sums: &'r mut Option<ColumnSums<'c>>,
 }
 
 impl<V: F32Vec> RowAt<'_, '_, V> {
-    /// Adds the `lanes` values from `i` to the row sums `sg`, `sgx` (if `ROW`) and to the
-    /// column sums (if `SUMS`).
+    /// Adds the `lanes` values from `i` to the row sums (if `ROW`: `sum(g)` and `sum(g * (x -
+    /// mean))` in `row`) and to the column sums (if `SUMS`).
     #[inline(always)]
     fn step<const G: bool, const SUMS: bool, const ROW: bool>(
         &mut self,
         i: usize,
         lanes: usize,
-        sg: &mut V,
-        sgx: &mut V,
+        row: &mut Sums2<V>,
     ) {
         // Lanes past the row hold x = mean and dy = 0: they add exactly 0.
         let xv = load_at::<V>(self.x, i, lanes, self.mean);
         let dv = load_at::<V>(self.dy, i, lanes, 0.0);
-        let xhat = xv.sub(self.m).mul(self.s);
+        let (x0, x1) = xv.sub(self.m).widen();
         if ROW {
-            let g = if G {
-                dv.mul(load_at(self.gamma, i, lanes, 0.0))
+            let gamma = if G {
+                load_at(self.gamma, i, lanes, 0.0)
             } else {
-                dv
+                V::splat(1.0)
             };
-            *sg = sg.add(g);
-            *sgx = g.mul_add(xhat, *sgx);
+            row.add3(dv, gamma, (x0, x1));
         }
         if SUMS {
             let Some(c) = self.sums.as_mut() else {
                 return;
             };
-            if lanes == V::LANES {
-                dv.mul_add(xhat, V::load(&c.dy_xhat[i..]))
-                    .store(&mut c.dy_xhat[i..]);
-                dv.add(V::load(&c.dy[i..])).store(&mut c.dy[i..]);
-            } else {
-                let a = &mut c.dy_xhat[i..i + lanes];
-                dv.mul_add(xhat, V::load_partial(a, 0.0)).store_partial(a);
-                let b = &mut c.dy[i..i + lanes];
-                dv.add(V::load_partial(b, 0.0)).store_partial(b);
-            }
+            let mut col = Sums2::<V>::zero();
+            col.add3(dv, V::splat(1.0), (x0.mul(self.s), x1.mul(self.s)));
+            col.add_to(&mut c.dy[i..i + lanes], &mut c.dy_xhat[i..i + lanes]);
         }
     }
 }
 
 /// One row's first backward pass: adds `dy * xhat` and `dy` to the column sums (if `SUMS`) and
-/// returns the row sums of `g` and `g * xhat` (if `ROW`), `g = dy * gamma`.
+/// returns the row sums of `g` and `g * xhat` (if `ROW`), `g = dy * gamma`, in `f64`: `g` and
+/// its product with `x - mean` are formed in `f64`, and `inv` multiplies the sum, so that no
+/// product is rounded to a subnormal `f32` on the way.
 #[inline(always)]
 fn row_pass<V: F32Vec, const G: bool, const SUMS: bool, const ROW: bool>(
     x: &[f32],
@@ -405,34 +373,28 @@ fn row_pass<V: F32Vec, const G: bool, const SUMS: bool, const ROW: bool>(
         gamma,
         mean,
         m: V::splat(mean),
-        s: V::splat(inv),
+        s: V::D::splat(inv as f64),
         sums,
     };
-    let (mut total_g, mut total_gx) = (0f64, 0f64);
+    let mut acc = [Sums2::<V>::zero(); 2];
     let n = x.len();
-    let mut start = 0;
-    while start < n {
-        let end = n.min(start + COL_BLOCK);
-        let zero = V::splat(0.0);
-        let (mut sg0, mut sgx0, mut sg1, mut sgx1) = (zero, zero, zero, zero);
-        let mut i = start;
-        while i + 2 * l <= end {
-            at.step::<G, SUMS, ROW>(i, l, &mut sg0, &mut sgx0);
-            at.step::<G, SUMS, ROW>(i + l, l, &mut sg1, &mut sgx1);
-            i += 2 * l;
-        }
-        while i < end {
-            let lanes = l.min(end - i);
-            at.step::<G, SUMS, ROW>(i, lanes, &mut sg0, &mut sgx0);
-            i += lanes;
-        }
-        if ROW {
-            total_g += lane_sum(sg0.add(sg1));
-            total_gx += lane_sum(sgx0.add(sgx1));
-        }
-        start = end;
+    let mut i = 0;
+    while i + 2 * l <= n {
+        let (a0, a1) = acc.split_at_mut(1);
+        at.step::<G, SUMS, ROW>(i, l, &mut a0[0]);
+        at.step::<G, SUMS, ROW>(i + l, l, &mut a1[0]);
+        i += 2 * l;
     }
-    (total_g, total_gx)
+    while i < n {
+        let lanes = l.min(n - i);
+        at.step::<G, SUMS, ROW>(i, lanes, &mut acc[0]);
+        i += lanes;
+    }
+    if !ROW {
+        return (0.0, 0.0);
+    }
+    let (g, gx) = acc[0].merge(acc[1]).totals();
+    (g, gx * inv as f64)
 }
 
 /// `dx = g * inv - ((x - mean) * b + k)`, from `dy`, with `x` and `gamma` read at the same
@@ -649,7 +611,7 @@ mod tests {
                 let mut dxs = Vec::new();
                 for lanes16 in [true, false] {
                     let mut dx = vec![0f32; x.len()];
-                    let (mut a, mut b) = (vec![0f32; cols], vec![0f32; cols]);
+                    let (mut a, mut b) = (vec![0f64; cols], vec![0f64; cols]);
                     let k = RowsBackward {
                         x: &x,
                         grad: GradIo::Dx(RowIo::Separate(&dy, &mut dx)),

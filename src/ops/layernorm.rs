@@ -318,12 +318,12 @@ pub(crate) fn rows_backward(
 
     if fused {
         if tasks == 1 && rows <= ROW_BLOCK {
-            // One block: its f32 sums are the result (the general path gives the same bits).
+            // One block: its sums are the result (the general path gives the same bits).
             // On the stack for the usual widths, so small calls do not allocate.
             const STACK: usize = 2 * 2048;
-            let mut stack = [0f32; STACK];
+            let mut stack = [0f64; STACK];
             let mut heap = Vec::new();
-            let block: &mut [f32] = if 2 * cols <= STACK {
+            let block: &mut [f64] = if 2 * cols <= STACK {
                 &mut stack[..2 * cols]
             } else {
                 heap.resize(2 * cols, 0.0);
@@ -332,7 +332,7 @@ pub(crate) fn rows_backward(
             let (a, b) = block.split_at_mut(cols);
             let sums = ColumnSums { dy_xhat: a, dy: b };
             job.run(0..rows, grad_of(&(0..rows)), Some(sums));
-            write_sums(block.iter().map(|&v| v as f64), cols, dgamma, dbeta);
+            write_sums(block.iter().copied(), cols, dgamma, dbeta);
             return;
         }
         let mut total = vec![0f64; 2 * cols];
@@ -344,7 +344,7 @@ pub(crate) fn rows_backward(
                 let k = first + k;
                 let r = k * per_task..rows.min((k + 1) * per_task);
                 let mut acc = vec![0f64; 2 * cols];
-                let mut block = vec![0f32; 2 * cols];
+                let mut block = vec![0f64; 2 * cols];
                 let mut b0 = r.start;
                 while b0 < r.end {
                     let b = b0..r.end.min(b0 + ROW_BLOCK);
@@ -356,7 +356,7 @@ pub(crate) fn rows_backward(
                     };
                     job.run(b.clone(), grad_of(&b), Some(sums));
                     for (a, &v) in acc.iter_mut().zip(&block) {
-                        *a += v as f64;
+                        *a += v;
                     }
                     b0 = b.end;
                 }
@@ -385,7 +385,7 @@ pub(crate) fn rows_backward(
             let c = k * COLUMN_CHUNK..cols.min((k + 1) * COLUMN_CHUNK);
             let w = c.len();
             let mut acc = vec![0f64; 2 * w];
-            let mut block = vec![0f32; 2 * w];
+            let mut block = vec![0f64; 2 * w];
             let mut b0 = 0;
             while b0 < rows {
                 let b = b0..rows.min(b0 + ROW_BLOCK);
@@ -407,7 +407,7 @@ pub(crate) fn rows_backward(
                     },
                 );
                 for (a, &v) in acc.iter_mut().zip(&block) {
-                    *a += v as f64;
+                    *a += v;
                 }
                 b0 = b.end;
             }

@@ -2,13 +2,50 @@
 //! method. With `N = 16` and 32 registers it runs the kernels' code paths of AVX-512 (16-lane
 //! groups, 64-bit keep words, two Philox vectors per step) on any CPU.
 
-use super::{F32Vec, U32Vec};
+use super::{F32Vec, F64Vec, U32Vec};
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Emulated<const N: usize>([f32; N]);
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct EmulatedWords<const N: usize>([u32; N]);
+
+/// `N / 2` `f64` lanes (the first half of the array; the rest stay 0), the widening of
+/// `Emulated<N>`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct EmulatedWide<const N: usize>([f64; N]);
+
+impl<const N: usize> F64Vec for EmulatedWide<N> {
+    const LANES: usize = N / 2;
+
+    fn splat(value: f64) -> Self {
+        let mut lanes = [0.0; N];
+        lanes[..N / 2].fill(value);
+        EmulatedWide(lanes)
+    }
+
+    fn load(src: &[f64]) -> Self {
+        let mut lanes = [0.0; N];
+        lanes[..N / 2].copy_from_slice(&src[..N / 2]);
+        EmulatedWide(lanes)
+    }
+
+    fn store(self, dst: &mut [f64]) {
+        dst[..N / 2].copy_from_slice(&self.0[..N / 2]);
+    }
+
+    fn add(self, rhs: Self) -> Self {
+        EmulatedWide(std::array::from_fn(|j| self.0[j] + rhs.0[j]))
+    }
+
+    fn mul(self, rhs: Self) -> Self {
+        EmulatedWide(std::array::from_fn(|j| self.0[j] * rhs.0[j]))
+    }
+
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        EmulatedWide(std::array::from_fn(|j| self.0[j].mul_add(a.0[j], b.0[j])))
+    }
+}
 
 impl<const N: usize> Emulated<N> {
     fn map(self, f: impl Fn(f32) -> f32) -> Self {
@@ -33,6 +70,16 @@ impl<const N: usize> EmulatedWords<N> {
 impl<const N: usize> F32Vec for Emulated<N> {
     const LANES: usize = N;
     type U = EmulatedWords<N>;
+    type D = EmulatedWide<N>;
+
+    fn widen(self) -> (Self::D, Self::D) {
+        let half = |k: usize| {
+            EmulatedWide(std::array::from_fn(|j| {
+                if j < N / 2 { self.0[k + j] as f64 } else { 0.0 }
+            }))
+        };
+        (half(0), half(N / 2))
+    }
 
     fn splat(value: f32) -> Self {
         Emulated([value; N])

@@ -131,6 +131,11 @@ pub(crate) trait F32Vec: Copy {
 
     /// The `u32` vector of the same lane count.
     type U: U32Vec;
+    /// The `f64` vector of half the lane count, what [`F32Vec::widen`] gives.
+    type D: F64Vec;
+
+    /// The lanes widened to `f64` (exactly): lanes `0 .. LANES / 2`, then the rest.
+    fn widen(self) -> (Self::D, Self::D);
 
     fn mul(self, rhs: Self) -> Self;
     fn div(self, rhs: Self) -> Self;
@@ -145,6 +150,26 @@ pub(crate) trait F32Vec: Copy {
     /// Lane `j` is `if_set[j]` where bit `j` of `bits` is 1, else `if_clear[j]` (bits at and
     /// above `LANES` are ignored). A select: the lanes not chosen never reach the result.
     fn select_bits(bits: u32, if_set: Self, if_clear: Self) -> Self;
+}
+
+/// A vector of `f64` lanes, half as many as the [`F32Vec`] it belongs to: where statistics are
+/// summed, so that sums of `f32` values and of their products (exact in `f64`) round only as
+/// `f64` does.
+///
+/// Every method is `#[inline(always)]` in its backends, as for [`F32Vec`].
+pub(crate) trait F64Vec: Copy {
+    /// Number of lanes: half the `F32Vec`'s.
+    const LANES: usize;
+
+    fn splat(value: f64) -> Self;
+    /// Loads the first `LANES` elements of `src` (panics if shorter).
+    fn load(src: &[f64]) -> Self;
+    /// Stores into the first `LANES` elements of `dst` (panics if shorter).
+    fn store(self, dst: &mut [f64]);
+    fn add(self, rhs: Self) -> Self;
+    fn mul(self, rhs: Self) -> Self;
+    /// `self * a + b`, fused where the ISA has FMA.
+    fn mul_add(self, a: Self, b: Self) -> Self;
 }
 
 /// A vector of `u32` lanes, as many as the [`F32Vec`] it belongs to. Arithmetic wraps.

@@ -1,13 +1,52 @@
 //! The portable backend: `wide::f32x8`, compiled for whatever the build target is (two SSE2
 //! registers on baseline x86-64, two NEON registers on aarch64).
 
-use super::{F32Vec, U32Vec};
+use super::{F32Vec, F64Vec, U32Vec};
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::{__m128i, _mm_mul_epu32, _mm_set1_epi32, _mm_srli_epi64};
-use wide::{f32x8, u32x8};
+use wide::{f32x8, f64x4, u32x8};
 
 #[derive(Clone, Copy)]
 pub(crate) struct Vector(f32x8);
+
+/// Four `f64` lanes.
+#[derive(Clone, Copy)]
+pub(crate) struct Wide(f64x4);
+
+impl F64Vec for Wide {
+    const LANES: usize = 4;
+
+    #[inline(always)]
+    fn splat(value: f64) -> Self {
+        Wide(f64x4::splat(value))
+    }
+
+    #[inline(always)]
+    fn load(src: &[f64]) -> Self {
+        let lanes: [f64; 4] = src[..4].try_into().unwrap();
+        Wide(f64x4::new(lanes))
+    }
+
+    #[inline(always)]
+    fn store(self, dst: &mut [f64]) {
+        dst[..4].copy_from_slice(&self.0.to_array());
+    }
+
+    #[inline(always)]
+    fn add(self, rhs: Self) -> Self {
+        Wide(self.0 + rhs.0)
+    }
+
+    #[inline(always)]
+    fn mul(self, rhs: Self) -> Self {
+        Wide(self.0 * rhs.0)
+    }
+
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        Wide(self.0.mul_add(a.0, b.0))
+    }
+}
 
 impl F32Vec for Vector {
     const LANES: usize = 8;
@@ -74,6 +113,14 @@ impl F32Vec for Vector {
     }
 
     type U = Words;
+    type D = Wide;
+
+    #[inline(always)]
+    fn widen(self) -> (Wide, Wide) {
+        let v = self.0.to_array();
+        let half = |k: usize| Wide(f64x4::new(std::array::from_fn(|j| v[k + j] as f64)));
+        (half(0), half(4))
+    }
 
     #[inline(always)]
     fn mul(self, rhs: Self) -> Self {

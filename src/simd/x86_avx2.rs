@@ -5,11 +5,57 @@
 //! only for a `SupportedIsa` checked at run time, so the instructions exist on the CPU. Every
 //! memory access is bounded by a slice length checked first.
 
-use super::{F32Vec, U32Vec};
+use super::{F32Vec, F64Vec, U32Vec};
 use std::arch::x86_64::*;
 
 #[derive(Clone, Copy)]
 pub(crate) struct Vector(__m256);
+
+/// Four `f64` lanes.
+#[derive(Clone, Copy)]
+pub(crate) struct Wide(__m256d);
+
+impl F64Vec for Wide {
+    const LANES: usize = 4;
+
+    #[inline(always)]
+    fn splat(value: f64) -> Self {
+        // SAFETY: see the file header.
+        Wide(unsafe { _mm256_set1_pd(value) })
+    }
+
+    #[inline(always)]
+    fn load(src: &[f64]) -> Self {
+        assert!(src.len() >= 4);
+        // SAFETY: src holds at least 4 doubles; unaligned load.
+        Wide(unsafe { _mm256_loadu_pd(src.as_ptr()) })
+    }
+
+    #[inline(always)]
+    fn store(self, dst: &mut [f64]) {
+        assert!(dst.len() >= 4);
+        // SAFETY: dst holds at least 4 doubles; unaligned store.
+        unsafe { _mm256_storeu_pd(dst.as_mut_ptr(), self.0) }
+    }
+
+    #[inline(always)]
+    fn add(self, rhs: Self) -> Self {
+        // SAFETY: see the file header.
+        Wide(unsafe { _mm256_add_pd(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    fn mul(self, rhs: Self) -> Self {
+        // SAFETY: see the file header.
+        Wide(unsafe { _mm256_mul_pd(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        // SAFETY: see the file header.
+        Wide(unsafe { _mm256_fmadd_pd(self.0, a.0, b.0) })
+    }
+}
 
 /// A mask whose first `n` 32-bit lanes are all ones (`n < 8`).
 #[inline(always)]
@@ -113,6 +159,18 @@ impl F32Vec for Vector {
     }
 
     type U = Words;
+    type D = Wide;
+
+    #[inline(always)]
+    fn widen(self) -> (Wide, Wide) {
+        // SAFETY: see the file header; register-only operations.
+        unsafe {
+            (
+                Wide(_mm256_cvtps_pd(_mm256_castps256_ps128(self.0))),
+                Wide(_mm256_cvtps_pd(_mm256_extractf128_ps::<1>(self.0))),
+            )
+        }
+    }
 
     #[inline(always)]
     fn mul(self, rhs: Self) -> Self {

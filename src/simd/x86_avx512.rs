@@ -5,7 +5,7 @@
 //! only for a `SupportedIsa` checked at run time, so the instructions exist on the CPU. Every
 //! memory access is bounded by a slice length checked first.
 
-use super::{F32Vec, U32Vec};
+use super::{F32Vec, F64Vec, U32Vec};
 use std::arch::x86_64::*;
 
 #[derive(Clone, Copy)]
@@ -16,6 +16,52 @@ pub(crate) struct Vector(__m512);
 fn first_lanes(n: usize) -> __mmask16 {
     debug_assert!(n < 16);
     ((1u32 << n) - 1) as __mmask16
+}
+
+/// Eight `f64` lanes.
+#[derive(Clone, Copy)]
+pub(crate) struct Wide(__m512d);
+
+impl F64Vec for Wide {
+    const LANES: usize = 8;
+
+    #[inline(always)]
+    fn splat(value: f64) -> Self {
+        // SAFETY: see the file header.
+        Wide(unsafe { _mm512_set1_pd(value) })
+    }
+
+    #[inline(always)]
+    fn load(src: &[f64]) -> Self {
+        assert!(src.len() >= 8);
+        // SAFETY: src holds at least 8 doubles; unaligned load.
+        Wide(unsafe { _mm512_loadu_pd(src.as_ptr()) })
+    }
+
+    #[inline(always)]
+    fn store(self, dst: &mut [f64]) {
+        assert!(dst.len() >= 8);
+        // SAFETY: dst holds at least 8 doubles; unaligned store.
+        unsafe { _mm512_storeu_pd(dst.as_mut_ptr(), self.0) }
+    }
+
+    #[inline(always)]
+    fn add(self, rhs: Self) -> Self {
+        // SAFETY: see the file header.
+        Wide(unsafe { _mm512_add_pd(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    fn mul(self, rhs: Self) -> Self {
+        // SAFETY: see the file header.
+        Wide(unsafe { _mm512_mul_pd(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    fn mul_add(self, a: Self, b: Self) -> Self {
+        // SAFETY: see the file header.
+        Wide(unsafe { _mm512_fmadd_pd(self.0, a.0, b.0) })
+    }
 }
 
 impl F32Vec for Vector {
@@ -103,6 +149,19 @@ impl F32Vec for Vector {
     }
 
     type U = Words;
+    type D = Wide;
+
+    #[inline(always)]
+    fn widen(self) -> (Wide, Wide) {
+        // SAFETY: see the file header; register-only operations.
+        unsafe {
+            let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(self.0)));
+            (
+                Wide(_mm512_cvtps_pd(_mm512_castps512_ps256(self.0))),
+                Wide(_mm512_cvtps_pd(high)),
+            )
+        }
+    }
 
     #[inline(always)]
     fn mul(self, rhs: Self) -> Self {

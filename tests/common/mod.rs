@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests: a plain float64 reference of every batch-norm
 //! operation ([`reference`]), a plain reference of the dropout family and its generator
-//! ([`dropout_reference`]) and a small deterministic data generator ([`data`]).
+//! ([`dropout_reference`]), a small deterministic data generator ([`data`]) and the property
+//! tests' configuration ([`prop`]).
 
 // Each test binary uses a different part of these helpers.
 #![allow(dead_code)]
@@ -11,4 +12,5 @@ pub mod data;
 pub mod dropout_reference;
 pub mod group_reference;
 pub mod layer_reference;
+pub mod prop;
 pub mod reference;

@@ -44,7 +44,13 @@ pub fn mean_m2(values: &[f64]) -> (f64, f64) {
     if values.is_empty() {
         return (0.0, 0.0);
     }
-    let mean = values.iter().sum::<f64>() / values.len() as f64;
+    // Corrected two-pass: the second pass takes the first mean's error out, so the mean is
+    // exact to f64 rounding of the spread, not of the offset (tolerances of a few f32 roundings
+    // of the spread must not be eaten by the reference's own error).
+    let n = values.len() as f64;
+    let first = values.iter().sum::<f64>() / n;
+    let residue = values.iter().map(|v| v - first).sum::<f64>();
+    let mean = first + residue / n;
     let m2 = values.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>();
     (mean, m2)
 }
