@@ -8,10 +8,11 @@
 //! per-(batch, channel) coefficients computed in `f64` from those sums.
 
 use super::backward::WideGrad;
-use super::moments::{BLOCK, Moments, ROW_BLOCK, channel_moments};
+use super::moments::{Moments, ROW_BLOCK, channel_moments};
 use super::normalize::affine_span;
+use super::sums::Sums2;
 use crate::io::RowIo;
-use crate::simd::{F32Vec, Kernel, MAX_LANES};
+use crate::simd::{F32Vec, Kernel};
 
 /// Forward of one channels-first group in one visit: the moments of its `rows` rows (channels)
 /// of `spatial` elements, read through `row_in`, then each row mapped through `row_out` with the
@@ -91,56 +92,32 @@ fn store_lanes<V: F32Vec>(v: V, dst: &mut [f32], lanes: usize) {
     }
 }
 
-/// Folds the lanes of two `f32` vectors into `f64` sums (lane order fixed).
-#[inline(always)]
-fn fold_lanes<V: F32Vec>(a: V, b: V) -> (f64, f64) {
-    let mut la = [0f32; MAX_LANES];
-    let mut lb = [0f32; MAX_LANES];
-    a.store(&mut la);
-    b.store(&mut lb);
-    let sa = la[..V::LANES].iter().map(|&v| v as f64).sum();
-    let sb = lb[..V::LANES].iter().map(|&v| v as f64).sum();
-    (sa, sb)
-}
-
-/// The gradient sums of one contiguous run (`x`, `dy` of equal length) with one shift, in blocks
-/// of [`BLOCK`] elements: `f32` lane sums within a block, `f64` across blocks.
+/// The gradient sums of one contiguous run (`x`, `dy` of equal length) with one shift, in
+/// `f64` lanes (see [`super::sums`]): `dy * (x - shift)` is exact there.
 #[inline(always)]
 fn run_grad_sums<V: F32Vec>(x: &[f32], dy: &[f32], shift: f32) -> GradSums {
     let l = V::LANES;
     let k = V::splat(shift);
-    let mut total = GradSums::default();
-    for (xb, db) in x.chunks(BLOCK).zip(dy.chunks(BLOCK)) {
-        let zero = V::splat(0.0);
-        let (mut a, mut b) = ([zero; 2], [zero; 2]);
-        let mut xs = xb.chunks_exact(2 * l);
-        let mut ds = db.chunks_exact(2 * l);
-        for (xq, dq) in (&mut xs).zip(&mut ds) {
-            for j in 0..2 {
-                let g = V::load(&dq[j * l..]);
-                let d = V::load(&xq[j * l..]).sub(k);
-                a[j] = a[j].add(g);
-                b[j] = d.mul_add(g, b[j]);
-            }
+    let mut acc = [Sums2::<V>::zero(); 2];
+    let mut xs = x.chunks_exact(2 * l);
+    let mut ds = dy.chunks_exact(2 * l);
+    for (xq, dq) in (&mut xs).zip(&mut ds) {
+        for (j, a) in acc.iter_mut().enumerate() {
+            a.add(V::load(&dq[j * l..]), V::load(&xq[j * l..]).sub(k));
         }
-        let (xr, dr) = (xs.remainder(), ds.remainder());
-        let mut xv = xr.chunks(l);
-        for (j, dv) in dr.chunks(l).enumerate() {
-            let xv = xv.next().unwrap_or(&[]);
-            let (g, d) = if dv.len() == l {
-                (V::load(dv), V::load(xv).sub(k))
-            } else {
-                // Lanes past the run load dy = 0: they add nothing.
-                (V::load_partial(dv, 0.0), V::load_partial(xv, shift).sub(k))
-            };
-            a[j] = a[j].add(g);
-            b[j] = d.mul_add(g, b[j]);
-        }
-        let (sa, sb) = fold_lanes(a[0].add(a[1]), b[0].add(b[1]));
-        total.dy += sa;
-        total.dy_x += sb;
     }
-    total
+    let (xr, dr) = (xs.remainder(), ds.remainder());
+    for (j, (xv, dv)) in xr.chunks(l).zip(dr.chunks(l)).enumerate() {
+        let (g, d) = if dv.len() == l {
+            (V::load(dv), V::load(xv).sub(k))
+        } else {
+            // Lanes past the run load dy = 0: they add nothing.
+            (V::load_partial(dv, 0.0), V::load_partial(xv, shift).sub(k))
+        };
+        acc[j].add(g, d);
+    }
+    let (dy, dy_x) = acc[0].merge(acc[1]).totals();
+    GradSums { dy, dy_x }
 }
 
 /// Gradient sums of channels-first rows: `x`, `dy` hold whole rows of `spatial` elements, the
@@ -167,8 +144,8 @@ impl<F: Fn(usize) -> f32> Kernel for NcsGradSums<'_, F> {
 }
 
 /// Gradient sums of channels-innermost rows of `channels` values (one batch item): channel `c`
-/// shifted by `shift[c]`, summed over the rows in blocks of [`ROW_BLOCK`] rows (each lane one
-/// channel, `f32` within a block), blocks added in order in `f64` to `out[c]` (length C).
+/// shifted by `shift[c]`, summed over the rows in `f64` lanes (each lane one channel) in blocks
+/// of [`ROW_BLOCK`] rows, blocks added in order to `out[c]` (length C).
 pub(crate) struct NscGradSums<'a> {
     pub x: &'a [f32],
     pub dy: &'a [f32],
@@ -184,56 +161,46 @@ impl Kernel for NscGradSums<'_> {
         let (c, l) = (self.channels, V::LANES);
         let block = ROW_BLOCK * c;
         for (xb, db) in self.x.chunks(block).zip(self.dy.chunks(block)) {
-            // Tiles of four vectors of channels, summed over the block's rows in registers (four
-            // independent chains), then the rest one vector at a time.
-            let tiles = c / (4 * l) * (4 * l);
-            for c0 in (0..tiles).step_by(4 * l) {
-                let k = [
-                    V::load(&self.shift[c0..]),
-                    V::load(&self.shift[c0 + l..]),
-                    V::load(&self.shift[c0 + 2 * l..]),
-                    V::load(&self.shift[c0 + 3 * l..]),
-                ];
-                let (mut a, mut b) = ([V::splat(0.0); 4], [V::splat(0.0); 4]);
+            // Tiles of two vectors of channels, summed over the block's rows in registers, then
+            // the rest one vector at a time.
+            let tiles = c / (2 * l) * (2 * l);
+            for c0 in (0..tiles).step_by(2 * l) {
+                let k = [V::load(&self.shift[c0..]), V::load(&self.shift[c0 + l..])];
+                let mut acc = [Sums2::<V>::zero(); 2];
                 for (xr, dr) in xb.chunks_exact(c).zip(db.chunks_exact(c)) {
-                    for j in 0..4 {
+                    for (j, a) in acc.iter_mut().enumerate() {
                         let g = V::load(&dr[c0 + j * l..]);
                         let d = V::load(&xr[c0 + j * l..]).sub(k[j]);
-                        a[j] = a[j].add(g);
-                        b[j] = d.mul_add(g, b[j]);
+                        a.add(g, d);
                     }
                 }
-                for j in 0..4 {
-                    add_lanes(a[j], b[j], &mut self.out[c0 + j * l..c0 + (j + 1) * l]);
+                for (j, a) in acc.iter().enumerate() {
+                    add_lanes(*a, &mut self.out[c0 + j * l..c0 + (j + 1) * l]);
                 }
             }
             for c0 in (tiles..c).step_by(l) {
                 let lanes = l.min(c - c0);
                 let k = load_lanes::<V>(&self.shift[c0..], lanes);
-                let (mut a, mut b) = (V::splat(0.0), V::splat(0.0));
+                let mut acc = Sums2::<V>::zero();
                 for (xr, dr) in xb.chunks_exact(c).zip(db.chunks_exact(c)) {
                     // Lanes past the channels load 0 in dy: they add nothing.
                     let g = load_lanes::<V>(&dr[c0..], lanes);
                     let d = load_lanes::<V>(&xr[c0..], lanes).sub(k);
-                    a = a.add(g);
-                    b = d.mul_add(g, b);
+                    acc.add(g, d);
                 }
-                add_lanes(a, b, &mut self.out[c0..c0 + lanes]);
+                add_lanes(acc, &mut self.out[c0..c0 + lanes]);
             }
         }
     }
 }
 
-/// Adds lane `j` of `a` and `b` to `out[j]` (`dy` and `dy_x`) for every `j < out.len()`.
+/// Adds lane `j` of the sums to `out[j]` (`dy` and `dy_x`) for every `j < out.len()`.
 #[inline(always)]
-fn add_lanes<V: F32Vec>(a: V, b: V, out: &mut [GradSums]) {
-    let mut la = [0f32; MAX_LANES];
-    let mut lb = [0f32; MAX_LANES];
-    a.store(&mut la);
-    b.store(&mut lb);
+fn add_lanes<V: F32Vec>(sums: Sums2<V>, out: &mut [GradSums]) {
+    let (a, b) = sums.lanes();
     for (j, o) in out.iter_mut().enumerate() {
-        o.dy += la[j] as f64;
-        o.dy_x += lb[j] as f64;
+        o.dy += a[j];
+        o.dy_x += b[j];
     }
 }
 

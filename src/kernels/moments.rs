@@ -490,11 +490,13 @@ mod tests {
                 continue;
             }
             let spread = (m2 / rows as f64).sqrt();
+            // The accuracy bound (module documentation): 4.24 and 8.5 roundings, plus f64.
+            let u = 1.0 / (1u64 << 24) as f64;
             assert!(
-                (got.mean - mean).abs() <= 1e-6 * spread + 1e-12 * mean.abs(),
+                (got.mean - mean).abs() <= 4.5 * u * spread + 1e-12 * mean.abs(),
                 "{ctx}"
             );
-            assert!((got.m2 - m2).abs() <= 1e-5 * m2 + 1e-30, "{ctx}");
+            assert!((got.m2 - m2).abs() <= 9.0 * u * m2 + 1e-30, "{ctx}");
         }
     }
 
