@@ -98,11 +98,11 @@ gate_runs() {
         return
     fi
     case "$1" in
-    batchnorm_ffi) echo 15000 ;;
-    dropout_ffi) echo 10000 ;;
-    groupnorm_ffi) echo 10000 ;;
-    layernorm_ffi) echo 30000 ;;
-    *) echo 10000 ;;
+    batchnorm_ffi) echo 60000 ;;
+    dropout_ffi) echo 120000 ;;
+    groupnorm_ffi) echo 50000 ;;
+    layernorm_ffi) echo 80000 ;;
+    *) echo 50000 ;;
     esac
 }
 

@@ -156,6 +156,23 @@ impl RowIo<'_> {
         }
     }
 
+    /// `y[i] = f(i, x[i])` for every element of the part, one by one (in place, each element is
+    /// read before it is written).
+    pub(crate) fn map_scalar(&mut self, f: impl Fn(usize, f32) -> f32) {
+        match self {
+            RowIo::Separate(x, y) => {
+                for (i, (o, &v)) in y.iter_mut().zip(x.iter()).enumerate() {
+                    *o = f(i, v);
+                }
+            }
+            RowIo::InPlace(b) => {
+                for (i, o) in b.iter_mut().enumerate() {
+                    *o = f(i, *o);
+                }
+            }
+        }
+    }
+
     /// Applies `f` to every vector of the part, `y[i..i+L] = f.apply(x[i..i+L], i, L)`; the
     /// last, partial vector is given its lane count instead of `L`.
     #[inline(always)]

@@ -272,11 +272,7 @@ impl WideGrad {
     /// `(mean, a, b, k)` rounded to `f32`, if each rounded coefficient is exactly zero, a normal
     /// `f32`, or NaN (which both forms propagate alike).
     pub(crate) fn narrow(&self) -> Option<(f32, f32, f32, f32)> {
-        let fits = |v: f64| {
-            let r = v as f32;
-            r.is_nan() || (r == 0.0 && v == 0.0) || (r.is_finite() && r.abs() >= f32::MIN_POSITIVE)
-        };
-        (fits(self.a) && fits(self.b) && fits(self.k)).then_some((
+        (fits_f32(self.a) && fits_f32(self.b) && fits_f32(self.k)).then_some((
             self.mean,
             self.a as f32,
             self.b as f32,
@@ -305,18 +301,15 @@ pub(crate) fn apply_wide_cyclic(wide: &[WideGrad], x: &[f32], io: &mut RowIo<'_>
 }
 
 fn apply_wide<'w>(x: &[f32], io: &mut RowIo<'_>, coef: impl Fn(usize) -> &'w WideGrad) {
-    match io {
-        RowIo::Separate(dy, dx) => {
-            for (i, ((o, &d), &xv)) in dx.iter_mut().zip(dy.iter()).zip(x).enumerate() {
-                *o = coef(i).dx(d, xv);
-            }
-        }
-        RowIo::InPlace(buf) => {
-            for (i, (o, &xv)) in buf.iter_mut().zip(x).enumerate() {
-                *o = coef(i).dx(*o, xv);
-            }
-        }
-    }
+    io.map_scalar(|i, dy| coef(i).dx(dy, x[i]));
+}
+
+/// Whether `v` rounded to `f32` keeps its value to `f32` precision: exactly zero, a normal `f32`,
+/// or NaN (which every form propagates alike). Coefficients that fail (beyond the range, or
+/// subnormal) send their channel or row to an `f64` path.
+pub(crate) fn fits_f32(v: f64) -> bool {
+    let r = v as f32;
+    r.is_nan() || (r == 0.0 && v == 0.0) || (r.is_finite() && r.abs() >= f32::MIN_POSITIVE)
 }
 
 #[inline(always)]

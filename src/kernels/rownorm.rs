@@ -21,6 +21,7 @@
 //! the way. The column sums `dy * xhat` and `dy` (for `dgamma`, `dbeta`) are added to `f64`
 //! accumulators the caller adds up after at most [`ROW_BLOCK`] rows.
 
+use super::backward::fits_f32;
 use super::moments::channel_moments;
 use super::sums::Sums2;
 use crate::io::{RowIo, VectorMap};
@@ -425,34 +426,6 @@ impl<V: F32Vec, const G: bool> VectorMap<V> for DxMap<'_, V, G> {
     }
 }
 
-/// The textbook form `dx = (g - (xhat * mgx + mg)) * inv`, `xhat = (x - mean) * inv`, for rows
-/// whose coefficients of [`DxMap`] overflow `f32` (an inverse spread near the top of the range),
-/// where rounding through `xhat` is what keeps the products finite.
-struct DxMapXhat<'p, V, const G: bool> {
-    x: &'p [f32],
-    gamma: &'p [f32],
-    mean: f32,
-    m: V,
-    s: V,
-    mg: V,
-    mgx: V,
-}
-
-impl<V: F32Vec, const G: bool> VectorMap<V> for DxMapXhat<'_, V, G> {
-    #[inline(always)]
-    fn apply(&self, dy: V, i: usize, lanes: usize) -> V {
-        let xhat = load_at::<V>(self.x, i, lanes, self.mean)
-            .sub(self.m)
-            .mul(self.s);
-        let g = if G {
-            dy.mul(load_at(self.gamma, i, lanes, 0.0))
-        } else {
-            dy
-        };
-        g.sub(xhat.mul_add(self.mgx, self.mg)).mul(self.s)
-    }
-}
-
 #[inline(always)]
 fn backward_rows<V: F32Vec, const G: bool, const SUMS: bool>(k: RowsBackward<'_, '_>) {
     let RowsBackward {
@@ -484,29 +457,29 @@ fn backward_rows<V: F32Vec, const G: bool, const SUMS: bool>(k: RowsBackward<'_,
                 let n = cols as f64;
                 let mg = if mean.is_some() { sg / n } else { 0.0 };
                 let inv = s as f64;
-                let (b, k) = ((inv * inv * (sgx / n)) as f32, (inv * mg) as f32);
-                if b.is_finite() && k.is_finite() {
+                let (b, k) = (inv * inv * (sgx / n), inv * mg);
+                if fits_f32(b) && fits_f32(k) {
                     let map = DxMap::<V, G> {
                         x: xr,
                         gamma,
                         mean: mu,
                         m: V::splat(mu),
                         s: V::splat(s),
-                        b: V::splat(b),
-                        k: V::splat(k),
+                        b: V::splat(b as f32),
+                        k: V::splat(k as f32),
                     };
                     row.map::<V>(&map);
                 } else {
-                    let map = DxMapXhat::<V, G> {
-                        x: xr,
-                        gamma,
-                        mean: mu,
-                        m: V::splat(mu),
-                        s: V::splat(s),
-                        mg: V::splat(mg as f32),
-                        mgx: V::splat((sgx / n) as f32),
-                    };
-                    row.map::<V>(&map);
+                    // Coefficients beyond f32 (an inverse spread near the top of the range) or
+                    // subnormal: the row in f64, where every term of a finite dx is finite.
+                    row.map_scalar(|i, d| {
+                        let g = if G {
+                            d as f64 * gamma[i] as f64
+                        } else {
+                            d as f64
+                        };
+                        (g * inv - ((xr[i] as f64 - mu as f64) * b + k)) as f32
+                    });
                 }
             }
         }
