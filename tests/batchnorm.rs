@@ -1694,3 +1694,100 @@ fn large_outputs_at_every_alignment() {
         }
     }
 }
+
+/// Channels whose `gamma * invstd` is beyond f32 (values near 5e-35 with a spread of 2e-36,
+/// `eps = 0`, gamma 1e4: about 4e39) while every output is finite (fuzzing found NaN there):
+/// training and inference, both layouts, every ISA, against f64. The other channel is
+/// ordinary, so the f32 and f64 maps run in the same call.
+#[test]
+fn scale_beyond_f32_gives_finite_outputs() {
+    let tiny = [
+        -4.5515876e-35f32,
+        -5.060286e-35,
+        -5.060286e-35,
+        -4.8e-35,
+        -4.9e-35,
+    ];
+    for layout in [Layout::Ncs, Layout::Nsc] {
+        for spatial in [1, 5] {
+            let shape = Shape::new(5, 2, spatial, layout);
+            let mut x = vec![0f32; 5 * 2 * spatial];
+            for n in 0..5 {
+                for s in 0..spatial {
+                    x[r::index(&shape, n, 0, s)] = tiny[(n + s) % 5];
+                    x[r::index(&shape, n, 1, s)] = (n * spatial + s) as f32 - 3.0;
+                }
+            }
+            let gamma = [1e4f32, 2.0];
+            let beta = [0.5f32, -1.0];
+            let affine = Affine {
+                gamma: Some(&gamma),
+                beta: Some(&beta),
+            };
+            let params = TrainingParams {
+                eps: 0.0,
+                ..TrainingParams::default()
+            };
+            let want =
+                r::forward_training(&shape, &x, Some(&gamma), Some(&beta), 0.0, 0.1, 0, None)
+                    .unwrap();
+            for isa in isas() {
+                let what = format!("{shape:?} {isa:?}");
+                let mut y = vec![SENTINEL; x.len()];
+                let (mut sm, mut si) = (vec![0f32; 2], vec![0f32; 2]);
+                batchnorm::forward_training(
+                    &ctx(2, isa),
+                    shape,
+                    InOut::separate(&x, &mut y).unwrap(),
+                    affine,
+                    params,
+                    None,
+                    SavedStats {
+                        mean: Some(&mut sm),
+                        invstd: Some(&mut si),
+                    },
+                )
+                .unwrap();
+                for (i, (&g, &w)) in y.iter().zip(&want.y).enumerate() {
+                    let c = channel_of(&shape, i);
+                    let tol = y_tol_of(gamma[c], beta[c], want.xhat[i]);
+                    assert!(
+                        close(g as f64, w, tol),
+                        "{what}: training y[{i}] = {g}, want {w}"
+                    );
+                }
+                // Inference with the saved statistics as running ones: var = 1 / invstd^2.
+                let var: Vec<f32> = si
+                    .iter()
+                    .map(|&s| (1.0 / (s as f64 * s as f64)) as f32)
+                    .collect();
+                let mut y = vec![SENTINEL; x.len()];
+                batchnorm::forward_inference(
+                    &ctx(2, isa),
+                    shape,
+                    InOut::separate(&x, &mut y).unwrap(),
+                    affine,
+                    &sm,
+                    &var,
+                    0.0,
+                    0,
+                )
+                .unwrap();
+                for (i, &g) in y.iter().enumerate() {
+                    let c = channel_of(&shape, i);
+                    let s = gamma[c] as f64 / (var[c] as f64).sqrt();
+                    let w = (x[i] as f64 - sm[c] as f64) * s + beta[c] as f64;
+                    let tol = 1e-5 * ((x[i] as f64 - sm[c] as f64).abs() * s.abs() + 1.0);
+                    assert!(
+                        close(g as f64, w, tol),
+                        "{what}: inference y[{i}] = {g}, want {w}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn y_tol_of(gamma: f32, beta: f32, xhat: f64) -> f64 {
+    TOL_Y * ((gamma as f64).abs() * (1.0 + xhat.abs()) + (beta as f64).abs())
+}

@@ -2,13 +2,13 @@
 //! data is still in cache.
 
 use super::moments::{Moments, channel_moments};
-use super::normalize::affine_span;
+use super::normalize::{WideAffine, affine_span};
 use crate::io::RowIo;
 use crate::simd::{F32Vec, Kernel};
 
 /// One channel of a channels-first tensor: `rows` rows of `spatial` elements, read through
 /// `row_in` for the moments, then mapped through `row_out` with the parameters `params` derives
-/// from those moments (`(shift, scale, offset)`). Returns the moments.
+/// from those moments (in `f32` where they fit, else in `f64`). Returns the moments.
 pub(crate) struct ChannelTraining<'r, In, Out, P> {
     pub rows: usize,
     pub spatial: usize,
@@ -26,13 +26,19 @@ impl<'a, 'o, In, Out, P> Kernel for ChannelTraining<'_, In, Out, P>
 where
     In: Fn(usize) -> &'a [f32],
     Out: Fn(usize) -> RowIo<'o>,
-    P: Fn(Moments) -> (f32, f32, f32),
+    P: Fn(Moments) -> WideAffine,
 {
     type Output = Moments;
     #[inline(always)]
     fn run<V: F32Vec>(self) -> Moments {
         let moments = channel_moments::<V>(self.row_in, self.spatial, 0..self.rows * self.spatial);
-        let (shift, scale, offset) = (self.params)(moments);
+        let wide = (self.params)(moments);
+        let Some((shift, scale, offset)) = wide.narrow() else {
+            for n in 0..self.rows {
+                (self.row_out)(n).map_scalar(|_, x| wide.y(x, false));
+            }
+            return moments;
+        };
         for n in 0..self.rows {
             let mut row = (self.row_out)(n);
             if self.prefetch_next {

@@ -5,6 +5,7 @@
 //! `offset`) keeps the result exact to `f32` rounding on data with a large offset, where the
 //! usual folded form `x * a + b` cancels catastrophically.
 
+use super::backward::fits_f32;
 use crate::io::{RowIo, VectorMap, store_vector, unaligned_head};
 use crate::simd::{F32Vec, Kernel};
 
@@ -15,6 +16,42 @@ pub(crate) struct ChannelAffine<'a> {
     pub shift: &'a [f32],
     pub scale: &'a [f32],
     pub offset: &'a [f32],
+    /// Every channel's map in `f64` when some channel's does not fit `f32` (see
+    /// [`WideAffine`]), else empty. Channels-first rows of such a channel are mapped in `f64`;
+    /// channels-innermost rows are mapped in `f64` throughout.
+    pub wide: &'a [WideAffine],
+}
+
+/// One channel's map `y = (x - mean) * scale + beta` as computed, in `f64`. The vector kernels
+/// take it as `(shift, scale, offset)` in `f32` (see [`WideAffine::narrow`]), which is exact
+/// enough only while the scale and the offset are each zero or a normal `f32`: `gamma * invstd`
+/// beyond the `f32` range (values far below 1 with a large gamma) would give `inf * 0` where
+/// the exact output is finite. Such a channel is mapped here, element by element in `f64`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct WideAffine {
+    pub mean: f64,
+    pub scale: f64,
+    pub beta: f64,
+}
+
+impl WideAffine {
+    /// `(shift, scale, offset)` with `shift = f32(mean)`, `scale = f32(scale)` and the rest of
+    /// the mean folded into `offset = beta - (mean - shift) * scale`, so that `(x - shift) *
+    /// scale + offset` keeps the precision of the `f64` mean; `None` if the scale or the offset
+    /// does not fit `f32` (see [`super::backward::fits_f32`]).
+    pub(crate) fn narrow(&self) -> Option<(f32, f32, f32)> {
+        let shift = self.mean as f32;
+        let scale = self.scale as f32;
+        let offset = self.beta - (self.mean - shift as f64) * scale as f64;
+        (fits_f32(self.scale) && fits_f32(offset)).then_some((shift, scale, offset as f32))
+    }
+
+    /// The output of one element, in `f64`, rounded once (then ReLU if `relu`).
+    #[inline]
+    pub(crate) fn y(&self, x: f32, relu: bool) -> f32 {
+        let y = ((x as f64 - self.mean) * self.scale + self.beta) as f32;
+        if relu && 0.0 > y { 0.0 } else { y }
+    }
 }
 
 #[inline(always)]
@@ -82,7 +119,10 @@ impl Kernel for NcsAffine<'_> {
         let mut c = self.first_row % channels;
         for r in 0..rows {
             let mut row = self.io.part(r * self.spatial..(r + 1) * self.spatial);
-            if self.relu {
+            if let Some(w) = p.wide.get(c).filter(|w| w.narrow().is_none()) {
+                let relu = self.relu;
+                row.map_scalar(|_, x| w.y(x, relu));
+            } else if self.relu {
                 affine_span::<V, true>(&mut row, p.shift[c], p.scale[c], p.offset[c], self.stream);
             } else {
                 affine_span::<V, false>(&mut row, p.shift[c], p.scale[c], p.offset[c], self.stream);
@@ -263,6 +303,11 @@ impl Kernel for NscAffine<'_> {
     #[inline(always)]
     fn run<V: F32Vec>(mut self) {
         let (c, p) = (self.channels, self.params);
+        if !p.wide.is_empty() {
+            let relu = self.relu;
+            self.io.map_scalar(|i, x| p.wide[i % c].y(x, relu));
+            return;
+        }
         match (self.relu, self.stream) {
             (true, true) => nsc_run::<V, true, true>(&mut self.io, c, p),
             (true, false) => nsc_run::<V, true, false>(&mut self.io, c, p),

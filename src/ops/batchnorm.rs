@@ -13,6 +13,7 @@ pub use crate::io::BackwardIo;
 use crate::io::{InOut, SharedIo};
 use crate::kernels::fused::ChannelTraining;
 use crate::kernels::moments::{ChannelMoments, Moments, RowMoments};
+use crate::kernels::normalize::WideAffine;
 use crate::kernels::normalize::{ChannelAffine, NcsAffine, NscAffine};
 use crate::shape::{Shape, checked_elements};
 use crate::simd::{MAX_LANES, dispatch};
@@ -323,6 +324,20 @@ pub fn forward_inference(
             Some(beta) => offset.copy_from_slice(beta),
             None => offset.fill(0.0),
         }
+        // A gamma * invstd beyond f32 or subnormal (see WideAffine): every channel in f64 form.
+        let fits =
+            |s: f32| s.is_nan() || s == 0.0 || (s.is_finite() && s.abs() >= f32::MIN_POSITIVE);
+        if scale.iter().all(|&s| fits(s)) {
+            return Vec::new();
+        }
+        let wide: Vec<WideAffine> = (0..mean.len())
+            .map(|c| WideAffine {
+                mean: mean[c] as f64,
+                scale: gamma_of(&affine, c) as f64 * invstd(var[c]),
+                beta: beta_of(&affine, c) as f64,
+            })
+            .collect();
+        narrow_all(&wide, shift, scale, offset)
     };
     with_channel_affine(shape.channels, fill, |params| {
         apply_affine(ctx, &shape, &mut io, params, flags & BN_FUSE_RELU != 0)
@@ -380,18 +395,17 @@ fn beta_of(affine: &Affine<'_>, c: usize) -> f32 {
     affine.beta.map_or(0.0, |b| b[c])
 }
 
-/// The affine map of one channel for statistics `m`: `(shift, scale, offset)` with
-/// `shift = f32(mean)`, `scale = f32(gamma * invstd)` and the rest of the mean folded into
-/// `offset = beta - (mean - shift) * scale`, so `(x - shift) * scale + offset` keeps the precision
-/// of the `f64` mean. Also returns `invstd`.
-fn channel_affine(m: Moments, gamma: f32, beta: f32, eps: f32) -> ((f32, f32, f32), f64) {
+/// The affine map of one channel for statistics `m`: `y = (x - mean) * (gamma * invstd) +
+/// beta` in `f64` (see [`WideAffine::narrow`] for its `f32` form). Also returns `invstd`.
+fn channel_affine(m: Moments, gamma: f32, beta: f32, eps: f32) -> (WideAffine, f64) {
     let var = biased_var(m);
     let invstd = 1.0 / (var + eps as f64).sqrt();
-    let scale = (gamma as f64 * invstd) as f32;
-    let shift = m.mean as f32;
-    let rest = m.mean - shift as f64;
-    let offset = (beta as f64 - rest * scale as f64) as f32;
-    ((shift, scale, offset), invstd)
+    let wide = WideAffine {
+        mean: m.mean,
+        scale: gamma as f64 * invstd,
+        beta: beta as f64,
+    };
+    (wide, invstd)
 }
 
 fn biased_var(m: Moments) -> f64 {
@@ -518,10 +532,10 @@ fn normalize_with_moments(
         return;
     }
     let fill = |shift: &mut [f32], scale: &mut [f32], offset: &mut [f32]| {
-        for (c, &m) in stats.iter().enumerate() {
-            let (p, _) = channel_affine(m, gamma_of(&affine, c), beta_of(&affine, c), eps);
-            (shift[c], scale[c], offset[c]) = p;
-        }
+        let wide: Vec<WideAffine> = (0..stats.len())
+            .map(|c| channel_affine(stats[c], gamma_of(&affine, c), beta_of(&affine, c), eps).0)
+            .collect();
+        narrow_all(&wide, shift, scale, offset)
     };
     with_channel_affine(shape.channels, fill, |params| {
         apply_affine(ctx, shape, io, params, false)
@@ -638,7 +652,7 @@ fn write_state(
 /// for small channel counts, so tiny calls do not allocate.
 fn with_channel_affine<R>(
     channels: usize,
-    fill: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]),
+    fill: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]) -> Vec<WideAffine>,
     then: impl FnOnce(ChannelAffine<'_>) -> R,
 ) -> R {
     const STACK: usize = 2 * 64 + MAX_LANES;
@@ -653,7 +667,7 @@ fn with_channel_affine<R>(
     };
     let (shift, rest) = buf.split_at_mut(len);
     let (scale, offset) = rest.split_at_mut(len);
-    fill(
+    let wide = fill(
         &mut shift[..channels],
         &mut scale[..channels],
         &mut offset[..channels],
@@ -673,7 +687,27 @@ fn with_channel_affine<R>(
         shift,
         scale,
         offset,
+        wide: &wide,
     })
+}
+
+/// The `f32` maps of `wide` into `shift`, `scale`, `offset` (zeros for a channel that does not
+/// fit); returns `wide` if some channel does not fit (the kernels then map it in `f64`), else
+/// an empty vector.
+fn narrow_all(
+    wide: &[WideAffine],
+    shift: &mut [f32],
+    scale: &mut [f32],
+    offset: &mut [f32],
+) -> Vec<WideAffine> {
+    let mut all = true;
+    for (c, w) in wide.iter().enumerate() {
+        match w.narrow() {
+            Some(p) => (shift[c], scale[c], offset[c]) = p,
+            None => all = false,
+        }
+    }
+    if all { Vec::new() } else { wide.to_vec() }
 }
 
 // ---------------------------------------------------------------------------------------------

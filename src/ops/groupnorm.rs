@@ -422,6 +422,7 @@ fn normalize(
                             shift,
                             scale,
                             offset,
+                            wide: &[],
                         },
                         relu: false,
                         stream: false,
