@@ -99,8 +99,8 @@ gate_runs() {
     fi
     case "$1" in
     batchnorm_ffi) echo 60000 ;;
-    dropout_ffi) echo 120000 ;;
-    groupnorm_ffi) echo 50000 ;;
+    dropout_ffi) echo 40000 ;;
+    groupnorm_ffi) echo 30000 ;;
     layernorm_ffi) echo 80000 ;;
     *) echo 50000 ;;
     esac
