@@ -306,7 +306,10 @@ fn forward(input: &mut Input<'_>, call: &Call, ctx: *mut nk_context, wild: u8, t
         } else if from_moments {
             let cnt = count as f64;
             let m2 = given_var[ch];
-            (given_mean[ch], (m2 / cnt).max(0.0), m2 / (cnt - 1.0))
+            // A negative M2 counts as 0 for both variances (NaN stays NaN).
+            let unbiased = m2 / (cnt - 1.0);
+            let unbiased = if unbiased < 0.0 { 0.0 } else { unbiased };
+            (given_mean[ch], (m2 / cnt).max(0.0), unbiased)
         } else {
             let (m, m2, k) = moments(idx.iter().map(|&i| f64::from(xs[i])));
             (m, m2 / k as f64, m2 / (k as f64 - 1.0))
