@@ -11,6 +11,7 @@ use crate::context::Context;
 use crate::error::{Error, Result, check_eps, check_flags, check_len};
 pub use crate::io::BackwardIo;
 use crate::io::{InOut, SharedIo};
+use crate::kernels::backward::fits_f32;
 use crate::kernels::fused::ChannelTraining;
 use crate::kernels::moments::{ChannelMoments, Moments, RowMoments};
 use crate::kernels::normalize::WideAffine;
@@ -325,9 +326,7 @@ pub fn forward_inference(
             None => offset.fill(0.0),
         }
         // A gamma * invstd beyond f32 or subnormal (see WideAffine): every channel in f64 form.
-        let fits =
-            |s: f32| s.is_nan() || s == 0.0 || (s.is_finite() && s.abs() >= f32::MIN_POSITIVE);
-        if scale.iter().all(|&s| fits(s)) {
+        if scale.iter().all(|&s| fits_f32(s as f64)) {
             return Vec::new();
         }
         let wide: Vec<WideAffine> = (0..mean.len())
