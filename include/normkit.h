@@ -73,7 +73,9 @@ typedef enum nk_layout {
   NK_LAYOUT_NSC = 1,
 } nk_layout;
 
-// An execution context: a thread pool and an ISA choice. Create with `nk_context_create`.
+// An execution context: where a call's parallel work runs (a thread pool of its own, or the
+// host's executor) and its ISA choice. Create with `nk_context_create` or
+// `nk_context_create_with_executor`.
 typedef struct nk_context nk_context;
 
 // A tensor shape: per-channel statistics are over batch * spatial elements.
@@ -84,6 +86,22 @@ typedef struct nk_shape {
   size_t spatial;
   nk_layout layout;
 } nk_shape;
+
+// A task of an executor: `task(task_arg, index)`.
+typedef void (*nk_task_fn)(void *task_arg, size_t index);
+
+// The host's thread pool, for `nk_context_create_with_executor`.
+typedef struct nk_executor {
+  // Runs `task(task_arg, i)` exactly once for every i in [0, count), on any of the host's
+  // threads, in any order and grouping, and returns only when all have finished. normkit
+  // calls it from the thread that made the normkit call, never from inside a task; tasks
+  // never unwind or longjmp.
+  void (*parallel_for)(void *user, size_t count, nk_task_fn task, void *task_arg);
+  // Passed back unchanged.
+  void *user;
+  // How many threads the host runs tasks on (>= 1).
+  size_t concurrency;
+} nk_executor;
 
 
 
@@ -557,6 +575,17 @@ const char *nk_last_error_message(void);
 // # Safety
 // `out` is NULL (an error) or valid for writing one pointer.
 enum nk_status nk_context_create(size_t num_threads, struct nk_context **out);
+
+// Creates a context that runs its parallel work on the host's threads through `executor`
+// (copied; it never starts a thread of its own). Results are bitwise those of any other
+// context. A failure inside a task makes the call return NK_ERR_INTERNAL after `parallel_for`
+// returns; nothing unwinds into the host.
+//
+// # Safety
+// `executor` is NULL (an error) or valid for reading; its `parallel_for` honours the contract
+// above for as long as the context lives; `out` is NULL (an error) or valid for writing.
+enum nk_status nk_context_create_with_executor(const struct nk_executor *executor,
+                                               struct nk_context **out);
 
 // Destroys a context (waiting for its threads); NULL is a no-op.
 //

@@ -29,7 +29,7 @@ mod ops;
 mod shape;
 mod simd;
 
-pub use context::Context;
+pub use context::{Context, Executor};
 pub use error::{Error, ErrorKind, Result};
 pub use io::{BackwardIo, InOut};
 pub use kernels::moments::Moments;

@@ -8,7 +8,7 @@ mod common;
 
 use common::prop::config;
 
-use common::check::{assert_bits, assert_bits64, close, ctx};
+use common::check::{assert_bits, assert_bits64, close, ctx, parallel_runners};
 
 use common::data::Gen;
 use common::reference as r;
@@ -1064,9 +1064,9 @@ proptest! {
             let base_moments = run_moments(&base_ctx, case.shape, &case.x);
             let base_inference = run_inference(&base_ctx, &ic, false);
             check_inference(&ic, &base_inference, &format!("{isa:?}"));
-            for threads in [2, 3, 8] {
-                let what = format!("{isa:?}, {threads} threads vs 1");
-                let ctx = ctx(threads, isa);
+            for runner in parallel_runners() {
+                let what = format!("{isa:?}, {runner:?} vs 1 thread");
+                let ctx = ctx(runner, isa);
                 let (_, out) = run_training(&ctx, case, false);
                 base.assert_bits(&out, &format!("{what}: training"));
                 let (_, out) = run_training(&ctx, case, true);

@@ -11,7 +11,7 @@ mod common;
 
 use common::prop::config;
 
-use common::check::{assert_bits, assert_bits64, ctx};
+use common::check::{EXECUTORS, Runner, assert_bits, assert_bits64, ctx};
 use std::ffi::CStr;
 
 use common::backward_reference as r;
@@ -303,14 +303,18 @@ fn check_case(case: &Case, threads: &[usize]) {
             assert_bits(&dx, &base.dx, &format!("{what}: reduce + apply = backward"));
         }
 
-        for &t in threads {
+        for t in threads.iter().map(|&t| Runner::Own(t)).chain(EXECUTORS) {
             let other = run_backward(&ctx(t, isa), case);
-            assert_bits(&other.dx, &base.dx, &format!("{what}: dx on {t} threads"));
-            assert_bits(&other.dgamma, &base.dgamma, &format!("{what}: dgamma {t}"));
-            assert_bits(&other.dbeta, &base.dbeta, &format!("{what}: dbeta {t}"));
+            assert_bits(&other.dx, &base.dx, &format!("{what}: dx on {t:?}"));
+            assert_bits(
+                &other.dgamma,
+                &base.dgamma,
+                &format!("{what}: dgamma {t:?}"),
+            );
+            assert_bits(&other.dbeta, &base.dbeta, &format!("{what}: dbeta {t:?}"));
             let s = run_reduce(&ctx(t, isa), case);
-            assert_bits64(&s.0, &sums.0, &format!("{what}: sum_dy on {t} threads"));
-            assert_bits64(&s.1, &sums.1, &format!("{what}: sum_dy_xhat on {t}"));
+            assert_bits64(&s.0, &sums.0, &format!("{what}: sum_dy on {t:?}"));
+            assert_bits64(&s.1, &sums.1, &format!("{what}: sum_dy_xhat on {t:?}"));
         }
 
         // In place, dx over dy.

@@ -9,7 +9,7 @@ mod common;
 
 use common::prop::config;
 
-use common::check::{assert_bits, close, ctx};
+use common::check::{assert_bits, close, ctx, parallel_runners};
 
 use common::data::Gen;
 use common::group_reference as gr;
@@ -446,9 +446,9 @@ proptest! {
             check_forward(&case, &base, &format!("{isa:?}"));
             let grads = run_backward(&ctx(1, isa), &case, &base, false);
             check_backward(&case, &base, &grads, TOL_GRAD, &format!("{isa:?}"));
-            for threads in [2, 3, 8] {
-                let what = format!("{isa:?}, {threads} threads");
-                let ctx = ctx(threads, isa);
+            for runner in parallel_runners() {
+                let what = format!("{isa:?}, {runner:?}");
+                let ctx = ctx(runner, isa);
                 let out = run_forward(&ctx, &case, false, false);
                 base.assert_bits(&out, &what);
                 let g = run_backward(&ctx, &case, &base, false);

@@ -7,7 +7,7 @@ mod common;
 
 use common::prop::config;
 
-use common::check::{assert_bits, close, ctx};
+use common::check::{assert_bits, close, ctx, parallel_runners};
 
 use common::data::Gen;
 use common::layer_reference as r;
@@ -542,15 +542,15 @@ fn thread_counts_and_in_place_give_the_same_bits() {
             for isa in isas() {
                 let base = run_forward(&c, &ctx(1, isa), centered, false);
                 let bb = run_backward(&c, &base, &ctx(1, isa), centered, false);
-                for threads in [2, 3, 8] {
-                    let what = format!("{isa:?} {rows}x{cols} t{threads}");
-                    let f = run_forward(&c, &ctx(threads, isa), centered, false);
+                for runner in parallel_runners() {
+                    let what = format!("{isa:?} {rows}x{cols} {runner:?}");
+                    let f = run_forward(&c, &ctx(runner, isa), centered, false);
                     assert_bits(&f.y, &base.y, &what);
                     assert_bits(&f.inv, &base.inv, &what);
                     if centered {
                         assert_bits(&f.mean, &base.mean, &what);
                     }
-                    let b = run_backward(&c, &base, &ctx(threads, isa), centered, false);
+                    let b = run_backward(&c, &base, &ctx(runner, isa), centered, false);
                     assert_bits(&b.dx, &bb.dx, &what);
                     assert_bits(&b.dgamma, &bb.dgamma, &what);
                     assert_bits(&b.dbeta, &bb.dbeta, &what);

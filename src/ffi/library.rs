@@ -5,7 +5,7 @@ use crate::context::Context;
 use crate::error::{Error, ErrorKind, Result};
 use crate::shape::{Layout, Shape};
 use crate::simd::Isa;
-use libc::{c_char, c_int};
+use libc::{c_char, c_int, c_void};
 
 /// Major version; `nk_version()` is `(major << 16) | (minor << 8) | patch`.
 pub const NK_VERSION_MAJOR: u32 = 0;
@@ -82,9 +82,90 @@ impl nk_shape {
     }
 }
 
-/// An execution context: a thread pool and an ISA choice. Create with `nk_context_create`.
+/// An execution context: where a call's parallel work runs (a thread pool of its own, or the
+/// host's executor) and its ISA choice. Create with `nk_context_create` or
+/// `nk_context_create_with_executor`.
 pub struct nk_context {
     pub(crate) inner: Context,
+}
+
+impl nk_context {
+    /// The safe context behind the handle (for tests of the C boundary).
+    #[doc(hidden)]
+    pub fn context(&self) -> &Context {
+        &self.inner
+    }
+}
+
+/// A task of an executor: `task(task_arg, index)`.
+pub type nk_task_fn = Option<unsafe extern "C" fn(task_arg: *mut c_void, index: usize)>;
+
+/// The host's thread pool, for `nk_context_create_with_executor`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct nk_executor {
+    /// Runs `task(task_arg, i)` exactly once for every i in [0, count), on any of the host's
+    /// threads, in any order and grouping, and returns only when all have finished. normkit
+    /// calls it from the thread that made the normkit call, never from inside a task; tasks
+    /// never unwind or longjmp.
+    pub parallel_for: Option<
+        unsafe extern "C" fn(
+            user: *mut c_void,
+            count: usize,
+            task: nk_task_fn,
+            task_arg: *mut c_void,
+        ),
+    >,
+    /// Passed back unchanged.
+    pub user: *mut c_void,
+    /// How many threads the host runs tasks on (>= 1).
+    pub concurrency: usize,
+}
+
+/// An `nk_executor` made usable from Rust: the `Executor` a context created by
+/// `nk_context_create_with_executor` runs on.
+struct HostExecutor {
+    parallel_for: unsafe extern "C" fn(
+        user: *mut c_void,
+        count: usize,
+        task: nk_task_fn,
+        task_arg: *mut c_void,
+    ),
+    user: *mut c_void,
+}
+
+// SAFETY: `user` is only passed back to the host's `parallel_for`, never dereferenced here. The
+// contract makes the host responsible for calling the context from threads its executor allows
+// (several at once only if `parallel_for` is safe to call concurrently).
+unsafe impl Send for HostExecutor {}
+// SAFETY: as above.
+unsafe impl Sync for HostExecutor {}
+
+/// What `task_arg` points to while a batch runs: the batch's task.
+type TaskRef<'a> = &'a (dyn Fn(usize) + Sync);
+
+/// The `nk_task_fn` normkit hands to hosts.
+///
+/// # Safety
+/// `task_arg` is the pointer `HostExecutor::parallel_for` passed with this function, used while
+/// that `parallel_for` has not returned.
+unsafe extern "C" fn run_task(task_arg: *mut c_void, index: usize) {
+    // SAFETY: task_arg points to a `TaskRef` on the stack of `HostExecutor::parallel_for`, which
+    // is still running (the host returns only when every task has finished).
+    let task = unsafe { *task_arg.cast::<TaskRef<'_>>() };
+    // The task catches its own panics (context.rs); this catch only guarantees that nothing
+    // ever unwinds into the host's frames.
+    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| task(index)));
+}
+
+impl crate::context::Executor for HostExecutor {
+    fn parallel_for(&self, count: usize, task: &(dyn Fn(usize) + Sync)) {
+        let mut task: TaskRef<'_> = task;
+        let task_arg: *mut TaskRef<'_> = &mut task;
+        // SAFETY: the host's contract: `parallel_for` calls `run_task(task_arg, i)` for i in
+        // [0, count) and returns after all of them, so `task` outlives every use of `task_arg`.
+        unsafe { (self.parallel_for)(self.user, count, Some(run_task), task_arg.cast()) }
+    }
 }
 
 /// The context a call runs on: `ctx`, or the process-wide default for NULL.
@@ -146,6 +227,54 @@ pub unsafe extern "C" fn nk_context_create(
         }
         let ctx = Box::new(nk_context {
             inner: Context::new(num_threads)?,
+        });
+        // SAFETY: out is non-NULL, aligned, and the caller's to write.
+        unsafe { out.write(Box::into_raw(ctx)) };
+        Ok(())
+    })
+}
+
+/// Creates a context that runs its parallel work on the host's threads through `executor`
+/// (copied; it never starts a thread of its own). Results are bitwise those of any other
+/// context. A failure inside a task makes the call return NK_ERR_INTERNAL after `parallel_for`
+/// returns; nothing unwinds into the host.
+///
+/// # Safety
+/// `executor` is NULL (an error) or valid for reading; its `parallel_for` honours the contract
+/// above for as long as the context lives; `out` is NULL (an error) or valid for writing.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_context_create_with_executor(
+    executor: *const nk_executor,
+    out: *mut *mut nk_context,
+) -> nk_status {
+    call(|| {
+        require_always("executor", executor)?;
+        let executor_ptr = executor;
+        // SAFETY: non-NULL (checked above); readable by the caller's promise. Read unaligned:
+        // alignment is checked after the NULL checks, in the contract's order.
+        let executor = unsafe { executor.read_unaligned() };
+        let Some(parallel_for) = executor.parallel_for else {
+            return Err(Error::new(
+                ErrorKind::NullPointer,
+                "executor->parallel_for is NULL",
+            ));
+        };
+        require_always("out", out)?;
+        if executor.concurrency == 0 {
+            return Err(Error::bad_argument("executor->concurrency is 0"));
+        }
+        if !(executor_ptr as usize).is_multiple_of(std::mem::align_of::<nk_executor>()) {
+            return Err(Error::new(ErrorKind::Misaligned, "executor is not aligned"));
+        }
+        if !(out as usize).is_multiple_of(std::mem::align_of::<*mut nk_context>()) {
+            return Err(Error::new(ErrorKind::Misaligned, "out is not aligned"));
+        }
+        let host = HostExecutor {
+            parallel_for,
+            user: executor.user,
+        };
+        let ctx = Box::new(nk_context {
+            inner: Context::with_executor(executor.concurrency, host)?,
         });
         // SAFETY: out is non-NULL, aligned, and the caller's to write.
         unsafe { out.write(Box::into_raw(ctx)) };

@@ -89,6 +89,7 @@ fn install_quiet_panic_hook() {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             let ours = IN_CALL.with(|c| c.get())
+                || crate::context::in_executor_task()
                 || std::thread::current()
                     .name()
                     .is_some_and(|n| n.starts_with("normkit-"));

@@ -50,23 +50,96 @@ pub fn assert_bits64(a: &[f64], b: &[f64], what: &str) {
     }
 }
 
-// Contexts: one per (threads, ISA) and test thread, so that tests running at the same time never
-// change each other's ISA.
-thread_local! {
-    static CONTEXTS: RefCell<HashMap<(usize, Isa), Rc<Context>>> = RefCell::new(HashMap::new());
+/// Where a test context runs its parallel loops: its own pool of some threads, or an executor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Runner {
+    /// `Context::new(threads)`.
+    Own(usize),
+    /// An executor running every task on the calling thread, in order.
+    SerialExecutor,
+    /// An executor running the tasks on the calling thread, last first.
+    ReversedExecutor,
+    /// An executor running the tasks on 3 threads of its own, each taking every third task
+    /// from the end.
+    ThreadedExecutor,
+    /// `Context::current_rayon()`.
+    CurrentRayon,
 }
 
-/// This test thread's context with `threads` threads, forced to `isa`.
-pub fn ctx(threads: usize, isa: Isa) -> Rc<Context> {
+impl From<usize> for Runner {
+    fn from(threads: usize) -> Self {
+        Runner::Own(threads)
+    }
+}
+
+/// The runners that are not a pool of the context's own: each must give the bits of every
+/// other context.
+pub const EXECUTORS: [Runner; 4] = [
+    Runner::SerialExecutor,
+    Runner::ReversedExecutor,
+    Runner::ThreadedExecutor,
+    Runner::CurrentRayon,
+];
+
+/// Runs `task(i)` for `i` in `0..count` on 3 scoped threads, thread `t` taking `count - 1 - t`,
+/// `count - 4 - t`, ...
+pub fn threaded_executor(count: usize, task: &(dyn Fn(usize) + Sync)) {
+    const T: usize = 3;
+    std::thread::scope(|s| {
+        for t in 0..T {
+            s.spawn(move || (0..count).rev().skip(t).step_by(T).for_each(task));
+        }
+    });
+}
+
+fn make_context(runner: Runner) -> Context {
+    match runner {
+        Runner::Own(threads) => Context::new(threads).expect("context"),
+        Runner::SerialExecutor => {
+            Context::with_executor(1, |n: usize, task: &(dyn Fn(usize) + Sync)| {
+                (0..n).for_each(task)
+            })
+            .expect("context")
+        }
+        Runner::ReversedExecutor => {
+            Context::with_executor(1, |n: usize, task: &(dyn Fn(usize) + Sync)| {
+                (0..n).rev().for_each(task)
+            })
+            .expect("context")
+        }
+        Runner::ThreadedExecutor => Context::with_executor(3, threaded_executor).expect("context"),
+        Runner::CurrentRayon => Context::current_rayon(),
+    }
+}
+
+// Contexts: one per (runner, ISA) and test thread, so that tests running at the same time never
+// change each other's ISA.
+thread_local! {
+    static CONTEXTS: RefCell<HashMap<(Runner, Isa), Rc<Context>>> = RefCell::new(HashMap::new());
+}
+
+/// This test thread's context on `runner` (a thread count, or an executor), forced to `isa`.
+pub fn ctx(runner: impl Into<Runner>, isa: Isa) -> Rc<Context> {
+    let runner = runner.into();
     CONTEXTS.with(|m| {
         m.borrow_mut()
-            .entry((threads, isa))
+            .entry((runner, isa))
             .or_insert_with(|| {
-                let c = Context::new(threads).expect("context");
+                let c = make_context(runner);
                 c.set_isa(Some(isa)).expect("a supported ISA");
                 assert_eq!(c.isa(), isa);
                 Rc::new(c)
             })
             .clone()
     })
+}
+
+/// The runners a "same bits on any context" test compares with one thread: own pools of 2, 3
+/// and 8 threads and every executor.
+pub fn parallel_runners() -> Vec<Runner> {
+    [2, 3, 8]
+        .map(Runner::Own)
+        .into_iter()
+        .chain(EXECUTORS)
+        .collect()
 }
