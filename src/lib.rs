@@ -36,6 +36,7 @@ pub use kernels::moments::Moments;
 pub use ops::{batchnorm, dropout, groupnorm, instancenorm, layernorm, rmsnorm};
 pub use shape::{Layout, Shape};
 pub use simd::Isa;
+pub use simd::element::{Element, bf16, f16};
 
 /// The library version: major, minor, patch.
 pub const VERSION: (u32, u32, u32) = (0, 1, 0);

@@ -72,6 +72,42 @@ impl<const N: usize> F32Vec for Emulated<N> {
     type U = EmulatedWords<N>;
     type D = EmulatedWide<N>;
 
+    type H = [u16; N];
+
+    fn load_h(src: &[u16]) -> [u16; N] {
+        src[..N].try_into().unwrap()
+    }
+
+    fn load_h_partial(src: &[u16]) -> [u16; N] {
+        assert!(src.len() < N);
+        let mut lanes = [0; N];
+        lanes[..src.len()].copy_from_slice(src);
+        lanes
+    }
+
+    fn store_h(h: [u16; N], dst: &mut [u16]) {
+        dst[..N].copy_from_slice(&h);
+    }
+
+    fn store_h_partial(h: [u16; N], dst: &mut [u16]) {
+        assert!(dst.len() < N);
+        let n = dst.len();
+        dst.copy_from_slice(&h[..n]);
+    }
+
+    fn store_h_stream(h: [u16; N], dst: &mut [u16]) {
+        assert!((dst.as_ptr() as usize).is_multiple_of(2 * N));
+        Self::store_h(h, dst)
+    }
+
+    fn h_to_words(h: [u16; N]) -> EmulatedWords<N> {
+        EmulatedWords(h.map(u32::from))
+    }
+
+    fn words_to_h(w: EmulatedWords<N>) -> [u16; N] {
+        w.0.map(|v| v as u16)
+    }
+
     fn widen(self) -> (Self::D, Self::D) {
         let half = |k: usize| {
             EmulatedWide(std::array::from_fn(|j| {

@@ -9,6 +9,7 @@
 //! Adding an ISA means one new backend file here, one arm in [`dispatch`] and one in
 //! [`Isa::is_supported`].
 
+pub(crate) mod element;
 #[cfg(test)]
 pub(crate) mod emulated;
 mod portable;
@@ -17,6 +18,7 @@ mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx512;
 
+use element::ElementIo;
 use std::sync::OnceLock;
 
 /// An instruction set the kernels can run on.
@@ -44,6 +46,7 @@ impl Isa {
             Isa::Avx2 => {
                 std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
+                    && std::arch::is_x86_feature_detected!("f16c")
             }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
@@ -99,7 +102,7 @@ pub(crate) const MAX_LANES: usize = 16;
 ///
 /// Every method is `#[inline(always)]` in its backends so that, instantiated inside a
 /// `#[target_feature]` function by [`dispatch`], it compiles to that ISA's instructions.
-pub(crate) trait F32Vec: Copy {
+pub trait F32Vec: Copy {
     /// Number of lanes; at most [`MAX_LANES`].
     const LANES: usize;
 
@@ -147,6 +150,71 @@ pub(crate) trait F32Vec: Copy {
     fn from_bits(bits: Self::U) -> Self;
     /// Each lane of `v` read as an `i32` and converted (rounded to nearest) to `f32`.
     fn from_i32(v: Self::U) -> Self;
+
+    /// `LANES` 16-bit lanes: how bf16 and f16 data moves between memory and vectors.
+    type H: Copy;
+    /// Loads the first `LANES` elements of `src` (panics if shorter).
+    fn load_h(src: &[u16]) -> Self::H;
+    /// Loads `src.len() < LANES` elements; the other lanes are 0.
+    fn load_h_partial(src: &[u16]) -> Self::H;
+    /// Stores into the first `LANES` elements of `dst` (panics if shorter).
+    fn store_h(h: Self::H, dst: &mut [u16]);
+    /// Stores the first `dst.len() < LANES` lanes.
+    fn store_h_partial(h: Self::H, dst: &mut [u16]);
+    /// [`F32Vec::store_h`] with a streaming store; `dst` aligned to `LANES * 2` bytes.
+    fn store_h_stream(h: Self::H, dst: &mut [u16]);
+    /// The lanes zero-extended to `u32`.
+    fn h_to_words(h: Self::H) -> Self::U;
+    /// The low 16 bits of each lane.
+    fn words_to_h(w: Self::U) -> Self::H;
+
+    /// bf16 lanes widened (exactly).
+    #[inline(always)]
+    fn from_bf16(h: Self::H) -> Self {
+        element::bf16_to_f32(Self::h_to_words(h))
+    }
+    /// The lanes rounded to bf16, to nearest even.
+    #[inline(always)]
+    fn to_bf16(self) -> Self::H {
+        Self::words_to_h(element::f32_to_bf16(self))
+    }
+    /// f16 lanes widened (exactly). Backends with conversion instructions override it.
+    #[inline(always)]
+    fn from_f16(h: Self::H) -> Self {
+        element::f16_to_f32(Self::h_to_words(h))
+    }
+    /// The lanes rounded to f16, to nearest even. Backends with conversion instructions
+    /// override it.
+    #[inline(always)]
+    fn to_f16(self) -> Self::H {
+        Self::words_to_h(element::f32_to_f16(self))
+    }
+
+    /// The first `LANES` elements of `src`, of any element type, as `f32` lanes.
+    #[inline(always)]
+    fn read<E: ElementIo>(src: &[E]) -> Self {
+        E::load(src)
+    }
+    /// `src.len() < LANES` elements as `f32` lanes; the others hold `fill`.
+    #[inline(always)]
+    fn read_partial<E: ElementIo>(src: &[E], fill: f32) -> Self {
+        E::load_partial(src, fill)
+    }
+    /// The lanes rounded to `E` into the first `LANES` elements of `dst`.
+    #[inline(always)]
+    fn write<E: ElementIo>(self, dst: &mut [E]) {
+        E::store(self, dst)
+    }
+    /// The first `dst.len() < LANES` lanes rounded to `E` into `dst`.
+    #[inline(always)]
+    fn write_partial<E: ElementIo>(self, dst: &mut [E]) {
+        E::store_partial(self, dst)
+    }
+    /// [`F32Vec::write`] with a streaming store; `dst` aligned to a whole vector of `E`.
+    #[inline(always)]
+    fn write_stream<E: ElementIo>(self, dst: &mut [E]) {
+        E::store_stream(self, dst)
+    }
     /// Lane `j` is `if_set[j]` where bit `j` of `bits` is 1, else `if_clear[j]` (bits at and
     /// above `LANES` are ignored). A select: the lanes not chosen never reach the result.
     fn select_bits(bits: u32, if_set: Self, if_clear: Self) -> Self;
@@ -157,7 +225,7 @@ pub(crate) trait F32Vec: Copy {
 /// `f64` does.
 ///
 /// Every method is `#[inline(always)]` in its backends, as for [`F32Vec`].
-pub(crate) trait F64Vec: Copy {
+pub trait F64Vec: Copy {
     /// Number of lanes: half the `F32Vec`'s.
     const LANES: usize;
 
@@ -175,7 +243,7 @@ pub(crate) trait F64Vec: Copy {
 /// A vector of `u32` lanes, as many as the [`F32Vec`] it belongs to. Arithmetic wraps.
 ///
 /// Every method is `#[inline(always)]` in its backends, as for [`F32Vec`].
-pub(crate) trait U32Vec: Copy {
+pub trait U32Vec: Copy {
     /// Number of lanes; equal to the `F32Vec`'s.
     const LANES: usize;
     /// Vector registers of the ISA: how many vectors a kernel can keep live without spilling.
@@ -232,20 +300,20 @@ pub(crate) fn dispatch<K: Kernel>(isa: SupportedIsa, kernel: K) -> K::Output {
         // SAFETY: a SupportedIsa(Avx512) exists only when the CPU has AVX-512 F/BW/DQ/VL.
         Isa::Avx512 => unsafe { run_avx512(kernel) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: a SupportedIsa(Avx2) exists only when the CPU has AVX2 and FMA.
+        // SAFETY: a SupportedIsa(Avx2) exists only when the CPU has AVX2, FMA and F16C.
         Isa::Avx2 => unsafe { run_avx2(kernel) },
         _ => kernel.run::<portable::Vector>(),
     }
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn run_avx2<K: Kernel>(kernel: K) -> K::Output {
     kernel.run::<x86_avx2::Vector>()
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
 unsafe fn run_avx512<K: Kernel>(kernel: K) -> K::Output {
     kernel.run::<x86_avx512::Vector>()
 }

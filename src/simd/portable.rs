@@ -114,6 +114,45 @@ impl F32Vec for Vector {
 
     type U = Words;
     type D = Wide;
+    type H = [u16; 8];
+
+    #[inline(always)]
+    fn load_h(src: &[u16]) -> [u16; 8] {
+        src[..8].try_into().unwrap()
+    }
+
+    #[inline(always)]
+    fn load_h_partial(src: &[u16]) -> [u16; 8] {
+        let mut lanes = [0; 8];
+        lanes[..src.len()].copy_from_slice(src);
+        lanes
+    }
+
+    #[inline(always)]
+    fn store_h(h: [u16; 8], dst: &mut [u16]) {
+        dst[..8].copy_from_slice(&h);
+    }
+
+    #[inline(always)]
+    fn store_h_partial(h: [u16; 8], dst: &mut [u16]) {
+        let n = dst.len();
+        dst.copy_from_slice(&h[..n]);
+    }
+
+    #[inline(always)]
+    fn store_h_stream(h: [u16; 8], dst: &mut [u16]) {
+        Self::store_h(h, dst)
+    }
+
+    #[inline(always)]
+    fn h_to_words(h: [u16; 8]) -> Words {
+        Words(u32x8::new(h.map(u32::from)))
+    }
+
+    #[inline(always)]
+    fn words_to_h(w: Words) -> [u16; 8] {
+        w.0.to_array().map(|v| v as u16)
+    }
 
     #[inline(always)]
     fn widen(self) -> (Wide, Wide) {

@@ -1,7 +1,7 @@
 //! The AVX2+FMA backend: `__m256`, eight lanes.
 //!
-//! SAFETY (whole file): these methods use AVX/AVX2/FMA intrinsics. They are only instantiated by
-//! `simd::dispatch` inside a `#[target_feature(enable = "avx2,fma")]` function, which it calls
+//! SAFETY (whole file): these methods use AVX/AVX2/FMA/F16C intrinsics. They are only instantiated
+//! by `simd::dispatch` inside a `#[target_feature(enable = "avx2,fma,f16c")]` function, which it calls
 //! only for a `SupportedIsa` checked at run time, so the instructions exist on the CPU. Every
 //! memory access is bounded by a slice length checked first.
 
@@ -160,6 +160,72 @@ impl F32Vec for Vector {
 
     type U = Words;
     type D = Wide;
+    type H = __m128i;
+
+    #[inline(always)]
+    fn load_h(src: &[u16]) -> __m128i {
+        assert!(src.len() >= 8);
+        // SAFETY: src holds at least 8 u16 (16 bytes); unaligned load.
+        unsafe { _mm_loadu_si128(src.as_ptr().cast()) }
+    }
+
+    #[inline(always)]
+    fn load_h_partial(src: &[u16]) -> __m128i {
+        let mut lanes = [0u16; 8];
+        lanes[..src.len()].copy_from_slice(src);
+        Self::load_h(&lanes)
+    }
+
+    #[inline(always)]
+    fn store_h(h: __m128i, dst: &mut [u16]) {
+        assert!(dst.len() >= 8);
+        // SAFETY: dst holds at least 8 u16 (16 bytes); unaligned store.
+        unsafe { _mm_storeu_si128(dst.as_mut_ptr().cast(), h) }
+    }
+
+    #[inline(always)]
+    fn store_h_partial(h: __m128i, dst: &mut [u16]) {
+        let mut lanes = [0u16; 8];
+        Self::store_h(h, &mut lanes);
+        let n = dst.len();
+        dst.copy_from_slice(&lanes[..n]);
+    }
+
+    #[inline(always)]
+    fn store_h_stream(h: __m128i, dst: &mut [u16]) {
+        assert!(dst.len() >= 8 && (dst.as_ptr() as usize).is_multiple_of(16));
+        // SAFETY: dst holds at least 16 bytes and is 16-byte aligned, as movntdq requires.
+        unsafe { _mm_stream_si128(dst.as_mut_ptr().cast(), h) }
+    }
+
+    #[inline(always)]
+    fn h_to_words(h: __m128i) -> Words {
+        // SAFETY: see the file header; register-only operations.
+        Words(unsafe { _mm256_cvtepu16_epi32(h) })
+    }
+
+    #[inline(always)]
+    fn words_to_h(w: Words) -> __m128i {
+        // SAFETY: see the file header. Lanes hold values below 2^16, so the signed saturation
+        // of packus keeps them; packus works within 128-bit halves, the permute joins them.
+        unsafe {
+            let w = _mm256_and_si256(w.0, _mm256_set1_epi32(0xFFFF));
+            let packed = _mm256_packus_epi32(w, w);
+            _mm256_castsi256_si128(_mm256_permute4x64_epi64::<0b1000>(packed))
+        }
+    }
+
+    #[inline(always)]
+    fn from_f16(h: __m128i) -> Self {
+        // SAFETY: see the file header (the AVX2 level includes F16C).
+        Vector(unsafe { _mm256_cvtph_ps(h) })
+    }
+
+    #[inline(always)]
+    fn to_f16(self) -> __m128i {
+        // SAFETY: see the file header (the AVX2 level includes F16C). Round to nearest even.
+        unsafe { _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(self.0) }
+    }
 
     #[inline(always)]
     fn widen(self) -> (Wide, Wide) {

@@ -150,6 +150,67 @@ impl F32Vec for Vector {
 
     type U = Words;
     type D = Wide;
+    type H = __m256i;
+
+    #[inline(always)]
+    fn load_h(src: &[u16]) -> __m256i {
+        assert!(src.len() >= 16);
+        // SAFETY: src holds at least 16 u16 (32 bytes); unaligned load.
+        unsafe { _mm256_loadu_si256(src.as_ptr().cast()) }
+    }
+
+    #[inline(always)]
+    fn load_h_partial(src: &[u16]) -> __m256i {
+        assert!(src.len() < 16);
+        // SAFETY: the mask enables only the first src.len() lanes; masked-off lanes are neither
+        // read nor able to fault, and are 0 (AVX-512 BW + VL).
+        unsafe { _mm256_maskz_loadu_epi16(first_lanes(src.len()), src.as_ptr().cast()) }
+    }
+
+    #[inline(always)]
+    fn store_h(h: __m256i, dst: &mut [u16]) {
+        assert!(dst.len() >= 16);
+        // SAFETY: dst holds at least 16 u16 (32 bytes); unaligned store.
+        unsafe { _mm256_storeu_si256(dst.as_mut_ptr().cast(), h) }
+    }
+
+    #[inline(always)]
+    fn store_h_partial(h: __m256i, dst: &mut [u16]) {
+        assert!(dst.len() < 16);
+        // SAFETY: only the first dst.len() lanes are written (AVX-512 BW + VL).
+        unsafe { _mm256_mask_storeu_epi16(dst.as_mut_ptr().cast(), first_lanes(dst.len()), h) }
+    }
+
+    #[inline(always)]
+    fn store_h_stream(h: __m256i, dst: &mut [u16]) {
+        assert!(dst.len() >= 16 && (dst.as_ptr() as usize).is_multiple_of(32));
+        // SAFETY: dst holds at least 32 bytes and is 32-byte aligned, as vmovntdq requires.
+        unsafe { _mm256_stream_si256(dst.as_mut_ptr().cast(), h) }
+    }
+
+    #[inline(always)]
+    fn h_to_words(h: __m256i) -> Words {
+        // SAFETY: see the file header; register-only operations.
+        Words(unsafe { _mm512_cvtepu16_epi32(h) })
+    }
+
+    #[inline(always)]
+    fn words_to_h(w: Words) -> __m256i {
+        // SAFETY: see the file header; vpmovdw truncates each lane to its low 16 bits.
+        unsafe { _mm512_cvtepi32_epi16(w.0) }
+    }
+
+    #[inline(always)]
+    fn from_f16(h: __m256i) -> Self {
+        // SAFETY: see the file header (AVX-512F has the 16-lane F16C conversions).
+        Vector(unsafe { _mm512_cvtph_ps(h) })
+    }
+
+    #[inline(always)]
+    fn to_f16(self) -> __m256i {
+        // SAFETY: see the file header. Round to nearest even.
+        unsafe { _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(self.0) }
+    }
 
     #[inline(always)]
     fn widen(self) -> (Wide, Wide) {
