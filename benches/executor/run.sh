@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The "engine situation": normkit called in a process whose OpenMP team (T threads) runs a short
+# parallel region before every call, through (a) a context with its own threads, (b) an OpenMP
+# executor context, against (c) normkit alone in a process that never runs an OpenMP region.
+#
+#   benches/executor/run.sh [--passes P] [--rounds R] [--target-ms MS] [--filter SUBSTRING]
+#
+# Defaults: 2 passes x 3 rounds, 400 ms per measurement: about 2.5 minutes on a quiet machine,
+# after the build (48 measurements a round, 6 rounds).
+# NK_BENCH_QUICK=1: 1 pass x 2 rounds, 20 ms (a smoke test of a few seconds).
+# Each pass runs `engine alone` (c) then `engine omp` (a, b, copy), R rounds each; the table
+# takes the median of all rounds' medians. Honours CARGO_TARGET_DIR (default target/); the
+# program and raw results go to $CARGO_TARGET_DIR/executor-bench/.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(cd "$here/../.." && pwd)
+cd "$root"
+target=${CARGO_TARGET_DIR:-target}
+case $target in /*) ;; *) target=$root/$target ;; esac
+out=$target/executor-bench
+if [ "${NK_BENCH_QUICK:-0}" = 1 ]; then passes=1 rounds=2 ms=20; else passes=2 rounds=3 ms=400; fi
+filter=""
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --passes) passes=$2; shift 2 ;;
+        --rounds) rounds=$2; shift 2 ;;
+        --target-ms) ms=$2; shift 2 ;;
+        --filter) filter=$2; shift 2 ;;
+        *) echo "unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+
+# OpenMP's default wait policy (threads spin for a while after a region) is the point.
+for v in OMP_WAIT_POLICY GOMP_SPINCOUNT; do
+    if [ -n "${!v+x}" ]; then echo "note: unsetting $v=${!v} (the default is measured)"; unset "$v"; fi
+done
+
+echo "==> building libnormkit.a and the program"
+cargo build --release --lib -q
+mkdir -p "$out"
+cc -std=c11 -O2 -fopenmp -I include "$here/engine.c" "$target/release/libnormkit.a" \
+    -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc -o "$out/engine"
+
+echo "==> machine"
+echo "- CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) logical cores"
+has="" lacks=""
+flags=$(grep -m1 '^flags' /proc/cpuinfo)
+for f in avx2 fma avx512f avx512bw avx512dq avx512vl; do
+    case " $flags " in *" $f "*) has="$has $f" ;; *) lacks="$lacks $f" ;; esac
+done
+echo "- ISA flags present:${has:- none}; absent:${lacks:- none}"
+echo "- load average: $(cut -d' ' -f1-3 /proc/loadavg); $(cc --version | head -1)"
+awk '$1 > 0.5 { print "warning: the machine is busy (1-minute load " $1 "); an OpenMP team waits" \
+    " for a preempted thread at every join, so timings at T=2 will be noise" }' /proc/loadavg
+echo "- environment: $(env | grep -E '^(OMP_|GOMP_|KMP_|NK_|RAYON_)' | tr '\n' ' ')"
+echo "- passes $passes x rounds $rounds, ${ms} ms per measurement"
+
+raw=$out/raw.jsonl
+: >"$raw"
+for p in $(seq "$passes"); do
+    echo "==> pass $p/$passes: (c) alone, then (a), (b), copy in the OpenMP process"
+    "$out/engine" alone "$rounds" "$ms" "$filter" >>"$raw"
+    "$out/engine" omp "$rounds" "$ms" "$filter" >>"$raw"
+done
+echo
+python3 "$here/report.py" "$raw"
