@@ -587,11 +587,11 @@ enum nk_status nk_context_create(size_t num_threads, struct nk_context **out);
 enum nk_status nk_context_create_with_executor(const struct nk_executor *executor,
                                                struct nk_context **out);
 
-// Destroys a context (waiting for its threads); NULL is a no-op.
+// Destroys a context (waiting for its own threads, if it has any); NULL is a no-op.
 //
 // # Safety
-// `ctx` is NULL or a pointer from `nk_context_create` not destroyed before, with no call using
-// it in flight.
+// `ctx` is NULL or a pointer from `nk_context_create` or `nk_context_create_with_executor` not
+// destroyed before, with no call using it in flight.
 void nk_context_destroy(struct nk_context *ctx);
 
 // Forces the ISA of `ctx` (NK_ISA_AUTO = the best the CPU has). NK_ERR_UNSUPPORTED if the CPU

@@ -5,40 +5,17 @@
 //! same files are also built as C++ (the header must work there too) and linked against the
 //! shared library.
 //!
-//! Where the libraries come from: before it builds any integration test, cargo builds the
-//! library target with all its crate types (`staticlib`, `cdylib`, `rlib`) in one rustc
-//! invocation, into the `deps` directory that also holds this test's executable, e.g.
-//! `target/release/deps/libnormkit.a` for `cargo test --release` (no hash in the name). Cargo
-//! copies them up to `target/release/` only for `cargo build`, so the test looks in its own
-//! directory first and falls back to the parent. No nested cargo call is needed (it would wait
-//! forever on the build lock held by the running `cargo test`).
-//!
-//! `CC` and `CXX` choose the compilers (default `cc` and `c++`).
+//! How the programs find the library built for this test run, and `CC` / `CXX`: see
+//! `tests/common_c/mod.rs`.
 
 #![cfg(target_os = "linux")]
 
-use std::path::{Path, PathBuf};
+mod common_c;
+
+use common_c::{WARNINGS, compiler, library_dir, root, run, static_link};
+use std::path::PathBuf;
 use std::process::Command;
 
-/// System libraries the static library needs on Linux (glibc), as printed by
-/// `cargo rustc --release --lib --crate-type staticlib -- --print native-static-libs`.
-const NATIVE_LIBS: &[&str] = &[
-    "-lgcc_s",
-    "-lutil",
-    "-lrt",
-    "-lpthread",
-    "-lm",
-    "-ldl",
-    "-lc",
-];
-
-const WARNINGS: &[&str] = &["-Wall", "-Wextra", "-Werror"];
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The C programs, by name: `tests/c/<name>.c`.
 /// The C programs: every `tests/c/*.c`, by name, in order.
 fn programs() -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(root().join("tests/c"))
@@ -57,57 +34,9 @@ fn program_source(program: &str) -> PathBuf {
     root().join(format!("tests/c/{program}.c"))
 }
 
-/// The directory holding the `libnormkit.a` and `libnormkit.so` built for this test run.
-fn library_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("path of the test executable");
-    let deps = exe.parent().expect("the test executable has a directory");
-    let candidates = [
-        deps.to_path_buf(),
-        deps.parent().unwrap_or(deps).to_path_buf(),
-    ];
-    for dir in &candidates {
-        if dir.join("libnormkit.a").is_file() {
-            return dir.clone();
-        }
-    }
-    panic!(
-        "libnormkit.a not found in {candidates:?}: is `staticlib` still among the crate types of \
-         [lib] in Cargo.toml?"
-    );
-}
-
 /// A fresh directory for this test's build products.
 fn out_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("c_api")
-        .join(name);
-    std::fs::create_dir_all(&dir).expect("create the output directory");
-    dir
-}
-
-fn compiler(var: &str, default: &str) -> String {
-    std::env::var(var)
-        .ok()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| default.to_string())
-}
-
-/// Runs a command and panics with its output unless it succeeds; returns its stdout.
-fn run(mut cmd: Command, what: &str) -> String {
-    let output = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: cannot start {cmd:?}: {e}"));
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "{what} failed ({}):\n{cmd:?}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
-        output.status
-    );
-    if !stderr.is_empty() {
-        eprintln!("{what}: stderr:\n{stderr}");
-    }
-    stdout
+    common_c::out_dir("c_api", name)
 }
 
 /// Compiles each C program with `cc` (`lang` None) or as C++ (`lang` Some("c++")), links it with
@@ -149,12 +78,6 @@ fn build_and_run_one(
     );
     println!("{name}: {program}: {stdout}");
     stdout
-}
-
-fn static_link() -> Vec<String> {
-    let mut link = vec![library_dir().join("libnormkit.a").display().to_string()];
-    link.extend(NATIVE_LIBS.iter().map(|s| s.to_string()));
-    link
 }
 
 #[test]

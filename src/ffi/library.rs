@@ -282,11 +282,11 @@ pub unsafe extern "C" fn nk_context_create_with_executor(
     })
 }
 
-/// Destroys a context (waiting for its threads); NULL is a no-op.
+/// Destroys a context (waiting for its own threads, if it has any); NULL is a no-op.
 ///
 /// # Safety
-/// `ctx` is NULL or a pointer from `nk_context_create` not destroyed before, with no call using
-/// it in flight.
+/// `ctx` is NULL or a pointer from `nk_context_create` or `nk_context_create_with_executor` not
+/// destroyed before, with no call using it in flight.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn nk_context_destroy(ctx: *mut nk_context) {
     if !ctx.is_null() {

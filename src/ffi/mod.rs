@@ -118,7 +118,13 @@ pub(crate) fn call(body: impl FnOnce() -> Result<()>) -> nk_status {
                 .map(|s| s.to_string())
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            set_last_error(&format!("internal error (please report): {what}"));
+            if what.starts_with("the executor ") {
+                // The host's executor broke its contract (a task skipped, repeated or out of
+                // range): not a bug of normkit's.
+                set_last_error(&format!("executor fault: {what}"));
+            } else {
+                set_last_error(&format!("internal error (please report): {what}"));
+            }
             nk_status::NK_ERR_INTERNAL
         }
     }

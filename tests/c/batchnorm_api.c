@@ -8,8 +8,9 @@
  * error case checks the status code, that the error message is set, and that no byte of any
  * buffer changed. Cases run on every ISA the CPU
  * has, in both layouts, on a 2-thread context and on the default (NULL) context; results must be
- * bitwise identical across thread counts, between in-place and out-of-place calls, and between a
- * call alone and the same call made concurrently from several threads.
+ * bitwise identical across thread counts, between in-place and out-of-place calls, between a
+ * call alone and the same call made concurrently from several threads, and between a context
+ * with threads of its own and an executor context (nk_context_create_with_executor).
  *
  * Exit status 0 when every check passes; otherwise 1, with one line per failed check on stderr.
  * Built and run by tests/c_api.rs.
@@ -980,6 +981,121 @@ static void test_determinism(nk_isa isa, nk_context *ctx2) {
     nk_context_destroy(ctx3);
 }
 
+/* Executor contexts (nk_context_create_with_executor): a serial executor that runs each batch
+ * on the calling thread in reverse order, counting its calls and checking the contract's promises
+ * (called from the thread that made the normkit call, never from inside a task). */
+typedef struct {
+    size_t calls, tasks;
+    int in_task, reentered, other_thread;
+    pthread_t caller;
+} serial_executor;
+
+static void reverse_parallel_for(void *user, size_t count, nk_task_fn task, void *task_arg) {
+    serial_executor *e = (serial_executor *)user;
+    e->calls++;
+    e->tasks += count;
+    e->reentered |= e->in_task;
+    e->other_thread |= !pthread_equal(pthread_self(), e->caller);
+    e->in_task = 1;
+    for (size_t i = count; i-- > 0;) {
+        task(task_arg, i);
+    }
+    e->in_task = 0;
+}
+
+static void test_executor_errors(void) {
+    set_case("executor context errors");
+    serial_executor state;
+    memset(&state, 0, sizeof state);
+    state.caller = pthread_self();
+    nk_executor ex;
+    ex.parallel_for = reverse_parallel_for;
+    ex.user = &state;
+    ex.concurrency = 1;
+    static int sentinel_target;
+    nk_context *const sentinel = (nk_context *)(void *)&sentinel_target;
+    nk_context *out = sentinel;
+    EXPECT_STATUS(nk_context_create_with_executor(NULL, &out), NK_ERR_NULL_POINTER,
+                  "nk_context_create_with_executor(executor NULL)");
+    CHECK(out == sentinel, "executor NULL: nothing written to *out");
+    EXPECT_STATUS(nk_context_create_with_executor(&ex, NULL), NK_ERR_NULL_POINTER,
+                  "nk_context_create_with_executor(out NULL)");
+    nk_executor no_fn = ex;
+    no_fn.parallel_for = NULL;
+    EXPECT_STATUS(nk_context_create_with_executor(&no_fn, &out), NK_ERR_NULL_POINTER,
+                  "nk_context_create_with_executor(parallel_for NULL)");
+    CHECK(out == sentinel, "parallel_for NULL: nothing written to *out");
+    nk_executor zero = ex;
+    zero.concurrency = 0;
+    EXPECT_STATUS(nk_context_create_with_executor(&zero, &out), NK_ERR_BAD_ARGUMENT,
+                  "nk_context_create_with_executor(concurrency 0)");
+    CHECK(out == sentinel, "concurrency 0: nothing written to *out");
+    CHECK(state.calls == 0, "no parallel_for call during failed creations");
+}
+
+/* The executor context computes bitwise what the 2-thread context `ctx2` computes, on the ISA
+ * of ctx2; the executor struct is copied at creation (changing it afterwards changes nothing). */
+static void test_executor_context(nk_isa isa, nk_context *ctx2) {
+    serial_executor state;
+    memset(&state, 0, sizeof state);
+    state.caller = pthread_self();
+    nk_executor ex;
+    ex.parallel_for = reverse_parallel_for;
+    ex.user = &state;
+    ex.concurrency = 3; /* a claim only: results must not depend on it */
+    nk_context *exec = NULL;
+    set_case("executor context isa=%s", isa_name(isa));
+    EXPECT_OK(nk_context_create_with_executor(&ex, &exec), "nk_context_create_with_executor");
+    if (exec == NULL) {
+        return;
+    }
+    ex.parallel_for = NULL; /* the context holds its own copy */
+    ex.concurrency = 0;
+    EXPECT_OK(nk_context_set_isa(exec, isa), "nk_context_set_isa on an executor context");
+    CHECK(nk_context_isa(exec) == isa, "the executor context uses %s", isa_name(isa));
+    static const size_t shapes[][3] = {{16, 8, 3000}, {2, 3, 150000}, {4000, 24, 1}};
+    for (int l = 0; l < 2; l++) {
+        for (size_t k = 0; k < sizeof shapes / sizeof shapes[0]; k++) {
+            nk_layout layout = l == 0 ? NK_LAYOUT_NCS : NK_LAYOUT_NSC;
+            nk_shape sh = make_shape(shapes[k][0], shapes[k][1], shapes[k][2], layout);
+            set_case("executor context isa=%s %s N=%zu C=%zu S=%zu", isa_name(isa),
+                     layout_name(layout), sh.batch, sh.channels, sh.spatial);
+            bn_data d = make_data(sh, 3.0);
+            bn_out want = make_out(&d), got = make_out(&d);
+            double *mean = alloc_f64(2 * d.channels), *m2 = alloc_f64(2 * d.channels);
+            nk_context *ctxs[2] = {ctx2, exec};
+            bn_out *outs[2] = {&want, &got};
+            for (int i = 0; i < 2; i++) {
+                EXPECT_OK(nk_batchnorm_forward_training(ctxs[i], sh, d.x, outs[i]->y, d.gamma,
+                                                        d.beta, k_eps, k_momentum, 0,
+                                                        outs[i]->rm, outs[i]->rv,
+                                                        outs[i]->save_mean, outs[i]->save_invstd),
+                          "training forward");
+                EXPECT_OK(nk_moments(ctxs[i], sh, d.x, mean + i * d.channels,
+                                     m2 + i * d.channels),
+                          "nk_moments");
+            }
+            CHECK(same_out(&got, &want, &d),
+                  "training forward on the executor context is bitwise that of 2 threads");
+            CHECK(same_bytes(mean, mean + d.channels, d.channels * sizeof(double)) &&
+                      same_bytes(m2, m2 + d.channels, d.channels * sizeof(double)),
+                  "nk_moments on the executor context is bitwise that of 2 threads");
+            free(mean);
+            free(m2);
+            free_out(&want);
+            free_out(&got);
+            free_data(&d);
+        }
+    }
+    set_case("executor context isa=%s", isa_name(isa));
+    CHECK(state.calls > 0 && state.tasks >= state.calls,
+          "large calls went through parallel_for (%zu calls, %zu tasks)", state.calls,
+          state.tasks);
+    CHECK(!state.reentered, "parallel_for is never called from inside a task");
+    CHECK(!state.other_thread, "parallel_for is called from the thread that made the call");
+    nk_context_destroy(exec);
+}
+
 /* Calls from several threads at once, on one shared context and on the default context, give
  * the same bits as a call alone; each thread sees its own last error message. */
 typedef struct {
@@ -1404,6 +1520,7 @@ int main(void) {
 
     test_errors(ctx);
     test_errors(NULL);
+    test_executor_errors();
     test_fold();
 
     /* (batch, channels, spatial): tiny, odd, spatial = 1, more than 256 channels, channels
@@ -1429,6 +1546,7 @@ int main(void) {
             test_nan(ctx, layout);
         }
         test_determinism(isas[i], ctx);
+        test_executor_context(isas[i], ctx);
     }
     test_concurrency(ctx);
     /* The default context. */
