@@ -103,6 +103,16 @@ typedef struct nk_executor {
   size_t concurrency;
 } nk_executor;
 
+// A bfloat16 value: the upper 16 bits of an IEEE 754 binary32. Data of the `_bf16` functions.
+typedef struct nk_bf16 {
+  uint16_t bits;
+} nk_bf16;
+
+// An IEEE 754 binary16 value. Data of the `_f16` functions.
+typedef struct nk_f16 {
+  uint16_t bits;
+} nk_f16;
+
 
 
 

@@ -6,21 +6,23 @@
 //! slices alone cannot express.
 
 use crate::simd::F32Vec;
+use crate::simd::element::{Element, ElementIo};
 use std::marker::PhantomData;
 use std::ops::Range;
 
-/// The input and output of an elementwise-shaped operation.
+/// The input and output of an elementwise-shaped operation, of element type `E` (`f32`, `bf16`
+/// or `f16`).
 #[derive(Debug)]
-pub enum InOut<'a> {
+pub enum InOut<'a, E: Element = f32> {
     /// Read `x`, write `y` (same length, no overlap: guaranteed by the borrow rules).
-    Separate { x: &'a [f32], y: &'a mut [f32] },
+    Separate { x: &'a [E], y: &'a mut [E] },
     /// Read and overwrite the same buffer. Gives bitwise the same result as `Separate`.
-    InPlace(&'a mut [f32]),
+    InPlace(&'a mut [E]),
 }
 
-impl<'a> InOut<'a> {
+impl<'a, E: Element> InOut<'a, E> {
     /// Separate input and output, or an error if their lengths differ.
-    pub fn separate(x: &'a [f32], y: &'a mut [f32]) -> crate::Result<Self> {
+    pub fn separate(x: &'a [E], y: &'a mut [E]) -> crate::Result<Self> {
         crate::error::check_len("y", y, x.len())?;
         Ok(InOut::Separate { x, y })
     }
@@ -37,7 +39,7 @@ impl<'a> InOut<'a> {
     }
 
     /// The input as it is now.
-    pub(crate) fn input(&self) -> &[f32] {
+    pub(crate) fn input(&self) -> &[E] {
         match self {
             InOut::Separate { x, .. } => x,
             InOut::InPlace(b) => b,
@@ -45,7 +47,7 @@ impl<'a> InOut<'a> {
     }
 
     /// A shareable view for parallel tasks that each own disjoint parts.
-    pub(crate) fn share(&mut self) -> SharedIo<'_> {
+    pub(crate) fn share(&mut self) -> SharedIo<'_, E> {
         let (x, y, len) = match self {
             InOut::Separate { x, y } => (x.as_ptr(), y.as_mut_ptr(), x.len()),
             InOut::InPlace(b) => (b.as_ptr(), b.as_mut_ptr(), b.len()),
@@ -62,17 +64,17 @@ impl<'a> InOut<'a> {
 /// The output gradient `dy` of a normalization backward and where the input gradient `dx` goes,
 /// if anywhere.
 #[derive(Debug)]
-pub enum BackwardIo<'a> {
+pub enum BackwardIo<'a, E: Element = f32> {
     /// Only `dy`: no input gradient wanted.
-    DyOnly(&'a [f32]),
+    DyOnly(&'a [E]),
     /// `dy` read, `dx` written: `InOut::Separate { x: dy, y: dx }`, or `InOut::InPlace` to
     /// overwrite `dy` with `dx`.
-    WithDx(InOut<'a>),
+    WithDx(InOut<'a, E>),
 }
 
-impl BackwardIo<'_> {
+impl<E: Element> BackwardIo<'_, E> {
     /// The output gradient.
-    pub(crate) fn dy(&self) -> &[f32] {
+    pub(crate) fn dy(&self) -> &[E] {
         match self {
             BackwardIo::DyOnly(dy) => dy,
             BackwardIo::WithDx(io) => io.input(),
@@ -81,26 +83,27 @@ impl BackwardIo<'_> {
 }
 
 /// An [`InOut`] that parallel tasks share, each taking the parts it owns.
-pub(crate) struct SharedIo<'a> {
-    x: *const f32,
-    y: *mut f32,
+pub(crate) struct SharedIo<'a, E = f32> {
+    x: *const E,
+    y: *mut E,
     len: usize,
-    _borrow: PhantomData<&'a mut [f32]>,
+    _borrow: PhantomData<&'a mut [E]>,
 }
 
-// SAFETY: SharedIo is a borrowed `&[f32]` plus `&mut [f32]`; the methods that create references
-// from it are unsafe and require callers to keep the parts of different threads disjoint.
-unsafe impl Send for SharedIo<'_> {}
+// SAFETY: SharedIo is a borrowed `&[E]` plus `&mut [E]` of `Send + Sync` elements; the methods
+// that create references from it are unsafe and require callers to keep the parts of different
+// threads disjoint.
+unsafe impl<E: Send + Sync> Send for SharedIo<'_, E> {}
 // SAFETY: as above.
-unsafe impl Sync for SharedIo<'_> {}
+unsafe impl<E: Send + Sync> Sync for SharedIo<'_, E> {}
 
-impl<'a> SharedIo<'a> {
+impl<'a, E> SharedIo<'a, E> {
     /// The input elements `range`, to read.
     ///
     /// # Safety
     /// No [`RowIo`] over an overlapping range may be alive while the returned slice is
     /// (in place, it would be a `&mut` to the same memory).
-    pub(crate) unsafe fn input(&self, range: Range<usize>) -> &'a [f32] {
+    pub(crate) unsafe fn input(&self, range: Range<usize>) -> &'a [E] {
         assert!(range.start <= range.end && range.end <= self.len);
         // SAFETY: in bounds (checked above); the caller guarantees no writer to this range.
         unsafe { std::slice::from_raw_parts(self.x.add(range.start), range.len()) }
@@ -110,7 +113,7 @@ impl<'a> SharedIo<'a> {
     ///
     /// # Safety
     /// The ranges of all `RowIo`s and input slices alive at the same time must be disjoint.
-    pub(crate) unsafe fn part(&self, range: Range<usize>) -> RowIo<'a> {
+    pub(crate) unsafe fn part(&self, range: Range<usize>) -> RowIo<'a, E> {
         assert!(range.start <= range.end && range.end <= self.len);
         // SAFETY: in bounds (checked above); the caller guarantees exclusive access to `range`.
         // When x == y (in place) one `&mut` slice is made, never a `&` and a `&mut` together.
@@ -126,13 +129,14 @@ impl<'a> SharedIo<'a> {
     }
 }
 
-/// A contiguous part of an [`InOut`]: what one kernel call reads and writes.
-pub(crate) enum RowIo<'a> {
-    Separate(&'a [f32], &'a mut [f32]),
-    InPlace(&'a mut [f32]),
+/// A contiguous part of an [`InOut`]: what one kernel call reads and writes. The input has
+/// elements of type `X`, the output of type `Y` (in place, both are `Y`).
+pub(crate) enum RowIo<'a, X = f32, Y = X> {
+    Separate(&'a [X], &'a mut [Y]),
+    InPlace(&'a mut [Y]),
 }
 
-impl RowIo<'_> {
+impl<X, Y> RowIo<'_, X, Y> {
     pub(crate) fn len(&self) -> usize {
         match self {
             RowIo::Separate(x, _) => x.len(),
@@ -141,33 +145,36 @@ impl RowIo<'_> {
     }
 
     /// Address of the first input element (for prefetching what follows it in memory).
-    pub(crate) fn input_ptr(&self) -> *const f32 {
+    pub(crate) fn input_ptr(&self) -> *const X {
         match self {
             RowIo::Separate(x, _) => x.as_ptr(),
-            RowIo::InPlace(b) => b.as_ptr(),
+            RowIo::InPlace(b) => b.as_ptr().cast(),
         }
     }
 
     /// The sub-part `range`, reborrowed.
-    pub(crate) fn part(&mut self, range: Range<usize>) -> RowIo<'_> {
+    pub(crate) fn part(&mut self, range: Range<usize>) -> RowIo<'_, X, Y> {
         match self {
             RowIo::Separate(x, y) => RowIo::Separate(&x[range.clone()], &mut y[range]),
             RowIo::InPlace(b) => RowIo::InPlace(&mut b[range]),
         }
     }
 
-    /// `y[i] = f(i, x[i])` for every element of the part, one by one (in place, each element is
-    /// read before it is written).
+}
+
+impl<X: ElementIo, Y: ElementIo> RowIo<'_, X, Y> {
+    /// `y[i] = f(i, x[i])` for every element of the part, one by one, in `f32` (in place, each
+    /// element is read before it is written).
     pub(crate) fn map_scalar(&mut self, f: impl Fn(usize, f32) -> f32) {
         match self {
             RowIo::Separate(x, y) => {
                 for (i, (o, &v)) in y.iter_mut().zip(x.iter()).enumerate() {
-                    *o = f(i, v);
+                    *o = Y::from_f32(f(i, v.to_f32()));
                 }
             }
             RowIo::InPlace(b) => {
                 for (i, o) in b.iter_mut().enumerate() {
-                    *o = f(i, *o);
+                    *o = Y::from_f32(f(i, o.to_f32()));
                 }
             }
         }
@@ -178,8 +185,8 @@ impl RowIo<'_> {
     #[inline(always)]
     pub(crate) fn map<V: F32Vec>(&mut self, f: &impl VectorMap<V>) {
         match self {
-            RowIo::Separate(x, y) => map_separate::<V, false>(x, y, 0, f),
-            RowIo::InPlace(b) => map_in_place::<V, false>(b, 0, f),
+            RowIo::Separate(x, y) => map_separate::<V, X, Y, false>(x, y, 0, f),
+            RowIo::InPlace(b) => map_in_place::<V, Y, false>(b, 0, f),
         }
     }
 
@@ -188,28 +195,29 @@ impl RowIo<'_> {
     #[inline(always)]
     pub(crate) fn map_streaming<V: F32Vec>(&mut self, f: &impl VectorMap<V>) {
         let head = match self {
-            RowIo::Separate(_, y) => unaligned_head::<V>(y),
-            RowIo::InPlace(b) => unaligned_head::<V>(b),
+            RowIo::Separate(_, y) => unaligned_head::<V, Y>(y),
+            RowIo::InPlace(b) => unaligned_head::<V, Y>(b),
         };
         let mut head_part = self.part(0..head);
         head_part.map(f);
         let len = self.len();
         match self.part(head..len) {
-            RowIo::Separate(x, y) => map_separate::<V, true>(x, y, head, f),
-            RowIo::InPlace(b) => map_in_place::<V, true>(b, head, f),
+            RowIo::Separate(x, y) => map_separate::<V, X, Y, true>(x, y, head, f),
+            RowIo::InPlace(b) => map_in_place::<V, Y, true>(b, head, f),
         }
     }
 }
 
-/// Elements of `y` before its first address aligned to a whole vector (`LANES * 4` bytes).
+/// Elements of `y` before its first address aligned to a whole vector of `E` (`LANES *
+/// size_of::<E>()` bytes).
 #[inline(always)]
-pub(crate) fn unaligned_head<V: F32Vec>(y: &[f32]) -> usize {
-    let bytes = V::LANES * 4;
+pub(crate) fn unaligned_head<V: F32Vec, E: ElementIo>(y: &[E]) -> usize {
+    let bytes = V::LANES * E::BYTES;
     let misalign = y.as_ptr() as usize % bytes;
     if misalign == 0 {
         0
     } else {
-        ((bytes - misalign) / 4).min(y.len())
+        ((bytes - misalign) / E::BYTES).min(y.len())
     }
 }
 
@@ -225,20 +233,20 @@ pub(crate) trait VectorMap<V: F32Vec> {
 
 /// Stores a whole vector, streaming (`dst` vector-aligned) if `STREAM`.
 #[inline(always)]
-pub(crate) fn store_vector<V: F32Vec, const STREAM: bool>(v: V, dst: &mut [f32]) {
+pub(crate) fn store_vector<V: F32Vec, E: ElementIo, const STREAM: bool>(v: V, dst: &mut [E]) {
     if STREAM {
-        v.store_stream(dst)
+        v.write_stream(dst)
     } else {
-        v.store(dst)
+        v.write(dst)
     }
 }
 
 /// `y = f(x)` by vectors, a partial one last; `base` is the index of `x[0]` in the caller's part.
 /// With `STREAM`, `y` is vector-aligned and whole vectors are streamed.
 #[inline(always)]
-fn map_separate<V: F32Vec, const STREAM: bool>(
-    x: &[f32],
-    y: &mut [f32],
+fn map_separate<V: F32Vec, X: ElementIo, Y: ElementIo, const STREAM: bool>(
+    x: &[X],
+    y: &mut [Y],
     base: usize,
     f: &impl VectorMap<V>,
 ) {
@@ -251,26 +259,30 @@ fn map_separate<V: F32Vec, const STREAM: bool>(
         .zip(y_body.chunks_exact_mut(l))
         .enumerate()
     {
-        store_vector::<V, STREAM>(f.apply(V::load(xs), base + i * l, l), ys);
+        store_vector::<V, Y, STREAM>(f.apply(V::read(xs), base + i * l, l), ys);
     }
     if !x_tail.is_empty() {
-        f.apply(V::load_partial(x_tail, 0.0), base + full, x_tail.len())
-            .store_partial(y_tail);
+        f.apply(V::read_partial(x_tail, 0.0), base + full, x_tail.len())
+            .write_partial(y_tail);
     }
 }
 
 /// [`map_separate`] in place.
 #[inline(always)]
-fn map_in_place<V: F32Vec, const STREAM: bool>(b: &mut [f32], base: usize, f: &impl VectorMap<V>) {
+fn map_in_place<V: F32Vec, E: ElementIo, const STREAM: bool>(
+    b: &mut [E],
+    base: usize,
+    f: &impl VectorMap<V>,
+) {
     let l = V::LANES;
     let full = b.len() / l * l;
     let (body, tail) = b.split_at_mut(full);
     for (i, v) in body.chunks_exact_mut(l).enumerate() {
-        let y = f.apply(V::load(v), base + i * l, l);
-        store_vector::<V, STREAM>(y, v);
+        let y = f.apply(V::read(v), base + i * l, l);
+        store_vector::<V, E, STREAM>(y, v);
     }
     if !tail.is_empty() {
-        let v = V::load_partial(tail, 0.0);
-        f.apply(v, base + full, tail.len()).store_partial(tail);
+        let v = V::read_partial(tail, 0.0);
+        f.apply(v, base + full, tail.len()).write_partial(tail);
     }
 }

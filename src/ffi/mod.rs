@@ -22,6 +22,7 @@ pub use library::*;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::{BackwardIo, InOut};
+use crate::simd::element::Element;
 use std::cell::RefCell;
 use std::ffi::CString;
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -316,7 +317,7 @@ pub(crate) unsafe fn optional_mut<'a, T>(ptr: *mut T, len: usize) -> Option<&'a 
 /// # Safety
 /// `x` and `y` passed [`Regions::check`] with `y` registered by `output_replacing(.., "x")`, and
 /// are valid for `len` elements.
-pub(crate) unsafe fn in_out<'a>(x: *const f32, y: *mut f32, len: usize) -> InOut<'a> {
+pub(crate) unsafe fn in_out<'a, E: Element>(x: *const E, y: *mut E, len: usize) -> InOut<'a, E> {
     if std::ptr::eq(x, y) && len > 0 {
         // SAFETY: forwarded; the single mutable slice is the only reference.
         InOut::InPlace(unsafe { slice_mut(y, len) })
@@ -336,7 +337,11 @@ pub(crate) unsafe fn in_out<'a>(x: *const f32, y: *mut f32, len: usize) -> InOut
 /// # Safety
 /// `dy` and `dx` passed [`Regions::check`] with `dx` registered by `output_replacing(.., "dy")`,
 /// and are valid for `n` elements.
-pub(crate) unsafe fn backward_io<'a>(dy: *const f32, dx: *mut f32, n: usize) -> BackwardIo<'a> {
+pub(crate) unsafe fn backward_io<'a, E: Element>(
+    dy: *const E,
+    dx: *mut E,
+    n: usize,
+) -> BackwardIo<'a, E> {
     if dx.is_null() {
         // SAFETY: forwarded.
         BackwardIo::DyOnly(unsafe { slice(dy, n) })
@@ -345,3 +350,30 @@ pub(crate) unsafe fn backward_io<'a>(dy: *const f32, dx: *mut f32, n: usize) -> 
         BackwardIo::WithDx(unsafe { in_out(dy, dx, n) })
     }
 }
+
+/// A bfloat16 value: the upper 16 bits of an IEEE 754 binary32. Data of the `_bf16` functions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct nk_bf16 {
+    pub bits: u16,
+}
+
+/// An IEEE 754 binary16 value. Data of the `_f16` functions.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct nk_f16 {
+    pub bits: u16,
+}
+
+// The `_bf16` and `_f16` entry points cast `*const nk_bf16` to `*const bf16` (and f16 alike):
+// both are one `u16` (`half`'s types are `repr(transparent)` over `u16`).
+const _: () = assert!(
+    std::mem::size_of::<nk_bf16>() == 2
+        && std::mem::align_of::<nk_bf16>() == 2
+        && std::mem::size_of::<nk_f16>() == 2
+        && std::mem::align_of::<nk_f16>() == 2
+        && std::mem::size_of::<crate::bf16>() == 2
+        && std::mem::align_of::<crate::bf16>() == 2
+        && std::mem::size_of::<crate::f16>() == 2
+        && std::mem::align_of::<crate::f16>() == 2
+);

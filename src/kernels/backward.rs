@@ -467,8 +467,8 @@ impl Kernel for NscGrad<'_> {
             let len = self.io.len();
             let head = if self.stream {
                 match &self.io {
-                    RowIo::Separate(_, y) => unaligned_head::<V>(y),
-                    RowIo::InPlace(b) => unaligned_head::<V>(b),
+                    RowIo::Separate(_, y) => unaligned_head::<V, _>(y),
+                    RowIo::InPlace(b) => unaligned_head::<V, _>(b),
                 }
             } else {
                 0
@@ -604,7 +604,7 @@ fn nsc_periods<V: F32Vec, const STREAM: bool>(
                         V::load(b),
                         V::load(k),
                     );
-                    store_vector::<V, STREAM>(v, os);
+                    store_vector::<V, _, STREAM>(v, os);
                 }
             }
         }
@@ -621,7 +621,7 @@ fn nsc_periods<V: F32Vec, const STREAM: bool>(
                         V::load(b),
                         V::load(k),
                     );
-                    store_vector::<V, STREAM>(v, bs);
+                    store_vector::<V, _, STREAM>(v, bs);
                 }
             }
         }

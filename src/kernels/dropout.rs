@@ -333,7 +333,7 @@ fn run_groups<V: F32Vec, G: Groups<V>, const STREAM: bool>(
                 }
                 for v in 0..G::VECTORS {
                     let y = groups.apply(v, V::load(&xs[v * l..]));
-                    store_vector::<V, STREAM>(y, &mut ys[v * l..]);
+                    store_vector::<V, _, STREAM>(y, &mut ys[v * l..]);
                 }
             }
             if !x_tail.is_empty() {
@@ -364,7 +364,7 @@ fn run_groups<V: F32Vec, G: Groups<V>, const STREAM: bool>(
                 for v in 0..G::VECTORS {
                     let s = &mut bs[v * l..];
                     let y = groups.apply(v, V::load(s));
-                    store_vector::<V, STREAM>(y, s);
+                    store_vector::<V, _, STREAM>(y, s);
                 }
             }
             if !tail.is_empty() {
@@ -394,8 +394,8 @@ fn output_head<V: F32Vec>(io: &RowIo<'_>, stream: bool) -> usize {
         return 0;
     }
     match io {
-        RowIo::Separate(_, y) => unaligned_head::<V>(y),
-        RowIo::InPlace(b) => unaligned_head::<V>(b),
+        RowIo::Separate(_, y) => unaligned_head::<V, _>(y),
+        RowIo::InPlace(b) => unaligned_head::<V, _>(b),
     }
 }
 

@@ -186,8 +186,8 @@ fn nsc_run<V: F32Vec, const RELU: bool, const STREAM: bool>(
     let len = io.len();
     let head = if STREAM {
         match &*io {
-            RowIo::Separate(_, y) => unaligned_head::<V>(y),
-            RowIo::InPlace(b) => unaligned_head::<V>(b),
+            RowIo::Separate(_, y) => unaligned_head::<V, _>(y),
+            RowIo::InPlace(b) => unaligned_head::<V, _>(b),
         }
     } else {
         0
@@ -237,7 +237,7 @@ fn nsc_periods<V: F32Vec, const RELU: bool, const STREAM: bool>(
                     .zip(t.chunks_exact(l));
                 for ((xs, ys), ((m, s), t)) in lanes.zip(params) {
                     let v = affine::<V, RELU>(V::load(xs), V::load(m), V::load(s), V::load(t));
-                    store_vector::<V, STREAM>(v, ys);
+                    store_vector::<V, _, STREAM>(v, ys);
                 }
             }
         }
@@ -249,7 +249,7 @@ fn nsc_periods<V: F32Vec, const RELU: bool, const STREAM: bool>(
                     .zip(t.chunks_exact(l));
                 for (v, ((m, s), t)) in bp.chunks_exact_mut(l).zip(params) {
                     let y = affine::<V, RELU>(V::load(v), V::load(m), V::load(s), V::load(t));
-                    store_vector::<V, STREAM>(y, v);
+                    store_vector::<V, _, STREAM>(y, v);
                 }
             }
         }
@@ -275,7 +275,7 @@ fn nsc_vectors<V: F32Vec, const RELU: bool, const STREAM: bool>(
             for (xs, ys) in x.chunks(step).zip(y.chunks_mut(step)) {
                 let (m, s, t) = lane_params::<V>(&p, c0, xs.len());
                 if xs.len() == l {
-                    store_vector::<V, STREAM>(affine::<V, RELU>(V::load(xs), m, s, t), ys);
+                    store_vector::<V, _, STREAM>(affine::<V, RELU>(V::load(xs), m, s, t), ys);
                 } else {
                     affine::<V, RELU>(V::load_partial(xs, 0.0), m, s, t).store_partial(ys);
                 }
@@ -286,7 +286,7 @@ fn nsc_vectors<V: F32Vec, const RELU: bool, const STREAM: bool>(
             for v in b.chunks_mut(step) {
                 let (m, s, t) = lane_params::<V>(&p, c0, v.len());
                 if v.len() == l {
-                    store_vector::<V, STREAM>(affine::<V, RELU>(V::load(v), m, s, t), v);
+                    store_vector::<V, _, STREAM>(affine::<V, RELU>(V::load(v), m, s, t), v);
                 } else {
                     let y = affine::<V, RELU>(V::load_partial(v, 0.0), m, s, t);
                     y.store_partial(v);

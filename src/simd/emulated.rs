@@ -149,7 +149,7 @@ impl<const N: usize> F32Vec for Emulated<N> {
 
     fn fence_streams() {}
 
-    fn prefetch(_: *const f32) {}
+    fn prefetch<T>(_: *const T) {}
 
     fn add(self, rhs: Self) -> Self {
         self.zip_with(rhs, |a, b| a + b)

@@ -124,7 +124,7 @@ pub trait F32Vec: Copy {
     fn fence_streams();
     /// Hints that the cache line holding `addr` will be read soon. Never faults, whatever
     /// `addr` is; a no-op where the backend has no prefetch.
-    fn prefetch(addr: *const f32);
+    fn prefetch<T>(addr: *const T);
     fn add(self, rhs: Self) -> Self;
     fn sub(self, rhs: Self) -> Self;
     /// `self * a + b`, fused where the ISA has FMA.

@@ -89,7 +89,7 @@ impl F32Vec for Vector {
     fn fence_streams() {}
 
     #[inline(always)]
-    fn prefetch(_: *const f32) {}
+    fn prefetch<T>(_: *const T) {}
 
     #[inline(always)]
     fn add(self, rhs: Self) -> Self {

@@ -128,7 +128,7 @@ impl F32Vec for Vector {
     }
 
     #[inline(always)]
-    fn prefetch(addr: *const f32) {
+    fn prefetch<T>(addr: *const T) {
         // SAFETY: a prefetch reads nothing architecturally and never faults, whatever the address.
         unsafe { _mm_prefetch::<_MM_HINT_T0>(addr.cast()) }
     }
