@@ -2,9 +2,10 @@
 //! Philox4x32-10 generator against Random123's published known answers; masks and outputs of
 //! every variant against the plain reference of `tests/common/dropout_reference.rs` for many
 //! (n, p, seed, offset); a tensor cut into pieces across calls giving what one call gives; every
-//! ISA of this CPU and 1, 2 and 3 threads giving the same bits; the statistics of the masks and
-//! noises; backward against the forward's factor; NaN and infinities at dropped elements; in place
-//! against out of place; and the error contract, with every buffer checked byte for byte.
+//! ISA of this CPU, 1, 2 and 3 threads and executor contexts giving the same bits; the statistics
+//! of the masks and noises; backward against the forward's factor; NaN and infinities at dropped
+//! elements; in place against out of place; and the error contract, with every buffer checked
+//! byte for byte.
 
 mod common;
 
@@ -18,13 +19,14 @@ use normkit::ffi::*;
 use proptest::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::ffi::CStr;
+use std::ffi::{CStr, c_void};
 use std::ptr::{null, null_mut};
 
 // ---------------------------------------------------------------------------------------------
 // Contexts.
 
-/// A context from `nk_context_create` (destroyed on drop), or the default context (NULL).
+/// A context from `nk_context_create` or `nk_context_create_with_executor` (destroyed on drop),
+/// or the default context (NULL).
 struct Ctx {
     ptr: *mut nk_context,
     name: String,
@@ -54,6 +56,36 @@ impl Ctx {
         }
     }
 
+    /// A context from `nk_context_create_with_executor`: every task on the calling thread, last
+    /// first, or on 3 threads of the executor's own (`threaded`).
+    fn executor(threaded: bool, isa: Isa) -> Ctx {
+        let executor = nk_executor {
+            parallel_for: Some(if threaded {
+                threaded_executor
+            } else {
+                reversed_executor
+            }),
+            user: null_mut(),
+            concurrency: if threaded { 3 } else { 1 },
+        };
+        let mut ptr = null_mut();
+        // SAFETY: valid pointers; the executors keep no state.
+        let status = unsafe { nk_context_create_with_executor(&executor, &mut ptr) };
+        assert_eq!(status, NK_OK, "nk_context_create_with_executor");
+        // SAFETY: a live context.
+        let status = unsafe { nk_context_set_isa(ptr, isa_value(isa)) };
+        assert_eq!(status, NK_OK, "nk_context_set_isa({isa:?})");
+        let how = if threaded {
+            "executor on 3 threads"
+        } else {
+            "executor, tasks last first"
+        };
+        Ctx {
+            ptr,
+            name: format!("{isa:?}, {how}"),
+        }
+    }
+
     fn default_context() -> Ctx {
         Ctx {
             ptr: null_mut(),
@@ -67,6 +99,58 @@ impl Drop for Ctx {
         // SAFETY: a context from nk_context_create, or NULL (a no-op).
         unsafe { nk_context_destroy(self.ptr) };
     }
+}
+
+/// A task handed to an executor, callable from the executor's threads.
+#[derive(Clone, Copy)]
+struct HostTask {
+    run: unsafe extern "C" fn(*mut c_void, usize),
+    arg: *mut c_void,
+}
+
+// SAFETY: the executor contract lets tasks run on any of the host's threads.
+unsafe impl Send for HostTask {}
+// SAFETY: as above.
+unsafe impl Sync for HostTask {}
+
+impl HostTask {
+    fn new(task: nk_task_fn, arg: *mut c_void) -> HostTask {
+        HostTask {
+            run: task.expect("a task function"),
+            arg,
+        }
+    }
+
+    fn call(&self, index: usize) {
+        // SAFETY: the task and argument of the `parallel_for` that is running.
+        unsafe { (self.run)(self.arg, index) }
+    }
+}
+
+/// An executor running every task on the calling thread, last first.
+unsafe extern "C" fn reversed_executor(
+    _user: *mut c_void,
+    count: usize,
+    task: nk_task_fn,
+    arg: *mut c_void,
+) {
+    let task = HostTask::new(task, arg);
+    (0..count).rev().for_each(|i| task.call(i));
+}
+
+/// An executor running the tasks on 3 scoped threads, thread `t` taking `t`, `t + 3`, ...
+unsafe extern "C" fn threaded_executor(
+    _user: *mut c_void,
+    count: usize,
+    task: nk_task_fn,
+    arg: *mut c_void,
+) {
+    let task = HostTask::new(task, arg);
+    std::thread::scope(|s| {
+        for t in 0..3 {
+            s.spawn(move || (t..count).step_by(3).for_each(|i| task.call(i)));
+        }
+    });
 }
 
 thread_local! {
@@ -1021,8 +1105,9 @@ struct Outcome {
     dx: Vec<f32>,
 }
 
-/// Every ISA of this CPU with 1, 2 and 3 threads, and the default context, on tensors large
-/// enough to be split over threads, at an offset that is not a multiple of 4 or 8: the same bits
+/// Every ISA of this CPU with 1, 2 and 3 threads and two executors (tasks last first, and on 3
+/// threads of the host), and the default context, on tensors large enough to be split over
+/// threads, at an offset that is not a multiple of 4 or 8: the same bits
 /// for every variant and its mask; Gaussian dropout the same bits across thread counts and
 /// within float rounding across ISAs. Each result also matches the reference.
 #[test]
@@ -1036,6 +1121,8 @@ fn isa_and_thread_count_do_not_change_results() {
         for threads in [1, 2, 3] {
             configs.push(Ctx::new(threads, isa));
         }
+        configs.push(Ctx::executor(false, isa));
+        configs.push(Ctx::executor(true, isa));
     }
     configs.push(Ctx::default_context());
     for kind in KINDS {
@@ -2614,7 +2701,8 @@ fn safe_api_matches_the_c_functions() {
 /// Sizes around the boundaries of the work split over threads (every multiple of 2^15 elements
 /// in the library today, but the test does not rely on it), at offsets inside a block of four
 /// words and a mask byte, and channel shapes where one (n, c) pair spans many threads or many
-/// pairs share a cache line, on every ISA with 1, 2 and 3 threads.
+/// pairs share a cache line, on every ISA with 1, 2 and 3 threads and an executor running the
+/// tasks on 3 threads of the host.
 #[test]
 fn odd_sizes_and_shapes_on_every_context() {
     let mut contexts = Vec::new();
@@ -2622,6 +2710,7 @@ fn odd_sizes_and_shapes_on_every_context() {
         for threads in [1, 2, 3] {
             contexts.push(Ctx::new(threads, isa));
         }
+        contexts.push(Ctx::executor(true, isa));
     }
     for ctx in &contexts {
         for n in [(1usize << 15) - 3, (1 << 15) + 1, (3 << 15) + 7] {

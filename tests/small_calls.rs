@@ -1,7 +1,8 @@
 //! The C entry points on small tensors: every raw-pointer path of the boundary (slices made from
 //! C pointers, in place and out of place, optional pointers, the alignment and overlap checks,
-//! errors that must write nothing) and one call big enough for a context's thread pool to
-//! split it. Sizes are small so that Miri can run this file in a few minutes:
+//! errors that must write nothing) and calls big enough for a context's thread pool, or a host's
+//! executor (`nk_context_create_with_executor`), to split them. Sizes are small so that Miri can
+//! run this file in a few minutes:
 //!
 //! ```text
 //! cargo +nightly miri test --test small_calls
@@ -12,7 +13,9 @@
 
 use normkit::ffi::nk_status::{self, *};
 use normkit::ffi::*;
+use std::ffi::c_void;
 use std::ptr::{null, null_mut};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 const NCS: nk_layout_value = 0;
 const NSC: nk_layout_value = 1;
@@ -616,4 +619,173 @@ fn calls_split_over_a_thread_pool() {
     }
     // SAFETY: created above, no longer used.
     unsafe { nk_context_destroy(ctx) };
+}
+
+/// A task handed to an executor, callable from the executor's threads.
+#[derive(Clone, Copy)]
+struct HostTask {
+    run: unsafe extern "C" fn(*mut c_void, usize),
+    arg: *mut c_void,
+}
+
+// SAFETY: the executor contract lets tasks run on any of the host's threads.
+unsafe impl Send for HostTask {}
+// SAFETY: as above.
+unsafe impl Sync for HostTask {}
+
+impl HostTask {
+    /// The task of a `parallel_for` call; counts the call in the `AtomicUsize` at `user`.
+    ///
+    /// # Safety
+    /// `user` points to a live `AtomicUsize`.
+    unsafe fn new(user: *mut c_void, task: nk_task_fn, arg: *mut c_void) -> HostTask {
+        // SAFETY: the caller's promise.
+        unsafe { &*user.cast::<AtomicUsize>() }.fetch_add(1, Ordering::Relaxed);
+        HostTask {
+            run: task.expect("a task function"),
+            arg,
+        }
+    }
+
+    fn call(&self, index: usize) {
+        // SAFETY: the task and argument of the `parallel_for` that is running.
+        unsafe { (self.run)(self.arg, index) }
+    }
+}
+
+/// An executor running every task on the calling thread, in order.
+unsafe extern "C" fn in_order_executor(
+    user: *mut c_void,
+    count: usize,
+    task: nk_task_fn,
+    arg: *mut c_void,
+) {
+    // SAFETY: `user` is the test's counter.
+    let task = unsafe { HostTask::new(user, task, arg) };
+    (0..count).for_each(|i| task.call(i));
+}
+
+/// An executor running the tasks on 2 scoped threads, odd and even indices.
+unsafe extern "C" fn two_thread_executor(
+    user: *mut c_void,
+    count: usize,
+    task: nk_task_fn,
+    arg: *mut c_void,
+) {
+    // SAFETY: `user` is the test's counter.
+    let task = unsafe { HostTask::new(user, task, arg) };
+    std::thread::scope(|s| {
+        for t in 0..2 {
+            s.spawn(move || (t..count).step_by(2).for_each(|i| task.call(i)));
+        }
+    });
+}
+
+/// Batch norm training (NCHW) and group norm forward with saved statistics: every output.
+fn executor_calls(ctx: *mut nk_context, b: usize, c: usize, s: usize) -> (nk_status, Vec<f32>) {
+    let n = b * c * s;
+    let x = data(n);
+    let gamma: Vec<f32> = (0..c).map(|i| 0.5 + i as f32 * 0.25).collect();
+    let mut y = vec![0f32; n];
+    let (mut mean, mut invstd) = (vec![0f32; c], vec![0f32; c]);
+    let (mut running_mean, mut running_var) = (vec![0f32; c], vec![1f32; c]);
+    let mut g = vec![0f32; n];
+    let (mut g_mean, mut g_invstd) = (vec![0f32; b * 2], vec![0f32; b * 2]);
+    // SAFETY: valid extents.
+    let status = unsafe {
+        nk_batchnorm_forward_training(
+            ctx,
+            shape(b, c, s, NCS),
+            x.as_ptr(),
+            y.as_mut_ptr(),
+            gamma.as_ptr(),
+            null(),
+            1e-5,
+            0.1,
+            0,
+            running_mean.as_mut_ptr(),
+            running_var.as_mut_ptr(),
+            mean.as_mut_ptr(),
+            invstd.as_mut_ptr(),
+        )
+    };
+    if status != NK_OK {
+        return (status, running_mean);
+    }
+    // SAFETY: valid extents.
+    let status = unsafe {
+        nk_groupnorm_forward(
+            ctx,
+            shape(b, c, s, NSC),
+            2,
+            x.as_ptr(),
+            g.as_mut_ptr(),
+            gamma.as_ptr(),
+            null(),
+            1e-5,
+            g_mean.as_mut_ptr(),
+            g_invstd.as_mut_ptr(),
+        )
+    };
+    let outputs = [
+        y,
+        mean,
+        invstd,
+        running_mean,
+        running_var,
+        g,
+        g_mean,
+        g_invstd,
+    ]
+    .concat();
+    (status, outputs)
+}
+
+/// Contexts on a host's executor (C functions written here: in order on the calling thread, and
+/// on 2 threads), for calls large enough to reach the executor (under Miri, a few hundred
+/// elements): `run_task` and the batch's bookkeeping run on the host's threads, a failing task
+/// is reported, and the bits are those of a 1-thread context.
+#[test]
+fn calls_split_over_a_host_executor() {
+    let (b, c, s) = if cfg!(miri) { (2, 4, 41) } else { (2, 4, 4100) };
+    let reference = context(1);
+    let (status, want) = executor_calls(reference, b, c, s);
+    assert_eq!(status, NK_OK);
+    type ParallelFor = unsafe extern "C" fn(*mut c_void, usize, nk_task_fn, *mut c_void);
+    let executors: [(ParallelFor, usize); 2] = [(in_order_executor, 1), (two_thread_executor, 2)];
+    for (parallel_for, concurrency) in executors {
+        let calls = AtomicUsize::new(0);
+        let executor = nk_executor {
+            parallel_for: Some(parallel_for),
+            user: std::ptr::from_ref(&calls).cast_mut().cast(),
+            concurrency,
+        };
+        let mut ctx = null_mut();
+        // SAFETY: valid pointers; `calls` outlives the context.
+        assert_eq!(
+            unsafe { nk_context_create_with_executor(&executor, &mut ctx) },
+            NK_OK
+        );
+        let (status, got) = executor_calls(ctx, b, c, s);
+        assert_eq!(status, NK_OK, "concurrency {concurrency}");
+        assert!(
+            calls.load(Ordering::Relaxed) > 0,
+            "the executor was not called"
+        );
+        let same = got
+            .iter()
+            .zip(&want)
+            .all(|(g, w)| g.to_bits() == w.to_bits());
+        assert!(same && got.len() == want.len(), "concurrency {concurrency}");
+
+        // SAFETY: a live context.
+        unsafe { (*ctx).context() }.fail_task_for_testing(Some(1));
+        let (status, running_mean) = executor_calls(ctx, b, c, s);
+        assert_eq!(status, NK_ERR_INTERNAL, "a failing task");
+        assert_eq!(running_mean, vec![0f32; c], "running statistics written");
+        // SAFETY: created above, no call in flight.
+        unsafe { nk_context_destroy(ctx) };
+    }
+    // SAFETY: created above, no call in flight.
+    unsafe { nk_context_destroy(reference) };
 }

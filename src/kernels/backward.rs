@@ -14,6 +14,7 @@
 use super::moments::{LINE_FLOATS, TILED_MAX_CHANNELS};
 use super::sums::Sums2;
 use crate::io::{RowIo, VectorMap, store_vector, unaligned_head};
+use crate::simd::element::ElementIo;
 use crate::simd::{F32Vec, Kernel};
 use std::cell::Cell;
 use std::ops::Range;
@@ -34,28 +35,28 @@ pub(crate) struct GradSums {
 /// Adds `dy` and `dy * (x - m)` of a contiguous span to the lane sums (two accumulators, so
 /// that two chains of `f64` additions run at once).
 #[inline(always)]
-fn accumulate<V: F32Vec>(x: &[f32], dy: &[f32], m: f32, acc: &mut [Sums2<V>; 2]) {
+fn accumulate<V: F32Vec, E: ElementIo>(x: &[E], dy: &[E], m: f32, acc: &mut [Sums2<V>; 2]) {
     let l = V::LANES;
     let mv = V::splat(m);
     let mut xp = x.chunks_exact(2 * l);
     let mut dp = dy.chunks_exact(2 * l);
     for (xs, ds) in (&mut xp).zip(&mut dp) {
         for (j, a) in acc.iter_mut().enumerate() {
-            let d = V::load(&ds[j * l..]);
-            let xm = V::load(&xs[j * l..]).sub(mv);
+            let d = V::read(&ds[j * l..]);
+            let xm = V::read(&xs[j * l..]).sub(mv);
             a.add(d, xm);
         }
     }
     let (xr, dr) = (xp.remainder(), dp.remainder());
     if xr.len() >= l {
-        acc[0].add(V::load(dr), V::load(xr).sub(mv));
+        acc[0].add(V::read(dr), V::read(xr).sub(mv));
     }
     let full = xr.len() / l * l;
     let (xt, dt) = (&xr[full..], &dr[full..]);
     if !xt.is_empty() {
         // Lanes past the tail load dy = 0 and x = m: both terms are exactly 0.
-        let d = V::load_partial(dt, 0.0);
-        let xm = V::load_partial(xt, m).sub(mv);
+        let d = V::read_partial(dt, 0.0);
+        let xm = V::read_partial(xt, m).sub(mv);
         acc[1].add(d, xm);
     }
 }
@@ -72,10 +73,11 @@ pub(crate) struct ChannelGrad<'r, X, D> {
     pub mean: f32,
 }
 
-impl<'a, 'b, X, D> Kernel for ChannelGrad<'_, X, D>
+impl<'a, 'b, E, X, D> Kernel for ChannelGrad<'_, X, D>
 where
-    X: Fn(usize) -> &'a [f32],
-    D: Fn(usize) -> &'b [f32],
+    E: ElementIo,
+    X: Fn(usize) -> &'a [E],
+    D: Fn(usize) -> &'b [E],
 {
     type Output = GradSums;
     #[inline(always)]
@@ -109,16 +111,16 @@ where
 
 /// Consecutive rows of `channels` values each (channels innermost): per-channel sums added to
 /// `out` (length `channels`), in blocks of [`ROW_BLOCK`] rows.
-pub(crate) struct RowGrad<'a> {
-    pub x: &'a [f32],
-    pub dy: &'a [f32],
+pub(crate) struct RowGrad<'a, E = f32> {
+    pub x: &'a [E],
+    pub dy: &'a [E],
     pub channels: usize,
     /// Saved means, length `channels`.
     pub mean: &'a [f32],
     pub out: &'a mut [GradSums],
 }
 
-impl Kernel for RowGrad<'_> {
+impl<E: ElementIo> Kernel for RowGrad<'_, E> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(self) {
@@ -132,9 +134,9 @@ impl Kernel for RowGrad<'_> {
             .zip(self.dy.chunks(ROW_BLOCK * c))
         {
             if c <= TILED_MAX_CHANNELS {
-                grad_tiles::<V>(xb, db, c, mean, &mut s1, &mut s2);
+                grad_tiles::<V, E>(xb, db, c, mean, &mut s1, &mut s2);
             } else {
-                grad_rows::<V>(xb, db, c, mean, &mut s1, &mut s2);
+                grad_rows::<V, E>(xb, db, c, mean, &mut s1, &mut s2);
             }
         }
         for ((o, &a), &q) in self.out.iter_mut().zip(&s1).zip(&s2) {
@@ -151,9 +153,9 @@ impl Kernel for RowGrad<'_> {
 /// each row, which the hardware prefetchers do not follow; prefetching never faults, wherever
 /// it points).
 #[inline(always)]
-fn grad_tiles<V: F32Vec>(
-    xb: &[f32],
-    db: &[f32],
+fn grad_tiles<V: F32Vec, E: ElementIo>(
+    xb: &[E],
+    db: &[E],
     c: usize,
     mean: &[f32],
     s1: &mut [f64],
@@ -167,7 +169,7 @@ fn grad_tiles<V: F32Vec>(
     let full = c / l * l;
     let tiles = c / (2 * l) * (2 * l);
     for c0 in (0..tiles).step_by(2 * l) {
-        let m = [V::load(&mean[c0..]), V::load(&mean[c0 + l..])];
+        let m = [V::read(&mean[c0..]), V::read(&mean[c0 + l..])];
         let mut acc = [Sums2::<V>::zero(); 2];
         for (r, (xr, dr)) in xb.chunks_exact(c).zip(db.chunks_exact(c)).enumerate() {
             for line in (0..2 * l).step_by(LINE_FLOATS) {
@@ -175,8 +177,8 @@ fn grad_tiles<V: F32Vec>(
                 V::prefetch(dy_ahead.wrapping_add(r * c + c0 + line));
             }
             for (j, a) in acc.iter_mut().enumerate() {
-                let d = V::load(&dr[c0 + j * l..]);
-                let xm = V::load(&xr[c0 + j * l..]).sub(m[j]);
+                let d = V::read(&dr[c0 + j * l..]);
+                let xm = V::read(&xr[c0 + j * l..]).sub(m[j]);
                 a.add(d, xm);
             }
         }
@@ -186,12 +188,12 @@ fn grad_tiles<V: F32Vec>(
         }
     }
     for c0 in (tiles..full).step_by(l) {
-        let m = V::load(&mean[c0..]);
+        let m = V::read(&mean[c0..]);
         let mut acc = Sums2::<V>::zero();
         for (r, (xr, dr)) in xb.chunks_exact(c).zip(db.chunks_exact(c)).enumerate() {
             V::prefetch(x_ahead.wrapping_add(r * c + c0));
             V::prefetch(dy_ahead.wrapping_add(r * c + c0));
-            acc.add(V::load(&dr[c0..]), V::load(&xr[c0..]).sub(m));
+            acc.add(V::read(&dr[c0..]), V::read(&xr[c0..]).sub(m));
         }
         acc.add_to(&mut s1[c0..c0 + l], &mut s2[c0..c0 + l]);
     }
@@ -205,9 +207,9 @@ fn grad_tiles<V: F32Vec>(
 /// As [`grad_tiles`] for rows of any width, row by row with the sums in memory (L1): each row
 /// is read once, front to back.
 #[inline(always)]
-fn grad_rows<V: F32Vec>(
-    xb: &[f32],
-    db: &[f32],
+fn grad_rows<V: F32Vec, E: ElementIo>(
+    xb: &[E],
+    db: &[E],
     c: usize,
     mean: &[f32],
     s1: &mut [f64],
@@ -218,8 +220,8 @@ fn grad_rows<V: F32Vec>(
     for (xr, dr) in xb.chunks_exact(c).zip(db.chunks_exact(c)) {
         for c0 in (0..full).step_by(l) {
             let mut acc = Sums2::<V>::zero();
-            let xm = V::load(&xr[c0..]).sub(V::load(&mean[c0..]));
-            acc.add(V::load(&dr[c0..]), xm);
+            let xm = V::read(&xr[c0..]).sub(V::read(&mean[c0..]));
+            acc.add(V::read(&dr[c0..]), xm);
             acc.add_to(&mut s1[c0..c0 + l], &mut s2[c0..c0 + l]);
         }
         if full < c {
@@ -231,11 +233,18 @@ fn grad_rows<V: F32Vec>(
 /// Adds the channels from `full` to the end of a row (fewer than `LANES`) to the sums, one by
 /// one (`x - mean` rounded in `f32` as the vectors round it).
 #[inline(always)]
-fn grad_tail(xr: &[f32], dr: &[f32], full: usize, mean: &[f32], s1: &mut [f64], s2: &mut [f64]) {
+fn grad_tail<E: ElementIo>(
+    xr: &[E],
+    dr: &[E],
+    full: usize,
+    mean: &[f32],
+    s1: &mut [f64],
+    s2: &mut [f64],
+) {
     for ch in full..xr.len() {
-        let d = dr[ch] as f64;
+        let d = dr[ch].to_f32() as f64;
         s1[ch] += d;
-        s2[ch] += d * (xr[ch] - mean[ch]) as f64;
+        s2[ch] += d * (xr[ch].to_f32() - mean[ch]) as f64;
     }
 }
 
@@ -288,20 +297,24 @@ impl WideGrad {
     }
 
     /// A run of one channel: `io` maps `dy` to `dx`, `x` holds the same elements.
-    pub(crate) fn apply(&self, x: &[f32], io: &mut RowIo<'_>) {
+    pub(crate) fn apply<E: ElementIo>(&self, x: &[E], io: &mut RowIo<'_, E, E>) {
         apply_wide(x, io, |_| self);
     }
 }
 
 /// `dx` in `f64` over rows of channels-innermost data: element `i` of `io` (and of `x`) is
 /// channel `i % wide.len()`.
-pub(crate) fn apply_wide_cyclic(wide: &[WideGrad], x: &[f32], io: &mut RowIo<'_>) {
+pub(crate) fn apply_wide_cyclic<E: ElementIo>(wide: &[WideGrad], x: &[E], io: &mut RowIo<'_, E, E>) {
     let c = wide.len();
     apply_wide(x, io, |i| &wide[i % c]);
 }
 
-fn apply_wide<'w>(x: &[f32], io: &mut RowIo<'_>, coef: impl Fn(usize) -> &'w WideGrad) {
-    io.map_scalar(|i, dy| coef(i).dx(dy, x[i]));
+fn apply_wide<'w, E: ElementIo>(
+    x: &[E],
+    io: &mut RowIo<'_, E, E>,
+    coef: impl Fn(usize) -> &'w WideGrad,
+) {
+    io.map_scalar(|i, dy| coef(i).dx(dy, x[i].to_f32()));
 }
 
 /// Whether `v` rounded to `f32` keeps its value to `f32` precision: exactly zero, a normal `f32`,
@@ -317,31 +330,21 @@ fn grad<V: F32Vec>(dy: V, x: V, m: V, a: V, b: V, k: V) -> V {
     x.sub(m).mul_add(b, dy.mul_add(a, k))
 }
 
-/// Loads `x[i..i + lanes]`.
-#[inline(always)]
-fn load_x<V: F32Vec>(x: &[f32], i: usize, lanes: usize) -> V {
-    if lanes == V::LANES {
-        V::load(&x[i..i + V::LANES])
-    } else {
-        V::load_partial(&x[i..i + lanes], 0.0)
-    }
-}
-
 /// One channel's gradient over a span: `dy` is what the map receives, `x` the matching span.
-struct UniformGrad<'a, V> {
-    x: &'a [f32],
+struct UniformGrad<'a, V, E> {
+    x: &'a [E],
     m: V,
     a: V,
     b: V,
     k: V,
 }
 
-impl<V: F32Vec> VectorMap<V> for UniformGrad<'_, V> {
+impl<V: F32Vec, E: ElementIo> VectorMap<V> for UniformGrad<'_, V, E> {
     #[inline(always)]
     fn apply(&self, dy: V, i: usize, lanes: usize) -> V {
         grad(
             dy,
-            load_x::<V>(self.x, i, lanes),
+            V::read_lanes(&self.x[i..], lanes, 0.0),
             self.m,
             self.a,
             self.b,
@@ -353,9 +356,9 @@ impl<V: F32Vec> VectorMap<V> for UniformGrad<'_, V> {
 /// Channels-first rows: `io` maps whole rows of `dy` (read) to `dx` (written, possibly in
 /// place), `x` holds the same rows; the first is row `first_row` of the tensor (row `r` belongs
 /// to channel `r % channels`).
-pub(crate) struct NcsGrad<'a> {
-    pub x: &'a [f32],
-    pub io: RowIo<'a>,
+pub(crate) struct NcsGrad<'a, E = f32> {
+    pub x: &'a [E],
+    pub io: RowIo<'a, E, E>,
     pub first_row: usize,
     pub spatial: usize,
     pub channels: usize,
@@ -364,7 +367,7 @@ pub(crate) struct NcsGrad<'a> {
     pub stream: bool,
 }
 
-impl Kernel for NcsGrad<'_> {
+impl<E: ElementIo> Kernel for NcsGrad<'_, E> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(mut self) {
@@ -403,31 +406,31 @@ impl Kernel for NcsGrad<'_> {
 /// Channels-innermost rows: `io` maps whole rows of `channels` elements of `dy` to `dx`, `x`
 /// holds the same rows. The vectors are visited in order; `channel` follows the channel of the
 /// next vector's first lane.
-struct CyclicGrad<'a> {
-    x: &'a [f32],
+struct CyclicGrad<'a, E> {
+    x: &'a [E],
     coef: GradCoefficients<'a>,
     channels: usize,
     channel: Cell<usize>,
 }
 
-impl<V: F32Vec> VectorMap<V> for CyclicGrad<'_> {
+impl<V: F32Vec, E: ElementIo> VectorMap<V> for CyclicGrad<'_, E> {
     #[inline(always)]
     fn apply(&self, dy: V, i: usize, lanes: usize) -> V {
         let c0 = self.channel.get();
         let p = &self.coef;
         let (m, a, b, k) = if lanes == V::LANES {
             (
-                V::load(&p.mean[c0..c0 + V::LANES]),
-                V::load(&p.a[c0..c0 + V::LANES]),
-                V::load(&p.b[c0..c0 + V::LANES]),
-                V::load(&p.k[c0..c0 + V::LANES]),
+                V::read(&p.mean[c0..c0 + V::LANES]),
+                V::read(&p.a[c0..c0 + V::LANES]),
+                V::read(&p.b[c0..c0 + V::LANES]),
+                V::read(&p.k[c0..c0 + V::LANES]),
             )
         } else {
             (
-                V::load_partial(&p.mean[c0..c0 + lanes], 0.0),
-                V::load_partial(&p.a[c0..c0 + lanes], 0.0),
-                V::load_partial(&p.b[c0..c0 + lanes], 0.0),
-                V::load_partial(&p.k[c0..c0 + lanes], 0.0),
+                V::read_partial(&p.mean[c0..c0 + lanes], 0.0),
+                V::read_partial(&p.a[c0..c0 + lanes], 0.0),
+                V::read_partial(&p.b[c0..c0 + lanes], 0.0),
+                V::read_partial(&p.k[c0..c0 + lanes], 0.0),
             )
         };
         let next = c0 + lanes;
@@ -436,22 +439,22 @@ impl<V: F32Vec> VectorMap<V> for CyclicGrad<'_> {
         } else {
             next % self.channels
         });
-        grad(dy, load_x::<V>(self.x, i, lanes), m, a, b, k)
+        grad(dy, V::read_lanes(&self.x[i..], lanes, 0.0), m, a, b, k)
     }
 }
 
 /// Channels-innermost rows of `channels` elements: `io` maps `dy` to `dx`, `x` holds the same
 /// rows. The coefficients are extended cyclically (see [`GradCoefficients`]).
-pub(crate) struct NscGrad<'a> {
-    pub x: &'a [f32],
-    pub io: RowIo<'a>,
+pub(crate) struct NscGrad<'a, E = f32> {
+    pub x: &'a [E],
+    pub io: RowIo<'a, E, E>,
     pub channels: usize,
     pub coef: GradCoefficients<'a>,
     /// Streaming stores: for outputs much larger than the caches.
     pub stream: bool,
 }
 
-impl Kernel for NscGrad<'_> {
+impl<E: ElementIo> Kernel for NscGrad<'_, E> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(mut self) {
@@ -483,10 +486,10 @@ impl Kernel for NscGrad<'_> {
             self.io.part(0..head).map::<V>(&cyclic(&self.x[..head], 0));
             let mut part = self.io.part(head..body);
             if self.stream {
-                nsc_periods::<V, true>(&self.x[head..body], &mut part, c, head, &self.coef);
+                nsc_periods::<V, E, true>(&self.x[head..body], &mut part, c, head, &self.coef);
                 V::fence_streams();
             } else {
-                nsc_periods::<V, false>(&self.x[head..body], &mut part, c, head, &self.coef);
+                nsc_periods::<V, E, false>(&self.x[head..body], &mut part, c, head, &self.coef);
             }
             self.io
                 .part(body..len)
@@ -521,11 +524,12 @@ pub(crate) struct ChannelBackward<'r, X, D, Io, P> {
     pub stream: bool,
 }
 
-impl<'a, 'b, 'o, X, D, Io, P> Kernel for ChannelBackward<'_, X, D, Io, P>
+impl<'a, 'b, 'o, E, X, D, Io, P> Kernel for ChannelBackward<'_, X, D, Io, P>
 where
-    X: Fn(usize) -> &'a [f32],
-    D: Fn(usize) -> &'b [f32],
-    Io: Fn(usize) -> RowIo<'o>,
+    E: ElementIo,
+    X: Fn(usize) -> &'a [E],
+    D: Fn(usize) -> &'b [E],
+    Io: Fn(usize) -> RowIo<'o, E, E>,
     P: Fn(GradSums) -> WideGrad,
 {
     type Output = GradSums;
@@ -565,9 +569,9 @@ where
 /// Whole periods of `channels` elements (a multiple of `LANES`), each starting at channel `c0`;
 /// with `STREAM` the output is vector-aligned and written with streaming stores.
 #[inline(always)]
-fn nsc_periods<V: F32Vec, const STREAM: bool>(
-    x: &[f32],
-    io: &mut RowIo<'_>,
+fn nsc_periods<V: F32Vec, E: ElementIo, const STREAM: bool>(
+    x: &[E],
+    io: &mut RowIo<'_, E, E>,
     channels: usize,
     c0: usize,
     p: &GradCoefficients<'_>,
@@ -597,12 +601,12 @@ fn nsc_periods<V: F32Vec, const STREAM: bool>(
                     data.zip(or.chunks_exact_mut(l)).zip(coef())
                 {
                     let v = grad(
-                        V::load(ds),
-                        V::load(xs),
-                        V::load(m),
-                        V::load(a),
-                        V::load(b),
-                        V::load(k),
+                        V::read(ds),
+                        V::read(xs),
+                        V::read(m),
+                        V::read(a),
+                        V::read(b),
+                        V::read(k),
                     );
                     store_vector::<V, _, STREAM>(v, os);
                 }
@@ -614,12 +618,12 @@ fn nsc_periods<V: F32Vec, const STREAM: bool>(
                 let data = xr.chunks_exact(l).zip(br.chunks_exact_mut(l));
                 for ((xs, bs), ((m, a), (b, k))) in data.zip(coef()) {
                     let v = grad(
-                        V::load(bs),
-                        V::load(xs),
-                        V::load(m),
-                        V::load(a),
-                        V::load(b),
-                        V::load(k),
+                        V::read(bs),
+                        V::read(xs),
+                        V::read(m),
+                        V::read(a),
+                        V::read(b),
+                        V::read(k),
                     );
                     store_vector::<V, _, STREAM>(v, bs);
                 }

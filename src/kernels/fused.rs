@@ -4,6 +4,7 @@
 use super::moments::{Moments, channel_moments};
 use super::normalize::{WideAffine, affine_span};
 use crate::io::RowIo;
+use crate::simd::element::ElementIo;
 use crate::simd::{F32Vec, Kernel};
 
 /// One channel of a channels-first tensor: `rows` rows of `spatial` elements, read through
@@ -22,16 +23,18 @@ pub(crate) struct ChannelTraining<'r, In, Out, P> {
     pub prefetch_next: bool,
 }
 
-impl<'a, 'o, In, Out, P> Kernel for ChannelTraining<'_, In, Out, P>
+impl<'a, 'o, X, Y, In, Out, P> Kernel for ChannelTraining<'_, In, Out, P>
 where
-    In: Fn(usize) -> &'a [f32],
-    Out: Fn(usize) -> RowIo<'o>,
+    X: ElementIo,
+    Y: ElementIo,
+    In: Fn(usize) -> &'a [X],
+    Out: Fn(usize) -> RowIo<'o, X, Y>,
     P: Fn(Moments) -> WideAffine,
 {
     type Output = Moments;
     #[inline(always)]
     fn run<V: F32Vec>(self) -> Moments {
-        let moments = channel_moments::<V>(self.row_in, self.spatial, 0..self.rows * self.spatial);
+        let moments = channel_moments::<V, _>(self.row_in, self.spatial, 0..self.rows * self.spatial);
         let wide = (self.params)(moments);
         let Some((shift, scale, offset)) = wide.narrow() else {
             for n in 0..self.rows {
@@ -43,11 +46,11 @@ where
             let mut row = (self.row_out)(n);
             if self.prefetch_next {
                 let next = row.input_ptr().wrapping_add(self.spatial);
-                for line in (0..self.spatial).step_by(64 / 4) {
+                for line in (0..self.spatial).step_by(64 / X::BYTES) {
                     V::prefetch(next.wrapping_add(line));
                 }
             }
-            affine_span::<V, false>(&mut row, shift, scale, offset, self.stream);
+            affine_span::<V, _, _, false>(&mut row, shift, scale, offset, self.stream);
         }
         if self.stream {
             V::fence_streams();

@@ -12,6 +12,7 @@ use super::moments::{Moments, ROW_BLOCK, channel_moments};
 use super::normalize::affine_span;
 use super::sums::Sums2;
 use crate::io::RowIo;
+use crate::simd::element::ElementIo;
 use crate::simd::{F32Vec, Kernel};
 
 /// Forward of one channels-first group in one visit: the moments of its `rows` rows (channels)
@@ -25,19 +26,21 @@ pub(crate) struct NcsGroupForward<'r, In, Out, P> {
     pub params: &'r P,
 }
 
-impl<'a, 'o, In, Out, P> Kernel for NcsGroupForward<'_, In, Out, P>
+impl<'a, 'o, X, Y, In, Out, P> Kernel for NcsGroupForward<'_, In, Out, P>
 where
-    In: Fn(usize) -> &'a [f32],
-    Out: Fn(usize) -> RowIo<'o>,
+    X: ElementIo,
+    Y: ElementIo,
+    In: Fn(usize) -> &'a [X],
+    Out: Fn(usize) -> RowIo<'o, X, Y>,
     P: Fn(Moments, usize) -> (f32, f32, f32),
 {
     type Output = Moments;
     #[inline(always)]
     fn run<V: F32Vec>(self) -> Moments {
-        let moments = channel_moments::<V>(self.row_in, self.spatial, 0..self.rows * self.spatial);
+        let moments = channel_moments::<V, _>(self.row_in, self.spatial, 0..self.rows * self.spatial);
         for r in 0..self.rows {
             let (shift, scale, offset) = (self.params)(moments, r);
-            affine_span::<V, false>(&mut (self.row_out)(r), shift, scale, offset, false);
+            affine_span::<V, _, _, false>(&mut (self.row_out)(r), shift, scale, offset, false);
         }
         moments
     }
@@ -45,14 +48,14 @@ where
 
 /// Channels-first rows with one affine map each: `io` holds whole rows of `spatial` elements,
 /// the first being row `first_row` of the tensor; `params(row)` gives `(shift, scale, offset)`.
-pub(crate) struct NcsRows<'a, P> {
-    pub io: RowIo<'a>,
+pub(crate) struct NcsRows<'a, P, X = f32, Y = X> {
+    pub io: RowIo<'a, X, Y>,
     pub first_row: usize,
     pub spatial: usize,
     pub params: &'a P,
 }
 
-impl<P: Fn(usize) -> (f32, f32, f32)> Kernel for NcsRows<'_, P> {
+impl<X: ElementIo, Y: ElementIo, P: Fn(usize) -> (f32, f32, f32)> Kernel for NcsRows<'_, P, X, Y> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(mut self) {
@@ -60,7 +63,7 @@ impl<P: Fn(usize) -> (f32, f32, f32)> Kernel for NcsRows<'_, P> {
         for r in 0..rows {
             let (shift, scale, offset) = (self.params)(self.first_row + r);
             let mut row = self.io.part(r * self.spatial..(r + 1) * self.spatial);
-            affine_span::<V, false>(&mut row, shift, scale, offset, false);
+            affine_span::<V, _, _, false>(&mut row, shift, scale, offset, false);
         }
     }
 }
@@ -72,30 +75,10 @@ pub(crate) struct GradSums {
     pub dy_x: f64,
 }
 
-/// Loads the first `lanes` (at most `LANES`) values of `v`; the other lanes are 0.
-#[inline(always)]
-fn load_lanes<V: F32Vec>(v: &[f32], lanes: usize) -> V {
-    if lanes == V::LANES {
-        V::load(v)
-    } else {
-        V::load_partial(&v[..lanes], 0.0)
-    }
-}
-
-/// Stores the first `lanes` (at most `LANES`) lanes of `v`.
-#[inline(always)]
-fn store_lanes<V: F32Vec>(v: V, dst: &mut [f32], lanes: usize) {
-    if lanes == V::LANES {
-        v.store(dst)
-    } else {
-        v.store_partial(&mut dst[..lanes])
-    }
-}
-
 /// The gradient sums of one contiguous run (`x`, `dy` of equal length) with one shift, in
 /// `f64` lanes (see [`super::sums`]): `dy * (x - shift)` is exact there.
 #[inline(always)]
-fn run_grad_sums<V: F32Vec>(x: &[f32], dy: &[f32], shift: f32) -> GradSums {
+fn run_grad_sums<V: F32Vec, E: ElementIo>(x: &[E], dy: &[E], shift: f32) -> GradSums {
     let l = V::LANES;
     let k = V::splat(shift);
     let mut acc = [Sums2::<V>::zero(); 2];
@@ -103,16 +86,16 @@ fn run_grad_sums<V: F32Vec>(x: &[f32], dy: &[f32], shift: f32) -> GradSums {
     let mut ds = dy.chunks_exact(2 * l);
     for (xq, dq) in (&mut xs).zip(&mut ds) {
         for (j, a) in acc.iter_mut().enumerate() {
-            a.add(V::load(&dq[j * l..]), V::load(&xq[j * l..]).sub(k));
+            a.add(V::read(&dq[j * l..]), V::read(&xq[j * l..]).sub(k));
         }
     }
     let (xr, dr) = (xs.remainder(), ds.remainder());
     for (j, (xv, dv)) in xr.chunks(l).zip(dr.chunks(l)).enumerate() {
         let (g, d) = if dv.len() == l {
-            (V::load(dv), V::load(xv).sub(k))
+            (V::read(dv), V::read(xv).sub(k))
         } else {
             // Lanes past the run load dy = 0: they add nothing.
-            (V::load_partial(dv, 0.0), V::load_partial(xv, shift).sub(k))
+            (V::read_partial(dv, 0.0), V::read_partial(xv, shift).sub(k))
         };
         acc[j].add(g, d);
     }
@@ -122,23 +105,23 @@ fn run_grad_sums<V: F32Vec>(x: &[f32], dy: &[f32], shift: f32) -> GradSums {
 
 /// Gradient sums of channels-first rows: `x`, `dy` hold whole rows of `spatial` elements, the
 /// first being row `first_row`; row `r` is shifted by `shift(r)`. One entry of `out` per row.
-pub(crate) struct NcsGradSums<'a, F> {
-    pub x: &'a [f32],
-    pub dy: &'a [f32],
+pub(crate) struct NcsGradSums<'a, F, E = f32> {
+    pub x: &'a [E],
+    pub dy: &'a [E],
     pub first_row: usize,
     pub spatial: usize,
     pub shift: &'a F,
     pub out: &'a mut [GradSums],
 }
 
-impl<F: Fn(usize) -> f32> Kernel for NcsGradSums<'_, F> {
+impl<E: ElementIo, F: Fn(usize) -> f32> Kernel for NcsGradSums<'_, F, E> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(self) {
         let s = self.spatial;
         let rows = self.x.chunks_exact(s).zip(self.dy.chunks_exact(s));
         for (r, ((x, dy), out)) in rows.zip(self.out.iter_mut()).enumerate() {
-            *out = run_grad_sums::<V>(x, dy, (self.shift)(self.first_row + r));
+            *out = run_grad_sums::<V, E>(x, dy, (self.shift)(self.first_row + r));
         }
     }
 }
@@ -146,15 +129,15 @@ impl<F: Fn(usize) -> f32> Kernel for NcsGradSums<'_, F> {
 /// Gradient sums of channels-innermost rows of `channels` values (one batch item): channel `c`
 /// shifted by `shift[c]`, summed over the rows in `f64` lanes (each lane one channel) in blocks
 /// of [`ROW_BLOCK`] rows, blocks added in order to `out[c]` (length C).
-pub(crate) struct NscGradSums<'a> {
-    pub x: &'a [f32],
-    pub dy: &'a [f32],
+pub(crate) struct NscGradSums<'a, E = f32> {
+    pub x: &'a [E],
+    pub dy: &'a [E],
     pub channels: usize,
     pub shift: &'a [f32],
     pub out: &'a mut [GradSums],
 }
 
-impl Kernel for NscGradSums<'_> {
+impl<E: ElementIo> Kernel for NscGradSums<'_, E> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(self) {
@@ -165,12 +148,12 @@ impl Kernel for NscGradSums<'_> {
             // the rest one vector at a time.
             let tiles = c / (2 * l) * (2 * l);
             for c0 in (0..tiles).step_by(2 * l) {
-                let k = [V::load(&self.shift[c0..]), V::load(&self.shift[c0 + l..])];
+                let k = [V::read(&self.shift[c0..]), V::read(&self.shift[c0 + l..])];
                 let mut acc = [Sums2::<V>::zero(); 2];
                 for (xr, dr) in xb.chunks_exact(c).zip(db.chunks_exact(c)) {
                     for (j, a) in acc.iter_mut().enumerate() {
-                        let g = V::load(&dr[c0 + j * l..]);
-                        let d = V::load(&xr[c0 + j * l..]).sub(k[j]);
+                        let g = V::read(&dr[c0 + j * l..]);
+                        let d = V::read(&xr[c0 + j * l..]).sub(k[j]);
                         a.add(g, d);
                     }
                 }
@@ -180,12 +163,12 @@ impl Kernel for NscGradSums<'_> {
             }
             for c0 in (tiles..c).step_by(l) {
                 let lanes = l.min(c - c0);
-                let k = load_lanes::<V>(&self.shift[c0..], lanes);
+                let k = V::read_lanes(&self.shift[c0..], lanes, 0.0);
                 let mut acc = Sums2::<V>::zero();
                 for (xr, dr) in xb.chunks_exact(c).zip(db.chunks_exact(c)) {
                     // Lanes past the channels load 0 in dy: they add nothing.
-                    let g = load_lanes::<V>(&dr[c0..], lanes);
-                    let d = load_lanes::<V>(&xr[c0..], lanes).sub(k);
+                    let g = V::read_lanes(&dr[c0..], lanes, 0.0);
+                    let d = V::read_lanes(&xr[c0..], lanes, 0.0).sub(k);
                     acc.add(g, d);
                 }
                 add_lanes(acc, &mut self.out[c0..c0 + lanes]);
@@ -212,9 +195,9 @@ fn grad_vector<V: F32Vec>(x: V, dy: V, mean: V, a: V, b: V, k: V) -> V {
 /// Channels-first rows of the input gradient: `x` and `io` (`dy` in, `dx` out) hold whole rows
 /// of `spatial` elements, the first being row `first_row`; `coefficients(row)` gives the row's
 /// (a row whose coefficients do not fit `f32` is computed in `f64`, see [`WideGrad`]).
-pub(crate) struct NcsGradApply<'a, F> {
-    pub x: &'a [f32],
-    pub io: RowIo<'a>,
+pub(crate) struct NcsGradApply<'a, F, E = f32> {
+    pub x: &'a [E],
+    pub io: RowIo<'a, E, E>,
     pub first_row: usize,
     pub spatial: usize,
     pub coefficients: &'a F,
@@ -222,7 +205,7 @@ pub(crate) struct NcsGradApply<'a, F> {
 
 /// `dx = grad(x, dy)` over one run with one set of coefficients (`io`: `dy` in, `dx` out).
 #[inline(always)]
-fn apply_run<V: F32Vec>(x: &[f32], io: &mut RowIo<'_>, p: (f32, f32, f32, f32)) {
+fn apply_run<V: F32Vec, E: ElementIo>(x: &[E], io: &mut RowIo<'_, E, E>, p: (f32, f32, f32, f32)) {
     let l = V::LANES;
     let (m, a, b, k) = (V::splat(p.0), V::splat(p.1), V::splat(p.2), V::splat(p.3));
     let full = x.len() / l * l;
@@ -233,18 +216,18 @@ fn apply_run<V: F32Vec>(x: &[f32], io: &mut RowIo<'_>, p: (f32, f32, f32, f32)) 
                 .zip(dy[..full].chunks_exact(l))
                 .zip(dx[..full].chunks_exact_mut(l))
             {
-                grad_vector(V::load(xs), V::load(ds), m, a, b, k).store(os);
+                grad_vector(V::read(xs), V::read(ds), m, a, b, k).write(os);
             }
             if full < x.len() {
                 let v = grad_vector(
-                    V::load_partial(&x[full..], 0.0),
-                    V::load_partial(&dy[full..], 0.0),
+                    V::read_partial(&x[full..], 0.0),
+                    V::read_partial(&dy[full..], 0.0),
                     m,
                     a,
                     b,
                     k,
                 );
-                v.store_partial(&mut dx[full..]);
+                v.write_partial(&mut dx[full..]);
             }
         }
         RowIo::InPlace(buf) => {
@@ -252,25 +235,25 @@ fn apply_run<V: F32Vec>(x: &[f32], io: &mut RowIo<'_>, p: (f32, f32, f32, f32)) 
                 .chunks_exact(l)
                 .zip(buf[..full].chunks_exact_mut(l))
             {
-                grad_vector(V::load(xs), V::load(vs), m, a, b, k).store(vs);
+                grad_vector(V::read(xs), V::read(vs), m, a, b, k).write(vs);
             }
             if full < x.len() {
                 let tail = &mut buf[full..];
                 let v = grad_vector(
-                    V::load_partial(&x[full..], 0.0),
-                    V::load_partial(tail, 0.0),
+                    V::read_partial(&x[full..], 0.0),
+                    V::read_partial(tail, 0.0),
                     m,
                     a,
                     b,
                     k,
                 );
-                v.store_partial(tail);
+                v.write_partial(tail);
             }
         }
     }
 }
 
-impl<F: Fn(usize) -> WideGrad> Kernel for NcsGradApply<'_, F> {
+impl<E: ElementIo, F: Fn(usize) -> WideGrad> Kernel for NcsGradApply<'_, F, E> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(mut self) {
@@ -283,7 +266,7 @@ impl<F: Fn(usize) -> WideGrad> Kernel for NcsGradApply<'_, F> {
                 self.io.part(r * s..(r + 1) * s),
             );
             match wide.narrow() {
-                Some(p) => apply_run::<V>(x, &mut io, p),
+                Some(p) => apply_run::<V, E>(x, &mut io, p),
                 None => wide.apply(x, &mut io),
             }
         }
@@ -292,9 +275,9 @@ impl<F: Fn(usize) -> WideGrad> Kernel for NcsGradApply<'_, F> {
 
 /// Channels-innermost rows of the input gradient for one batch item: `x` and `io` hold whole
 /// rows of `channels` values; the coefficients are per channel (`mean`, `a`, `b`, `k`, length C).
-pub(crate) struct NscGradApply<'a> {
-    pub x: &'a [f32],
-    pub io: RowIo<'a>,
+pub(crate) struct NscGradApply<'a, E = f32> {
+    pub x: &'a [E],
+    pub io: RowIo<'a, E, E>,
     pub channels: usize,
     pub mean: &'a [f32],
     pub a: &'a [f32],
@@ -302,7 +285,7 @@ pub(crate) struct NscGradApply<'a> {
     pub k: &'a [f32],
 }
 
-impl Kernel for NscGradApply<'_> {
+impl<E: ElementIo> Kernel for NscGradApply<'_, E> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(mut self) {
@@ -314,20 +297,20 @@ impl Kernel for NscGradApply<'_> {
             for c0 in (0..c).step_by(l) {
                 let lanes = l.min(c - c0);
                 let (m, a, b, k) = (
-                    load_lanes::<V>(&self.mean[c0..], lanes),
-                    load_lanes::<V>(&self.a[c0..], lanes),
-                    load_lanes::<V>(&self.b[c0..], lanes),
-                    load_lanes::<V>(&self.k[c0..], lanes),
+                    V::read_lanes(&self.mean[c0..], lanes, 0.0),
+                    V::read_lanes(&self.a[c0..], lanes, 0.0),
+                    V::read_lanes(&self.b[c0..], lanes, 0.0),
+                    V::read_lanes(&self.k[c0..], lanes, 0.0),
                 );
-                let xv = load_lanes::<V>(&x[c0..], lanes);
+                let xv = V::read_lanes(&x[c0..], lanes, 0.0);
                 match &mut io {
                     RowIo::Separate(dy, dx) => {
-                        let v = grad_vector(xv, load_lanes::<V>(&dy[c0..], lanes), m, a, b, k);
-                        store_lanes(v, &mut dx[c0..], lanes);
+                        let v = grad_vector(xv, V::read_lanes(&dy[c0..], lanes, 0.0), m, a, b, k);
+                        v.write_lanes(&mut dx[c0..], lanes);
                     }
                     RowIo::InPlace(buf) => {
-                        let v = grad_vector(xv, load_lanes::<V>(&buf[c0..], lanes), m, a, b, k);
-                        store_lanes(v, &mut buf[c0..], lanes);
+                        let v = grad_vector(xv, V::read_lanes(&buf[c0..], lanes, 0.0), m, a, b, k);
+                        v.write_lanes(&mut buf[c0..], lanes);
                     }
                 }
             }

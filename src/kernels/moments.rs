@@ -24,6 +24,7 @@
 //! merge per block, and become moments once per chunk, checked like a first block.
 
 use super::sums::Sums2;
+use crate::simd::element::ElementIo;
 use crate::simd::{F32Vec, Kernel};
 use std::ops::Range;
 
@@ -165,25 +166,25 @@ impl Moments {
 /// Adds `d = x - shift` and `d * d` of every element of `seg` to the lane sums (two
 /// accumulators, so that two chains of `f64` additions run at once).
 #[inline(always)]
-fn accumulate<V: F32Vec>(seg: &[f32], shift: f32, acc: &mut [Sums2<V>; 2]) {
+fn accumulate<V: F32Vec, X: ElementIo>(seg: &[X], shift: f32, acc: &mut [Sums2<V>; 2]) {
     let l = V::LANES;
     let k = V::splat(shift);
     let mut pairs = seg.chunks_exact(2 * l);
     for p in &mut pairs {
-        let d0 = V::load(p).sub(k);
-        let d1 = V::load(&p[l..]).sub(k);
+        let d0 = V::read(p).sub(k);
+        let d1 = V::read(&p[l..]).sub(k);
         acc[0].add(d0, d0);
         acc[1].add(d1, d1);
     }
     let rest = pairs.remainder();
     if rest.len() >= l {
-        let d = V::load(rest).sub(k);
+        let d = V::read(rest).sub(k);
         acc[0].add(d, d);
     }
     let tail = &rest[rest.len() / l * l..];
     if !tail.is_empty() {
         // Lanes past the tail load `shift`, so their d is exactly 0.
-        let d = V::load_partial(tail, shift).sub(k);
+        let d = V::read_partial(tail, shift).sub(k);
         acc[1].add(d, d);
     }
 }
@@ -191,8 +192,8 @@ fn accumulate<V: F32Vec>(seg: &[f32], shift: f32, acc: &mut [Sums2<V>; 2]) {
 /// The moments of the virtual elements `range` of one channel whose values lie in rows of
 /// `spatial` contiguous elements: virtual element `v` is `row(v / spatial)[v % spatial]`.
 #[inline(always)]
-pub(crate) fn channel_moments<'a, V: F32Vec>(
-    row: &impl Fn(usize) -> &'a [f32],
+pub(crate) fn channel_moments<'a, V: F32Vec, X: ElementIo>(
+    row: &impl Fn(usize) -> &'a [X],
     spatial: usize,
     range: Range<usize>,
 ) -> Moments {
@@ -200,7 +201,7 @@ pub(crate) fn channel_moments<'a, V: F32Vec>(
     if range.is_empty() {
         return acc;
     }
-    let mut shift = row(range.start / spatial)[range.start % spatial];
+    let mut shift = row(range.start / spatial)[range.start % spatial].to_f32();
     let mut start = range.start;
     while start < range.end {
         let end = range.end.min(start + BLOCK);
@@ -216,7 +217,9 @@ pub(crate) fn channel_moments<'a, V: F32Vec>(
         let (s1, s2) = sums[0].merge(sums[1]).totals();
         let first = start == range.start;
         let block = Moments::from_trusted_sums(count, shift, s1, s2, first)
-            .unwrap_or_else(|| Moments::exact((start..end).map(|v| row(v / spatial)[v % spatial])));
+            .unwrap_or_else(|| {
+                Moments::exact((start..end).map(|v| row(v / spatial)[v % spatial].to_f32()))
+            });
         acc = acc.merge(block);
         if acc.mean.is_nan() {
             // NaN in the data: the result is NaN whatever follows.
@@ -239,23 +242,23 @@ pub(crate) struct ChannelMoments<'r, F> {
     pub range: Range<usize>,
 }
 
-impl<'a, F: Fn(usize) -> &'a [f32]> Kernel for ChannelMoments<'_, F> {
+impl<'a, X: ElementIo, F: Fn(usize) -> &'a [X]> Kernel for ChannelMoments<'_, F> {
     type Output = Moments;
     #[inline(always)]
     fn run<V: F32Vec>(self) -> Moments {
-        channel_moments::<V>(self.row, self.spatial, self.range)
+        channel_moments::<V, X>(self.row, self.spatial, self.range)
     }
 }
 
 /// Per-channel moments of `rows` consecutive rows of `channels` values each (channels
 /// innermost), written to `out` (length `channels`).
-pub(crate) struct RowMoments<'a> {
-    pub x: &'a [f32],
+pub(crate) struct RowMoments<'a, X = f32> {
+    pub x: &'a [X],
     pub channels: usize,
     pub out: &'a mut [Moments],
 }
 
-impl Kernel for RowMoments<'_> {
+impl<X: ElementIo> Kernel for RowMoments<'_, X> {
     type Output = ();
     /// The first block of `ROW_BLOCK` rows is summed with each channel's first value as its
     /// shift; every later block with the first block's mean, the same for all of them, so their
@@ -271,11 +274,11 @@ impl Kernel for RowMoments<'_> {
         if rows == 0 {
             return;
         }
-        let mut shift = self.x[..c].to_vec();
+        let mut shift: Vec<f32> = self.x[..c].iter().map(|v| v.to_f32()).collect();
         let mut sum1 = vec![0f64; c];
         let mut sum2 = vec![0f64; c];
         let (head, rest) = self.x.split_at(self.x.len().min(ROW_BLOCK * c));
-        block_sums::<V>(head, c, &shift, &mut sum1, &mut sum2);
+        block_sums::<V, X>(head, c, &shift, &mut sum1, &mut sum2);
         moments_from_sums(head, c, &shift, &sum1, &sum2, self.out);
         if rest.is_empty() {
             return;
@@ -286,7 +289,7 @@ impl Kernel for RowMoments<'_> {
         sum1.fill(0.0);
         sum2.fill(0.0);
         for block in rest.chunks(ROW_BLOCK * c) {
-            block_sums::<V>(block, c, &shift, &mut sum1, &mut sum2);
+            block_sums::<V, X>(block, c, &shift, &mut sum1, &mut sum2);
         }
         let mut tail = vec![Moments::EMPTY; c];
         moments_from_sums(rest, c, &shift, &sum1, &sum2, &mut tail);
@@ -298,8 +301,8 @@ impl Kernel for RowMoments<'_> {
 /// shift)` and `sum2 = sum((x - shift)^2)`, each checked as a first block's are (see
 /// [`Moments::sums_trusted`]); a channel that fails is recomputed exactly. The check runs over
 /// all channels first, branch-free, so that it and the common all-trusted path vectorize.
-fn moments_from_sums(
-    rows: &[f32],
+fn moments_from_sums<X: ElementIo>(
+    rows: &[X],
     c: usize,
     shift: &[f32],
     sum1: &[f64],
@@ -318,7 +321,7 @@ fn moments_from_sums(
         out[ch] = if trusted || ok(a, q) {
             Moments::from_shifted_sums(count, shift[ch], a, q)
         } else {
-            Moments::exact(rows.chunks_exact(c).map(|r| r[ch]))
+            Moments::exact(rows.chunks_exact(c).map(|r| r[ch].to_f32()))
         };
     }
 }
@@ -326,13 +329,19 @@ fn moments_from_sums(
 /// Adds `sum(x - shift[ch])` to `s1[ch]` and `sum((x - shift[ch])^2)` to `s2[ch]` over the rows
 /// of `block` (at most `ROW_BLOCK` rows of `c` channels).
 #[inline(always)]
-fn block_sums<V: F32Vec>(block: &[f32], c: usize, shift: &[f32], s1: &mut [f64], s2: &mut [f64]) {
+fn block_sums<V: F32Vec, X: ElementIo>(
+    block: &[X],
+    c: usize,
+    shift: &[f32],
+    s1: &mut [f64],
+    s2: &mut [f64],
+) {
     if c <= TILED_MAX_CHANNELS {
         // The next block's rows are prefetched tile by tile while this one is summed.
         let ahead = block.as_ptr().wrapping_add(block.len());
-        row_sums::<V>(block, c, shift, s1, s2, ahead);
+        row_sums::<V, X>(block, c, shift, s1, s2, ahead);
     } else {
-        row_sums_in_memory::<V>(block, c, shift, s1, s2);
+        row_sums_in_memory::<V, X>(block, c, shift, s1, s2);
     }
 }
 
@@ -343,26 +352,26 @@ fn block_sums<V: F32Vec>(block: &[f32], c: usize, shift: &[f32], s1: &mut [f64],
 /// same part of the row `ahead` points to (the next block's; prefetching never faults,
 /// wherever it points).
 #[inline(always)]
-fn row_sums<V: F32Vec>(
-    block: &[f32],
+fn row_sums<V: F32Vec, X: ElementIo>(
+    block: &[X],
     c: usize,
     shift: &[f32],
     s1: &mut [f64],
     s2: &mut [f64],
-    ahead: *const f32,
+    ahead: *const X,
 ) {
     let l = V::LANES;
     let full = c / l * l;
     let tiles = c / (2 * l) * (2 * l);
     for c0 in (0..tiles).step_by(2 * l) {
-        let k = [V::load(&shift[c0..]), V::load(&shift[c0 + l..])];
+        let k = [V::read(&shift[c0..]), V::read(&shift[c0 + l..])];
         let mut acc = [Sums2::<V>::zero(); 2];
         for (r, row) in block.chunks_exact(c).enumerate() {
             for line in (0..2 * l).step_by(LINE_FLOATS) {
                 V::prefetch(ahead.wrapping_add(r * c + c0 + line));
             }
             for (j, a) in acc.iter_mut().enumerate() {
-                let d = V::load(&row[c0 + j * l..]).sub(k[j]);
+                let d = V::read(&row[c0 + j * l..]).sub(k[j]);
                 a.add(d, d);
             }
         }
@@ -372,11 +381,11 @@ fn row_sums<V: F32Vec>(
         }
     }
     for c0 in (tiles..full).step_by(l) {
-        let k = V::load(&shift[c0..]);
+        let k = V::read(&shift[c0..]);
         let mut acc = Sums2::<V>::zero();
         for (r, row) in block.chunks_exact(c).enumerate() {
             V::prefetch(ahead.wrapping_add(r * c + c0));
-            let d = V::load(&row[c0..]).sub(k);
+            let d = V::read(&row[c0..]).sub(k);
             acc.add(d, d);
         }
         acc.add_to(&mut s1[c0..c0 + l], &mut s2[c0..c0 + l]);
@@ -391,8 +400,8 @@ fn row_sums<V: F32Vec>(
 /// As [`row_sums`] for rows of any width, with the sums in memory (L1): two rows at a time,
 /// each row read front to back.
 #[inline(always)]
-fn row_sums_in_memory<V: F32Vec>(
-    block: &[f32],
+fn row_sums_in_memory<V: F32Vec, X: ElementIo>(
+    block: &[X],
     c: usize,
     shift: &[f32],
     s1: &mut [f64],
@@ -404,9 +413,9 @@ fn row_sums_in_memory<V: F32Vec>(
     for p in &mut pairs {
         let (r0, r1) = p.split_at(c);
         for c0 in (0..full).step_by(l) {
-            let k = V::load(&shift[c0..]);
-            let d0 = V::load(&r0[c0..]).sub(k);
-            let d1 = V::load(&r1[c0..]).sub(k);
+            let k = V::read(&shift[c0..]);
+            let d0 = V::read(&r0[c0..]).sub(k);
+            let d1 = V::read(&r1[c0..]).sub(k);
             let mut acc = Sums2::<V>::zero();
             acc.add(d0, d0);
             acc.add(d1, d1);
@@ -419,7 +428,7 @@ fn row_sums_in_memory<V: F32Vec>(
     }
     for row in pairs.remainder().chunks_exact(c) {
         for c0 in (0..full).step_by(l) {
-            let d = V::load(&row[c0..]).sub(V::load(&shift[c0..]));
+            let d = V::read(&row[c0..]).sub(V::read(&shift[c0..]));
             let mut acc = Sums2::<V>::zero();
             acc.add(d, d);
             acc.add_to(&mut s1[c0..c0 + l], &mut s2[c0..c0 + l]);
@@ -433,9 +442,9 @@ fn row_sums_in_memory<V: F32Vec>(
 /// Adds the channels from `full` to the end of `row` (fewer than `LANES`) to the sums, one by
 /// one (`d` rounded in `f32` as the vectors round it).
 #[inline(always)]
-fn row_tail(row: &[f32], full: usize, shift: &[f32], s1: &mut [f64], s2: &mut [f64]) {
+fn row_tail<X: ElementIo>(row: &[X], full: usize, shift: &[f32], s1: &mut [f64], s2: &mut [f64]) {
     for ch in full..row.len() {
-        let d = (row[ch] - shift[ch]) as f64;
+        let d = (row[ch].to_f32() - shift[ch]) as f64;
         s1[ch] += d;
         s2[ch] += d * d;
     }

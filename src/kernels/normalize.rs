@@ -7,6 +7,7 @@
 
 use super::backward::fits_f32;
 use crate::io::{RowIo, VectorMap, store_vector, unaligned_head};
+use crate::simd::element::ElementIo;
 use crate::simd::{F32Vec, Kernel};
 
 /// Per-channel parameters of the affine map, each of length at least C (the channels-innermost
@@ -77,8 +78,8 @@ impl<V: F32Vec, const RELU: bool> VectorMap<V> for UniformAffine<V, RELU> {
 /// Applies one channel's map to a contiguous span, with streaming stores if `stream` (the caller
 /// then fences with `V::fence_streams()`).
 #[inline(always)]
-pub(crate) fn affine_span<V: F32Vec, const RELU: bool>(
-    io: &mut RowIo<'_>,
+pub(crate) fn affine_span<V: F32Vec, X: ElementIo, Y: ElementIo, const RELU: bool>(
+    io: &mut RowIo<'_, X, Y>,
     shift: f32,
     scale: f32,
     offset: f32,
@@ -98,8 +99,8 @@ pub(crate) fn affine_span<V: F32Vec, const RELU: bool>(
 
 /// Channels-first rows: `io` holds whole rows of `spatial` elements, the first being row
 /// `first_row` of the tensor (row `r` belongs to channel `r % channels`).
-pub(crate) struct NcsAffine<'a> {
-    pub io: RowIo<'a>,
+pub(crate) struct NcsAffine<'a, X = f32, Y = X> {
+    pub io: RowIo<'a, X, Y>,
     pub first_row: usize,
     pub spatial: usize,
     pub channels: usize,
@@ -109,7 +110,7 @@ pub(crate) struct NcsAffine<'a> {
     pub stream: bool,
 }
 
-impl Kernel for NcsAffine<'_> {
+impl<X: ElementIo, Y: ElementIo> Kernel for NcsAffine<'_, X, Y> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(mut self) {
@@ -123,9 +124,9 @@ impl Kernel for NcsAffine<'_> {
                 let relu = self.relu;
                 row.map_scalar(|_, x| w.y(x, relu));
             } else if self.relu {
-                affine_span::<V, true>(&mut row, p.shift[c], p.scale[c], p.offset[c], self.stream);
+                affine_span::<V, X, Y, true>(&mut row, p.shift[c], p.scale[c], p.offset[c], self.stream);
             } else {
-                affine_span::<V, false>(&mut row, p.shift[c], p.scale[c], p.offset[c], self.stream);
+                affine_span::<V, X, Y, false>(&mut row, p.shift[c], p.scale[c], p.offset[c], self.stream);
             }
             c = if c + 1 == channels { 0 } else { c + 1 };
         }
@@ -142,8 +143,8 @@ impl Kernel for NcsAffine<'_> {
 /// elements from `p[c0..c0 + C]`, whatever `C` is: rows of any width (even `C < LANES`) run at
 /// full vector width. With `stream`, the vector-aligned body
 /// of the output is written with streaming stores.
-pub(crate) struct NscAffine<'a> {
-    pub io: RowIo<'a>,
+pub(crate) struct NscAffine<'a, X = f32, Y = X> {
+    pub io: RowIo<'a, X, Y>,
     pub channels: usize,
     pub params: ChannelAffine<'a>,
     pub relu: bool,
@@ -177,8 +178,8 @@ fn advance(c0: usize, lanes: usize, channels: usize) -> usize {
 }
 
 #[inline(always)]
-fn nsc_run<V: F32Vec, const RELU: bool, const STREAM: bool>(
-    io: &mut RowIo<'_>,
+fn nsc_run<V: F32Vec, X: ElementIo, Y: ElementIo, const RELU: bool, const STREAM: bool>(
+    io: &mut RowIo<'_, X, Y>,
     channels: usize,
     p: ChannelAffine<'_>,
 ) {
@@ -194,16 +195,16 @@ fn nsc_run<V: F32Vec, const RELU: bool, const STREAM: bool>(
     };
     let full = head + (len - head) / l * l;
     // A partial vector up to an aligned output (for streaming), whole vectors, a partial tail.
-    let mut c0 = nsc_vectors::<V, RELU, false>(&mut io.part(0..head), head, channels, p, 0);
+    let mut c0 = nsc_vectors::<V, X, Y, RELU, false>(&mut io.part(0..head), head, channels, p, 0);
     let mut periods = 0;
     if channels.is_multiple_of(l) && full - head >= channels {
         // Every run of `channels` elements starts at channel `c0` again: its vectors take their
         // parameters from one fixed window, zipped without any per-vector bookkeeping.
         periods = (full - head) / channels * channels;
-        nsc_periods::<V, RELU, STREAM>(&mut io.part(head..head + periods), channels, p, c0);
+        nsc_periods::<V, X, Y, RELU, STREAM>(&mut io.part(head..head + periods), channels, p, c0);
     }
-    c0 = nsc_vectors::<V, RELU, STREAM>(&mut io.part(head + periods..full), l, channels, p, c0);
-    nsc_vectors::<V, RELU, false>(&mut io.part(full..len), l, channels, p, c0);
+    c0 = nsc_vectors::<V, X, Y, RELU, STREAM>(&mut io.part(head + periods..full), l, channels, p, c0);
+    nsc_vectors::<V, X, Y, RELU, false>(&mut io.part(full..len), l, channels, p, c0);
     if STREAM {
         V::fence_streams();
     }
@@ -211,8 +212,8 @@ fn nsc_run<V: F32Vec, const RELU: bool, const STREAM: bool>(
 
 /// Whole periods of `channels` elements (a multiple of `LANES`), each starting at channel `c0`.
 #[inline(always)]
-fn nsc_periods<V: F32Vec, const RELU: bool, const STREAM: bool>(
-    io: &mut RowIo<'_>,
+fn nsc_periods<V: F32Vec, X: ElementIo, Y: ElementIo, const RELU: bool, const STREAM: bool>(
+    io: &mut RowIo<'_, X, Y>,
     channels: usize,
     p: ChannelAffine<'_>,
     c0: usize,
@@ -236,7 +237,7 @@ fn nsc_periods<V: F32Vec, const RELU: bool, const STREAM: bool>(
                     .zip(s.chunks_exact(l))
                     .zip(t.chunks_exact(l));
                 for ((xs, ys), ((m, s), t)) in lanes.zip(params) {
-                    let v = affine::<V, RELU>(V::load(xs), V::load(m), V::load(s), V::load(t));
+                    let v = affine::<V, RELU>(V::read(xs), V::load(m), V::load(s), V::load(t));
                     store_vector::<V, _, STREAM>(v, ys);
                 }
             }
@@ -248,7 +249,7 @@ fn nsc_periods<V: F32Vec, const RELU: bool, const STREAM: bool>(
                     .zip(s.chunks_exact(l))
                     .zip(t.chunks_exact(l));
                 for (v, ((m, s), t)) in bp.chunks_exact_mut(l).zip(params) {
-                    let y = affine::<V, RELU>(V::load(v), V::load(m), V::load(s), V::load(t));
+                    let y = affine::<V, RELU>(V::read(v), V::load(m), V::load(s), V::load(t));
                     store_vector::<V, _, STREAM>(y, v);
                 }
             }
@@ -259,8 +260,8 @@ fn nsc_periods<V: F32Vec, const RELU: bool, const STREAM: bool>(
 /// Any run, in pieces of `step` elements (`LANES`, or the length of a single partial piece),
 /// starting at channel `c0`; returns the channel after the run.
 #[inline(always)]
-fn nsc_vectors<V: F32Vec, const RELU: bool, const STREAM: bool>(
-    io: &mut RowIo<'_>,
+fn nsc_vectors<V: F32Vec, X: ElementIo, Y: ElementIo, const RELU: bool, const STREAM: bool>(
+    io: &mut RowIo<'_, X, Y>,
     step: usize,
     channels: usize,
     p: ChannelAffine<'_>,
@@ -275,9 +276,9 @@ fn nsc_vectors<V: F32Vec, const RELU: bool, const STREAM: bool>(
             for (xs, ys) in x.chunks(step).zip(y.chunks_mut(step)) {
                 let (m, s, t) = lane_params::<V>(&p, c0, xs.len());
                 if xs.len() == l {
-                    store_vector::<V, _, STREAM>(affine::<V, RELU>(V::load(xs), m, s, t), ys);
+                    store_vector::<V, _, STREAM>(affine::<V, RELU>(V::read(xs), m, s, t), ys);
                 } else {
-                    affine::<V, RELU>(V::load_partial(xs, 0.0), m, s, t).store_partial(ys);
+                    affine::<V, RELU>(V::read_partial(xs, 0.0), m, s, t).write_partial(ys);
                 }
                 c0 = advance(c0, xs.len(), channels);
             }
@@ -286,10 +287,10 @@ fn nsc_vectors<V: F32Vec, const RELU: bool, const STREAM: bool>(
             for v in b.chunks_mut(step) {
                 let (m, s, t) = lane_params::<V>(&p, c0, v.len());
                 if v.len() == l {
-                    store_vector::<V, _, STREAM>(affine::<V, RELU>(V::load(v), m, s, t), v);
+                    store_vector::<V, _, STREAM>(affine::<V, RELU>(V::read(v), m, s, t), v);
                 } else {
-                    let y = affine::<V, RELU>(V::load_partial(v, 0.0), m, s, t);
-                    y.store_partial(v);
+                    let y = affine::<V, RELU>(V::read_partial(v, 0.0), m, s, t);
+                    y.write_partial(v);
                 }
                 c0 = advance(c0, v.len(), channels);
             }
@@ -298,7 +299,7 @@ fn nsc_vectors<V: F32Vec, const RELU: bool, const STREAM: bool>(
     c0
 }
 
-impl Kernel for NscAffine<'_> {
+impl<X: ElementIo, Y: ElementIo> Kernel for NscAffine<'_, X, Y> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(mut self) {
@@ -309,10 +310,10 @@ impl Kernel for NscAffine<'_> {
             return;
         }
         match (self.relu, self.stream) {
-            (true, true) => nsc_run::<V, true, true>(&mut self.io, c, p),
-            (true, false) => nsc_run::<V, true, false>(&mut self.io, c, p),
-            (false, true) => nsc_run::<V, false, true>(&mut self.io, c, p),
-            (false, false) => nsc_run::<V, false, false>(&mut self.io, c, p),
+            (true, true) => nsc_run::<V, X, Y, true, true>(&mut self.io, c, p),
+            (true, false) => nsc_run::<V, X, Y, true, false>(&mut self.io, c, p),
+            (false, true) => nsc_run::<V, X, Y, false, true>(&mut self.io, c, p),
+            (false, false) => nsc_run::<V, X, Y, false, false>(&mut self.io, c, p),
         }
     }
 }

@@ -25,50 +25,41 @@ use super::backward::fits_f32;
 use super::moments::channel_moments;
 use super::sums::Sums2;
 use crate::io::{RowIo, VectorMap};
+use crate::simd::element::ElementIo;
 use crate::simd::{F32Vec, F64Vec, Kernel};
 
 /// Rows per block of column sums: the caller adds each block's column sums into its totals.
 pub(crate) const ROW_BLOCK: usize = 64;
 
-/// The input of a row part, as it is now.
+/// The input of a row part, as it is now (rows in place have one element type).
 #[inline(always)]
-fn input<'b>(io: &'b RowIo<'_>) -> &'b [f32] {
+fn input<'b, E>(io: &'b RowIo<'_, E, E>) -> &'b [E] {
     match io {
         RowIo::Separate(x, _) => x,
         RowIo::InPlace(b) => b,
     }
 }
 
-/// `src[i..i + lanes]` in the first lanes, `fill` in the rest.
-#[inline(always)]
-fn load_at<V: F32Vec>(src: &[f32], i: usize, lanes: usize, fill: f32) -> V {
-    if lanes == V::LANES {
-        V::load(&src[i..i + V::LANES])
-    } else {
-        V::load_partial(&src[i..i + lanes], fill)
-    }
-}
-
 /// The mean of `x * x` over a row (not empty), in `f64`: the squares are exact, so only the
 /// `f64` additions round.
 #[inline(always)]
-fn mean_square<V: F32Vec>(row: &[f32]) -> f64 {
+fn mean_square<V: F32Vec, X: ElementIo>(row: &[X]) -> f64 {
     let l = V::LANES;
     let mut acc = [Sums2::<V>::zero(); 2];
     let mut pairs = row.chunks_exact(2 * l);
     for p in &mut pairs {
-        let (v0, v1) = (V::load(p), V::load(&p[l..]));
+        let (v0, v1) = (V::read(p), V::read(&p[l..]));
         acc[0].add(v0, v0);
         acc[1].add(v1, v1);
     }
     let rest = pairs.remainder();
     if rest.len() >= l {
-        let v = V::load(rest);
+        let v = V::read(rest);
         acc[0].add(v, v);
     }
     let tail = &rest[rest.len() / l * l..];
     if !tail.is_empty() {
-        let v = V::load_partial(tail, 0.0);
+        let v = V::read_partial(tail, 0.0);
         acc[1].add(v, v);
     }
     acc[0].merge(acc[1]).totals().1 / row.len() as f64
@@ -89,10 +80,10 @@ struct RowParams {
 
 /// The parameters of a row (not empty): layer norm if `centered`, else RMS norm.
 #[inline(always)]
-fn row_params<V: F32Vec>(row: &[f32], centered: bool, eps: f32) -> RowParams {
+fn row_params<V: F32Vec, X: ElementIo>(row: &[X], centered: bool, eps: f32) -> RowParams {
     let cols = row.len();
     if centered {
-        let m = channel_moments::<V>(&|_| row, cols, 0..cols);
+        let m = channel_moments::<V, _>(&|_| row, cols, 0..cols);
         let var = m.m2 / cols as f64;
         let var = if var < 0.0 { 0.0 } else { var };
         let inv = 1.0 / (var + eps as f64).sqrt();
@@ -109,7 +100,7 @@ fn row_params<V: F32Vec>(row: &[f32], centered: bool, eps: f32) -> RowParams {
             inv64: inv,
         }
     } else {
-        let inv = 1.0 / (mean_square::<V>(row) + eps as f64).sqrt();
+        let inv = 1.0 / (mean_square::<V, X>(row) + eps as f64).sqrt();
         let scale = inv as f32;
         // `x * scale - 0.0` is `x * scale` exactly, the sign of zero included.
         RowParams {
@@ -139,19 +130,19 @@ impl<V: F32Vec, const G: bool, const B: bool> VectorMap<V> for RowMap<'_, V, G, 
         let xhat = x.sub(self.shift).mul_add(self.scale, self.offset);
         match (G, B) {
             (true, true) => xhat.mul_add(
-                load_at(self.gamma, i, lanes, 0.0),
-                load_at(self.beta, i, lanes, 0.0),
+                V::read_lanes(&self.gamma[i..], lanes, 0.0),
+                V::read_lanes(&self.beta[i..], lanes, 0.0),
             ),
-            (true, false) => xhat.mul(load_at(self.gamma, i, lanes, 0.0)),
-            (false, true) => xhat.add(load_at(self.beta, i, lanes, 0.0)),
+            (true, false) => xhat.mul(V::read_lanes(&self.gamma[i..], lanes, 0.0)),
+            (false, true) => xhat.add(V::read_lanes(&self.beta[i..], lanes, 0.0)),
             (false, false) => xhat,
         }
     }
 }
 
 /// Forward of a part of whole rows: statistics, then normalization while the row is cached.
-pub(crate) struct RowsForward<'a, 'p> {
-    pub io: RowIo<'a>,
+pub(crate) struct RowsForward<'a, 'p, X = f32, Y = X> {
+    pub io: RowIo<'a, X, Y>,
     pub cols: usize,
     /// Layer norm (subtract the mean) or RMS norm.
     pub centered: bool,
@@ -172,21 +163,23 @@ pub(crate) struct RowsForward<'a, 'p> {
 /// Most elements of the next row prefetched while a row is normalized (8 KiB).
 const PREFETCH_MAX: usize = 2048;
 
-impl Kernel for RowsForward<'_, '_> {
+impl<X: ElementIo, Y: ElementIo> Kernel for RowsForward<'_, '_, X, Y> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(self) {
         match (self.gamma.is_some(), self.beta.is_some()) {
-            (true, true) => forward_rows::<V, true, true>(self),
-            (true, false) => forward_rows::<V, true, false>(self),
-            (false, true) => forward_rows::<V, false, true>(self),
-            (false, false) => forward_rows::<V, false, false>(self),
+            (true, true) => forward_rows::<V, X, Y, true, true>(self),
+            (true, false) => forward_rows::<V, X, Y, true, false>(self),
+            (false, true) => forward_rows::<V, X, Y, false, true>(self),
+            (false, false) => forward_rows::<V, X, Y, false, false>(self),
         }
     }
 }
 
 #[inline(always)]
-fn forward_rows<V: F32Vec, const G: bool, const B: bool>(k: RowsForward<'_, '_>) {
+fn forward_rows<V: F32Vec, X: ElementIo, Y: ElementIo, const G: bool, const B: bool>(
+    k: RowsForward<'_, '_, X, Y>,
+) {
     let RowsForward {
         mut io,
         cols,
@@ -205,11 +198,14 @@ fn forward_rows<V: F32Vec, const G: bool, const B: bool>(k: RowsForward<'_, '_>)
     let rows = io.len() / cols;
     for r in 0..rows {
         let mut row = io.part(r * cols..(r + 1) * cols);
-        let p = row_params::<V>(input(&row), centered, eps);
+        let p = match &row {
+            RowIo::Separate(x, _) => row_params::<V, X>(x, centered, eps),
+            RowIo::InPlace(b) => row_params::<V, Y>(b, centered, eps),
+        };
         if r + 1 < rows || more_after {
             // Start reading the next row while this one, already cached, is normalized.
             let next = row.input_ptr().wrapping_add(cols);
-            for line in (0..cols.min(PREFETCH_MAX)).step_by(64 / 4) {
+            for line in (0..cols.min(PREFETCH_MAX)).step_by(64 / X::BYTES) {
                 V::prefetch(next.wrapping_add(line));
             }
         }
@@ -244,8 +240,8 @@ fn forward_rows<V: F32Vec, const G: bool, const B: bool>(k: RowsForward<'_, '_>)
 }
 
 /// `y = (x - mean) * inv * gamma + beta` in `f64` for every element of a row, rounded once.
-fn normalize_in_f64(
-    row: &mut RowIo<'_>,
+fn normalize_in_f64<X: ElementIo, Y: ElementIo>(
+    row: &mut RowIo<'_, X, Y>,
     p: RowParams,
     gamma: Option<&[f32]>,
     beta: Option<&[f32]>,
@@ -255,25 +251,14 @@ fn normalize_in_f64(
         let b = beta.map_or(0.0, |b| b[j] as f64);
         ((x as f64 - p.mean64) * p.inv64 * g + b) as f32
     };
-    match row {
-        RowIo::Separate(x, out) => {
-            for (j, (o, &v)) in out.iter_mut().zip(x.iter()).enumerate() {
-                *o = y(j, v);
-            }
-        }
-        RowIo::InPlace(b) => {
-            for (j, v) in b.iter_mut().enumerate() {
-                *v = y(j, *v);
-            }
-        }
-    }
+    row.map_scalar(y);
 }
 
 /// The gradient of a backward part: `dy` alone (no `dx` wanted), or `dy` and `dx` (separate or
 /// in place).
-pub(crate) enum GradIo<'a> {
-    Dy(&'a [f32]),
-    Dx(RowIo<'a>),
+pub(crate) enum GradIo<'a, E = f32> {
+    Dy(&'a [E]),
+    Dx(RowIo<'a, E, E>),
 }
 
 /// Column sums of a block of rows, added to by the kernels: `dy * xhat` and `dy`, in `f64`
@@ -284,9 +269,9 @@ pub(crate) struct ColumnSums<'a> {
 }
 
 /// Backward of a part of whole rows.
-pub(crate) struct RowsBackward<'a, 'p> {
-    pub x: &'a [f32],
-    pub grad: GradIo<'a>,
+pub(crate) struct RowsBackward<'a, 'p, E = f32> {
+    pub x: &'a [E],
+    pub grad: GradIo<'a, E>,
     pub cols: usize,
     pub gamma: Option<&'p [f32]>,
     /// The saved mean of every row of the part; `None` for RMS norm.
@@ -297,23 +282,23 @@ pub(crate) struct RowsBackward<'a, 'p> {
     pub sums: Option<ColumnSums<'a>>,
 }
 
-impl Kernel for RowsBackward<'_, '_> {
+impl<E: ElementIo> Kernel for RowsBackward<'_, '_, E> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(self) {
         match (self.gamma.is_some(), self.sums.is_some()) {
-            (true, true) => backward_rows::<V, true, true>(self),
-            (true, false) => backward_rows::<V, true, false>(self),
-            (false, true) => backward_rows::<V, false, true>(self),
-            (false, false) => backward_rows::<V, false, false>(self),
+            (true, true) => backward_rows::<V, E, true, true>(self),
+            (true, false) => backward_rows::<V, E, true, false>(self),
+            (false, true) => backward_rows::<V, E, false, true>(self),
+            (false, false) => backward_rows::<V, E, false, false>(self),
         }
     }
 }
 
 /// The row's values at one vector position, for [`row_pass`].
-struct RowAt<'r, 'c, V: F32Vec> {
-    x: &'r [f32],
-    dy: &'r [f32],
+struct RowAt<'r, 'c, V: F32Vec, E> {
+    x: &'r [E],
+    dy: &'r [E],
     gamma: &'r [f32],
     mean: f32,
     m: V,
@@ -321,7 +306,7 @@ struct RowAt<'r, 'c, V: F32Vec> {
     sums: &'r mut Option<ColumnSums<'c>>,
 }
 
-impl<V: F32Vec> RowAt<'_, '_, V> {
+impl<V: F32Vec, E: ElementIo> RowAt<'_, '_, V, E> {
     /// Adds the `lanes` values from `i` to the row sums (if `ROW`: `sum(g)` and `sum(g * (x -
     /// mean))` in `row`) and to the column sums (if `SUMS`).
     #[inline(always)]
@@ -332,12 +317,12 @@ impl<V: F32Vec> RowAt<'_, '_, V> {
         row: &mut Sums2<V>,
     ) {
         // Lanes past the row hold x = mean and dy = 0: they add exactly 0.
-        let xv = load_at::<V>(self.x, i, lanes, self.mean);
-        let dv = load_at::<V>(self.dy, i, lanes, 0.0);
+        let xv = V::read_lanes(&self.x[i..], lanes, self.mean);
+        let dv = V::read_lanes(&self.dy[i..], lanes, 0.0);
         let (x0, x1) = xv.sub(self.m).widen();
         if ROW {
             let gamma = if G {
-                load_at(self.gamma, i, lanes, 0.0)
+                V::read_lanes(&self.gamma[i..], lanes, 0.0)
             } else {
                 V::splat(1.0)
             };
@@ -359,9 +344,9 @@ impl<V: F32Vec> RowAt<'_, '_, V> {
 /// its product with `x - mean` are formed in `f64`, and `inv` multiplies the sum, so that no
 /// product is rounded to a subnormal `f32` on the way.
 #[inline(always)]
-fn row_pass<V: F32Vec, const G: bool, const SUMS: bool, const ROW: bool>(
-    x: &[f32],
-    dy: &[f32],
+fn row_pass<V: F32Vec, E: ElementIo, const G: bool, const SUMS: bool, const ROW: bool>(
+    x: &[E],
+    dy: &[E],
     gamma: &[f32],
     mean: f32,
     inv: f32,
@@ -403,8 +388,8 @@ fn row_pass<V: F32Vec, const G: bool, const SUMS: bool, const ROW: bool>(
 /// `b = inv^2 * mean(g * xhat)` and `k = inv * mean(g)` computed in `f64`. `x - mean` is
 /// multiplied by `b` directly, never rounded to an `xhat` first: for values far below 1, `xhat`
 /// would be subnormal and lose digits that the product keeps.
-struct DxMap<'p, V, const G: bool> {
-    x: &'p [f32],
+struct DxMap<'p, V, E, const G: bool> {
+    x: &'p [E],
     gamma: &'p [f32],
     mean: f32,
     m: V,
@@ -413,12 +398,12 @@ struct DxMap<'p, V, const G: bool> {
     k: V,
 }
 
-impl<V: F32Vec, const G: bool> VectorMap<V> for DxMap<'_, V, G> {
+impl<V: F32Vec, E: ElementIo, const G: bool> VectorMap<V> for DxMap<'_, V, E, G> {
     #[inline(always)]
     fn apply(&self, dy: V, i: usize, lanes: usize) -> V {
-        let xm = load_at::<V>(self.x, i, lanes, self.mean).sub(self.m);
+        let xm = V::read_lanes(&self.x[i..], lanes, self.mean).sub(self.m);
         let g = if G {
-            dy.mul(load_at(self.gamma, i, lanes, 0.0))
+            dy.mul(V::read_lanes(&self.gamma[i..], lanes, 0.0))
         } else {
             dy
         };
@@ -427,7 +412,9 @@ impl<V: F32Vec, const G: bool> VectorMap<V> for DxMap<'_, V, G> {
 }
 
 #[inline(always)]
-fn backward_rows<V: F32Vec, const G: bool, const SUMS: bool>(k: RowsBackward<'_, '_>) {
+fn backward_rows<V: F32Vec, E: ElementIo, const G: bool, const SUMS: bool>(
+    k: RowsBackward<'_, '_, E>,
+) {
     let RowsBackward {
         x,
         mut grad,
@@ -448,18 +435,18 @@ fn backward_rows<V: F32Vec, const G: bool, const SUMS: bool>(k: RowsBackward<'_,
         match &mut grad {
             GradIo::Dy(dy) => {
                 let dyr = &dy[r * cols..(r + 1) * cols];
-                row_pass::<V, G, SUMS, false>(xr, dyr, gamma, mu, s, &mut sums);
+                row_pass::<V, E, G, SUMS, false>(xr, dyr, gamma, mu, s, &mut sums);
             }
             GradIo::Dx(io) => {
                 let mut row = io.part(r * cols..(r + 1) * cols);
                 let (sg, sgx) =
-                    row_pass::<V, G, SUMS, true>(xr, input(&row), gamma, mu, s, &mut sums);
+                    row_pass::<V, E, G, SUMS, true>(xr, input(&row), gamma, mu, s, &mut sums);
                 let n = cols as f64;
                 let mg = if mean.is_some() { sg / n } else { 0.0 };
                 let inv = s as f64;
                 let (b, k) = (inv * inv * (sgx / n), inv * mg);
                 if fits_f32(b) && fits_f32(k) {
-                    let map = DxMap::<V, G> {
+                    let map = DxMap::<V, E, G> {
                         x: xr,
                         gamma,
                         mean: mu,
@@ -478,7 +465,7 @@ fn backward_rows<V: F32Vec, const G: bool, const SUMS: bool>(k: RowsBackward<'_,
                         } else {
                             d as f64
                         };
-                        (g * inv - ((xr[i] as f64 - mu as f64) * b + k)) as f32
+                        (g * inv - ((xr[i].to_f32() as f64 - mu as f64) * b + k)) as f32
                     });
                 }
             }
@@ -488,9 +475,9 @@ fn backward_rows<V: F32Vec, const G: bool, const SUMS: bool>(k: RowsBackward<'_,
 
 /// Column sums only, over the columns `c0..c0 + width` of a block of rows of `cols` elements
 /// (for rows too wide to keep one accumulator per column for every task).
-pub(crate) struct ColumnPass<'a, 'p> {
-    pub x: &'a [f32],
-    pub dy: &'a [f32],
+pub(crate) struct ColumnPass<'a, 'p, E = f32> {
+    pub x: &'a [E],
+    pub dy: &'a [E],
     pub cols: usize,
     pub c0: usize,
     pub mean: Option<&'p [f32]>,
@@ -498,7 +485,7 @@ pub(crate) struct ColumnPass<'a, 'p> {
     pub sums: ColumnSums<'a>,
 }
 
-impl Kernel for ColumnPass<'_, '_> {
+impl<E: ElementIo> Kernel for ColumnPass<'_, '_, E> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(self) {
@@ -508,7 +495,7 @@ impl Kernel for ColumnPass<'_, '_> {
         for r in 0..rows {
             let at = r * self.cols + self.c0..r * self.cols + self.c0 + width;
             let (mu, s) = (self.mean.map_or(0.0, |m| m[r]), self.inv[r]);
-            row_pass::<V, false, true, false>(
+            row_pass::<V, E, false, true, false>(
                 &self.x[at.clone()],
                 &self.dy[at],
                 &[],

@@ -210,6 +210,25 @@ pub trait F32Vec: Copy {
     fn write_partial<E: ElementIo>(self, dst: &mut [E]) {
         E::store_partial(self, dst)
     }
+    /// The first `lanes` (at most `LANES`) elements of `src` as `f32` lanes; the others hold
+    /// `fill`.
+    #[inline(always)]
+    fn read_lanes<E: ElementIo>(src: &[E], lanes: usize, fill: f32) -> Self {
+        if lanes == Self::LANES {
+            E::load(src)
+        } else {
+            E::load_partial(&src[..lanes], fill)
+        }
+    }
+    /// The first `lanes` (at most `LANES`) lanes rounded to `E` into `dst`.
+    #[inline(always)]
+    fn write_lanes<E: ElementIo>(self, dst: &mut [E], lanes: usize) {
+        if lanes == Self::LANES {
+            E::store(self, dst)
+        } else {
+            E::store_partial(self, &mut dst[..lanes])
+        }
+    }
     /// [`F32Vec::write`] with a streaming store; `dst` aligned to a whole vector of `E`.
     #[inline(always)]
     fn write_stream<E: ElementIo>(self, dst: &mut [E]) {
