@@ -159,7 +159,6 @@ impl<X, Y> RowIo<'_, X, Y> {
             RowIo::InPlace(b) => RowIo::InPlace(&mut b[range]),
         }
     }
-
 }
 
 impl<X: ElementIo, Y: ElementIo> RowIo<'_, X, Y> {

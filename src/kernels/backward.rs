@@ -304,7 +304,11 @@ impl WideGrad {
 
 /// `dx` in `f64` over rows of channels-innermost data: element `i` of `io` (and of `x`) is
 /// channel `i % wide.len()`.
-pub(crate) fn apply_wide_cyclic<E: ElementIo>(wide: &[WideGrad], x: &[E], io: &mut RowIo<'_, E, E>) {
+pub(crate) fn apply_wide_cyclic<E: ElementIo>(
+    wide: &[WideGrad],
+    x: &[E],
+    io: &mut RowIo<'_, E, E>,
+) {
     let c = wide.len();
     apply_wide(x, io, |i| &wide[i % c]);
 }

@@ -34,7 +34,8 @@ where
     type Output = Moments;
     #[inline(always)]
     fn run<V: F32Vec>(self) -> Moments {
-        let moments = channel_moments::<V, _>(self.row_in, self.spatial, 0..self.rows * self.spatial);
+        let moments =
+            channel_moments::<V, _>(self.row_in, self.spatial, 0..self.rows * self.spatial);
         let wide = (self.params)(moments);
         let Some((shift, scale, offset)) = wide.narrow() else {
             for n in 0..self.rows {

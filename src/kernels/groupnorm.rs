@@ -37,7 +37,8 @@ where
     type Output = Moments;
     #[inline(always)]
     fn run<V: F32Vec>(self) -> Moments {
-        let moments = channel_moments::<V, _>(self.row_in, self.spatial, 0..self.rows * self.spatial);
+        let moments =
+            channel_moments::<V, _>(self.row_in, self.spatial, 0..self.rows * self.spatial);
         for r in 0..self.rows {
             let (shift, scale, offset) = (self.params)(moments, r);
             affine_span::<V, _, _, false>(&mut (self.row_out)(r), shift, scale, offset, false);

@@ -216,10 +216,9 @@ pub(crate) fn channel_moments<'a, V: F32Vec, X: ElementIo>(
         let count = end - start;
         let (s1, s2) = sums[0].merge(sums[1]).totals();
         let first = start == range.start;
-        let block = Moments::from_trusted_sums(count, shift, s1, s2, first)
-            .unwrap_or_else(|| {
-                Moments::exact((start..end).map(|v| row(v / spatial)[v % spatial].to_f32()))
-            });
+        let block = Moments::from_trusted_sums(count, shift, s1, s2, first).unwrap_or_else(|| {
+            Moments::exact((start..end).map(|v| row(v / spatial)[v % spatial].to_f32()))
+        });
         acc = acc.merge(block);
         if acc.mean.is_nan() {
             // NaN in the data: the result is NaN whatever follows.

@@ -124,9 +124,21 @@ impl<X: ElementIo, Y: ElementIo> Kernel for NcsAffine<'_, X, Y> {
                 let relu = self.relu;
                 row.map_scalar(|_, x| w.y(x, relu));
             } else if self.relu {
-                affine_span::<V, X, Y, true>(&mut row, p.shift[c], p.scale[c], p.offset[c], self.stream);
+                affine_span::<V, X, Y, true>(
+                    &mut row,
+                    p.shift[c],
+                    p.scale[c],
+                    p.offset[c],
+                    self.stream,
+                );
             } else {
-                affine_span::<V, X, Y, false>(&mut row, p.shift[c], p.scale[c], p.offset[c], self.stream);
+                affine_span::<V, X, Y, false>(
+                    &mut row,
+                    p.shift[c],
+                    p.scale[c],
+                    p.offset[c],
+                    self.stream,
+                );
             }
             c = if c + 1 == channels { 0 } else { c + 1 };
         }
@@ -203,7 +215,13 @@ fn nsc_run<V: F32Vec, X: ElementIo, Y: ElementIo, const RELU: bool, const STREAM
         periods = (full - head) / channels * channels;
         nsc_periods::<V, X, Y, RELU, STREAM>(&mut io.part(head..head + periods), channels, p, c0);
     }
-    c0 = nsc_vectors::<V, X, Y, RELU, STREAM>(&mut io.part(head + periods..full), l, channels, p, c0);
+    c0 = nsc_vectors::<V, X, Y, RELU, STREAM>(
+        &mut io.part(head + periods..full),
+        l,
+        channels,
+        p,
+        c0,
+    );
     nsc_vectors::<V, X, Y, RELU, false>(&mut io.part(full..len), l, channels, p, c0);
     if STREAM {
         V::fence_streams();
