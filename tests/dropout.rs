@@ -11,6 +11,7 @@ mod common;
 
 use common::prop::config;
 
+use common::check::isa_value;
 use common::data::Gen;
 use common::dropout_reference as r;
 use normkit::Isa;
@@ -30,15 +31,6 @@ use std::ptr::{null, null_mut};
 struct Ctx {
     ptr: *mut nk_context,
     name: String,
-}
-
-fn isa_value(isa: Isa) -> nk_isa_value {
-    match isa {
-        Isa::Portable => 1,
-        Isa::Avx2 => 2,
-        Isa::Avx512 => 3,
-        Isa::Neon => 4,
-    }
 }
 
 impl Ctx {

@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::check::{assert_bits, assert_bits64, threaded_executor};
+use common::check::{assert_bits, assert_bits64, isa_value, threaded_executor};
 use common::data::{Gen, normals};
 use normkit::ffi::nk_status::{self, *};
 use normkit::ffi::*;
@@ -45,15 +45,6 @@ fn last_error() -> String {
     unsafe { CStr::from_ptr(nk_last_error_message()) }
         .to_string_lossy()
         .into_owned()
-}
-
-fn isa_value(isa: Isa) -> nk_isa_value {
-    match isa {
-        Isa::Portable => 1,
-        Isa::Avx2 => 2,
-        Isa::Avx512 => 3,
-        Isa::Neon => 4,
-    }
 }
 
 fn nk_isa_of(isa: Isa) -> nk_isa {

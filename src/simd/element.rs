@@ -312,7 +312,7 @@ mod tests {
             let f16s: Vec<f16> = chunk.iter().map(|&b| f16::from_bits(b)).collect();
             let bf16s: Vec<bf16> = chunk.iter().map(|&b| bf16::from_bits(b)).collect();
             let mut out = vec![0f32; l];
-            f16::load_partial_or_full::<V>(&f16s).store(&mut out);
+            V::read_lanes(&f16s, f16s.len(), 0.0).store(&mut out);
             for (k, &h) in chunk.iter().enumerate() {
                 let want = r::f16_value(h);
                 let got = out[k];
@@ -330,7 +330,7 @@ mod tests {
                     "scalar f16 {h:#06x}"
                 );
             }
-            bf16::load_partial_or_full::<V>(&bf16s).store(&mut out);
+            V::read_lanes(&bf16s, bf16s.len(), 0.0).store(&mut out);
             for (k, &h) in chunk.iter().enumerate() {
                 let want = f32::from_bits(u32::from(h) << 16);
                 assert_eq!(out[k].to_bits(), want.to_bits(), "bf16 {h:#06x}");
@@ -396,11 +396,11 @@ mod tests {
         let l = V::LANES;
         for chunk in values.chunks(l) {
             let x: Vec<f32> = chunk.iter().map(|&b| f32::from_bits(b)).collect();
-            let v = f32::load_partial_or_full::<V>(&x);
+            let v = V::read_lanes(&x, x.len(), 0.0);
             let mut h16 = vec![f16::ZERO; chunk.len()];
             let mut b16 = vec![bf16::ZERO; chunk.len()];
-            f16::store_partial_or_full(v, &mut h16);
-            bf16::store_partial_or_full(v, &mut b16);
+            v.write_lanes(&mut h16, chunk.len());
+            v.write_lanes(&mut b16, chunk.len());
             for (k, &xv) in x.iter().enumerate() {
                 assert_eq!(
                     h16[k].to_bits(),
@@ -427,26 +427,6 @@ mod tests {
             }
         }
     }
-
-    trait Whole: ElementIo + Default {
-        fn load_partial_or_full<V: F32Vec>(src: &[Self]) -> V {
-            if src.len() == V::LANES {
-                Self::load(src)
-            } else {
-                Self::load_partial(src, 0.0)
-            }
-        }
-        fn store_partial_or_full<V: F32Vec>(v: V, dst: &mut [Self]) {
-            if dst.len() == V::LANES {
-                Self::store(v, dst)
-            } else {
-                Self::store_partial(v, dst)
-            }
-        }
-    }
-    impl Whole for f32 {}
-    impl Whole for f16 {}
-    impl Whole for bf16 {}
 
     #[test]
     fn conversions_on_emulated_backends() {

@@ -143,3 +143,13 @@ pub fn parallel_runners() -> Vec<Runner> {
         .chain(EXECUTORS)
         .collect()
 }
+
+/// The C value (`nk_isa`) of an ISA.
+pub fn isa_value(isa: Isa) -> normkit::ffi::nk_isa_value {
+    match isa {
+        Isa::Portable => 1,
+        Isa::Avx2 => 2,
+        Isa::Avx512 => 3,
+        Isa::Neon => 4,
+    }
+}
