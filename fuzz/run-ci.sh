@@ -65,7 +65,10 @@ trap 'rm -rf "$logs"' EXIT
 report_crash() {
     local t="$1" log="$2"
     echo "FAILED: $t"
-    tail -n 60 "$log"
+    # What failed (a panic's message and place, or the sanitizer's report), then the end.
+    grep -m 1 -A 30 -E "panicked at|ERROR: (AddressSanitizer|libFuzzer)|overflowed its stack" "$log" || true
+    echo "[...]"
+    tail -n 30 "$log"
     grep -o "Test unit written to .*" "$log" | sed 's/^Test unit written to /crash input: /' || true
     echo "replay: (cd fuzz && cargo +nightly fuzz run $t <crash input>)"
 }
