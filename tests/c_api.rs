@@ -150,7 +150,8 @@ fn c_program_passes_under_address_and_undefined_behaviour_sanitizers() {
 }
 
 /// Names `nk_...` directly followed by `(` in `text`: the functions a header declares or a C
-/// file calls.
+/// file calls. A C macro that pastes a suffix parameter onto a name (`nk_layernorm_forward##SUF(`)
+/// calls both half-precision twins: the C programs instantiate such macros for `_bf16` and `_f16`.
 fn called_names(text: &str) -> Vec<String> {
     let bytes = text.as_bytes();
     let mut names = Vec::new();
@@ -165,6 +166,17 @@ fn called_names(text: &str) -> Vec<String> {
             start == 0 || !(bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
         if starts_word && bytes.get(end) == Some(&b'(') {
             names.push(text[start..end].to_string());
+        } else if starts_word && text[end..].starts_with("##") {
+            let suffix = text[end + 2..]
+                .bytes()
+                .take_while(|b| b.is_ascii_alphanumeric() || *b == b'_')
+                .count();
+            if text.as_bytes().get(end + 2 + suffix) == Some(&b'(') {
+                let name = text[start..end].trim_end_matches('_');
+                for twin in ["bf16", "f16"] {
+                    names.push(format!("{name}_{twin}"));
+                }
+            }
         }
         i = end.max(start + 3);
     }

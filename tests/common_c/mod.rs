@@ -72,7 +72,11 @@ pub fn compiler(var: &str, default: &str) -> String {
 
 /// Runs a command and panics with its output unless it succeeds; returns its stdout.
 pub fn run(mut cmd: Command, what: &str) -> String {
+    // cargo puts `target/<profile>` on LD_LIBRARY_PATH, which beats a program's RUNPATH: a stale
+    // `libnormkit.so` left there by an older `cargo build` would be loaded instead of the one
+    // built for this test run, which the programs name with `-Wl,-rpath`.
     let output = cmd
+        .env_remove("LD_LIBRARY_PATH")
         .output()
         .unwrap_or_else(|e| panic!("{what}: cannot start {cmd:?}: {e}"));
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
