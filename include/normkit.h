@@ -87,6 +87,16 @@ typedef struct nk_shape {
   nk_layout layout;
 } nk_shape;
 
+// A bfloat16 value: the upper 16 bits of an IEEE 754 binary32. Data of the `_bf16` functions.
+typedef struct nk_bf16 {
+  uint16_t bits;
+} nk_bf16;
+
+// An IEEE 754 binary16 value. Data of the `_f16` functions.
+typedef struct nk_f16 {
+  uint16_t bits;
+} nk_f16;
+
 // A task of an executor: `task(task_arg, index)`.
 typedef void (*nk_task_fn)(void *task_arg, size_t index);
 
@@ -102,16 +112,6 @@ typedef struct nk_executor {
   // How many threads the host runs tasks on (>= 1).
   size_t concurrency;
 } nk_executor;
-
-// A bfloat16 value: the upper 16 bits of an IEEE 754 binary32. Data of the `_bf16` functions.
-typedef struct nk_bf16 {
-  uint16_t bits;
-} nk_bf16;
-
-// An IEEE 754 binary16 value. Data of the `_f16` functions.
-typedef struct nk_f16 {
-  uint16_t bits;
-} nk_f16;
 
 
 
@@ -142,6 +142,43 @@ enum nk_status nk_batchnorm_forward_training(struct nk_context *ctx,
                                              float *save_mean,
                                              float *save_invstd);
 
+// `nk_batchnorm_forward_training` on bf16 data (see there): x and y are bf16, 2-byte aligned.
+//
+// # Safety
+// As `nk_batchnorm_forward_training`, with bf16 data.
+enum nk_status nk_batchnorm_forward_training_bf16(struct nk_context *ctx,
+                                                  struct nk_shape shape,
+                                                  const struct nk_bf16 *x,
+                                                  struct nk_bf16 *y,
+                                                  const float *gamma,
+                                                  const float *beta,
+                                                  float eps,
+                                                  float momentum,
+                                                  uint32_t flags,
+                                                  float *running_mean,
+                                                  float *running_var,
+                                                  float *save_mean,
+                                                  float *save_invstd);
+
+// `nk_batchnorm_forward_training` on f16 data (see there): x and y are f16 (IEEE binary16),
+// 2-byte aligned.
+//
+// # Safety
+// As `nk_batchnorm_forward_training`, with f16 data.
+enum nk_status nk_batchnorm_forward_training_f16(struct nk_context *ctx,
+                                                 struct nk_shape shape,
+                                                 const struct nk_f16 *x,
+                                                 struct nk_f16 *y,
+                                                 const float *gamma,
+                                                 const float *beta,
+                                                 float eps,
+                                                 float momentum,
+                                                 uint32_t flags,
+                                                 float *running_mean,
+                                                 float *running_var,
+                                                 float *save_mean,
+                                                 float *save_invstd);
+
 // Batch norm inference forward from given statistics (`mean`, `var` required), with
 // NK_BN_FUSE_RELU optional.
 //
@@ -158,6 +195,37 @@ enum nk_status nk_batchnorm_forward_inference(struct nk_context *ctx,
                                               float eps,
                                               uint32_t flags);
 
+// `nk_batchnorm_forward_inference` on bf16 data (see there): x and y are bf16, 2-byte aligned.
+//
+// # Safety
+// As `nk_batchnorm_forward_inference`, with bf16 data.
+enum nk_status nk_batchnorm_forward_inference_bf16(struct nk_context *ctx,
+                                                   struct nk_shape shape,
+                                                   const struct nk_bf16 *x,
+                                                   struct nk_bf16 *y,
+                                                   const float *gamma,
+                                                   const float *beta,
+                                                   const float *mean,
+                                                   const float *var,
+                                                   float eps,
+                                                   uint32_t flags);
+
+// `nk_batchnorm_forward_inference` on f16 data (see there): x and y are f16 (IEEE binary16),
+// 2-byte aligned.
+//
+// # Safety
+// As `nk_batchnorm_forward_inference`, with f16 data.
+enum nk_status nk_batchnorm_forward_inference_f16(struct nk_context *ctx,
+                                                  struct nk_shape shape,
+                                                  const struct nk_f16 *x,
+                                                  struct nk_f16 *y,
+                                                  const float *gamma,
+                                                  const float *beta,
+                                                  const float *mean,
+                                                  const float *var,
+                                                  float eps,
+                                                  uint32_t flags);
+
 // Per-channel mean and M2 (sum of squared deviations) of `x` over N*S values, in double; zeros
 // for an empty shard. Merge shards with `nk_moments_merge`.
 //
@@ -168,6 +236,26 @@ enum nk_status nk_moments(struct nk_context *ctx,
                           const float *x,
                           double *mean,
                           double *m2);
+
+// `nk_moments` on bf16 data (see there): x is bf16, 2-byte aligned.
+//
+// # Safety
+// As `nk_moments`, with bf16 data.
+enum nk_status nk_moments_bf16(struct nk_context *ctx,
+                               struct nk_shape shape,
+                               const struct nk_bf16 *x,
+                               double *mean,
+                               double *m2);
+
+// `nk_moments` on f16 data (see there): x is f16 (IEEE binary16), 2-byte aligned.
+//
+// # Safety
+// As `nk_moments`, with f16 data.
+enum nk_status nk_moments_f16(struct nk_context *ctx,
+                              struct nk_shape shape,
+                              const struct nk_f16 *x,
+                              double *mean,
+                              double *m2);
 
 // a <- a (+) b: merges per-channel moments of two disjoint sets of values (Chan et al.).
 // NK_ERR_OVERFLOW if count_a + count_b overflows uint64; a and b must not overlap.
@@ -205,6 +293,49 @@ enum nk_status nk_batchnorm_forward_from_moments(struct nk_context *ctx,
                                                  float *save_mean,
                                                  float *save_invstd);
 
+// `nk_batchnorm_forward_from_moments` on bf16 data (see there): x and y are bf16, 2-byte aligned.
+//
+// # Safety
+// As `nk_batchnorm_forward_from_moments`, with bf16 data.
+enum nk_status nk_batchnorm_forward_from_moments_bf16(struct nk_context *ctx,
+                                                      struct nk_shape shape,
+                                                      const struct nk_bf16 *x,
+                                                      struct nk_bf16 *y,
+                                                      const float *gamma,
+                                                      const float *beta,
+                                                      uint64_t count,
+                                                      const double *mean,
+                                                      const double *m2,
+                                                      float eps,
+                                                      float momentum,
+                                                      uint32_t flags,
+                                                      float *running_mean,
+                                                      float *running_var,
+                                                      float *save_mean,
+                                                      float *save_invstd);
+
+// `nk_batchnorm_forward_from_moments` on f16 data (see there): x and y are f16 (IEEE binary16),
+// 2-byte aligned.
+//
+// # Safety
+// As `nk_batchnorm_forward_from_moments`, with f16 data.
+enum nk_status nk_batchnorm_forward_from_moments_f16(struct nk_context *ctx,
+                                                     struct nk_shape shape,
+                                                     const struct nk_f16 *x,
+                                                     struct nk_f16 *y,
+                                                     const float *gamma,
+                                                     const float *beta,
+                                                     uint64_t count,
+                                                     const double *mean,
+                                                     const double *m2,
+                                                     float eps,
+                                                     float momentum,
+                                                     uint32_t flags,
+                                                     float *running_mean,
+                                                     float *running_var,
+                                                     float *save_mean,
+                                                     float *save_invstd);
+
 // Folds inference batch norm into the preceding conv/linear layer: `weight` [c_out][fan_in]
 // and `bias` [c_out] (both required; bias in: the layer's bias or zeros) are rewritten in place.
 //
@@ -239,6 +370,37 @@ enum nk_status nk_batchnorm_backward(struct nk_context *ctx,
                                      float *dgamma,
                                      float *dbeta);
 
+// `nk_batchnorm_backward` on bf16 data (see there): x, dy and dx are bf16, 2-byte aligned.
+//
+// # Safety
+// As `nk_batchnorm_backward`, with bf16 data.
+enum nk_status nk_batchnorm_backward_bf16(struct nk_context *ctx,
+                                          struct nk_shape shape,
+                                          const struct nk_bf16 *x,
+                                          const struct nk_bf16 *dy,
+                                          struct nk_bf16 *dx,
+                                          const float *gamma,
+                                          const float *save_mean,
+                                          const float *save_invstd,
+                                          float *dgamma,
+                                          float *dbeta);
+
+// `nk_batchnorm_backward` on f16 data (see there): x, dy and dx are f16 (IEEE binary16), 2-byte
+// aligned.
+//
+// # Safety
+// As `nk_batchnorm_backward`, with f16 data.
+enum nk_status nk_batchnorm_backward_f16(struct nk_context *ctx,
+                                         struct nk_shape shape,
+                                         const struct nk_f16 *x,
+                                         const struct nk_f16 *dy,
+                                         struct nk_f16 *dx,
+                                         const float *gamma,
+                                         const float *save_mean,
+                                         const float *save_invstd,
+                                         float *dgamma,
+                                         float *dbeta);
+
 // The per-channel sums of a synchronous batch norm backward over this shard: `sum_dy[c] =
 // sum(dy)` and `sum_dy_xhat[c] = sum(dy * xhat)`, in double (zeros for an empty shard). Add up
 // every shard's sums, then call nk_batchnorm_backward_apply.
@@ -253,6 +415,33 @@ enum nk_status nk_batchnorm_backward_reduce(struct nk_context *ctx,
                                             const float *save_invstd,
                                             double *sum_dy,
                                             double *sum_dy_xhat);
+
+// `nk_batchnorm_backward_reduce` on bf16 data (see there): x and dy are bf16, 2-byte aligned.
+//
+// # Safety
+// As `nk_batchnorm_backward_reduce`, with bf16 data.
+enum nk_status nk_batchnorm_backward_reduce_bf16(struct nk_context *ctx,
+                                                 struct nk_shape shape,
+                                                 const struct nk_bf16 *x,
+                                                 const struct nk_bf16 *dy,
+                                                 const float *save_mean,
+                                                 const float *save_invstd,
+                                                 double *sum_dy,
+                                                 double *sum_dy_xhat);
+
+// `nk_batchnorm_backward_reduce` on f16 data (see there): x and dy are f16 (IEEE binary16),
+// 2-byte aligned.
+//
+// # Safety
+// As `nk_batchnorm_backward_reduce`, with f16 data.
+enum nk_status nk_batchnorm_backward_reduce_f16(struct nk_context *ctx,
+                                                struct nk_shape shape,
+                                                const struct nk_f16 *x,
+                                                const struct nk_f16 *dy,
+                                                const float *save_mean,
+                                                const float *save_invstd,
+                                                double *sum_dy,
+                                                double *sum_dy_xhat);
 
 // The input gradient of a synchronous batch norm backward: `dx = gamma * invstd * (dy -
 // sum_dy / count - xhat * sum_dy_xhat / count)` with the sums added up over every shard and
@@ -272,6 +461,39 @@ enum nk_status nk_batchnorm_backward_apply(struct nk_context *ctx,
                                            uint64_t count,
                                            const double *sum_dy,
                                            const double *sum_dy_xhat);
+
+// `nk_batchnorm_backward_apply` on bf16 data (see there): x, dy and dx are bf16, 2-byte aligned.
+//
+// # Safety
+// As `nk_batchnorm_backward_apply`, with bf16 data.
+enum nk_status nk_batchnorm_backward_apply_bf16(struct nk_context *ctx,
+                                                struct nk_shape shape,
+                                                const struct nk_bf16 *x,
+                                                const struct nk_bf16 *dy,
+                                                struct nk_bf16 *dx,
+                                                const float *gamma,
+                                                const float *save_mean,
+                                                const float *save_invstd,
+                                                uint64_t count,
+                                                const double *sum_dy,
+                                                const double *sum_dy_xhat);
+
+// `nk_batchnorm_backward_apply` on f16 data (see there): x, dy and dx are f16 (IEEE binary16),
+// 2-byte aligned.
+//
+// # Safety
+// As `nk_batchnorm_backward_apply`, with f16 data.
+enum nk_status nk_batchnorm_backward_apply_f16(struct nk_context *ctx,
+                                               struct nk_shape shape,
+                                               const struct nk_f16 *x,
+                                               const struct nk_f16 *dy,
+                                               struct nk_f16 *dx,
+                                               const float *gamma,
+                                               const float *save_mean,
+                                               const float *save_invstd,
+                                               uint64_t count,
+                                               const double *sum_dy,
+                                               const double *sum_dy_xhat);
 
 // Philox4x32-10 (Salmon et al., SC'11; Random123): `out` = the block of `counter[4]` under
 // `key[2]`. The word `w` of the dropout stream of `seed` is `out[w & 3]` for counter
@@ -310,6 +532,36 @@ enum nk_status nk_dropout_forward(struct nk_context *ctx,
                                   uint64_t offset,
                                   uint8_t *mask);
 
+// `nk_dropout_forward` on bf16 data (bfloat16): `x` is widened to float exactly, each element of
+// `y` is the float function's result rounded once to nearest even; masks and every other argument
+// as there. `x` and `y` need 2-byte alignment; overlap is checked in bytes.
+//
+// # Safety
+// `x`, `y`: n `nk_bf16`; `mask`: NULL or ceil(n / 8) bytes.
+enum nk_status nk_dropout_forward_bf16(struct nk_context *ctx,
+                                       size_t n,
+                                       const struct nk_bf16 *x,
+                                       struct nk_bf16 *y,
+                                       float p,
+                                       uint64_t seed,
+                                       uint64_t offset,
+                                       uint8_t *mask);
+
+// `nk_dropout_forward` on f16 data (IEEE binary16): `x` is widened to float exactly, each element
+// of `y` is the float function's result rounded once to nearest even; masks and every other
+// argument as there. `x` and `y` need 2-byte alignment; overlap is checked in bytes.
+//
+// # Safety
+// `x`, `y`: n `nk_f16`; `mask`: NULL or ceil(n / 8) bytes.
+enum nk_status nk_dropout_forward_f16(struct nk_context *ctx,
+                                      size_t n,
+                                      const struct nk_f16 *x,
+                                      struct nk_f16 *y,
+                                      float p,
+                                      uint64_t seed,
+                                      uint64_t offset,
+                                      uint8_t *mask);
+
 // Backward of `nk_dropout_forward`: `dx = dy * scale` where the forward kept the element,
 // `+0.0` where it dropped it. `mask` (optional input) holds the forward's mask; NULL makes
 // the decisions again from `(seed, offset)`. `dx` is required; `dx == dy` is allowed.
@@ -324,6 +576,36 @@ enum nk_status nk_dropout_backward(struct nk_context *ctx,
                                    uint64_t seed,
                                    uint64_t offset,
                                    const uint8_t *mask);
+
+// `nk_dropout_backward` on bf16 data (bfloat16): `dy` is widened to float exactly, each element of
+// `dx` is the float function's result rounded once to nearest even; masks and every other argument
+// as there. `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
+//
+// # Safety
+// `dy`, `dx`: n `nk_bf16`; `mask`: NULL or ceil(n / 8) bytes.
+enum nk_status nk_dropout_backward_bf16(struct nk_context *ctx,
+                                        size_t n,
+                                        const struct nk_bf16 *dy,
+                                        struct nk_bf16 *dx,
+                                        float p,
+                                        uint64_t seed,
+                                        uint64_t offset,
+                                        const uint8_t *mask);
+
+// `nk_dropout_backward` on f16 data (IEEE binary16): `dy` is widened to float exactly, each
+// element of `dx` is the float function's result rounded once to nearest even; masks and every
+// other argument as there. `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
+//
+// # Safety
+// `dy`, `dx`: n `nk_f16`; `mask`: NULL or ceil(n / 8) bytes.
+enum nk_status nk_dropout_backward_f16(struct nk_context *ctx,
+                                       size_t n,
+                                       const struct nk_f16 *dy,
+                                       struct nk_f16 *dx,
+                                       float p,
+                                       uint64_t seed,
+                                       uint64_t offset,
+                                       const uint8_t *mask);
 
 // Channel (spatial) dropout: one keep decision per (n, c) pair, from word
 // `offset + n * channels + c`, applied to the pair's whole spatial map; both layouts. `mask`
@@ -342,6 +624,38 @@ enum nk_status nk_channel_dropout_forward(struct nk_context *ctx,
                                           uint64_t offset,
                                           uint8_t *mask);
 
+// `nk_channel_dropout_forward` on bf16 data (bfloat16): `x` is widened to float exactly, each
+// element of `y` is the float function's result rounded once to nearest even; masks and every
+// other argument as there. `x` and `y` need 2-byte alignment; overlap is checked in bytes.
+//
+// # Safety
+// `x`, `y`: batch * channels * spatial `nk_bf16`; `mask`: NULL or ceil(batch * channels / 8)
+// bytes.
+enum nk_status nk_channel_dropout_forward_bf16(struct nk_context *ctx,
+                                               struct nk_shape shape,
+                                               const struct nk_bf16 *x,
+                                               struct nk_bf16 *y,
+                                               float p,
+                                               uint64_t seed,
+                                               uint64_t offset,
+                                               uint8_t *mask);
+
+// `nk_channel_dropout_forward` on f16 data (IEEE binary16): `x` is widened to float exactly, each
+// element of `y` is the float function's result rounded once to nearest even; masks and every
+// other argument as there. `x` and `y` need 2-byte alignment; overlap is checked in bytes.
+//
+// # Safety
+// `x`, `y`: batch * channels * spatial `nk_f16`; `mask`: NULL or ceil(batch * channels / 8)
+// bytes.
+enum nk_status nk_channel_dropout_forward_f16(struct nk_context *ctx,
+                                              struct nk_shape shape,
+                                              const struct nk_f16 *x,
+                                              struct nk_f16 *y,
+                                              float p,
+                                              uint64_t seed,
+                                              uint64_t offset,
+                                              uint8_t *mask);
+
 // Backward of `nk_channel_dropout_forward`, from `mask` (optional input) or with the
 // decisions made again from `(seed, offset)`. `dx` is required; `dx == dy` is allowed.
 //
@@ -355,6 +669,36 @@ enum nk_status nk_channel_dropout_backward(struct nk_context *ctx,
                                            uint64_t seed,
                                            uint64_t offset,
                                            const uint8_t *mask);
+
+// `nk_channel_dropout_backward` on bf16 data (bfloat16): `dy` is widened to float exactly, each
+// element of `dx` is the float function's result rounded once to nearest even; masks and every
+// other argument as there. `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
+//
+// # Safety
+// As `nk_channel_dropout_forward_bf16`.
+enum nk_status nk_channel_dropout_backward_bf16(struct nk_context *ctx,
+                                                struct nk_shape shape,
+                                                const struct nk_bf16 *dy,
+                                                struct nk_bf16 *dx,
+                                                float p,
+                                                uint64_t seed,
+                                                uint64_t offset,
+                                                const uint8_t *mask);
+
+// `nk_channel_dropout_backward` on f16 data (IEEE binary16): `dy` is widened to float exactly,
+// each element of `dx` is the float function's result rounded once to nearest even; masks and
+// every other argument as there. `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
+//
+// # Safety
+// As `nk_channel_dropout_forward_f16`.
+enum nk_status nk_channel_dropout_backward_f16(struct nk_context *ctx,
+                                               struct nk_shape shape,
+                                               const struct nk_f16 *dy,
+                                               struct nk_f16 *dx,
+                                               float p,
+                                               uint64_t seed,
+                                               uint64_t offset,
+                                               const uint8_t *mask);
 
 // Alpha dropout (SELU networks): dropped elements take alpha' = -1.7580993408473766, then
 // `y = a * x' + b`, `a = ((1 - p) * (1 + p * alpha'^2))^-1/2`, `b = -a * alpha' * p` (computed
@@ -372,6 +716,36 @@ enum nk_status nk_alpha_dropout_forward(struct nk_context *ctx,
                                         uint64_t offset,
                                         uint8_t *mask);
 
+// `nk_alpha_dropout_forward` on bf16 data (bfloat16): `x` is widened to float exactly, each
+// element of `y` is the float function's result rounded once to nearest even; masks and every
+// other argument as there. `x` and `y` need 2-byte alignment; overlap is checked in bytes.
+//
+// # Safety
+// As `nk_dropout_forward_bf16`.
+enum nk_status nk_alpha_dropout_forward_bf16(struct nk_context *ctx,
+                                             size_t n,
+                                             const struct nk_bf16 *x,
+                                             struct nk_bf16 *y,
+                                             float p,
+                                             uint64_t seed,
+                                             uint64_t offset,
+                                             uint8_t *mask);
+
+// `nk_alpha_dropout_forward` on f16 data (IEEE binary16): `x` is widened to float exactly, each
+// element of `y` is the float function's result rounded once to nearest even; masks and every
+// other argument as there. `x` and `y` need 2-byte alignment; overlap is checked in bytes.
+//
+// # Safety
+// As `nk_dropout_forward_f16`.
+enum nk_status nk_alpha_dropout_forward_f16(struct nk_context *ctx,
+                                            size_t n,
+                                            const struct nk_f16 *x,
+                                            struct nk_f16 *y,
+                                            float p,
+                                            uint64_t seed,
+                                            uint64_t offset,
+                                            uint8_t *mask);
+
 // Backward of `nk_alpha_dropout_forward`: `dx = dy * a` where kept, `+0.0` where dropped;
 // from `mask` (optional input) or made again.
 //
@@ -385,6 +759,36 @@ enum nk_status nk_alpha_dropout_backward(struct nk_context *ctx,
                                          uint64_t seed,
                                          uint64_t offset,
                                          const uint8_t *mask);
+
+// `nk_alpha_dropout_backward` on bf16 data (bfloat16): `dy` is widened to float exactly, each
+// element of `dx` is the float function's result rounded once to nearest even; masks and every
+// other argument as there. `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
+//
+// # Safety
+// As `nk_dropout_backward_bf16`.
+enum nk_status nk_alpha_dropout_backward_bf16(struct nk_context *ctx,
+                                              size_t n,
+                                              const struct nk_bf16 *dy,
+                                              struct nk_bf16 *dx,
+                                              float p,
+                                              uint64_t seed,
+                                              uint64_t offset,
+                                              const uint8_t *mask);
+
+// `nk_alpha_dropout_backward` on f16 data (IEEE binary16): `dy` is widened to float exactly, each
+// element of `dx` is the float function's result rounded once to nearest even; masks and every
+// other argument as there. `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
+//
+// # Safety
+// As `nk_dropout_backward_f16`.
+enum nk_status nk_alpha_dropout_backward_f16(struct nk_context *ctx,
+                                             size_t n,
+                                             const struct nk_f16 *dy,
+                                             struct nk_f16 *dx,
+                                             float p,
+                                             uint64_t seed,
+                                             uint64_t offset,
+                                             const uint8_t *mask);
 
 // Gaussian dropout: `y = x * e`, `e = 1 + sqrt(p / (1 - p)) * sqrt(-2 ln u1) * cos(2 pi u2)`,
 // `u1 = ((r0 >> 8) + 1) * 2^-24`, `u2 = (r1 >> 8) * 2^-24` from words `2 * (offset + i)` and
@@ -400,6 +804,34 @@ enum nk_status nk_gaussian_dropout_forward(struct nk_context *ctx,
                                            uint64_t seed,
                                            uint64_t offset);
 
+// `nk_gaussian_dropout_forward` on bf16 data (bfloat16): `x` is widened to float exactly, each
+// element of `y` is the float function's result rounded once to nearest even; masks and every
+// other argument as there. `x` and `y` need 2-byte alignment; overlap is checked in bytes.
+//
+// # Safety
+// `x`, `y`: n `nk_bf16`.
+enum nk_status nk_gaussian_dropout_forward_bf16(struct nk_context *ctx,
+                                                size_t n,
+                                                const struct nk_bf16 *x,
+                                                struct nk_bf16 *y,
+                                                float p,
+                                                uint64_t seed,
+                                                uint64_t offset);
+
+// `nk_gaussian_dropout_forward` on f16 data (IEEE binary16): `x` is widened to float exactly, each
+// element of `y` is the float function's result rounded once to nearest even; masks and every
+// other argument as there. `x` and `y` need 2-byte alignment; overlap is checked in bytes.
+//
+// # Safety
+// `x`, `y`: n `nk_f16`.
+enum nk_status nk_gaussian_dropout_forward_f16(struct nk_context *ctx,
+                                               size_t n,
+                                               const struct nk_f16 *x,
+                                               struct nk_f16 *y,
+                                               float p,
+                                               uint64_t seed,
+                                               uint64_t offset);
+
 // Backward of `nk_gaussian_dropout_forward`: `dx = dy * e`, the same factors.
 //
 // # Safety
@@ -411,6 +843,34 @@ enum nk_status nk_gaussian_dropout_backward(struct nk_context *ctx,
                                             float p,
                                             uint64_t seed,
                                             uint64_t offset);
+
+// `nk_gaussian_dropout_backward` on bf16 data (bfloat16): `dy` is widened to float exactly, each
+// element of `dx` is the float function's result rounded once to nearest even; masks and every
+// other argument as there. `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
+//
+// # Safety
+// `dy`, `dx`: n `nk_bf16`.
+enum nk_status nk_gaussian_dropout_backward_bf16(struct nk_context *ctx,
+                                                 size_t n,
+                                                 const struct nk_bf16 *dy,
+                                                 struct nk_bf16 *dx,
+                                                 float p,
+                                                 uint64_t seed,
+                                                 uint64_t offset);
+
+// `nk_gaussian_dropout_backward` on f16 data (IEEE binary16): `dy` is widened to float exactly,
+// each element of `dx` is the float function's result rounded once to nearest even; masks and
+// every other argument as there. `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
+//
+// # Safety
+// `dy`, `dx`: n `nk_f16`.
+enum nk_status nk_gaussian_dropout_backward_f16(struct nk_context *ctx,
+                                                size_t n,
+                                                const struct nk_f16 *dy,
+                                                struct nk_f16 *dx,
+                                                float p,
+                                                uint64_t seed,
+                                                uint64_t offset);
 
 // Uniform dropout ("Uout", Li et al., CVPR 2019): `y = x * (1 + r)`, `r = beta * (2u - 1)`,
 // `u = (w >> 8) * 2^-24` for word `w = offset + i`. `beta` finite and >= 0.
@@ -425,6 +885,34 @@ enum nk_status nk_uniform_dropout_forward(struct nk_context *ctx,
                                           uint64_t seed,
                                           uint64_t offset);
 
+// `nk_uniform_dropout_forward` on bf16 data (bfloat16): `x` is widened to float exactly, each
+// element of `y` is the float function's result rounded once to nearest even; masks and every
+// other argument as there. `x` and `y` need 2-byte alignment; overlap is checked in bytes.
+//
+// # Safety
+// `x`, `y`: n `nk_bf16`.
+enum nk_status nk_uniform_dropout_forward_bf16(struct nk_context *ctx,
+                                               size_t n,
+                                               const struct nk_bf16 *x,
+                                               struct nk_bf16 *y,
+                                               float beta,
+                                               uint64_t seed,
+                                               uint64_t offset);
+
+// `nk_uniform_dropout_forward` on f16 data (IEEE binary16): `x` is widened to float exactly, each
+// element of `y` is the float function's result rounded once to nearest even; masks and every
+// other argument as there. `x` and `y` need 2-byte alignment; overlap is checked in bytes.
+//
+// # Safety
+// `x`, `y`: n `nk_f16`.
+enum nk_status nk_uniform_dropout_forward_f16(struct nk_context *ctx,
+                                              size_t n,
+                                              const struct nk_f16 *x,
+                                              struct nk_f16 *y,
+                                              float beta,
+                                              uint64_t seed,
+                                              uint64_t offset);
+
 // Backward of `nk_uniform_dropout_forward`: `dx = dy * (1 + r)`, the same factors.
 //
 // # Safety
@@ -436,6 +924,34 @@ enum nk_status nk_uniform_dropout_backward(struct nk_context *ctx,
                                            float beta,
                                            uint64_t seed,
                                            uint64_t offset);
+
+// `nk_uniform_dropout_backward` on bf16 data (bfloat16): `dy` is widened to float exactly, each
+// element of `dx` is the float function's result rounded once to nearest even; masks and every
+// other argument as there. `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
+//
+// # Safety
+// `dy`, `dx`: n `nk_bf16`.
+enum nk_status nk_uniform_dropout_backward_bf16(struct nk_context *ctx,
+                                                size_t n,
+                                                const struct nk_bf16 *dy,
+                                                struct nk_bf16 *dx,
+                                                float beta,
+                                                uint64_t seed,
+                                                uint64_t offset);
+
+// `nk_uniform_dropout_backward` on f16 data (IEEE binary16): `dy` is widened to float exactly,
+// each element of `dx` is the float function's result rounded once to nearest even; masks and
+// every other argument as there. `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
+//
+// # Safety
+// `dy`, `dx`: n `nk_f16`.
+enum nk_status nk_uniform_dropout_backward_f16(struct nk_context *ctx,
+                                               size_t n,
+                                               const struct nk_f16 *dy,
+                                               struct nk_f16 *dx,
+                                               float beta,
+                                               uint64_t seed,
+                                               uint64_t offset);
 
 // Group norm forward: C channels in `groups` consecutive groups (at least 1, dividing C, else
 // NK_ERR_BAD_SHAPE); mean and biased variance per (n, group) over C/groups*S values (each group
@@ -457,6 +973,36 @@ enum nk_status nk_groupnorm_forward(struct nk_context *ctx,
                                     float *save_mean,
                                     float *save_invstd);
 
+// `nk_groupnorm_forward` on bf16 data (see there); x and y are bf16, 2-byte aligned.
+//
+// # Safety
+// As `nk_groupnorm_forward`, with x, y: N*C*S bf16 values.
+enum nk_status nk_groupnorm_forward_bf16(struct nk_context *ctx,
+                                         struct nk_shape shape,
+                                         size_t groups,
+                                         const struct nk_bf16 *x,
+                                         struct nk_bf16 *y,
+                                         const float *gamma,
+                                         const float *beta,
+                                         float eps,
+                                         float *save_mean,
+                                         float *save_invstd);
+
+// `nk_groupnorm_forward` on f16 data (see there); x and y are f16, 2-byte aligned.
+//
+// # Safety
+// As `nk_groupnorm_forward`, with x, y: N*C*S f16 values.
+enum nk_status nk_groupnorm_forward_f16(struct nk_context *ctx,
+                                        struct nk_shape shape,
+                                        size_t groups,
+                                        const struct nk_f16 *x,
+                                        struct nk_f16 *y,
+                                        const float *gamma,
+                                        const float *beta,
+                                        float eps,
+                                        float *save_mean,
+                                        float *save_invstd);
+
 // Group norm backward from the saved statistics (`save_mean`, `save_invstd` required, length
 // batch*groups): dx (optional; dx == dy allowed), dgamma = sum(dy * xhat) and dbeta = sum(dy)
 // per channel (each optional; zeros over no values).
@@ -475,6 +1021,38 @@ enum nk_status nk_groupnorm_backward(struct nk_context *ctx,
                                      float *dgamma,
                                      float *dbeta);
 
+// `nk_groupnorm_backward` on bf16 data (see there); x, dy and dx are bf16, 2-byte aligned.
+//
+// # Safety
+// As `nk_groupnorm_backward`, with x, dy, dx: N*C*S bf16 values.
+enum nk_status nk_groupnorm_backward_bf16(struct nk_context *ctx,
+                                          struct nk_shape shape,
+                                          size_t groups,
+                                          const struct nk_bf16 *x,
+                                          const struct nk_bf16 *dy,
+                                          struct nk_bf16 *dx,
+                                          const float *gamma,
+                                          const float *save_mean,
+                                          const float *save_invstd,
+                                          float *dgamma,
+                                          float *dbeta);
+
+// `nk_groupnorm_backward` on f16 data (see there); x, dy and dx are f16, 2-byte aligned.
+//
+// # Safety
+// As `nk_groupnorm_backward`, with x, dy, dx: N*C*S f16 values.
+enum nk_status nk_groupnorm_backward_f16(struct nk_context *ctx,
+                                         struct nk_shape shape,
+                                         size_t groups,
+                                         const struct nk_f16 *x,
+                                         const struct nk_f16 *dy,
+                                         struct nk_f16 *dx,
+                                         const float *gamma,
+                                         const float *save_mean,
+                                         const float *save_invstd,
+                                         float *dgamma,
+                                         float *dbeta);
+
 // Instance norm forward: group norm with groups = C (statistics per (n, c) over S values; S >= 1
 // when batch and C are not 0). Saves have length batch*C, index n*C + c; y == x is allowed.
 //
@@ -489,6 +1067,34 @@ enum nk_status nk_instancenorm_forward(struct nk_context *ctx,
                                        float eps,
                                        float *save_mean,
                                        float *save_invstd);
+
+// `nk_instancenorm_forward` on bf16 data (see there); x and y are bf16, 2-byte aligned.
+//
+// # Safety
+// As `nk_instancenorm_forward`, with x, y: N*C*S bf16 values.
+enum nk_status nk_instancenorm_forward_bf16(struct nk_context *ctx,
+                                            struct nk_shape shape,
+                                            const struct nk_bf16 *x,
+                                            struct nk_bf16 *y,
+                                            const float *gamma,
+                                            const float *beta,
+                                            float eps,
+                                            float *save_mean,
+                                            float *save_invstd);
+
+// `nk_instancenorm_forward` on f16 data (see there); x and y are f16, 2-byte aligned.
+//
+// # Safety
+// As `nk_instancenorm_forward`, with x, y: N*C*S f16 values.
+enum nk_status nk_instancenorm_forward_f16(struct nk_context *ctx,
+                                           struct nk_shape shape,
+                                           const struct nk_f16 *x,
+                                           struct nk_f16 *y,
+                                           const float *gamma,
+                                           const float *beta,
+                                           float eps,
+                                           float *save_mean,
+                                           float *save_invstd);
 
 // Layer norm forward over `rows` rows of `cols` contiguous floats: each row normalized with its
 // own mean and biased variance, then `y = xhat * gamma + beta` (`gamma`, `beta` optional, `cols`
@@ -509,6 +1115,38 @@ enum nk_status nk_layernorm_forward(struct nk_context *ctx,
                                     float *save_mean,
                                     float *save_invstd);
 
+// `nk_layernorm_forward` on bf16 data (see there): x and y are bf16, 2-byte aligned; gamma,
+// beta and the saved statistics stay float.
+//
+// # Safety
+// As `nk_layernorm_forward`, with x, y: rows*cols bf16 values.
+enum nk_status nk_layernorm_forward_bf16(struct nk_context *ctx,
+                                         size_t rows,
+                                         size_t cols,
+                                         const struct nk_bf16 *x,
+                                         struct nk_bf16 *y,
+                                         const float *gamma,
+                                         const float *beta,
+                                         float eps,
+                                         float *save_mean,
+                                         float *save_invstd);
+
+// `nk_layernorm_forward` on f16 data (see there): x and y are f16, 2-byte aligned; gamma,
+// beta and the saved statistics stay float.
+//
+// # Safety
+// As `nk_layernorm_forward`, with x, y: rows*cols f16 values.
+enum nk_status nk_layernorm_forward_f16(struct nk_context *ctx,
+                                        size_t rows,
+                                        size_t cols,
+                                        const struct nk_f16 *x,
+                                        struct nk_f16 *y,
+                                        const float *gamma,
+                                        const float *beta,
+                                        float eps,
+                                        float *save_mean,
+                                        float *save_invstd);
+
 // Layer norm backward from the saved statistics (`save_mean`, `save_invstd` required, `rows`
 // floats): `dx` (optional; `dx == dy` is in place), `dgamma = sum over rows of dy * xhat` and
 // `dbeta = sum over rows of dy` (each optional, `cols` floats; zeros when `rows == 0`).
@@ -527,6 +1165,40 @@ enum nk_status nk_layernorm_backward(struct nk_context *ctx,
                                      float *dgamma,
                                      float *dbeta);
 
+// `nk_layernorm_backward` on bf16 data (see there): x, dy and dx are bf16, 2-byte aligned;
+// gamma, the saved statistics, dgamma and dbeta stay float.
+//
+// # Safety
+// As `nk_layernorm_backward`, with x, dy, dx: rows*cols bf16 values.
+enum nk_status nk_layernorm_backward_bf16(struct nk_context *ctx,
+                                          size_t rows,
+                                          size_t cols,
+                                          const struct nk_bf16 *x,
+                                          const struct nk_bf16 *dy,
+                                          struct nk_bf16 *dx,
+                                          const float *gamma,
+                                          const float *save_mean,
+                                          const float *save_invstd,
+                                          float *dgamma,
+                                          float *dbeta);
+
+// `nk_layernorm_backward` on f16 data (see there): x, dy and dx are f16, 2-byte aligned;
+// gamma, the saved statistics, dgamma and dbeta stay float.
+//
+// # Safety
+// As `nk_layernorm_backward`, with x, dy, dx: rows*cols f16 values.
+enum nk_status nk_layernorm_backward_f16(struct nk_context *ctx,
+                                         size_t rows,
+                                         size_t cols,
+                                         const struct nk_f16 *x,
+                                         const struct nk_f16 *dy,
+                                         struct nk_f16 *dx,
+                                         const float *gamma,
+                                         const float *save_mean,
+                                         const float *save_invstd,
+                                         float *dgamma,
+                                         float *dbeta);
+
 // RMS norm forward: `y = x / sqrt(mean(x^2) + eps) * gamma` per row of `cols` contiguous
 // floats (`gamma` optional). `save_invrms` (optional, `rows` floats) receives each row's
 // `1 / sqrt(mean(x^2) + eps)`. `y == x` is in place. With `cols == 0` nothing is written.
@@ -541,6 +1213,34 @@ enum nk_status nk_rmsnorm_forward(struct nk_context *ctx,
                                   const float *gamma,
                                   float eps,
                                   float *save_invrms);
+
+// `nk_rmsnorm_forward` on bf16 data (see there): x and y are bf16, 2-byte aligned; gamma and
+// save_invrms stay float.
+//
+// # Safety
+// As `nk_rmsnorm_forward`, with x, y: rows*cols bf16 values.
+enum nk_status nk_rmsnorm_forward_bf16(struct nk_context *ctx,
+                                       size_t rows,
+                                       size_t cols,
+                                       const struct nk_bf16 *x,
+                                       struct nk_bf16 *y,
+                                       const float *gamma,
+                                       float eps,
+                                       float *save_invrms);
+
+// `nk_rmsnorm_forward` on f16 data (see there): x and y are f16, 2-byte aligned; gamma and
+// save_invrms stay float.
+//
+// # Safety
+// As `nk_rmsnorm_forward`, with x, y: rows*cols f16 values.
+enum nk_status nk_rmsnorm_forward_f16(struct nk_context *ctx,
+                                      size_t rows,
+                                      size_t cols,
+                                      const struct nk_f16 *x,
+                                      struct nk_f16 *y,
+                                      const float *gamma,
+                                      float eps,
+                                      float *save_invrms);
 
 // RMS norm backward from the saved `save_invrms` (required, `rows` floats): `dx` (optional;
 // `dx == dy` is in place) and `dgamma = sum over rows of dy * x * invrms` (optional, `cols`
@@ -557,6 +1257,36 @@ enum nk_status nk_rmsnorm_backward(struct nk_context *ctx,
                                    const float *gamma,
                                    const float *save_invrms,
                                    float *dgamma);
+
+// `nk_rmsnorm_backward` on bf16 data (see there): x, dy and dx are bf16, 2-byte aligned;
+// gamma, save_invrms and dgamma stay float.
+//
+// # Safety
+// As `nk_rmsnorm_backward`, with x, dy, dx: rows*cols bf16 values.
+enum nk_status nk_rmsnorm_backward_bf16(struct nk_context *ctx,
+                                        size_t rows,
+                                        size_t cols,
+                                        const struct nk_bf16 *x,
+                                        const struct nk_bf16 *dy,
+                                        struct nk_bf16 *dx,
+                                        const float *gamma,
+                                        const float *save_invrms,
+                                        float *dgamma);
+
+// `nk_rmsnorm_backward` on f16 data (see there): x, dy and dx are f16, 2-byte aligned;
+// gamma, save_invrms and dgamma stay float.
+//
+// # Safety
+// As `nk_rmsnorm_backward`, with x, dy, dx: rows*cols f16 values.
+enum nk_status nk_rmsnorm_backward_f16(struct nk_context *ctx,
+                                       size_t rows,
+                                       size_t cols,
+                                       const struct nk_f16 *x,
+                                       const struct nk_f16 *dy,
+                                       struct nk_f16 *dx,
+                                       const float *gamma,
+                                       const float *save_invrms,
+                                       float *dgamma);
 
 // Weight standardization: each of `c_out` rows of `fan_in` weights standardized to mean 0 and
 // scale `1 / sqrt(var + eps)` (layer norm without affine). `w_out == w` is in place.

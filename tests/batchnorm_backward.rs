@@ -760,7 +760,7 @@ fn empty_batches() {
             &ctx,
             shape,
             &[],
-            BackwardIo::WithDx(InOut::separate(&[], &mut []).unwrap()),
+            BackwardIo::WithDx(InOut::<f32>::separate(&[], &mut []).unwrap()),
             None,
             &mean,
             &invstd,
@@ -774,14 +774,15 @@ fn empty_batches() {
                 .all(|&v| v == 0.0 && v.is_sign_positive())
         );
         let (mut a, mut b) = (vec![7f64; c], vec![7f64; c]);
-        batchnorm::backward_reduce(&ctx, shape, &[], &[], &mean, &invstd, &mut a, &mut b).unwrap();
+        batchnorm::backward_reduce::<f32>(&ctx, shape, &[], &[], &mean, &invstd, &mut a, &mut b)
+            .unwrap();
         assert!(a.iter().chain(&b).all(|&v| v == 0.0));
         // An empty shard of a larger batch applies nothing, with any count >= 1.
         batchnorm::backward_apply(
             &ctx,
             shape,
             &[],
-            InOut::separate(&[], &mut []).unwrap(),
+            InOut::<f32>::separate(&[], &mut []).unwrap(),
             None,
             &mean,
             &invstd,
@@ -836,7 +837,7 @@ fn safe_api_rejections() {
     );
     assert_eq!(e.unwrap_err().kind(), ErrorKind::BadShape);
     let huge = Shape::new(usize::MAX / 2, 3, 4, Layout::Ncs);
-    let e = batchnorm::backward_reduce(
+    let e = batchnorm::backward_reduce::<f32>(
         &ctx,
         huge,
         &[],

@@ -2,14 +2,15 @@
 
 use super::library::{context, nk_context, nk_shape};
 use super::{
-    Regions, backward_io, call, in_out, nk_status, optional, optional_mut, require, slice,
-    slice_mut,
+    Regions, backward_io, call, in_out, nk_bf16, nk_f16, nk_status, optional, optional_mut,
+    require, slice, slice_mut,
 };
 use crate::error::{Error, ErrorKind};
 use crate::ops::batchnorm::{
     self, Affine, RunningStats, SavedStats, TrainingParams, check_fold, check_inference,
     check_sizes, check_training,
 };
+use crate::simd::element::Element;
 
 /// Running variance tracks the biased variance (ONNX); default unbiased, count/(count-1)
 /// (PyTorch, cuDNN).
@@ -41,6 +42,124 @@ pub unsafe extern "C" fn nk_batchnorm_forward_training(
     shape: nk_shape,
     x: *const f32,
     y: *mut f32,
+    gamma: *const f32,
+    beta: *const f32,
+    eps: f32,
+    momentum: f32,
+    flags: u32,
+    running_mean: *mut f32,
+    running_var: *mut f32,
+    save_mean: *mut f32,
+    save_invstd: *mut f32,
+) -> nk_status {
+    // SAFETY: the caller's promise, forwarded.
+    unsafe {
+        batchnorm_forward_training_typed::<f32>(
+            ctx,
+            shape,
+            x,
+            y,
+            gamma,
+            beta,
+            eps,
+            momentum,
+            flags,
+            running_mean,
+            running_var,
+            save_mean,
+            save_invstd,
+        )
+    }
+}
+
+/// `nk_batchnorm_forward_training` on bf16 data (see there): x and y are bf16, 2-byte aligned.
+///
+/// # Safety
+/// As `nk_batchnorm_forward_training`, with bf16 data.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_batchnorm_forward_training_bf16(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const nk_bf16,
+    y: *mut nk_bf16,
+    gamma: *const f32,
+    beta: *const f32,
+    eps: f32,
+    momentum: f32,
+    flags: u32,
+    running_mean: *mut f32,
+    running_var: *mut f32,
+    save_mean: *mut f32,
+    save_invstd: *mut f32,
+) -> nk_status {
+    // SAFETY: the caller's promise, forwarded; nk_bf16 has the layout of crate::bf16 (one u16).
+    unsafe {
+        batchnorm_forward_training_typed(
+            ctx,
+            shape,
+            x.cast::<crate::bf16>(),
+            y.cast::<crate::bf16>(),
+            gamma,
+            beta,
+            eps,
+            momentum,
+            flags,
+            running_mean,
+            running_var,
+            save_mean,
+            save_invstd,
+        )
+    }
+}
+
+/// `nk_batchnorm_forward_training` on f16 data (see there): x and y are f16 (IEEE binary16),
+/// 2-byte aligned.
+///
+/// # Safety
+/// As `nk_batchnorm_forward_training`, with f16 data.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_batchnorm_forward_training_f16(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const nk_f16,
+    y: *mut nk_f16,
+    gamma: *const f32,
+    beta: *const f32,
+    eps: f32,
+    momentum: f32,
+    flags: u32,
+    running_mean: *mut f32,
+    running_var: *mut f32,
+    save_mean: *mut f32,
+    save_invstd: *mut f32,
+) -> nk_status {
+    // SAFETY: the caller's promise, forwarded; nk_f16 has the layout of crate::f16 (one u16).
+    unsafe {
+        batchnorm_forward_training_typed(
+            ctx,
+            shape,
+            x.cast::<crate::f16>(),
+            y.cast::<crate::f16>(),
+            gamma,
+            beta,
+            eps,
+            momentum,
+            flags,
+            running_mean,
+            running_var,
+            save_mean,
+            save_invstd,
+        )
+    }
+}
+
+/// The body of `nk_batchnorm_forward_training` and its bf16 and f16 twins.
+#[allow(clippy::too_many_arguments)]
+unsafe fn batchnorm_forward_training_typed<E: Element>(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const E,
+    y: *mut E,
     gamma: *const f32,
     beta: *const f32,
     eps: f32,
@@ -125,6 +244,97 @@ pub unsafe extern "C" fn nk_batchnorm_forward_inference(
     eps: f32,
     flags: u32,
 ) -> nk_status {
+    // SAFETY: the caller's promise, forwarded.
+    unsafe {
+        batchnorm_forward_inference_typed::<f32>(
+            ctx, shape, x, y, gamma, beta, mean, var, eps, flags,
+        )
+    }
+}
+
+/// `nk_batchnorm_forward_inference` on bf16 data (see there): x and y are bf16, 2-byte aligned.
+///
+/// # Safety
+/// As `nk_batchnorm_forward_inference`, with bf16 data.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_batchnorm_forward_inference_bf16(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const nk_bf16,
+    y: *mut nk_bf16,
+    gamma: *const f32,
+    beta: *const f32,
+    mean: *const f32,
+    var: *const f32,
+    eps: f32,
+    flags: u32,
+) -> nk_status {
+    // SAFETY: the caller's promise, forwarded; nk_bf16 has the layout of crate::bf16 (one u16).
+    unsafe {
+        batchnorm_forward_inference_typed(
+            ctx,
+            shape,
+            x.cast::<crate::bf16>(),
+            y.cast::<crate::bf16>(),
+            gamma,
+            beta,
+            mean,
+            var,
+            eps,
+            flags,
+        )
+    }
+}
+
+/// `nk_batchnorm_forward_inference` on f16 data (see there): x and y are f16 (IEEE binary16),
+/// 2-byte aligned.
+///
+/// # Safety
+/// As `nk_batchnorm_forward_inference`, with f16 data.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_batchnorm_forward_inference_f16(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const nk_f16,
+    y: *mut nk_f16,
+    gamma: *const f32,
+    beta: *const f32,
+    mean: *const f32,
+    var: *const f32,
+    eps: f32,
+    flags: u32,
+) -> nk_status {
+    // SAFETY: the caller's promise, forwarded; nk_f16 has the layout of crate::f16 (one u16).
+    unsafe {
+        batchnorm_forward_inference_typed(
+            ctx,
+            shape,
+            x.cast::<crate::f16>(),
+            y.cast::<crate::f16>(),
+            gamma,
+            beta,
+            mean,
+            var,
+            eps,
+            flags,
+        )
+    }
+}
+
+/// The body of `nk_batchnorm_forward_inference` and its bf16 and f16 twins.
+#[allow(clippy::too_many_arguments)]
+unsafe fn batchnorm_forward_inference_typed<E: Element>(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const E,
+    y: *mut E,
+    gamma: *const f32,
+    beta: *const f32,
+    mean: *const f32,
+    var: *const f32,
+    eps: f32,
+    flags: u32,
+) -> nk_status {
     call(|| {
         let (data, channels) = null_lens(&shape);
         require("x", x, data)?;
@@ -171,6 +381,50 @@ pub unsafe extern "C" fn nk_moments(
     ctx: *mut nk_context,
     shape: nk_shape,
     x: *const f32,
+    mean: *mut f64,
+    m2: *mut f64,
+) -> nk_status {
+    // SAFETY: the caller's promise, forwarded.
+    unsafe { moments_typed::<f32>(ctx, shape, x, mean, m2) }
+}
+
+/// `nk_moments` on bf16 data (see there): x is bf16, 2-byte aligned.
+///
+/// # Safety
+/// As `nk_moments`, with bf16 data.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_moments_bf16(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const nk_bf16,
+    mean: *mut f64,
+    m2: *mut f64,
+) -> nk_status {
+    // SAFETY: the caller's promise, forwarded; nk_bf16 has the layout of crate::bf16 (one u16).
+    unsafe { moments_typed(ctx, shape, x.cast::<crate::bf16>(), mean, m2) }
+}
+
+/// `nk_moments` on f16 data (see there): x is f16 (IEEE binary16), 2-byte aligned.
+///
+/// # Safety
+/// As `nk_moments`, with f16 data.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_moments_f16(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const nk_f16,
+    mean: *mut f64,
+    m2: *mut f64,
+) -> nk_status {
+    // SAFETY: the caller's promise, forwarded; nk_f16 has the layout of crate::f16 (one u16).
+    unsafe { moments_typed(ctx, shape, x.cast::<crate::f16>(), mean, m2) }
+}
+
+/// The body of `nk_moments` and its bf16 and f16 twins.
+unsafe fn moments_typed<E: Element>(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const E,
     mean: *mut f64,
     m2: *mut f64,
 ) -> nk_status {
@@ -258,6 +512,142 @@ pub unsafe extern "C" fn nk_batchnorm_forward_from_moments(
     shape: nk_shape,
     x: *const f32,
     y: *mut f32,
+    gamma: *const f32,
+    beta: *const f32,
+    count: u64,
+    mean: *const f64,
+    m2: *const f64,
+    eps: f32,
+    momentum: f32,
+    flags: u32,
+    running_mean: *mut f32,
+    running_var: *mut f32,
+    save_mean: *mut f32,
+    save_invstd: *mut f32,
+) -> nk_status {
+    // SAFETY: the caller's promise, forwarded.
+    unsafe {
+        batchnorm_forward_from_moments_typed::<f32>(
+            ctx,
+            shape,
+            x,
+            y,
+            gamma,
+            beta,
+            count,
+            mean,
+            m2,
+            eps,
+            momentum,
+            flags,
+            running_mean,
+            running_var,
+            save_mean,
+            save_invstd,
+        )
+    }
+}
+
+/// `nk_batchnorm_forward_from_moments` on bf16 data (see there): x and y are bf16, 2-byte aligned.
+///
+/// # Safety
+/// As `nk_batchnorm_forward_from_moments`, with bf16 data.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_batchnorm_forward_from_moments_bf16(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const nk_bf16,
+    y: *mut nk_bf16,
+    gamma: *const f32,
+    beta: *const f32,
+    count: u64,
+    mean: *const f64,
+    m2: *const f64,
+    eps: f32,
+    momentum: f32,
+    flags: u32,
+    running_mean: *mut f32,
+    running_var: *mut f32,
+    save_mean: *mut f32,
+    save_invstd: *mut f32,
+) -> nk_status {
+    // SAFETY: the caller's promise, forwarded; nk_bf16 has the layout of crate::bf16 (one u16).
+    unsafe {
+        batchnorm_forward_from_moments_typed(
+            ctx,
+            shape,
+            x.cast::<crate::bf16>(),
+            y.cast::<crate::bf16>(),
+            gamma,
+            beta,
+            count,
+            mean,
+            m2,
+            eps,
+            momentum,
+            flags,
+            running_mean,
+            running_var,
+            save_mean,
+            save_invstd,
+        )
+    }
+}
+
+/// `nk_batchnorm_forward_from_moments` on f16 data (see there): x and y are f16 (IEEE binary16),
+/// 2-byte aligned.
+///
+/// # Safety
+/// As `nk_batchnorm_forward_from_moments`, with f16 data.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_batchnorm_forward_from_moments_f16(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const nk_f16,
+    y: *mut nk_f16,
+    gamma: *const f32,
+    beta: *const f32,
+    count: u64,
+    mean: *const f64,
+    m2: *const f64,
+    eps: f32,
+    momentum: f32,
+    flags: u32,
+    running_mean: *mut f32,
+    running_var: *mut f32,
+    save_mean: *mut f32,
+    save_invstd: *mut f32,
+) -> nk_status {
+    // SAFETY: the caller's promise, forwarded; nk_f16 has the layout of crate::f16 (one u16).
+    unsafe {
+        batchnorm_forward_from_moments_typed(
+            ctx,
+            shape,
+            x.cast::<crate::f16>(),
+            y.cast::<crate::f16>(),
+            gamma,
+            beta,
+            count,
+            mean,
+            m2,
+            eps,
+            momentum,
+            flags,
+            running_mean,
+            running_var,
+            save_mean,
+            save_invstd,
+        )
+    }
+}
+
+/// The body of `nk_batchnorm_forward_from_moments` and its bf16 and f16 twins.
+#[allow(clippy::too_many_arguments)]
+unsafe fn batchnorm_forward_from_moments_typed<E: Element>(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const E,
+    y: *mut E,
     gamma: *const f32,
     beta: *const f32,
     count: u64,
@@ -407,6 +797,106 @@ pub unsafe extern "C" fn nk_batchnorm_backward(
     dgamma: *mut f32,
     dbeta: *mut f32,
 ) -> nk_status {
+    // SAFETY: the caller's promise, forwarded.
+    unsafe {
+        batchnorm_backward_typed::<f32>(
+            ctx,
+            shape,
+            x,
+            dy,
+            dx,
+            gamma,
+            save_mean,
+            save_invstd,
+            dgamma,
+            dbeta,
+        )
+    }
+}
+
+/// `nk_batchnorm_backward` on bf16 data (see there): x, dy and dx are bf16, 2-byte aligned.
+///
+/// # Safety
+/// As `nk_batchnorm_backward`, with bf16 data.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_batchnorm_backward_bf16(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const nk_bf16,
+    dy: *const nk_bf16,
+    dx: *mut nk_bf16,
+    gamma: *const f32,
+    save_mean: *const f32,
+    save_invstd: *const f32,
+    dgamma: *mut f32,
+    dbeta: *mut f32,
+) -> nk_status {
+    // SAFETY: the caller's promise, forwarded; nk_bf16 has the layout of crate::bf16 (one u16).
+    unsafe {
+        batchnorm_backward_typed(
+            ctx,
+            shape,
+            x.cast::<crate::bf16>(),
+            dy.cast::<crate::bf16>(),
+            dx.cast::<crate::bf16>(),
+            gamma,
+            save_mean,
+            save_invstd,
+            dgamma,
+            dbeta,
+        )
+    }
+}
+
+/// `nk_batchnorm_backward` on f16 data (see there): x, dy and dx are f16 (IEEE binary16), 2-byte
+/// aligned.
+///
+/// # Safety
+/// As `nk_batchnorm_backward`, with f16 data.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_batchnorm_backward_f16(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const nk_f16,
+    dy: *const nk_f16,
+    dx: *mut nk_f16,
+    gamma: *const f32,
+    save_mean: *const f32,
+    save_invstd: *const f32,
+    dgamma: *mut f32,
+    dbeta: *mut f32,
+) -> nk_status {
+    // SAFETY: the caller's promise, forwarded; nk_f16 has the layout of crate::f16 (one u16).
+    unsafe {
+        batchnorm_backward_typed(
+            ctx,
+            shape,
+            x.cast::<crate::f16>(),
+            dy.cast::<crate::f16>(),
+            dx.cast::<crate::f16>(),
+            gamma,
+            save_mean,
+            save_invstd,
+            dgamma,
+            dbeta,
+        )
+    }
+}
+
+/// The body of `nk_batchnorm_backward` and its bf16 and f16 twins.
+#[allow(clippy::too_many_arguments)]
+unsafe fn batchnorm_backward_typed<E: Element>(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const E,
+    dy: *const E,
+    dx: *mut E,
+    gamma: *const f32,
+    save_mean: *const f32,
+    save_invstd: *const f32,
+    dgamma: *mut f32,
+    dbeta: *mut f32,
+) -> nk_status {
     call(|| {
         let (data, channels) = null_lens(&shape);
         require("x", x, data)?;
@@ -462,6 +952,94 @@ pub unsafe extern "C" fn nk_batchnorm_backward_reduce(
     sum_dy: *mut f64,
     sum_dy_xhat: *mut f64,
 ) -> nk_status {
+    // SAFETY: the caller's promise, forwarded.
+    unsafe {
+        batchnorm_backward_reduce_typed::<f32>(
+            ctx,
+            shape,
+            x,
+            dy,
+            save_mean,
+            save_invstd,
+            sum_dy,
+            sum_dy_xhat,
+        )
+    }
+}
+
+/// `nk_batchnorm_backward_reduce` on bf16 data (see there): x and dy are bf16, 2-byte aligned.
+///
+/// # Safety
+/// As `nk_batchnorm_backward_reduce`, with bf16 data.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_batchnorm_backward_reduce_bf16(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const nk_bf16,
+    dy: *const nk_bf16,
+    save_mean: *const f32,
+    save_invstd: *const f32,
+    sum_dy: *mut f64,
+    sum_dy_xhat: *mut f64,
+) -> nk_status {
+    // SAFETY: the caller's promise, forwarded; nk_bf16 has the layout of crate::bf16 (one u16).
+    unsafe {
+        batchnorm_backward_reduce_typed(
+            ctx,
+            shape,
+            x.cast::<crate::bf16>(),
+            dy.cast::<crate::bf16>(),
+            save_mean,
+            save_invstd,
+            sum_dy,
+            sum_dy_xhat,
+        )
+    }
+}
+
+/// `nk_batchnorm_backward_reduce` on f16 data (see there): x and dy are f16 (IEEE binary16),
+/// 2-byte aligned.
+///
+/// # Safety
+/// As `nk_batchnorm_backward_reduce`, with f16 data.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_batchnorm_backward_reduce_f16(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const nk_f16,
+    dy: *const nk_f16,
+    save_mean: *const f32,
+    save_invstd: *const f32,
+    sum_dy: *mut f64,
+    sum_dy_xhat: *mut f64,
+) -> nk_status {
+    // SAFETY: the caller's promise, forwarded; nk_f16 has the layout of crate::f16 (one u16).
+    unsafe {
+        batchnorm_backward_reduce_typed(
+            ctx,
+            shape,
+            x.cast::<crate::f16>(),
+            dy.cast::<crate::f16>(),
+            save_mean,
+            save_invstd,
+            sum_dy,
+            sum_dy_xhat,
+        )
+    }
+}
+
+/// The body of `nk_batchnorm_backward_reduce` and its bf16 and f16 twins.
+#[allow(clippy::too_many_arguments)]
+unsafe fn batchnorm_backward_reduce_typed<E: Element>(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const E,
+    dy: *const E,
+    save_mean: *const f32,
+    save_invstd: *const f32,
+    sum_dy: *mut f64,
+    sum_dy_xhat: *mut f64,
+) -> nk_status {
     call(|| {
         let (data, channels) = null_lens(&shape);
         require("x", x, data)?;
@@ -511,6 +1089,112 @@ pub unsafe extern "C" fn nk_batchnorm_backward_apply(
     x: *const f32,
     dy: *const f32,
     dx: *mut f32,
+    gamma: *const f32,
+    save_mean: *const f32,
+    save_invstd: *const f32,
+    count: u64,
+    sum_dy: *const f64,
+    sum_dy_xhat: *const f64,
+) -> nk_status {
+    // SAFETY: the caller's promise, forwarded.
+    unsafe {
+        batchnorm_backward_apply_typed::<f32>(
+            ctx,
+            shape,
+            x,
+            dy,
+            dx,
+            gamma,
+            save_mean,
+            save_invstd,
+            count,
+            sum_dy,
+            sum_dy_xhat,
+        )
+    }
+}
+
+/// `nk_batchnorm_backward_apply` on bf16 data (see there): x, dy and dx are bf16, 2-byte aligned.
+///
+/// # Safety
+/// As `nk_batchnorm_backward_apply`, with bf16 data.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_batchnorm_backward_apply_bf16(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const nk_bf16,
+    dy: *const nk_bf16,
+    dx: *mut nk_bf16,
+    gamma: *const f32,
+    save_mean: *const f32,
+    save_invstd: *const f32,
+    count: u64,
+    sum_dy: *const f64,
+    sum_dy_xhat: *const f64,
+) -> nk_status {
+    // SAFETY: the caller's promise, forwarded; nk_bf16 has the layout of crate::bf16 (one u16).
+    unsafe {
+        batchnorm_backward_apply_typed(
+            ctx,
+            shape,
+            x.cast::<crate::bf16>(),
+            dy.cast::<crate::bf16>(),
+            dx.cast::<crate::bf16>(),
+            gamma,
+            save_mean,
+            save_invstd,
+            count,
+            sum_dy,
+            sum_dy_xhat,
+        )
+    }
+}
+
+/// `nk_batchnorm_backward_apply` on f16 data (see there): x, dy and dx are f16 (IEEE binary16),
+/// 2-byte aligned.
+///
+/// # Safety
+/// As `nk_batchnorm_backward_apply`, with f16 data.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_batchnorm_backward_apply_f16(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const nk_f16,
+    dy: *const nk_f16,
+    dx: *mut nk_f16,
+    gamma: *const f32,
+    save_mean: *const f32,
+    save_invstd: *const f32,
+    count: u64,
+    sum_dy: *const f64,
+    sum_dy_xhat: *const f64,
+) -> nk_status {
+    // SAFETY: the caller's promise, forwarded; nk_f16 has the layout of crate::f16 (one u16).
+    unsafe {
+        batchnorm_backward_apply_typed(
+            ctx,
+            shape,
+            x.cast::<crate::f16>(),
+            dy.cast::<crate::f16>(),
+            dx.cast::<crate::f16>(),
+            gamma,
+            save_mean,
+            save_invstd,
+            count,
+            sum_dy,
+            sum_dy_xhat,
+        )
+    }
+}
+
+/// The body of `nk_batchnorm_backward_apply` and its bf16 and f16 twins.
+#[allow(clippy::too_many_arguments)]
+unsafe fn batchnorm_backward_apply_typed<E: Element>(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const E,
+    dy: *const E,
+    dx: *mut E,
     gamma: *const f32,
     save_mean: *const f32,
     save_invstd: *const f32,

@@ -1,12 +1,14 @@
 //! C entry points of the dropout family: checks, then the safe API of `ops::dropout`.
 
 use super::library::{context, nk_context, nk_shape};
-use super::{Regions, call, in_out, nk_status, optional, optional_mut, require, slice_mut};
+use super::{
+    Regions, call, in_out, nk_bf16, nk_f16, nk_status, optional, optional_mut, require, slice_mut,
+};
 use crate::ops::dropout::{
     self, check_beta, check_channel, check_elementwise, check_p, check_p_gaussian, check_words,
     mask_len,
 };
-use crate::{Context, InOut};
+use crate::{Context, Element, InOut};
 
 /// Philox4x32-10 (Salmon et al., SC'11; Random123): `out` = the block of `counter[4]` under
 /// `key[2]`. The word `w` of the dropout stream of `seed` is `out[w & 3]` for counter
@@ -59,13 +61,14 @@ pub unsafe extern "C" fn nk_dropout_mask(
 }
 
 /// The checks shared by the elementwise dropout functions: NULL data pointers, sizes and the
-/// word range, then the scalar (`check`), then alignment and overlap with the optional mask.
-fn check_elementwise_call(
+/// word range, then the scalar (`check`), then alignment and overlap with the optional mask
+/// (alignment to the element type `E`, overlap in bytes).
+fn check_elementwise_call<E>(
     n: usize,
     offset: u64,
     words_per_element: u64,
-    (x, x_name): (*const f32, &'static str),
-    (y, y_name): (*mut f32, &'static str),
+    (x, x_name): (*const E, &'static str),
+    (y, y_name): (*mut E, &'static str),
     mask: (*const u8, bool),
     check: impl FnOnce() -> crate::Result<()>,
 ) -> crate::Result<()> {
@@ -86,15 +89,15 @@ fn check_elementwise_call(
     regions.check()
 }
 
-/// The arguments every elementwise dropout entry point shares.
+/// The arguments every elementwise dropout entry point shares; data of element type `E`.
 #[derive(Clone, Copy)]
-struct Elementwise {
+struct Elementwise<E> {
     ctx: *mut nk_context,
     n: usize,
     /// `x` of a forward, `dy` of a backward, with its name for messages.
-    input: (*const f32, &'static str),
+    input: (*const E, &'static str),
     /// `y` of a forward, `dx` of a backward.
-    output: (*mut f32, &'static str),
+    output: (*mut E, &'static str),
     /// `p`, or `beta` of uniform dropout.
     scalar: f32,
     seed: u64,
@@ -102,18 +105,20 @@ struct Elementwise {
 }
 
 /// A keep-or-drop forward of the safe API (writes an optional mask).
-type KeepForward = fn(&Context, InOut<'_>, f32, u64, u64, Option<&mut [u8]>) -> crate::Result<()>;
+type KeepForward<E> =
+    fn(&Context, InOut<'_, E>, f32, u64, u64, Option<&mut [u8]>) -> crate::Result<()>;
 /// A keep-or-drop backward of the safe API (reads an optional mask).
-type KeepBackward = fn(&Context, InOut<'_>, f32, u64, u64, Option<&[u8]>) -> crate::Result<()>;
+type KeepBackward<E> =
+    fn(&Context, InOut<'_, E>, f32, u64, u64, Option<&[u8]>) -> crate::Result<()>;
 /// A multiplicative-noise pass of the safe API (no mask).
-type Noise = fn(&Context, InOut<'_>, f32, u64, u64) -> crate::Result<()>;
+type Noise<E> = fn(&Context, InOut<'_, E>, f32, u64, u64) -> crate::Result<()>;
 
-impl Elementwise {
+impl<E: Element> Elementwise<E> {
     fn new(
         ctx: *mut nk_context,
         n: usize,
-        input: (*const f32, &'static str),
-        output: (*mut f32, &'static str),
+        input: (*const E, &'static str),
+        output: (*mut E, &'static str),
         scalar: f32,
         seed: u64,
         offset: u64,
@@ -132,8 +137,8 @@ impl Elementwise {
     /// `op` after the checks of a keep-or-drop forward: `mask` is an optional output.
     ///
     /// # Safety
-    /// `input`, `output`: n floats; `mask`: NULL or ceil(n / 8) bytes.
-    unsafe fn keep_forward(self, op: KeepForward, mask: *mut u8) -> nk_status {
+    /// `input`, `output`: n elements; `mask`: NULL or ceil(n / 8) bytes.
+    unsafe fn keep_forward(self, op: KeepForward<E>, mask: *mut u8) -> nk_status {
         let c = self;
         call(|| {
             c.check(1, (mask, true), || check_p(c.scalar))?;
@@ -152,8 +157,8 @@ impl Elementwise {
     /// `op` after the checks of a keep-or-drop backward: `mask` is an optional input.
     ///
     /// # Safety
-    /// `input`, `output`: n floats; `mask`: NULL or ceil(n / 8) bytes.
-    unsafe fn keep_backward(self, op: KeepBackward, mask: *const u8) -> nk_status {
+    /// `input`, `output`: n elements; `mask`: NULL or ceil(n / 8) bytes.
+    unsafe fn keep_backward(self, op: KeepBackward<E>, mask: *const u8) -> nk_status {
         let c = self;
         call(|| {
             c.check(1, (mask, false), || check_p(c.scalar))?;
@@ -168,10 +173,10 @@ impl Elementwise {
     /// with `check` for its scalar.
     ///
     /// # Safety
-    /// `input`, `output`: n floats.
+    /// `input`, `output`: n elements.
     unsafe fn noise(
         self,
-        op: Noise,
+        op: Noise<E>,
         words_per_element: u64,
         check: fn(f32) -> crate::Result<()>,
     ) -> nk_status {
@@ -208,11 +213,31 @@ impl Elementwise {
     /// The data as a safe [`InOut`].
     ///
     /// # Safety
-    /// Checked by [`Self::check`]; `input` and `output` valid for `n` floats.
-    unsafe fn in_out<'a>(&self) -> InOut<'a> {
+    /// Checked by [`Self::check`]; `input` and `output` valid for `n` elements.
+    unsafe fn in_out<'a>(&self) -> InOut<'a, E> {
         // SAFETY: the caller's promise.
         unsafe { in_out(self.input.0, self.output.0, self.n) }
     }
+}
+
+/// `nk_dropout_forward` on data of element type `E`.
+///
+/// # Safety
+/// `x`, `y`: n elements of `E`; `mask`: NULL or ceil(n / 8) bytes.
+#[allow(clippy::too_many_arguments)] // the C signature, fixed by the contract
+unsafe fn dropout_forward<E: Element>(
+    ctx: *mut nk_context,
+    n: usize,
+    x: *const E,
+    y: *mut E,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *mut u8,
+) -> nk_status {
+    let call = Elementwise::new(ctx, n, (x, "x"), (y, "y"), p, seed, offset);
+    // SAFETY: the caller's promise on extents, as documented above.
+    unsafe { call.keep_forward(dropout::forward::<E>, mask) }
 }
 
 /// Inverted dropout: kept elements `y = x * (float)(1.0 / (1.0 - p))`, dropped ones exactly
@@ -232,9 +257,94 @@ pub unsafe extern "C" fn nk_dropout_forward(
     offset: u64,
     mask: *mut u8,
 ) -> nk_status {
-    let call = Elementwise::new(ctx, n, (x, "x"), (y, "y"), p, seed, offset);
+    // SAFETY: the caller's promise, as documented above.
+    unsafe { dropout_forward(ctx, n, x, y, p, seed, offset, mask) }
+}
+
+/// `nk_dropout_forward` on bf16 data (bfloat16): `x` is widened to float exactly, each element of
+/// `y` is the float function's result rounded once to nearest even; masks and every other argument
+/// as there. `x` and `y` need 2-byte alignment; overlap is checked in bytes.
+///
+/// # Safety
+/// `x`, `y`: n `nk_bf16`; `mask`: NULL or ceil(n / 8) bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_dropout_forward_bf16(
+    ctx: *mut nk_context,
+    n: usize,
+    x: *const nk_bf16,
+    y: *mut nk_bf16,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *mut u8,
+) -> nk_status {
+    // SAFETY: `nk_bf16` has the layout of `crate::bf16` (one `uint16_t`); the rest is the
+    // caller's promise, as documented above.
+    unsafe {
+        dropout_forward(
+            ctx,
+            n,
+            x.cast::<crate::bf16>(),
+            y.cast::<crate::bf16>(),
+            p,
+            seed,
+            offset,
+            mask,
+        )
+    }
+}
+
+/// `nk_dropout_forward` on f16 data (IEEE binary16): `x` is widened to float exactly, each element
+/// of `y` is the float function's result rounded once to nearest even; masks and every other
+/// argument as there. `x` and `y` need 2-byte alignment; overlap is checked in bytes.
+///
+/// # Safety
+/// `x`, `y`: n `nk_f16`; `mask`: NULL or ceil(n / 8) bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_dropout_forward_f16(
+    ctx: *mut nk_context,
+    n: usize,
+    x: *const nk_f16,
+    y: *mut nk_f16,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *mut u8,
+) -> nk_status {
+    // SAFETY: `nk_f16` has the layout of `crate::f16` (one `uint16_t`); the rest is the
+    // caller's promise, as documented above.
+    unsafe {
+        dropout_forward(
+            ctx,
+            n,
+            x.cast::<crate::f16>(),
+            y.cast::<crate::f16>(),
+            p,
+            seed,
+            offset,
+            mask,
+        )
+    }
+}
+
+/// `nk_dropout_backward` on data of element type `E`.
+///
+/// # Safety
+/// `dy`, `dx`: n elements of `E`; `mask`: NULL or ceil(n / 8) bytes.
+#[allow(clippy::too_many_arguments)] // the C signature, fixed by the contract
+unsafe fn dropout_backward<E: Element>(
+    ctx: *mut nk_context,
+    n: usize,
+    dy: *const E,
+    dx: *mut E,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *const u8,
+) -> nk_status {
+    let call = Elementwise::new(ctx, n, (dy, "dy"), (dx, "dx"), p, seed, offset);
     // SAFETY: the caller's promise on extents, as documented above.
-    unsafe { call.keep_forward(dropout::forward, mask) }
+    unsafe { call.keep_backward(dropout::backward::<E>, mask) }
 }
 
 /// Backward of `nk_dropout_forward`: `dx = dy * scale` where the forward kept the element,
@@ -254,17 +364,82 @@ pub unsafe extern "C" fn nk_dropout_backward(
     offset: u64,
     mask: *const u8,
 ) -> nk_status {
-    let call = Elementwise::new(ctx, n, (dy, "dy"), (dx, "dx"), p, seed, offset);
-    // SAFETY: the caller's promise on extents, as documented above.
-    unsafe { call.keep_backward(dropout::backward, mask) }
+    // SAFETY: the caller's promise, as documented above.
+    unsafe { dropout_backward(ctx, n, dy, dx, p, seed, offset, mask) }
 }
 
-/// The checks of a channel dropout call; returns (elements, pairs).
-fn check_channel_call(
+/// `nk_dropout_backward` on bf16 data (bfloat16): `dy` is widened to float exactly, each element of
+/// `dx` is the float function's result rounded once to nearest even; masks and every other argument
+/// as there. `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
+///
+/// # Safety
+/// `dy`, `dx`: n `nk_bf16`; `mask`: NULL or ceil(n / 8) bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_dropout_backward_bf16(
+    ctx: *mut nk_context,
+    n: usize,
+    dy: *const nk_bf16,
+    dx: *mut nk_bf16,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *const u8,
+) -> nk_status {
+    // SAFETY: `nk_bf16` has the layout of `crate::bf16` (one `uint16_t`); the rest is the
+    // caller's promise, as documented above.
+    unsafe {
+        dropout_backward(
+            ctx,
+            n,
+            dy.cast::<crate::bf16>(),
+            dx.cast::<crate::bf16>(),
+            p,
+            seed,
+            offset,
+            mask,
+        )
+    }
+}
+
+/// `nk_dropout_backward` on f16 data (IEEE binary16): `dy` is widened to float exactly, each
+/// element of `dx` is the float function's result rounded once to nearest even; masks and every
+/// other argument as there. `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
+///
+/// # Safety
+/// `dy`, `dx`: n `nk_f16`; `mask`: NULL or ceil(n / 8) bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_dropout_backward_f16(
+    ctx: *mut nk_context,
+    n: usize,
+    dy: *const nk_f16,
+    dx: *mut nk_f16,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *const u8,
+) -> nk_status {
+    // SAFETY: `nk_f16` has the layout of `crate::f16` (one `uint16_t`); the rest is the
+    // caller's promise, as documented above.
+    unsafe {
+        dropout_backward(
+            ctx,
+            n,
+            dy.cast::<crate::f16>(),
+            dx.cast::<crate::f16>(),
+            p,
+            seed,
+            offset,
+            mask,
+        )
+    }
+}
+
+/// The checks of a channel dropout call, data of element type `E`; returns (elements, pairs).
+fn check_channel_call<E>(
     shape: &nk_shape,
     offset: u64,
-    (x, x_name): (*const f32, &'static str),
-    (y, y_name): (*mut f32, &'static str),
+    (x, x_name): (*const E, &'static str),
+    (y, y_name): (*mut E, &'static str),
     mask: (*const u8, bool),
     p: f32,
 ) -> crate::Result<(crate::Shape, usize, usize)> {
@@ -288,6 +463,40 @@ fn check_channel_call(
     Ok((checked, elements, pairs))
 }
 
+/// `nk_channel_dropout_forward` on data of element type `E`.
+///
+/// # Safety
+/// `x`, `y`: batch * channels * spatial elements of `E`; `mask`: NULL or ceil(batch * channels / 8)
+/// bytes.
+#[allow(clippy::too_many_arguments)] // the C signature, fixed by the contract
+unsafe fn channel_dropout_forward<E: Element>(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const E,
+    y: *mut E,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *mut u8,
+) -> nk_status {
+    call(|| {
+        let (checked, elements, pairs) =
+            check_channel_call(&shape, offset, (x, "x"), (y, "y"), (mask, true), p)?;
+        // SAFETY: pointers checked above; extents are the caller's promise.
+        unsafe {
+            dropout::channel_forward::<E>(
+                context(ctx),
+                checked,
+                in_out(x, y, elements),
+                p,
+                seed,
+                offset,
+                optional_mut(mask, mask_len(pairs)),
+            )
+        }
+    })
+}
+
 /// Channel (spatial) dropout: one keep decision per (n, c) pair, from word
 /// `offset + n * channels + c`, applied to the pair's whole spatial map; both layouts. `mask`
 /// (optional output) receives batch * channels bits, ceil(batch * channels / 8) bytes. A shape
@@ -307,19 +516,106 @@ pub unsafe extern "C" fn nk_channel_dropout_forward(
     offset: u64,
     mask: *mut u8,
 ) -> nk_status {
+    // SAFETY: the caller's promise, as documented above.
+    unsafe { channel_dropout_forward(ctx, shape, x, y, p, seed, offset, mask) }
+}
+
+/// `nk_channel_dropout_forward` on bf16 data (bfloat16): `x` is widened to float exactly, each
+/// element of `y` is the float function's result rounded once to nearest even; masks and every
+/// other argument as there. `x` and `y` need 2-byte alignment; overlap is checked in bytes.
+///
+/// # Safety
+/// `x`, `y`: batch * channels * spatial `nk_bf16`; `mask`: NULL or ceil(batch * channels / 8)
+/// bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_channel_dropout_forward_bf16(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const nk_bf16,
+    y: *mut nk_bf16,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *mut u8,
+) -> nk_status {
+    // SAFETY: `nk_bf16` has the layout of `crate::bf16` (one `uint16_t`); the rest is the
+    // caller's promise, as documented above.
+    unsafe {
+        channel_dropout_forward(
+            ctx,
+            shape,
+            x.cast::<crate::bf16>(),
+            y.cast::<crate::bf16>(),
+            p,
+            seed,
+            offset,
+            mask,
+        )
+    }
+}
+
+/// `nk_channel_dropout_forward` on f16 data (IEEE binary16): `x` is widened to float exactly, each
+/// element of `y` is the float function's result rounded once to nearest even; masks and every
+/// other argument as there. `x` and `y` need 2-byte alignment; overlap is checked in bytes.
+///
+/// # Safety
+/// `x`, `y`: batch * channels * spatial `nk_f16`; `mask`: NULL or ceil(batch * channels / 8)
+/// bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_channel_dropout_forward_f16(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const nk_f16,
+    y: *mut nk_f16,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *mut u8,
+) -> nk_status {
+    // SAFETY: `nk_f16` has the layout of `crate::f16` (one `uint16_t`); the rest is the
+    // caller's promise, as documented above.
+    unsafe {
+        channel_dropout_forward(
+            ctx,
+            shape,
+            x.cast::<crate::f16>(),
+            y.cast::<crate::f16>(),
+            p,
+            seed,
+            offset,
+            mask,
+        )
+    }
+}
+
+/// `nk_channel_dropout_backward` on data of element type `E`.
+///
+/// # Safety
+/// As `nk_channel_dropout_forward`.
+#[allow(clippy::too_many_arguments)] // the C signature, fixed by the contract
+unsafe fn channel_dropout_backward<E: Element>(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    dy: *const E,
+    dx: *mut E,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *const u8,
+) -> nk_status {
     call(|| {
         let (checked, elements, pairs) =
-            check_channel_call(&shape, offset, (x, "x"), (y, "y"), (mask, true), p)?;
+            check_channel_call(&shape, offset, (dy, "dy"), (dx, "dx"), (mask, false), p)?;
         // SAFETY: pointers checked above; extents are the caller's promise.
         unsafe {
-            dropout::channel_forward(
+            dropout::channel_backward::<E>(
                 context(ctx),
                 checked,
-                in_out(x, y, elements),
+                in_out(dy, dx, elements),
                 p,
                 seed,
                 offset,
-                optional_mut(mask, mask_len(pairs)),
+                optional(mask, mask_len(pairs)),
             )
         }
     })
@@ -341,22 +637,94 @@ pub unsafe extern "C" fn nk_channel_dropout_backward(
     offset: u64,
     mask: *const u8,
 ) -> nk_status {
-    call(|| {
-        let (checked, elements, pairs) =
-            check_channel_call(&shape, offset, (dy, "dy"), (dx, "dx"), (mask, false), p)?;
-        // SAFETY: pointers checked above; extents are the caller's promise.
-        unsafe {
-            dropout::channel_backward(
-                context(ctx),
-                checked,
-                in_out(dy, dx, elements),
-                p,
-                seed,
-                offset,
-                optional(mask, mask_len(pairs)),
-            )
-        }
-    })
+    // SAFETY: the caller's promise, as documented above.
+    unsafe { channel_dropout_backward(ctx, shape, dy, dx, p, seed, offset, mask) }
+}
+
+/// `nk_channel_dropout_backward` on bf16 data (bfloat16): `dy` is widened to float exactly, each
+/// element of `dx` is the float function's result rounded once to nearest even; masks and every
+/// other argument as there. `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
+///
+/// # Safety
+/// As `nk_channel_dropout_forward_bf16`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_channel_dropout_backward_bf16(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    dy: *const nk_bf16,
+    dx: *mut nk_bf16,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *const u8,
+) -> nk_status {
+    // SAFETY: `nk_bf16` has the layout of `crate::bf16` (one `uint16_t`); the rest is the
+    // caller's promise, as documented above.
+    unsafe {
+        channel_dropout_backward(
+            ctx,
+            shape,
+            dy.cast::<crate::bf16>(),
+            dx.cast::<crate::bf16>(),
+            p,
+            seed,
+            offset,
+            mask,
+        )
+    }
+}
+
+/// `nk_channel_dropout_backward` on f16 data (IEEE binary16): `dy` is widened to float exactly,
+/// each element of `dx` is the float function's result rounded once to nearest even; masks and
+/// every other argument as there. `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
+///
+/// # Safety
+/// As `nk_channel_dropout_forward_f16`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_channel_dropout_backward_f16(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    dy: *const nk_f16,
+    dx: *mut nk_f16,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *const u8,
+) -> nk_status {
+    // SAFETY: `nk_f16` has the layout of `crate::f16` (one `uint16_t`); the rest is the
+    // caller's promise, as documented above.
+    unsafe {
+        channel_dropout_backward(
+            ctx,
+            shape,
+            dy.cast::<crate::f16>(),
+            dx.cast::<crate::f16>(),
+            p,
+            seed,
+            offset,
+            mask,
+        )
+    }
+}
+
+/// `nk_alpha_dropout_forward` on data of element type `E`.
+///
+/// # Safety
+/// As `nk_dropout_forward`.
+#[allow(clippy::too_many_arguments)] // the C signature, fixed by the contract
+unsafe fn alpha_dropout_forward<E: Element>(
+    ctx: *mut nk_context,
+    n: usize,
+    x: *const E,
+    y: *mut E,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *mut u8,
+) -> nk_status {
+    let call = Elementwise::new(ctx, n, (x, "x"), (y, "y"), p, seed, offset);
+    // SAFETY: the caller's promise on extents, as documented above.
+    unsafe { call.keep_forward(dropout::alpha_forward::<E>, mask) }
 }
 
 /// Alpha dropout (SELU networks): dropped elements take alpha' = -1.7580993408473766, then
@@ -377,9 +745,94 @@ pub unsafe extern "C" fn nk_alpha_dropout_forward(
     offset: u64,
     mask: *mut u8,
 ) -> nk_status {
-    let call = Elementwise::new(ctx, n, (x, "x"), (y, "y"), p, seed, offset);
+    // SAFETY: the caller's promise, as documented above.
+    unsafe { alpha_dropout_forward(ctx, n, x, y, p, seed, offset, mask) }
+}
+
+/// `nk_alpha_dropout_forward` on bf16 data (bfloat16): `x` is widened to float exactly, each
+/// element of `y` is the float function's result rounded once to nearest even; masks and every
+/// other argument as there. `x` and `y` need 2-byte alignment; overlap is checked in bytes.
+///
+/// # Safety
+/// As `nk_dropout_forward_bf16`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_alpha_dropout_forward_bf16(
+    ctx: *mut nk_context,
+    n: usize,
+    x: *const nk_bf16,
+    y: *mut nk_bf16,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *mut u8,
+) -> nk_status {
+    // SAFETY: `nk_bf16` has the layout of `crate::bf16` (one `uint16_t`); the rest is the
+    // caller's promise, as documented above.
+    unsafe {
+        alpha_dropout_forward(
+            ctx,
+            n,
+            x.cast::<crate::bf16>(),
+            y.cast::<crate::bf16>(),
+            p,
+            seed,
+            offset,
+            mask,
+        )
+    }
+}
+
+/// `nk_alpha_dropout_forward` on f16 data (IEEE binary16): `x` is widened to float exactly, each
+/// element of `y` is the float function's result rounded once to nearest even; masks and every
+/// other argument as there. `x` and `y` need 2-byte alignment; overlap is checked in bytes.
+///
+/// # Safety
+/// As `nk_dropout_forward_f16`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_alpha_dropout_forward_f16(
+    ctx: *mut nk_context,
+    n: usize,
+    x: *const nk_f16,
+    y: *mut nk_f16,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *mut u8,
+) -> nk_status {
+    // SAFETY: `nk_f16` has the layout of `crate::f16` (one `uint16_t`); the rest is the
+    // caller's promise, as documented above.
+    unsafe {
+        alpha_dropout_forward(
+            ctx,
+            n,
+            x.cast::<crate::f16>(),
+            y.cast::<crate::f16>(),
+            p,
+            seed,
+            offset,
+            mask,
+        )
+    }
+}
+
+/// `nk_alpha_dropout_backward` on data of element type `E`.
+///
+/// # Safety
+/// As `nk_dropout_backward`.
+#[allow(clippy::too_many_arguments)] // the C signature, fixed by the contract
+unsafe fn alpha_dropout_backward<E: Element>(
+    ctx: *mut nk_context,
+    n: usize,
+    dy: *const E,
+    dx: *mut E,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *const u8,
+) -> nk_status {
+    let call = Elementwise::new(ctx, n, (dy, "dy"), (dx, "dx"), p, seed, offset);
     // SAFETY: the caller's promise on extents, as documented above.
-    unsafe { call.keep_forward(dropout::alpha_forward, mask) }
+    unsafe { call.keep_backward(dropout::alpha_backward::<E>, mask) }
 }
 
 /// Backward of `nk_alpha_dropout_forward`: `dx = dy * a` where kept, `+0.0` where dropped;
@@ -398,9 +851,93 @@ pub unsafe extern "C" fn nk_alpha_dropout_backward(
     offset: u64,
     mask: *const u8,
 ) -> nk_status {
-    let call = Elementwise::new(ctx, n, (dy, "dy"), (dx, "dx"), p, seed, offset);
+    // SAFETY: the caller's promise, as documented above.
+    unsafe { alpha_dropout_backward(ctx, n, dy, dx, p, seed, offset, mask) }
+}
+
+/// `nk_alpha_dropout_backward` on bf16 data (bfloat16): `dy` is widened to float exactly, each
+/// element of `dx` is the float function's result rounded once to nearest even; masks and every
+/// other argument as there. `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
+///
+/// # Safety
+/// As `nk_dropout_backward_bf16`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_alpha_dropout_backward_bf16(
+    ctx: *mut nk_context,
+    n: usize,
+    dy: *const nk_bf16,
+    dx: *mut nk_bf16,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *const u8,
+) -> nk_status {
+    // SAFETY: `nk_bf16` has the layout of `crate::bf16` (one `uint16_t`); the rest is the
+    // caller's promise, as documented above.
+    unsafe {
+        alpha_dropout_backward(
+            ctx,
+            n,
+            dy.cast::<crate::bf16>(),
+            dx.cast::<crate::bf16>(),
+            p,
+            seed,
+            offset,
+            mask,
+        )
+    }
+}
+
+/// `nk_alpha_dropout_backward` on f16 data (IEEE binary16): `dy` is widened to float exactly, each
+/// element of `dx` is the float function's result rounded once to nearest even; masks and every
+/// other argument as there. `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
+///
+/// # Safety
+/// As `nk_dropout_backward_f16`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_alpha_dropout_backward_f16(
+    ctx: *mut nk_context,
+    n: usize,
+    dy: *const nk_f16,
+    dx: *mut nk_f16,
+    p: f32,
+    seed: u64,
+    offset: u64,
+    mask: *const u8,
+) -> nk_status {
+    // SAFETY: `nk_f16` has the layout of `crate::f16` (one `uint16_t`); the rest is the
+    // caller's promise, as documented above.
+    unsafe {
+        alpha_dropout_backward(
+            ctx,
+            n,
+            dy.cast::<crate::f16>(),
+            dx.cast::<crate::f16>(),
+            p,
+            seed,
+            offset,
+            mask,
+        )
+    }
+}
+
+/// `nk_gaussian_dropout_forward` on data of element type `E`.
+///
+/// # Safety
+/// `x`, `y`: n elements of `E`.
+#[allow(clippy::too_many_arguments)] // the C signature, fixed by the contract
+unsafe fn gaussian_dropout_forward<E: Element>(
+    ctx: *mut nk_context,
+    n: usize,
+    x: *const E,
+    y: *mut E,
+    p: f32,
+    seed: u64,
+    offset: u64,
+) -> nk_status {
+    let call = Elementwise::new(ctx, n, (x, "x"), (y, "y"), p, seed, offset);
     // SAFETY: the caller's promise on extents, as documented above.
-    unsafe { call.keep_backward(dropout::alpha_backward, mask) }
+    unsafe { call.noise(dropout::gaussian_forward::<E>, 2, check_p_gaussian) }
 }
 
 /// Gaussian dropout: `y = x * e`, `e = 1 + sqrt(p / (1 - p)) * sqrt(-2 ln u1) * cos(2 pi u2)`,
@@ -419,9 +956,89 @@ pub unsafe extern "C" fn nk_gaussian_dropout_forward(
     seed: u64,
     offset: u64,
 ) -> nk_status {
-    let call = Elementwise::new(ctx, n, (x, "x"), (y, "y"), p, seed, offset);
+    // SAFETY: the caller's promise, as documented above.
+    unsafe { gaussian_dropout_forward(ctx, n, x, y, p, seed, offset) }
+}
+
+/// `nk_gaussian_dropout_forward` on bf16 data (bfloat16): `x` is widened to float exactly, each
+/// element of `y` is the float function's result rounded once to nearest even; masks and every
+/// other argument as there. `x` and `y` need 2-byte alignment; overlap is checked in bytes.
+///
+/// # Safety
+/// `x`, `y`: n `nk_bf16`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_gaussian_dropout_forward_bf16(
+    ctx: *mut nk_context,
+    n: usize,
+    x: *const nk_bf16,
+    y: *mut nk_bf16,
+    p: f32,
+    seed: u64,
+    offset: u64,
+) -> nk_status {
+    // SAFETY: `nk_bf16` has the layout of `crate::bf16` (one `uint16_t`); the rest is the
+    // caller's promise, as documented above.
+    unsafe {
+        gaussian_dropout_forward(
+            ctx,
+            n,
+            x.cast::<crate::bf16>(),
+            y.cast::<crate::bf16>(),
+            p,
+            seed,
+            offset,
+        )
+    }
+}
+
+/// `nk_gaussian_dropout_forward` on f16 data (IEEE binary16): `x` is widened to float exactly, each
+/// element of `y` is the float function's result rounded once to nearest even; masks and every
+/// other argument as there. `x` and `y` need 2-byte alignment; overlap is checked in bytes.
+///
+/// # Safety
+/// `x`, `y`: n `nk_f16`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_gaussian_dropout_forward_f16(
+    ctx: *mut nk_context,
+    n: usize,
+    x: *const nk_f16,
+    y: *mut nk_f16,
+    p: f32,
+    seed: u64,
+    offset: u64,
+) -> nk_status {
+    // SAFETY: `nk_f16` has the layout of `crate::f16` (one `uint16_t`); the rest is the
+    // caller's promise, as documented above.
+    unsafe {
+        gaussian_dropout_forward(
+            ctx,
+            n,
+            x.cast::<crate::f16>(),
+            y.cast::<crate::f16>(),
+            p,
+            seed,
+            offset,
+        )
+    }
+}
+
+/// `nk_gaussian_dropout_backward` on data of element type `E`.
+///
+/// # Safety
+/// `dy`, `dx`: n elements of `E`.
+#[allow(clippy::too_many_arguments)] // the C signature, fixed by the contract
+unsafe fn gaussian_dropout_backward<E: Element>(
+    ctx: *mut nk_context,
+    n: usize,
+    dy: *const E,
+    dx: *mut E,
+    p: f32,
+    seed: u64,
+    offset: u64,
+) -> nk_status {
+    let call = Elementwise::new(ctx, n, (dy, "dy"), (dx, "dx"), p, seed, offset);
     // SAFETY: the caller's promise on extents, as documented above.
-    unsafe { call.noise(dropout::gaussian_forward, 2, check_p_gaussian) }
+    unsafe { call.noise(dropout::gaussian_backward::<E>, 2, check_p_gaussian) }
 }
 
 /// Backward of `nk_gaussian_dropout_forward`: `dx = dy * e`, the same factors.
@@ -438,9 +1055,89 @@ pub unsafe extern "C" fn nk_gaussian_dropout_backward(
     seed: u64,
     offset: u64,
 ) -> nk_status {
-    let call = Elementwise::new(ctx, n, (dy, "dy"), (dx, "dx"), p, seed, offset);
+    // SAFETY: the caller's promise, as documented above.
+    unsafe { gaussian_dropout_backward(ctx, n, dy, dx, p, seed, offset) }
+}
+
+/// `nk_gaussian_dropout_backward` on bf16 data (bfloat16): `dy` is widened to float exactly, each
+/// element of `dx` is the float function's result rounded once to nearest even; masks and every
+/// other argument as there. `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
+///
+/// # Safety
+/// `dy`, `dx`: n `nk_bf16`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_gaussian_dropout_backward_bf16(
+    ctx: *mut nk_context,
+    n: usize,
+    dy: *const nk_bf16,
+    dx: *mut nk_bf16,
+    p: f32,
+    seed: u64,
+    offset: u64,
+) -> nk_status {
+    // SAFETY: `nk_bf16` has the layout of `crate::bf16` (one `uint16_t`); the rest is the
+    // caller's promise, as documented above.
+    unsafe {
+        gaussian_dropout_backward(
+            ctx,
+            n,
+            dy.cast::<crate::bf16>(),
+            dx.cast::<crate::bf16>(),
+            p,
+            seed,
+            offset,
+        )
+    }
+}
+
+/// `nk_gaussian_dropout_backward` on f16 data (IEEE binary16): `dy` is widened to float exactly,
+/// each element of `dx` is the float function's result rounded once to nearest even; masks and
+/// every other argument as there. `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
+///
+/// # Safety
+/// `dy`, `dx`: n `nk_f16`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_gaussian_dropout_backward_f16(
+    ctx: *mut nk_context,
+    n: usize,
+    dy: *const nk_f16,
+    dx: *mut nk_f16,
+    p: f32,
+    seed: u64,
+    offset: u64,
+) -> nk_status {
+    // SAFETY: `nk_f16` has the layout of `crate::f16` (one `uint16_t`); the rest is the
+    // caller's promise, as documented above.
+    unsafe {
+        gaussian_dropout_backward(
+            ctx,
+            n,
+            dy.cast::<crate::f16>(),
+            dx.cast::<crate::f16>(),
+            p,
+            seed,
+            offset,
+        )
+    }
+}
+
+/// `nk_uniform_dropout_forward` on data of element type `E`.
+///
+/// # Safety
+/// `x`, `y`: n elements of `E`.
+#[allow(clippy::too_many_arguments)] // the C signature, fixed by the contract
+unsafe fn uniform_dropout_forward<E: Element>(
+    ctx: *mut nk_context,
+    n: usize,
+    x: *const E,
+    y: *mut E,
+    beta: f32,
+    seed: u64,
+    offset: u64,
+) -> nk_status {
+    let call = Elementwise::new(ctx, n, (x, "x"), (y, "y"), beta, seed, offset);
     // SAFETY: the caller's promise on extents, as documented above.
-    unsafe { call.noise(dropout::gaussian_backward, 2, check_p_gaussian) }
+    unsafe { call.noise(dropout::uniform_forward::<E>, 1, check_beta) }
 }
 
 /// Uniform dropout ("Uout", Li et al., CVPR 2019): `y = x * (1 + r)`, `r = beta * (2u - 1)`,
@@ -458,9 +1155,89 @@ pub unsafe extern "C" fn nk_uniform_dropout_forward(
     seed: u64,
     offset: u64,
 ) -> nk_status {
-    let call = Elementwise::new(ctx, n, (x, "x"), (y, "y"), beta, seed, offset);
+    // SAFETY: the caller's promise, as documented above.
+    unsafe { uniform_dropout_forward(ctx, n, x, y, beta, seed, offset) }
+}
+
+/// `nk_uniform_dropout_forward` on bf16 data (bfloat16): `x` is widened to float exactly, each
+/// element of `y` is the float function's result rounded once to nearest even; masks and every
+/// other argument as there. `x` and `y` need 2-byte alignment; overlap is checked in bytes.
+///
+/// # Safety
+/// `x`, `y`: n `nk_bf16`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_uniform_dropout_forward_bf16(
+    ctx: *mut nk_context,
+    n: usize,
+    x: *const nk_bf16,
+    y: *mut nk_bf16,
+    beta: f32,
+    seed: u64,
+    offset: u64,
+) -> nk_status {
+    // SAFETY: `nk_bf16` has the layout of `crate::bf16` (one `uint16_t`); the rest is the
+    // caller's promise, as documented above.
+    unsafe {
+        uniform_dropout_forward(
+            ctx,
+            n,
+            x.cast::<crate::bf16>(),
+            y.cast::<crate::bf16>(),
+            beta,
+            seed,
+            offset,
+        )
+    }
+}
+
+/// `nk_uniform_dropout_forward` on f16 data (IEEE binary16): `x` is widened to float exactly, each
+/// element of `y` is the float function's result rounded once to nearest even; masks and every
+/// other argument as there. `x` and `y` need 2-byte alignment; overlap is checked in bytes.
+///
+/// # Safety
+/// `x`, `y`: n `nk_f16`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_uniform_dropout_forward_f16(
+    ctx: *mut nk_context,
+    n: usize,
+    x: *const nk_f16,
+    y: *mut nk_f16,
+    beta: f32,
+    seed: u64,
+    offset: u64,
+) -> nk_status {
+    // SAFETY: `nk_f16` has the layout of `crate::f16` (one `uint16_t`); the rest is the
+    // caller's promise, as documented above.
+    unsafe {
+        uniform_dropout_forward(
+            ctx,
+            n,
+            x.cast::<crate::f16>(),
+            y.cast::<crate::f16>(),
+            beta,
+            seed,
+            offset,
+        )
+    }
+}
+
+/// `nk_uniform_dropout_backward` on data of element type `E`.
+///
+/// # Safety
+/// `dy`, `dx`: n elements of `E`.
+#[allow(clippy::too_many_arguments)] // the C signature, fixed by the contract
+unsafe fn uniform_dropout_backward<E: Element>(
+    ctx: *mut nk_context,
+    n: usize,
+    dy: *const E,
+    dx: *mut E,
+    beta: f32,
+    seed: u64,
+    offset: u64,
+) -> nk_status {
+    let call = Elementwise::new(ctx, n, (dy, "dy"), (dx, "dx"), beta, seed, offset);
     // SAFETY: the caller's promise on extents, as documented above.
-    unsafe { call.noise(dropout::uniform_forward, 1, check_beta) }
+    unsafe { call.noise(dropout::uniform_backward::<E>, 1, check_beta) }
 }
 
 /// Backward of `nk_uniform_dropout_forward`: `dx = dy * (1 + r)`, the same factors.
@@ -477,7 +1254,68 @@ pub unsafe extern "C" fn nk_uniform_dropout_backward(
     seed: u64,
     offset: u64,
 ) -> nk_status {
-    let call = Elementwise::new(ctx, n, (dy, "dy"), (dx, "dx"), beta, seed, offset);
-    // SAFETY: the caller's promise on extents, as documented above.
-    unsafe { call.noise(dropout::uniform_backward, 1, check_beta) }
+    // SAFETY: the caller's promise, as documented above.
+    unsafe { uniform_dropout_backward(ctx, n, dy, dx, beta, seed, offset) }
+}
+
+/// `nk_uniform_dropout_backward` on bf16 data (bfloat16): `dy` is widened to float exactly, each
+/// element of `dx` is the float function's result rounded once to nearest even; masks and every
+/// other argument as there. `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
+///
+/// # Safety
+/// `dy`, `dx`: n `nk_bf16`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_uniform_dropout_backward_bf16(
+    ctx: *mut nk_context,
+    n: usize,
+    dy: *const nk_bf16,
+    dx: *mut nk_bf16,
+    beta: f32,
+    seed: u64,
+    offset: u64,
+) -> nk_status {
+    // SAFETY: `nk_bf16` has the layout of `crate::bf16` (one `uint16_t`); the rest is the
+    // caller's promise, as documented above.
+    unsafe {
+        uniform_dropout_backward(
+            ctx,
+            n,
+            dy.cast::<crate::bf16>(),
+            dx.cast::<crate::bf16>(),
+            beta,
+            seed,
+            offset,
+        )
+    }
+}
+
+/// `nk_uniform_dropout_backward` on f16 data (IEEE binary16): `dy` is widened to float exactly,
+/// each element of `dx` is the float function's result rounded once to nearest even; masks and
+/// every other argument as there. `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
+///
+/// # Safety
+/// `dy`, `dx`: n `nk_f16`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_uniform_dropout_backward_f16(
+    ctx: *mut nk_context,
+    n: usize,
+    dy: *const nk_f16,
+    dx: *mut nk_f16,
+    beta: f32,
+    seed: u64,
+    offset: u64,
+) -> nk_status {
+    // SAFETY: `nk_f16` has the layout of `crate::f16` (one `uint16_t`); the rest is the
+    // caller's promise, as documented above.
+    unsafe {
+        uniform_dropout_backward(
+            ctx,
+            n,
+            dy.cast::<crate::f16>(),
+            dx.cast::<crate::f16>(),
+            beta,
+            seed,
+            offset,
+        )
+    }
 }

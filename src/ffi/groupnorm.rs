@@ -2,8 +2,10 @@
 
 use super::library::{context, nk_context, nk_shape};
 use super::{
-    Regions, backward_io, call, in_out, nk_status, optional, optional_mut, require, slice,
+    Regions, backward_io, call, in_out, nk_bf16, nk_f16, nk_status, optional, optional_mut,
+    require, slice,
 };
+use crate::Element;
 use crate::ops::groupnorm::{self, Affine, SavedStats};
 use crate::ops::instancenorm;
 
@@ -23,6 +25,108 @@ pub unsafe extern "C" fn nk_groupnorm_forward(
     groups: usize,
     x: *const f32,
     y: *mut f32,
+    gamma: *const f32,
+    beta: *const f32,
+    eps: f32,
+    save_mean: *mut f32,
+    save_invstd: *mut f32,
+) -> nk_status {
+    // SAFETY: the caller's promise, passed on.
+    unsafe {
+        groupnorm_forward(
+            ctx,
+            shape,
+            groups,
+            x,
+            y,
+            gamma,
+            beta,
+            eps,
+            save_mean,
+            save_invstd,
+        )
+    }
+}
+
+/// `nk_groupnorm_forward` on bf16 data (see there); x and y are bf16, 2-byte aligned.
+///
+/// # Safety
+/// As `nk_groupnorm_forward`, with x, y: N*C*S bf16 values.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_groupnorm_forward_bf16(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    groups: usize,
+    x: *const nk_bf16,
+    y: *mut nk_bf16,
+    gamma: *const f32,
+    beta: *const f32,
+    eps: f32,
+    save_mean: *mut f32,
+    save_invstd: *mut f32,
+) -> nk_status {
+    // SAFETY: nk_bf16 and bf16 have the same layout (one u16); the caller's promise, passed on.
+    unsafe {
+        groupnorm_forward(
+            ctx,
+            shape,
+            groups,
+            x.cast::<crate::bf16>(),
+            y.cast::<crate::bf16>(),
+            gamma,
+            beta,
+            eps,
+            save_mean,
+            save_invstd,
+        )
+    }
+}
+
+/// `nk_groupnorm_forward` on f16 data (see there); x and y are f16, 2-byte aligned.
+///
+/// # Safety
+/// As `nk_groupnorm_forward`, with x, y: N*C*S f16 values.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_groupnorm_forward_f16(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    groups: usize,
+    x: *const nk_f16,
+    y: *mut nk_f16,
+    gamma: *const f32,
+    beta: *const f32,
+    eps: f32,
+    save_mean: *mut f32,
+    save_invstd: *mut f32,
+) -> nk_status {
+    // SAFETY: nk_f16 and f16 have the same layout (one u16); the caller's promise, passed on.
+    unsafe {
+        groupnorm_forward(
+            ctx,
+            shape,
+            groups,
+            x.cast::<crate::f16>(),
+            y.cast::<crate::f16>(),
+            gamma,
+            beta,
+            eps,
+            save_mean,
+            save_invstd,
+        )
+    }
+}
+
+/// The group norm forward entry points on data of type `E`.
+///
+/// # Safety
+/// As `nk_groupnorm_forward`, with x, y: N*C*S values of type `E`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn groupnorm_forward<E: Element>(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    groups: usize,
+    x: *const E,
+    y: *mut E,
     gamma: *const f32,
     beta: *const f32,
     eps: f32,
@@ -86,6 +190,114 @@ pub unsafe extern "C" fn nk_groupnorm_backward(
     dgamma: *mut f32,
     dbeta: *mut f32,
 ) -> nk_status {
+    // SAFETY: the caller's promise, passed on.
+    unsafe {
+        groupnorm_backward(
+            ctx,
+            shape,
+            groups,
+            x,
+            dy,
+            dx,
+            gamma,
+            save_mean,
+            save_invstd,
+            dgamma,
+            dbeta,
+        )
+    }
+}
+
+/// `nk_groupnorm_backward` on bf16 data (see there); x, dy and dx are bf16, 2-byte aligned.
+///
+/// # Safety
+/// As `nk_groupnorm_backward`, with x, dy, dx: N*C*S bf16 values.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_groupnorm_backward_bf16(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    groups: usize,
+    x: *const nk_bf16,
+    dy: *const nk_bf16,
+    dx: *mut nk_bf16,
+    gamma: *const f32,
+    save_mean: *const f32,
+    save_invstd: *const f32,
+    dgamma: *mut f32,
+    dbeta: *mut f32,
+) -> nk_status {
+    // SAFETY: nk_bf16 and bf16 have the same layout (one u16); the caller's promise, passed on.
+    unsafe {
+        groupnorm_backward(
+            ctx,
+            shape,
+            groups,
+            x.cast::<crate::bf16>(),
+            dy.cast::<crate::bf16>(),
+            dx.cast::<crate::bf16>(),
+            gamma,
+            save_mean,
+            save_invstd,
+            dgamma,
+            dbeta,
+        )
+    }
+}
+
+/// `nk_groupnorm_backward` on f16 data (see there); x, dy and dx are f16, 2-byte aligned.
+///
+/// # Safety
+/// As `nk_groupnorm_backward`, with x, dy, dx: N*C*S f16 values.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_groupnorm_backward_f16(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    groups: usize,
+    x: *const nk_f16,
+    dy: *const nk_f16,
+    dx: *mut nk_f16,
+    gamma: *const f32,
+    save_mean: *const f32,
+    save_invstd: *const f32,
+    dgamma: *mut f32,
+    dbeta: *mut f32,
+) -> nk_status {
+    // SAFETY: nk_f16 and f16 have the same layout (one u16); the caller's promise, passed on.
+    unsafe {
+        groupnorm_backward(
+            ctx,
+            shape,
+            groups,
+            x.cast::<crate::f16>(),
+            dy.cast::<crate::f16>(),
+            dx.cast::<crate::f16>(),
+            gamma,
+            save_mean,
+            save_invstd,
+            dgamma,
+            dbeta,
+        )
+    }
+}
+
+/// The group norm backward entry points on data of type `E`.
+///
+/// # Safety
+/// As `nk_groupnorm_backward`, with x, dy, dx: N*C*S values of type `E`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn groupnorm_backward<E: Element>(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    groups: usize,
+    x: *const E,
+    dy: *const E,
+    dx: *mut E,
+    gamma: *const f32,
+    save_mean: *const f32,
+    save_invstd: *const f32,
+    dgamma: *mut f32,
+    dbeta: *mut f32,
+) -> nk_status {
     call(|| {
         let data = usize::from(!shape.is_empty());
         let saves_needed = shape.batch.saturating_mul(groups);
@@ -136,6 +348,90 @@ pub unsafe extern "C" fn nk_instancenorm_forward(
     shape: nk_shape,
     x: *const f32,
     y: *mut f32,
+    gamma: *const f32,
+    beta: *const f32,
+    eps: f32,
+    save_mean: *mut f32,
+    save_invstd: *mut f32,
+) -> nk_status {
+    // SAFETY: the caller's promise, passed on.
+    unsafe { instancenorm_forward(ctx, shape, x, y, gamma, beta, eps, save_mean, save_invstd) }
+}
+
+/// `nk_instancenorm_forward` on bf16 data (see there); x and y are bf16, 2-byte aligned.
+///
+/// # Safety
+/// As `nk_instancenorm_forward`, with x, y: N*C*S bf16 values.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_instancenorm_forward_bf16(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const nk_bf16,
+    y: *mut nk_bf16,
+    gamma: *const f32,
+    beta: *const f32,
+    eps: f32,
+    save_mean: *mut f32,
+    save_invstd: *mut f32,
+) -> nk_status {
+    // SAFETY: nk_bf16 and bf16 have the same layout (one u16); the caller's promise, passed on.
+    unsafe {
+        instancenorm_forward(
+            ctx,
+            shape,
+            x.cast::<crate::bf16>(),
+            y.cast::<crate::bf16>(),
+            gamma,
+            beta,
+            eps,
+            save_mean,
+            save_invstd,
+        )
+    }
+}
+
+/// `nk_instancenorm_forward` on f16 data (see there); x and y are f16, 2-byte aligned.
+///
+/// # Safety
+/// As `nk_instancenorm_forward`, with x, y: N*C*S f16 values.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_instancenorm_forward_f16(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const nk_f16,
+    y: *mut nk_f16,
+    gamma: *const f32,
+    beta: *const f32,
+    eps: f32,
+    save_mean: *mut f32,
+    save_invstd: *mut f32,
+) -> nk_status {
+    // SAFETY: nk_f16 and f16 have the same layout (one u16); the caller's promise, passed on.
+    unsafe {
+        instancenorm_forward(
+            ctx,
+            shape,
+            x.cast::<crate::f16>(),
+            y.cast::<crate::f16>(),
+            gamma,
+            beta,
+            eps,
+            save_mean,
+            save_invstd,
+        )
+    }
+}
+
+/// The instance norm forward entry points on data of type `E`.
+///
+/// # Safety
+/// As `nk_instancenorm_forward`, with x, y: N*C*S values of type `E`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn instancenorm_forward<E: Element>(
+    ctx: *mut nk_context,
+    shape: nk_shape,
+    x: *const E,
+    y: *mut E,
     gamma: *const f32,
     beta: *const f32,
     eps: f32,

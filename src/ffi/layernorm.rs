@@ -1,36 +1,35 @@
 //! The nk_layernorm_*, nk_rmsnorm_* and nk_weight_standardize entry points: checks, then the
-//! safe API of `ops::layernorm` and `ops::rmsnorm`.
+//! safe API of `ops::layernorm` and `ops::rmsnorm`. The layer- and RMS-norm functions have
+//! `_bf16` and `_f16` twins: one generic body each, over the data's element type.
 
 use super::library::{context, nk_context};
 use super::{
-    Regions, backward_io, call, in_out, nk_status, optional, optional_mut, require, slice,
+    Regions, backward_io, call, in_out, nk_bf16, nk_f16, nk_status, optional, optional_mut,
+    require, slice,
 };
 use crate::batchnorm::{Affine, SavedStats};
 use crate::error::Result;
 use crate::io::InOut;
 use crate::ops::layernorm::{self, check_forward, check_sizes};
 use crate::ops::rmsnorm;
+use crate::simd::element::Element;
 
 /// Whether a `rows x cols` call has data (NULL data pointers are accepted when it has none).
 fn has_data(rows: usize, cols: usize) -> usize {
     usize::from(rows > 0 && cols > 0)
 }
 
-/// Layer norm forward over `rows` rows of `cols` contiguous floats: each row normalized with its
-/// own mean and biased variance, then `y = xhat * gamma + beta` (`gamma`, `beta` optional, `cols`
-/// floats). `save_mean`, `save_invstd` (optional, `rows` floats) receive each row's statistics.
-/// `y == x` is in place. With `cols == 0` nothing is written.
+/// The body of `nk_layernorm_forward` and its twins, for data of element type `E`.
 ///
 /// # Safety
-/// Every non-NULL pointer is valid for its extent (x, y: rows*cols floats; gamma, beta: cols;
-/// save_mean, save_invstd: rows).
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn nk_layernorm_forward(
+/// As `nk_layernorm_forward`, with `x` and `y` of `rows * cols` elements of `E`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn layernorm_forward<E: Element>(
     ctx: *mut nk_context,
     rows: usize,
     cols: usize,
-    x: *const f32,
-    y: *mut f32,
+    x: *const E,
+    y: *mut E,
     gamma: *const f32,
     beta: *const f32,
     eps: f32,
@@ -72,20 +71,126 @@ pub unsafe extern "C" fn nk_layernorm_forward(
     })
 }
 
-/// Layer norm backward from the saved statistics (`save_mean`, `save_invstd` required, `rows`
-/// floats): `dx` (optional; `dx == dy` is in place), `dgamma = sum over rows of dy * xhat` and
-/// `dbeta = sum over rows of dy` (each optional, `cols` floats; zeros when `rows == 0`).
+/// Layer norm forward over `rows` rows of `cols` contiguous floats: each row normalized with its
+/// own mean and biased variance, then `y = xhat * gamma + beta` (`gamma`, `beta` optional, `cols`
+/// floats). `save_mean`, `save_invstd` (optional, `rows` floats) receive each row's statistics.
+/// `y == x` is in place. With `cols == 0` nothing is written.
 ///
 /// # Safety
-/// As `nk_layernorm_forward`; dy, dx: rows*cols floats; dgamma, dbeta: cols.
+/// Every non-NULL pointer is valid for its extent (x, y: rows*cols floats; gamma, beta: cols;
+/// save_mean, save_invstd: rows).
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nk_layernorm_backward(
+pub unsafe extern "C" fn nk_layernorm_forward(
     ctx: *mut nk_context,
     rows: usize,
     cols: usize,
     x: *const f32,
-    dy: *const f32,
-    dx: *mut f32,
+    y: *mut f32,
+    gamma: *const f32,
+    beta: *const f32,
+    eps: f32,
+    save_mean: *mut f32,
+    save_invstd: *mut f32,
+) -> nk_status {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        layernorm_forward(
+            ctx,
+            rows,
+            cols,
+            x,
+            y,
+            gamma,
+            beta,
+            eps,
+            save_mean,
+            save_invstd,
+        )
+    }
+}
+
+/// `nk_layernorm_forward` on bf16 data (see there): x and y are bf16, 2-byte aligned; gamma,
+/// beta and the saved statistics stay float.
+///
+/// # Safety
+/// As `nk_layernorm_forward`, with x, y: rows*cols bf16 values.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_layernorm_forward_bf16(
+    ctx: *mut nk_context,
+    rows: usize,
+    cols: usize,
+    x: *const nk_bf16,
+    y: *mut nk_bf16,
+    gamma: *const f32,
+    beta: *const f32,
+    eps: f32,
+    save_mean: *mut f32,
+    save_invstd: *mut f32,
+) -> nk_status {
+    // SAFETY: forwarded to the caller; nk_bf16 and bf16 have the same layout (one u16).
+    unsafe {
+        layernorm_forward(
+            ctx,
+            rows,
+            cols,
+            x.cast::<crate::bf16>(),
+            y.cast::<crate::bf16>(),
+            gamma,
+            beta,
+            eps,
+            save_mean,
+            save_invstd,
+        )
+    }
+}
+
+/// `nk_layernorm_forward` on f16 data (see there): x and y are f16, 2-byte aligned; gamma,
+/// beta and the saved statistics stay float.
+///
+/// # Safety
+/// As `nk_layernorm_forward`, with x, y: rows*cols f16 values.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_layernorm_forward_f16(
+    ctx: *mut nk_context,
+    rows: usize,
+    cols: usize,
+    x: *const nk_f16,
+    y: *mut nk_f16,
+    gamma: *const f32,
+    beta: *const f32,
+    eps: f32,
+    save_mean: *mut f32,
+    save_invstd: *mut f32,
+) -> nk_status {
+    // SAFETY: forwarded to the caller; nk_f16 and f16 have the same layout (one u16).
+    unsafe {
+        layernorm_forward(
+            ctx,
+            rows,
+            cols,
+            x.cast::<crate::f16>(),
+            y.cast::<crate::f16>(),
+            gamma,
+            beta,
+            eps,
+            save_mean,
+            save_invstd,
+        )
+    }
+}
+
+/// The body of `nk_layernorm_backward` and its twins, for data of element type `E`.
+///
+/// # Safety
+/// As `nk_layernorm_backward`, with `x`, `dy`, `dx` of `rows * cols` elements of `E`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn layernorm_backward<E: Element>(
+    ctx: *mut nk_context,
+    rows: usize,
+    cols: usize,
+    x: *const E,
+    dy: *const E,
+    dx: *mut E,
     gamma: *const f32,
     save_mean: *const f32,
     save_invstd: *const f32,
@@ -127,19 +232,129 @@ pub unsafe extern "C" fn nk_layernorm_backward(
     })
 }
 
-/// RMS norm forward: `y = x / sqrt(mean(x^2) + eps) * gamma` per row of `cols` contiguous
-/// floats (`gamma` optional). `save_invrms` (optional, `rows` floats) receives each row's
-/// `1 / sqrt(mean(x^2) + eps)`. `y == x` is in place. With `cols == 0` nothing is written.
+/// Layer norm backward from the saved statistics (`save_mean`, `save_invstd` required, `rows`
+/// floats): `dx` (optional; `dx == dy` is in place), `dgamma = sum over rows of dy * xhat` and
+/// `dbeta = sum over rows of dy` (each optional, `cols` floats; zeros when `rows == 0`).
 ///
 /// # Safety
-/// As `nk_layernorm_forward`.
+/// As `nk_layernorm_forward`; dy, dx: rows*cols floats; dgamma, dbeta: cols.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nk_rmsnorm_forward(
+pub unsafe extern "C" fn nk_layernorm_backward(
     ctx: *mut nk_context,
     rows: usize,
     cols: usize,
     x: *const f32,
-    y: *mut f32,
+    dy: *const f32,
+    dx: *mut f32,
+    gamma: *const f32,
+    save_mean: *const f32,
+    save_invstd: *const f32,
+    dgamma: *mut f32,
+    dbeta: *mut f32,
+) -> nk_status {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        layernorm_backward(
+            ctx,
+            rows,
+            cols,
+            x,
+            dy,
+            dx,
+            gamma,
+            save_mean,
+            save_invstd,
+            dgamma,
+            dbeta,
+        )
+    }
+}
+
+/// `nk_layernorm_backward` on bf16 data (see there): x, dy and dx are bf16, 2-byte aligned;
+/// gamma, the saved statistics, dgamma and dbeta stay float.
+///
+/// # Safety
+/// As `nk_layernorm_backward`, with x, dy, dx: rows*cols bf16 values.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_layernorm_backward_bf16(
+    ctx: *mut nk_context,
+    rows: usize,
+    cols: usize,
+    x: *const nk_bf16,
+    dy: *const nk_bf16,
+    dx: *mut nk_bf16,
+    gamma: *const f32,
+    save_mean: *const f32,
+    save_invstd: *const f32,
+    dgamma: *mut f32,
+    dbeta: *mut f32,
+) -> nk_status {
+    // SAFETY: forwarded to the caller; nk_bf16 and bf16 have the same layout (one u16).
+    unsafe {
+        layernorm_backward(
+            ctx,
+            rows,
+            cols,
+            x.cast::<crate::bf16>(),
+            dy.cast::<crate::bf16>(),
+            dx.cast::<crate::bf16>(),
+            gamma,
+            save_mean,
+            save_invstd,
+            dgamma,
+            dbeta,
+        )
+    }
+}
+
+/// `nk_layernorm_backward` on f16 data (see there): x, dy and dx are f16, 2-byte aligned;
+/// gamma, the saved statistics, dgamma and dbeta stay float.
+///
+/// # Safety
+/// As `nk_layernorm_backward`, with x, dy, dx: rows*cols f16 values.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_layernorm_backward_f16(
+    ctx: *mut nk_context,
+    rows: usize,
+    cols: usize,
+    x: *const nk_f16,
+    dy: *const nk_f16,
+    dx: *mut nk_f16,
+    gamma: *const f32,
+    save_mean: *const f32,
+    save_invstd: *const f32,
+    dgamma: *mut f32,
+    dbeta: *mut f32,
+) -> nk_status {
+    // SAFETY: forwarded to the caller; nk_f16 and f16 have the same layout (one u16).
+    unsafe {
+        layernorm_backward(
+            ctx,
+            rows,
+            cols,
+            x.cast::<crate::f16>(),
+            dy.cast::<crate::f16>(),
+            dx.cast::<crate::f16>(),
+            gamma,
+            save_mean,
+            save_invstd,
+            dgamma,
+            dbeta,
+        )
+    }
+}
+
+/// The body of `nk_rmsnorm_forward` and its twins, for data of element type `E`.
+///
+/// # Safety
+/// As `nk_rmsnorm_forward`, with `x` and `y` of `rows * cols` elements of `E`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn rmsnorm_forward<E: Element>(
+    ctx: *mut nk_context,
+    rows: usize,
+    cols: usize,
+    x: *const E,
+    y: *mut E,
     gamma: *const f32,
     eps: f32,
     save_invrms: *mut f32,
@@ -170,20 +385,101 @@ pub unsafe extern "C" fn nk_rmsnorm_forward(
     })
 }
 
-/// RMS norm backward from the saved `save_invrms` (required, `rows` floats): `dx` (optional;
-/// `dx == dy` is in place) and `dgamma = sum over rows of dy * x * invrms` (optional, `cols`
-/// floats; zeros when `rows == 0`).
+/// RMS norm forward: `y = x / sqrt(mean(x^2) + eps) * gamma` per row of `cols` contiguous
+/// floats (`gamma` optional). `save_invrms` (optional, `rows` floats) receives each row's
+/// `1 / sqrt(mean(x^2) + eps)`. `y == x` is in place. With `cols == 0` nothing is written.
 ///
 /// # Safety
-/// As `nk_layernorm_backward`.
+/// As `nk_layernorm_forward`.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn nk_rmsnorm_backward(
+pub unsafe extern "C" fn nk_rmsnorm_forward(
     ctx: *mut nk_context,
     rows: usize,
     cols: usize,
     x: *const f32,
-    dy: *const f32,
-    dx: *mut f32,
+    y: *mut f32,
+    gamma: *const f32,
+    eps: f32,
+    save_invrms: *mut f32,
+) -> nk_status {
+    // SAFETY: forwarded to the caller.
+    unsafe { rmsnorm_forward(ctx, rows, cols, x, y, gamma, eps, save_invrms) }
+}
+
+/// `nk_rmsnorm_forward` on bf16 data (see there): x and y are bf16, 2-byte aligned; gamma and
+/// save_invrms stay float.
+///
+/// # Safety
+/// As `nk_rmsnorm_forward`, with x, y: rows*cols bf16 values.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_rmsnorm_forward_bf16(
+    ctx: *mut nk_context,
+    rows: usize,
+    cols: usize,
+    x: *const nk_bf16,
+    y: *mut nk_bf16,
+    gamma: *const f32,
+    eps: f32,
+    save_invrms: *mut f32,
+) -> nk_status {
+    // SAFETY: forwarded to the caller; nk_bf16 and bf16 have the same layout (one u16).
+    unsafe {
+        rmsnorm_forward(
+            ctx,
+            rows,
+            cols,
+            x.cast::<crate::bf16>(),
+            y.cast::<crate::bf16>(),
+            gamma,
+            eps,
+            save_invrms,
+        )
+    }
+}
+
+/// `nk_rmsnorm_forward` on f16 data (see there): x and y are f16, 2-byte aligned; gamma and
+/// save_invrms stay float.
+///
+/// # Safety
+/// As `nk_rmsnorm_forward`, with x, y: rows*cols f16 values.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_rmsnorm_forward_f16(
+    ctx: *mut nk_context,
+    rows: usize,
+    cols: usize,
+    x: *const nk_f16,
+    y: *mut nk_f16,
+    gamma: *const f32,
+    eps: f32,
+    save_invrms: *mut f32,
+) -> nk_status {
+    // SAFETY: forwarded to the caller; nk_f16 and f16 have the same layout (one u16).
+    unsafe {
+        rmsnorm_forward(
+            ctx,
+            rows,
+            cols,
+            x.cast::<crate::f16>(),
+            y.cast::<crate::f16>(),
+            gamma,
+            eps,
+            save_invrms,
+        )
+    }
+}
+
+/// The body of `nk_rmsnorm_backward` and its twins, for data of element type `E`.
+///
+/// # Safety
+/// As `nk_rmsnorm_backward`, with `x`, `dy`, `dx` of `rows * cols` elements of `E`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn rmsnorm_backward<E: Element>(
+    ctx: *mut nk_context,
+    rows: usize,
+    cols: usize,
+    x: *const E,
+    dy: *const E,
+    dx: *mut E,
     gamma: *const f32,
     save_invrms: *const f32,
     dgamma: *mut f32,
@@ -216,6 +512,94 @@ pub unsafe extern "C" fn nk_rmsnorm_backward(
             )
         }
     })
+}
+
+/// RMS norm backward from the saved `save_invrms` (required, `rows` floats): `dx` (optional;
+/// `dx == dy` is in place) and `dgamma = sum over rows of dy * x * invrms` (optional, `cols`
+/// floats; zeros when `rows == 0`).
+///
+/// # Safety
+/// As `nk_layernorm_backward`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_rmsnorm_backward(
+    ctx: *mut nk_context,
+    rows: usize,
+    cols: usize,
+    x: *const f32,
+    dy: *const f32,
+    dx: *mut f32,
+    gamma: *const f32,
+    save_invrms: *const f32,
+    dgamma: *mut f32,
+) -> nk_status {
+    // SAFETY: forwarded to the caller.
+    unsafe { rmsnorm_backward(ctx, rows, cols, x, dy, dx, gamma, save_invrms, dgamma) }
+}
+
+/// `nk_rmsnorm_backward` on bf16 data (see there): x, dy and dx are bf16, 2-byte aligned;
+/// gamma, save_invrms and dgamma stay float.
+///
+/// # Safety
+/// As `nk_rmsnorm_backward`, with x, dy, dx: rows*cols bf16 values.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_rmsnorm_backward_bf16(
+    ctx: *mut nk_context,
+    rows: usize,
+    cols: usize,
+    x: *const nk_bf16,
+    dy: *const nk_bf16,
+    dx: *mut nk_bf16,
+    gamma: *const f32,
+    save_invrms: *const f32,
+    dgamma: *mut f32,
+) -> nk_status {
+    // SAFETY: forwarded to the caller; nk_bf16 and bf16 have the same layout (one u16).
+    unsafe {
+        rmsnorm_backward(
+            ctx,
+            rows,
+            cols,
+            x.cast::<crate::bf16>(),
+            dy.cast::<crate::bf16>(),
+            dx.cast::<crate::bf16>(),
+            gamma,
+            save_invrms,
+            dgamma,
+        )
+    }
+}
+
+/// `nk_rmsnorm_backward` on f16 data (see there): x, dy and dx are f16, 2-byte aligned;
+/// gamma, save_invrms and dgamma stay float.
+///
+/// # Safety
+/// As `nk_rmsnorm_backward`, with x, dy, dx: rows*cols f16 values.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_rmsnorm_backward_f16(
+    ctx: *mut nk_context,
+    rows: usize,
+    cols: usize,
+    x: *const nk_f16,
+    dy: *const nk_f16,
+    dx: *mut nk_f16,
+    gamma: *const f32,
+    save_invrms: *const f32,
+    dgamma: *mut f32,
+) -> nk_status {
+    // SAFETY: forwarded to the caller; nk_f16 and f16 have the same layout (one u16).
+    unsafe {
+        rmsnorm_backward(
+            ctx,
+            rows,
+            cols,
+            x.cast::<crate::f16>(),
+            dy.cast::<crate::f16>(),
+            dx.cast::<crate::f16>(),
+            gamma,
+            save_invrms,
+            dgamma,
+        )
+    }
 }
 
 /// Weight standardization: each of `c_out` rows of `fan_in` weights standardized to mean 0 and

@@ -19,10 +19,13 @@
 
 use super::philox::BlockStream;
 use crate::io::{RowIo, VectorMap, store_vector, unaligned_head};
+use crate::simd::element::ElementIo;
 use crate::simd::{F32Vec, Kernel, U32Vec};
 
-/// How far ahead of the group being computed its input is prefetched, in elements (4 KiB).
-const PREFETCH_AHEAD: usize = 1024;
+/// How far ahead of the group being computed its input is prefetched, in bytes.
+const PREFETCH_AHEAD_BYTES: usize = 4096;
+/// Bytes of a cache line: the step of the prefetches.
+const LINE_BYTES: usize = 64;
 
 /// `SPREAD[m]` has bit `4k` set for each bit `k` of `m`.
 const SPREAD: [u32; 256] = {
@@ -307,16 +310,19 @@ trait Groups<V: F32Vec> {
 }
 
 /// Runs `groups` over `io`: whole groups, then a partial one. With `STREAM` the output is
-/// vector-aligned and written with streaming stores.
+/// vector-aligned and written with streaming stores. Inputs are widened to `f32` lanes, outputs
+/// rounded once to `Y`.
 #[inline(always)]
-fn run_groups<V: F32Vec, G: Groups<V>, const STREAM: bool>(
-    io: &mut RowIo<'_>,
+fn run_groups<V: F32Vec, X: ElementIo, Y: ElementIo, G: Groups<V>, const STREAM: bool>(
+    io: &mut RowIo<'_, X, Y>,
     groups: &mut G,
     mask: &mut MaskWriter<'_>,
 ) {
     let l = V::LANES;
     let w = G::VECTORS * l;
-    let ahead = io.input_ptr().wrapping_add(PREFETCH_AHEAD);
+    // In elements of the input (for f32: 1024 elements ahead, one prefetch per 16).
+    let ahead = io.input_ptr().wrapping_add(PREFETCH_AHEAD_BYTES / X::BYTES);
+    let line = LINE_BYTES / X::BYTES;
     match io {
         RowIo::Separate(x, y) => {
             let full = x.len() / w * w;
@@ -328,12 +334,12 @@ fn run_groups<V: F32Vec, G: Groups<V>, const STREAM: bool>(
                 .enumerate()
             {
                 groups.next_group(w, mask);
-                for line in (0..w).step_by(16) {
-                    V::prefetch(ahead.wrapping_add(k * w + line));
+                for at in (0..w).step_by(line) {
+                    V::prefetch(ahead.wrapping_add(k * w + at));
                 }
                 for v in 0..G::VECTORS {
-                    let y = groups.apply(v, V::load(&xs[v * l..]));
-                    store_vector::<V, _, STREAM>(y, &mut ys[v * l..]);
+                    let y = groups.apply(v, V::read(&xs[v * l..]));
+                    store_vector::<V, Y, STREAM>(y, &mut ys[v * l..]);
                 }
             }
             if !x_tail.is_empty() {
@@ -346,9 +352,9 @@ fn run_groups<V: F32Vec, G: Groups<V>, const STREAM: bool>(
                     let end = (start + l).min(x_tail.len());
                     let (xs, ys) = (&x_tail[start..end], &mut y_tail[start..end]);
                     if end - start == l {
-                        groups.apply(v, V::load(xs)).store(ys);
+                        groups.apply(v, V::read(xs)).write(ys);
                     } else {
-                        groups.apply(v, V::load_partial(xs, 0.0)).store_partial(ys);
+                        groups.apply(v, V::read_partial(xs, 0.0)).write_partial(ys);
                     }
                 }
             }
@@ -358,13 +364,13 @@ fn run_groups<V: F32Vec, G: Groups<V>, const STREAM: bool>(
             let (body, tail) = b.split_at_mut(full);
             for (k, bs) in body.chunks_exact_mut(w).enumerate() {
                 groups.next_group(w, mask);
-                for line in (0..w).step_by(16) {
-                    V::prefetch(ahead.wrapping_add(k * w + line));
+                for at in (0..w).step_by(line) {
+                    V::prefetch(ahead.wrapping_add(k * w + at));
                 }
                 for v in 0..G::VECTORS {
                     let s = &mut bs[v * l..];
-                    let y = groups.apply(v, V::load(s));
-                    store_vector::<V, _, STREAM>(y, s);
+                    let y = groups.apply(v, V::read(s));
+                    store_vector::<V, Y, STREAM>(y, s);
                 }
             }
             if !tail.is_empty() {
@@ -377,9 +383,9 @@ fn run_groups<V: F32Vec, G: Groups<V>, const STREAM: bool>(
                     let end = (start + l).min(tail.len());
                     let s = &mut tail[start..end];
                     if end - start == l {
-                        groups.apply(v, V::load(s)).store(s);
+                        groups.apply(v, V::read(s)).write(s);
                     } else {
-                        groups.apply(v, V::load_partial(s, 0.0)).store_partial(s);
+                        groups.apply(v, V::read_partial(s, 0.0)).write_partial(s);
                     }
                 }
             }
@@ -387,15 +393,16 @@ fn run_groups<V: F32Vec, G: Groups<V>, const STREAM: bool>(
     }
 }
 
-/// Elements before the first vector-aligned output element when streaming, else 0.
+/// Elements before the first output element aligned to a whole vector of `Y` when streaming,
+/// else 0.
 #[inline(always)]
-fn output_head<V: F32Vec>(io: &RowIo<'_>, stream: bool) -> usize {
+fn output_head<V: F32Vec, X, Y: ElementIo>(io: &RowIo<'_, X, Y>, stream: bool) -> usize {
     if !stream {
         return 0;
     }
     match io {
-        RowIo::Separate(_, y) => unaligned_head::<V, _>(y),
-        RowIo::InPlace(b) => unaligned_head::<V, _>(b),
+        RowIo::Separate(_, y) => unaligned_head::<V, Y>(y),
+        RowIo::InPlace(b) => unaligned_head::<V, Y>(b),
     }
 }
 
@@ -403,8 +410,8 @@ fn output_head<V: F32Vec>(io: &RowIo<'_>, stream: bool) -> usize {
 /// `groups`, streamed if `stream` (then `head` aligns the output). Each of the two was started
 /// at its own first element.
 #[inline(always)]
-fn run_pass<V: F32Vec, G: Groups<V>>(
-    io: &mut RowIo<'_>,
+fn run_pass<V: F32Vec, X: ElementIo, Y: ElementIo, G: Groups<V>>(
+    io: &mut RowIo<'_, X, Y>,
     head: usize,
     head_groups: Option<G>,
     mut groups: G,
@@ -412,15 +419,15 @@ fn run_pass<V: F32Vec, G: Groups<V>>(
     mask: &mut MaskWriter<'_>,
 ) {
     if let Some(mut head_groups) = head_groups {
-        run_groups::<V, G, false>(&mut io.part(0..head), &mut head_groups, mask);
+        run_groups::<V, X, Y, G, false>(&mut io.part(0..head), &mut head_groups, mask);
     }
     let n = io.len();
     let mut rest = io.part(head..n);
     if stream {
-        run_groups::<V, G, true>(&mut rest, &mut groups, mask);
+        run_groups::<V, X, Y, G, true>(&mut rest, &mut groups, mask);
         V::fence_streams();
     } else {
-        run_groups::<V, G, false>(&mut rest, &mut groups, mask);
+        run_groups::<V, X, Y, G, false>(&mut rest, &mut groups, mask);
     }
     mask.finish();
 }
@@ -516,7 +523,11 @@ impl<V: F32Vec, K: KeepOp<V>> VectorMap<V> for ApplyAll<K> {
 
 /// Runs `f` over `io`, with streaming stores if `stream` (the caller fences).
 #[inline(always)]
-fn map<V: F32Vec>(io: &mut RowIo<'_>, f: &impl VectorMap<V>, stream: bool) {
+fn map<V: F32Vec, X: ElementIo, Y: ElementIo>(
+    io: &mut RowIo<'_, X, Y>,
+    f: &impl VectorMap<V>,
+    stream: bool,
+) {
     if stream {
         io.map_streaming(f)
     } else {
@@ -527,21 +538,21 @@ fn map<V: F32Vec>(io: &mut RowIo<'_>, f: &impl VectorMap<V>, stream: bool) {
 /// Keep-or-drop over a contiguous part: inverted dropout, alpha dropout and their backward
 /// passes, with the decisions from the stream or from a mask, and optionally stored as a mask
 /// (`mask_out`, from the part's first element, `ceil(len / 8)` bytes). `stream`: write the
-/// output with streaming stores.
-pub(crate) struct KeepKernel<'a> {
-    pub io: RowIo<'a>,
+/// output with streaming stores. The data has elements `X` in, `Y` out.
+pub(crate) struct KeepKernel<'a, X = f32, Y = X> {
+    pub io: RowIo<'a, X, Y>,
     pub decisions: Decisions<'a>,
     pub map: KeepMap,
     pub mask_out: Option<&'a mut [u8]>,
     pub stream: bool,
 }
 
-impl KeepKernel<'_> {
+impl<X: ElementIo, Y: ElementIo> KeepKernel<'_, X, Y> {
     #[inline(always)]
     fn with_op<V: F32Vec, K: KeepOp<V> + Copy>(mut self, op: K) {
         let stream = self.stream;
         let mut mask = MaskWriter::new(self.mask_out);
-        let head = output_head::<V>(&self.io, stream);
+        let head = output_head::<V, _, _>(&self.io, stream);
         match self.decisions {
             Decisions::Mask {
                 mask: bits,
@@ -582,7 +593,7 @@ impl KeepKernel<'_> {
     }
 }
 
-impl Kernel for KeepKernel<'_> {
+impl<X: ElementIo, Y: ElementIo> Kernel for KeepKernel<'_, X, Y> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(self) {
@@ -611,8 +622,8 @@ pub(crate) enum ChannelRows {
 
 /// Channel dropout over whole rows of `row_len` elements, the first being row `first_row` of
 /// the tensor: `x * scale` where the pair's bit of `mask` is 1, else `+0.0`.
-pub(crate) struct ChannelKernel<'a> {
-    pub io: RowIo<'a>,
+pub(crate) struct ChannelKernel<'a, X = f32, Y = X> {
+    pub io: RowIo<'a, X, Y>,
     pub first_row: usize,
     pub row_len: usize,
     pub rows: ChannelRows,
@@ -621,7 +632,7 @@ pub(crate) struct ChannelKernel<'a> {
     pub stream: bool,
 }
 
-impl Kernel for ChannelKernel<'_> {
+impl<X: ElementIo, Y: ElementIo> Kernel for ChannelKernel<'_, X, Y> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(mut self) {
@@ -970,19 +981,19 @@ fn uniform_factors<V: F32Vec>(seed: u64, first_word: u64, beta: f32) -> UniformF
 
 /// `y = x * (1 + beta * (2u - 1))` over a contiguous part whose first element reads word
 /// `first_word`. Forward and backward alike.
-pub(crate) struct UniformKernel<'a> {
-    pub io: RowIo<'a>,
+pub(crate) struct UniformKernel<'a, X = f32, Y = X> {
+    pub io: RowIo<'a, X, Y>,
     pub seed: u64,
     pub first_word: u64,
     pub beta: f32,
     pub stream: bool,
 }
 
-impl Kernel for UniformKernel<'_> {
+impl<X: ElementIo, Y: ElementIo> Kernel for UniformKernel<'_, X, Y> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(mut self) {
-        let head = output_head::<V>(&self.io, self.stream);
+        let head = output_head::<V, _, _>(&self.io, self.stream);
         let head_groups = if head > 0 {
             Some(FactorGroups::new(uniform_factors::<V>(
                 self.seed,
@@ -1009,19 +1020,19 @@ impl Kernel for UniformKernel<'_> {
 /// `y = x * e`, `e ~ N(1, sigma^2)` by Box-Muller over a contiguous part whose first element
 /// is element `first_element` of the stream (reading words `2 * first_element` and
 /// `2 * first_element + 1`). Forward and backward alike.
-pub(crate) struct GaussianKernel<'a> {
-    pub io: RowIo<'a>,
+pub(crate) struct GaussianKernel<'a, X = f32, Y = X> {
+    pub io: RowIo<'a, X, Y>,
     pub seed: u64,
     pub first_element: u64,
     pub sigma: f32,
     pub stream: bool,
 }
 
-impl Kernel for GaussianKernel<'_> {
+impl<X: ElementIo, Y: ElementIo> Kernel for GaussianKernel<'_, X, Y> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(mut self) {
-        let head = output_head::<V>(&self.io, self.stream);
+        let head = output_head::<V, _, _>(&self.io, self.stream);
         let head_groups = if head > 0 {
             let factors = GaussianFactors::<V>::new(self.seed, self.first_element, self.sigma);
             Some(FactorGroups::new(factors))
@@ -1232,5 +1243,240 @@ mod tests {
                 }
             }
         }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // bf16 and f16 data: the same kernels, f32 lanes inside.
+
+    /// The bits of an element, to compare outputs NaN included.
+    trait Bits: ElementIo {
+        fn bits(self) -> u32;
+    }
+    impl Bits for f32 {
+        fn bits(self) -> u32 {
+            self.to_bits()
+        }
+    }
+    impl Bits for half::bf16 {
+        fn bits(self) -> u32 {
+            u32::from(self.to_bits())
+        }
+    }
+    impl Bits for half::f16 {
+        fn bits(self) -> u32 {
+            u32::from(self.to_bits())
+        }
+    }
+
+    /// A kernel to run on data of any element type.
+    #[derive(Clone, Copy, Debug)]
+    enum Which {
+        Keep(Keep, KeepMap, u64),
+        FromMask(usize),
+        Uniform(u64),
+        Gaussian(u64),
+        Channel(ChannelRows, usize),
+    }
+
+    const MASK: [u8; 700] = {
+        let mut m = [0u8; 700];
+        let mut i = 0;
+        while i < 700 {
+            m[i] = (i * 37 % 256) as u8;
+            i += 1;
+        }
+        m
+    };
+
+    /// Runs `which` over `io` on `backend`; returns the mask it wrote, if any.
+    fn run_on<E: ElementIo>(
+        backend: Backend,
+        which: Which,
+        io: RowIo<'_, E>,
+        stream: bool,
+    ) -> Vec<u8> {
+        let n = io.len();
+        let mut mask = vec![0u8; n.div_ceil(8)];
+        match which {
+            Which::Keep(keep, map, first_word) => backend.run(KeepKernel {
+                io,
+                decisions: Decisions::Stream {
+                    seed: 11,
+                    first_word,
+                    keep,
+                },
+                map,
+                mask_out: Some(&mut mask),
+                stream,
+            }),
+            Which::FromMask(first_bit) => backend.run(KeepKernel {
+                io,
+                decisions: Decisions::Mask {
+                    mask: &MASK,
+                    first_bit,
+                },
+                map: KeepMap::Scale(1.25),
+                mask_out: None,
+                stream,
+            }),
+            Which::Uniform(first_word) => backend.run(UniformKernel {
+                io,
+                seed: 12,
+                first_word,
+                beta: 0.75,
+                stream,
+            }),
+            Which::Gaussian(first_element) => backend.run(GaussianKernel {
+                io,
+                seed: 13,
+                first_element,
+                sigma: 0.6,
+                stream,
+            }),
+            Which::Channel(rows, row_len) => backend.run(ChannelKernel {
+                io,
+                first_row: 1,
+                row_len,
+                rows,
+                mask: &MASK,
+                scale: 1.25,
+                stream,
+            }),
+        }
+        mask
+    }
+
+    /// Inputs of type `E` with NaN, infinities, zeros, subnormals of the type, values near the
+    /// f16 overflow and the largest finite values among ordinary data.
+    fn half_data<E: ElementIo>(n: usize) -> Vec<E> {
+        let specials = [
+            f32::NAN,
+            -f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            65504.0,
+            65520.0,
+            -65504.0,
+            52429.0,
+            5.960_464_5e-8,
+            -1.788_139_3e-7,
+            6.097_555e-5,
+            1e-40,
+            -3e-39,
+            3.389_531_4e38,
+            -1.0e38,
+        ];
+        data(n)
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                E::from_f32(if i % 5 == 2 {
+                    specials[i / 5 % specials.len()]
+                } else {
+                    v
+                })
+            })
+            .collect()
+    }
+
+    /// `which` on data of type `E`, out of place and in place, with the output at `shift`
+    /// elements past an address aligned to 64 bytes, streamed or not, on both backends: each
+    /// output element is `E::from_f32` of the f32 kernel's output on the widened input, and the
+    /// masks are the f32 kernel's.
+    fn half_matches_f32<E: Bits>(which: Which, n: usize) {
+        let x = half_data::<E>(n);
+        let wide: Vec<f32> = x.iter().map(|v| v.to_f32()).collect();
+        for backend in [Backend::Portable, Backend::Sixteen] {
+            for stream in [false, true] {
+                let mut y32 = vec![0f32; n];
+                let mask32 = run_on(backend, which, RowIo::Separate(&wide, &mut y32), stream);
+                let want: Vec<u32> = y32.iter().map(|&v| E::from_f32(v).bits()).collect();
+                for shift in [0, 3] {
+                    for in_place in [false, true] {
+                        let mut buffer = vec![E::from_f32(7.0); n + 64];
+                        let base = buffer.as_ptr() as usize % 64 / E::BYTES;
+                        let start = (64 / E::BYTES - base) % (64 / E::BYTES) + shift;
+                        let y = &mut buffer[start..start + n];
+                        let mask = if in_place {
+                            y.copy_from_slice(&x);
+                            run_on(backend, which, RowIo::InPlace(y), stream)
+                        } else {
+                            run_on(backend, which, RowIo::Separate(&x, y), stream)
+                        };
+                        let got: Vec<u32> = y.iter().map(|v| v.bits()).collect();
+                        let what = format!(
+                            "{} {which:?} n {n} {backend:?} stream {stream} shift {shift} \
+                             in place {in_place}",
+                            std::any::type_name::<E>()
+                        );
+                        if let Some(i) = (0..n).find(|&i| got[i] != want[i]) {
+                            panic!(
+                                "{what}: element {i}: {:#x} vs {:#x} (f32 {:e} of {:e})",
+                                got[i], want[i], y32[i], wide[i]
+                            );
+                        }
+                        assert_eq!(mask, mask32, "{what}: mask");
+                        assert!(buffer[..start].iter().all(|v| v.to_f32() == 7.0), "{what}");
+                        assert!(
+                            buffer[start + n..].iter().all(|v| v.to_f32() == 7.0),
+                            "{what}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn kernels_on<E: Bits>() {
+        let affine = KeepMap::Affine {
+            a: 1.5,
+            b: -0.25,
+            dropped: -2.0,
+        };
+        for n in [1, 15, 64, 65, 127, 1000, 4099] {
+            for first in [0, 3, (1 << 34) - 37] {
+                for keep in [Keep::new(0.3), Keep::All, Keep::None] {
+                    half_matches_f32::<E>(Which::Keep(keep, KeepMap::Scale(1.25), first), n);
+                    half_matches_f32::<E>(Which::Keep(keep, affine, first), n);
+                }
+                half_matches_f32::<E>(Which::Uniform(first), n);
+                half_matches_f32::<E>(Which::Gaussian(first), n);
+            }
+            half_matches_f32::<E>(Which::FromMask(5), n);
+        }
+        for (rows, row_len, kind) in [
+            (6, 1030, ChannelRows::Maps),
+            (9, 7, ChannelRows::Maps),
+            (
+                12,
+                37,
+                ChannelRows::Innermost {
+                    channels: 37,
+                    spatial: 3,
+                },
+            ),
+        ] {
+            half_matches_f32::<E>(Which::Channel(kind, row_len), rows * row_len);
+        }
+    }
+
+    #[test]
+    fn bf16_kernels_give_the_f32_kernels_rounded() {
+        kernels_on::<half::bf16>();
+    }
+
+    #[test]
+    fn f16_kernels_give_the_f32_kernels_rounded() {
+        kernels_on::<half::f16>();
+    }
+
+    #[test]
+    fn f32_kernels_are_their_own_rounding() {
+        // The harness itself on f32: the in-place, shifted and streamed runs give the aligned
+        // out-of-place bits.
+        half_matches_f32::<f32>(Which::Keep(Keep::new(0.3), KeepMap::Scale(1.25), 3), 1000);
+        half_matches_f32::<f32>(Which::Gaussian(1), 1000);
     }
 }

@@ -9,7 +9,7 @@
 
 use super::backward::WideGrad;
 use super::moments::{Moments, ROW_BLOCK, channel_moments};
-use super::normalize::affine_span;
+use super::normalize::{WideAffine, wide_affine_span};
 use super::sums::Sums2;
 use crate::io::RowIo;
 use crate::simd::element::ElementIo;
@@ -32,7 +32,7 @@ where
     Y: ElementIo,
     In: Fn(usize) -> &'a [X],
     Out: Fn(usize) -> RowIo<'o, X, Y>,
-    P: Fn(Moments, usize) -> (f32, f32, f32),
+    P: Fn(Moments, usize) -> WideAffine,
 {
     type Output = Moments;
     #[inline(always)]
@@ -40,15 +40,15 @@ where
         let moments =
             channel_moments::<V, _>(self.row_in, self.spatial, 0..self.rows * self.spatial);
         for r in 0..self.rows {
-            let (shift, scale, offset) = (self.params)(moments, r);
-            affine_span::<V, _, _, false>(&mut (self.row_out)(r), shift, scale, offset, false);
+            let w = (self.params)(moments, r);
+            wide_affine_span::<V, _, _, false>(&mut (self.row_out)(r), &w, false);
         }
         moments
     }
 }
 
 /// Channels-first rows with one affine map each: `io` holds whole rows of `spatial` elements,
-/// the first being row `first_row` of the tensor; `params(row)` gives `(shift, scale, offset)`.
+/// the first being row `first_row` of the tensor; `params(row)` gives the row's map.
 pub(crate) struct NcsRows<'a, P, X = f32, Y = X> {
     pub io: RowIo<'a, X, Y>,
     pub first_row: usize,
@@ -56,15 +56,15 @@ pub(crate) struct NcsRows<'a, P, X = f32, Y = X> {
     pub params: &'a P,
 }
 
-impl<X: ElementIo, Y: ElementIo, P: Fn(usize) -> (f32, f32, f32)> Kernel for NcsRows<'_, P, X, Y> {
+impl<X: ElementIo, Y: ElementIo, P: Fn(usize) -> WideAffine> Kernel for NcsRows<'_, P, X, Y> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(mut self) {
         let rows = self.io.len() / self.spatial;
         for r in 0..rows {
-            let (shift, scale, offset) = (self.params)(self.first_row + r);
+            let w = (self.params)(self.first_row + r);
             let mut row = self.io.part(r * self.spatial..(r + 1) * self.spatial);
-            affine_span::<V, _, _, false>(&mut row, shift, scale, offset, false);
+            wide_affine_span::<V, _, _, false>(&mut row, &w, false);
         }
     }
 }

@@ -8,7 +8,7 @@
 use super::backward::fits_f32;
 use crate::io::{RowIo, VectorMap, store_vector, unaligned_head};
 use crate::simd::element::ElementIo;
-use crate::simd::{F32Vec, Kernel};
+use crate::simd::{F32Vec, Kernel, MAX_LANES};
 
 /// Per-channel parameters of the affine map, each of length at least C (the channels-innermost
 /// kernel needs them extended cyclically to `2 * C + MAX_LANES`, see [`NscAffine`]).
@@ -55,6 +55,70 @@ impl WideAffine {
     }
 }
 
+/// Builds per-channel parameters with `fill` (given the first `channels` entries of the shift,
+/// scale and offset arrays), extends them cyclically to `2 * channels + MAX_LANES` entries (as
+/// the channels-innermost kernel reads them), and runs `then` on them. The arrays live on the stack
+/// for small channel counts, so tiny calls do not allocate.
+pub(crate) fn with_channel_affine<R>(
+    channels: usize,
+    fill: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]) -> Vec<WideAffine>,
+    then: impl FnOnce(ChannelAffine<'_>) -> R,
+) -> R {
+    const STACK: usize = 2 * 64 + MAX_LANES;
+    let len = 2 * channels + MAX_LANES;
+    let mut stack = [0f32; 3 * STACK];
+    let mut heap = Vec::new();
+    let buf: &mut [f32] = if len <= STACK {
+        &mut stack[..3 * len]
+    } else {
+        heap.resize(3 * len, 0.0);
+        &mut heap
+    };
+    let (shift, rest) = buf.split_at_mut(len);
+    let (scale, offset) = rest.split_at_mut(len);
+    let wide = fill(
+        &mut shift[..channels],
+        &mut scale[..channels],
+        &mut offset[..channels],
+    );
+    if channels > 0 {
+        for a in [&mut *shift, &mut *scale, &mut *offset] {
+            // Doubling copies: `filled` stays a multiple of `channels`, so a[filled + j] = a[j].
+            let mut filled = channels;
+            while filled < len {
+                let n = filled.min(len - filled);
+                a.copy_within(0..n, filled);
+                filled += n;
+            }
+        }
+    }
+    then(ChannelAffine {
+        shift,
+        scale,
+        offset,
+        wide: &wide,
+    })
+}
+
+/// The `f32` maps of `wide` into `shift`, `scale`, `offset` (zeros for a channel that does not
+/// fit); returns `wide` if some channel does not fit (the kernels then map it in `f64`), else
+/// an empty vector.
+pub(crate) fn narrow_all(
+    wide: &[WideAffine],
+    shift: &mut [f32],
+    scale: &mut [f32],
+    offset: &mut [f32],
+) -> Vec<WideAffine> {
+    let mut all = true;
+    for (c, w) in wide.iter().enumerate() {
+        match w.narrow() {
+            Some(p) => (shift[c], scale[c], offset[c]) = p,
+            None => all = false,
+        }
+    }
+    if all { Vec::new() } else { wide.to_vec() }
+}
+
 #[inline(always)]
 fn affine<V: F32Vec, const RELU: bool>(x: V, shift: V, scale: V, offset: V) -> V {
     let y = x.sub(shift).mul_add(scale, offset);
@@ -94,6 +158,22 @@ pub(crate) fn affine_span<V: F32Vec, X: ElementIo, Y: ElementIo, const RELU: boo
         io.map_streaming::<V>(&map);
     } else {
         io.map::<V>(&map);
+    }
+}
+
+/// Applies one channel's map `w` to a contiguous span: in `f32` vectors where it fits `f32`
+/// (see [`WideAffine::narrow`]), else element by element in `f64`.
+#[inline(always)]
+pub(crate) fn wide_affine_span<V: F32Vec, X: ElementIo, Y: ElementIo, const RELU: bool>(
+    io: &mut RowIo<'_, X, Y>,
+    w: &WideAffine,
+    stream: bool,
+) {
+    match w.narrow() {
+        Some((shift, scale, offset)) => {
+            affine_span::<V, X, Y, RELU>(io, shift, scale, offset, stream)
+        }
+        None => io.map_scalar(|_, x| w.y(x, RELU)),
     }
 }
 

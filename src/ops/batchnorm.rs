@@ -14,9 +14,11 @@ use crate::io::{InOut, SharedIo};
 use crate::kernels::backward::fits_f32;
 use crate::kernels::fused::ChannelTraining;
 use crate::kernels::moments::{ChannelMoments, Moments, RowMoments};
-use crate::kernels::normalize::WideAffine;
-use crate::kernels::normalize::{ChannelAffine, NcsAffine, NscAffine};
+use crate::kernels::normalize::{
+    ChannelAffine, NcsAffine, NscAffine, WideAffine, narrow_all, with_channel_affine,
+};
 use crate::shape::{Shape, checked_elements};
+use crate::simd::element::Element;
 use crate::simd::{MAX_LANES, dispatch};
 
 /// `running_var` tracks the biased variance (ONNX); the default is unbiased, `count / (count - 1)`.
@@ -167,10 +169,10 @@ fn check_state(
 
 /// Per-channel mean and M2 (sum of squared deviations from the mean) of `x`, over
 /// `batch * spatial` values each; zeros for an empty shard. Mergeable with [`moments_merge`].
-pub fn moments(
+pub fn moments<E: Element>(
     ctx: &Context,
     shape: Shape,
-    x: &[f32],
+    x: &[E],
     mean: &mut [f64],
     m2: &mut [f64],
 ) -> Result<()> {
@@ -222,10 +224,10 @@ pub fn moments_merge(
 
 /// Training forward: batch statistics, normalization, running statistics update, saved
 /// statistics. Equals [`moments`] followed by [`forward_from_moments`], bit for bit.
-pub fn forward_training(
+pub fn forward_training<E: Element>(
     ctx: &Context,
     shape: Shape,
-    mut io: InOut<'_>,
+    mut io: InOut<'_, E>,
     affine: Affine<'_>,
     params: TrainingParams,
     running: Option<RunningStats<'_>>,
@@ -253,10 +255,10 @@ pub fn forward_training(
 /// merged from every shard's [`moments`]. The local shard (`shape`) may be empty; running and
 /// saved statistics are still written.
 #[allow(clippy::too_many_arguments)]
-pub fn forward_from_moments(
+pub fn forward_from_moments<E: Element>(
     ctx: &Context,
     shape: Shape,
-    mut io: InOut<'_>,
+    mut io: InOut<'_, E>,
     affine: Affine<'_>,
     count: u64,
     mean: &[f64],
@@ -286,10 +288,10 @@ pub fn forward_from_moments(
 /// Inference forward from given statistics (`mean`, `var` of length C), with optional fused ReLU
 /// ([`BN_FUSE_RELU`]).
 #[allow(clippy::too_many_arguments)]
-pub fn forward_inference(
+pub fn forward_inference<E: Element>(
     ctx: &Context,
     shape: Shape,
-    mut io: InOut<'_>,
+    mut io: InOut<'_, E>,
     affine: Affine<'_>,
     mean: &[f32],
     var: &[f32],
@@ -431,7 +433,7 @@ fn row_chunk(rows: usize, channels: usize) -> usize {
 
 /// Per-channel moments of a whole tensor. Chunks are fixed by the shape and merged in order, so
 /// the result does not depend on the thread count.
-fn channel_moments(ctx: &Context, shape: &Shape, x: &[f32]) -> Vec<Moments> {
+fn channel_moments<E: Element>(ctx: &Context, shape: &Shape, x: &[E]) -> Vec<Moments> {
     let (c, s) = (shape.channels, shape.spatial);
     let count = shape.batch * s;
     if c == 0 || count == 0 {
@@ -483,17 +485,17 @@ fn channel_moments(ctx: &Context, shape: &Shape, x: &[f32]) -> Vec<Moments> {
 
 /// Channels-first training forward, one task per channel: moments, then normalization while the
 /// channel is in cache.
-fn fused_training(
+fn fused_training<E: Element>(
     ctx: &Context,
     shape: &Shape,
-    io: &mut InOut<'_>,
+    io: &mut InOut<'_, E>,
     affine: Affine<'_>,
     eps: f32,
 ) -> Vec<Moments> {
     let (c, s, rows) = (shape.channels, shape.spatial, shape.batch);
     let isa = ctx.supported_isa();
     let elements = io.len();
-    let shared: SharedIo<'_> = io.share();
+    let shared: SharedIo<'_, E> = io.share();
     ctx.map(elements, c, |ch| {
         let range = |n: usize| (n * c + ch) * s..(n * c + ch + 1) * s;
         // SAFETY: this task alone touches the rows of channel `ch`. Its input slices are used
@@ -519,10 +521,10 @@ fn fused_training(
 }
 
 /// Normalizes `io` with per-channel statistics `stats`.
-fn normalize_with_moments(
+fn normalize_with_moments<E: Element>(
     ctx: &Context,
     shape: &Shape,
-    io: &mut InOut<'_>,
+    io: &mut InOut<'_, E>,
     affine: Affine<'_>,
     stats: &[Moments],
     eps: f32,
@@ -543,10 +545,10 @@ fn normalize_with_moments(
 
 /// `y = (x - shift[c]) * scale[c] + offset[c]` (then ReLU if `relu`) over the whole tensor, in
 /// parallel parts of about `TASK_ELEMENTS` whole rows.
-fn apply_affine(
+fn apply_affine<E: Element>(
     ctx: &Context,
     shape: &Shape,
-    io: &mut InOut<'_>,
+    io: &mut InOut<'_, E>,
     params: ChannelAffine<'_>,
     relu: bool,
 ) {
@@ -645,70 +647,6 @@ fn write_state(
     }
 }
 
-/// Builds per-channel parameters with `fill` (given the first `channels` entries of the shift,
-/// scale and offset arrays), extends them cyclically to `2 * channels + MAX_LANES` entries (as
-/// the channels-innermost kernel reads them), and runs `then` on them. The arrays live on the stack
-/// for small channel counts, so tiny calls do not allocate.
-fn with_channel_affine<R>(
-    channels: usize,
-    fill: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]) -> Vec<WideAffine>,
-    then: impl FnOnce(ChannelAffine<'_>) -> R,
-) -> R {
-    const STACK: usize = 2 * 64 + MAX_LANES;
-    let len = 2 * channels + MAX_LANES;
-    let mut stack = [0f32; 3 * STACK];
-    let mut heap = Vec::new();
-    let buf: &mut [f32] = if len <= STACK {
-        &mut stack[..3 * len]
-    } else {
-        heap.resize(3 * len, 0.0);
-        &mut heap
-    };
-    let (shift, rest) = buf.split_at_mut(len);
-    let (scale, offset) = rest.split_at_mut(len);
-    let wide = fill(
-        &mut shift[..channels],
-        &mut scale[..channels],
-        &mut offset[..channels],
-    );
-    if channels > 0 {
-        for a in [&mut *shift, &mut *scale, &mut *offset] {
-            // Doubling copies: `filled` stays a multiple of `channels`, so a[filled + j] = a[j].
-            let mut filled = channels;
-            while filled < len {
-                let n = filled.min(len - filled);
-                a.copy_within(0..n, filled);
-                filled += n;
-            }
-        }
-    }
-    then(ChannelAffine {
-        shift,
-        scale,
-        offset,
-        wide: &wide,
-    })
-}
-
-/// The `f32` maps of `wide` into `shift`, `scale`, `offset` (zeros for a channel that does not
-/// fit); returns `wide` if some channel does not fit (the kernels then map it in `f64`), else
-/// an empty vector.
-fn narrow_all(
-    wide: &[WideAffine],
-    shift: &mut [f32],
-    scale: &mut [f32],
-    offset: &mut [f32],
-) -> Vec<WideAffine> {
-    let mut all = true;
-    for (c, w) in wide.iter().enumerate() {
-        match w.narrow() {
-            Some(p) => (shift[c], scale[c], offset[c]) = p,
-            None => all = false,
-        }
-    }
-    if all { Vec::new() } else { wide.to_vec() }
-}
-
 // ---------------------------------------------------------------------------------------------
 // Backward passes (training mode), local and synchronous.
 //
@@ -755,11 +693,11 @@ fn check_saved(channels: usize, save_mean: &[f32], save_invstd: &[f32]) -> Resul
 /// [`backward_reduce`] followed by [`backward_apply`] with this batch's count, bit for bit; an
 /// empty batch writes zero `dgamma` and `dbeta`.
 #[allow(clippy::too_many_arguments)]
-pub fn backward(
+pub fn backward<E: Element>(
     ctx: &Context,
     shape: Shape,
-    x: &[f32],
-    io: BackwardIo<'_>,
+    x: &[E],
+    io: BackwardIo<'_, E>,
     gamma: Option<&[f32]>,
     save_mean: &[f32],
     save_invstd: &[f32],
@@ -828,11 +766,11 @@ pub fn backward(
 /// `sum_dy_xhat[c] = sum(dy * xhat)`, in `f64` (zeros for an empty shard). Shards' sums add up
 /// to the whole batch's; give the totals to [`backward_apply`].
 #[allow(clippy::too_many_arguments)]
-pub fn backward_reduce(
+pub fn backward_reduce<E: Element>(
     ctx: &Context,
     shape: Shape,
-    x: &[f32],
-    dy: &[f32],
+    x: &[E],
+    dy: &[E],
     save_mean: &[f32],
     save_invstd: &[f32],
     sum_dy: &mut [f64],
@@ -857,11 +795,11 @@ pub fn backward_reduce(
 /// global `count` of values per channel: `io` reads `dy` and writes `dx` (separately, or in
 /// place over `dy`). `count` must be at least 1 and at least this shard's `batch * spatial`.
 #[allow(clippy::too_many_arguments)]
-pub fn backward_apply(
+pub fn backward_apply<E: Element>(
     ctx: &Context,
     shape: Shape,
-    x: &[f32],
-    mut io: InOut<'_>,
+    x: &[E],
+    mut io: InOut<'_, E>,
     gamma: Option<&[f32]>,
     save_mean: &[f32],
     save_invstd: &[f32],
@@ -905,11 +843,11 @@ pub fn backward_apply(
 /// Per-channel `sum(dy)` and `sum(dy * xhat)` (in the `dy_xm` field, already multiplied by
 /// `invstd`). Chunks are fixed by the shape and added in order, so the result does not depend on
 /// the thread count.
-fn grad_sums(
+fn grad_sums<E: Element>(
     ctx: &Context,
     shape: &Shape,
-    x: &[f32],
-    dy: &[f32],
+    x: &[E],
+    dy: &[E],
     save_mean: &[f32],
     save_invstd: &[f32],
 ) -> Vec<GradSums> {
@@ -1008,11 +946,11 @@ fn channel_total(part: GradSums, invstd: f32) -> GradSums {
 /// channel's sums, then its input gradient while the channel is in cache. The same blocks, sums
 /// and coefficients as [`grad_sums`] then [`apply_grad`], so the same bits.
 #[allow(clippy::too_many_arguments)]
-fn fused_backward(
+fn fused_backward<E: Element>(
     ctx: &Context,
     shape: &Shape,
-    x: &[f32],
-    io: &mut InOut<'_>,
+    x: &[E],
+    io: &mut InOut<'_, E>,
     gamma: Option<&[f32]>,
     save_mean: &[f32],
     save_invstd: &[f32],
@@ -1022,7 +960,7 @@ fn fused_backward(
     let isa = ctx.supported_isa();
     let elements = io.len();
     let stream = streams(shape, elements);
-    let shared: SharedIo<'_> = io.share();
+    let shared: SharedIo<'_, E> = io.share();
     ctx.map(2 * elements, c, |ch| {
         let range = |n: usize| (n * c + ch) * s..(n * c + ch + 1) * s;
         // SAFETY: this task alone touches the rows of channel `ch`. Its `dy` slices are read only
@@ -1059,11 +997,11 @@ fn fused_backward(
 /// tensor, as `dx = dy * a + (x - mean) * b + k` with per-channel `a`, `b`, `k` from `f64`, in
 /// parallel parts of about `TASK_ELEMENTS` whole rows.
 #[allow(clippy::too_many_arguments)]
-fn apply_grad(
+fn apply_grad<E: Element>(
     ctx: &Context,
     shape: &Shape,
-    x: &[f32],
-    io: &mut InOut<'_>,
+    x: &[E],
+    io: &mut InOut<'_, E>,
     gamma: Option<&[f32]>,
     save_mean: &[f32],
     save_invstd: &[f32],

@@ -21,6 +21,15 @@
 //!
 //! Every variant but Gaussian dropout gives bitwise the same result on every ISA; Gaussian
 //! dropout agrees within float rounding.
+//!
+//! # Element types
+//!
+//! Every function that takes data is generic over its [`Element`] type: `f32`, `bf16` or
+//! `f16`. Each input element is widened to `f32` exactly, the `f32` function's arithmetic runs
+//! on it, and each output element is that result rounded once to the type (to nearest, ties to
+//! even). So a half-precision call gives bitwise `E::from_f32` of what the `f32` call gives on
+//! the widened input, and its masks are bitwise the `f32` call's (they depend on the stream
+//! only).
 
 use crate::context::Context;
 use crate::error::{Error, Result, check_len};
@@ -32,6 +41,7 @@ use crate::kernels::dropout::{
 use crate::kernels::philox;
 use crate::shape::{Shape, checked_elements};
 use crate::simd::dispatch;
+use crate::simd::element::Element;
 use std::sync::Mutex;
 
 /// Elements per parallel task: a multiple of 8 (tasks own whole mask bytes) and of every
@@ -189,9 +199,9 @@ pub fn mask(
 /// Inverted dropout: kept elements `y = x * (float)(1 / (1 - p))`, dropped ones `+0.0` (a
 /// select, so NaN and infinity do not leak). `mask` (optional, [`mask_len`] bytes) receives
 /// the keep mask. Applied to a weight buffer, this is DropConnect.
-pub fn forward(
+pub fn forward<E: Element>(
     ctx: &Context,
-    mut io: InOut<'_>,
+    mut io: InOut<'_, E>,
     p: f32,
     seed: u64,
     offset: u64,
@@ -206,9 +216,9 @@ pub fn forward(
 /// Backward of [`forward`]: `dx = dy * scale` where the forward kept the element, `+0.0`
 /// where it dropped it. The decisions come from `mask` when given, else are made again from
 /// `(seed, offset)`. `io` is `dy` in, `dx` out.
-pub fn backward(
+pub fn backward<E: Element>(
     ctx: &Context,
-    mut io: InOut<'_>,
+    mut io: InOut<'_, E>,
     p: f32,
     seed: u64,
     offset: u64,
@@ -224,9 +234,9 @@ pub fn backward(
 /// `alpha' = -1.7580993408473766`, then `y = a * x' + b` with
 /// `a = ((1 - p) (1 + p alpha'^2))^-1/2`, `b = -a alpha' p` (computed in double, rounded to
 /// float; the product and the sum are each rounded). `p = 1` gives `+0.0` everywhere.
-pub fn alpha_forward(
+pub fn alpha_forward<E: Element>(
     ctx: &Context,
-    mut io: InOut<'_>,
+    mut io: InOut<'_, E>,
     p: f32,
     seed: u64,
     offset: u64,
@@ -240,9 +250,9 @@ pub fn alpha_forward(
 }
 
 /// Backward of [`alpha_forward`]: `dx = dy * a` where kept, `+0.0` where dropped.
-pub fn alpha_backward(
+pub fn alpha_backward<E: Element>(
     ctx: &Context,
-    mut io: InOut<'_>,
+    mut io: InOut<'_, E>,
     p: f32,
     seed: u64,
     offset: u64,
@@ -264,10 +274,10 @@ pub fn alpha_backward(
 /// `offset + n * channels + c`, applied to the pair's whole spatial map (kept: `x * scale`,
 /// dropped: `+0.0`). `mask` (optional) receives `batch * channels` bits. A tensor without
 /// elements reads no word and writes nothing, not even the mask.
-pub fn channel_forward(
+pub fn channel_forward<E: Element>(
     ctx: &Context,
     shape: Shape,
-    mut io: InOut<'_>,
+    mut io: InOut<'_, E>,
     p: f32,
     seed: u64,
     offset: u64,
@@ -298,10 +308,10 @@ pub fn channel_forward(
 }
 
 /// Backward of [`channel_forward`], from `mask` or with the decisions made again.
-pub fn channel_backward(
+pub fn channel_backward<E: Element>(
     ctx: &Context,
     shape: Shape,
-    mut io: InOut<'_>,
+    mut io: InOut<'_, E>,
     p: f32,
     seed: u64,
     offset: u64,
@@ -331,9 +341,9 @@ pub fn channel_backward(
 /// Gaussian dropout: `y = x * e`, `e = 1 + sqrt(p / (1 - p)) * sqrt(-2 ln u1) * cos(2 pi u2)`
 /// (Box-Muller) with `u1 = ((r0 >> 8) + 1) 2^-24`, `u2 = (r1 >> 8) 2^-24` from words
 /// `2 (offset + i)` and `2 (offset + i) + 1`. `p` in [0, 1).
-pub fn gaussian_forward(
+pub fn gaussian_forward<E: Element>(
     ctx: &Context,
-    mut io: InOut<'_>,
+    mut io: InOut<'_, E>,
     p: f32,
     seed: u64,
     offset: u64,
@@ -346,9 +356,9 @@ pub fn gaussian_forward(
 }
 
 /// Backward of [`gaussian_forward`]: `dx = dy * e`, the same factors.
-pub fn gaussian_backward(
+pub fn gaussian_backward<E: Element>(
     ctx: &Context,
-    io: InOut<'_>,
+    io: InOut<'_, E>,
     p: f32,
     seed: u64,
     offset: u64,
@@ -358,9 +368,9 @@ pub fn gaussian_backward(
 
 /// Uniform dropout ("Uout", Li et al., CVPR 2019): `y = x * (1 + r)`, `r = beta * (2u - 1)`
 /// with `u` from word `offset + i`. `beta` finite and `>= 0`.
-pub fn uniform_forward(
+pub fn uniform_forward<E: Element>(
     ctx: &Context,
-    mut io: InOut<'_>,
+    mut io: InOut<'_, E>,
     beta: f32,
     seed: u64,
     offset: u64,
@@ -373,9 +383,9 @@ pub fn uniform_forward(
 }
 
 /// Backward of [`uniform_forward`]: `dx = dy * (1 + r)`, the same factors.
-pub fn uniform_backward(
+pub fn uniform_backward<E: Element>(
     ctx: &Context,
-    io: InOut<'_>,
+    io: InOut<'_, E>,
     beta: f32,
     seed: u64,
     offset: u64,
@@ -389,14 +399,14 @@ pub fn uniform_backward(
 // depend on the thread count.
 
 /// One task: its part of the data and of the mask written.
-struct Part<'a> {
-    io: RowIo<'a>,
+struct Part<'a, E> {
+    io: RowIo<'a, E>,
     mask_out: Option<&'a mut [u8]>,
 }
 
-impl Part<'_> {
+impl<E> Part<'_, E> {
     /// The part's data, reborrowed for one kernel call.
-    fn data(&mut self) -> RowIo<'_> {
+    fn data(&mut self) -> RowIo<'_, E> {
         let n = self.io.len();
         self.io.part(0..n)
     }
@@ -404,12 +414,12 @@ impl Part<'_> {
 
 /// The data of a call cut into tasks of `size` elements (and, when a mask is written, its
 /// `size / 8` bytes each).
-fn parts<'a>(
-    io: &'a mut InOut<'_>,
+fn parts<'a, E: Element>(
+    io: &'a mut InOut<'_, E>,
     mask_out: Option<&'a mut [u8]>,
     size: usize,
-) -> Vec<Mutex<Part<'a>>> {
-    let ios: Vec<RowIo<'a>> = match io {
+) -> Vec<Mutex<Part<'a, E>>> {
+    let ios: Vec<RowIo<'a, E>> = match io {
         InOut::Separate { x, y } => x
             .chunks(size)
             .zip(y.chunks_mut(size))
@@ -464,9 +474,9 @@ fn decisions_from(decisions: Decisions<'_>, first: usize) -> Decisions<'_> {
     }
 }
 
-fn run_keep(
+fn run_keep<E: Element>(
     ctx: &Context,
-    io: &mut InOut<'_>,
+    io: &mut InOut<'_, E>,
     decisions: Decisions<'_>,
     map: KeepMap,
     mask_out: Option<&mut [u8]>,
@@ -513,7 +523,13 @@ fn fill_mask(ctx: &Context, n: usize, keep: Keep, seed: u64, offset: u64, mask: 
 }
 
 /// Applies a (batch, channel) mask to a tensor of `shape`.
-fn apply_channel(ctx: &Context, shape: &Shape, io: &mut InOut<'_>, mask: &[u8], scale: f32) {
+fn apply_channel<E: Element>(
+    ctx: &Context,
+    shape: &Shape,
+    io: &mut InOut<'_, E>,
+    mask: &[u8],
+    scale: f32,
+) {
     let n = io.len();
     let (row_len, rows) = if shape.channels_innermost() {
         let rows = ChannelRows::Innermost {
@@ -545,7 +561,7 @@ fn apply_channel(ctx: &Context, shape: &Shape, io: &mut InOut<'_>, mask: &[u8], 
     });
 }
 
-fn run_gaussian(ctx: &Context, io: &mut InOut<'_>, p: f32, seed: u64, offset: u64) {
+fn run_gaussian<E: Element>(ctx: &Context, io: &mut InOut<'_, E>, p: f32, seed: u64, offset: u64) {
     if p == 0.0 {
         // sigma = 0: every factor is exactly 1.
         run_keep(
@@ -577,7 +593,13 @@ fn run_gaussian(ctx: &Context, io: &mut InOut<'_>, p: f32, seed: u64, offset: u6
     });
 }
 
-fn run_uniform(ctx: &Context, io: &mut InOut<'_>, beta: f32, seed: u64, offset: u64) {
+fn run_uniform<E: Element>(
+    ctx: &Context,
+    io: &mut InOut<'_, E>,
+    beta: f32,
+    seed: u64,
+    offset: u64,
+) {
     if beta == 0.0 {
         // r = 0: every factor is exactly 1.
         run_keep(
@@ -1137,7 +1159,7 @@ mod tests {
         assert_eq!(y, [7.0; 16]);
         assert_eq!(m, [9; 2]);
         // n = 0 reads no word: any offset is fine.
-        let io = InOut::separate(&[], &mut []).unwrap();
+        let io = InOut::<f32>::separate(&[], &mut []).unwrap();
         assert!(forward(&ctx, io, 0.5, 0, u64::MAX, None).is_ok());
     }
 }

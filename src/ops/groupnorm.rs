@@ -25,9 +25,10 @@ use crate::kernels::groupnorm::{
     GradSums, NcsGradApply, NcsGradSums, NcsGroupForward, NcsRows, NscGradApply, NscGradSums,
 };
 use crate::kernels::moments::{ChannelMoments, Moments, ROW_BLOCK, RowMoments};
-use crate::kernels::normalize::{ChannelAffine, NscAffine};
+use crate::kernels::normalize::{NscAffine, WideAffine, narrow_all, with_channel_affine};
 use crate::shape::{Layout, Shape, checked_elements};
-use crate::simd::{MAX_LANES, dispatch};
+use crate::simd::dispatch;
+use crate::simd::element::Element;
 
 pub use crate::io::BackwardIo;
 use crate::ops::batchnorm::check_affine;
@@ -85,12 +86,13 @@ pub(crate) fn check_backward(shape: &Shape, groups: usize) -> Result<()> {
 
 /// Group norm forward: statistics per (batch item, group), normalization with `gamma`, `beta`
 /// per channel (optional), and the saved mean and inverse standard deviation (optional, length
-/// `batch * groups`).
-pub fn forward(
+/// `batch * groups`). Data of any [`Element`] type (bf16, f16: widened on load, outputs rounded
+/// once; statistics those of the f32 call on the widened input).
+pub fn forward<E: Element>(
     ctx: &Context,
     shape: Shape,
     groups: usize,
-    io: InOut<'_>,
+    io: InOut<'_, E>,
     affine: Affine<'_>,
     eps: f32,
     saved: SavedStats<'_>,
@@ -100,11 +102,11 @@ pub fn forward(
 }
 
 /// The forward after the size and argument checks (shared with instance norm).
-pub(crate) fn forward_checked(
+pub(crate) fn forward_checked<E: Element>(
     ctx: &Context,
     shape: Shape,
     groups: usize,
-    mut io: InOut<'_>,
+    mut io: InOut<'_, E>,
     affine: Affine<'_>,
     eps: f32,
     saved: SavedStats<'_>,
@@ -140,14 +142,15 @@ pub(crate) fn forward_checked(
 /// Group norm backward from the saved statistics (required, length `batch * groups`): the input
 /// gradient (if `grad` carries `dx`), `dgamma = sum(dy * xhat)` and `dbeta = sum(dy)` per channel
 /// (each optional; zeros over no values). Per (batch item, group), with `g = dy * gamma[c]`:
-/// `dx = invstd * (g - mean(g) - xhat * mean(g * xhat))`.
+/// `dx = invstd * (g - mean(g) - xhat * mean(g * xhat))`. Data (`x`, `dy`,
+/// `dx`) of any [`Element`] type.
 #[allow(clippy::too_many_arguments)]
-pub fn backward(
+pub fn backward<E: Element>(
     ctx: &Context,
     shape: Shape,
     groups: usize,
-    x: &[f32],
-    mut grad: BackwardIo<'_>,
+    x: &[E],
+    mut grad: BackwardIo<'_, E>,
     gamma: Option<&[f32]>,
     save_mean: &[f32],
     save_invstd: &[f32],
@@ -231,25 +234,22 @@ fn stat_of(m: Moments, eps: f32) -> Stat {
     }
 }
 
-/// The affine map of channel `c` in a group with statistics `s`: `(shift, scale, offset)` with
-/// `shift = f32(mean)`, `scale = f32(gamma * invstd)` and the rest of the mean folded into
-/// `offset = beta - (mean - shift) * scale`.
-fn channel_params(s: Stat, affine: &Affine<'_>, c: usize) -> (f32, f32, f32) {
-    let gamma = affine.gamma.map_or(1.0, |g| g[c]);
-    let beta = affine.beta.map_or(0.0, |b| b[c]);
-    let scale = (gamma as f64 * s.invstd) as f32;
-    let shift = s.mean as f32;
-    let rest = s.mean - shift as f64;
-    let offset = (beta as f64 - rest * scale as f64) as f32;
-    (shift, scale, offset)
+/// The affine map of channel `c` in a group with statistics `s`, in `f64` (the kernels narrow
+/// it to `f32` where it fits, see [`WideAffine::narrow`]).
+fn channel_params(s: Stat, affine: &Affine<'_>, c: usize) -> WideAffine {
+    WideAffine {
+        mean: s.mean,
+        scale: affine.gamma.map_or(1.0, |g| g[c]) as f64 * s.invstd,
+        beta: affine.beta.map_or(0.0, |b| b[c]) as f64,
+    }
 }
 
 /// Normalizes `io` (non-empty) and returns the statistics per (batch item, group).
-fn forward_data(
+fn forward_data<E: Element>(
     ctx: &Context,
     shape: &Shape,
     groups: usize,
-    io: &mut InOut<'_>,
+    io: &mut InOut<'_, E>,
     affine: Affine<'_>,
     eps: f32,
 ) -> Vec<Stat> {
@@ -271,7 +271,7 @@ fn forward_data(
 
 /// Moments of `runs` contiguous runs of `run` values each (channels-first groups, or groups of
 /// an `(N, C)` matrix), in chunks of [`GROUP_CHUNK`] merged in order.
-fn run_moments(ctx: &Context, runs: usize, run: usize, x: &[f32]) -> Vec<Moments> {
+fn run_moments<E: Element>(ctx: &Context, runs: usize, run: usize, x: &[E]) -> Vec<Moments> {
     let isa = ctx.supported_isa();
     let chunks = run.div_ceil(GROUP_CHUNK);
     let partials = ctx.map(x.len(), runs * chunks, |i| {
@@ -300,7 +300,12 @@ fn row_chunk(channels: usize) -> usize {
 /// Channels-innermost group moments: per batch item, each channel's moments over the spatial
 /// rows (chunks of whole row blocks merged in order), then the channels of each group merged in
 /// order.
-fn nsc_group_moments(ctx: &Context, shape: &Shape, groups: usize, x: &[f32]) -> Vec<Moments> {
+fn nsc_group_moments<E: Element>(
+    ctx: &Context,
+    shape: &Shape,
+    groups: usize,
+    x: &[E],
+) -> Vec<Moments> {
     let (c, s) = (shape.channels, shape.spatial);
     let isa = ctx.supported_isa();
     let chunk = row_chunk(c);
@@ -336,11 +341,11 @@ fn nsc_group_moments(ctx: &Context, shape: &Shape, groups: usize, x: &[f32]) -> 
 
 /// Channels-first forward with groups of at most [`GROUP_CHUNK`] values: one task per (batch
 /// item, group) computes the group's moments and normalizes it while it is in cache.
-fn fused_ncs(
+fn fused_ncs<E: Element>(
     ctx: &Context,
     shape: &Shape,
     groups: usize,
-    io: &mut InOut<'_>,
+    io: &mut InOut<'_, E>,
     affine: Affine<'_>,
     eps: f32,
 ) -> Vec<Stat> {
@@ -348,7 +353,7 @@ fn fused_ncs(
     let per_group = c / groups;
     let isa = ctx.supported_isa();
     let elements = io.len();
-    let shared: SharedIo<'_> = io.share();
+    let shared: SharedIo<'_, E> = io.share();
     ctx.map(elements, shape.batch * groups, |i| {
         let (n, g) = (i / groups, i % groups);
         let first = n * c + g * per_group;
@@ -376,11 +381,11 @@ fn fused_ncs(
 
 /// Normalizes `io` with the statistics per (batch item, group), in parallel parts of about
 /// [`TASK_ELEMENTS`] whole rows.
-fn normalize(
+fn normalize<E: Element>(
     ctx: &Context,
     shape: &Shape,
     groups: usize,
-    io: &mut InOut<'_>,
+    io: &mut InOut<'_, E>,
     affine: Affine<'_>,
     stats: &[Stat],
 ) {
@@ -398,36 +403,30 @@ fn normalize(
         let r = k * rows_per_task..rows.min((k + 1) * rows_per_task);
         if innermost {
             // Rows of C values; row `r` belongs to batch item `r / spatial`.
-            let len = 2 * c + MAX_LANES;
-            let mut buf = vec![0f32; 3 * len];
             let mut row = r.start;
             while row < r.end {
                 let n = row / s;
                 let end = r.end.min((n + 1) * s);
-                let (shift, rest) = buf.split_at_mut(len);
-                let (scale, offset) = rest.split_at_mut(len);
-                for j in 0..len {
-                    let ch = j % c;
-                    let p = channel_params(stats[n * groups + ch / per_group], &affine, ch);
-                    (shift[j], scale[j], offset[j]) = p;
-                }
+                let fill = |shift: &mut [f32], scale: &mut [f32], offset: &mut [f32]| {
+                    let wide: Vec<WideAffine> = (0..c)
+                        .map(|ch| channel_params(stats[n * groups + ch / per_group], &affine, ch))
+                        .collect();
+                    narrow_all(&wide, shift, scale, offset)
+                };
                 // SAFETY: tasks cover disjoint row ranges.
                 let part = unsafe { shared.part(row * c..end * c) };
-                dispatch(
-                    isa,
-                    NscAffine {
-                        io: part,
-                        channels: c,
-                        params: ChannelAffine {
-                            shift,
-                            scale,
-                            offset,
-                            wide: &[],
+                with_channel_affine(c, fill, |params| {
+                    dispatch(
+                        isa,
+                        NscAffine {
+                            io: part,
+                            channels: c,
+                            params,
+                            relu: false,
+                            stream: false,
                         },
-                        relu: false,
-                        stream: false,
-                    },
-                );
+                    )
+                });
                 row = end;
             }
         } else {
@@ -478,12 +477,12 @@ impl GroupStats<'_> {
 
 /// Per (batch item, channel), index `n * C + c`: `sum(dy)` and `sum(dy * (x - mean))` over the
 /// spatial positions, with `mean` the saved mean of the channel's group.
-fn grad_sums(
+fn grad_sums<E: Element>(
     ctx: &Context,
     shape: &Shape,
     stats: &GroupStats<'_>,
-    x: &[f32],
-    dy: &[f32],
+    x: &[E],
+    dy: &[E],
 ) -> Vec<GradSums> {
     let (b, c, s) = (shape.batch, shape.channels, shape.spatial);
     let isa = ctx.supported_isa();
@@ -588,11 +587,11 @@ fn grad_coefficients(
 
 /// `dx = (x - mean) * b + (dy * a + k)` over the whole tensor, in parallel parts of about
 /// [`TASK_ELEMENTS`] whole rows.
-fn apply_grad(
+fn apply_grad<E: Element>(
     ctx: &Context,
     shape: &Shape,
-    x: &[f32],
-    io: &mut InOut<'_>,
+    x: &[E],
+    io: &mut InOut<'_, E>,
     coefficients: &[WideGrad],
 ) {
     let (c, s) = (shape.channels, shape.spatial);

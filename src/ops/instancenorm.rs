@@ -11,6 +11,7 @@ use crate::error::Result;
 use crate::io::InOut;
 use crate::ops::groupnorm::{self, Affine, SavedStats};
 use crate::shape::Shape;
+use crate::simd::element::Element;
 
 /// Checks an instance-norm forward (sizes, then `eps`).
 pub(crate) fn check_forward(shape: &Shape, eps: f32) -> Result<()> {
@@ -18,11 +19,11 @@ pub(crate) fn check_forward(shape: &Shape, eps: f32) -> Result<()> {
 }
 
 /// Instance norm forward: group norm forward with `groups = C` (for `C == 0`, a call without
-/// groups that does nothing).
-pub fn forward(
+/// groups that does nothing), on data of any [`Element`] type.
+pub fn forward<E: Element>(
     ctx: &Context,
     shape: Shape,
-    io: InOut<'_>,
+    io: InOut<'_, E>,
     affine: Affine<'_>,
     eps: f32,
     saved: SavedStats<'_>,

@@ -18,6 +18,7 @@ use crate::kernels::rownorm::{
     ColumnPass, ColumnSums, GradIo, ROW_BLOCK, RowsBackward, RowsForward,
 };
 use crate::shape::checked_elements;
+use crate::simd::element::Element;
 use crate::simd::{SupportedIsa, dispatch};
 
 /// Approximate elements per parallel task: tasks are runs of whole rows of about this size.
@@ -61,11 +62,15 @@ fn check_optional(name: &str, s: Option<&[f32]>, len: usize) -> Result<()> {
 
 /// Layer norm forward: every row normalized with its own mean and biased variance, then
 /// `y = xhat * gamma + beta`. Saves each row's mean and `invstd` where asked.
-pub fn forward(
+///
+/// `x` and `y` are `f32`, `bf16` or `f16`: inputs are widened exactly, each output is the `f32`
+/// result rounded once to the type; the saved statistics are those of the `f32` call on the
+/// widened input.
+pub fn forward<E: Element>(
     ctx: &Context,
     rows: usize,
     cols: usize,
-    io: InOut<'_>,
+    io: InOut<'_, E>,
     affine: Affine<'_>,
     eps: f32,
     saved: SavedStats<'_>,
@@ -94,13 +99,16 @@ pub fn forward(
 
 /// Layer norm backward from the saved statistics: `dx` (if `grad` is [`BackwardIo::WithDx`]),
 /// `dgamma = sum over rows of dy * xhat` and `dbeta = sum over rows of dy` (each optional).
+///
+/// `x`, `dy` and `dx` are `f32`, `bf16` or `f16` (all of one type): `dx` is the `f32` result on
+/// the widened inputs rounded once to the type; `dgamma` and `dbeta` are those of the `f32` call.
 #[allow(clippy::too_many_arguments)]
-pub fn backward(
+pub fn backward<E: Element>(
     ctx: &Context,
     rows: usize,
     cols: usize,
-    x: &[f32],
-    grad: BackwardIo<'_>,
+    x: &[E],
+    grad: BackwardIo<'_, E>,
     gamma: Option<&[f32]>,
     save_mean: &[f32],
     save_invstd: &[f32],
@@ -159,11 +167,11 @@ pub fn weight_standardize(
 // The data path, shared with RMS norm.
 
 /// Checks the lengths of a backward's inputs (`x`, `dy`: `n`; `gamma`: `cols`).
-pub(crate) fn check_backward_lens(
+pub(crate) fn check_backward_lens<E: Element>(
     cols: usize,
     n: usize,
-    x: &[f32],
-    grad: &BackwardIo<'_>,
+    x: &[E],
+    grad: &BackwardIo<'_, E>,
     gamma: Option<&[f32]>,
 ) -> Result<()> {
     check_len("x", x, n)?;
@@ -206,10 +214,10 @@ unsafe fn rows_of<'a>(
 }
 
 /// The forward over all rows, in tasks of whole rows fixed by the shape.
-pub(crate) fn rows_forward(
+pub(crate) fn rows_forward<E: Element>(
     ctx: &Context,
     call: RowsCall,
-    mut io: InOut<'_>,
+    mut io: InOut<'_, E>,
     affine: Affine<'_>,
     save_mean: Option<&mut [f32]>,
     save_inv: Option<&mut [f32]>,
@@ -262,12 +270,12 @@ pub(crate) fn rows_forward(
 
 /// The backward over all rows. `mean` is `None` for RMS norm.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn rows_backward(
+pub(crate) fn rows_backward<E: Element>(
     ctx: &Context,
     rows: usize,
     cols: usize,
-    x: &[f32],
-    mut grad: BackwardIo<'_>,
+    x: &[E],
+    mut grad: BackwardIo<'_, E>,
     gamma: Option<&[f32]>,
     mean: Option<&[f32]>,
     inv: &[f32],
@@ -296,7 +304,7 @@ pub(crate) fn rows_backward(
         inv,
     };
     let want_dx = matches!(grad, BackwardIo::WithDx(_));
-    let dy_only: &[f32];
+    let dy_only: &[E];
     let mut shared_holder = None;
     match &mut grad {
         BackwardIo::DyOnly(dy) => dy_only = dy,
@@ -308,7 +316,7 @@ pub(crate) fn rows_backward(
     let shared = shared_holder.as_ref();
     // The gradient of rows `r`.
     // SAFETY (callers): tasks take disjoint row ranges.
-    let grad_of = |r: &std::ops::Range<usize>| -> GradIo<'_> {
+    let grad_of = |r: &std::ops::Range<usize>| -> GradIo<'_, E> {
         match shared {
             // SAFETY: see above.
             Some(s) => GradIo::Dx(unsafe { s.part(r.start * cols..r.end * cols) }),
@@ -437,18 +445,18 @@ pub(crate) fn rows_backward(
 }
 
 /// What every backward task shares.
-struct BackwardJob<'p> {
+struct BackwardJob<'p, E> {
     isa: SupportedIsa,
     cols: usize,
-    x: &'p [f32],
+    x: &'p [E],
     gamma: Option<&'p [f32]>,
     mean: Option<&'p [f32]>,
     inv: &'p [f32],
 }
 
-impl BackwardJob<'_> {
+impl<E: Element> BackwardJob<'_, E> {
     /// The backward kernel over the rows `r`.
-    fn run(&self, r: std::ops::Range<usize>, grad: GradIo<'_>, sums: Option<ColumnSums<'_>>) {
+    fn run(&self, r: std::ops::Range<usize>, grad: GradIo<'_, E>, sums: Option<ColumnSums<'_>>) {
         let cols = self.cols;
         dispatch(
             self.isa,

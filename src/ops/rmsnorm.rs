@@ -14,13 +14,17 @@ use crate::batchnorm::Affine;
 use crate::context::Context;
 use crate::error::{Result, check_len};
 use crate::io::InOut;
+use crate::simd::element::Element;
 
 /// RMS norm forward; saves each row's `invrms` where asked.
-pub fn forward(
+///
+/// `x` and `y` are `f32`, `bf16` or `f16`: inputs are widened exactly, each output is the `f32`
+/// result rounded once to the type; `save_invrms` is that of the `f32` call on the widened input.
+pub fn forward<E: Element>(
     ctx: &Context,
     rows: usize,
     cols: usize,
-    io: InOut<'_>,
+    io: InOut<'_, E>,
     gamma: Option<&[f32]>,
     eps: f32,
     save_invrms: Option<&mut [f32]>,
@@ -51,13 +55,16 @@ pub fn forward(
 
 /// RMS norm backward from the saved `invrms`: `dx` (if `grad` is [`BackwardIo::WithDx`]) and
 /// `dgamma = sum over rows of dy * x * invrms` (optional).
+///
+/// `x`, `dy` and `dx` are `f32`, `bf16` or `f16` (all of one type): `dx` is the `f32` result on
+/// the widened inputs rounded once to the type; `dgamma` is that of the `f32` call.
 #[allow(clippy::too_many_arguments)]
-pub fn backward(
+pub fn backward<E: Element>(
     ctx: &Context,
     rows: usize,
     cols: usize,
-    x: &[f32],
-    grad: BackwardIo<'_>,
+    x: &[E],
+    grad: BackwardIo<'_, E>,
     gamma: Option<&[f32]>,
     save_invrms: &[f32],
     dgamma: Option<&mut [f32]>,

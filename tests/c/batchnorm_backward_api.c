@@ -1,7 +1,8 @@
 /*
  * The batch-norm backward functions of include/normkit.h, checked from C (and, compiled as C++,
  * from C++): nk_batchnorm_backward, nk_batchnorm_backward_reduce and
- * nk_batchnorm_backward_apply.
+ * nk_batchnorm_backward_apply; and the bf16 and f16 twins of every batch-norm function,
+ * against the float functions.
  *
  * Each result is compared with a naive double-precision loop written in this file. Cases run in
  * both layouts, on every ISA the CPU has, on 1- and 3-thread contexts and on the default (NULL)
@@ -421,6 +422,149 @@ static void check_errors(int layout) {
     }
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* The bf16 and f16 twins of the batch-norm functions, against the float functions on the      */
+/* widened data: outputs within one rounding of the type, statistics bitwise.                  */
+
+static float bits_to_float(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static float bf16_to_float(nk_bf16 h) { return bits_to_float((uint32_t)h.bits << 16); }
+
+static float f16_to_float(nk_f16 h) {
+    unsigned e = (h.bits >> 10) & 0x1fu, m = h.bits & 0x3ffu;
+    double v = e == 0 ? ldexp((double)m, -24) : ldexp((double)(m | 0x400u), (int)e - 25);
+    if (e == 31) {
+        v = m == 0 ? HUGE_VAL : NAN;
+    }
+    return (float)((h.bits & 0x8000u) ? -v : v);
+}
+
+/* Random values in about [1/4, 8) with either sign: bits of the type, exponent chosen. */
+static nk_bf16 random_bf16(void) {
+    nk_bf16 h;
+    unsigned sign = uniform() < 0.5 ? 0x8000u : 0u;
+    unsigned e = 125u + (unsigned)(uniform() * 5.0), m = (unsigned)(uniform() * 128.0) & 0x7fu;
+    h.bits = (uint16_t)(sign | (e << 7) | m);
+    return h;
+}
+
+static nk_f16 random_f16(void) {
+    nk_f16 h;
+    unsigned sign = uniform() < 0.5 ? 0x8000u : 0u;
+    unsigned e = 13u + (unsigned)(uniform() * 5.0), m = (unsigned)(uniform() * 1024.0) & 0x3ffu;
+    h.bits = (uint16_t)(sign | (e << 10) | m);
+    return h;
+}
+
+/* Within half a unit in the last place of the type: 2^-8 relative for bf16, 2^-11 for f16. */
+static int rounded_from(double h, double want, double rel) {
+    if (want != want) {
+        return h != h;
+    }
+    return fabs(h - want) <= rel * fabs(want) + 3e-8;
+}
+
+#define HALF_TWINS(T, SUF, TO_FLOAT, RANDOM, REL)                                                 \
+    do {                                                                                         \
+        enum { NB = 3, NC = 5, NS = 7, NN = NB * NC * NS };                                      \
+        nk_shape shape;                                                                          \
+        T xh[NN], dyh[NN], yh[NN];                                                               \
+        float xf[NN], dyf[NN], yf[NN], gamma[NC], beta[NC], mean[NC], var[NC];                   \
+        float rm[2][NC], rv[2][NC], sm[2][NC], si[2][NC], dg[2][NC], db[2][NC];                  \
+        double m[2][NC], m2[2][NC], s1[2][NC], s2[2][NC];                                        \
+        size_t i;                                                                                \
+        shape.batch = NB;                                                                        \
+        shape.channels = NC;                                                                     \
+        shape.spatial = NS;                                                                      \
+        shape.layout = (nk_layout)layout;                                                        \
+        for (i = 0; i < (size_t)NN; i++) {                                                       \
+            xh[i] = RANDOM();                                                                    \
+            dyh[i] = RANDOM();                                                                   \
+            xf[i] = TO_FLOAT(xh[i]);                                                             \
+            dyf[i] = TO_FLOAT(dyh[i]);                                                           \
+        }                                                                                        \
+        for (i = 0; i < (size_t)NC; i++) {                                                       \
+            gamma[i] = (float)(0.5 + uniform());                                                 \
+            beta[i] = (float)normal();                                                           \
+            mean[i] = (float)normal();                                                           \
+            var[i] = (float)(1.0 + uniform());                                                   \
+            rm[0][i] = rm[1][i] = 0.0f;                                                          \
+            rv[0][i] = rv[1][i] = 1.0f;                                                          \
+        }                                                                                        \
+        CHECK(nk_batchnorm_forward_training(NULL, shape, xf, yf, gamma, beta, 1e-5f, 0.1f, 0,    \
+                                            rm[0], rv[0], sm[0], si[0]) == NK_OK &&              \
+                  nk_batchnorm_forward_training##SUF(NULL, shape, xh, yh, gamma, beta, 1e-5f,    \
+                                                     0.1f, 0, rm[1], rv[1], sm[1],               \
+                                                     si[1]) == NK_OK,                            \
+              "forward_training" #SUF);                                                          \
+        for (i = 0; i < (size_t)NN; i++) {                                                       \
+            CHECK(rounded_from(TO_FLOAT(yh[i]), yf[i], REL), "forward_training" #SUF " y");     \
+        }                                                                                        \
+        CHECK(same_bytes(rm[0], rm[1], sizeof rm[0]) && same_bytes(rv[0], rv[1], sizeof rv[0]) && \
+                  same_bytes(sm[0], sm[1], sizeof sm[0]) &&                                      \
+                  same_bytes(si[0], si[1], sizeof si[0]),                                        \
+              "forward_training" #SUF " statistics");                                            \
+        CHECK(nk_batchnorm_forward_inference(NULL, shape, xf, yf, gamma, beta, mean, var, 1e-3f, \
+                                             NK_BN_FUSE_RELU) == NK_OK &&                        \
+                  nk_batchnorm_forward_inference##SUF(NULL, shape, xh, yh, gamma, beta, mean,    \
+                                                      var, 1e-3f, NK_BN_FUSE_RELU) == NK_OK,     \
+              "forward_inference" #SUF);                                                         \
+        for (i = 0; i < (size_t)NN; i++) {                                                       \
+            CHECK(rounded_from(TO_FLOAT(yh[i]), yf[i], REL), "forward_inference" #SUF " y");    \
+        }                                                                                        \
+        CHECK(nk_moments(NULL, shape, xf, m[0], m2[0]) == NK_OK &&                               \
+                  nk_moments##SUF(NULL, shape, xh, m[1], m2[1]) == NK_OK &&                      \
+                  same_bytes(m[0], m[1], sizeof m[0]) && same_bytes(m2[0], m2[1], sizeof m2[0]), \
+              "moments" #SUF);                                                                   \
+        CHECK(nk_batchnorm_forward_from_moments(NULL, shape, xf, yf, gamma, beta, 2 * NB * NS,   \
+                                                m[0], m2[0], 1e-5f, 0.5f, 0, rm[0], rv[0],       \
+                                                sm[0], si[0]) == NK_OK &&                        \
+                  nk_batchnorm_forward_from_moments##SUF(NULL, shape, xh, yh, gamma, beta,       \
+                                                         2 * NB * NS, m[0], m2[0], 1e-5f, 0.5f,  \
+                                                         0, rm[1], rv[1], sm[1],                 \
+                                                         si[1]) == NK_OK,                        \
+              "forward_from_moments" #SUF);                                                      \
+        for (i = 0; i < (size_t)NN; i++) {                                                       \
+            CHECK(rounded_from(TO_FLOAT(yh[i]), yf[i], REL), "forward_from_moments" #SUF " y"); \
+        }                                                                                        \
+        CHECK(same_bytes(rm[0], rm[1], sizeof rm[0]) && same_bytes(si[0], si[1], sizeof si[0]), \
+              "forward_from_moments" #SUF " statistics");                                        \
+        CHECK(nk_batchnorm_backward(NULL, shape, xf, dyf, yf, gamma, sm[0], si[0], dg[0],        \
+                                    db[0]) == NK_OK &&                                           \
+                  nk_batchnorm_backward##SUF(NULL, shape, xh, dyh, yh, gamma, sm[0], si[0],      \
+                                             dg[1], db[1]) == NK_OK,                             \
+              "backward" #SUF);                                                                  \
+        for (i = 0; i < (size_t)NN; i++) {                                                       \
+            CHECK(rounded_from(TO_FLOAT(yh[i]), yf[i], REL), "backward" #SUF " dx");            \
+        }                                                                                        \
+        CHECK(same_bytes(dg[0], dg[1], sizeof dg[0]) && same_bytes(db[0], db[1], sizeof db[0]), \
+              "backward" #SUF " dgamma, dbeta");                                                 \
+        CHECK(nk_batchnorm_backward_reduce(NULL, shape, xf, dyf, sm[0], si[0], s1[0], s2[0]) ==  \
+                      NK_OK &&                                                                   \
+                  nk_batchnorm_backward_reduce##SUF(NULL, shape, xh, dyh, sm[0], si[0], s1[1],   \
+                                                    s2[1]) == NK_OK &&                           \
+                  same_bytes(s1[0], s1[1], sizeof s1[0]) &&                                      \
+                  same_bytes(s2[0], s2[1], sizeof s2[0]),                                        \
+              "backward_reduce" #SUF);                                                           \
+        CHECK(nk_batchnorm_backward_apply(NULL, shape, xf, dyf, yf, gamma, sm[0], si[0],         \
+                                          3 * NB * NS, s1[0], s2[0]) == NK_OK &&                 \
+                  nk_batchnorm_backward_apply##SUF(NULL, shape, xh, dyh, yh, gamma, sm[0],       \
+                                                   si[0], 3 * NB * NS, s1[0], s2[0]) == NK_OK,   \
+              "backward_apply" #SUF);                                                            \
+        for (i = 0; i < (size_t)NN; i++) {                                                       \
+            CHECK(rounded_from(TO_FLOAT(yh[i]), yf[i], REL), "backward_apply" #SUF " dx");      \
+        }                                                                                        \
+    } while (0)
+
+static void check_half_twins(int layout) {
+    HALF_TWINS(nk_bf16, _bf16, bf16_to_float, random_bf16, 1.0 / 256.0);
+    HALF_TWINS(nk_f16, _f16, f16_to_float, random_f16, 1.0 / 2048.0);
+}
+
 int main(void) {
     static const nk_isa isas[] = {NK_ISA_PORTABLE, NK_ISA_AVX2, NK_ISA_AVX512, NK_ISA_NEON};
     static const size_t dims[][3] = {{3, 5, 37}, {4, 9, 1000}, {7, 1, 1}, {2, 70, 3}};
@@ -467,6 +611,8 @@ int main(void) {
         }
         snprintf(g_case, sizeof g_case, "errors, layout %d", layout);
         check_errors(layout);
+        snprintf(g_case, sizeof g_case, "bf16 and f16 twins, layout %d", layout);
+        check_half_twins(layout);
     }
     printf("batchnorm_backward_api: %d checks, %d failures\n", g_checks, g_failures);
     return g_failures == 0 ? 0 : 1;

@@ -703,6 +703,281 @@ static void test_errors(nk_context *ctx, const char *ctx_name) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
+/* Half-precision twins (_bf16, _f16)                                                           */
+
+enum dk_half { HALF_BF16, HALF_F16 };
+static const char *const k_half_names[2] = {"bf16", "f16"};
+
+/* float to bf16 or f16 bits, to nearest, ties to even; NaN quiet with its upper payload;
+ * beyond the range: infinity; f16 subnormals kept. */
+static uint16_t half_from_float(int type, float v) {
+    uint32_t b = bits_of(v);
+    uint32_t a = b & 0x7FFFFFFFu;
+    if (type == HALF_BF16) {
+        if (a > 0x7F800000u) {
+            return (uint16_t)((b >> 16) | 0x40u);
+        }
+        return (uint16_t)((b + 0x7FFFu + ((b >> 16) & 1u)) >> 16);
+    }
+    uint16_t sign = (uint16_t)((b >> 16) & 0x8000u);
+    if (a > 0x7F800000u) {
+        return (uint16_t)(sign | 0x7E00u | ((a >> 13) & 0x3FFu));
+    }
+    if (a >= 0x477FF000u) { /* 65520 and up: infinity */
+        return (uint16_t)(sign | 0x7C00u);
+    }
+    if (a < 0x38800000u) { /* below 2^-14: a multiple of 2^-24, rounded to nearest even */
+        double units = rint((double)fabsf(v) * 16777216.0);
+        return (uint16_t)(sign | (uint16_t)units);
+    }
+    uint32_t r = (a + 0xFFFu + ((a >> 13) & 1u)) >> 13;
+    return (uint16_t)(sign | (uint16_t)(r - ((127u - 15u) << 10)));
+}
+
+/* bf16 or f16 bits widened to float, exactly (NaN quiet). */
+static float half_to_float(int type, uint16_t h) {
+    uint32_t b;
+    if (type == HALF_BF16) {
+        b = (uint32_t)h << 16;
+    } else {
+        uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+        uint32_t e = (h >> 10) & 0x1Fu, m = h & 0x3FFu;
+        if (e == 31) {
+            b = sign | 0x7F800000u | (m << 13) | (m ? 0x00400000u : 0u);
+        } else {
+            float mag = e == 0 ? ldexpf((float)m, -24) : ldexpf((float)(m | 0x400u), (int)e - 25);
+            b = sign | bits_of(mag);
+        }
+    }
+    float v;
+    memcpy(&v, &b, sizeof v);
+    return v;
+}
+
+/* The same half: the same bits, or both NaN. */
+static int same_half(int type, uint16_t a, uint16_t b) {
+    return a == b || (isnan(half_to_float(type, a)) && isnan(half_to_float(type, b)));
+}
+
+/* One call of the twin of type `type` of an elementwise `op` (or, op 4, channel dropout over
+ * `sh`): src and dst hold bits (dst == src: in place). */
+static nk_status call_half(int type, int op, int backward, nk_context *ctx, size_t n,
+                           nk_shape sh, const uint16_t *src, uint16_t *dst, float param,
+                           uint64_t seed, uint64_t offset, uint8_t *mask) {
+    int in_place = src == dst;
+    nk_status s;
+    if (type == HALF_BF16) {
+        nk_bf16 *x = (nk_bf16 *)xmalloc(n * sizeof(nk_bf16));
+        nk_bf16 *y = in_place ? x : (nk_bf16 *)xmalloc(n * sizeof(nk_bf16));
+        for (size_t i = 0; i < n; i++) {
+            x[i].bits = src[i];
+        }
+        switch (op) {
+        case OP_DROPOUT:
+            s = backward ? nk_dropout_backward_bf16(ctx, n, x, y, param, seed, offset, mask)
+                         : nk_dropout_forward_bf16(ctx, n, x, y, param, seed, offset, mask);
+            break;
+        case OP_ALPHA:
+            s = backward ? nk_alpha_dropout_backward_bf16(ctx, n, x, y, param, seed, offset, mask)
+                         : nk_alpha_dropout_forward_bf16(ctx, n, x, y, param, seed, offset, mask);
+            break;
+        case OP_GAUSSIAN:
+            s = backward ? nk_gaussian_dropout_backward_bf16(ctx, n, x, y, param, seed, offset)
+                         : nk_gaussian_dropout_forward_bf16(ctx, n, x, y, param, seed, offset);
+            break;
+        case OP_UNIFORM:
+            s = backward ? nk_uniform_dropout_backward_bf16(ctx, n, x, y, param, seed, offset)
+                         : nk_uniform_dropout_forward_bf16(ctx, n, x, y, param, seed, offset);
+            break;
+        default:
+            s = backward
+                    ? nk_channel_dropout_backward_bf16(ctx, sh, x, y, param, seed, offset, mask)
+                    : nk_channel_dropout_forward_bf16(ctx, sh, x, y, param, seed, offset, mask);
+            break;
+        }
+        for (size_t i = 0; i < n; i++) {
+            dst[i] = y[i].bits;
+        }
+        if (!in_place) {
+            free(y);
+        }
+        free(x);
+    } else {
+        nk_f16 *x = (nk_f16 *)xmalloc(n * sizeof(nk_f16));
+        nk_f16 *y = in_place ? x : (nk_f16 *)xmalloc(n * sizeof(nk_f16));
+        for (size_t i = 0; i < n; i++) {
+            x[i].bits = src[i];
+        }
+        switch (op) {
+        case OP_DROPOUT:
+            s = backward ? nk_dropout_backward_f16(ctx, n, x, y, param, seed, offset, mask)
+                         : nk_dropout_forward_f16(ctx, n, x, y, param, seed, offset, mask);
+            break;
+        case OP_ALPHA:
+            s = backward ? nk_alpha_dropout_backward_f16(ctx, n, x, y, param, seed, offset, mask)
+                         : nk_alpha_dropout_forward_f16(ctx, n, x, y, param, seed, offset, mask);
+            break;
+        case OP_GAUSSIAN:
+            s = backward ? nk_gaussian_dropout_backward_f16(ctx, n, x, y, param, seed, offset)
+                         : nk_gaussian_dropout_forward_f16(ctx, n, x, y, param, seed, offset);
+            break;
+        case OP_UNIFORM:
+            s = backward ? nk_uniform_dropout_backward_f16(ctx, n, x, y, param, seed, offset)
+                         : nk_uniform_dropout_forward_f16(ctx, n, x, y, param, seed, offset);
+            break;
+        default:
+            s = backward
+                    ? nk_channel_dropout_backward_f16(ctx, sh, x, y, param, seed, offset, mask)
+                    : nk_channel_dropout_forward_f16(ctx, sh, x, y, param, seed, offset, mask);
+            break;
+        }
+        for (size_t i = 0; i < n; i++) {
+            dst[i] = y[i].bits;
+        }
+        if (!in_place) {
+            free(y);
+        }
+        free(x);
+    }
+    return s;
+}
+
+/* The float function of the same call (op 4: channel dropout). */
+static nk_status call_float(int op, int backward, nk_context *ctx, size_t n, nk_shape sh,
+                            const float *src, float *dst, float param, uint64_t seed,
+                            uint64_t offset, uint8_t *mask) {
+    if (op == 4) {
+        return backward
+                   ? nk_channel_dropout_backward(ctx, sh, src, dst, param, seed, offset, mask)
+                   : nk_channel_dropout_forward(ctx, sh, src, dst, param, seed, offset, mask);
+    }
+    return call_op(op, backward, ctx, n, src, dst, param, seed, offset, mask);
+}
+
+/* Every twin against its float function: the twin's output is the float function's output on
+ * the widened input, rounded once to the type; masks the same bytes. Forward, backward made
+ * again and from the forward's mask; in place and out of place. */
+static void test_half_twins(nk_context *ctx, const char *ctx_name) {
+    static const size_t sizes[] = {1, 7, 33, 1000, 70001};
+    static const float specials[] = {NAN,      INFINITY, -INFINITY, -0.0f,     65504.0f,
+                                     52416.0f, 65520.0f, 5.96e-8f,  6.097e-5f, 9.2e-41f};
+    for (int type = 0; type < 2; type++) {
+        for (int op = 0; op < 5; op++) {
+            for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+                size_t n = sizes[k];
+                nk_shape sh = make_shape(1, n, 1, NK_LAYOUT_NCS);
+                if (op == 4 && n > 33) {
+                    sh = n == 1000 ? make_shape(2, 5, 100, NK_LAYOUT_NSC)
+                                   : make_shape(7, 73, 137, NK_LAYOUT_NCS);
+                    n = sh.batch * sh.channels * sh.spatial;
+                }
+                size_t mbytes = mask_bytes(op == 4 ? sh.batch * sh.channels : n);
+                float param = op == OP_UNIFORM ? 0.75f : 0.2f;
+                uint64_t seed = next_u64();
+                uint64_t offset = ((uint64_t)1 << 40) + 3 + k;
+                set_case("%s twin of %s, n %zu, %s", k_half_names[type],
+                         op == 4 ? "channel dropout" : k_op_names[op], n, ctx_name);
+                uint16_t *x = (uint16_t *)xmalloc(n * sizeof(uint16_t));
+                uint16_t *y = (uint16_t *)xmalloc(n * sizeof(uint16_t));
+                float *xf = alloc_f32(n), *yf = alloc_f32(n);
+                uint8_t *mask = alloc_u8(mbytes), *mask_f = alloc_u8(mbytes);
+                fill(xf, n, 1);
+                for (size_t i = 0; i < n; i++) {
+                    if (i % 7 == 3) {
+                        xf[i] = specials[(i / 7) % (sizeof specials / sizeof specials[0])];
+                    } else if (i % 3 == 0) {
+                        xf[i] *= 300.0f;
+                    }
+                    x[i] = half_from_float(type, xf[i]);
+                    xf[i] = half_to_float(type, x[i]);
+                }
+                for (int backward = 0; backward < 3; backward++) {
+                    /* 0: forward, 1: backward made again, 2: backward from the mask. */
+                    int masked = op == OP_DROPOUT || op == OP_ALPHA || op == 4;
+                    if (backward == 2 && !masked) {
+                        continue;
+                    }
+                    uint8_t *m = masked && backward != 1 ? mask : NULL;
+                    uint8_t *mf = masked && backward != 1 ? mask_f : NULL;
+                    if (backward == 0 && masked) {
+                        memset(mask, 0xA5, mbytes);
+                        memset(mask_f, 0x5A, mbytes);
+                    }
+                    poison(yf, n);
+                    EXPECT_OK(call_float(op, backward > 0, ctx, n, sh, xf, yf, param, seed,
+                                         offset, mf),
+                              "float function");
+                    for (int in_place = 0; in_place < 2; in_place++) {
+                        uint16_t *dst = y;
+                        if (in_place) {
+                            memcpy(y, x, n * sizeof(uint16_t));
+                        } else {
+                            memset(y, 0x7f, n * sizeof(uint16_t));
+                        }
+                        EXPECT_OK(call_half(type, op, backward > 0, ctx, n, sh,
+                                            in_place ? dst : x, dst, param, seed, offset, m),
+                                  "twin");
+                        size_t d = n;
+                        for (size_t i = 0; i < n && d == n; i++) {
+                            if (!same_half(type, y[i], half_from_float(type, yf[i]))) {
+                                d = i;
+                            }
+                        }
+                        CHECK(d == n, "%s (in place %d): element %zu is %#x, want %#x",
+                              backward == 0 ? "forward" : "backward", in_place, d,
+                              d < n ? (unsigned)y[d] : 0u,
+                              d < n ? (unsigned)half_from_float(type, yf[d]) : 0u);
+                        if (backward == 0 && masked) {
+                            CHECK(memcmp(mask, mask_f, mbytes) == 0, "forward: mask");
+                        }
+                    }
+                }
+                free(x);
+                free(y);
+                free(xf);
+                free(yf);
+                free(mask);
+                free(mask_f);
+            }
+        }
+    }
+    /* The error contract: odd addresses, overlap, NULL; nothing written. */
+    set_case("twins' errors, %s", ctx_name);
+    nk_bf16 *b = (nk_bf16 *)xmalloc(40 * sizeof(nk_bf16));
+    nk_f16 *h = (nk_f16 *)xmalloc(40 * sizeof(nk_f16));
+    memset(b, 0, 40 * sizeof(nk_bf16));
+    memset(h, 0, 40 * sizeof(nk_f16));
+    unsigned char *raw = (unsigned char *)xmalloc(64);
+    memset(raw, 0, 64);
+    EXPECT_STATUS(nk_dropout_forward_bf16(ctx, 8, (const nk_bf16 *)(void *)(raw + 1), b, 0.5f, 1,
+                                          0, NULL),
+                  NK_ERR_MISALIGNED, "bf16: odd x");
+    EXPECT_STATUS(nk_dropout_forward_f16(ctx, 8, h, (nk_f16 *)(void *)(raw + 1), 0.5f, 1, 0, NULL),
+                  NK_ERR_MISALIGNED, "f16: odd y");
+    EXPECT_STATUS(nk_dropout_forward_bf16(ctx, 8, b, b + 1, 0.5f, 1, 0, NULL), NK_ERR_ALIAS,
+                  "bf16: y overlapping x");
+    EXPECT_STATUS(nk_uniform_dropout_forward_f16(ctx, 8, h + 3, h, 0.5f, 1, 0), NK_ERR_ALIAS,
+                  "f16: y overlapping x");
+    EXPECT_OK(nk_dropout_forward_bf16(ctx, 8, b, b + 8, 0.5f, 1, 0, NULL),
+              "bf16: y right after x (2 bytes each)");
+    EXPECT_STATUS(nk_gaussian_dropout_backward_bf16(ctx, 8, NULL, b, 0.5f, 1, 0),
+                  NK_ERR_NULL_POINTER, "bf16: NULL dy");
+    EXPECT_STATUS(nk_alpha_dropout_backward_f16(ctx, 8, h, NULL, 0.5f, 1, 0, NULL),
+                  NK_ERR_NULL_POINTER, "f16: NULL dx");
+    int untouched = 1;
+    for (size_t i = 0; i < 40; i++) {
+        untouched &= h[i].bits == 0;
+    }
+    for (size_t i = 0; i < 64; i++) {
+        untouched &= raw[i] == 0;
+    }
+    CHECK(untouched, "a twin wrote on error");
+    free(b);
+    free(h);
+    free(raw);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 
 int main(void) {
     test_philox();
@@ -769,6 +1044,8 @@ int main(void) {
         snprintf(what, sizeof what, "%s vs portable", isa_names[i]);
         test_same_bits(one[i], one[0], what, i == 0);
         test_errors(one[i], name);
+        test_half_twins(one[i], name);
+        test_half_twins(three[i], "3 threads");
     }
     test_errors(NULL, "default context");
     test_op(NULL, "default context", OP_DROPOUT, 100000, 0.25f, 1, 2);

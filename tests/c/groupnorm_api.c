@@ -268,6 +268,152 @@ static void test_errors(void) {
     for (int i = 0; i < C; i++) CHECK(dg[i] == 0.0f, "dgamma over no values is 0");
 }
 
+/* ---- bf16 and f16 twins ----------------------------------------------------------------- */
+
+static uint32_t float_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static float bits_float(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* Round to nearest, ties to even; NaN stays a quiet NaN. */
+static nk_bf16 to_bf16(float f) {
+    uint32_t u = float_bits(f);
+    nk_bf16 h;
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        h.bits = (uint16_t)((u >> 16) | 0x40u);
+    } else {
+        h.bits = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    }
+    return h;
+}
+
+static float from_bf16(nk_bf16 h) { return bits_float((uint32_t)h.bits << 16); }
+
+static nk_f16 to_f16(float f) {
+    uint32_t u = float_bits(f);
+    uint32_t sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    nk_f16 h;
+    if (a > 0x7f800000u) {
+        h.bits = (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+    } else if (a >= 0x477ff000u) {
+        h.bits = (uint16_t)(sign | 0x7c00u); /* 65520 and above round to infinity */
+    } else if (a < 0x38800000u) {
+        /* Subnormal (or zero): units of 2^-24, exact in float, rounded to nearest even. */
+        h.bits = (uint16_t)(sign | (uint32_t)nearbyintf(fabsf(f) * 16777216.0f));
+    } else {
+        uint32_t m = a + 0x0fffu + ((a >> 13) & 1u) - 0x38000000u;
+        h.bits = (uint16_t)(sign | (m >> 13));
+    }
+    return h;
+}
+
+static float from_f16(nk_f16 h) {
+    uint32_t e = (h.bits >> 10) & 0x1fu, m = h.bits & 0x3ffu;
+    float v;
+    if (e == 0) {
+        v = ldexpf((float)m, -24);
+    } else if (e == 31) {
+        v = m ? NAN : INFINITY;
+    } else {
+        v = ldexpf((float)(m | 0x400u), (int)e - 25);
+    }
+    return (h.bits & 0x8000u) ? -v : v;
+}
+
+/* The twins on a small shape, both layouts: each output is the float function's on the widened
+ * input, rounded once; statistics and parameter gradients bitwise the float ones. */
+static void test_halves(nk_context *ctx) {
+    enum { B = 2, C = 6, S = 7, G = 3, LEN = B * C * S };
+    uint64_t state = g_state; /* the other tests' data stay as they were */
+    for (int l = 0; l < 2; l++) {
+        nk_shape s = {B, C, S, l == 0 ? NK_LAYOUT_NCS : NK_LAYOUT_NSC};
+        nk_bf16 xb[LEN], dyb[LEN], yb[LEN], dxb[LEN];
+        nk_f16 xh[LEN], dyh[LEN], yh[LEN], dxh[LEN];
+        float xw[LEN], dyw[LEN], y[LEN], dx[LEN], gamma[C], beta[C];
+        float m[B * C], is[B * C], mh[B * C], ish[B * C], dg[C], db[C], dgh[C], dbh[C];
+        for (int c = 0; c < C; c++) {
+            gamma[c] = (float)(0.5 + uniform01());
+            beta[c] = (float)(uniform01() - 0.5);
+        }
+        for (int t = 0; t < 2; t++) { /* 0: bf16, 1: f16 */
+            for (int i = 0; i < LEN; i++) {
+                float v = (float)((t == 0 ? 1000.0 : 100.0) + normal());
+                float d = (float)normal();
+                if (t == 0) {
+                    xb[i] = to_bf16(v);
+                    dyb[i] = to_bf16(d);
+                    xw[i] = from_bf16(xb[i]);
+                    dyw[i] = from_bf16(dyb[i]);
+                } else {
+                    xh[i] = to_f16(v);
+                    dyh[i] = to_f16(d);
+                    xw[i] = from_f16(xh[i]);
+                    dyw[i] = from_f16(dyh[i]);
+                }
+            }
+            const char *name = t == 0 ? "bf16" : "f16";
+            /* Group norm forward. */
+            CHECK(nk_groupnorm_forward(ctx, s, G, xw, y, gamma, beta, 1e-5f, m, is) == NK_OK,
+                  "float groupnorm forward");
+            nk_status st = t == 0 ? nk_groupnorm_forward_bf16(ctx, s, G, xb, yb, gamma, beta,
+                                                              1e-5f, mh, ish)
+                                  : nk_groupnorm_forward_f16(ctx, s, G, xh, yh, gamma, beta,
+                                                             1e-5f, mh, ish);
+            CHECK(st == NK_OK, "%s groupnorm forward", name);
+            for (int i = 0; i < LEN; i++) {
+                int ok = t == 0 ? yb[i].bits == to_bf16(y[i]).bits : yh[i].bits == to_f16(y[i]).bits;
+                CHECK(ok, "%s groupnorm forward y[%d]", name, i);
+            }
+            CHECK(same_bits(m, mh, B * G) && same_bits(is, ish, B * G), "%s groupnorm saves",
+                  name);
+            /* Group norm backward. */
+            CHECK(nk_groupnorm_backward(ctx, s, G, xw, dyw, dx, gamma, m, is, dg, db) == NK_OK,
+                  "float groupnorm backward");
+            st = t == 0 ? nk_groupnorm_backward_bf16(ctx, s, G, xb, dyb, dxb, gamma, m, is, dgh,
+                                                     dbh)
+                        : nk_groupnorm_backward_f16(ctx, s, G, xh, dyh, dxh, gamma, m, is, dgh,
+                                                    dbh);
+            CHECK(st == NK_OK, "%s groupnorm backward", name);
+            for (int i = 0; i < LEN; i++) {
+                int ok = t == 0 ? dxb[i].bits == to_bf16(dx[i]).bits
+                                : dxh[i].bits == to_f16(dx[i]).bits;
+                CHECK(ok, "%s groupnorm backward dx[%d]", name, i);
+            }
+            CHECK(same_bits(dg, dgh, C) && same_bits(db, dbh, C), "%s dgamma, dbeta", name);
+            /* Instance norm forward. */
+            CHECK(nk_instancenorm_forward(ctx, s, xw, y, gamma, beta, 1e-5f, m, is) == NK_OK,
+                  "float instancenorm forward");
+            st = t == 0 ? nk_instancenorm_forward_bf16(ctx, s, xb, yb, gamma, beta, 1e-5f, mh, ish)
+                        : nk_instancenorm_forward_f16(ctx, s, xh, yh, gamma, beta, 1e-5f, mh, ish);
+            CHECK(st == NK_OK, "%s instancenorm forward", name);
+            for (int i = 0; i < LEN; i++) {
+                int ok = t == 0 ? yb[i].bits == to_bf16(y[i]).bits : yh[i].bits == to_f16(y[i]).bits;
+                CHECK(ok, "%s instancenorm forward y[%d]", name, i);
+            }
+            CHECK(same_bits(m, mh, B * C) && same_bits(is, ish, B * C), "%s instancenorm saves",
+                  name);
+        }
+        /* Errors: y overlapping x is NK_ERR_ALIAS, NULL x NK_ERR_NULL_POINTER; nothing
+         * written. */
+        memcpy(yb, xb, sizeof yb);
+        CHECK(nk_groupnorm_forward_bf16(ctx, s, G, yb, yb + 1, NULL, NULL, 1e-5f, NULL, NULL) ==
+                  NK_ERR_ALIAS,
+              "bf16 y overlapping x");
+        CHECK(memcmp(yb, xb, sizeof yb) == 0, "bf16 written on error");
+        CHECK(nk_instancenorm_forward_f16(ctx, s, NULL, yh, NULL, NULL, 1e-5f, NULL, NULL) ==
+                  NK_ERR_NULL_POINTER,
+              "f16 x NULL");
+    }
+    g_state = state;
+}
+
 int main(void) {
     nk_context *ctx2 = NULL, *ctx1 = NULL;
     if (nk_context_create(2, &ctx2) != NK_OK || nk_context_create(1, &ctx1) != NK_OK) {
@@ -275,6 +421,7 @@ int main(void) {
         return 1;
     }
     test_errors();
+    test_halves(ctx2);
     const nk_isa isas[] = {NK_ISA_PORTABLE, NK_ISA_AVX2, NK_ISA_AVX512, NK_ISA_NEON};
     /* (batch, channels, spatial, groups): groups = 1, groups = C, C = 1, spatial = 1, odd
      * sizes, and large enough to run on several threads. */

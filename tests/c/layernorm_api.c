@@ -235,6 +235,202 @@ static void test_standardize(nk_context *ctx, size_t c_out, size_t fan_in) {
     free(w2);
 }
 
+/* ---- bf16 and f16 twins: tiny conversions, then each twin against the float function on the
+ * widened input, output rounded to nearest even, statistics and parameter gradients bitwise. */
+
+static uint32_t bits_of_f32(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static float f32_of_bits(uint32_t u) {
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static float from_bf16(nk_bf16 h) { return f32_of_bits((uint32_t)h.bits << 16); }
+
+/* Round to nearest even; NaN stays NaN (quiet). */
+static nk_bf16 to_bf16(float f) {
+    uint32_t u = bits_of_f32(f);
+    nk_bf16 h;
+    if ((u & 0x7fffffffu) > 0x7f800000u) {
+        h.bits = (uint16_t)((u >> 16) | 0x0040u);
+        return h;
+    }
+    u += 0x7fffu + ((u >> 16) & 1u);
+    h.bits = (uint16_t)(u >> 16);
+    return h;
+}
+
+static float from_f16(nk_f16 h) {
+    uint32_t sign = (uint32_t)(h.bits & 0x8000u) << 16;
+    uint32_t exp = (uint32_t)(h.bits >> 10) & 0x1fu;
+    uint32_t man = (uint32_t)h.bits & 0x3ffu;
+    if (exp == 0) { /* zero or subnormal: man * 2^-24, exact */
+        return f32_of_bits(bits_of_f32(ldexpf((float)man, -24)) | sign);
+    }
+    if (exp == 31) {
+        return f32_of_bits(sign | 0x7f800000u | (man << 13));
+    }
+    return f32_of_bits(sign | ((exp + 112u) << 23) | (man << 13));
+}
+
+/* Round to nearest even; beyond the range infinity; subnormals kept; NaN quiet. */
+static nk_f16 to_f16(float f) {
+    uint32_t u = bits_of_f32(f);
+    uint32_t sign = (u >> 16) & 0x8000u;
+    uint32_t a = u & 0x7fffffffu;
+    nk_f16 h;
+    if (a > 0x7f800000u) {
+        h.bits = (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+    } else if (a >= 0x477ff000u) { /* 65520 and above (infinity included) */
+        h.bits = (uint16_t)(sign | 0x7c00u);
+    } else if (a >= 0x38800000u) { /* normal: 2^-14 and above */
+        uint32_t r = a + 0x0fffu + ((a >> 13) & 1u);
+        h.bits = (uint16_t)(sign | ((r - 0x38000000u) >> 13));
+    } else { /* subnormal or zero: the multiple of 2^-24, ties to even */
+        float m = nearbyintf(f32_of_bits(a) * 16777216.0f);
+        h.bits = (uint16_t)(sign | (uint32_t)m);
+    }
+    return h;
+}
+
+/* One shape of layer and RMS norm, forward and backward, through the T twins (suffix S):
+ * outputs are the float function's on the widened input, rounded; statistics bitwise. */
+#define DEFINE_HALF_TEST(T, S, TO, FROM)                                                       \
+    static void test_half_##S(nk_context *ctx, size_t rows, size_t cols) {                     \
+        size_t n = rows * cols;                                                                \
+        float eps = 1e-5f;                                                                     \
+        T *x = (T *)calloc(n, sizeof(T)), *dy = (T *)calloc(n, sizeof(T));                     \
+        T *y = (T *)calloc(n, sizeof(T)), *dx = (T *)calloc(n, sizeof(T));                     \
+        float *xw = alloc_f32(n), *dyw = alloc_f32(n), *y32 = alloc_f32(n);                    \
+        float *dx32 = alloc_f32(n), *gamma = alloc_f32(cols), *beta = alloc_f32(cols);         \
+        float *m32 = alloc_f32(rows), *i32 = alloc_f32(rows), *mh = alloc_f32(rows);           \
+        float *ih = alloc_f32(rows), *dg32 = alloc_f32(cols), *db32 = alloc_f32(cols);         \
+        float *dgh = alloc_f32(cols), *dbh = alloc_f32(cols);                                  \
+        if (x == NULL || dy == NULL || y == NULL || dx == NULL) {                              \
+            fprintf(stderr, "out of memory\n");                                                \
+            exit(2);                                                                           \
+        }                                                                                      \
+        fill_normal(y32, n, 300.0, 7.0);                                                       \
+        fill_normal(dx32, n, 0.0, 1.0);                                                        \
+        for (size_t i = 0; i < n; i++) {                                                       \
+            x[i] = TO(y32[i]);                                                                 \
+            dy[i] = TO(dx32[i]);                                                               \
+            xw[i] = FROM(x[i]);                                                                \
+            dyw[i] = FROM(dy[i]);                                                              \
+        }                                                                                      \
+        fill_normal(gamma, cols, 1.0, 0.2);                                                    \
+        fill_normal(beta, cols, 0.0, 0.5);                                                     \
+        for (int centered = 0; centered < 2; centered++) {                                     \
+            nk_status a, b;                                                                    \
+            if (centered) {                                                                    \
+                a = nk_layernorm_forward(ctx, rows, cols, xw, y32, gamma, beta, eps, m32, i32); \
+                b = nk_layernorm_forward_##S(ctx, rows, cols, x, y, gamma, beta, eps, mh, ih);  \
+            } else {                                                                           \
+                a = nk_rmsnorm_forward(ctx, rows, cols, xw, y32, gamma, eps, i32);             \
+                b = nk_rmsnorm_forward_##S(ctx, rows, cols, x, y, gamma, eps, ih);             \
+            }                                                                                  \
+            CHECK(a == NK_OK && b == NK_OK, #S " forward status");                             \
+            for (size_t i = 0; i < n; i++) {                                                   \
+                check_at(y[i].bits == TO(y32[i]).bits, __LINE__, #S " forward: rounded y", i,  \
+                         FROM(y[i]), y32[i]);                                                  \
+            }                                                                                  \
+            CHECK(same_floats(ih, i32, rows) && (!centered || same_floats(mh, m32, rows)),     \
+                  #S " forward: saved statistics");                                            \
+            if (centered) {                                                                    \
+                a = nk_layernorm_backward(ctx, rows, cols, xw, dyw, dx32, gamma, m32, i32,     \
+                                          dg32, db32);                                         \
+                b = nk_layernorm_backward_##S(ctx, rows, cols, x, dy, dx, gamma, m32, i32,     \
+                                              dgh, dbh);                                       \
+            } else {                                                                           \
+                a = nk_rmsnorm_backward(ctx, rows, cols, xw, dyw, dx32, gamma, i32, dg32);     \
+                b = nk_rmsnorm_backward_##S(ctx, rows, cols, x, dy, dx, gamma, i32, dgh);      \
+            }                                                                                  \
+            CHECK(a == NK_OK && b == NK_OK, #S " backward status");                            \
+            for (size_t i = 0; i < n; i++) {                                                   \
+                check_at(dx[i].bits == TO(dx32[i]).bits, __LINE__, #S " backward: rounded dx", \
+                         i, FROM(dx[i]), dx32[i]);                                             \
+            }                                                                                  \
+            CHECK(same_floats(dgh, dg32, cols) && (!centered || same_floats(dbh, db32, cols)), \
+                  #S " backward: parameter gradients");                                        \
+            /* In place: the same bits. */                                                     \
+            memcpy(dx, dy, n * sizeof(T));                                                     \
+            if (centered) {                                                                    \
+                b = nk_layernorm_backward_##S(ctx, rows, cols, x, dx, dx, gamma, m32, i32,     \
+                                              NULL, NULL);                                     \
+            } else {                                                                           \
+                b = nk_rmsnorm_backward_##S(ctx, rows, cols, x, dx, dx, gamma, i32, NULL);     \
+            }                                                                                  \
+            CHECK(b == NK_OK, #S " backward in place status");                                 \
+            for (size_t i = 0; i < n; i++) {                                                   \
+                check_at(dx[i].bits == TO(dx32[i]).bits, __LINE__, #S " backward in place", i, \
+                         FROM(dx[i]), dx32[i]);                                                \
+            }                                                                                  \
+        }                                                                                      \
+        /* Errors: NULL data, y overlapping x (not equal), dx == x; nothing written. */        \
+        memcpy(dx, dy, n * sizeof(T));                                                         \
+        memcpy(dgh, dg32, cols * sizeof(float));                                               \
+        memcpy(ih, i32, rows * sizeof(float));                                                 \
+        if (n > 1) {                                                                           \
+            CHECK(nk_layernorm_forward_##S(ctx, rows, cols, NULL, y, NULL, NULL, eps, NULL,    \
+                                           NULL) == NK_ERR_NULL_POINTER,                       \
+                  #S " layernorm forward NULL x");                                             \
+            CHECK(nk_rmsnorm_forward_##S(ctx, rows, cols, dx, dx + 1, NULL, eps, ih) ==        \
+                      NK_ERR_ALIAS,                                                            \
+                  #S " rmsnorm forward y overlapping x");                                      \
+            CHECK(nk_layernorm_backward_##S(ctx, rows, cols, dx, dy, dx, NULL, m32, i32, dgh,  \
+                                            NULL) == NK_ERR_ALIAS,                             \
+                  #S " layernorm backward dx == x");                                           \
+            CHECK(nk_rmsnorm_backward_##S(ctx, rows, cols, x, NULL, dx, NULL, i32, dgh) ==     \
+                      NK_ERR_NULL_POINTER,                                                     \
+                  #S " rmsnorm backward NULL dy");                                             \
+            CHECK(memcmp(dx, dy, n * sizeof(T)) == 0 &&                                        \
+                      same_floats(dgh, dg32, cols) && same_floats(ih, i32, rows),              \
+                  #S " nothing written on error");                                             \
+        }                                                                                      \
+        free(x);                                                                               \
+        free(dy);                                                                              \
+        free(y);                                                                               \
+        free(dx);                                                                              \
+        free(xw);                                                                              \
+        free(dyw);                                                                             \
+        free(y32);                                                                             \
+        free(dx32);                                                                            \
+        free(gamma);                                                                           \
+        free(beta);                                                                            \
+        free(m32);                                                                             \
+        free(i32);                                                                             \
+        free(mh);                                                                              \
+        free(ih);                                                                              \
+        free(dg32);                                                                            \
+        free(db32);                                                                            \
+        free(dgh);                                                                             \
+        free(dbh);                                                                             \
+    }
+
+DEFINE_HALF_TEST(nk_bf16, bf16, to_bf16, from_bf16)
+DEFINE_HALF_TEST(nk_f16, f16, to_f16, from_f16)
+
+/* The conversions of this file on a few values whose rounding is known. */
+static void test_conversions(void) {
+    CHECK(to_bf16(1.0f).bits == 0x3f80u && to_bf16(-2.0f).bits == 0xc000u, "bf16 exact");
+    CHECK(to_bf16(f32_of_bits(0x3f808000u)).bits == 0x3f80u, "bf16 tie to even (down)");
+    CHECK(to_bf16(f32_of_bits(0x3f818000u)).bits == 0x3f82u, "bf16 tie to even (up)");
+    CHECK(to_f16(1.0f).bits == 0x3c00u && to_f16(65504.0f).bits == 0x7bffu, "f16 exact");
+    CHECK(to_f16(65520.0f).bits == 0x7c00u && to_f16(65519.0f).bits == 0x7bffu, "f16 overflow");
+    CHECK(to_f16(ldexpf(1.0f, -24)).bits == 0x0001u && to_f16(ldexpf(1.0f, -25)).bits == 0,
+          "f16 subnormal, tie to even");
+    CHECK(to_f16(-0.0f).bits == 0x8000u && from_f16(to_f16(3.0e-5f)) == ldexpf(503.0f, -24),
+          "f16 sign, subnormal round trip");
+    nk_f16 s = {0x03ffu};
+    CHECK(from_f16(s) == ldexpf(1023.0f, -24) && to_f16(from_f16(s)).bits == 0x03ffu,
+          "f16 largest subnormal");
+}
+
 /* Errors: the status, and nothing written. */
 static void test_errors(void) {
     float buf[64];
@@ -302,7 +498,14 @@ int main(void) {
         test_shape(ctx, 4, 1000, 10000.0, 1);
         test_standardize(ctx, 16, 27);
         test_standardize(ctx, 3, 1);
+        test_half_bf16(ctx, 5, 37);
+        test_half_f16(ctx, 5, 37);
+        test_half_bf16(ctx, 3, 1);
+        test_half_f16(ctx, 130, 257);
     }
+    test_half_bf16(NULL, 2, 9000);
+    test_half_f16(NULL, 1, 1);
+    test_conversions();
     test_errors();
     nk_context_destroy(ctx);
     printf("%d checks, %d failed\n", g_checks, g_failures);
