@@ -10,10 +10,11 @@
 //! [`Isa::is_supported`].
 
 pub(crate) mod element;
-#[cfg(test)]
+#[cfg(any(test, normkit_emulate_avx512))]
 pub(crate) mod emulated;
 mod portable;
 #[cfg(target_arch = "x86_64")]
+#[cfg_attr(normkit_emulate_avx512, allow(dead_code))]
 mod x86_avx2;
 #[cfg(target_arch = "x86_64")]
 mod x86_avx512;
@@ -318,7 +319,12 @@ pub(crate) fn dispatch<K: Kernel>(isa: SupportedIsa, kernel: K) -> K::Output {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a SupportedIsa(Avx512) exists only when the CPU has AVX-512 F/BW/DQ/VL.
         Isa::Avx512 => unsafe { run_avx512(kernel) },
-        #[cfg(target_arch = "x86_64")]
+        // Fuzzing option (`RUSTFLAGS="--cfg normkit_emulate_avx512"`, see fuzz/run-ci.sh): 16
+        // emulated lanes stand in for AVX2, so that the code paths of AVX-512 (16-lane groups,
+        // partial vectors, 64-bit keep words) are fuzzed on CPUs without it.
+        #[cfg(all(target_arch = "x86_64", normkit_emulate_avx512))]
+        Isa::Avx2 => kernel.run::<emulated::Emulated<16>>(),
+        #[cfg(all(target_arch = "x86_64", not(normkit_emulate_avx512)))]
         // SAFETY: a SupportedIsa(Avx2) exists only when the CPU has AVX2, FMA and F16C.
         Isa::Avx2 => unsafe { run_avx2(kernel) },
         _ => kernel.run::<portable::Vector>(),
@@ -326,6 +332,7 @@ pub(crate) fn dispatch<K: Kernel>(isa: SupportedIsa, kernel: K) -> K::Output {
 }
 
 #[cfg(target_arch = "x86_64")]
+#[cfg_attr(normkit_emulate_avx512, allow(dead_code))]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn run_avx2<K: Kernel>(kernel: K) -> K::Output {
     kernel.run::<x86_avx2::Vector>()
