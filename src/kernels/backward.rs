@@ -19,11 +19,7 @@ use crate::simd::{F32Vec, Kernel};
 use std::cell::Cell;
 use std::ops::Range;
 
-/// Elements per block of a contiguous run: each block's lane sums are added in order.
-pub(crate) const BLOCK: usize = 2048;
-
-/// Rows per block of a channels-innermost run.
-pub(crate) const ROW_BLOCK: usize = 64;
+pub(crate) use super::moments::{BLOCK, ROW_BLOCK};
 
 /// `f64` sums of a channel (or of a part of one): `sum(dy)` and `sum(dy * (x - mean))`.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -329,8 +325,10 @@ pub(crate) fn fits_f32(v: f64) -> bool {
     r.is_nan() || (r == 0.0 && v == 0.0) || (r.is_finite() && r.abs() >= f32::MIN_POSITIVE)
 }
 
+/// The input gradient of one vector, `dx = (x - m) * b + (dy * a + k)`, with per-channel (or
+/// per-row) coefficients: batch and group norm both use it.
 #[inline(always)]
-fn grad<V: F32Vec>(dy: V, x: V, m: V, a: V, b: V, k: V) -> V {
+pub(crate) fn grad<V: F32Vec>(dy: V, x: V, m: V, a: V, b: V, k: V) -> V {
     x.sub(m).mul_add(b, dy.mul_add(a, k))
 }
 

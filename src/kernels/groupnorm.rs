@@ -7,7 +7,7 @@
 //! blocks folded into `f64`. The input gradient is `dx = (x - mean) * b + (dy * a + k)` with
 //! per-(batch, channel) coefficients computed in `f64` from those sums.
 
-use super::backward::WideGrad;
+use super::backward::{WideGrad, grad};
 use super::moments::{Moments, ROW_BLOCK, channel_moments};
 use super::normalize::{WideAffine, wide_affine_span};
 use super::sums::Sums2;
@@ -188,11 +188,6 @@ fn add_lanes<V: F32Vec>(sums: Sums2<V>, out: &mut [GradSums]) {
     }
 }
 
-#[inline(always)]
-fn grad_vector<V: F32Vec>(x: V, dy: V, mean: V, a: V, b: V, k: V) -> V {
-    x.sub(mean).mul_add(b, dy.mul_add(a, k))
-}
-
 /// Channels-first rows of the input gradient: `x` and `io` (`dy` in, `dx` out) hold whole rows
 /// of `spatial` elements, the first being row `first_row`; `coefficients(row)` gives the row's
 /// (a row whose coefficients do not fit `f32` is computed in `f64`, see [`WideGrad`]).
@@ -204,7 +199,7 @@ pub(crate) struct NcsGradApply<'a, F, E = f32> {
     pub coefficients: &'a F,
 }
 
-/// `dx = grad(x, dy)` over one run with one set of coefficients (`io`: `dy` in, `dx` out).
+/// `dx = grad(dy, x)` over one run with one set of coefficients (`io`: `dy` in, `dx` out).
 #[inline(always)]
 fn apply_run<V: F32Vec, E: ElementIo>(x: &[E], io: &mut RowIo<'_, E, E>, p: (f32, f32, f32, f32)) {
     let l = V::LANES;
@@ -217,12 +212,12 @@ fn apply_run<V: F32Vec, E: ElementIo>(x: &[E], io: &mut RowIo<'_, E, E>, p: (f32
                 .zip(dy[..full].chunks_exact(l))
                 .zip(dx[..full].chunks_exact_mut(l))
             {
-                grad_vector(V::read(xs), V::read(ds), m, a, b, k).write(os);
+                grad(V::read(ds), V::read(xs), m, a, b, k).write(os);
             }
             if full < x.len() {
-                let v = grad_vector(
-                    V::read_partial(&x[full..], 0.0),
+                let v = grad(
                     V::read_partial(&dy[full..], 0.0),
+                    V::read_partial(&x[full..], 0.0),
                     m,
                     a,
                     b,
@@ -236,13 +231,13 @@ fn apply_run<V: F32Vec, E: ElementIo>(x: &[E], io: &mut RowIo<'_, E, E>, p: (f32
                 .chunks_exact(l)
                 .zip(buf[..full].chunks_exact_mut(l))
             {
-                grad_vector(V::read(xs), V::read(vs), m, a, b, k).write(vs);
+                grad(V::read(vs), V::read(xs), m, a, b, k).write(vs);
             }
             if full < x.len() {
                 let tail = &mut buf[full..];
-                let v = grad_vector(
-                    V::read_partial(&x[full..], 0.0),
+                let v = grad(
                     V::read_partial(tail, 0.0),
+                    V::read_partial(&x[full..], 0.0),
                     m,
                     a,
                     b,
@@ -306,11 +301,11 @@ impl<E: ElementIo> Kernel for NscGradApply<'_, E> {
                 let xv = V::read_lanes(&x[c0..], lanes, 0.0);
                 match &mut io {
                     RowIo::Separate(dy, dx) => {
-                        let v = grad_vector(xv, V::read_lanes(&dy[c0..], lanes, 0.0), m, a, b, k);
+                        let v = grad(V::read_lanes(&dy[c0..], lanes, 0.0), xv, m, a, b, k);
                         v.write_lanes(&mut dx[c0..], lanes);
                     }
                     RowIo::InPlace(buf) => {
-                        let v = grad_vector(xv, V::read_lanes(&buf[c0..], lanes, 0.0), m, a, b, k);
+                        let v = grad(V::read_lanes(&buf[c0..], lanes, 0.0), xv, m, a, b, k);
                         v.write_lanes(&mut buf[c0..], lanes);
                     }
                 }

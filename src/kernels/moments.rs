@@ -28,11 +28,12 @@ use crate::simd::element::ElementIo;
 use crate::simd::{F32Vec, Kernel};
 use std::ops::Range;
 
-/// Elements per block of a contiguous run: each block's sums become moments, merged in order.
+/// Elements per block of a contiguous run: each block's sums become moments (or, in the
+/// backward, are added), merged in order. The one definition for every kernel.
 pub(crate) const BLOCK: usize = 2048;
 
 /// Rows per block of a channels-innermost run (a block's rows are summed tile by tile while the
-/// block is in L1 and L2).
+/// block is in L1 and L2), and of the column sums of layer and RMS norm. The one definition.
 pub(crate) const ROW_BLOCK: usize = 64;
 
 /// Widest rows (in channels) the channels-innermost moments sum tile by tile in registers (a

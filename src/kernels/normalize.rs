@@ -81,16 +81,8 @@ pub(crate) fn with_channel_affine<R>(
         &mut scale[..channels],
         &mut offset[..channels],
     );
-    if channels > 0 {
-        for a in [&mut *shift, &mut *scale, &mut *offset] {
-            // Doubling copies: `filled` stays a multiple of `channels`, so a[filled + j] = a[j].
-            let mut filled = channels;
-            while filled < len {
-                let n = filled.min(len - filled);
-                a.copy_within(0..n, filled);
-                filled += n;
-            }
-        }
+    for a in [&mut *shift, &mut *scale, &mut *offset] {
+        super::extend_cyclic(a, channels);
     }
     then(ChannelAffine {
         shift,

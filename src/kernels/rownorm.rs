@@ -28,8 +28,8 @@ use crate::io::{RowIo, VectorMap};
 use crate::simd::element::ElementIo;
 use crate::simd::{F32Vec, F64Vec, Kernel};
 
-/// Rows per block of column sums: the caller adds each block's column sums into its totals.
-pub(crate) const ROW_BLOCK: usize = 64;
+/// Rows per block of column sums (the caller adds each block's column sums into its totals).
+pub(crate) use super::moments::ROW_BLOCK;
 
 /// The input of a row part, as it is now (rows in place have one element type).
 #[inline(always)]

@@ -7,11 +7,13 @@
 //! batch_stat` (PyTorch's and cuDNN's `momentum`), with the unbiased variance unless
 //! [`BN_RUNNING_VAR_BIASED`] is set.
 
+use super::TASK_ELEMENTS;
 use crate::context::Context;
 use crate::error::{Error, Result, check_eps, check_flags, check_len};
 pub use crate::io::BackwardIo;
 use crate::io::{InOut, SharedIo};
 use crate::kernels::backward::fits_f32;
+use crate::kernels::extend_cyclic;
 use crate::kernels::fused::ChannelTraining;
 use crate::kernels::moments::{ChannelMoments, Moments, RowMoments};
 use crate::kernels::normalize::{
@@ -30,8 +32,6 @@ pub const BN_FUSE_RELU: u32 = 2;
 /// this many elements is normalized right after its statistics, while it is in cache; larger
 /// channels are split into chunks of this size whose moments are merged in order.
 const CHANNEL_CHUNK: usize = 1 << 18;
-/// Approximate elements per parallel task for channels-innermost work and for normalization.
-const TASK_ELEMENTS: usize = 1 << 15;
 /// Approximate elements per chunk of a channels-innermost reduction: larger than a
 /// normalization task because every chunk ends with a merge per channel on the calling thread.
 const REDUCTION_TASK_ELEMENTS: usize = 1 << 17;
@@ -1035,12 +1035,7 @@ fn apply_grad<E: Element>(
         wide.clear();
     }
     for p in [&mut *mean, &mut *a, &mut *b, &mut *k] {
-        let mut filled = c;
-        while filled < len {
-            let m = filled.min(len - filled);
-            p.copy_within(0..m, filled);
-            filled += m;
-        }
+        extend_cyclic(p, c);
     }
     let coef = GradCoefficients {
         mean,

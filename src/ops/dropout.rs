@@ -31,6 +31,7 @@
 //! the widened input, and its masks are bitwise the `f32` call's (they depend on the stream
 //! only).
 
+use super::TASK_ELEMENTS;
 use crate::context::Context;
 use crate::error::{Error, Result, check_len};
 use crate::io::{InOut, RowIo};
@@ -43,10 +44,6 @@ use crate::shape::{Shape, checked_elements};
 use crate::simd::dispatch;
 use crate::simd::element::Element;
 use std::sync::Mutex;
-
-/// Elements per parallel task: a multiple of 8 (tasks own whole mask bytes) and of every
-/// vector group, so each task starts a fresh group.
-const TASK_ELEMENTS: usize = 1 << 15;
 
 /// Calls with at least this many elements write their output with streaming stores: it would
 /// not stay in the caches anyway, and streaming saves reading each output line first.

@@ -17,6 +17,7 @@
 //! Work is split by the shape alone and merged in a fixed order: results do not depend on the
 //! thread count.
 
+use super::TASK_ELEMENTS;
 use crate::context::Context;
 use crate::error::{Error, Result, check_eps, check_len};
 use crate::io::{InOut, SharedIo};
@@ -38,8 +39,6 @@ pub use crate::ops::batchnorm::{Affine, SavedStats};
 /// values is normalized right after its statistics, while it is in cache; larger groups are
 /// reduced in chunks of this size, merged in order, then normalized in a second pass.
 const GROUP_CHUNK: usize = 1 << 18;
-/// Approximate elements per parallel task of the row-wise passes.
-const TASK_ELEMENTS: usize = 1 << 15;
 
 // ---------------------------------------------------------------------------------------------
 // Validation, in the order of the C contract: overflow, shape, argument.

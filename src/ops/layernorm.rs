@@ -9,6 +9,7 @@
 //! Rows of zero columns have no statistics: a call with `cols = 0` writes nothing (no saved
 //! statistics either). A backward over zero rows writes zeros to `dgamma` and `dbeta`.
 
+use super::TASK_ELEMENTS;
 use crate::batchnorm::{Affine, SavedStats};
 use crate::context::Context;
 use crate::error::{Result, check_eps, check_len};
@@ -21,8 +22,6 @@ use crate::shape::checked_elements;
 use crate::simd::element::Element;
 use crate::simd::{SupportedIsa, dispatch};
 
-/// Approximate elements per parallel task: tasks are runs of whole rows of about this size.
-const TASK_ELEMENTS: usize = 1 << 15;
 /// Outputs of at least this many elements are written with streaming stores.
 const STREAM_MIN_ELEMENTS: usize = 1 << 22;
 /// Rows of at most this many columns get their `dgamma`, `dbeta` partial sums in the same pass
