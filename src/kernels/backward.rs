@@ -346,7 +346,7 @@ impl<V: F32Vec, E: ElementIo> VectorMap<V> for UniformGrad<'_, V, E> {
     fn apply(&self, dy: V, i: usize, lanes: usize) -> V {
         grad(
             dy,
-            V::read_lanes(&self.x[i..], lanes, 0.0),
+            V::read_lanes(&self.x[i..i + lanes], 0.0),
             self.m,
             self.a,
             self.b,
@@ -441,7 +441,7 @@ impl<V: F32Vec, E: ElementIo> VectorMap<V> for CyclicGrad<'_, E> {
         } else {
             next % self.channels
         });
-        grad(dy, V::read_lanes(&self.x[i..], lanes, 0.0), m, a, b, k)
+        grad(dy, V::read_lanes(&self.x[i..i + lanes], 0.0), m, a, b, k)
     }
 }
 

@@ -164,12 +164,12 @@ impl<E: ElementIo> Kernel for NscGradSums<'_, E> {
             }
             for c0 in (tiles..c).step_by(l) {
                 let lanes = l.min(c - c0);
-                let k = V::read_lanes(&self.shift[c0..], lanes, 0.0);
+                let k = V::read_lanes(&self.shift[c0..c0 + lanes], 0.0);
                 let mut acc = Sums2::<V>::zero();
                 for (xr, dr) in xb.chunks_exact(c).zip(db.chunks_exact(c)) {
                     // Lanes past the channels load 0 in dy: they add nothing.
-                    let g = V::read_lanes(&dr[c0..], lanes, 0.0);
-                    let d = V::read_lanes(&xr[c0..], lanes, 0.0).sub(k);
+                    let g = V::read_lanes(&dr[c0..c0 + lanes], 0.0);
+                    let d = V::read_lanes(&xr[c0..c0 + lanes], 0.0).sub(k);
                     acc.add(g, d);
                 }
                 add_lanes(acc, &mut self.out[c0..c0 + lanes]);
@@ -293,20 +293,20 @@ impl<E: ElementIo> Kernel for NscGradApply<'_, E> {
             for c0 in (0..c).step_by(l) {
                 let lanes = l.min(c - c0);
                 let (m, a, b, k) = (
-                    V::read_lanes(&self.mean[c0..], lanes, 0.0),
-                    V::read_lanes(&self.a[c0..], lanes, 0.0),
-                    V::read_lanes(&self.b[c0..], lanes, 0.0),
-                    V::read_lanes(&self.k[c0..], lanes, 0.0),
+                    V::read_lanes(&self.mean[c0..c0 + lanes], 0.0),
+                    V::read_lanes(&self.a[c0..c0 + lanes], 0.0),
+                    V::read_lanes(&self.b[c0..c0 + lanes], 0.0),
+                    V::read_lanes(&self.k[c0..c0 + lanes], 0.0),
                 );
-                let xv = V::read_lanes(&x[c0..], lanes, 0.0);
+                let xv = V::read_lanes(&x[c0..c0 + lanes], 0.0);
                 match &mut io {
                     RowIo::Separate(dy, dx) => {
-                        let v = grad(V::read_lanes(&dy[c0..], lanes, 0.0), xv, m, a, b, k);
-                        v.write_lanes(&mut dx[c0..], lanes);
+                        let v = grad(V::read_lanes(&dy[c0..c0 + lanes], 0.0), xv, m, a, b, k);
+                        v.write_lanes(&mut dx[c0..c0 + lanes]);
                     }
                     RowIo::InPlace(buf) => {
-                        let v = grad(V::read_lanes(&buf[c0..], lanes, 0.0), xv, m, a, b, k);
-                        v.write_lanes(&mut buf[c0..], lanes);
+                        let v = grad(V::read_lanes(&buf[c0..c0 + lanes], 0.0), xv, m, a, b, k);
+                        v.write_lanes(&mut buf[c0..c0 + lanes]);
                     }
                 }
             }

@@ -92,23 +92,29 @@ pub(crate) fn with_channel_affine<R>(
     })
 }
 
-/// The `f32` maps of `wide` into `shift`, `scale`, `offset` (zeros for a channel that does not
-/// fit); returns `wide` if some channel does not fit (the kernels then map it in `f64`), else
-/// an empty vector.
+/// The `f32` maps of channels `0..shift.len()`, `wide(c)` each, into `shift`, `scale`, `offset`
+/// (zeros for a channel that does not fit); returns every channel's `WideAffine` if some
+/// channel does not fit (the kernels then map it in `f64`), else an empty vector, so the common
+/// case allocates nothing.
 pub(crate) fn narrow_all(
-    wide: &[WideAffine],
+    wide: impl Fn(usize) -> WideAffine,
     shift: &mut [f32],
     scale: &mut [f32],
     offset: &mut [f32],
 ) -> Vec<WideAffine> {
+    let channels = shift.len();
     let mut all = true;
-    for (c, w) in wide.iter().enumerate() {
-        match w.narrow() {
+    for c in 0..channels {
+        match wide(c).narrow() {
             Some(p) => (shift[c], scale[c], offset[c]) = p,
             None => all = false,
         }
     }
-    if all { Vec::new() } else { wide.to_vec() }
+    if all {
+        Vec::new()
+    } else {
+        (0..channels).map(wide).collect()
+    }
 }
 
 #[inline(always)]

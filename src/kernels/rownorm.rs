@@ -130,11 +130,11 @@ impl<V: F32Vec, const G: bool, const B: bool> VectorMap<V> for RowMap<'_, V, G, 
         let xhat = x.sub(self.shift).mul_add(self.scale, self.offset);
         match (G, B) {
             (true, true) => xhat.mul_add(
-                V::read_lanes(&self.gamma[i..], lanes, 0.0),
-                V::read_lanes(&self.beta[i..], lanes, 0.0),
+                V::read_lanes(&self.gamma[i..i + lanes], 0.0),
+                V::read_lanes(&self.beta[i..i + lanes], 0.0),
             ),
-            (true, false) => xhat.mul(V::read_lanes(&self.gamma[i..], lanes, 0.0)),
-            (false, true) => xhat.add(V::read_lanes(&self.beta[i..], lanes, 0.0)),
+            (true, false) => xhat.mul(V::read_lanes(&self.gamma[i..i + lanes], 0.0)),
+            (false, true) => xhat.add(V::read_lanes(&self.beta[i..i + lanes], 0.0)),
             (false, false) => xhat,
         }
     }
@@ -317,12 +317,12 @@ impl<V: F32Vec, E: ElementIo> RowAt<'_, '_, V, E> {
         row: &mut Sums2<V>,
     ) {
         // Lanes past the row hold x = mean and dy = 0: they add exactly 0.
-        let xv = V::read_lanes(&self.x[i..], lanes, self.mean);
-        let dv = V::read_lanes(&self.dy[i..], lanes, 0.0);
+        let xv = V::read_lanes(&self.x[i..i + lanes], self.mean);
+        let dv = V::read_lanes(&self.dy[i..i + lanes], 0.0);
         let (x0, x1) = xv.sub(self.m).widen();
         if ROW {
             let gamma = if G {
-                V::read_lanes(&self.gamma[i..], lanes, 0.0)
+                V::read_lanes(&self.gamma[i..i + lanes], 0.0)
             } else {
                 V::splat(1.0)
             };
@@ -401,9 +401,9 @@ struct DxMap<'p, V, E, const G: bool> {
 impl<V: F32Vec, E: ElementIo, const G: bool> VectorMap<V> for DxMap<'_, V, E, G> {
     #[inline(always)]
     fn apply(&self, dy: V, i: usize, lanes: usize) -> V {
-        let xm = V::read_lanes(&self.x[i..], lanes, self.mean).sub(self.m);
+        let xm = V::read_lanes(&self.x[i..i + lanes], self.mean).sub(self.m);
         let g = if G {
-            dy.mul(V::read_lanes(&self.gamma[i..], lanes, 0.0))
+            dy.mul(V::read_lanes(&self.gamma[i..i + lanes], 0.0))
         } else {
             dy
         };

@@ -37,18 +37,13 @@ const CHANNEL_CHUNK: usize = 1 << 18;
 const REDUCTION_TASK_ELEMENTS: usize = 1 << 17;
 /// Most chunks a channels-innermost reduction is split into.
 const MAX_ROW_CHUNKS: usize = 256;
-/// Outputs of at least this many elements (16 MB, half of a large last-level cache)
-/// are written with streaming stores: they would not stay cached anyway, and streaming saves
-/// reading every output line before writing it.
-const STREAM_MIN_ELEMENTS: usize = 1 << 22;
 /// Channels-first rows shorter than this are not streamed: the partial vectors at both ends of
 /// every row share cache lines with streamed stores, which costs more than streaming saves.
 const STREAM_MIN_ROW: usize = 1024;
 
-/// Whether to write an output with streaming stores.
-fn streams(shape: &Shape, elements: usize) -> bool {
-    elements >= STREAM_MIN_ELEMENTS
-        && (shape.channels_innermost() || shape.spatial >= STREAM_MIN_ROW)
+/// Whether to write an output of `E` with streaming stores (see [`super::streams`]).
+fn streams<E>(shape: &Shape, elements: usize) -> bool {
+    super::streams::<E>(elements) && (shape.channels_innermost() || shape.spatial >= STREAM_MIN_ROW)
 }
 
 /// Optional per-channel scale and shift; `None` means `gamma = 1`, `beta = 0`.
@@ -331,14 +326,12 @@ pub fn forward_inference<E: Element>(
         if scale.iter().all(|&s| fits_f32(s as f64)) {
             return Vec::new();
         }
-        let wide: Vec<WideAffine> = (0..mean.len())
-            .map(|c| WideAffine {
-                mean: mean[c] as f64,
-                scale: gamma_of(&affine, c) as f64 * invstd(var[c]),
-                beta: beta_of(&affine, c) as f64,
-            })
-            .collect();
-        narrow_all(&wide, shift, scale, offset)
+        let wide = |c: usize| WideAffine {
+            mean: mean[c] as f64,
+            scale: gamma_of(&affine, c) as f64 * invstd(var[c]),
+            beta: beta_of(&affine, c) as f64,
+        };
+        narrow_all(wide, shift, scale, offset)
     };
     with_channel_affine(shape.channels, fill, |params| {
         apply_affine(ctx, &shape, &mut io, params, flags & BN_FUSE_RELU != 0)
@@ -513,7 +506,7 @@ fn fused_training<E: Element>(
                 row_in: &row_in,
                 row_out: &row_out,
                 params: &params,
-                stream: streams(shape, elements),
+                stream: streams::<E>(shape, elements),
                 prefetch_next: ch + 1 < c,
             },
         )
@@ -533,10 +526,9 @@ fn normalize_with_moments<E: Element>(
         return;
     }
     let fill = |shift: &mut [f32], scale: &mut [f32], offset: &mut [f32]| {
-        let wide: Vec<WideAffine> = (0..stats.len())
-            .map(|c| channel_affine(stats[c], gamma_of(&affine, c), beta_of(&affine, c), eps).0)
-            .collect();
-        narrow_all(&wide, shift, scale, offset)
+        let wide =
+            |c: usize| channel_affine(stats[c], gamma_of(&affine, c), beta_of(&affine, c), eps).0;
+        narrow_all(wide, shift, scale, offset)
     };
     with_channel_affine(shape.channels, fill, |params| {
         apply_affine(ctx, shape, io, params, false)
@@ -564,7 +556,7 @@ fn apply_affine<E: Element>(
     };
     let rows = elements / row_len;
     let rows_per_task = (TASK_ELEMENTS / row_len).max(1);
-    let stream = streams(shape, elements);
+    let stream = streams::<E>(shape, elements);
     let shared = io.share();
     let tasks = rows.div_ceil(rows_per_task);
     ctx.for_each(elements, tasks, |k| {
@@ -959,7 +951,7 @@ fn fused_backward<E: Element>(
     let count = rows * s;
     let isa = ctx.supported_isa();
     let elements = io.len();
-    let stream = streams(shape, elements);
+    let stream = streams::<E>(shape, elements);
     let shared: SharedIo<'_, E> = io.share();
     ctx.map(2 * elements, c, |ch| {
         let range = |n: usize| (n * c + ch) * s..(n * c + ch + 1) * s;
@@ -1053,7 +1045,7 @@ fn apply_grad<E: Element>(
     };
     let rows = elements / row_len;
     let rows_per_task = (TASK_ELEMENTS / row_len).max(1);
-    let stream = streams(shape, elements);
+    let stream = streams::<E>(shape, elements);
     let shared = io.share();
     let tasks = rows.div_ceil(rows_per_task);
     ctx.for_each(2 * elements, tasks, |t| {

@@ -45,9 +45,6 @@ use crate::simd::dispatch;
 use crate::simd::element::Element;
 use std::sync::Mutex;
 
-/// Calls with at least this many elements write their output with streaming stores: it would
-/// not stay in the caches anyway, and streaming saves reading each output line first.
-const STREAM_MIN_ELEMENTS: usize = 1 << 22;
 /// Channel dropout streams only rows at least this long (a partial vector on each side).
 const STREAM_MIN_ROW: usize = 1024;
 
@@ -479,7 +476,7 @@ fn run_keep<E: Element>(
     mask_out: Option<&mut [u8]>,
 ) {
     let n = io.len();
-    let stream = n >= STREAM_MIN_ELEMENTS;
+    let stream = super::streams::<E>(n);
     let isa = ctx.supported_isa();
     let tasks = parts(io, mask_out, TASK_ELEMENTS);
     ctx.for_each(n, tasks.len(), |t| {
@@ -538,7 +535,7 @@ fn apply_channel<E: Element>(
         (shape.spatial, ChannelRows::Maps)
     };
     let rows_per_task = (TASK_ELEMENTS / row_len).max(1);
-    let stream = n >= STREAM_MIN_ELEMENTS && row_len >= STREAM_MIN_ROW;
+    let stream = super::streams::<E>(n) && row_len >= STREAM_MIN_ROW;
     let isa = ctx.supported_isa();
     let tasks = parts(io, None, rows_per_task * row_len);
     ctx.for_each(n, tasks.len(), |t| {
@@ -584,7 +581,7 @@ fn run_gaussian<E: Element>(ctx: &Context, io: &mut InOut<'_, E>, p: f32, seed: 
                 seed,
                 first_element: offset + (t * TASK_ELEMENTS) as u64,
                 sigma,
-                stream: n >= STREAM_MIN_ELEMENTS,
+                stream: super::streams::<E>(n),
             },
         );
     });
@@ -620,7 +617,7 @@ fn run_uniform<E: Element>(
                 seed,
                 first_word: offset + (t * TASK_ELEMENTS) as u64,
                 beta,
-                stream: n >= STREAM_MIN_ELEMENTS,
+                stream: super::streams::<E>(n),
             },
         );
     });

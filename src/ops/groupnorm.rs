@@ -407,10 +407,9 @@ fn normalize<E: Element>(
                 let n = row / s;
                 let end = r.end.min((n + 1) * s);
                 let fill = |shift: &mut [f32], scale: &mut [f32], offset: &mut [f32]| {
-                    let wide: Vec<WideAffine> = (0..c)
-                        .map(|ch| channel_params(stats[n * groups + ch / per_group], &affine, ch))
-                        .collect();
-                    narrow_all(&wide, shift, scale, offset)
+                    let wide =
+                        |ch: usize| channel_params(stats[n * groups + ch / per_group], &affine, ch);
+                    narrow_all(wide, shift, scale, offset)
                 };
                 // SAFETY: tasks cover disjoint row ranges.
                 let part = unsafe { shared.part(row * c..end * c) };

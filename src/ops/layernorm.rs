@@ -22,8 +22,6 @@ use crate::shape::checked_elements;
 use crate::simd::element::Element;
 use crate::simd::{SupportedIsa, dispatch};
 
-/// Outputs of at least this many elements are written with streaming stores.
-const STREAM_MIN_ELEMENTS: usize = 1 << 22;
 /// Rows of at most this many columns get their `dgamma`, `dbeta` partial sums in the same pass
 /// as `dx` (one `f64` accumulator per column and task); wider rows sum columns in a pass of
 /// their own, over column chunks.
@@ -232,7 +230,7 @@ pub(crate) fn rows_forward<E: Element>(
         return;
     }
     let isa = ctx.supported_isa();
-    let stream = elements >= STREAM_MIN_ELEMENTS;
+    let stream = super::streams::<E>(elements);
     let per_task = rows_per_task(cols);
     let tasks = rows.div_ceil(per_task);
     let mut mean_out = save_mean.map(InOut::InPlace);

@@ -13,3 +13,82 @@ pub mod rmsnorm;
 /// operation (a part small enough to balance two to a few dozen threads, large enough that a
 /// task's overhead is noise).
 pub(crate) const TASK_ELEMENTS: usize = 1 << 15;
+
+/// Whether an output of `elements` elements of type `E` is written with streaming stores.
+///
+/// Streaming sends each line straight to memory without reading it first: a gain when the
+/// output would not stay in the last-level cache anyway, a loss when it would (the next reader,
+/// often the next layer, then finds it in memory, and a store that hits a cached line costs
+/// less than a streamed one). So outputs stream when they take at least [`STREAM_MIN_SHARE`]
+/// of the last-level cache, whatever their element type.
+pub(crate) fn streams<E>(elements: usize) -> bool {
+    elements.saturating_mul(std::mem::size_of::<E>()) >= stream_min_bytes()
+}
+
+/// Outputs of at least this share of the last-level cache are streamed (see [`streams`]).
+const STREAM_MIN_SHARE: (usize, usize) = (1, 2);
+
+/// The last-level cache assumed where it cannot be read (a large server part's).
+const DEFAULT_LAST_LEVEL_CACHE: usize = 32 << 20;
+
+/// The smallest output, in bytes, written with streaming stores; measured once.
+fn stream_min_bytes() -> usize {
+    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MIN.get_or_init(|| {
+        let llc = last_level_cache_bytes().unwrap_or(DEFAULT_LAST_LEVEL_CACHE);
+        llc / STREAM_MIN_SHARE.1 * STREAM_MIN_SHARE.0
+    })
+}
+
+/// The size of the largest data or unified cache of CPU 0, from Linux's sysfs.
+fn last_level_cache_bytes() -> Option<usize> {
+    let mut best = None;
+    for index in 0..8 {
+        let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{index}");
+        let Ok(kind) = std::fs::read_to_string(format!("{dir}/type")) else {
+            break;
+        };
+        if kind.trim() == "Instruction" {
+            continue;
+        }
+        let Some(bytes) = std::fs::read_to_string(format!("{dir}/size"))
+            .ok()
+            .and_then(|s| parse_cache_size(s.trim()))
+        else {
+            continue;
+        };
+        best = best.max(Some(bytes));
+    }
+    best
+}
+
+/// `"32768K"`, `"1M"` or `"512"` (bytes) as bytes.
+fn parse_cache_size(s: &str) -> Option<usize> {
+    let (digits, unit) = match s.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => s.split_at(i),
+        None => (s, ""),
+    };
+    let n: usize = digits.parse().ok()?;
+    let scale = match unit {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(scale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_sizes_parse() {
+        assert_eq!(parse_cache_size("32768K"), Some(32 << 20));
+        assert_eq!(parse_cache_size("1M"), Some(1 << 20));
+        assert_eq!(parse_cache_size("512"), Some(512));
+        assert_eq!(parse_cache_size("K"), None);
+        assert_eq!(parse_cache_size("12X"), None);
+    }
+}

@@ -312,7 +312,7 @@ mod tests {
             let f16s: Vec<f16> = chunk.iter().map(|&b| f16::from_bits(b)).collect();
             let bf16s: Vec<bf16> = chunk.iter().map(|&b| bf16::from_bits(b)).collect();
             let mut out = vec![0f32; l];
-            V::read_lanes(&f16s, f16s.len(), 0.0).store(&mut out);
+            V::read_lanes(&f16s, 0.0).store(&mut out);
             for (k, &h) in chunk.iter().enumerate() {
                 let want = r::f16_value(h);
                 let got = out[k];
@@ -330,7 +330,7 @@ mod tests {
                     "scalar f16 {h:#06x}"
                 );
             }
-            V::read_lanes(&bf16s, bf16s.len(), 0.0).store(&mut out);
+            V::read_lanes(&bf16s, 0.0).store(&mut out);
             for (k, &h) in chunk.iter().enumerate() {
                 let want = f32::from_bits(u32::from(h) << 16);
                 assert_eq!(out[k].to_bits(), want.to_bits(), "bf16 {h:#06x}");
@@ -396,11 +396,11 @@ mod tests {
         let l = V::LANES;
         for chunk in values.chunks(l) {
             let x: Vec<f32> = chunk.iter().map(|&b| f32::from_bits(b)).collect();
-            let v = V::read_lanes(&x, x.len(), 0.0);
+            let v = V::read_lanes(&x, 0.0);
             let mut h16 = vec![f16::ZERO; chunk.len()];
             let mut b16 = vec![bf16::ZERO; chunk.len()];
-            v.write_lanes(&mut h16, chunk.len());
-            v.write_lanes(&mut b16, chunk.len());
+            v.write_lanes(&mut h16);
+            v.write_lanes(&mut b16);
             for (k, &xv) in x.iter().enumerate() {
                 assert_eq!(
                     h16[k].to_bits(),

@@ -211,23 +211,24 @@ pub trait F32Vec: Copy {
     fn write_partial<E: ElementIo>(self, dst: &mut [E]) {
         E::store_partial(self, dst)
     }
-    /// The first `lanes` (at most `LANES`) elements of `src` as `f32` lanes; the others hold
-    /// `fill`.
+    /// All of `src` (at most `LANES` elements) as `f32` lanes; the others hold `fill`. Callers
+    /// slice exactly the lanes they want (`&s[i..i + lanes]`): one bounds check, and the
+    /// whole-vector load needs no other.
     #[inline(always)]
-    fn read_lanes<E: ElementIo>(src: &[E], lanes: usize, fill: f32) -> Self {
-        if lanes == Self::LANES {
+    fn read_lanes<E: ElementIo>(src: &[E], fill: f32) -> Self {
+        if src.len() == Self::LANES {
             E::load(src)
         } else {
-            E::load_partial(&src[..lanes], fill)
+            E::load_partial(src, fill)
         }
     }
-    /// The first `lanes` (at most `LANES`) lanes rounded to `E` into `dst`.
+    /// The lanes rounded to `E` into all of `dst` (at most `LANES` elements).
     #[inline(always)]
-    fn write_lanes<E: ElementIo>(self, dst: &mut [E], lanes: usize) {
-        if lanes == Self::LANES {
+    fn write_lanes<E: ElementIo>(self, dst: &mut [E]) {
+        if dst.len() == Self::LANES {
             E::store(self, dst)
         } else {
-            E::store_partial(self, &mut dst[..lanes])
+            E::store_partial(self, dst)
         }
     }
     /// [`F32Vec::write`] with a streaming store; `dst` aligned to a whole vector of `E`.

@@ -216,6 +216,29 @@ impl F32Vec for Vector {
     }
 
     #[inline(always)]
+    fn to_bf16(self) -> __m128i {
+        // The bits of `element::f32_to_bf16` with the NaN lanes picked by a vector compare
+        // and blend (the generic version goes through a lane bitmask in a general register,
+        // which AVX2 has no cheap way back from).
+        // SAFETY: see the file header; register-only operations. Non-NaN lanes add at most
+        // 0x8000 to at most 0xFF80_0000 (no wrap), so both candidates are below 2^16 and
+        // packus (signed saturation to u16) keeps them; packus works within 128-bit halves,
+        // the permute joins them.
+        unsafe {
+            let bits = _mm256_castps_si256(self.0);
+            let upper = _mm256_srli_epi32::<16>(bits);
+            let odd = _mm256_and_si256(upper, _mm256_set1_epi32(1));
+            let biased = _mm256_add_epi32(bits, _mm256_set1_epi32(0x7FFF));
+            let rounded = _mm256_srli_epi32::<16>(_mm256_add_epi32(biased, odd));
+            let quiet = _mm256_or_si256(upper, _mm256_set1_epi32(0x0040));
+            let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(self.0, self.0));
+            let words = _mm256_blendv_epi8(rounded, quiet, nan);
+            let packed = _mm256_packus_epi32(words, words);
+            _mm256_castsi256_si128(_mm256_permute4x64_epi64::<0b1000>(packed))
+        }
+    }
+
+    #[inline(always)]
     fn from_f16(h: __m128i) -> Self {
         // SAFETY: see the file header (the AVX2 level includes F16C).
         Vector(unsafe { _mm256_cvtph_ps(h) })
