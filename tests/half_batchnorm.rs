@@ -8,97 +8,22 @@ mod common;
 
 use common::check::{assert_bits, assert_bits64, ctx};
 use common::data::Gen;
+use common::half::{Half, Nan, assert_rounded, widen};
+use common::reference::index;
 use normkit::batchnorm::{
     self, Affine, BN_FUSE_RELU, BN_RUNNING_VAR_BIASED, RunningStats, SavedStats, TrainingParams,
 };
 use normkit::ffi::nk_status::{self, *};
 use normkit::ffi::*;
-use normkit::{BackwardIo, Context, Element, InOut, Isa, Layout, Shape, bf16, f16};
+use normkit::{BackwardIo, Context, InOut, Isa, Layout, Shape, bf16, f16};
 use std::ptr::null_mut;
-
-/// The two half types, through the `half` crate's own conversions (not normkit's).
-trait Half: Element {
-    const NAME: &'static str;
-    /// A finite value near the top of the type's range.
-    const BIG: f32;
-    fn of(v: f32) -> Self;
-    fn wide(self) -> f32;
-    fn bits(self) -> u16;
-    fn from_bits(b: u16) -> Self;
-}
-
-impl Half for bf16 {
-    const NAME: &'static str = "bf16";
-    const BIG: f32 = 3.3e38;
-    fn of(v: f32) -> Self {
-        bf16::from_f32(v)
-    }
-    fn wide(self) -> f32 {
-        self.to_f32()
-    }
-    fn bits(self) -> u16 {
-        self.to_bits()
-    }
-    fn from_bits(b: u16) -> Self {
-        bf16::from_bits(b)
-    }
-}
-
-impl Half for f16 {
-    const NAME: &'static str = "f16";
-    const BIG: f32 = 65504.0;
-    fn of(v: f32) -> Self {
-        f16::from_f32(v)
-    }
-    fn wide(self) -> f32 {
-        self.to_f32()
-    }
-    fn bits(self) -> u16 {
-        self.to_bits()
-    }
-    fn from_bits(b: u16) -> Self {
-        f16::from_bits(b)
-    }
-}
-
-fn widen<H: Half>(v: &[H]) -> Vec<f32> {
-    v.iter().map(|h| h.wide()).collect()
-}
-
-/// `got` is bitwise `H::of(want)`, element by element, except that a NaN may be any NaN: which
-/// NaN an operation on NaNs gives is not fixed (x86 returns the first operand's, and the
-/// compiler may order operands differently in the f32 and the 16-bit instantiation).
-#[track_caller]
-fn assert_half<H: Half>(got: &[H], want: &[f32], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (i, (g, &w)) in got.iter().zip(want).enumerate() {
-        let r = H::of(w);
-        assert!(
-            g.bits() == r.bits() || (w.is_nan() && g.wide().is_nan()),
-            "{what} ({}): element {i} of {}: {:#06x} ({}) instead of {:#06x} ({}), from f32 {w}",
-            H::NAME,
-            got.len(),
-            g.bits(),
-            g.wide(),
-            r.bits(),
-            r.wide()
-        );
-    }
-}
-
-fn index(shape: &Shape, n: usize, c: usize, s: usize) -> usize {
-    match shape.layout {
-        Layout::Ncs => (n * shape.channels + c) * shape.spatial + s,
-        Layout::Nsc => (n * shape.spatial + s) * shape.channels + c,
-    }
-}
 
 /// Data `offset + scale * N(0, 1)` in the type; with `specials`, NaN and infinities in channel
 /// 0, and subnormals of the type, -0.0 and values near its largest in the last channel.
 fn data<H: Half>(g: &mut Gen, shape: &Shape, offset: f64, scale: f64, specials: bool) -> Vec<H> {
     let n = shape.batch * shape.channels * shape.spatial;
     let mut v: Vec<H> = (0..n)
-        .map(|_| H::of((offset + scale * g.normal()) as f32))
+        .map(|_| H::round((offset + scale * g.normal()) as f32))
         .collect();
     if specials && n > 0 {
         let mut put = |c: usize, h: H, g: &mut Gen| {
@@ -106,9 +31,9 @@ fn data<H: Half>(g: &mut Gen, shape: &Shape, offset: f64, scale: f64, specials: 
             v[i] = h;
         };
         for h in [
-            H::of(f32::NAN),
-            H::of(f32::INFINITY),
-            H::of(f32::NEG_INFINITY),
+            H::round(f32::NAN),
+            H::round(f32::INFINITY),
+            H::round(f32::NEG_INFINITY),
         ] {
             put(0, h, g);
         }
@@ -116,10 +41,10 @@ fn data<H: Half>(g: &mut Gen, shape: &Shape, offset: f64, scale: f64, specials: 
         for h in [
             H::from_bits(1),
             H::from_bits(0x8003),
-            H::of(-0.0),
-            H::of(H::BIG),
-            H::of(-H::BIG),
-            H::of(H::BIG * 0.99),
+            H::round(-0.0),
+            H::round(H::BIG),
+            H::round(-H::BIG),
+            H::round(H::BIG * 0.99),
         ] {
             put(last, h, g);
         }
@@ -212,7 +137,7 @@ fn training<H: Half>() {
                     let (mut hrm, mut hrv) = (rm0.clone(), rv0.clone());
                     let (mut hsm, mut hsi) = (vec![0.0; c], vec![0.0; c]);
                     let mut yh = xh.clone();
-                    let mut out = vec![H::of(7.0); xh.len()];
+                    let mut out = vec![H::round(7.0); xh.len()];
                     let io = if in_place {
                         InOut::InPlace(&mut yh)
                     } else {
@@ -236,7 +161,7 @@ fn training<H: Half>() {
                     .unwrap();
                     let got = if in_place { &yh } else { &out };
                     let what = format!("training {shape:?} {:?} in place {in_place}", cx.isa());
-                    assert_half(got, &y, &what);
+                    assert_rounded(got, &y, Nan::Any, &what);
                     assert_bits(&hrm, &rm, &what);
                     assert_bits(&hrv, &rv, &what);
                     assert_bits(&hsm, &sm, &what);
@@ -275,7 +200,7 @@ fn training<H: Half>() {
             for in_place in [false, true] {
                 let (mut hsm, mut hsi) = (vec![0.0; c], vec![0.0; c]);
                 let mut yh = xh.clone();
-                let mut out = vec![H::of(7.0); xh.len()];
+                let mut out = vec![H::round(7.0); xh.len()];
                 let io = if in_place {
                     InOut::InPlace(&mut yh)
                 } else {
@@ -299,7 +224,7 @@ fn training<H: Half>() {
                 .unwrap();
                 let got = if in_place { &yh } else { &out };
                 let what = format!("from moments {shape:?} {:?} in place {in_place}", cx.isa());
-                assert_half(got, &y, &what);
+                assert_rounded(got, &y, Nan::Any, &what);
                 assert_bits(&hsm, &sm, &what);
                 assert_bits(&hsi, &si, &what);
             }
@@ -339,7 +264,7 @@ fn inference<H: Half>() {
             batchnorm::forward_inference(cx, shape, io, affine, &mean, &var, 1e-3, flags).unwrap();
             for in_place in [false, true] {
                 let mut yh = xh.clone();
-                let mut out = vec![H::of(7.0); xh.len()];
+                let mut out = vec![H::round(7.0); xh.len()];
                 let io = if in_place {
                     InOut::InPlace(&mut yh)
                 } else {
@@ -349,7 +274,7 @@ fn inference<H: Half>() {
                     .unwrap();
                 let got = if in_place { &yh } else { &out };
                 let what = format!("inference {shape:?} {:?} flags {flags}", cx.isa());
-                assert_half(got, &y, &what);
+                assert_rounded(got, &y, Nan::Any, &what);
             }
         }
     });
@@ -399,7 +324,7 @@ fn backward<H: Half>() {
             for mode in 0..3 {
                 let (mut hdg, mut hdb) = (vec![1.0; c], vec![1.0; c]);
                 let mut dxh = dyh.clone();
-                let mut out = vec![H::of(7.0); xh.len()];
+                let mut out = vec![H::round(7.0); xh.len()];
                 let io = match mode {
                     0 => BackwardIo::WithDx(InOut::separate(&dyh, &mut out).unwrap()),
                     1 => BackwardIo::WithDx(InOut::InPlace(&mut dxh)),
@@ -419,8 +344,8 @@ fn backward<H: Half>() {
                 .unwrap();
                 let what = format!("backward {shape:?} {:?} mode {mode}", cx.isa());
                 match mode {
-                    0 => assert_half(&out, &dx, &what),
-                    1 => assert_half(&dxh, &dx, &what),
+                    0 => assert_rounded(&out, &dx, Nan::Any, &what),
+                    1 => assert_rounded(&dxh, &dx, Nan::Any, &what),
                     _ => {}
                 }
                 assert_bits(&hdg, &dg, &what);
@@ -441,7 +366,7 @@ fn backward<H: Half>() {
             batchnorm::backward_apply(cx, shape, &xw, io, gm, &sm, &si, count, &s1, &s2).unwrap();
             for in_place in [false, true] {
                 let mut dxh = dyh.clone();
-                let mut out = vec![H::of(7.0); xh.len()];
+                let mut out = vec![H::round(7.0); xh.len()];
                 let io = if in_place {
                     InOut::InPlace(&mut dxh)
                 } else {
@@ -454,7 +379,7 @@ fn backward<H: Half>() {
                     "backward_apply {shape:?} {:?} in place {in_place}",
                     cx.isa()
                 );
-                assert_half(got, &dx, &what);
+                assert_rounded(got, &dx, Nan::Any, &what);
             }
         }
     });
@@ -576,10 +501,10 @@ unsafe fn c_twins<H: Half, C: Copy>(
             let what = format!("C function {k} in place {in_place}");
             let yh = back(if in_place { &ah.x } else { &ah.y });
             let y32 = if in_place { &a32.x } else { &a32.y };
-            assert_half(&yh, y32, &what);
+            assert_rounded(&yh, y32, Nan::Any, &what);
             let dxh = back(if in_place { &ah.dy } else { &ah.dx });
             let dx32 = if in_place { &a32.dy } else { &a32.dx };
-            assert_half(&dxh, dx32, &what);
+            assert_rounded(&dxh, dx32, Nan::Any, &what);
             for (p, q) in [
                 (&ah.rm, &a32.rm),
                 (&ah.rv, &a32.rv),

@@ -11,8 +11,9 @@
 
 mod common;
 
-use common::check::ctx;
+use common::check::{c_shape, ctx, isa_value};
 use common::data::Gen;
+use common::half::{Half, Nan, assert_rounded_from, bits, widen};
 use normkit::ffi::nk_status::*;
 use normkit::ffi::*;
 use normkit::{Context, Element, InOut, Isa, Layout, Shape, bf16, dropout as d, f16};
@@ -21,7 +22,7 @@ use std::collections::HashMap;
 use std::ptr::null_mut;
 
 // ---------------------------------------------------------------------------------------------
-// The operations and the two types.
+// The operations and the twins of each type.
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Op {
@@ -39,13 +40,8 @@ impl Op {
     }
 }
 
-/// bf16 or f16: conversions, and the type's C twins.
-trait Half: Element + Copy + std::fmt::Debug {
-    const NAME: &'static str;
-    fn round(v: f32) -> Self;
-    fn widen(self) -> f32;
-    fn bits(self) -> u16;
-    fn of_bits(bits: u16) -> Self;
+/// The dropout twins of a half type.
+trait DropoutTwins: Half {
     /// Subnormals of the type and signaling NaNs, as bits.
     const SPECIAL_BITS: [u16; 6];
 
@@ -70,25 +66,12 @@ trait Half: Element + Copy + std::fmt::Debug {
     ) -> nk_status;
 }
 
-macro_rules! half {
-    ($t:ty, $c:ty, $name:expr, $special:expr,
+macro_rules! twins {
+    ($t:ty, $c:ty, $special:expr,
      [$df:ident, $db:ident, $af:ident, $ab:ident, $gf:ident, $gb:ident, $uf:ident, $ub:ident,
       $cf:ident, $cb:ident]) => {
-        impl Half for $t {
-            const NAME: &'static str = $name;
+        impl DropoutTwins for $t {
             const SPECIAL_BITS: [u16; 6] = $special;
-            fn round(v: f32) -> Self {
-                <$t>::from_f32(v)
-            }
-            fn widen(self) -> f32 {
-                <$t>::to_f32(self)
-            }
-            fn bits(self) -> u16 {
-                <$t>::to_bits(self)
-            }
-            fn of_bits(bits: u16) -> Self {
-                <$t>::from_bits(bits)
-            }
             unsafe fn c_call(
                 op: Op,
                 backward: bool,
@@ -124,10 +107,9 @@ macro_rules! half {
     };
 }
 
-half!(
+twins!(
     bf16,
     nk_bf16,
-    "bf16",
     // Subnormals (smallest, largest, a negative one), signaling NaNs, the largest finite.
     [0x0001, 0x007F, 0x8035, 0x7F81, 0xFFA0, 0x7F7F],
     [
@@ -144,10 +126,9 @@ half!(
     ]
 );
 
-half!(
+twins!(
     f16,
     nk_f16,
-    "f16",
     [0x0001, 0x03FF, 0x8203, 0x7C01, 0xFD00, 0x7BFF],
     [
         nk_dropout_forward_f16,
@@ -176,15 +157,6 @@ impl Drop for CCtx {
     }
 }
 
-fn isa_value(isa: Isa) -> nk_isa_value {
-    match isa {
-        Isa::Portable => 1,
-        Isa::Avx2 => 2,
-        Isa::Avx512 => 3,
-        Isa::Neon => 4,
-    }
-}
-
 thread_local! {
     static C_CONTEXTS: RefCell<HashMap<(usize, Isa), CCtx>> = RefCell::new(HashMap::new());
 }
@@ -206,18 +178,6 @@ fn c_ctx(threads: usize, isa: Isa) -> *mut nk_context {
             })
             .0
     })
-}
-
-fn c_shape(shape: Shape) -> nk_shape {
-    nk_shape {
-        batch: shape.batch,
-        channels: shape.channels,
-        spatial: shape.spatial,
-        layout: match shape.layout {
-            Layout::Ncs => 0,
-            Layout::Nsc => 1,
-        },
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -318,7 +278,7 @@ fn run_f32(ctx: &Context, case: &Case, x: &[f32], mask: Mask<'_>) -> (Vec<f32>, 
 /// The twin of type `T` through `api`, in place (`dst` holds `x` first) or out of place, into
 /// `dst` (which the caller may place anywhere); returns the mask written.
 #[allow(clippy::too_many_arguments)]
-fn run_half_into<T: Half>(
+fn run_half_into<T: DropoutTwins>(
     api: Api,
     ctx: &Context,
     c_ctx: *mut nk_context,
@@ -332,7 +292,7 @@ fn run_half_into<T: Half>(
     if in_place {
         dst.copy_from_slice(x);
     } else {
-        dst.fill(T::of_bits(0x7E55));
+        dst.fill(T::from_bits(0x7E55));
     }
     match api {
         Api::Safe => {
@@ -386,33 +346,16 @@ fn last_error() -> String {
         .into_owned()
 }
 
-/// Each element of `got` is `T::from_f32` of the element of `want`, bit for bit.
-#[track_caller]
-fn assert_rounded<T: Half>(got: &[T], want: &[f32], input: &[f32], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    if let Some(i) = (0..got.len()).find(|&i| got[i].bits() != T::round(want[i]).bits()) {
-        panic!(
-            "{what}: element {i} of {} is {:#06x}, want {:#06x} (the float function's {:e} on \
-             {:e})",
-            got.len(),
-            got[i].bits(),
-            T::round(want[i]).bits(),
-            want[i],
-            input[i]
-        );
-    }
-}
-
 /// Whether `v` lies exactly halfway between two neighbouring finite values of `T`.
 fn is_tie<T: Half>(v: f32) -> bool {
     let r = T::round(v);
-    let rv = r.widen();
+    let rv = r.wide();
     if !v.is_finite() || !rv.is_finite() || rv == 0.0 || rv == v {
         return false;
     }
     // The neighbour of r on v's side: one step up in magnitude if |v| > |r|, else down.
     let step: i32 = if v.abs() > rv.abs() { 1 } else { -1 };
-    let other = T::of_bits((i32::from(r.bits()) + step) as u16).widen();
+    let other = T::from_bits((i32::from(r.bits()) + step) as u16).wide();
     if !other.is_finite() {
         return false;
     }
@@ -426,7 +369,7 @@ fn is_tie<T: Half>(v: f32) -> bool {
 /// Normal data at several scales; one element in five a special value: NaN (signaling too),
 /// infinities, signed zeros, subnormals of the type, values at the f16 overflow, the largest
 /// finite value of the type.
-fn inputs<T: Half>(n: usize, seed: u64) -> Vec<T> {
+fn inputs<T: DropoutTwins>(n: usize, seed: u64) -> Vec<T> {
     let specials: Vec<T> = [
         f32::NAN,
         -f32::NAN,
@@ -449,7 +392,7 @@ fn inputs<T: Half>(n: usize, seed: u64) -> Vec<T> {
     ]
     .iter()
     .map(|&v| T::round(v))
-    .chain(T::SPECIAL_BITS.iter().map(|&b| T::of_bits(b)))
+    .chain(T::SPECIAL_BITS.iter().map(|&b| T::from_bits(b)))
     .collect();
     let mut g = Gen::new(seed);
     (0..n)
@@ -510,7 +453,7 @@ fn params(op: Op, n: usize) -> Vec<f32> {
 
 /// Every twin of `op` for type `T` through `api` against the float function, over the sweep;
 /// returns how many of the float outputs were ties of `T`.
-fn sweep<T: Half>(op: Op, api: Api) -> usize {
+fn sweep<T: DropoutTwins>(op: Op, api: Api) -> usize {
     let mut ties = 0;
     for isa in Isa::supported() {
         for threads in [1, 3] {
@@ -519,7 +462,7 @@ fn sweep<T: Half>(op: Op, api: Api) -> usize {
             for (k, shape) in shapes(op).into_iter().enumerate() {
                 let n = shape.elements().unwrap();
                 let x = inputs::<T>(n, 100 + k as u64);
-                let wide: Vec<f32> = x.iter().map(|v| v.widen()).collect();
+                let wide = widen(&x);
                 let mut dst = vec![T::round(0.0); n];
                 for offset in offsets(op, shape) {
                     for param in params(op, n) {
@@ -546,7 +489,7 @@ fn sweep<T: Half>(op: Op, api: Api) -> usize {
                                 api, &context, cc, &forward, &x, &mut dst, in_place, out,
                             );
                             let w = what(&forward, "out", in_place);
-                            assert_rounded(&dst, &y32, &wide, &w);
+                            assert_rounded_from(&dst, &y32, &wide, Nan::Exact, &w);
                             assert_eq!(m, m32, "{w}: mask");
                         }
                         // Backward (dy = x): made again, and from the forward's mask.
@@ -565,7 +508,7 @@ fn sweep<T: Half>(op: Op, api: Api) -> usize {
                                     api, &context, cc, &backward, &x, &mut dst, in_place, mask,
                                 );
                                 let w = what(&backward, label, in_place);
-                                assert_rounded(&dst, &dx32, &wide, &w);
+                                assert_rounded_from(&dst, &dx32, &wide, Nan::Exact, &w);
                             }
                         }
                     }
@@ -640,12 +583,12 @@ fn safe_api_channel_dropout_on_halves() {
 /// aligns it to a whole vector of the element type: with the output 2 bytes past an aligned
 /// address (and in place), every ISA, 1 and 3 threads, each twin still gives the float
 /// function's output rounded.
-fn large<T: Half>() {
+fn large<T: DropoutTwins>() {
     let n = (1 << 22) + 77;
     let channel_shape = Shape::new(2, 3, 700_001, Layout::Ncs);
     let most = channel_shape.elements().unwrap();
     let x = inputs::<T>(most, 7);
-    let wide: Vec<f32> = x.iter().map(|v| v.widen()).collect();
+    let wide = widen(&x);
     let mut buffer = vec![T::round(0.0); most + 64];
     let aligned = (64 - buffer.as_ptr() as usize % 64) % 64 / 2;
     let start = aligned + 1;
@@ -690,7 +633,7 @@ fn large<T: Half>() {
                             "{} {isa:?} {threads} thread(s) {case:?} in place {in_place}",
                             T::NAME
                         );
-                        assert_rounded(dst, &y32, &wide[..m], &what);
+                        assert_rounded_from(dst, &y32, &wide[..m], Nan::Exact, &what);
                         assert_eq!(got, m32, "{what}: mask");
                     }
                 }
@@ -714,7 +657,7 @@ fn large_f16_calls_stream_the_rounded_output() {
 
 /// The statuses of the twins of `T` for NULL, odd, overlapping and adjacent data, in the
 /// contract's order, with nothing written on error.
-fn errors<T: Half>() {
+fn errors<T: DropoutTwins>() {
     let n = 8;
     let shape = Shape::new(1, n, 1, Layout::Ncs);
     let empty = Shape::new(0, n, 1, Layout::Ncs);
@@ -823,7 +766,7 @@ fn errors<T: Half>() {
                 ),
             ];
             for (x, y, sh, p, m, want, what) in cases {
-                let before: Vec<u16> = data.iter().map(|v| v.bits()).collect();
+                let before = bits(&data);
                 let raw_before = raw.clone();
                 // SAFETY: every non-NULL pointer is valid for n elements (the odd one within
                 // `raw`); a failing call writes nothing.
@@ -832,10 +775,7 @@ fn errors<T: Half>() {
                 };
                 let label = format!("{} {op:?} backward {backward}: {what}", T::NAME);
                 assert_eq!(status, want, "{label}: {}", last_error());
-                assert!(
-                    data.iter().map(|v| v.bits()).eq(before.iter().copied()),
-                    "{label}: data written"
-                );
+                assert!(bits(&data) == before, "{label}: data written");
                 assert_eq!(raw, raw_before, "{label}: written");
                 assert_eq!(mask, [0xA5; 8], "{label}: mask written");
             }
@@ -896,7 +836,7 @@ fn errors<T: Half>() {
             // A written mask that overlaps y.
             if op.masked() && !backward {
                 let y = base.wrapping_add(16);
-                let before: Vec<u16> = data.iter().map(|v| v.bits()).collect();
+                let before = bits(&data);
                 // SAFETY: within `data`; a failing call writes nothing.
                 let status = unsafe {
                     T::c_call(
@@ -914,7 +854,7 @@ fn errors<T: Half>() {
                     )
                 };
                 assert_eq!(status, NK_ERR_ALIAS, "{} {op:?}: mask inside y", T::NAME);
-                assert!(data.iter().map(|v| v.bits()).eq(before.iter().copied()));
+                assert!(bits(&data) == before);
             }
         }
     }

@@ -5,8 +5,9 @@
 
 mod common;
 
-use common::check::{assert_bits, ctx};
+use common::check::{assert_bits, c_shape, ctx, isa_value};
 use common::data::Gen;
+use common::half::{Half, Nan, assert_rounded, bits, narrow, widen};
 use common::reference::index;
 use normkit::ffi::nk_status::{self, *};
 use normkit::ffi::*;
@@ -15,202 +16,6 @@ use normkit::{Context, Element, InOut, Isa, Layout, Shape, bf16, f16, instanceno
 use std::ptr::{null, null_mut};
 
 const SENTINEL: f32 = -7777.25;
-
-// ---------------------------------------------------------------------------------------------
-// The half types, seen from the tests.
-
-/// A half type with its rounding (half's `from_f32`: nearest, ties to even) and its C twins.
-trait Half: Element + Copy + std::fmt::Debug {
-    const NAME: &'static str;
-    /// The type's largest finite value.
-    const MAX: f32;
-    /// The type's smallest positive subnormal.
-    const MIN_SUBNORMAL: f32;
-    type Ffi;
-    /// Rounds to nearest, ties to even.
-    fn round(v: f32) -> Self;
-    /// Widens exactly.
-    fn wide(self) -> f32;
-    fn bits(self) -> u16;
-    #[allow(clippy::type_complexity)]
-    const GN_FORWARD: unsafe extern "C" fn(
-        *mut nk_context,
-        nk_shape,
-        usize,
-        *const Self::Ffi,
-        *mut Self::Ffi,
-        *const f32,
-        *const f32,
-        f32,
-        *mut f32,
-        *mut f32,
-    ) -> nk_status;
-    #[allow(clippy::type_complexity)]
-    const GN_BACKWARD: unsafe extern "C" fn(
-        *mut nk_context,
-        nk_shape,
-        usize,
-        *const Self::Ffi,
-        *const Self::Ffi,
-        *mut Self::Ffi,
-        *const f32,
-        *const f32,
-        *const f32,
-        *mut f32,
-        *mut f32,
-    ) -> nk_status;
-    #[allow(clippy::type_complexity)]
-    const IN_FORWARD: unsafe extern "C" fn(
-        *mut nk_context,
-        nk_shape,
-        *const Self::Ffi,
-        *mut Self::Ffi,
-        *const f32,
-        *const f32,
-        f32,
-        *mut f32,
-        *mut f32,
-    ) -> nk_status;
-}
-
-impl Half for bf16 {
-    const NAME: &'static str = "bf16";
-    const MAX: f32 = 3.389_531_4e38;
-    const MIN_SUBNORMAL: f32 = 9.18355e-41;
-    type Ffi = nk_bf16;
-    fn round(v: f32) -> Self {
-        bf16::from_f32(v)
-    }
-    fn wide(self) -> f32 {
-        bf16::to_f32(self)
-    }
-    fn bits(self) -> u16 {
-        self.to_bits()
-    }
-    const GN_FORWARD: unsafe extern "C" fn(
-        *mut nk_context,
-        nk_shape,
-        usize,
-        *const nk_bf16,
-        *mut nk_bf16,
-        *const f32,
-        *const f32,
-        f32,
-        *mut f32,
-        *mut f32,
-    ) -> nk_status = nk_groupnorm_forward_bf16;
-    const GN_BACKWARD: unsafe extern "C" fn(
-        *mut nk_context,
-        nk_shape,
-        usize,
-        *const nk_bf16,
-        *const nk_bf16,
-        *mut nk_bf16,
-        *const f32,
-        *const f32,
-        *const f32,
-        *mut f32,
-        *mut f32,
-    ) -> nk_status = nk_groupnorm_backward_bf16;
-    const IN_FORWARD: unsafe extern "C" fn(
-        *mut nk_context,
-        nk_shape,
-        *const nk_bf16,
-        *mut nk_bf16,
-        *const f32,
-        *const f32,
-        f32,
-        *mut f32,
-        *mut f32,
-    ) -> nk_status = nk_instancenorm_forward_bf16;
-}
-
-impl Half for f16 {
-    const NAME: &'static str = "f16";
-    const MAX: f32 = 65504.0;
-    const MIN_SUBNORMAL: f32 = 5.960_464_5e-8;
-    type Ffi = nk_f16;
-    fn round(v: f32) -> Self {
-        f16::from_f32(v)
-    }
-    fn wide(self) -> f32 {
-        f16::to_f32(self)
-    }
-    fn bits(self) -> u16 {
-        self.to_bits()
-    }
-    const GN_FORWARD: unsafe extern "C" fn(
-        *mut nk_context,
-        nk_shape,
-        usize,
-        *const nk_f16,
-        *mut nk_f16,
-        *const f32,
-        *const f32,
-        f32,
-        *mut f32,
-        *mut f32,
-    ) -> nk_status = nk_groupnorm_forward_f16;
-    const GN_BACKWARD: unsafe extern "C" fn(
-        *mut nk_context,
-        nk_shape,
-        usize,
-        *const nk_f16,
-        *const nk_f16,
-        *mut nk_f16,
-        *const f32,
-        *const f32,
-        *const f32,
-        *mut f32,
-        *mut f32,
-    ) -> nk_status = nk_groupnorm_backward_f16;
-    const IN_FORWARD: unsafe extern "C" fn(
-        *mut nk_context,
-        nk_shape,
-        *const nk_f16,
-        *mut nk_f16,
-        *const f32,
-        *const f32,
-        f32,
-        *mut f32,
-        *mut f32,
-    ) -> nk_status = nk_instancenorm_forward_f16;
-}
-
-fn narrow<H: Half>(v: &[f32]) -> Vec<H> {
-    v.iter().map(|&x| H::round(x)).collect()
-}
-
-fn widen<H: Half>(v: &[H]) -> Vec<f32> {
-    v.iter().map(|&x| x.wide()).collect()
-}
-
-/// `got` is `want` rounded once to `H`, bitwise; a NaN must be a quiet NaN of `H` (its payload
-/// is not specified).
-#[track_caller]
-fn assert_rounded<H: Half>(got: &[H], want: &[f32], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let r = H::round(w);
-        if w.is_nan() {
-            let quiet = if H::NAME == "bf16" { 0x0040 } else { 0x0200 };
-            assert!(
-                g.wide().is_nan() && g.bits() & quiet != 0,
-                "{what} ({}): element {i} of {}: {g:?} is not a quiet NaN",
-                H::NAME,
-                got.len()
-            );
-        } else {
-            assert_eq!(
-                g.bits(),
-                r.bits(),
-                "{what} ({}): element {i} of {}: {g:?} vs {r:?} (f32 {w:e})",
-                H::NAME,
-                got.len()
-            );
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Cases.
@@ -473,7 +278,7 @@ fn check_case<H: Half>(ctx: &Context, case: &Case<H>, what: &str) {
             false,
             fill,
         );
-        assert_rounded(&h.y, &f.y, &format!("{what}: groupnorm y"));
+        assert_rounded(&h.y, &f.y, Nan::Quiet, &format!("{what}: groupnorm y"));
         assert_bits(&h.mean, &f.mean, &format!("{what}: groupnorm save_mean"));
         assert_bits(
             &h.invstd,
@@ -491,7 +296,7 @@ fn check_case<H: Half>(ctx: &Context, case: &Case<H>, what: &str) {
             in_place,
             fill,
         );
-        assert_rounded(&hb.dx, &b.dx, &format!("{what}: groupnorm dx"));
+        assert_rounded(&hb.dx, &b.dx, Nan::Quiet, &format!("{what}: groupnorm dx"));
         assert_bits(&hb.dgamma, &b.dgamma, &format!("{what}: groupnorm dgamma"));
         assert_bits(&hb.dbeta, &b.dbeta, &format!("{what}: groupnorm dbeta"));
         let hi = forward(
@@ -505,7 +310,7 @@ fn check_case<H: Half>(ctx: &Context, case: &Case<H>, what: &str) {
             true,
             fill,
         );
-        assert_rounded(&hi.y, &fi.y, &format!("{what}: instancenorm y"));
+        assert_rounded(&hi.y, &fi.y, Nan::Quiet, &format!("{what}: instancenorm y"));
         assert_bits(
             &hi.mean,
             &fi.mean,
@@ -607,20 +412,68 @@ fn special_values_reach_the_outputs() {
 // ---------------------------------------------------------------------------------------------
 // The C twins.
 
-fn c_shape(shape: &Shape) -> nk_shape {
-    nk_shape {
-        batch: shape.batch,
-        channels: shape.channels,
-        spatial: shape.spatial,
-        layout: match shape.layout {
-            Layout::Ncs => 0,
-            Layout::Nsc => 1,
-        },
-    }
+/// `nk_groupnorm_forward` of data of type `T`.
+type GnForward<T> = unsafe extern "C" fn(
+    *mut nk_context,
+    nk_shape,
+    usize,
+    *const T,
+    *mut T,
+    *const f32,
+    *const f32,
+    f32,
+    *mut f32,
+    *mut f32,
+) -> nk_status;
+
+/// `nk_groupnorm_backward` of data of type `T`.
+type GnBackward<T> = unsafe extern "C" fn(
+    *mut nk_context,
+    nk_shape,
+    usize,
+    *const T,
+    *const T,
+    *mut T,
+    *const f32,
+    *const f32,
+    *const f32,
+    *mut f32,
+    *mut f32,
+) -> nk_status;
+
+/// `nk_instancenorm_forward` of data of type `T`.
+type InForward<T> = unsafe extern "C" fn(
+    *mut nk_context,
+    nk_shape,
+    *const T,
+    *mut T,
+    *const f32,
+    *const f32,
+    f32,
+    *mut f32,
+    *mut f32,
+) -> nk_status;
+
+/// The C struct of a half type and its group-norm and instance-norm twins.
+trait GroupTwins: Half {
+    type Ffi;
+    const GN_FORWARD: GnForward<Self::Ffi>;
+    const GN_BACKWARD: GnBackward<Self::Ffi>;
+    const IN_FORWARD: InForward<Self::Ffi>;
 }
 
-fn bits<H: Half>(v: &[H]) -> Vec<u16> {
-    v.iter().map(|x| x.bits()).collect()
+impl GroupTwins for bf16 {
+    type Ffi = nk_bf16;
+    const GN_FORWARD: GnForward<nk_bf16> = nk_groupnorm_forward_bf16;
+    const GN_BACKWARD: GnBackward<nk_bf16> = nk_groupnorm_backward_bf16;
+    const IN_FORWARD: InForward<nk_bf16> = nk_instancenorm_forward_bf16;
+}
+
+impl GroupTwins for f16 {
+    type Ffi = nk_f16;
+    const GN_FORWARD: GnForward<nk_f16> = nk_groupnorm_forward_f16;
+    const GN_BACKWARD: GnBackward<nk_f16> = nk_groupnorm_backward_f16;
+    const IN_FORWARD: InForward<nk_f16> = nk_instancenorm_forward_f16;
 }
 
 /// A buffer of `n` half values starting at an odd address (inside a larger buffer).
@@ -640,13 +493,13 @@ impl Odd {
     }
 }
 
-fn c_twins<H: Half>() {
+fn c_twins<H: GroupTwins>() {
     let isa = Isa::supported()[0];
     for layout in [Layout::Ncs, Layout::Nsc] {
         let case = Case::<H>::new((2, 12, 23, 4), layout, 3, 99);
         let c = ctx(3, isa);
         let (shape, groups, n) = (case.shape, case.groups, case.x.len());
-        let cs = c_shape(&shape);
+        let cs = c_shape(shape);
         let ch = shape.channels;
         let gamma = case.gamma.clone().unwrap();
         let beta = case.beta.clone().unwrap();
@@ -655,15 +508,7 @@ fn c_twins<H: Half>() {
         unsafe {
             assert_eq!(nk_context_create(3, &mut raw), NK_OK);
             assert_eq!(
-                nk_context_set_isa(
-                    raw,
-                    match isa {
-                        Isa::Portable => 1,
-                        Isa::Avx2 => 2,
-                        Isa::Avx512 => 3,
-                        Isa::Neon => 4,
-                    }
-                ),
+                nk_context_set_isa(raw, isa_value(isa)),
                 NK_OK,
                 "the context takes a supported ISA"
             );
@@ -751,13 +596,18 @@ fn c_twins<H: Half>() {
                 fwd(xp, y.as_mut_ptr().cast(), m.as_mut_ptr(), s.as_mut_ptr()),
                 NK_OK
             );
-            assert_rounded(&y, &y32, &format!("{what}: groupnorm y"));
+            assert_rounded(&y, &y32, Nan::Quiet, &format!("{what}: groupnorm y"));
             assert_bits(&m, &m32, &format!("{what}: save_mean"));
             assert_bits(&s, &s32, &format!("{what}: save_invstd"));
             let mut yin = case.x.clone();
             let p = yin.as_mut_ptr().cast::<H::Ffi>();
             assert_eq!(fwd(p, p, null_mut(), null_mut()), NK_OK);
-            assert_rounded(&yin, &y32, &format!("{what}: groupnorm y in place"));
+            assert_rounded(
+                &yin,
+                &y32,
+                Nan::Quiet,
+                &format!("{what}: groupnorm y in place"),
+            );
             let (mut m, mut s) = (vec![SENTINEL; saves], vec![SENTINEL; saves]);
             let mut y = vec![fill; n];
             let before = bits(&y);
@@ -833,13 +683,13 @@ fn c_twins<H: Half>() {
                 ),
                 NK_OK
             );
-            assert_rounded(&dx, &dx32, &format!("{what}: dx"));
+            assert_rounded(&dx, &dx32, Nan::Quiet, &format!("{what}: dx"));
             assert_bits(&dg, &dg32, &format!("{what}: dgamma"));
             assert_bits(&db, &db32, &format!("{what}: dbeta"));
             let mut dxin = case.dy.clone();
             let p = dxin.as_mut_ptr().cast::<H::Ffi>();
             assert_eq!(bwd(xp, p, p, null_mut(), null_mut()), NK_OK);
-            assert_rounded(&dxin, &dx32, &format!("{what}: dx in place"));
+            assert_rounded(&dxin, &dx32, Nan::Quiet, &format!("{what}: dx in place"));
             let (mut dg, mut db) = (vec![SENTINEL; ch], vec![SENTINEL; ch]);
             let mut dx = vec![fill; n];
             let before = bits(&dx);
@@ -906,13 +756,18 @@ fn c_twins<H: Half>() {
                 ifwd(xp, y.as_mut_ptr().cast(), m.as_mut_ptr(), s.as_mut_ptr()),
                 NK_OK
             );
-            assert_rounded(&y, &yi32, &format!("{what}: instancenorm y"));
+            assert_rounded(&y, &yi32, Nan::Quiet, &format!("{what}: instancenorm y"));
             assert_bits(&m, &mi32, &format!("{what}: instancenorm save_mean"));
             assert_bits(&s, &si32, &format!("{what}: instancenorm save_invstd"));
             let mut yin = case.x.clone();
             let p = yin.as_mut_ptr().cast::<H::Ffi>();
             assert_eq!(ifwd(p, p, null_mut(), null_mut()), NK_OK);
-            assert_rounded(&yin, &yi32, &format!("{what}: instancenorm y in place"));
+            assert_rounded(
+                &yin,
+                &yi32,
+                Nan::Quiet,
+                &format!("{what}: instancenorm y in place"),
+            );
             let (mut m, mut s) = (vec![SENTINEL; isaves], vec![SENTINEL; isaves]);
             let mut y = vec![fill; n];
             let before = bits(&y);

@@ -11,91 +11,13 @@ mod common;
 
 use common::check::ctx;
 use common::data::Gen;
+use common::half::{Half, Nan, assert_rounded, narrow, widen};
 use normkit::batchnorm::{Affine, SavedStats};
 use normkit::ffi::nk_status::{self, *};
 use normkit::ffi::*;
 use normkit::layernorm::{self, BackwardIo};
 use normkit::{Context, Element, InOut, Isa, bf16, f16, rmsnorm};
-use std::fmt::Debug;
 use std::ptr::{null, null_mut};
-
-/// A 16-bit data type, with the test's own conversions (the `half` crate's, independent of the
-/// library's vector conversions).
-trait Half: Element + Copy + Debug {
-    const NAME: &'static str;
-    /// The quiet bit of a NaN.
-    const QUIET: u16;
-    /// The largest subnormal's bit pattern.
-    const MAX_SUBNORMAL: u16;
-    fn of_f32(v: f32) -> Self;
-    fn widen(self) -> f32;
-    fn bits(self) -> u16;
-    fn from_bits(b: u16) -> Self;
-}
-
-impl Half for bf16 {
-    const NAME: &'static str = "bf16";
-    const QUIET: u16 = 0x0040;
-    const MAX_SUBNORMAL: u16 = 0x007F;
-    fn of_f32(v: f32) -> Self {
-        bf16::from_f32(v)
-    }
-    fn widen(self) -> f32 {
-        self.to_f32()
-    }
-    fn bits(self) -> u16 {
-        self.to_bits()
-    }
-    fn from_bits(b: u16) -> Self {
-        bf16::from_bits(b)
-    }
-}
-
-impl Half for f16 {
-    const NAME: &'static str = "f16";
-    const QUIET: u16 = 0x0200;
-    const MAX_SUBNORMAL: u16 = 0x03FF;
-    fn of_f32(v: f32) -> Self {
-        f16::from_f32(v)
-    }
-    fn widen(self) -> f32 {
-        self.to_f32()
-    }
-    fn bits(self) -> u16 {
-        self.to_bits()
-    }
-    fn from_bits(b: u16) -> Self {
-        f16::from_bits(b)
-    }
-}
-
-fn widen<E: Half>(v: &[E]) -> Vec<f32> {
-    v.iter().map(|e| e.widen()).collect()
-}
-
-/// `got` is `want` rounded once to `E`, bit for bit; a NaN may be any quiet NaN.
-#[track_caller]
-fn assert_rounded<E: Half>(got: &[E], want: &[f32], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: lengths");
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let r = E::of_f32(w);
-        let ok = if w.is_nan() {
-            g.widen().is_nan() && g.bits() & E::QUIET != 0
-        } else {
-            g.bits() == r.bits()
-        };
-        assert!(
-            ok,
-            "{what} ({}): element {i} of {}: got {:?} ({:#06x}), want {w} rounded: {:?} ({:#06x})",
-            E::NAME,
-            got.len(),
-            g,
-            g.bits(),
-            r,
-            r.bits()
-        );
-    }
-}
 
 /// `got` is `want` bit for bit, except that a NaN may be any NaN: which NaN an operation on
 /// NaNs gives is not fixed (the compiler may swap the operands of an addition, and x86 returns
@@ -128,7 +50,7 @@ fn data<E: Half>(g: &mut Gen, rows: usize, cols: usize, special: bool) -> Vec<E>
     for _ in 0..rows {
         let o = g.range(-3000.0, 3000.0);
         let s = g.range(0.5, 50.0);
-        x.extend(g.normals(cols, o, s).into_iter().map(E::of_f32));
+        x.extend(narrow::<E>(&g.normals(cols, o, s)));
     }
     if !special || cols == 0 {
         return x;
@@ -138,9 +60,9 @@ fn data<E: Half>(g: &mut Gen, rows: usize, cols: usize, special: bool) -> Vec<E>
     for r in 0..rows.min(kinds) {
         let row = &mut x[r * cols..(r + 1) * cols];
         match r {
-            0 => row[0] = E::of_f32(f32::NAN),
-            1 => row[cols / 2] = E::of_f32(f32::INFINITY),
-            2 => row[cols - 1] = E::of_f32(f32::NEG_INFINITY),
+            0 => row[0] = E::round(f32::NAN),
+            1 => row[cols / 2] = E::round(f32::INFINITY),
+            2 => row[cols - 1] = E::round(f32::NEG_INFINITY),
             3 => {
                 // Subnormals of the type, both signs.
                 for v in row.iter_mut() {
@@ -152,21 +74,21 @@ fn data<E: Half>(g: &mut Gen, rows: usize, cols: usize, special: bool) -> Vec<E>
             4 => {
                 // Near the f16 maximum: normalized with a big gamma, they overflow f16.
                 for (j, v) in row.iter_mut().enumerate() {
-                    *v = E::of_f32([65504.0, -65504.0, 65000.0, -60000.0][j % 4]);
+                    *v = E::round([65504.0, -65504.0, 65000.0, -60000.0][j % 4]);
                 }
             }
-            5 => row.fill(E::of_f32(-0.0)),
+            5 => row.fill(E::round(-0.0)),
             6 => {
                 // Tiny values: an inverse spread near the top of the range for bf16 (the f64
                 // paths of the forward with eps = 0 and of the backward's dx).
                 for v in row.iter_mut() {
-                    *v = E::of_f32((1e-20 * g.normal()) as f32);
+                    *v = E::round((1e-20 * g.normal()) as f32);
                 }
             }
             _ => {
                 // Values near one with -0.0 among them.
                 for v in row.iter_mut() {
-                    *v = E::of_f32(if g.below(3) == 0 {
+                    *v = E::round(if g.below(3) == 0 {
                         -0.0
                     } else {
                         g.range(-2.0, 2.0) as f32
@@ -177,27 +99,23 @@ fn data<E: Half>(g: &mut Gen, rows: usize, cols: usize, special: bool) -> Vec<E>
     }
     // -0.0 scattered over the rest.
     for r in kinds.min(rows)..rows {
-        x[at(r, g.below(cols))] = E::of_f32(-0.0);
+        x[at(r, g.below(cols))] = E::round(-0.0);
     }
     x
 }
 
 /// The output gradient: normal values, with `special` a NaN, an infinity, a subnormal and -0.0.
 fn grad<E: Half>(g: &mut Gen, rows: usize, cols: usize, special: bool) -> Vec<E> {
-    let mut dy: Vec<E> = g
-        .normals(rows * cols, 0.0, 1.0)
-        .into_iter()
-        .map(E::of_f32)
-        .collect();
+    let mut dy: Vec<E> = narrow(&g.normals(rows * cols, 0.0, 1.0));
     if special && !dy.is_empty() {
         let n = dy.len();
-        dy[n / 3] = E::of_f32(-0.0);
+        dy[n / 3] = E::round(-0.0);
         dy[n / 2] = E::from_bits(1);
         if rows > 8 {
             // Rows past the special rows of `data`: non-finite gradients in rows of finite x.
-            dy[8 * cols] = E::of_f32(f32::NAN);
+            dy[8 * cols] = E::round(f32::NAN);
             if rows > 9 {
-                dy[9 * cols] = E::of_f32(f32::INFINITY);
+                dy[9 * cols] = E::round(f32::INFINITY);
             }
         }
     }
@@ -326,9 +244,9 @@ fn check_forward<E: Half>(seed: u64) {
                                     in_place,
                                     aff,
                                     eps,
-                                    E::of_f32(0.0),
+                                    E::round(0.0),
                                 );
-                                assert_rounded(&got.y, &want.y, &what);
+                                assert_rounded(&got.y, &want.y, Nan::Quiet, &what);
                                 assert_same(&got.inv, &want.inv, &format!("{what}: inv"));
                                 if centered {
                                     assert_same(&got.mean, &want.mean, &format!("{what}: mean"));
@@ -373,10 +291,10 @@ fn check_streaming<E: Half>(seed: u64) {
                 in_place,
                 aff,
                 1e-5,
-                E::of_f32(0.0),
+                E::round(0.0),
             );
             let what = format!("streaming forward centered={centered} in_place={in_place}");
-            assert_rounded(&got.y, &want.y, &what);
+            assert_rounded(&got.y, &want.y, Nan::Quiet, &what);
             assert_same(&got.inv, &want.inv, &what);
             assert_same(&got.mean, &want.mean, &what);
         }
@@ -504,10 +422,10 @@ fn check_backward<E: Half>(seed: u64) {
                                     mode,
                                     gamma,
                                     stats,
-                                    E::of_f32(0.0),
+                                    E::round(0.0),
                                 );
                                 if !matches!(mode, Mode::SumsOnly) {
-                                    assert_rounded(&got.dx, &want.dx, &what);
+                                    assert_rounded(&got.dx, &want.dx, Nan::Quiet, &what);
                                 }
                                 assert_same(&got.dgamma, &want.dgamma, &format!("{what}: dgamma"));
                                 assert_same(&got.dbeta, &want.dbeta, &format!("{what}: dbeta"));
@@ -557,7 +475,7 @@ fn outputs_are_rounded_to_nearest_and_overflow_to_infinity() {
         false,
         (None, None),
         1e-5,
-        bf16::of_f32(0.0),
+        bf16::round(0.0),
     );
     let truncated = got
         .y
@@ -570,7 +488,7 @@ fn outputs_are_rounded_to_nearest_and_overflow_to_infinity() {
         "only {truncated} outputs differ from truncation"
     );
 
-    let x: Vec<f16> = [65504.0f32, -65504.0, 0.0, 1.0].map(f16::of_f32).to_vec();
+    let x: Vec<f16> = [65504.0f32, -65504.0, 0.0, 1.0].map(f16::round).to_vec();
     let gamma = [1e5f32; 4];
     let got = forward(
         &cx,
@@ -580,10 +498,10 @@ fn outputs_are_rounded_to_nearest_and_overflow_to_infinity() {
         false,
         (Some(&gamma), None),
         1e-5,
-        f16::of_f32(0.0),
+        f16::round(0.0),
     );
-    assert_eq!(got.y[0].widen(), f32::INFINITY);
-    assert_eq!(got.y[1].widen(), f32::NEG_INFINITY);
+    assert_eq!(got.y[0].wide(), f32::INFINITY);
+    assert_eq!(got.y[1].wide(), f32::NEG_INFINITY);
     assert_eq!(got.y[2].bits(), 0);
 }
 
@@ -953,7 +871,7 @@ fn check_c_results<E: CTwins>(seed: u64) {
                 Twin::LnForward | Twin::RmsForward => (a32.y, ah.y),
                 _ => (a32.dx, ah.dx),
             };
-            assert_rounded(&get::<E>(outh, n), &get::<f32>(out32, n), &what);
+            assert_rounded(&get::<E>(outh, n), &get::<f32>(out32, n), Nan::Quiet, &what);
             for (p, q, len, name) in [
                 (a32.mean, ah.mean, R, "mean"),
                 (a32.inv, ah.inv, R, "inv"),

@@ -1,6 +1,7 @@
 //! Comparisons and contexts shared by the integration tests.
 
-use normkit::{Context, Isa};
+use normkit::ffi::nk_shape;
+use normkit::{Context, Isa, Layout, Shape};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -151,5 +152,18 @@ pub fn isa_value(isa: Isa) -> normkit::ffi::nk_isa_value {
         Isa::Avx2 => 2,
         Isa::Avx512 => 3,
         Isa::Neon => 4,
+    }
+}
+
+/// The C value (`nk_shape`) of a shape.
+pub fn c_shape(shape: Shape) -> nk_shape {
+    nk_shape {
+        batch: shape.batch,
+        channels: shape.channels,
+        spatial: shape.spatial,
+        layout: match shape.layout {
+            Layout::Ncs => 0,
+            Layout::Nsc => 1,
+        },
     }
 }
