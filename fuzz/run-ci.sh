@@ -91,6 +91,7 @@ gate_runs() {
     batchnorm_ffi) runs=60000 ;;
     dropout_ffi) runs=40000 ;;
     groupnorm_ffi) runs=30000 ;;
+    half_ffi) runs=35000 ;;
     layernorm_ffi) runs=80000 ;;
     *) runs=50000 ;;
     esac
