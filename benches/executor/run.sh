@@ -8,9 +8,10 @@
 # Defaults: 2 passes x 3 rounds, 400 ms per measurement: about 2.5 minutes on a quiet machine,
 # after the build (48 measurements a round, 6 rounds).
 # NK_BENCH_QUICK=1: 1 pass x 2 rounds, 20 ms (a smoke test of a few seconds).
-# Each pass runs `engine alone` (c) then `engine omp` (a, b, copy), R rounds each; the table
-# takes the median of all rounds' medians. Honours CARGO_TARGET_DIR (default target/); the
-# program and raw results go to $CARGO_TARGET_DIR/executor-bench/.
+# Each pass runs, workload by workload, `engine alone` (c) then `engine omp` (a, b, copy), R
+# rounds each, each in a fresh process; the table takes the median of all rounds' medians.
+# Honours CARGO_TARGET_DIR (default target/); the program and raw results go to
+# $CARGO_TARGET_DIR/executor-bench/.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -58,10 +59,17 @@ echo "- passes $passes x rounds $rounds, ${ms} ms per measurement"
 
 raw=$out/raw.jsonl
 : >"$raw"
+# Each workload runs in processes of its own: in a process that has run the others first, a
+# workload's timings carry their traces (memory placement, cache state), which differ between
+# the two processes and were seen to cost the later workloads up to 40% in one of them.
+workloads="bn_train_nchw bn_train_nhwc bn_infer_nchw layernorm groupnorm dropout"
 for p in $(seq "$passes"); do
-    echo "==> pass $p/$passes: (c) alone, then (a), (b), copy in the OpenMP process"
-    "$out/engine" alone "$rounds" "$ms" "$filter" >>"$raw"
-    "$out/engine" omp "$rounds" "$ms" "$filter" >>"$raw"
+    echo "==> pass $p/$passes: per workload, (c) alone, then (a), (b), copy in the OpenMP process"
+    for w in $workloads; do
+        case $w in *"$filter"*) ;; *) continue ;; esac
+        "$out/engine" alone "$rounds" "$ms" "$w" >>"$raw"
+        "$out/engine" omp "$rounds" "$ms" "$w" >>"$raw"
+    done
 done
 echo
 python3 "$here/report.py" "$raw"
