@@ -22,8 +22,13 @@ pub(crate) const TASK_ELEMENTS: usize = 1 << 15;
 /// less than a streamed one). So outputs stream when they take at least [`STREAM_MIN_SHARE`]
 /// of the last-level cache, whatever their element type.
 pub(crate) fn streams<E>(elements: usize) -> bool {
-    elements.saturating_mul(std::mem::size_of::<E>()) >= stream_min_bytes()
+    let bytes = elements.saturating_mul(std::mem::size_of::<E>());
+    // Below any last-level cache's half there is nothing to look up.
+    bytes >= STREAM_MIN_BYTES_FLOOR && bytes >= stream_min_bytes()
 }
+
+/// No output below this streams, whatever cache size is read (a last-level cache of 2 MiB).
+const STREAM_MIN_BYTES_FLOOR: usize = 1 << 20;
 
 /// Outputs of at least this share of the last-level cache are streamed (see [`streams`]).
 const STREAM_MIN_SHARE: (usize, usize) = (1, 2);
@@ -36,12 +41,16 @@ fn stream_min_bytes() -> usize {
     static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *MIN.get_or_init(|| {
         let llc = last_level_cache_bytes().unwrap_or(DEFAULT_LAST_LEVEL_CACHE);
-        llc / STREAM_MIN_SHARE.1 * STREAM_MIN_SHARE.0
+        (llc / STREAM_MIN_SHARE.1 * STREAM_MIN_SHARE.0).max(STREAM_MIN_BYTES_FLOOR)
     })
 }
 
-/// The size of the largest data or unified cache of CPU 0, from Linux's sysfs.
+/// The size of the largest data or unified cache of CPU 0, from Linux's sysfs (not read under
+/// Miri, whose isolation rejects file access).
 fn last_level_cache_bytes() -> Option<usize> {
+    if cfg!(miri) {
+        return None;
+    }
     let mut best = None;
     for index in 0..8 {
         let dir = format!("/sys/devices/system/cpu/cpu0/cache/index{index}");
