@@ -37,13 +37,15 @@ const CHANNEL_CHUNK: usize = 1 << 18;
 const REDUCTION_TASK_ELEMENTS: usize = 1 << 17;
 /// Most chunks a channels-innermost reduction is split into.
 const MAX_ROW_CHUNKS: usize = 256;
-/// Channels-first rows shorter than this are not streamed: the partial vectors at both ends of
-/// every row share cache lines with streamed stores, which costs more than streaming saves.
-const STREAM_MIN_ROW: usize = 1024;
-
-/// Whether to write an output of `E` with streaming stores (see [`super::streams`]).
+/// Whether to write an output of `E` with streaming stores (see [`super::streams`]): channels-
+/// first outputs are runs of `spatial` elements.
 fn streams<E>(shape: &Shape, elements: usize) -> bool {
-    super::streams::<E>(elements) && (shape.channels_innermost() || shape.spatial >= STREAM_MIN_ROW)
+    let run = if shape.channels_innermost() {
+        usize::MAX
+    } else {
+        shape.spatial
+    };
+    super::streams::<E>(elements, run)
 }
 
 /// Optional per-channel scale and shift; `None` means `gamma = 1`, `beta = 0`.

@@ -45,9 +45,6 @@ use crate::simd::dispatch;
 use crate::simd::element::Element;
 use std::sync::Mutex;
 
-/// Channel dropout streams only rows at least this long (a partial vector on each side).
-const STREAM_MIN_ROW: usize = 1024;
-
 /// The negative saturation value of SELU, `-lambda * alpha`, that alpha dropout gives dropped
 /// elements before its affine correction.
 const ALPHA_PRIME: f64 = -1.758_099_340_847_376_6;
@@ -476,7 +473,7 @@ fn run_keep<E: Element>(
     mask_out: Option<&mut [u8]>,
 ) {
     let n = io.len();
-    let stream = super::streams::<E>(n);
+    let stream = super::streams::<E>(n, usize::MAX);
     let isa = ctx.supported_isa();
     let tasks = parts(io, mask_out, TASK_ELEMENTS);
     ctx.for_each(n, tasks.len(), |t| {
@@ -535,7 +532,7 @@ fn apply_channel<E: Element>(
         (shape.spatial, ChannelRows::Maps)
     };
     let rows_per_task = (TASK_ELEMENTS / row_len).max(1);
-    let stream = super::streams::<E>(n) && row_len >= STREAM_MIN_ROW;
+    let stream = super::streams::<E>(n, row_len);
     let isa = ctx.supported_isa();
     let tasks = parts(io, None, rows_per_task * row_len);
     ctx.for_each(n, tasks.len(), |t| {
@@ -581,7 +578,7 @@ fn run_gaussian<E: Element>(ctx: &Context, io: &mut InOut<'_, E>, p: f32, seed: 
                 seed,
                 first_element: offset + (t * TASK_ELEMENTS) as u64,
                 sigma,
-                stream: super::streams::<E>(n),
+                stream: super::streams::<E>(n, usize::MAX),
             },
         );
     });
@@ -617,7 +614,7 @@ fn run_uniform<E: Element>(
                 seed,
                 first_word: offset + (t * TASK_ELEMENTS) as u64,
                 beta,
-                stream: super::streams::<E>(n),
+                stream: super::streams::<E>(n, usize::MAX),
             },
         );
     });

@@ -230,7 +230,7 @@ pub(crate) fn rows_forward<E: Element>(
         return;
     }
     let isa = ctx.supported_isa();
-    let stream = super::streams::<E>(elements);
+    let stream = super::streams::<E>(elements, usize::MAX);
     let per_task = rows_per_task(cols);
     let tasks = rows.div_ceil(per_task);
     let mut mean_out = save_mean.map(InOut::InPlace);

@@ -14,35 +14,34 @@ pub mod rmsnorm;
 /// task's overhead is noise).
 pub(crate) const TASK_ELEMENTS: usize = 1 << 15;
 
-/// Whether an output of `elements` elements of type `E` is written with streaming stores.
+/// Whether an output of `elements` elements of type `E`, in contiguous runs of `run` elements
+/// (`usize::MAX` if all contiguous), is written with streaming stores.
 ///
 /// Streaming sends each line straight to memory without reading it first: a gain when the
 /// output would not stay in the last-level cache anyway, a loss when it would (the next reader,
 /// often the next layer, then finds it in memory, and a store that hits a cached line costs
-/// less than a streamed one). So outputs stream when they take at least [`STREAM_MIN_SHARE`]
-/// of the last-level cache, whatever their element type.
-pub(crate) fn streams<E>(elements: usize) -> bool {
+/// less than a streamed one). So outputs stream when they take at least half the last-level
+/// cache, whatever their element type, and their runs are at least [`STREAM_MIN_RUN`] long.
+pub(crate) fn streams<E>(elements: usize, run: usize) -> bool {
     let bytes = elements.saturating_mul(std::mem::size_of::<E>());
     // Below any last-level cache's half there is nothing to look up.
-    bytes >= STREAM_MIN_BYTES_FLOOR && bytes >= stream_min_bytes()
+    run >= STREAM_MIN_RUN && bytes >= STREAM_MIN_BYTES_FLOOR && bytes >= stream_min_bytes()
 }
+
+/// Shorter runs are not streamed: the partial vectors at both ends of every run share cache
+/// lines with streamed stores, which costs more than streaming saves.
+const STREAM_MIN_RUN: usize = 1024;
 
 /// No output below this streams, whatever cache size is read (a last-level cache of 2 MiB).
 const STREAM_MIN_BYTES_FLOOR: usize = 1 << 20;
 
-/// Outputs of at least this share of the last-level cache are streamed (see [`streams`]).
-const STREAM_MIN_SHARE: (usize, usize) = (1, 2);
-
 /// The last-level cache assumed where it cannot be read (a large server part's).
 const DEFAULT_LAST_LEVEL_CACHE: usize = 32 << 20;
 
-/// The smallest output, in bytes, written with streaming stores; measured once.
+/// Half the last-level cache, in bytes (see [`streams`]); read once.
 fn stream_min_bytes() -> usize {
     static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *MIN.get_or_init(|| {
-        let llc = last_level_cache_bytes().unwrap_or(DEFAULT_LAST_LEVEL_CACHE);
-        (llc / STREAM_MIN_SHARE.1 * STREAM_MIN_SHARE.0).max(STREAM_MIN_BYTES_FLOOR)
-    })
+    *MIN.get_or_init(|| last_level_cache_bytes().unwrap_or(DEFAULT_LAST_LEVEL_CACHE) / 2)
 }
 
 /// The size of the largest data or unified cache of CPU 0, from Linux's sysfs (not read under
