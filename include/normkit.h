@@ -73,6 +73,15 @@ typedef enum nk_layout {
   NK_LAYOUT_NSC = 1,
 } nk_layout;
 
+// Element types of the row norms' tensors.
+typedef enum nk_dtype {
+  NK_DTYPE_F32 = 0,
+  NK_DTYPE_BF16 = 1,
+  NK_DTYPE_F16 = 2,
+  // Signed 8-bit integers: only the quantized output `y`.
+  NK_DTYPE_I8 = 3,
+} nk_dtype;
+
 // An execution context: where a call's parallel work runs (a thread pool of its own, or the
 // host's executor) and its ISA choice. Create with `nk_context_create` or
 // `nk_context_create_with_executor`.
@@ -96,6 +105,14 @@ typedef struct nk_bf16 {
 typedef struct nk_f16 {
   uint16_t bits;
 } nk_f16;
+
+// Rows of a tensor: row r starts at element `r * stride` of `data` (elements of `dtype`);
+// `stride` 0 means `cols` (packed). `data` NULL means "not given" where the tensor is optional.
+typedef struct nk_rows {
+  void *data;
+  nk_dtype dtype;
+  size_t stride;
+} nk_rows;
 
 // A task of an executor: `task(task_arg, index)`.
 typedef void (*nk_task_fn)(void *task_arg, size_t index);
@@ -1299,6 +1316,66 @@ enum nk_status nk_weight_standardize(struct nk_context *ctx,
                                      const float *w,
                                      float *w_out,
                                      float eps);
+
+// Layer norm as transformer engines call it: `h = (x + residual) + bias` (each widened to
+// float and added in float in that order; `residual` (`data` NULL) and `bias` (NULL, `cols`
+// floats) optional) is normalized per row, `y = (h - mean) * invstd * gamma + beta`. When
+// `sum.data` is not NULL, `h` is first rounded to `sum.dtype` and stored there, and that
+// rounded value is what gets normalized (bitwise: storing the sum, then normalizing it).
+//
+// Rows: row r of a tensor starts at element `r * stride` (`stride` 0: `cols`; below `cols`:
+// NK_ERR_BAD_SHAPE); a tensor spans `(rows - 1) * stride + cols` elements. `x`, `residual`,
+// `sum` are NK_DTYPE_F32, _BF16 or _F16; `y` any `nk_dtype` (another value, or I8 elsewhere:
+// NK_ERR_BAD_ARGUMENT). Pointers are aligned to their element type.
+//
+// `y` of NK_DTYPE_I8 is quantized per row from the float output `v`: `amax = max |v|`,
+// `y_scale[r] = amax / 127`, `y = nearbyint(v * (127 / amax))` (ties to even, within
+// [-127, 127]); `amax == 0` gives scale 0 and zeros, a NaN or infinite `v` scale NaN and zeros.
+// `y_scale` (`rows` floats) is required exactly then. Where `127 / amax` overflows, the
+// product is formed as `(v * 2^32) * (127 / (amax * 2^32))`, exactly the formula's value.
+//
+// Aliasing: `y` may be exactly `x` (same address, stride and dtype), `sum` exactly `x` or
+// exactly `residual`; any other overlap of an output with anything is NK_ERR_ALIAS.
+// With packed f32 rows and no residual, bias or sum this is bitwise `nk_layernorm_forward`;
+// with bf16 or f16 `x` and `y`, the `_bf16` or `_f16` twin. `save_mean`, `save_invstd`
+// (optional, `rows` floats) and the order of errors are as for `nk_layernorm_forward`.
+//
+// # Safety
+// Every non-NULL pointer is valid for its extent.
+enum nk_status nk_layernorm_forward_rows(struct nk_context *ctx,
+                                         size_t rows,
+                                         size_t cols,
+                                         struct nk_rows x,
+                                         struct nk_rows residual,
+                                         const float *bias,
+                                         struct nk_rows sum,
+                                         struct nk_rows y,
+                                         const float *gamma,
+                                         const float *beta,
+                                         float eps,
+                                         float *save_mean,
+                                         float *save_invstd,
+                                         float *y_scale);
+
+// RMS norm as transformer engines call it: `y = h * invrms * gamma` per row, with `h`, the
+// rows, types, `sum`, I8 output, aliasing and errors as for `nk_layernorm_forward_rows`.
+// With packed f32 rows and no residual, bias or sum this is bitwise `nk_rmsnorm_forward`.
+// `save_invrms` (optional, `rows` floats) receives each row's `invrms`.
+//
+// # Safety
+// Every non-NULL pointer is valid for its extent.
+enum nk_status nk_rmsnorm_forward_rows(struct nk_context *ctx,
+                                       size_t rows,
+                                       size_t cols,
+                                       struct nk_rows x,
+                                       struct nk_rows residual,
+                                       const float *bias,
+                                       struct nk_rows sum,
+                                       struct nk_rows y,
+                                       const float *gamma,
+                                       float eps,
+                                       float *save_invrms,
+                                       float *y_scale);
 
 // The library version: (major << 16) | (minor << 8) | patch.
 uint32_t nk_version(void);

@@ -54,6 +54,10 @@ impl Error {
         Self::new(ErrorKind::BadArgument, message)
     }
 
+    pub(crate) fn alias(message: impl Into<String>) -> Self {
+        Error::new(ErrorKind::Alias, message)
+    }
+
     pub(crate) fn overflow(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Overflow, message)
     }

@@ -6,7 +6,7 @@
 //! slices alone cannot express.
 
 use crate::simd::F32Vec;
-use crate::simd::element::{Element, ElementIo};
+use crate::simd::element::{Element, ElementIo, bf16, f16};
 use std::marker::PhantomData;
 use std::ops::Range;
 
@@ -283,5 +283,429 @@ fn map_in_place<V: F32Vec, E: ElementIo, const STREAM: bool>(
     if !tail.is_empty() {
         let v = V::read_partial(tail, 0.0);
         f.apply(v, base + full, tail.len()).write_partial(tail);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Strided rows of any element type: the row norms' tensors.
+
+/// The element type of a tensor of the row norms (`nk_dtype`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dtype {
+    F32,
+    Bf16,
+    F16,
+    /// Signed 8-bit integers: only the quantized output `y`.
+    I8,
+}
+
+impl Dtype {
+    /// Size of one element in bytes.
+    pub fn bytes(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::Bf16 | Dtype::F16 => 2,
+            Dtype::I8 => 1,
+        }
+    }
+}
+
+/// The elements of a tensor that is read, of one of the data types.
+#[derive(Clone, Copy, Debug)]
+pub enum RowData<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [bf16]),
+    F16(&'a [f16]),
+}
+
+/// The elements of a tensor that is written (or read and written).
+#[derive(Debug)]
+pub enum RowDataMut<'a> {
+    F32(&'a mut [f32]),
+    Bf16(&'a mut [bf16]),
+    F16(&'a mut [f16]),
+    I8(&'a mut [i8]),
+}
+
+macro_rules! row_data_from {
+    ($t:ty, $v:ident) => {
+        impl<'a> From<&'a [$t]> for RowData<'a> {
+            fn from(s: &'a [$t]) -> Self {
+                RowData::$v(s)
+            }
+        }
+        row_data_from!(mut $t, $v);
+    };
+    (mut $t:ty, $v:ident) => {
+        impl<'a> From<&'a mut [$t]> for RowDataMut<'a> {
+            fn from(s: &'a mut [$t]) -> Self {
+                RowDataMut::$v(s)
+            }
+        }
+    };
+}
+row_data_from!(f32, F32);
+row_data_from!(bf16, Bf16);
+row_data_from!(f16, F16);
+row_data_from!(mut i8, I8);
+
+impl RowData<'_> {
+    pub fn dtype(&self) -> Dtype {
+        match self {
+            RowData::F32(_) => Dtype::F32,
+            RowData::Bf16(_) => Dtype::Bf16,
+            RowData::F16(_) => Dtype::F16,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            RowData::F32(s) => s.len(),
+            RowData::Bf16(s) => s.len(),
+            RowData::F16(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl RowDataMut<'_> {
+    pub fn dtype(&self) -> Dtype {
+        match self {
+            RowDataMut::F32(_) => Dtype::F32,
+            RowDataMut::Bf16(_) => Dtype::Bf16,
+            RowDataMut::F16(_) => Dtype::F16,
+            RowDataMut::I8(_) => Dtype::I8,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            RowDataMut::F32(s) => s.len(),
+            RowDataMut::Bf16(s) => s.len(),
+            RowDataMut::F16(s) => s.len(),
+            RowDataMut::I8(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Rows that are read: row `r` is `data[r * stride .. r * stride + cols]`; `stride` 0 means
+/// `cols` (packed). `data` holds at least the extent `(rows - 1) * stride + cols`.
+#[derive(Clone, Copy, Debug)]
+pub struct Rows<'a> {
+    pub data: RowData<'a>,
+    pub stride: usize,
+}
+
+/// Rows that are written, as [`Rows`]. Elements between rows are never touched.
+#[derive(Debug)]
+pub struct RowsMut<'a> {
+    pub data: RowDataMut<'a>,
+    pub stride: usize,
+}
+
+impl<'a> Rows<'a> {
+    /// Rows of `data` with `stride` elements between row starts (0: packed).
+    pub fn new(data: impl Into<RowData<'a>>, stride: usize) -> Self {
+        Rows {
+            data: data.into(),
+            stride,
+        }
+    }
+
+    /// Packed rows.
+    pub fn packed(data: impl Into<RowData<'a>>) -> Self {
+        Rows::new(data, 0)
+    }
+}
+
+impl<'a> RowsMut<'a> {
+    /// Rows of `data` with `stride` elements between row starts (0: packed).
+    pub fn new(data: impl Into<RowDataMut<'a>>, stride: usize) -> Self {
+        RowsMut {
+            data: data.into(),
+            stride,
+        }
+    }
+
+    /// Packed rows.
+    pub fn packed(data: impl Into<RowDataMut<'a>>) -> Self {
+        RowsMut::new(data, 0)
+    }
+}
+
+/// An input of a row norm (`x` or `residual`): read only, or writable so that an output may
+/// replace it ([`RowTarget::X`], [`RowTarget::Residual`]).
+#[derive(Debug)]
+pub enum RowInput<'a> {
+    Read(Rows<'a>),
+    Write(RowsMut<'a>),
+}
+
+impl<'a> From<Rows<'a>> for RowInput<'a> {
+    fn from(r: Rows<'a>) -> Self {
+        RowInput::Read(r)
+    }
+}
+
+impl<'a> From<RowsMut<'a>> for RowInput<'a> {
+    fn from(r: RowsMut<'a>) -> Self {
+        RowInput::Write(r)
+    }
+}
+
+/// Where an output of a row norm goes: rows of its own, or exactly over an input (which must
+/// then be given as [`RowInput::Write`]; the output takes its type and stride).
+#[derive(Debug)]
+pub enum RowTarget<'a> {
+    Into(RowsMut<'a>),
+    /// Over `x` (`y` in place; or `sum` into `x`).
+    X,
+    /// Over `residual` (`sum` only).
+    Residual,
+}
+
+impl<'a> From<RowsMut<'a>> for RowTarget<'a> {
+    fn from(r: RowsMut<'a>) -> Self {
+        RowTarget::Into(r)
+    }
+}
+
+/// The tensors of a row norm (`layernorm::forward_rows`, `rmsnorm::forward_rows`): the value
+/// normalized is `h = (x + residual) + bias` (absent terms skipped); with `sum`, `h` is rounded
+/// to the sum's type, stored there, and that rounded value is normalized. `y` of type I8 is
+/// quantized per row with its scale in `y_scale` (one per row, required exactly then).
+#[derive(Debug)]
+pub struct RowNormIo<'a> {
+    pub x: RowInput<'a>,
+    pub residual: Option<RowInput<'a>>,
+    /// `cols` floats added to every row.
+    pub bias: Option<&'a [f32]>,
+    pub sum: Option<RowTarget<'a>>,
+    pub y: RowTarget<'a>,
+    pub y_scale: Option<&'a mut [f32]>,
+}
+
+impl<'a> RowNormIo<'a> {
+    /// `y = norm(x)`; add the other terms with the methods below.
+    pub fn new(x: impl Into<RowInput<'a>>, y: impl Into<RowTarget<'a>>) -> Self {
+        RowNormIo {
+            x: x.into(),
+            residual: None,
+            bias: None,
+            sum: None,
+            y: y.into(),
+            y_scale: None,
+        }
+    }
+
+    /// Adds `residual` to `x` before normalizing.
+    pub fn residual(mut self, residual: impl Into<RowInput<'a>>) -> Self {
+        self.residual = Some(residual.into());
+        self
+    }
+
+    /// Adds `bias` (`cols` floats) to every row after the residual.
+    pub fn bias(mut self, bias: &'a [f32]) -> Self {
+        self.bias = Some(bias);
+        self
+    }
+
+    /// Stores the sum `h`, rounded to the target's type, which is then what is normalized.
+    pub fn sum(mut self, sum: impl Into<RowTarget<'a>>) -> Self {
+        self.sum = Some(sum.into());
+        self
+    }
+
+    /// Where each row's scale goes when `y` is I8.
+    pub fn y_scale(mut self, y_scale: &'a mut [f32]) -> Self {
+        self.y_scale = Some(y_scale);
+        self
+    }
+}
+
+/// A typed element pointer of a strided tensor.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum RowPtr {
+    F32(*mut f32),
+    Bf16(*mut bf16),
+    F16(*mut f16),
+    I8(*mut i8),
+}
+
+impl RowPtr {
+    pub(crate) fn dtype(self) -> Dtype {
+        match self {
+            RowPtr::F32(_) => Dtype::F32,
+            RowPtr::Bf16(_) => Dtype::Bf16,
+            RowPtr::F16(_) => Dtype::F16,
+            RowPtr::I8(_) => Dtype::I8,
+        }
+    }
+
+    pub(crate) fn addr(self) -> *const u8 {
+        match self {
+            RowPtr::F32(p) => p as *const u8,
+            RowPtr::Bf16(p) => p as *const u8,
+            RowPtr::F16(p) => p as *const u8,
+            RowPtr::I8(p) => p as *const u8,
+        }
+    }
+}
+
+/// Strided rows that parallel tasks share, each taking the rows it owns: `rows` rows of `cols`
+/// elements, `stride` apart (`stride >= cols`, so rows never overlap). Made from a borrowed
+/// tensor (or, at the C boundary, from checked pointers), valid for `'a`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StridedRows<'a> {
+    ptr: RowPtr,
+    rows: usize,
+    cols: usize,
+    stride: usize,
+    _borrow: PhantomData<&'a mut [u8]>,
+}
+
+// SAFETY: a StridedRows is a borrowed tensor of `Send + Sync` elements; the methods that make
+// references from it are unsafe and require callers to keep the rows of different threads
+// disjoint.
+unsafe impl Send for StridedRows<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for StridedRows<'_> {}
+
+/// Elements a tensor of strided rows spans: `(rows - 1) * stride + cols` (0 if empty), or
+/// `None` on overflow.
+pub(crate) fn extent(rows: usize, cols: usize, stride: usize) -> Option<usize> {
+    if rows == 0 || cols == 0 {
+        return Some(0);
+    }
+    (rows - 1).checked_mul(stride)?.checked_add(cols)
+}
+
+impl<'a> StridedRows<'a> {
+    /// # Safety
+    /// `ptr` is valid for reads (and for writes if any row is taken with `row_mut`) of
+    /// `extent(rows, cols, stride)` elements for `'a`, aligned, and `stride >= cols`.
+    pub(crate) unsafe fn new(ptr: RowPtr, rows: usize, cols: usize, stride: usize) -> Self {
+        debug_assert!(stride >= cols);
+        StridedRows {
+            ptr,
+            rows,
+            cols,
+            stride,
+            _borrow: PhantomData,
+        }
+    }
+
+    /// Rows read from borrowed data (its length checked by the caller to cover the extent).
+    pub(crate) fn from_read(d: RowData<'a>, rows: usize, cols: usize, stride: usize) -> Self {
+        assert!(d.len() >= extent(rows, cols, stride).unwrap_or(usize::MAX) && stride >= cols);
+        let ptr = match d {
+            RowData::F32(s) => RowPtr::F32(s.as_ptr().cast_mut()),
+            RowData::Bf16(s) => RowPtr::Bf16(s.as_ptr().cast_mut()),
+            RowData::F16(s) => RowPtr::F16(s.as_ptr().cast_mut()),
+        };
+        // SAFETY: the slice covers the extent (asserted) for 'a; rows made from a read-only
+        // tensor are only ever read (the row norms write only through writable tensors).
+        unsafe { StridedRows::new(ptr, rows, cols, stride) }
+    }
+
+    /// Rows of borrowed writable data: one raw pointer from which every read and write of the
+    /// call is derived (an input an output replaces is read and written through it).
+    pub(crate) fn from_write(d: RowDataMut<'a>, rows: usize, cols: usize, stride: usize) -> Self {
+        assert!(d.len() >= extent(rows, cols, stride).unwrap_or(usize::MAX) && stride >= cols);
+        let ptr = match d {
+            RowDataMut::F32(s) => RowPtr::F32(s.as_mut_ptr()),
+            RowDataMut::Bf16(s) => RowPtr::Bf16(s.as_mut_ptr()),
+            RowDataMut::F16(s) => RowPtr::F16(s.as_mut_ptr()),
+            RowDataMut::I8(s) => RowPtr::I8(s.as_mut_ptr()),
+        };
+        // SAFETY: the exclusive borrow covers the extent (asserted) for 'a.
+        unsafe { StridedRows::new(ptr, rows, cols, stride) }
+    }
+
+    /// [`StridedRows::from_write`] of a borrowed [`RowsMut`].
+    pub(crate) fn write(r: &'a mut RowsMut<'_>, rows: usize, cols: usize, stride: usize) -> Self {
+        let d = match &mut r.data {
+            RowDataMut::F32(s) => RowDataMut::F32(s),
+            RowDataMut::Bf16(s) => RowDataMut::Bf16(s),
+            RowDataMut::F16(s) => RowDataMut::F16(s),
+            RowDataMut::I8(s) => RowDataMut::I8(s),
+        };
+        StridedRows::from_write(d, rows, cols, stride)
+    }
+
+    pub(crate) fn stride(&self) -> usize {
+        self.stride
+    }
+
+    pub(crate) fn dtype(&self) -> Dtype {
+        self.ptr.dtype()
+    }
+
+    pub(crate) fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn offset(&self, r: usize) -> usize {
+        assert!(r < self.rows);
+        r * self.stride
+    }
+
+    /// Row `r`, to read.
+    ///
+    /// # Safety
+    /// No mutable row over the same memory may be alive while the returned slice is. Not for
+    /// I8 tensors (outputs only).
+    #[inline(always)]
+    pub(crate) unsafe fn row(&self, r: usize) -> RowData<'a> {
+        let (o, n) = (self.offset(r), self.cols);
+        // SAFETY: row r lies within the extent the constructor's caller vouched for; the caller
+        // guarantees no writer to it.
+        unsafe {
+            match self.ptr {
+                RowPtr::F32(p) => RowData::F32(std::slice::from_raw_parts(p.add(o), n)),
+                RowPtr::Bf16(p) => RowData::Bf16(std::slice::from_raw_parts(p.add(o), n)),
+                RowPtr::F16(p) => RowData::F16(std::slice::from_raw_parts(p.add(o), n)),
+                RowPtr::I8(_) => unreachable!("an i8 tensor is never read"),
+            }
+        }
+    }
+
+    /// Row `r`, to write.
+    ///
+    /// # Safety
+    /// No other reference to row `r`'s memory may be alive while the returned slice is (each
+    /// task writes only its own rows), and the tensor was made writable.
+    #[inline(always)]
+    pub(crate) unsafe fn row_mut(&self, r: usize) -> RowDataMut<'a> {
+        let (o, n) = (self.offset(r), self.cols);
+        // SAFETY: as for `row`, with exclusive access guaranteed by the caller.
+        unsafe {
+            match self.ptr {
+                RowPtr::F32(p) => RowDataMut::F32(std::slice::from_raw_parts_mut(p.add(o), n)),
+                RowPtr::Bf16(p) => RowDataMut::Bf16(std::slice::from_raw_parts_mut(p.add(o), n)),
+                RowPtr::F16(p) => RowDataMut::F16(std::slice::from_raw_parts_mut(p.add(o), n)),
+                RowPtr::I8(p) => RowDataMut::I8(std::slice::from_raw_parts_mut(p.add(o), n)),
+            }
+        }
+    }
+
+    /// Hints that the first `elements` of row `r` (if it exists) will be read soon.
+    #[inline(always)]
+    pub(crate) fn prefetch<V: F32Vec>(&self, r: usize, elements: usize) {
+        if r >= self.rows {
+            return;
+        }
+        let bytes = self.dtype().bytes();
+        let start = self.ptr.addr().wrapping_add(r * self.stride * bytes);
+        for line in (0..self.cols.min(elements) * bytes).step_by(64) {
+            V::prefetch(start.wrapping_add(line));
+        }
     }
 }

@@ -5,14 +5,17 @@
 use super::library::{context, nk_context};
 use super::{
     Regions, backward_io, call, in_out, nk_bf16, nk_f16, nk_status, optional, optional_mut,
-    require, slice,
+    require, slice, slice_mut,
 };
 use crate::batchnorm::{Affine, SavedStats};
-use crate::error::Result;
-use crate::io::InOut;
-use crate::ops::layernorm::{self, check_forward, check_sizes};
+use crate::error::{Error, Result};
+use crate::io::{
+    Dtype, InOut, RowData, RowDataMut, RowInput, RowNormIo, RowTarget, Rows, RowsMut, extent,
+};
+use crate::ops::layernorm::{self, TensorSpec, check_forward, check_rows, check_sizes};
 use crate::ops::rmsnorm;
 use crate::simd::element::Element;
+use libc::{c_int, c_void};
 
 /// Whether a `rows x cols` call has data (NULL data pointers are accepted when it has none).
 fn has_data(rows: usize, cols: usize) -> usize {
@@ -631,4 +634,367 @@ pub unsafe extern "C" fn nk_weight_standardize(
             layernorm::weight_standardize(context(ctx), c_out, fan_in, io, eps)
         }
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row norms over strided rows of mixed types.
+
+/// Element types of the row norms' tensors.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum nk_dtype {
+    NK_DTYPE_F32 = 0,
+    NK_DTYPE_BF16 = 1,
+    NK_DTYPE_F16 = 2,
+    /// Signed 8-bit integers: only the quantized output `y`.
+    NK_DTYPE_I8 = 3,
+}
+
+/// An `nk_dtype` as passed by C: read as an integer, never transmuted.
+pub type nk_dtype_value = c_int;
+
+/// Rows of a tensor: row r starts at element `r * stride` of `data` (elements of `dtype`);
+/// `stride` 0 means `cols` (packed). `data` NULL means "not given" where the tensor is optional.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct nk_rows {
+    pub data: *mut c_void,
+    pub dtype: nk_dtype_value,
+    pub stride: usize,
+}
+
+fn dtype_of(v: nk_dtype_value) -> Option<Dtype> {
+    match v {
+        0 => Some(Dtype::F32),
+        1 => Some(Dtype::Bf16),
+        2 => Some(Dtype::F16),
+        3 => Some(Dtype::I8),
+        _ => None,
+    }
+}
+
+/// A checked `nk_rows` of a call with `rows x cols`.
+#[derive(Clone, Copy)]
+struct CRows {
+    name: &'static str,
+    data: *mut c_void,
+    dtype: Dtype,
+    /// Effective stride (`cols` for 0).
+    stride: usize,
+    /// Elements spanned.
+    extent: usize,
+}
+
+impl CRows {
+    fn addr(&self) -> *const u8 {
+        self.data as *const u8
+    }
+
+    /// Whether `other` is exactly this tensor (address, type and, over several rows, stride).
+    fn same_as(&self, other: &CRows, rows: usize) -> bool {
+        self.data == other.data
+            && self.dtype == other.dtype
+            && (self.stride == other.stride || rows <= 1)
+    }
+
+    /// The elements to read.
+    ///
+    /// # Safety
+    /// `data` is valid for reads of `extent` elements of `dtype` (checked for NULL, alignment
+    /// and overlap), with no writer while the result lives.
+    unsafe fn read<'a>(&self) -> Rows<'a> {
+        let n = self.extent;
+        // SAFETY: forwarded.
+        let data = unsafe {
+            match self.dtype {
+                Dtype::F32 => RowData::F32(slice(self.data.cast(), n)),
+                Dtype::Bf16 => RowData::Bf16(slice(self.data.cast(), n)),
+                Dtype::F16 => RowData::F16(slice(self.data.cast(), n)),
+                Dtype::I8 => unreachable!("inputs are never i8 (checked)"),
+            }
+        };
+        Rows::new(data, self.stride)
+    }
+
+    /// The elements to write (or read and write).
+    ///
+    /// # Safety
+    /// As [`CRows::read`], for writes, with no other reference while the result lives.
+    unsafe fn write<'a>(&self) -> RowsMut<'a> {
+        let n = self.extent;
+        // SAFETY: forwarded.
+        let data = unsafe {
+            match self.dtype {
+                Dtype::F32 => RowDataMut::F32(slice_mut(self.data.cast(), n)),
+                Dtype::Bf16 => RowDataMut::Bf16(slice_mut(self.data.cast(), n)),
+                Dtype::F16 => RowDataMut::F16(slice_mut(self.data.cast(), n)),
+                Dtype::I8 => RowDataMut::I8(slice_mut(self.data.cast(), n)),
+            }
+        };
+        RowsMut::new(data, self.stride)
+    }
+}
+
+/// The body of `nk_layernorm_forward_rows` (`centered`) and `nk_rmsnorm_forward_rows`.
+///
+/// # Safety
+/// As those functions.
+#[allow(clippy::too_many_arguments)]
+unsafe fn forward_rows(
+    ctx: *mut nk_context,
+    rows: usize,
+    cols: usize,
+    tensors: [nk_rows; 4],
+    bias: *const f32,
+    gamma: *const f32,
+    beta: *const f32,
+    eps: f32,
+    save_mean: *mut f32,
+    save_inv: *mut f32,
+    y_scale: *mut f32,
+    centered: bool,
+) -> nk_status {
+    call(|| {
+        let [x, residual, sum, y] = tensors;
+        let data = has_data(rows, cols);
+        require("x", x.data, data)?;
+        require("y", y.data, data)?;
+        if y.dtype == nk_dtype::NK_DTYPE_I8 as c_int {
+            require("y_scale", y_scale, data * rows)?;
+        }
+        // Optional tensors are absent when NULL (also when the call has no data).
+        let given = |t: &nk_rows, name| !t.data.is_null() || name == "x" || name == "y";
+        let named = [(x, "x"), (residual, "residual"), (sum, "sum"), (y, "y")];
+        let mut specs = Vec::with_capacity(4);
+        for (t, name) in named {
+            if given(&t, name) {
+                specs.push(TensorSpec {
+                    name,
+                    dtype: dtype_of(t.dtype),
+                    stride: t.stride,
+                });
+            }
+        }
+        check_rows(rows, cols, eps, &specs)?;
+        let is_i8 = dtype_of(y.dtype) == Some(Dtype::I8);
+        if !y_scale.is_null() && !is_i8 {
+            return Err(Error::bad_argument("y_scale given for a y not NK_DTYPE_I8"));
+        }
+        let checked = |t: nk_rows, name| -> Option<CRows> {
+            given(&t, name).then(|| {
+                let stride = if t.stride == 0 { cols } else { t.stride };
+                CRows {
+                    name,
+                    data: t.data,
+                    dtype: dtype_of(t.dtype).unwrap_or(Dtype::F32),
+                    stride,
+                    extent: extent(rows, cols, stride).unwrap_or(0),
+                }
+            })
+        };
+        let x = checked(x, "x").expect("x is always given");
+        let y = checked(y, "y").expect("y is always given");
+        let residual = checked(residual, "residual");
+        let sum = checked(sum, "sum");
+        // In place only as the contract allows: y over x, sum over x or (else) residual.
+        let y_is_x = y.same_as(&x, rows);
+        let sum_is_x = sum.is_some_and(|s| s.same_as(&x, rows));
+        let sum_is_residual =
+            !sum_is_x && sum.is_some_and(|s| residual.is_some_and(|r| s.same_as(&r, rows)));
+        let mut regions = Regions::default();
+        let mut add = |t: &CRows, writes, replaces| {
+            let bytes = t.extent * t.dtype.bytes();
+            regions.raw(t.name, t.addr(), bytes, t.dtype.bytes(), writes, replaces);
+        };
+        add(&x, false, [None; 2]);
+        if let Some(r) = &residual {
+            add(r, false, [None; 2]);
+        }
+        if let Some(s) = &sum {
+            let over = if sum_is_x {
+                Some("x")
+            } else {
+                sum_is_residual.then_some("residual")
+            };
+            add(s, true, [over, None]);
+        }
+        add(&y, true, [y_is_x.then_some("x"), None]);
+        regions
+            .input("bias", bias, cols)
+            .input("gamma", gamma, cols)
+            .input("beta", beta, cols)
+            .output("save_mean", save_mean, rows)
+            .output("save_inv", save_inv, rows)
+            .output("y_scale", y_scale, rows)
+            .check()?;
+        if data == 0 {
+            return Ok(());
+        }
+        // SAFETY: every pointer was checked above (NULL, alignment, overlap; outputs replace
+        // inputs only exactly, and such an input is made writable and read through the same
+        // slice); extents are the caller's promise.
+        unsafe {
+            let x_in = if y_is_x || sum_is_x {
+                RowInput::Write(x.write())
+            } else {
+                RowInput::Read(x.read())
+            };
+            let mut io = RowNormIo::new(
+                x_in,
+                if y_is_x {
+                    RowTarget::X
+                } else {
+                    RowTarget::Into(y.write())
+                },
+            );
+            if let Some(r) = &residual {
+                io = io.residual(if sum_is_residual {
+                    RowInput::Write(r.write())
+                } else {
+                    RowInput::Read(r.read())
+                });
+            }
+            if let Some(s) = &sum {
+                io = io.sum(if sum_is_x {
+                    RowTarget::X
+                } else if sum_is_residual {
+                    RowTarget::Residual
+                } else {
+                    RowTarget::Into(s.write())
+                });
+            }
+            io.bias = optional(bias, cols);
+            io.y_scale = optional_mut(y_scale, rows);
+            let ctx = context(ctx);
+            if centered {
+                layernorm::forward_rows(
+                    ctx,
+                    rows,
+                    cols,
+                    io,
+                    Affine {
+                        gamma: optional(gamma, cols),
+                        beta: optional(beta, cols),
+                    },
+                    eps,
+                    SavedStats {
+                        mean: optional_mut(save_mean, rows),
+                        invstd: optional_mut(save_inv, rows),
+                    },
+                )
+            } else {
+                rmsnorm::forward_rows(
+                    ctx,
+                    rows,
+                    cols,
+                    io,
+                    optional(gamma, cols),
+                    eps,
+                    optional_mut(save_inv, rows),
+                )
+            }
+        }
+    })
+}
+
+/// Layer norm as transformer engines call it: `h = (x + residual) + bias` (each widened to
+/// float and added in float in that order; `residual` (`data` NULL) and `bias` (NULL, `cols`
+/// floats) optional) is normalized per row, `y = (h - mean) * invstd * gamma + beta`. When
+/// `sum.data` is not NULL, `h` is first rounded to `sum.dtype` and stored there, and that
+/// rounded value is what gets normalized (bitwise: storing the sum, then normalizing it).
+///
+/// Rows: row r of a tensor starts at element `r * stride` (`stride` 0: `cols`; below `cols`:
+/// NK_ERR_BAD_SHAPE); a tensor spans `(rows - 1) * stride + cols` elements. `x`, `residual`,
+/// `sum` are NK_DTYPE_F32, _BF16 or _F16; `y` any `nk_dtype` (another value, or I8 elsewhere:
+/// NK_ERR_BAD_ARGUMENT). Pointers are aligned to their element type.
+///
+/// `y` of NK_DTYPE_I8 is quantized per row from the float output `v`: `amax = max |v|`,
+/// `y_scale[r] = amax / 127`, `y = nearbyint(v * (127 / amax))` (ties to even, within
+/// [-127, 127]); `amax == 0` gives scale 0 and zeros, a NaN or infinite `v` scale NaN and zeros.
+/// `y_scale` (`rows` floats) is required exactly then. Where `127 / amax` overflows, the
+/// product is formed as `(v * 2^32) * (127 / (amax * 2^32))`, exactly the formula's value.
+///
+/// Aliasing: `y` may be exactly `x` (same address, stride and dtype), `sum` exactly `x` or
+/// exactly `residual`; any other overlap of an output with anything is NK_ERR_ALIAS.
+/// With packed f32 rows and no residual, bias or sum this is bitwise `nk_layernorm_forward`;
+/// with bf16 or f16 `x` and `y`, the `_bf16` or `_f16` twin. `save_mean`, `save_invstd`
+/// (optional, `rows` floats) and the order of errors are as for `nk_layernorm_forward`.
+///
+/// # Safety
+/// Every non-NULL pointer is valid for its extent.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_layernorm_forward_rows(
+    ctx: *mut nk_context,
+    rows: usize,
+    cols: usize,
+    x: nk_rows,
+    residual: nk_rows,
+    bias: *const f32,
+    sum: nk_rows,
+    y: nk_rows,
+    gamma: *const f32,
+    beta: *const f32,
+    eps: f32,
+    save_mean: *mut f32,
+    save_invstd: *mut f32,
+    y_scale: *mut f32,
+) -> nk_status {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        forward_rows(
+            ctx,
+            rows,
+            cols,
+            [x, residual, sum, y],
+            bias,
+            gamma,
+            beta,
+            eps,
+            save_mean,
+            save_invstd,
+            y_scale,
+            true,
+        )
+    }
+}
+
+/// RMS norm as transformer engines call it: `y = h * invrms * gamma` per row, with `h`, the
+/// rows, types, `sum`, I8 output, aliasing and errors as for `nk_layernorm_forward_rows`.
+/// With packed f32 rows and no residual, bias or sum this is bitwise `nk_rmsnorm_forward`.
+/// `save_invrms` (optional, `rows` floats) receives each row's `invrms`.
+///
+/// # Safety
+/// Every non-NULL pointer is valid for its extent.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn nk_rmsnorm_forward_rows(
+    ctx: *mut nk_context,
+    rows: usize,
+    cols: usize,
+    x: nk_rows,
+    residual: nk_rows,
+    bias: *const f32,
+    sum: nk_rows,
+    y: nk_rows,
+    gamma: *const f32,
+    eps: f32,
+    save_invrms: *mut f32,
+    y_scale: *mut f32,
+) -> nk_status {
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        forward_rows(
+            ctx,
+            rows,
+            cols,
+            [x, residual, sum, y],
+            bias,
+            gamma,
+            std::ptr::null(),
+            eps,
+            std::ptr::null_mut(),
+            save_invrms,
+            y_scale,
+            false,
+        )
+    }
 }

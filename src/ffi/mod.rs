@@ -156,8 +156,8 @@ struct Region {
     bytes: usize,
     align: usize,
     writes: bool,
-    /// The input this output may replace exactly (in place).
-    replaces: Option<&'static str>,
+    /// The inputs this output may replace exactly (in place).
+    replaces: [Option<&'static str>; 2],
 }
 
 /// Most buffers any one call takes.
@@ -178,7 +178,7 @@ impl Default for Regions {
             bytes: 0,
             align: 1,
             writes: false,
-            replaces: None,
+            replaces: [None; 2],
         };
         Regions {
             list: [empty; MAX_REGIONS],
@@ -197,7 +197,7 @@ impl Regions {
                 bytes: len.saturating_mul(std::mem::size_of::<T>()),
                 align: std::mem::align_of::<T>(),
                 writes,
-                replaces: None,
+                replaces: [None; 2],
             };
             self.len += 1;
         }
@@ -225,7 +225,32 @@ impl Regions {
     ) -> &mut Self {
         self.add(name, ptr as *const T, len, true);
         if !ptr.is_null() {
-            self.list[self.len - 1].replaces = Some(replaces);
+            self.list[self.len - 1].replaces = [Some(replaces), None];
+        }
+        self
+    }
+
+    /// A buffer of `bytes` bytes aligned to `align`, given by address (typed at run time):
+    /// an output if `writes`, which may be exactly the inputs named in `replaces`.
+    pub(crate) fn raw(
+        &mut self,
+        name: &'static str,
+        addr: *const u8,
+        bytes: usize,
+        align: usize,
+        writes: bool,
+        replaces: [Option<&'static str>; 2],
+    ) -> &mut Self {
+        if !addr.is_null() {
+            self.list[self.len] = Region {
+                name,
+                start: addr as usize,
+                bytes,
+                align,
+                writes,
+                replaces,
+            };
+            self.len += 1;
         }
         self
     }
@@ -254,7 +279,8 @@ impl Regions {
                     continue;
                 }
                 let exact = a.start == b.start && a.bytes == b.bytes;
-                let in_place = exact && (a.replaces == Some(b.name) || b.replaces == Some(a.name));
+                let in_place = exact
+                    && (a.replaces.contains(&Some(b.name)) || b.replaces.contains(&Some(a.name)));
                 if !in_place {
                     return Err(Error::new(
                         ErrorKind::Alias,

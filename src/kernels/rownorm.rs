@@ -24,9 +24,11 @@
 use super::backward::fits_f32;
 use super::moments::channel_moments;
 use super::sums::Sums2;
-use crate::io::{RowIo, VectorMap};
+use crate::io::{Dtype, RowData, RowDataMut, RowIo, StridedRows, VectorMap, unaligned_head};
 use crate::simd::element::ElementIo;
-use crate::simd::{F32Vec, F64Vec, Kernel};
+use crate::simd::element::{bf16, f16};
+use crate::simd::{F32Vec, F64Vec, Kernel, U32Vec};
+use std::ops::Range;
 
 /// Rows per block of column sums (the caller adds each block's column sums into its totals).
 pub(crate) use super::moments::ROW_BLOCK;
@@ -115,8 +117,10 @@ fn row_params<V: F32Vec, X: ElementIo>(row: &[X], centered: bool, eps: f32) -> R
     }
 }
 
-/// `y = ((x - shift) * scale + offset) * gamma[i] + beta[i]`.
-struct RowMap<'p, V, const G: bool, const B: bool> {
+/// `y = ((x - shift) * scale + offset) * gamma[i] + beta[i]`, one multiply-add: an absent
+/// `gamma` is all ones and an absent `beta` all `-0.0`, which leave `xhat` (and `xhat *
+/// gamma`, `xhat + beta`) exactly as they are, the sign of zero included.
+struct RowMap<'p, V> {
     shift: V,
     scale: V,
     offset: V,
@@ -124,26 +128,52 @@ struct RowMap<'p, V, const G: bool, const B: bool> {
     beta: &'p [f32],
 }
 
-impl<V: F32Vec, const G: bool, const B: bool> VectorMap<V> for RowMap<'_, V, G, B> {
+impl<V: F32Vec> VectorMap<V> for RowMap<'_, V> {
     #[inline(always)]
     fn apply(&self, x: V, i: usize, lanes: usize) -> V {
         let xhat = x.sub(self.shift).mul_add(self.scale, self.offset);
-        match (G, B) {
-            (true, true) => xhat.mul_add(
-                V::read_lanes(&self.gamma[i..i + lanes], 0.0),
-                V::read_lanes(&self.beta[i..i + lanes], 0.0),
-            ),
-            (true, false) => xhat.mul(V::read_lanes(&self.gamma[i..i + lanes], 0.0)),
-            (false, true) => xhat.add(V::read_lanes(&self.beta[i..i + lanes], 0.0)),
-            (false, false) => xhat,
-        }
+        xhat.mul_add(
+            V::read_lanes(&self.gamma[i..i + lanes], 1.0),
+            V::read_lanes(&self.beta[i..i + lanes], -0.0),
+        )
     }
 }
 
-/// Forward of a part of whole rows: statistics, then normalization while the row is cached.
-pub(crate) struct RowsForward<'a, 'p, X = f32, Y = X> {
-    pub io: RowIo<'a, X, Y>,
-    pub cols: usize,
+/// The tensors of a forward call, shared by its tasks (each takes its own rows): `y =
+/// norm(h)` with `h = (x + residual) + bias` (absent terms skipped, each widened to `f32` and
+/// added in that order); with `sum`, `h` is rounded to the sum's type, stored there, and that
+/// rounded value is what is normalized.
+pub(crate) struct RowTensors<'a> {
+    pub x: StridedRows<'a>,
+    pub residual: Option<StridedRows<'a>>,
+    pub bias: Option<&'a [f32]>,
+    pub sum: Option<StridedRows<'a>>,
+    /// F32, BF16, F16 or I8 (quantized per row).
+    pub y: StridedRows<'a>,
+    /// `y` is exactly `x`.
+    pub y_is_x: bool,
+    pub stream_y: bool,
+    pub stream_sum: bool,
+}
+
+impl RowTensors<'_> {
+    /// Whether rows go through an `f32` row buffer (formed from `x`, `residual`, `bias`, and
+    /// rounded through `sum`) rather than straight from `x`. Straight paths exist for what the
+    /// plain functions do: `x` and `y` of one type, `f32` into any type, any type into `i8`.
+    pub(crate) fn staged(&self) -> bool {
+        let (x, y) = (self.x.dtype(), self.y.dtype());
+        self.residual.is_some()
+            || self.bias.is_some()
+            || self.sum.is_some()
+            || !(x == y || x == Dtype::F32 || y == Dtype::I8)
+    }
+}
+
+/// Forward of the rows `rows` of a call: for each row, `h`, its statistics, then the
+/// normalization (or quantization) while the row is in L1/L2.
+pub(crate) struct RowsForward<'a, 'p> {
+    pub t: &'p RowTensors<'p>,
+    pub rows: Range<usize>,
     /// Layer norm (subtract the mean) or RMS norm.
     pub centered: bool,
     pub gamma: Option<&'p [f32]>,
@@ -153,105 +183,350 @@ pub(crate) struct RowsForward<'a, 'p, X = f32, Y = X> {
     pub save_mean: Option<&'a mut [f32]>,
     /// `invstd` (layer norm) or `invrms` (RMS norm) of every row of the part.
     pub save_inv: Option<&'a mut [f32]>,
-    /// Streaming stores: for outputs much larger than the caches.
-    pub stream: bool,
-    /// Whether a row of input follows the part's last row in memory (it is prefetched while
-    /// that row is normalized, as every other row's successor is).
-    pub more_after: bool,
+    /// The scale of every row of the part, when `y` is I8.
+    pub y_scale: Option<&'a mut [f32]>,
 }
 
-/// Most elements of the next row prefetched while a row is normalized (8 KiB).
+/// Most elements of the next row prefetched while a row is normalized (8 KiB of f32).
 const PREFETCH_MAX: usize = 2048;
 
-impl<X: ElementIo, Y: ElementIo> Kernel for RowsForward<'_, '_, X, Y> {
+impl Kernel for RowsForward<'_, '_> {
     type Output = ();
     #[inline(always)]
     fn run<V: F32Vec>(self) {
-        match (self.gamma.is_some(), self.beta.is_some()) {
-            (true, true) => forward_rows::<V, X, Y, true, true>(self),
-            (true, false) => forward_rows::<V, X, Y, true, false>(self),
-            (false, true) => forward_rows::<V, X, Y, false, true>(self),
-            (false, false) => forward_rows::<V, X, Y, false, false>(self),
-        }
+        forward_rows::<V>(self)
     }
 }
 
+/// What every row of a part shares.
+struct RowJob<'p, V> {
+    centered: bool,
+    eps: f32,
+    gamma: Option<&'p [f32]>,
+    beta: Option<&'p [f32]>,
+    /// `gamma` and `beta`, or the ones and `-0.0` standing for them.
+    gamma_or_ones: &'p [f32],
+    beta_or_zeros: &'p [f32],
+    stream: bool,
+    _v: std::marker::PhantomData<V>,
+}
+
+/// What a row gives back: its statistics and, for I8 output, its scale.
+struct RowOut {
+    p: RowParams,
+    y_scale: f32,
+}
+
 #[inline(always)]
-fn forward_rows<V: F32Vec, X: ElementIo, Y: ElementIo, const G: bool, const B: bool>(
-    k: RowsForward<'_, '_, X, Y>,
-) {
+fn forward_rows<V: F32Vec>(k: RowsForward<'_, '_>) {
     let RowsForward {
-        mut io,
-        cols,
+        t,
+        rows,
         centered,
         gamma,
         beta,
         eps,
         mut save_mean,
         mut save_inv,
-        stream,
-        more_after,
+        mut y_scale,
     } = k;
+    let cols = t.x.cols();
     if cols == 0 {
         return;
     }
-    let rows = io.len() / cols;
-    for r in 0..rows {
-        let mut row = io.part(r * cols..(r + 1) * cols);
-        let p = match &row {
-            RowIo::Separate(x, _) => row_params::<V, X>(x, centered, eps),
-            RowIo::InPlace(b) => row_params::<V, Y>(b, centered, eps),
-        };
-        if r + 1 < rows || more_after {
-            // Start reading the next row while this one, already cached, is normalized.
-            let next = row.input_ptr().wrapping_add(cols);
-            for line in (0..cols.min(PREFETCH_MAX)).step_by(64 / X::BYTES) {
-                V::prefetch(next.wrapping_add(line));
+    let ones;
+    let zeros;
+    let job = RowJob::<V> {
+        centered,
+        eps,
+        gamma,
+        beta,
+        gamma_or_ones: match gamma {
+            Some(g) => g,
+            None => {
+                ones = vec![1.0f32; cols];
+                &ones
             }
+        },
+        beta_or_zeros: match beta {
+            Some(b) => b,
+            None => {
+                zeros = vec![-0.0f32; cols];
+                &zeros
+            }
+        },
+        stream: t.stream_y,
+        _v: std::marker::PhantomData,
+    };
+    let staged = t.staged();
+    let mut buf = if staged { vec![0f32; cols] } else { Vec::new() };
+    let first = rows.start;
+    for r in rows {
+        // Start reading the next row while this one, soon cached, is worked on.
+        t.x.prefetch::<V>(r + 1, PREFETCH_MAX);
+        if let Some(res) = &t.residual {
+            res.prefetch::<V>(r + 1, PREFETCH_MAX);
         }
+        // SAFETY (every row access below): this task owns row r of every output; each slice
+        // lives only while no other reference to its memory does (inputs are read, and
+        // their slices dropped, before an output that may replace them is made).
+        let out = if staged {
+            stage::<V>(t, r, &mut buf);
+            match unsafe { t.y.row_mut(r) } {
+                RowDataMut::F32(y) => job.row::<f32, f32>(RowIo::Separate(&buf, y)),
+                RowDataMut::Bf16(y) => job.row::<f32, bf16>(RowIo::Separate(&buf, y)),
+                RowDataMut::F16(y) => job.row::<f32, f16>(RowIo::Separate(&buf, y)),
+                RowDataMut::I8(y) => job.row_i8::<f32>(&buf, y),
+            }
+        } else if t.y_is_x {
+            match unsafe { t.y.row_mut(r) } {
+                RowDataMut::F32(b) => job.row::<f32, f32>(RowIo::InPlace(b)),
+                RowDataMut::Bf16(b) => job.row::<bf16, bf16>(RowIo::InPlace(b)),
+                RowDataMut::F16(b) => job.row::<f16, f16>(RowIo::InPlace(b)),
+                RowDataMut::I8(_) => unreachable!("x is never i8"),
+            }
+        } else {
+            match unsafe { (t.x.row(r), t.y.row_mut(r)) } {
+                (RowData::F32(x), RowDataMut::F32(y)) => job.row(RowIo::Separate(x, y)),
+                (RowData::F32(x), RowDataMut::Bf16(y)) => job.row(RowIo::Separate(x, y)),
+                (RowData::F32(x), RowDataMut::F16(y)) => job.row(RowIo::Separate(x, y)),
+                (RowData::Bf16(x), RowDataMut::Bf16(y)) => job.row(RowIo::Separate(x, y)),
+                (RowData::F16(x), RowDataMut::F16(y)) => job.row(RowIo::Separate(x, y)),
+                (RowData::F32(x), RowDataMut::I8(y)) => job.row_i8(x, y),
+                (RowData::Bf16(x), RowDataMut::I8(y)) => job.row_i8(x, y),
+                (RowData::F16(x), RowDataMut::I8(y)) => job.row_i8(x, y),
+                _ => unreachable!("other types are staged"),
+            }
+        };
+        let i = r - first;
         if let Some(m) = save_mean.as_deref_mut() {
-            m[r] = p.mean;
+            m[i] = out.p.mean;
         }
         if let Some(s) = save_inv.as_deref_mut() {
-            s[r] = p.inv;
+            s[i] = out.p.inv;
         }
-        if p.scale.is_infinite() && p.inv64.is_finite() {
-            // Values far below 1 with a tiny eps: the inverse spread exceeds the largest f32
-            // although the normalized values need not. Such a row is normalized in f64.
-            normalize_in_f64(&mut row, p, gamma, beta);
-            continue;
-        }
-        let map = RowMap::<V, G, B> {
-            shift: V::splat(p.shift),
-            scale: V::splat(p.scale),
-            offset: V::splat(p.offset),
-            gamma: gamma.unwrap_or(&[]),
-            beta: beta.unwrap_or(&[]),
-        };
-        if stream {
-            row.map_streaming::<V>(&map);
-        } else {
-            row.map::<V>(&map);
+        if let Some(s) = y_scale.as_deref_mut() {
+            s[i] = out.y_scale;
         }
     }
-    if stream {
+    if t.stream_y || t.stream_sum {
         V::fence_streams();
     }
 }
 
-/// `y = (x - mean) * inv * gamma + beta` in `f64` for every element of a row, rounded once.
-fn normalize_in_f64<X: ElementIo, Y: ElementIo>(
-    row: &mut RowIo<'_, X, Y>,
-    p: RowParams,
-    gamma: Option<&[f32]>,
-    beta: Option<&[f32]>,
-) {
-    let y = |j: usize, x: f32| -> f32 {
+/// `buf = (x + residual) + bias` of row `r`; with a sum, rounded to its type and stored there.
+#[inline(always)]
+fn stage<V: F32Vec>(t: &RowTensors<'_>, r: usize, buf: &mut [f32]) {
+    // SAFETY (row accesses): as in `forward_rows`; the input slices die inside their match
+    // arm, before the sum (which may replace x or residual) is made.
+    match unsafe { t.x.row(r) } {
+        RowData::F32(x) => buf.copy_from_slice(x),
+        RowData::Bf16(x) => fill::<V, bf16, false>(x, buf),
+        RowData::F16(x) => fill::<V, f16, false>(x, buf),
+    }
+    if let Some(res) = &t.residual {
+        match unsafe { res.row(r) } {
+            RowData::F32(a) => fill::<V, f32, true>(a, buf),
+            RowData::Bf16(a) => fill::<V, bf16, true>(a, buf),
+            RowData::F16(a) => fill::<V, f16, true>(a, buf),
+        }
+    }
+    if let Some(bias) = t.bias {
+        fill::<V, f32, true>(bias, buf);
+    }
+    if let Some(sum) = &t.sum {
+        let stream = t.stream_sum;
+        match unsafe { sum.row_mut(r) } {
+            RowDataMut::F32(s) => round_through::<V, f32>(buf, s, stream),
+            RowDataMut::Bf16(s) => round_through::<V, bf16>(buf, s, stream),
+            RowDataMut::F16(s) => round_through::<V, f16>(buf, s, stream),
+            RowDataMut::I8(_) => unreachable!("a sum is never i8"),
+        }
+    }
+}
+
+/// `buf = a` (or `buf += a` if `ADD`), `a` widened.
+#[inline(always)]
+fn fill<V: F32Vec, A: ElementIo, const ADD: bool>(a: &[A], buf: &mut [f32]) {
+    let l = V::LANES;
+    let mut i = 0;
+    while i < buf.len() {
+        let n = l.min(buf.len() - i);
+        let v = V::read_lanes(&a[i..i + n], 0.0);
+        let v = if ADD {
+            V::read_lanes(&buf[i..i + n], 0.0).add(v)
+        } else {
+            v
+        };
+        v.write_lanes(&mut buf[i..i + n]);
+        i += n;
+    }
+}
+
+/// `sum = round(buf)`, then `buf = sum` widened (rounding once); streaming stores for the
+/// vector-aligned body of `sum` if `stream`.
+#[inline(always)]
+fn round_through<V: F32Vec, S: ElementIo>(buf: &mut [f32], sum: &mut [S], stream: bool) {
+    let l = V::LANES;
+    let head = if stream {
+        unaligned_head::<V, S>(sum)
+    } else {
+        0
+    };
+    let mut i = 0;
+    while i < buf.len() {
+        let n = if i < head {
+            head - i
+        } else {
+            l.min(buf.len() - i)
+        };
+        let v = V::read_lanes(&buf[i..i + n], 0.0);
+        let r = if stream && i >= head && n == l {
+            S::store_round::<V, true>(v, &mut sum[i..i + n])
+        } else {
+            S::store_round::<V, false>(v, &mut sum[i..i + n])
+        };
+        if S::BYTES != 4 {
+            r.write_lanes(&mut buf[i..i + n]);
+        }
+        i += n;
+    }
+}
+
+impl<V: F32Vec> RowJob<'_, V> {
+    /// The statistics of a row, then `y` from them.
+    #[inline(always)]
+    fn row<X: ElementIo, Y: ElementIo>(&self, mut io: RowIo<'_, X, Y>) -> RowOut {
+        let p = match &io {
+            RowIo::Separate(x, _) => row_params::<V, X>(x, self.centered, self.eps),
+            RowIo::InPlace(b) => row_params::<V, Y>(b, self.centered, self.eps),
+        };
+        if p.scale.is_infinite() && p.inv64.is_finite() {
+            // Values far below 1 with a tiny eps: the inverse spread exceeds the largest f32
+            // although the normalized values need not. Such a row is normalized in f64.
+            let gb = self.params();
+            io.map_scalar(|j, x| p.in_f64(j, x, gb));
+        } else if self.stream {
+            io.map_streaming::<V>(&self.map(p));
+        } else {
+            io.map::<V>(&self.map(p));
+        }
+        RowOut { p, y_scale: 0.0 }
+    }
+
+    /// The statistics of a row, then its `f32` output `v` quantized to `y` per
+    /// [`quantize_row`].
+    #[inline(always)]
+    fn row_i8<X: ElementIo>(&self, x: &[X], y: &mut [i8]) -> RowOut {
+        let p = row_params::<V, X>(x, self.centered, self.eps);
+        let y_scale = if p.scale.is_infinite() && p.inv64.is_finite() {
+            let gb = self.params();
+            let v: Vec<f32> = (0..x.len())
+                .map(|j| p.in_f64(j, x[j].to_f32(), gb))
+                .collect();
+            quantize_row::<V, f32, _>(&v, y, &Identity)
+        } else {
+            quantize_row::<V, X, _>(x, y, &self.map(p))
+        };
+        RowOut { p, y_scale }
+    }
+
+    fn params(&self) -> (Option<&[f32]>, Option<&[f32]>) {
+        (self.gamma, self.beta)
+    }
+
+    #[inline(always)]
+    fn map(&self, p: RowParams) -> RowMap<'_, V> {
+        RowMap {
+            shift: V::splat(p.shift),
+            scale: V::splat(p.scale),
+            offset: V::splat(p.offset),
+            gamma: self.gamma_or_ones,
+            beta: self.beta_or_zeros,
+        }
+    }
+}
+
+impl RowParams {
+    /// `y = (x - mean) * inv * gamma + beta` in `f64`, rounded once.
+    fn in_f64(&self, j: usize, x: f32, (gamma, beta): (Option<&[f32]>, Option<&[f32]>)) -> f32 {
         let g = gamma.map_or(1.0, |g| g[j] as f64);
         let b = beta.map_or(0.0, |b| b[j] as f64);
-        ((x as f64 - p.mean64) * p.inv64 * g + b) as f32
+        ((x as f64 - self.mean64) * self.inv64 * g + b) as f32
+    }
+}
+
+/// The identity map (values already computed).
+struct Identity;
+
+impl<V: F32Vec> VectorMap<V> for Identity {
+    #[inline(always)]
+    fn apply(&self, x: V, _: usize, _: usize) -> V {
+        x
+    }
+}
+
+/// Quantizes `v = f(x)` of a row to `y`, symmetric, and returns the scale: `amax = max |v|`,
+/// `scale = amax / 127`, `y = nearbyint(v * (127 / amax))` (ties to even; the product is at
+/// most 127 in magnitude, so no clamp is needed). A row with `amax = 0` gets scale 0 and zeros;
+/// a row with a NaN or infinite `v`, scale NaN and zeros. Where `127 / amax` overflows (`amax
+/// < 127 / f32::MAX`), `v * 2^32 * (127 / (amax * 2^32))` is used: the formula's value with an
+/// unbounded exponent (both scalings are exact).
+///
+/// `v` is computed twice, once for `amax` and once to quantize, by the same instructions.
+#[inline(always)]
+pub(crate) fn quantize_row<V: F32Vec, X: ElementIo, M: VectorMap<V>>(
+    x: &[X],
+    y: &mut [i8],
+    f: &M,
+) -> f32 {
+    let l = V::LANES;
+    let n = x.len();
+    // |v| as bits: for non-negative floats, the unsigned order of the bits is the order of
+    // the values, with infinity above every finite value and NaN above infinity.
+    let magnitude = V::U::splat(0x7FFF_FFFF);
+    let mut top = [V::U::splat(0); 2];
+    let mut i = 0;
+    while i + 2 * l <= n {
+        for (k, t) in top.iter_mut().enumerate() {
+            let v = f.apply(V::read(&x[i + k * l..]), i + k * l, l);
+            *t = t.max(v.to_bits().and(magnitude));
+        }
+        i += 2 * l;
+    }
+    while i < n {
+        let lanes = l.min(n - i);
+        let v = f.apply(V::read_lanes(&x[i..i + lanes], 0.0), i, lanes);
+        let v = V::select_bits((1u32 << lanes) - 1, v, V::splat(0.0));
+        top[0] = top[0].max(v.to_bits().and(magnitude));
+        i += lanes;
+    }
+    let mut lanes = [0u32; crate::simd::MAX_LANES];
+    top[0].max(top[1]).store(&mut lanes[..l]);
+    let amax_bits = lanes[..l].iter().copied().max().unwrap_or(0);
+    if amax_bits >= 0x7F80_0000 || amax_bits == 0 {
+        y.fill(0);
+        return if amax_bits == 0 { 0.0 } else { f32::NAN };
+    }
+    let amax = f32::from_bits(amax_bits);
+    let (pre, mult) = if (127.0f32 / amax).is_finite() {
+        (1.0, 127.0f32 / amax)
+    } else {
+        let two32 = 4294967296.0f32;
+        (two32, 127.0f32 / (amax * two32))
     };
-    row.map_scalar(y);
+    let (pre, mult) = (V::splat(pre), V::splat(mult));
+    let mut i = 0;
+    while i < n {
+        let lanes = l.min(n - i);
+        let v = f.apply(V::read_lanes(&x[i..i + lanes], 0.0), i, lanes);
+        v.mul(pre)
+            .mul(mult)
+            .round_even()
+            .write_i8(&mut y[i..i + lanes]);
+        i += lanes;
+    }
+    amax / 127.0
 }
 
 /// The gradient of a backward part: `dy` alone (no `dx` wanted), or `dy` and `dx` (separate or
@@ -536,17 +811,26 @@ mod tests {
                 let mut y = vec![0f32; x.len()];
                 let mut mean = vec![0f32; rows];
                 let mut inv = vec![0f32; rows];
+                let t = RowTensors {
+                    x: StridedRows::from_read((&x[..]).into(), rows, cols, cols),
+                    residual: None,
+                    bias: None,
+                    sum: None,
+                    y: StridedRows::from_write((&mut y[..]).into(), rows, cols, cols),
+                    y_is_x: false,
+                    stream_y: false,
+                    stream_sum: false,
+                };
                 RowsForward {
-                    io: RowIo::Separate(&x, &mut y),
-                    cols,
+                    t: &t,
+                    rows: 0..rows,
                     centered,
                     gamma: Some(&gamma),
                     beta: Some(&beta),
                     eps: 1e-5,
                     save_mean: Some(&mut mean),
                     save_inv: Some(&mut inv),
-                    stream: false,
-                    more_after: false,
+                    y_scale: None,
                 }
                 .run::<Emulated<16>>();
                 for r in 0..rows {

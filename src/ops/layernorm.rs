@@ -12,11 +12,13 @@
 use super::TASK_ELEMENTS;
 use crate::batchnorm::{Affine, SavedStats};
 use crate::context::Context;
-use crate::error::{Result, check_eps, check_len};
-pub use crate::io::BackwardIo;
-use crate::io::{InOut, RowIo, SharedIo};
+use crate::error::{Error, Result, check_eps, check_len};
+pub use crate::io::{
+    BackwardIo, Dtype, RowData, RowDataMut, RowInput, RowNormIo, RowTarget, Rows, RowsMut,
+};
+use crate::io::{InOut, RowIo, SharedIo, StridedRows, extent};
 use crate::kernels::rownorm::{
-    ColumnPass, ColumnSums, GradIo, ROW_BLOCK, RowsBackward, RowsForward,
+    ColumnPass, ColumnSums, GradIo, ROW_BLOCK, RowTensors, RowsBackward, RowsForward,
 };
 use crate::shape::checked_elements;
 use crate::simd::element::Element;
@@ -92,6 +94,37 @@ pub fn forward<E: Element>(
         saved.invstd,
     );
     Ok(())
+}
+
+/// Layer norm over strided rows of mixed types, as transformer blocks call it: `h = (x +
+/// residual) + bias` is normalized (see [`RowNormIo`]), optionally storing the sum, with `y` of
+/// any [`Dtype`] (I8: quantized per row, scales in `io.y_scale`). Saves each row's mean and
+/// `invstd` where asked.
+///
+/// With packed rows, no residual, bias or sum, this is bitwise [`forward`] (for `x` and `y` of
+/// one type); with a sum it is bitwise storing the sum, then [`forward`] on it.
+pub fn forward_rows(
+    ctx: &Context,
+    rows: usize,
+    cols: usize,
+    io: RowNormIo<'_>,
+    affine: Affine<'_>,
+    eps: f32,
+    saved: SavedStats<'_>,
+) -> Result<()> {
+    rows_forward_io(
+        ctx,
+        RowsCall {
+            rows,
+            cols,
+            centered: true,
+            eps,
+        },
+        io,
+        affine,
+        saved.mean,
+        saved.invstd,
+    )
 }
 
 /// Layer norm backward from the saved statistics: `dx` (if `grad` is [`BackwardIo::WithDx`]),
@@ -210,7 +243,7 @@ unsafe fn rows_of<'a>(
     })
 }
 
-/// The forward over all rows, in tasks of whole rows fixed by the shape.
+/// The forward over packed rows of one element type (the plain functions and their twins).
 pub(crate) fn rows_forward<E: Element>(
     ctx: &Context,
     call: RowsCall,
@@ -219,47 +252,302 @@ pub(crate) fn rows_forward<E: Element>(
     save_mean: Option<&mut [f32]>,
     save_inv: Option<&mut [f32]>,
 ) {
+    let (rows, cols) = (call.rows, call.cols);
+    let (x, y, y_is_x) = match &mut io {
+        InOut::Separate { x, y } => (
+            StridedRows::from_read(E::data(x), rows, cols, cols),
+            StridedRows::from_write(E::data_mut(y), rows, cols, cols),
+            false,
+        ),
+        InOut::InPlace(b) => {
+            let b = StridedRows::from_write(E::data_mut(b), rows, cols, cols);
+            (b, b, true)
+        }
+    };
+    let tensors = RowTensors {
+        x,
+        residual: None,
+        bias: None,
+        sum: None,
+        stream_y: stream_rows(&y, rows, cols),
+        y,
+        y_is_x,
+        stream_sum: false,
+    };
+    run_rows(ctx, call, &tensors, affine, save_mean, save_inv, None);
+}
+
+/// Whether the rows of an output are written with streaming stores (see [`super::streams`]).
+fn stream_rows(t: &StridedRows<'_>, rows: usize, cols: usize) -> bool {
+    let run = if t.stride() == cols { usize::MAX } else { cols };
+    let elements = rows * cols;
+    match t.dtype() {
+        Dtype::F32 => super::streams::<f32>(elements, run),
+        Dtype::Bf16 | Dtype::F16 => super::streams::<u16>(elements, run),
+        // Quantized rows are written by 8- or 16-byte stores, never streamed.
+        Dtype::I8 => false,
+    }
+}
+
+/// One tensor of a row-norm call, for the checks: its type (`None`: a value outside the enum,
+/// from C) and stride (0: `cols`).
+#[derive(Clone, Copy)]
+pub(crate) struct TensorSpec {
+    pub name: &'static str,
+    pub dtype: Option<Dtype>,
+    pub stride: usize,
+}
+
+/// Checks a row-norm call in the contract's order: sizes and every tensor's extent (overflow),
+/// strides (shape), `eps` and the types (argument: I8 only for `y`).
+pub(crate) fn check_rows(rows: usize, cols: usize, eps: f32, specs: &[TensorSpec]) -> Result<()> {
+    check_sizes(rows, cols)?;
+    for s in specs {
+        let stride = if s.stride == 0 { cols } else { s.stride };
+        let n = extent(rows, cols, stride)
+            .ok_or_else(|| Error::overflow(format!("the extent of {} overflows", s.name)))?;
+        checked_elements(&[n], s.dtype.map_or(4, Dtype::bytes), s.name)?;
+    }
+    for s in specs {
+        if s.stride != 0 && s.stride < cols {
+            return Err(Error::bad_shape(format!(
+                "{} has stride {} below cols {cols}",
+                s.name, s.stride
+            )));
+        }
+    }
+    check_eps(eps)?;
+    for s in specs {
+        match s.dtype {
+            None => return Err(Error::bad_argument(format!("unknown dtype of {}", s.name))),
+            Some(Dtype::I8) if s.name != "y" => {
+                return Err(Error::bad_argument(format!("{} cannot be i8", s.name)));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The forward of `forward_rows`: checks, then the tensors' rows in tasks.
+pub(crate) fn rows_forward_io(
+    ctx: &Context,
+    call: RowsCall,
+    io: RowNormIo<'_>,
+    affine: Affine<'_>,
+    save_mean: Option<&mut [f32]>,
+    save_inv: Option<&mut [f32]>,
+) -> Result<()> {
+    let RowsCall { rows, cols, .. } = call;
+    let RowNormIo {
+        mut x,
+        mut residual,
+        bias,
+        mut sum,
+        mut y,
+        y_scale,
+    } = io;
+    // An output over an input has the input's type and stride.
+    let target_spec = |t: &RowTarget<'_>, name| -> Result<TensorSpec> {
+        let over = match t {
+            RowTarget::Into(r) => return Ok(spec_mut(name, r)),
+            RowTarget::X => Some(&x),
+            RowTarget::Residual => residual.as_ref(),
+        };
+        over.map(|i| TensorSpec {
+            name,
+            ..input_spec(name, i)
+        })
+        .ok_or_else(|| Error::bad_argument(format!("{name} replaces a residual not given")))
+    };
+    let mut specs = vec![input_spec("x", &x)];
+    if let Some(r) = &residual {
+        specs.push(input_spec("residual", r));
+    }
+    if let Some(t) = &sum {
+        specs.push(target_spec(t, "sum")?);
+    }
+    let y_spec = target_spec(&y, "y")?;
+    specs.push(y_spec);
+    check_rows(rows, cols, call.eps, &specs)?;
+    let stride_of = |s: &TensorSpec| if s.stride == 0 { cols } else { s.stride };
+    let need = |s: &TensorSpec| extent(rows, cols, stride_of(s)).unwrap_or(usize::MAX);
+    check_min_len("x", input_len(&x), need(&specs[0]))?;
+    if let Some(r) = &residual {
+        check_min_len("residual", input_len(r), need(&specs[1]))?;
+    }
+    for (t, name) in [(sum.as_ref(), "sum"), (Some(&y), "y")] {
+        if let Some(RowTarget::Into(r)) = t {
+            let s = specs
+                .iter()
+                .find(|s| s.name == name)
+                .copied()
+                .unwrap_or(y_spec);
+            check_min_len(name, r.data.len(), need(&s))?;
+        }
+    }
+    check_optional("bias", bias, cols)?;
+    check_optional("gamma", affine.gamma, cols)?;
+    check_optional("beta", affine.beta, cols)?;
+    check_optional("save_mean", save_mean.as_deref(), rows)?;
+    check_optional("save_inv", save_inv.as_deref(), rows)?;
+    match (&y_scale, y_spec.dtype == Some(Dtype::I8)) {
+        (Some(s), true) => check_len("y_scale", s, rows)?,
+        (None, false) => {}
+        (None, true) => return Err(Error::bad_argument("i8 y needs y_scale")),
+        (Some(_), false) => return Err(Error::bad_argument("y_scale given for a y not i8")),
+    }
+    // Outputs over inputs: the input must be writable, and two outputs never share one.
+    let over = |t: Option<&RowTarget<'_>>, i: &RowTarget<'_>| {
+        matches!((t, i), (Some(RowTarget::X), RowTarget::X))
+            || matches!((t, i), (Some(RowTarget::Residual), RowTarget::Residual))
+    };
+    if over(sum.as_ref(), &y) || matches!(y, RowTarget::Residual) {
+        return Err(Error::alias(
+            "y may replace only x, and not together with sum",
+        ));
+    }
+    let writes_x = matches!(y, RowTarget::X) || matches!(sum, Some(RowTarget::X));
+    let writes_res = matches!(sum, Some(RowTarget::Residual));
+    if (writes_x && matches!(x, RowInput::Read(_)))
+        || (writes_res && matches!(residual, Some(RowInput::Read(_))))
+    {
+        return Err(Error::bad_argument(
+            "an output replaces an input given read-only (pass it as RowInput::Write)",
+        ));
+    }
+    let x_rows = strided_input(&mut x, rows, cols, stride_of(&specs[0]));
+    let res_rows = residual
+        .as_mut()
+        .map(|r| strided_input(r, rows, cols, stride_of(&specs[1])));
+    let sum_spec = specs[specs.len() - 2];
+    let sum_rows = sum.as_mut().map(|t| match t {
+        RowTarget::Into(r) => StridedRows::write(r, rows, cols, stride_of(&sum_spec)),
+        RowTarget::X => x_rows,
+        RowTarget::Residual => res_rows.expect("checked above"),
+    });
+    let y_is_x = matches!(y, RowTarget::X);
+    let y_rows = match &mut y {
+        RowTarget::Into(r) => StridedRows::write(r, rows, cols, stride_of(&y_spec)),
+        _ => x_rows,
+    };
+    let tensors = RowTensors {
+        x: x_rows,
+        residual: res_rows,
+        bias,
+        stream_y: stream_rows(&y_rows, rows, cols),
+        stream_sum: sum_rows
+            .as_ref()
+            .is_some_and(|s| stream_rows(s, rows, cols)),
+        sum: sum_rows,
+        y: y_rows,
+        y_is_x,
+    };
+    run_rows(ctx, call, &tensors, affine, save_mean, save_inv, y_scale);
+    Ok(())
+}
+
+fn input_spec(name: &'static str, i: &RowInput<'_>) -> TensorSpec {
+    match i {
+        RowInput::Read(r) => TensorSpec {
+            name,
+            dtype: Some(r.data.dtype()),
+            stride: r.stride,
+        },
+        RowInput::Write(r) => spec_mut(name, r),
+    }
+}
+
+fn spec_mut(name: &'static str, r: &RowsMut<'_>) -> TensorSpec {
+    TensorSpec {
+        name,
+        dtype: Some(r.data.dtype()),
+        stride: r.stride,
+    }
+}
+
+fn input_len(i: &RowInput<'_>) -> usize {
+    match i {
+        RowInput::Read(r) => r.data.len(),
+        RowInput::Write(r) => r.data.len(),
+    }
+}
+
+fn strided_input<'a>(
+    i: &'a mut RowInput<'_>,
+    rows: usize,
+    cols: usize,
+    stride: usize,
+) -> StridedRows<'a> {
+    match i {
+        RowInput::Read(r) => StridedRows::from_read(r.data, rows, cols, stride),
+        RowInput::Write(r) => StridedRows::write(r, rows, cols, stride),
+    }
+}
+
+fn check_min_len(name: &str, len: usize, need: usize) -> Result<()> {
+    if len >= need {
+        Ok(())
+    } else {
+        Err(Error::bad_shape(format!(
+            "{name} has {len} elements, its rows span {need}"
+        )))
+    }
+}
+
+/// Runs the forward over all rows, in tasks of whole rows fixed by the shape.
+fn run_rows(
+    ctx: &Context,
+    call: RowsCall,
+    tensors: &RowTensors<'_>,
+    affine: Affine<'_>,
+    save_mean: Option<&mut [f32]>,
+    save_inv: Option<&mut [f32]>,
+    y_scale: Option<&mut [f32]>,
+) {
     let RowsCall {
         rows,
         cols,
         centered,
         eps,
     } = call;
-    let elements = io.len();
+    let elements = rows * cols;
     if elements == 0 {
         return;
     }
     let isa = ctx.supported_isa();
-    let stream = super::streams::<E>(elements, usize::MAX);
     let per_task = rows_per_task(cols);
     let tasks = rows.div_ceil(per_task);
     let mut mean_out = save_mean.map(InOut::InPlace);
     let mut inv_out = save_inv.map(InOut::InPlace);
-    let shared = io.share();
-    let (mean_shared, inv_shared) = (share_rows(&mut mean_out), share_rows(&mut inv_out));
+    let mut scale_out = y_scale.map(InOut::InPlace);
+    let (mean_shared, inv_shared, scale_shared) = (
+        share_rows(&mut mean_out),
+        share_rows(&mut inv_out),
+        share_rows(&mut scale_out),
+    );
     ctx.for_each(elements, tasks, |k| {
         let r = k * per_task..rows.min((k + 1) * per_task);
-        // SAFETY: tasks cover disjoint row ranges of the data and of the per-row outputs.
-        let (part, save_mean, save_inv) = unsafe {
+        // SAFETY: tasks cover disjoint row ranges of the per-row outputs.
+        let (save_mean, save_inv, y_scale) = unsafe {
             (
-                shared.part(r.start * cols..r.end * cols),
                 rows_of(&mean_shared, r.clone()),
                 rows_of(&inv_shared, r.clone()),
+                rows_of(&scale_shared, r.clone()),
             )
         };
         dispatch(
             isa,
             RowsForward {
-                io: part,
-                cols,
+                t: tensors,
+                rows: r,
                 centered,
                 gamma: affine.gamma,
                 beta: affine.beta,
                 eps,
                 save_mean,
                 save_inv,
-                stream,
-                more_after: k + 1 < tasks,
+                y_scale,
             },
         );
     });

@@ -5,10 +5,13 @@
 //! `save_invrms` (optional) of length `rows`. As for layer norm, a call with `cols = 0` writes
 //! nothing, and a backward over zero rows writes zeros to `dgamma`.
 
-pub use super::layernorm::BackwardIo;
+pub use super::layernorm::{
+    BackwardIo, Dtype, RowData, RowDataMut, RowInput, RowNormIo, RowTarget, Rows, RowsMut,
+};
 
 use super::layernorm::{
     RowsCall, check_backward_lens, check_forward, check_sizes, rows_backward, rows_forward,
+    rows_forward_io,
 };
 use crate::batchnorm::Affine;
 use crate::context::Context;
@@ -51,6 +54,32 @@ pub fn forward<E: Element>(
         save_invrms,
     );
     Ok(())
+}
+
+/// RMS norm over strided rows of mixed types (see [`super::layernorm::forward_rows`] and
+/// [`RowNormIo`]); saves each row's `invrms` where asked.
+pub fn forward_rows(
+    ctx: &Context,
+    rows: usize,
+    cols: usize,
+    io: RowNormIo<'_>,
+    gamma: Option<&[f32]>,
+    eps: f32,
+    save_invrms: Option<&mut [f32]>,
+) -> Result<()> {
+    rows_forward_io(
+        ctx,
+        RowsCall {
+            rows,
+            cols,
+            centered: false,
+            eps,
+        },
+        io,
+        Affine { gamma, beta: None },
+        None,
+        save_invrms,
+    )
 }
 
 /// RMS norm backward from the saved `invrms`: `dx` (if `grad` is [`BackwardIo::WithDx`]) and

@@ -29,6 +29,14 @@ mod private {
         fn store_partial<V: crate::simd::F32Vec>(v: V, dst: &mut [Self]);
         /// [`Sealed::store`] with a streaming store; `dst` aligned to `LANES * BYTES` bytes.
         fn store_stream<V: crate::simd::F32Vec>(v: V, dst: &mut [Self]);
+        /// Rounds and stores into all of `dst` (at most `LANES` elements; streaming if `STREAM`,
+        /// then `dst` is a whole aligned vector), and returns the rounded lanes widened again
+        /// (what a read of `dst` would give), rounding once.
+        fn store_round<V: crate::simd::F32Vec, const STREAM: bool>(v: V, dst: &mut [Self]) -> V;
+        /// The slice as typed row data.
+        fn data(s: &[Self]) -> crate::io::RowData<'_>;
+        /// The slice as typed writable row data.
+        fn data_mut(s: &mut [Self]) -> crate::io::RowDataMut<'_>;
     }
 }
 
@@ -75,6 +83,23 @@ impl private::Sealed for f32 {
     fn store_stream<V: F32Vec>(v: V, dst: &mut [Self]) {
         v.store_stream(dst)
     }
+    #[inline(always)]
+    fn store_round<V: F32Vec, const STREAM: bool>(v: V, dst: &mut [Self]) -> V {
+        if dst.len() < V::LANES {
+            v.store_partial(dst)
+        } else if STREAM {
+            v.store_stream(dst)
+        } else {
+            v.store(dst)
+        }
+        v
+    }
+    fn data(s: &[Self]) -> crate::io::RowData<'_> {
+        s.into()
+    }
+    fn data_mut(s: &mut [Self]) -> crate::io::RowDataMut<'_> {
+        s.into()
+    }
 }
 
 /// The lanes `0..n` set in a `select_bits` mask.
@@ -117,6 +142,25 @@ macro_rules! half_element {
             #[inline(always)]
             fn store_stream<V: F32Vec>(v: V, dst: &mut [Self]) {
                 V::store_h_stream(v.$narrow(), dst.reinterpret_cast_mut())
+            }
+            #[inline(always)]
+            fn store_round<V: F32Vec, const STREAM: bool>(v: V, dst: &mut [Self]) -> V {
+                let h = v.$narrow();
+                let d = dst.reinterpret_cast_mut();
+                if d.len() < V::LANES {
+                    V::store_h_partial(h, d)
+                } else if STREAM {
+                    V::store_h_stream(h, d)
+                } else {
+                    V::store_h(h, d)
+                }
+                V::$widen(h)
+            }
+            fn data(s: &[Self]) -> crate::io::RowData<'_> {
+                s.into()
+            }
+            fn data_mut(s: &mut [Self]) -> crate::io::RowDataMut<'_> {
+                s.into()
             }
         }
     };

@@ -234,6 +234,10 @@ impl<const N: usize> U32Vec for EmulatedWords<N> {
         self.zip_with(rhs, |a, b| a & b)
     }
 
+    fn max(self, rhs: Self) -> Self {
+        self.zip_with(rhs, |a, b| a.max(b))
+    }
+
     fn xor(self, rhs: Self) -> Self {
         self.zip_with(rhs, |a, b| a ^ b)
     }

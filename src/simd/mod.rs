@@ -239,6 +239,31 @@ pub trait F32Vec: Copy {
     /// Lane `j` is `if_set[j]` where bit `j` of `bits` is 1, else `if_clear[j]` (bits at and
     /// above `LANES` are ignored). A select: the lanes not chosen never reach the result.
     fn select_bits(bits: u32, if_set: Self, if_clear: Self) -> Self;
+
+    /// Each lane rounded to an integer, to nearest with ties to even, whatever the rounding
+    /// mode of the floating-point environment (NaN stays NaN). Backends with a rounding
+    /// instruction override this lane-by-lane version.
+    #[inline(always)]
+    fn round_even(self) -> Self {
+        let mut lanes = [0.0f32; MAX_LANES];
+        self.store(&mut lanes[..Self::LANES]);
+        for v in &mut lanes[..Self::LANES] {
+            *v = v.round_ties_even();
+        }
+        Self::load(&lanes[..Self::LANES])
+    }
+
+    /// Stores the first `dst.len() <= LANES` lanes, each an integer in `[-127, 127]` (as
+    /// [`F32Vec::round_even`] gives), as `i8`. Backends with packing instructions override this
+    /// lane-by-lane version.
+    #[inline(always)]
+    fn write_i8(self, dst: &mut [i8]) {
+        let mut lanes = [0.0f32; MAX_LANES];
+        self.store(&mut lanes[..Self::LANES]);
+        for (d, &v) in dst.iter_mut().zip(&lanes[..Self::LANES]) {
+            *d = v as i8;
+        }
+    }
 }
 
 /// A vector of `f64` lanes, half as many as the [`F32Vec`] it belongs to: where statistics are
@@ -305,6 +330,8 @@ pub trait U32Vec: Copy {
     fn zip(self, rhs: Self) -> (Self, Self);
     /// Lanes `start .. start + LANES` of the concatenation `[self, next]` (`start < LANES`).
     fn lanes_from(self, next: Self, start: usize) -> Self;
+    /// The unsigned maximum of each pair of lanes.
+    fn max(self, rhs: Self) -> Self;
 }
 
 /// A kernel written once over [`F32Vec`]; `run` must be `#[inline(always)]`.

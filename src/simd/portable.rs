@@ -259,6 +259,11 @@ impl U32Vec for Words {
     }
 
     #[inline(always)]
+    fn max(self, rhs: Self) -> Self {
+        Words(self.0.max(rhs.0))
+    }
+
+    #[inline(always)]
     fn xor(self, rhs: Self) -> Self {
         Words(self.0 ^ rhs.0)
     }

@@ -311,6 +311,39 @@ impl F32Vec for Vector {
             ))
         }
     }
+
+    #[inline(always)]
+    fn round_even(self) -> Self {
+        // SAFETY: see the file header. Nearest even, no exceptions, whatever MXCSR says.
+        Vector(unsafe {
+            _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(self.0)
+        })
+    }
+
+    #[inline(always)]
+    fn write_i8(self, dst: &mut [i8]) {
+        assert!(dst.len() <= 8);
+        // SAFETY: see the file header; register-only operations, then an 8-byte store into
+        // `dst` when it holds 8 bytes (a copy of the first bytes otherwise). The lanes are
+        // integers, so the conversion is exact in any rounding mode; packs saturates (a no-op
+        // on [-127, 127]).
+        unsafe {
+            let words = _mm256_cvtps_epi32(self.0);
+            let halves = _mm_packs_epi32(
+                _mm256_castsi256_si128(words),
+                _mm256_extracti128_si256::<1>(words),
+            );
+            let bytes = _mm_packs_epi16(halves, halves);
+            if dst.len() == 8 {
+                _mm_storel_epi64(dst.as_mut_ptr().cast(), bytes);
+            } else {
+                let mut lanes = [0i8; 16];
+                _mm_storeu_si128(lanes.as_mut_ptr().cast(), bytes);
+                let n = dst.len();
+                dst.copy_from_slice(&lanes[..n]);
+            }
+        }
+    }
 }
 
 /// Eight `u32` lanes in a `__m256i`.
@@ -363,6 +396,12 @@ impl U32Vec for Words {
     fn and(self, rhs: Self) -> Self {
         // SAFETY: see the file header.
         Words(unsafe { _mm256_and_si256(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    fn max(self, rhs: Self) -> Self {
+        // SAFETY: see the file header.
+        Words(unsafe { _mm256_max_epu32(self.0, rhs.0) })
     }
 
     #[inline(always)]

@@ -265,6 +265,29 @@ impl F32Vec for Vector {
         // SAFETY: see the file header. The bits are the lane mask.
         Vector(unsafe { _mm512_mask_blend_ps(bits as __mmask16, if_clear.0, if_set.0) })
     }
+
+    #[inline(always)]
+    fn round_even(self) -> Self {
+        // SAFETY: see the file header. Immediate 0x08: nearest even, no exceptions, 0 fraction
+        // bits kept.
+        Vector(unsafe { _mm512_roundscale_ps::<0x08>(self.0) })
+    }
+
+    #[inline(always)]
+    fn write_i8(self, dst: &mut [i8]) {
+        assert!(dst.len() <= 16);
+        // SAFETY: see the file header. The lanes are integers, so the conversion is exact in
+        // any rounding mode; vpmovsdb narrows with signed saturation and the masked form
+        // writes only the first dst.len() bytes.
+        unsafe {
+            let words = _mm512_cvtps_epi32(self.0);
+            _mm512_mask_cvtsepi32_storeu_epi8(
+                dst.as_mut_ptr().cast(),
+                ((1u32 << dst.len()) - 1) as __mmask16,
+                words,
+            )
+        }
+    }
 }
 
 /// Sixteen `u32` lanes in a `__m512i`.
@@ -317,6 +340,12 @@ impl U32Vec for Words {
     fn and(self, rhs: Self) -> Self {
         // SAFETY: see the file header.
         Words(unsafe { _mm512_and_si512(self.0, rhs.0) })
+    }
+
+    #[inline(always)]
+    fn max(self, rhs: Self) -> Self {
+        // SAFETY: see the file header.
+        Words(unsafe { _mm512_max_epu32(self.0, rhs.0) })
     }
 
     #[inline(always)]
