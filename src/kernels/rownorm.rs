@@ -236,6 +236,7 @@ fn forward_rows<V: F32Vec>(k: RowsForward<'_, '_>) {
     }
     let ones;
     let zeros;
+    let mut no_bias: Option<Vec<f32>> = None;
     let job = RowJob::<V> {
         centered,
         eps,
@@ -271,7 +272,11 @@ fn forward_rows<V: F32Vec>(k: RowsForward<'_, '_>) {
         // lives only while no other reference to its memory does (inputs are read, and
         // their slices dropped, before an output that may replace them is made).
         let out = if staged {
-            stage::<V>(t, r, &mut buf);
+            let bias = match t.bias {
+                Some(b) => b,
+                None => no_bias.get_or_insert_with(|| vec![-0.0f32; cols]),
+            };
+            stage::<V>(t, r, bias, &mut buf);
             match unsafe { t.y.row_mut(r) } {
                 RowDataMut::F32(y) => job.row::<f32, f32>(RowIo::Separate(&buf, y)),
                 RowDataMut::Bf16(y) => job.row::<f32, bf16>(RowIo::Separate(&buf, y)),
@@ -314,25 +319,16 @@ fn forward_rows<V: F32Vec>(k: RowsForward<'_, '_>) {
     }
 }
 
-/// `buf = (x + residual) + bias` of row `r`; with a sum, rounded to its type and stored there.
+/// `buf = (x + residual) + bias` of row `r` (`bias`: the call's, or `-0.0`s standing for
+/// none, which add exactly nothing); with a sum, rounded to its type and stored there.
 #[inline(always)]
-fn stage<V: F32Vec>(t: &RowTensors<'_>, r: usize, buf: &mut [f32]) {
-    // SAFETY (row accesses): as in `forward_rows`; the input slices die inside their match
-    // arm, before the sum (which may replace x or residual) is made.
+fn stage<V: F32Vec>(t: &RowTensors<'_>, r: usize, bias: &[f32], buf: &mut [f32]) {
+    // SAFETY (row accesses): as in `forward_rows`; the input slices die before the sum (which
+    // may replace x or residual) is made.
     match unsafe { t.x.row(r) } {
-        RowData::F32(x) => buf.copy_from_slice(x),
-        RowData::Bf16(x) => fill::<V, bf16, false>(x, buf),
-        RowData::F16(x) => fill::<V, f16, false>(x, buf),
-    }
-    if let Some(res) = &t.residual {
-        match unsafe { res.row(r) } {
-            RowData::F32(a) => fill::<V, f32, true>(a, buf),
-            RowData::Bf16(a) => fill::<V, bf16, true>(a, buf),
-            RowData::F16(a) => fill::<V, f16, true>(a, buf),
-        }
-    }
-    if let Some(bias) = t.bias {
-        fill::<V, f32, true>(bias, buf);
+        RowData::F32(x) => form_with::<V, f32>(x, t, r, bias, buf),
+        RowData::Bf16(x) => form_with::<V, bf16>(x, t, r, bias, buf),
+        RowData::F16(x) => form_with::<V, f16>(x, t, r, bias, buf),
     }
     if let Some(sum) = &t.sum {
         let stream = t.stream_sum;
@@ -345,21 +341,44 @@ fn stage<V: F32Vec>(t: &RowTensors<'_>, r: usize, buf: &mut [f32]) {
     }
 }
 
-/// `buf = a` (or `buf += a` if `ADD`), `a` widened.
+/// [`form`] with row `r` of the residual, if any, of its type.
 #[inline(always)]
-fn fill<V: F32Vec, A: ElementIo, const ADD: bool>(a: &[A], buf: &mut [f32]) {
+fn form_with<V: F32Vec, X: ElementIo>(
+    x: &[X],
+    t: &RowTensors<'_>,
+    r: usize,
+    bias: &[f32],
+    buf: &mut [f32],
+) {
+    // SAFETY: as in `stage`.
+    match t.residual.as_ref().map(|res| unsafe { res.row(r) }) {
+        None => form::<V, X, f32, false>(x, &[], bias, buf),
+        Some(RowData::F32(a)) => form::<V, X, f32, true>(x, a, bias, buf),
+        Some(RowData::Bf16(a)) => form::<V, X, bf16, true>(x, a, bias, buf),
+        Some(RowData::F16(a)) => form::<V, X, f16, true>(x, a, bias, buf),
+    }
+}
+
+/// `buf = (x + a) + bias` (`x + bias` without `RES`), widened and added in `f32`.
+#[inline(always)]
+fn form<V: F32Vec, X: ElementIo, A: ElementIo, const RES: bool>(
+    x: &[X],
+    a: &[A],
+    bias: &[f32],
+    buf: &mut [f32],
+) {
     let l = V::LANES;
+    let n = buf.len();
     let mut i = 0;
-    while i < buf.len() {
-        let n = l.min(buf.len() - i);
-        let v = V::read_lanes(&a[i..i + n], 0.0);
-        let v = if ADD {
-            V::read_lanes(&buf[i..i + n], 0.0).add(v)
-        } else {
-            v
-        };
-        v.write_lanes(&mut buf[i..i + n]);
-        i += n;
+    while i < n {
+        let k = l.min(n - i);
+        let mut h = V::read_lanes(&x[i..i + k], 0.0);
+        if RES {
+            h = h.add(V::read_lanes(&a[i..i + k], 0.0));
+        }
+        h.add(V::read_lanes(&bias[i..i + k], -0.0))
+            .write_lanes(&mut buf[i..i + k]);
+        i += k;
     }
 }
 
