@@ -1,9 +1,9 @@
-//! The C API as a C program sees it: `tests/c/batchnorm_api.c` and `tests/c/dropout_api.c` are
-//! compiled by the system C compiler against the committed `include/normkit.h` and linked with
-//! the library cargo built for this test run, then run; together they check every function of
-//! the header against their own naive loops, and each exits non-zero on any failed check. The
-//! same files are also built as C++ (the header must work there too) and linked against the
-//! shared library.
+//! The C API as a C program sees it: the programs of `tests/c` (`batchnorm_api.c`,
+//! `dropout_api.c`, `rows_api.c`, ...) are compiled by the system C compiler against the
+//! committed `include/normkit.h` and linked with the library cargo built for this test run, then
+//! run; together they check every function of the header against their own naive loops, and each
+//! exits non-zero on any failed check. The same files are also built as C++ (the header must work
+//! there too) and linked against the shared library.
 //!
 //! How the programs find the library built for this test run, and `CC` / `CXX`: see
 //! `tests/common_c/mod.rs`.
@@ -242,6 +242,46 @@ fn readme_dropconnect_example_compiles_and_runs() {
             line.starts_with(&format!("DropConnect step {step}: ")),
             "unexpected output: {out}"
         );
+    }
+}
+
+/// The transformer-block example of README.md (the C block with a `main` that calls
+/// `nk_rmsnorm_forward_rows`: bf16 activations added to an f32 residual stream in place, the RMS
+/// norm quantized to int8 per token) compiles without warnings and runs successfully against the
+/// static library; it checks its own results (exit status 1 otherwise) and prints one line per
+/// token.
+#[test]
+fn readme_transformer_block_example_compiles_and_runs() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let example = readme
+        .split("```c\n")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .find(|code| code.contains("int main(") && code.contains("nk_rmsnorm_forward_rows"))
+        .expect("README.md has a C block with a main function calling nk_rmsnorm_forward_rows");
+    let dir = out_dir("readme-transformer-block");
+    let source = dir.join("transformer_block.c");
+    std::fs::write(&source, example).unwrap();
+    let exe = dir.join("transformer_block");
+    let mut cmd = Command::new(compiler("CC", "cc"));
+    cmd.arg("-std=c11")
+        .args(WARNINGS)
+        .arg("-I")
+        .arg(root().join("include"))
+        .arg(&source)
+        .args(static_link())
+        .arg("-o")
+        .arg(&exe);
+    run(cmd, "compiling the README transformer-block example");
+    let out = run(Command::new(&exe), "the README transformer-block example");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 4, "unexpected output: {out}");
+    for (token, line) in lines.iter().enumerate() {
+        let scale: f32 = line
+            .strip_prefix(&format!("token {token}: residual updated, int8 scale "))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected output: {out}"));
+        assert!(scale > 0.0 && scale.is_finite(), "unexpected output: {out}");
     }
 }
 
