@@ -696,15 +696,15 @@ impl<'a> StridedRows<'a> {
         }
     }
 
-    /// Hints that the first `elements` of row `r` (if it exists) will be read soon.
+    /// Hints that the first `max_bytes` of row `r` (if it exists) will be read soon.
     #[inline(always)]
-    pub(crate) fn prefetch<V: F32Vec>(&self, r: usize, elements: usize) {
+    pub(crate) fn prefetch<V: F32Vec>(&self, r: usize, max_bytes: usize) {
         if r >= self.rows {
             return;
         }
         let bytes = self.dtype().bytes();
         let start = self.ptr.addr().wrapping_add(r * self.stride * bytes);
-        for line in (0..self.cols.min(elements) * bytes).step_by(64) {
+        for line in (0..(self.cols * bytes).min(max_bytes)).step_by(64) {
             V::prefetch(start.wrapping_add(line));
         }
     }

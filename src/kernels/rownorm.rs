@@ -187,8 +187,9 @@ pub(crate) struct RowsForward<'a, 'p> {
     pub y_scale: Option<&'a mut [f32]>,
 }
 
-/// Most elements of the next row prefetched while a row is normalized (8 KiB of f32).
-const PREFETCH_MAX: usize = 2048;
+/// Most bytes of the next row of each input prefetched while a row is worked on: whole rows of
+/// up to 4096 floats, so that reading the next row overlaps the work on this one.
+const PREFETCH_BYTES: usize = 16 << 10;
 
 impl Kernel for RowsForward<'_, '_> {
     type Output = ();
@@ -264,9 +265,9 @@ fn forward_rows<V: F32Vec>(k: RowsForward<'_, '_>) {
     let first = rows.start;
     for r in rows {
         // Start reading the next row while this one, soon cached, is worked on.
-        t.x.prefetch::<V>(r + 1, PREFETCH_MAX);
+        t.x.prefetch::<V>(r + 1, PREFETCH_BYTES);
         if let Some(res) = &t.residual {
-            res.prefetch::<V>(r + 1, PREFETCH_MAX);
+            res.prefetch::<V>(r + 1, PREFETCH_BYTES);
         }
         // SAFETY (every row access below): this task owns row r of every output; each slice
         // lives only while no other reference to its memory does (inputs are read, and
@@ -369,16 +370,24 @@ fn form<V: F32Vec, X: ElementIo, A: ElementIo, const RES: bool>(
 ) {
     let l = V::LANES;
     let n = buf.len();
+    let full = n / l * l;
     let mut i = 0;
-    while i < n {
-        let k = l.min(n - i);
-        let mut h = V::read_lanes(&x[i..i + k], 0.0);
+    // Whole vectors, then the partial one: no length test per vector.
+    while i < full {
+        let mut h = V::read(&x[i..i + l]);
         if RES {
-            h = h.add(V::read_lanes(&a[i..i + k], 0.0));
+            h = h.add(V::read(&a[i..i + l]));
         }
-        h.add(V::read_lanes(&bias[i..i + k], -0.0))
-            .write_lanes(&mut buf[i..i + k]);
-        i += k;
+        h.add(V::read(&bias[i..i + l])).write(&mut buf[i..i + l]);
+        i += l;
+    }
+    if i < n {
+        let mut h = V::read_partial(&x[i..n], 0.0);
+        if RES {
+            h = h.add(V::read_partial(&a[i..n], 0.0));
+        }
+        h.add(V::read_partial(&bias[i..n], -0.0))
+            .write_partial(&mut buf[i..n]);
     }
 }
 
@@ -387,29 +396,40 @@ fn form<V: F32Vec, X: ElementIo, A: ElementIo, const RES: bool>(
 #[inline(always)]
 fn round_through<V: F32Vec, S: ElementIo>(buf: &mut [f32], sum: &mut [S], stream: bool) {
     let l = V::LANES;
+    let n = buf.len();
+    // Streaming needs whole aligned vectors: a partial head first, then the body, then a tail.
     let head = if stream {
         unaligned_head::<V, S>(sum)
     } else {
         0
     };
-    let mut i = 0;
-    while i < buf.len() {
-        let n = if i < head {
-            head - i
+    if head > 0 {
+        round_part::<V, S>(&mut buf[..head], &mut sum[..head]);
+    }
+    let full = head + (n - head) / l * l;
+    let mut i = head;
+    while i < full {
+        let v = V::read(&buf[i..i + l]);
+        let r = if stream {
+            S::store_round::<V, true>(v, &mut sum[i..i + l])
         } else {
-            l.min(buf.len() - i)
-        };
-        let v = V::read_lanes(&buf[i..i + n], 0.0);
-        let r = if stream && i >= head && n == l {
-            S::store_round::<V, true>(v, &mut sum[i..i + n])
-        } else {
-            S::store_round::<V, false>(v, &mut sum[i..i + n])
+            S::store_round::<V, false>(v, &mut sum[i..i + l])
         };
         if S::BYTES != 4 {
-            r.write_lanes(&mut buf[i..i + n]);
+            r.write(&mut buf[i..i + l]);
         }
-        i += n;
+        i += l;
     }
+    if full < n {
+        round_part::<V, S>(&mut buf[full..], &mut sum[full..]);
+    }
+}
+
+/// [`round_through`] of fewer than `LANES` elements.
+#[inline(always)]
+fn round_part<V: F32Vec, S: ElementIo>(buf: &mut [f32], sum: &mut [S]) {
+    let r = S::store_round::<V, false>(V::read_partial(buf, 0.0), sum);
+    r.write_partial(buf);
 }
 
 impl<V: F32Vec> RowJob<'_, V> {
@@ -508,17 +528,22 @@ pub(crate) fn quantize_row<V: F32Vec, X: ElementIo, M: VectorMap<V>>(
     let mut i = 0;
     while i + 2 * l <= n {
         for (k, t) in top.iter_mut().enumerate() {
-            let v = f.apply(V::read(&x[i + k * l..]), i + k * l, l);
+            let j = i + k * l;
+            let v = f.apply(V::read(&x[j..j + l]), j, l);
             *t = t.max(v.to_bits().and(magnitude));
         }
         i += 2 * l;
     }
-    while i < n {
-        let lanes = l.min(n - i);
-        let v = f.apply(V::read_lanes(&x[i..i + lanes], 0.0), i, lanes);
-        let v = V::select_bits((1u32 << lanes) - 1, v, V::splat(0.0));
+    while i + l <= n {
+        let v = f.apply(V::read(&x[i..i + l]), i, l);
         top[0] = top[0].max(v.to_bits().and(magnitude));
-        i += lanes;
+        i += l;
+    }
+    if i < n {
+        let lanes = n - i;
+        let v = f.apply(V::read_partial(&x[i..n], 0.0), i, lanes);
+        let v = V::select_bits((1u32 << lanes) - 1, v, V::splat(0.0));
+        top[1] = top[1].max(v.to_bits().and(magnitude));
     }
     let mut lanes = [0u32; crate::simd::MAX_LANES];
     top[0].max(top[1]).store(&mut lanes[..l]);
@@ -535,15 +560,16 @@ pub(crate) fn quantize_row<V: F32Vec, X: ElementIo, M: VectorMap<V>>(
         (two32, 127.0f32 / (amax * two32))
     };
     let (pre, mult) = (V::splat(pre), V::splat(mult));
+    let full = n / l * l;
     let mut i = 0;
-    while i < n {
-        let lanes = l.min(n - i);
-        let v = f.apply(V::read_lanes(&x[i..i + lanes], 0.0), i, lanes);
-        v.mul(pre)
-            .mul(mult)
-            .round_even()
-            .write_i8(&mut y[i..i + lanes]);
-        i += lanes;
+    while i < full {
+        let v = f.apply(V::read(&x[i..i + l]), i, l);
+        v.mul(pre).mul(mult).round_even().write_i8(&mut y[i..i + l]);
+        i += l;
+    }
+    if i < n {
+        let v = f.apply(V::read_partial(&x[i..n], 0.0), i, n - i);
+        v.mul(pre).mul(mult).round_even().write_i8(&mut y[i..n]);
     }
     amax / 127.0
 }
