@@ -789,3 +789,133 @@ fn calls_split_over_a_host_executor() {
     // SAFETY: created above, no call in flight.
     unsafe { nk_context_destroy(reference) };
 }
+
+/// Strided rows through the C row norms, on a thread pool: the residual added and the sum
+/// stored over the residual (in place), y over x (in place), elements between rows untouched;
+/// then an int8 output. Checked against the packed float call on the stored sum.
+#[test]
+fn row_norms_strided_in_place_and_int8() {
+    let (rows, cols, stride) = (9usize, 19usize, 23usize);
+    let extent = (rows - 1) * stride + cols;
+    let mut x = data(extent);
+    let mut res: Vec<f32> = data(extent + 3).split_off(3);
+    let gamma = data(cols);
+    let x0 = x.clone();
+    let res0 = res.clone();
+    let ctx = context(2);
+    let t = |p: *mut f32, dtype: i32| nk_rows {
+        data: p.cast(),
+        dtype,
+        stride,
+    };
+    let mut inv = vec![0f32; rows];
+    // SAFETY: every buffer spans the extent of its rows; y is exactly x, sum exactly residual.
+    let status = unsafe {
+        nk_rmsnorm_forward_rows(
+            ctx,
+            rows,
+            cols,
+            t(x.as_mut_ptr(), 0),
+            t(res.as_mut_ptr(), 0),
+            null(),
+            t(res.as_mut_ptr(), 0),
+            t(x.as_mut_ptr(), 0),
+            gamma.as_ptr(),
+            1e-5,
+            inv.as_mut_ptr(),
+            null_mut(),
+        )
+    };
+    assert_eq!(status, NK_OK);
+    for r in 0..rows {
+        let row = r * stride..r * stride + cols;
+        let h: Vec<f32> = row.clone().map(|i| x0[i] + res0[i]).collect();
+        assert_eq!(&res[row.clone()], &h[..], "sum of row {r}");
+        let mut y = vec![0f32; cols];
+        let mut want_inv = 0f32;
+        // SAFETY: h and y hold cols floats, gamma cols, want_inv one.
+        let s = unsafe {
+            nk_rmsnorm_forward(
+                null_mut(),
+                1,
+                cols,
+                h.as_ptr(),
+                y.as_mut_ptr(),
+                gamma.as_ptr(),
+                1e-5,
+                &mut want_inv,
+            )
+        };
+        assert_eq!(s, NK_OK);
+        assert_eq!(&x[row], &y[..], "y of row {r}");
+        assert_eq!(inv[r].to_bits(), want_inv.to_bits());
+        if r + 1 < rows {
+            let gap = r * stride + cols..(r + 1) * stride;
+            assert_eq!(&x[gap.clone()], &x0[gap.clone()], "gap after row {r}");
+            assert_eq!(&res[gap.clone()], &res0[gap], "gap after row {r}");
+        }
+    }
+    // int8 output of the (now normalized) x, packed.
+    let mut q = vec![0i8; rows * cols];
+    let mut scale = vec![0f32; rows];
+    let packed = |p: *mut c_void, dtype: i32| nk_rows {
+        data: p,
+        dtype,
+        stride: 0,
+    };
+    let src: Vec<f32> = (0..rows)
+        .flat_map(|r| x[r * stride..r * stride + cols].to_vec())
+        .collect();
+    let none = nk_rows {
+        data: null_mut(),
+        dtype: 0,
+        stride: 0,
+    };
+    // SAFETY: src holds rows*cols floats, q rows*cols bytes, scale rows floats.
+    let status = unsafe {
+        nk_layernorm_forward_rows(
+            ctx,
+            rows,
+            cols,
+            packed(src.as_ptr().cast_mut().cast(), 0),
+            none,
+            null(),
+            none,
+            packed(q.as_mut_ptr().cast(), 3),
+            null(),
+            null(),
+            1e-5,
+            null_mut(),
+            null_mut(),
+            scale.as_mut_ptr(),
+        )
+    };
+    assert_eq!(status, NK_OK);
+    for r in 0..rows {
+        let mut v = vec![0f32; cols];
+        // SAFETY: the row and v hold cols floats.
+        let s = unsafe {
+            nk_layernorm_forward(
+                null_mut(),
+                1,
+                cols,
+                src[r * cols..].as_ptr(),
+                v.as_mut_ptr(),
+                null(),
+                null(),
+                1e-5,
+                null_mut(),
+                null_mut(),
+            )
+        };
+        assert_eq!(s, NK_OK);
+        let amax = v.iter().fold(0f32, |m, a| m.max(a.abs()));
+        assert_eq!(scale[r].to_bits(), (amax / 127.0).to_bits());
+        for j in 0..cols {
+            let want = (v[j] * (127.0 / amax)).round_ties_even() as i8;
+            assert_eq!(q[r * cols + j], want, "row {r} col {j}");
+        }
+    }
+    // SAFETY: made by nk_context_create above.
+    unsafe { nk_context_destroy(ctx) };
+}
