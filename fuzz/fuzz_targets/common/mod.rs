@@ -98,6 +98,8 @@ pub enum Kind {
     F32,
     F64,
     U8,
+    /// 2-byte elements (bf16, f16).
+    U16,
 }
 
 impl Kind {
@@ -106,6 +108,7 @@ impl Kind {
             Kind::F32 => 4,
             Kind::F64 => 8,
             Kind::U8 => 1,
+            Kind::U16 => 2,
         }
     }
 }
@@ -300,6 +303,10 @@ impl Arena {
                     match (fill, kind) {
                         (Fill::Sentinel, _) => {}
                         (Fill::Bytes, _) | (_, Kind::U8) => content[at] = input.byte(),
+                        (_, Kind::U16) => {
+                            content[at] = input.byte();
+                            content[at + 1] = input.byte();
+                        }
                         (Fill::Data, Kind::F32) => {
                             content[at..at + 4].copy_from_slice(&input.value(mode, e).to_le_bytes())
                         }
@@ -413,6 +420,24 @@ impl Arena {
                 );
             }
         }
+    }
+
+    /// Overwrites the start of a buffer (not NULL) with `bytes` (at most its length), after
+    /// `build`: the values a call reads, made by the target itself (typed data). The snapshot
+    /// taken before the call is taken again.
+    pub fn set_bytes(&mut self, b: Buf, bytes: &[u8]) {
+        let s = &self.slots[b];
+        assert!(!s.null && bytes.len() <= s.len * s.kind.size());
+        // SAFETY: the buffer is valid for `len * size` bytes from its pointer.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptrs[b], bytes.len()) };
+        self.before = self.snapshot();
+    }
+    /// A buffer's bytes before the call (from the snapshot) and now.
+    pub fn before_bytes(&self, b: Buf) -> Vec<u8> {
+        self.read_at(b, &self.before, self.slots[b].kind.size())
+    }
+    pub fn now_bytes(&self, b: Buf) -> Vec<u8> {
+        self.read_at(b, &self.snapshot(), self.slots[b].kind.size())
     }
 
     /// A buffer's values before the call (from the snapshot).
