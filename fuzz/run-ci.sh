@@ -93,7 +93,7 @@ gate_runs() {
     groupnorm_ffi) runs=30000 ;;
     half_ffi) runs=35000 ;;
     layernorm_ffi) runs=80000 ;;
-    rows_ffi) runs=30000 ;;
+    rows_ffi) runs=50000 ;;
     *) runs=50000 ;;
     esac
     echo $((runs / divisor))

@@ -90,12 +90,14 @@ impl Spec {
             _ => f32::from_le_bytes(b[..4].try_into().unwrap()),
         }
     }
-    /// `v` rounded once to this (float) type, as little-endian bytes.
-    fn narrow(self, v: f32) -> Vec<u8> {
+    /// `v` rounded once to this (float) type: little-endian bytes, the first `bytes()` of
+    /// them (no allocation per element: the large calls have 2^15 and more).
+    fn narrow(self, v: f32) -> [u8; 4] {
+        let two = |b: [u8; 2]| [b[0], b[1], 0, 0];
         match self.dtype {
-            BF16 => half::bf16::from_f32(v).to_bits().to_le_bytes().to_vec(),
-            F16 => half::f16::from_f32(v).to_bits().to_le_bytes().to_vec(),
-            _ => v.to_le_bytes().to_vec(),
+            BF16 => two(half::bf16::from_f32(v).to_bits().to_le_bytes()),
+            F16 => two(half::f16::from_f32(v).to_bits().to_le_bytes()),
+            _ => v.to_le_bytes(),
         }
     }
     /// Whether two elements of this type are equal, any NaN matching any NaN.
@@ -149,8 +151,8 @@ fn stride(input: &mut Input<'_>, rows: usize, cols: usize) -> usize {
     }
 }
 
-/// One element's value of a data tensor, as bytes of its type.
-fn element(input: &mut Input<'_>, spec: Spec, mode: u8, i: usize) -> Vec<u8> {
+/// One element's value of a data tensor, as bytes of its type (the first `spec.bytes()`).
+fn element(input: &mut Input<'_>, spec: Spec, mode: u8, i: usize) -> [u8; 4] {
     let special = |input: &mut Input<'_>| match input.byte() % 8 {
         0 => f32::NAN,
         1 => f32::INFINITY,
@@ -164,8 +166,8 @@ fn element(input: &mut Input<'_>, spec: Spec, mode: u8, i: usize) -> Vec<u8> {
     match mode % 8 {
         // Raw bit patterns: NaN payloads, infinities, subnormals, any magnitude.
         7 => match spec.bytes() {
-            2 => vec![input.byte(), input.byte()],
-            _ => input.u32().to_le_bytes().to_vec(),
+            2 => [input.byte(), input.byte(), 0, 0],
+            _ => input.u32().to_le_bytes(),
         },
         // Mostly ordinary values, some special ones.
         6 => {
@@ -177,7 +179,7 @@ fn element(input: &mut Input<'_>, spec: Spec, mode: u8, i: usize) -> Vec<u8> {
             spec.narrow(v)
         }
         // Subnormals of the type (bf16, f16) or tiny f32.
-        5 if spec.bytes() == 2 => vec![input.byte(), input.byte() & 0x83],
+        5 if spec.bytes() == 2 => [input.byte(), input.byte() & 0x83, 0, 0],
         m => spec.narrow(input.value(m, i)),
     }
 }
@@ -193,12 +195,13 @@ fn fill(input: &mut Input<'_>, a: &mut Arena, b: Buf, spec: Spec, rows: usize, c
     };
     let (mode, gaps_nan) = (input.byte(), input.bool());
     let stride = spec.stride(cols);
-    let mut bytes = Vec::with_capacity(len * spec.bytes());
+    let eb = spec.bytes();
+    let mut bytes = Vec::with_capacity(len * eb);
     for e in 0..len {
         if e % stride >= cols && gaps_nan {
-            bytes.extend(spec.narrow(f32::NAN));
+            bytes.extend_from_slice(&spec.narrow(f32::NAN)[..eb]);
         } else {
-            bytes.extend(element(input, spec, mode, e));
+            bytes.extend_from_slice(&element(input, spec, mode, e)[..eb]);
         }
     }
     a.set_bytes(b, &bytes);
@@ -588,7 +591,7 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(st, nk_status::NK_OK, "{what}: the packed call");
 
     // Outputs: each row's elements, and nothing between rows.
-    let check_rows = |t: &Tensor, want: &dyn Fn(usize, usize) -> Vec<u8>| {
+    let check_rows = |t: &Tensor, want: &dyn Fn(usize, usize) -> [u8; 4]| {
         let (now, was) = (a.now_bytes(t.buf), a.before_bytes(t.buf));
         let (stride, eb) = (t.spec.stride(cols), t.spec.bytes());
         let extent = t.spec.extent(rows, cols).unwrap();
@@ -603,11 +606,11 @@ fuzz_target!(|data: &[u8]| {
                     t.name
                 );
             } else {
-                let w = want(r, j);
+                let w = &want(r, j)[..eb];
                 let ok = if t.spec.dtype == I8 {
-                    got == w.as_slice()
+                    got == w
                 } else {
-                    t.spec.same(got, &w)
+                    t.spec.same(got, w)
                 };
                 assert!(ok, "{what}: {}[{r}][{j}]: got {got:?}, want {w:?}", t.name);
             }
@@ -628,7 +631,7 @@ fuzz_target!(|data: &[u8]| {
             );
             q.extend(row);
         }
-        check_rows(&ty, &|r, j| vec![q[r * cols + j] as u8]);
+        check_rows(&ty, &|r, j| [q[r * cols + j] as u8, 0, 0, 0]);
     } else {
         check_rows(&ty, &|r, j| ys.narrow(yref[r * cols + j]));
     }
