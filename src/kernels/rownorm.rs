@@ -118,24 +118,29 @@ fn row_params<V: F32Vec, X: ElementIo>(row: &[X], centered: bool, eps: f32) -> R
 }
 
 /// `y = ((x - shift) * scale + offset) * gamma[i] + beta[i]`, one multiply-add: an absent
-/// `gamma` is all ones and an absent `beta` all `-0.0`, which leave `xhat` (and `xhat *
-/// gamma`, `xhat + beta`) exactly as they are, the sign of zero included.
+/// `gamma` is 1 and an absent `beta` is `-0.0`, which leave `xhat` (and `xhat * gamma`, `xhat +
+/// beta`) exactly as they are, the sign of zero included.
 struct RowMap<'p, V> {
     shift: V,
     scale: V,
     offset: V,
-    gamma: &'p [f32],
-    beta: &'p [f32],
+    gamma: Option<&'p [f32]>,
+    beta: Option<&'p [f32]>,
 }
 
 impl<V: F32Vec> VectorMap<V> for RowMap<'_, V> {
     #[inline(always)]
     fn apply(&self, x: V, i: usize, lanes: usize) -> V {
         let xhat = x.sub(self.shift).mul_add(self.scale, self.offset);
-        xhat.mul_add(
-            V::read_lanes(&self.gamma[i..i + lanes], 1.0),
-            V::read_lanes(&self.beta[i..i + lanes], -0.0),
-        )
+        let g = match self.gamma {
+            Some(g) => V::read_lanes(&g[i..i + lanes], 1.0),
+            None => V::splat(1.0),
+        };
+        let b = match self.beta {
+            Some(b) => V::read_lanes(&b[i..i + lanes], -0.0),
+            None => V::splat(-0.0),
+        };
+        xhat.mul_add(g, b)
     }
 }
 
@@ -205,9 +210,6 @@ struct RowJob<'p, V> {
     eps: f32,
     gamma: Option<&'p [f32]>,
     beta: Option<&'p [f32]>,
-    /// `gamma` and `beta`, or the ones and `-0.0` standing for them.
-    gamma_or_ones: &'p [f32],
-    beta_or_zeros: &'p [f32],
     stream: bool,
     _v: std::marker::PhantomData<V>,
 }
@@ -235,28 +237,11 @@ fn forward_rows<V: F32Vec>(k: RowsForward<'_, '_>) {
     if cols == 0 {
         return;
     }
-    let ones;
-    let zeros;
-    let mut no_bias: Option<Vec<f32>> = None;
     let job = RowJob::<V> {
         centered,
         eps,
         gamma,
         beta,
-        gamma_or_ones: match gamma {
-            Some(g) => g,
-            None => {
-                ones = vec![1.0f32; cols];
-                &ones
-            }
-        },
-        beta_or_zeros: match beta {
-            Some(b) => b,
-            None => {
-                zeros = vec![-0.0f32; cols];
-                &zeros
-            }
-        },
         stream: t.stream_y,
         _v: std::marker::PhantomData,
     };
@@ -273,11 +258,7 @@ fn forward_rows<V: F32Vec>(k: RowsForward<'_, '_>) {
         // lives only while no other reference to its memory does (inputs are read, and
         // their slices dropped, before an output that may replace them is made).
         let out = if staged {
-            let bias = match t.bias {
-                Some(b) => b,
-                None => no_bias.get_or_insert_with(|| vec![-0.0f32; cols]),
-            };
-            stage::<V>(t, r, bias, &mut buf);
+            stage::<V>(t, r, &mut buf);
             match unsafe { t.y.row_mut(r) } {
                 RowDataMut::F32(y) => job.row::<f32, f32>(RowIo::Separate(&buf, y)),
                 RowDataMut::Bf16(y) => job.row::<f32, bf16>(RowIo::Separate(&buf, y)),
@@ -320,16 +301,15 @@ fn forward_rows<V: F32Vec>(k: RowsForward<'_, '_>) {
     }
 }
 
-/// `buf = (x + residual) + bias` of row `r` (`bias`: the call's, or `-0.0`s standing for
-/// none, which add exactly nothing); with a sum, rounded to its type and stored there.
+/// `buf = (x + residual) + bias` of row `r`; with a sum, rounded to its type and stored there.
 #[inline(always)]
-fn stage<V: F32Vec>(t: &RowTensors<'_>, r: usize, bias: &[f32], buf: &mut [f32]) {
+fn stage<V: F32Vec>(t: &RowTensors<'_>, r: usize, buf: &mut [f32]) {
     // SAFETY (row accesses): as in `forward_rows`; the input slices die before the sum (which
     // may replace x or residual) is made.
     match unsafe { t.x.row(r) } {
-        RowData::F32(x) => form_with::<V, f32>(x, t, r, bias, buf),
-        RowData::Bf16(x) => form_with::<V, bf16>(x, t, r, bias, buf),
-        RowData::F16(x) => form_with::<V, f16>(x, t, r, bias, buf),
+        RowData::F32(x) => form_with::<V, f32>(x, t, r, buf),
+        RowData::Bf16(x) => form_with::<V, bf16>(x, t, r, buf),
+        RowData::F16(x) => form_with::<V, f16>(x, t, r, buf),
     }
     if let Some(sum) = &t.sum {
         let stream = t.stream_sum;
@@ -344,13 +324,8 @@ fn stage<V: F32Vec>(t: &RowTensors<'_>, r: usize, bias: &[f32], buf: &mut [f32])
 
 /// [`form`] with row `r` of the residual, if any, of its type.
 #[inline(always)]
-fn form_with<V: F32Vec, X: ElementIo>(
-    x: &[X],
-    t: &RowTensors<'_>,
-    r: usize,
-    bias: &[f32],
-    buf: &mut [f32],
-) {
+fn form_with<V: F32Vec, X: ElementIo>(x: &[X], t: &RowTensors<'_>, r: usize, buf: &mut [f32]) {
+    let bias = t.bias;
     // SAFETY: as in `stage`.
     match t.residual.as_ref().map(|res| unsafe { res.row(r) }) {
         None => form::<V, X, f32, false>(x, &[], bias, buf),
@@ -360,12 +335,13 @@ fn form_with<V: F32Vec, X: ElementIo>(
     }
 }
 
-/// `buf = (x + a) + bias` (`x + bias` without `RES`), widened and added in `f32`.
+/// `buf = (x + a) + bias` (without `a` unless `RES`; without `bias` if `None`), widened and
+/// added in `f32`.
 #[inline(always)]
 fn form<V: F32Vec, X: ElementIo, A: ElementIo, const RES: bool>(
     x: &[X],
     a: &[A],
-    bias: &[f32],
+    bias: Option<&[f32]>,
     buf: &mut [f32],
 ) {
     let l = V::LANES;
@@ -378,7 +354,10 @@ fn form<V: F32Vec, X: ElementIo, A: ElementIo, const RES: bool>(
         if RES {
             h = h.add(V::read(&a[i..i + l]));
         }
-        h.add(V::read(&bias[i..i + l])).write(&mut buf[i..i + l]);
+        if let Some(b) = bias {
+            h = h.add(V::read(&b[i..i + l]));
+        }
+        h.write(&mut buf[i..i + l]);
         i += l;
     }
     if i < n {
@@ -386,8 +365,10 @@ fn form<V: F32Vec, X: ElementIo, A: ElementIo, const RES: bool>(
         if RES {
             h = h.add(V::read_partial(&a[i..n], 0.0));
         }
-        h.add(V::read_partial(&bias[i..n], -0.0))
-            .write_partial(&mut buf[i..n]);
+        if let Some(b) = bias {
+            h = h.add(V::read_partial(&b[i..n], 0.0));
+        }
+        h.write_partial(&mut buf[i..n]);
     }
 }
 
@@ -480,8 +461,8 @@ impl<V: F32Vec> RowJob<'_, V> {
             shift: V::splat(p.shift),
             scale: V::splat(p.scale),
             offset: V::splat(p.offset),
-            gamma: self.gamma_or_ones,
-            beta: self.beta_or_zeros,
+            gamma: self.gamma,
+            beta: self.beta,
         }
     }
 }
