@@ -9,9 +9,7 @@ use super::{
 };
 use crate::batchnorm::{Affine, SavedStats};
 use crate::error::{Error, Result};
-use crate::io::{
-    Dtype, InOut, RowData, RowDataMut, RowInput, RowNormIo, RowTarget, Rows, RowsMut, extent,
-};
+use crate::io::{Dtype, InOut, RowData, RowDataMut, RowInput, RowNormIo, RowTarget, Rows, RowsMut};
 use crate::ops::layernorm::{self, TensorSpec, check_forward, check_rows, check_sizes};
 use crate::ops::rmsnorm;
 use crate::simd::element::Element;
@@ -763,39 +761,35 @@ unsafe fn forward_rows(
             require("y_scale", y_scale, data * rows)?;
         }
         // Optional tensors are absent when NULL (also when the call has no data).
-        let given = |t: &nk_rows, name| !t.data.is_null() || name == "x" || name == "y";
-        let named = [(x, "x"), (residual, "residual"), (sum, "sum"), (y, "y")];
-        let mut specs = Vec::with_capacity(4);
-        for (t, name) in named {
-            if given(&t, name) {
-                specs.push(TensorSpec {
-                    name,
-                    dtype: dtype_of(t.dtype),
-                    stride: t.stride,
-                });
-            }
-        }
+        // Optional tensors are absent when NULL (also when the call has no data).
+        let spec = |t: &nk_rows, name| TensorSpec {
+            name,
+            dtype: dtype_of(t.dtype),
+            stride: t.stride,
+        };
+        let (x_spec, y_spec) = (spec(&x, "x"), spec(&y, "y"));
+        let res_spec = (!residual.data.is_null()).then(|| spec(&residual, "residual"));
+        let sum_spec = (!sum.data.is_null()).then(|| spec(&sum, "sum"));
+        let specs: Vec<TensorSpec> = [Some(x_spec), res_spec, sum_spec, Some(y_spec)]
+            .into_iter()
+            .flatten()
+            .collect();
         check_rows(rows, cols, eps, &specs)?;
-        let is_i8 = dtype_of(y.dtype) == Some(Dtype::I8);
-        if !y_scale.is_null() && !is_i8 {
+        if !y_scale.is_null() && y_spec.dtype != Some(Dtype::I8) {
             return Err(Error::bad_argument("y_scale given for a y not NK_DTYPE_I8"));
         }
-        let checked = |t: nk_rows, name| -> Option<CRows> {
-            given(&t, name).then(|| {
-                let stride = if t.stride == 0 { cols } else { t.stride };
-                CRows {
-                    name,
-                    data: t.data,
-                    dtype: dtype_of(t.dtype).unwrap_or(Dtype::F32),
-                    stride,
-                    extent: extent(rows, cols, stride).unwrap_or(0),
-                }
-            })
+        // The types are known now (checked), and the extents do not overflow.
+        let checked = |t: nk_rows, s: TensorSpec| CRows {
+            name: s.name,
+            data: t.data,
+            dtype: s.dtype.unwrap_or(Dtype::F32),
+            stride: s.stride_for(cols),
+            extent: s.extent(rows, cols),
         };
-        let x = checked(x, "x").expect("x is always given");
-        let y = checked(y, "y").expect("y is always given");
-        let residual = checked(residual, "residual");
-        let sum = checked(sum, "sum");
+        let x = checked(x, x_spec);
+        let y = checked(y, y_spec);
+        let residual = res_spec.map(|s| checked(residual, s));
+        let sum = sum_spec.map(|s| checked(sum, s));
         // In place only as the contract allows: y over x, sum over x or (else) residual.
         let y_is_x = y.same_as(&x, rows);
         let sum_is_x = sum.is_some_and(|s| s.same_as(&x, rows));
@@ -806,9 +800,9 @@ unsafe fn forward_rows(
             let bytes = t.extent * t.dtype.bytes();
             regions.raw(t.name, t.addr(), bytes, t.dtype.bytes(), writes, replaces);
         };
-        add(&x, false, [None; 2]);
+        add(&x, false, None);
         if let Some(r) = &residual {
-            add(r, false, [None; 2]);
+            add(r, false, None);
         }
         if let Some(s) = &sum {
             let over = if sum_is_x {
@@ -816,9 +810,9 @@ unsafe fn forward_rows(
             } else {
                 sum_is_residual.then_some("residual")
             };
-            add(s, true, [over, None]);
+            add(s, true, over);
         }
-        add(&y, true, [y_is_x.then_some("x"), None]);
+        add(&y, true, y_is_x.then_some("x"));
         regions
             .input("bias", bias, cols)
             .input("gamma", gamma, cols)

@@ -156,8 +156,8 @@ struct Region {
     bytes: usize,
     align: usize,
     writes: bool,
-    /// The inputs this output may replace exactly (in place).
-    replaces: [Option<&'static str>; 2],
+    /// The input this output may replace exactly (in place).
+    replaces: Option<&'static str>,
 }
 
 /// Most buffers any one call takes.
@@ -178,7 +178,7 @@ impl Default for Regions {
             bytes: 0,
             align: 1,
             writes: false,
-            replaces: [None; 2],
+            replaces: None,
         };
         Regions {
             list: [empty; MAX_REGIONS],
@@ -189,19 +189,16 @@ impl Default for Regions {
 
 impl Regions {
     fn add<T>(&mut self, name: &'static str, ptr: *const T, len: usize, writes: bool) -> &mut Self {
-        if !ptr.is_null() {
-            // Sizes were checked for overflow before; saturate anyway so the check never wraps.
-            self.list[self.len] = Region {
-                name,
-                start: ptr as usize,
-                bytes: len.saturating_mul(std::mem::size_of::<T>()),
-                align: std::mem::align_of::<T>(),
-                writes,
-                replaces: [None; 2],
-            };
-            self.len += 1;
-        }
-        self
+        // Sizes were checked for overflow before; saturate anyway so the check never wraps.
+        let bytes = len.saturating_mul(std::mem::size_of::<T>());
+        self.raw(
+            name,
+            ptr.cast(),
+            bytes,
+            std::mem::align_of::<T>(),
+            writes,
+            None,
+        )
     }
 
     /// A buffer the call only reads (NULL is skipped).
@@ -225,13 +222,13 @@ impl Regions {
     ) -> &mut Self {
         self.add(name, ptr as *const T, len, true);
         if !ptr.is_null() {
-            self.list[self.len - 1].replaces = [Some(replaces), None];
+            self.list[self.len - 1].replaces = Some(replaces);
         }
         self
     }
 
     /// A buffer of `bytes` bytes aligned to `align`, given by address (typed at run time):
-    /// an output if `writes`, which may be exactly the inputs named in `replaces`.
+    /// an output if `writes`, which may be exactly the input named `replaces`.
     pub(crate) fn raw(
         &mut self,
         name: &'static str,
@@ -239,7 +236,7 @@ impl Regions {
         bytes: usize,
         align: usize,
         writes: bool,
-        replaces: [Option<&'static str>; 2],
+        replaces: Option<&'static str>,
     ) -> &mut Self {
         if !addr.is_null() {
             self.list[self.len] = Region {
@@ -279,13 +276,9 @@ impl Regions {
                     continue;
                 }
                 let exact = a.start == b.start && a.bytes == b.bytes;
-                let in_place = exact
-                    && (a.replaces.contains(&Some(b.name)) || b.replaces.contains(&Some(a.name)));
+                let in_place = exact && (a.replaces == Some(b.name) || b.replaces == Some(a.name));
                 if !in_place {
-                    return Err(Error::new(
-                        ErrorKind::Alias,
-                        format!("{} and {} overlap", a.name, b.name),
-                    ));
+                    return Err(Error::alias(format!("{} and {} overlap", a.name, b.name)));
                 }
             }
         }

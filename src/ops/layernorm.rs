@@ -280,13 +280,8 @@ pub(crate) fn rows_forward<E: Element>(
 /// Whether the rows of an output are written with streaming stores (see [`super::streams`]).
 fn stream_rows(t: &StridedRows<'_>, rows: usize, cols: usize) -> bool {
     let run = if t.stride() == cols { usize::MAX } else { cols };
-    let elements = rows * cols;
-    match t.dtype() {
-        Dtype::F32 => super::streams::<f32>(elements, run),
-        Dtype::Bf16 | Dtype::F16 => super::streams::<u16>(elements, run),
-        // Quantized rows are written by 8- or 16-byte stores, never streamed.
-        Dtype::I8 => false,
-    }
+    // Quantized rows are written by 8- or 16-byte stores, never streamed.
+    t.dtype() != Dtype::I8 && super::streams_bytes(rows * cols * t.dtype().bytes(), run)
 }
 
 /// One tensor of a row-norm call, for the checks: its type (`None`: a value outside the enum,
@@ -298,13 +293,24 @@ pub(crate) struct TensorSpec {
     pub stride: usize,
 }
 
+impl TensorSpec {
+    /// The stride in elements (`cols` for 0).
+    pub(crate) fn stride_for(&self, cols: usize) -> usize {
+        if self.stride == 0 { cols } else { self.stride }
+    }
+
+    /// Elements the rows span (`usize::MAX` on overflow, which the checks report first).
+    pub(crate) fn extent(&self, rows: usize, cols: usize) -> usize {
+        extent(rows, cols, self.stride_for(cols)).unwrap_or(usize::MAX)
+    }
+}
+
 /// Checks a row-norm call in the contract's order: sizes and every tensor's extent (overflow),
 /// strides (shape), `eps` and the types (argument: I8 only for `y`).
 pub(crate) fn check_rows(rows: usize, cols: usize, eps: f32, specs: &[TensorSpec]) -> Result<()> {
     check_sizes(rows, cols)?;
     for s in specs {
-        let stride = if s.stride == 0 { cols } else { s.stride };
-        let n = extent(rows, cols, stride)
+        let n = extent(rows, cols, s.stride_for(cols))
             .ok_or_else(|| Error::overflow(format!("the extent of {} overflows", s.name)))?;
         checked_elements(&[n], s.dtype.map_or(4, Dtype::bytes), s.name)?;
     }
@@ -348,43 +354,34 @@ pub(crate) fn rows_forward_io(
         y_scale,
     } = io;
     // An output over an input has the input's type and stride.
+    let x_spec = input_spec("x", &x);
+    let res_spec = residual.as_ref().map(|r| input_spec("residual", r));
     let target_spec = |t: &RowTarget<'_>, name| -> Result<TensorSpec> {
         let over = match t {
             RowTarget::Into(r) => return Ok(spec_mut(name, r)),
-            RowTarget::X => Some(&x),
-            RowTarget::Residual => residual.as_ref(),
+            RowTarget::X => x_spec,
+            RowTarget::Residual => res_spec.ok_or_else(|| {
+                Error::bad_argument(format!("{name} replaces a residual not given"))
+            })?,
         };
-        over.map(|i| TensorSpec {
-            name,
-            ..input_spec(name, i)
-        })
-        .ok_or_else(|| Error::bad_argument(format!("{name} replaces a residual not given")))
+        Ok(TensorSpec { name, ..over })
     };
-    let mut specs = vec![input_spec("x", &x)];
-    if let Some(r) = &residual {
-        specs.push(input_spec("residual", r));
-    }
-    if let Some(t) = &sum {
-        specs.push(target_spec(t, "sum")?);
-    }
+    let sum_spec = sum.as_ref().map(|t| target_spec(t, "sum")).transpose()?;
     let y_spec = target_spec(&y, "y")?;
-    specs.push(y_spec);
+    let specs: Vec<TensorSpec> = [Some(x_spec), res_spec, sum_spec, Some(y_spec)]
+        .into_iter()
+        .flatten()
+        .collect();
     check_rows(rows, cols, call.eps, &specs)?;
-    let stride_of = |s: &TensorSpec| if s.stride == 0 { cols } else { s.stride };
-    let need = |s: &TensorSpec| extent(rows, cols, stride_of(s)).unwrap_or(usize::MAX);
-    check_min_len("x", input_len(&x), need(&specs[0]))?;
-    if let Some(r) = &residual {
-        check_min_len("residual", input_len(r), need(&specs[1]))?;
+    check_min_len("x", input_len(&x), x_spec.extent(rows, cols))?;
+    if let (Some(r), Some(s)) = (&residual, res_spec) {
+        check_min_len("residual", input_len(r), s.extent(rows, cols))?;
     }
-    for (t, name) in [(sum.as_ref(), "sum"), (Some(&y), "y")] {
-        if let Some(RowTarget::Into(r)) = t {
-            let s = specs
-                .iter()
-                .find(|s| s.name == name)
-                .copied()
-                .unwrap_or(y_spec);
-            check_min_len(name, r.data.len(), need(&s))?;
-        }
+    if let (Some(RowTarget::Into(r)), Some(s)) = (&sum, sum_spec) {
+        check_min_len("sum", r.data.len(), s.extent(rows, cols))?;
+    }
+    if let RowTarget::Into(r) = &y {
+        check_min_len("y", r.data.len(), y_spec.extent(rows, cols))?;
     }
     check_optional("bias", bias, cols)?;
     check_optional("gamma", affine.gamma, cols)?;
@@ -397,12 +394,11 @@ pub(crate) fn rows_forward_io(
         (None, true) => return Err(Error::bad_argument("i8 y needs y_scale")),
         (Some(_), false) => return Err(Error::bad_argument("y_scale given for a y not i8")),
     }
-    // Outputs over inputs: the input must be writable, and two outputs never share one.
-    let over = |t: Option<&RowTarget<'_>>, i: &RowTarget<'_>| {
-        matches!((t, i), (Some(RowTarget::X), RowTarget::X))
-            || matches!((t, i), (Some(RowTarget::Residual), RowTarget::Residual))
-    };
-    if over(sum.as_ref(), &y) || matches!(y, RowTarget::Residual) {
+    // Outputs over inputs: y only over x, never together with sum; the input must be
+    // writable.
+    if matches!(y, RowTarget::Residual)
+        || (matches!(y, RowTarget::X) && matches!(sum, Some(RowTarget::X)))
+    {
         return Err(Error::alias(
             "y may replace only x, and not together with sum",
         ));
@@ -416,19 +412,19 @@ pub(crate) fn rows_forward_io(
             "an output replaces an input given read-only (pass it as RowInput::Write)",
         ));
     }
-    let x_rows = strided_input(&mut x, rows, cols, stride_of(&specs[0]));
+    let x_rows = strided_input(&mut x, rows, cols, x_spec.stride_for(cols));
     let res_rows = residual
         .as_mut()
-        .map(|r| strided_input(r, rows, cols, stride_of(&specs[1])));
-    let sum_spec = specs[specs.len() - 2];
-    let sum_rows = sum.as_mut().map(|t| match t {
-        RowTarget::Into(r) => StridedRows::write(r, rows, cols, stride_of(&sum_spec)),
+        .zip(res_spec)
+        .map(|(r, s)| strided_input(r, rows, cols, s.stride_for(cols)));
+    let sum_rows = sum.as_mut().zip(sum_spec).map(|(t, s)| match t {
+        RowTarget::Into(r) => StridedRows::write(r, rows, cols, s.stride_for(cols)),
         RowTarget::X => x_rows,
         RowTarget::Residual => res_rows.expect("checked above"),
     });
     let y_is_x = matches!(y, RowTarget::X);
     let y_rows = match &mut y {
-        RowTarget::Into(r) => StridedRows::write(r, rows, cols, stride_of(&y_spec)),
+        RowTarget::Into(r) => StridedRows::write(r, rows, cols, y_spec.stride_for(cols)),
         _ => x_rows,
     };
     let tensors = RowTensors {

@@ -23,7 +23,11 @@ pub(crate) const TASK_ELEMENTS: usize = 1 << 15;
 /// less than a streamed one). So outputs stream when they take at least half the last-level
 /// cache, whatever their element type, and their runs are at least [`STREAM_MIN_RUN`] long.
 pub(crate) fn streams<E>(elements: usize, run: usize) -> bool {
-    let bytes = elements.saturating_mul(std::mem::size_of::<E>());
+    streams_bytes(elements.saturating_mul(std::mem::size_of::<E>()), run)
+}
+
+/// [`streams`] for an output of `bytes` bytes (of an element type known at run time).
+pub(crate) fn streams_bytes(bytes: usize, run: usize) -> bool {
     // Below any last-level cache's half there is nothing to look up.
     run >= STREAM_MIN_RUN && bytes >= STREAM_MIN_BYTES_FLOOR && bytes >= stream_min_bytes()
 }
