@@ -21,8 +21,10 @@ use normkit::{
     Context, Element, InOut, Isa, Layout, Shape, bf16, dropout, f16, groupnorm, layernorm, rmsnorm,
 };
 use rayon::prelude::*;
+mod rounds;
+
+use rounds::{Options, values};
 use std::hint::black_box;
-use std::time::Instant;
 
 /// One workload, run on data of any element type.
 #[derive(Clone, Copy)]
@@ -143,75 +145,11 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-/// SplitMix64 values, roughly normal around 1, the same on every run.
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            let u = |v: u64| (v & 0xFFFF) as f32 / 65536.0;
-            u(z) + u(z >> 16) + u(z >> 32) + u(z >> 48) - 1.0
-        })
-        .collect()
-}
-
-struct Options {
-    threads: usize,
-    rounds: usize,
-    target_ms: f64,
-    filter: Option<String>,
-}
-
-fn options() -> Options {
-    let mut o = Options {
-        threads: 2,
-        rounds: 15,
-        target_ms: 25.0,
-        filter: None,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let value = args.get(i + 1).cloned();
-        match args[i].as_str() {
-            "--threads" => o.threads = value.and_then(|v| v.parse().ok()).expect("--threads N"),
-            "--rounds" => o.rounds = value.and_then(|v| v.parse().ok()).expect("--rounds N"),
-            "--target-ms" => o.target_ms = value.and_then(|v| v.parse().ok()).expect("--target-ms"),
-            "--filter" => o.filter = value,
-            // cargo bench passes --bench; ignore what is not ours.
-            _ => {
-                i += 1;
-                continue;
-            }
-        }
-        i += 2;
-    }
-    o
-}
-
 /// A variant of a workload: its label, its element size in bytes, and one call.
 type Variant<'a> = (&'static str, usize, Box<dyn FnMut() + 'a>);
 
-/// Seconds per call of `f`, over `reps` calls.
-fn time(reps: usize, f: &mut dyn FnMut()) -> f64 {
-    let t = Instant::now();
-    for _ in 0..reps {
-        f();
-    }
-    t.elapsed().as_secs_f64() / reps as f64
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
 fn main() {
-    let o = options();
+    let o = Options::parse();
     let ctx = Context::new(o.threads).expect("context");
     let isa = Isa::best();
     ctx.set_isa(Some(isa)).expect("best ISA");
@@ -226,21 +164,19 @@ fn main() {
     println!("| workload | type | median ms | GB/s | vs copy | vs f32 |");
     println!("|---|---|---:|---:|---:|---:|");
     for case in cases() {
-        if let Some(f) = &o.filter
-            && !case.name.contains(f.as_str())
-        {
+        if !o.wants(case.name) {
             continue;
         }
         let w = case.what;
         let n = w.elements();
         let c = w.channels();
         let p = Params {
-            gamma: values(c, 1).iter().map(|v| 0.5 + v.abs()).collect(),
-            beta: values(c, 2),
-            mean: values(c, 3),
-            var: values(c, 4).iter().map(|v| 0.5 + v.abs()).collect(),
+            gamma: values(c, 1, 1.0).iter().map(|v| 0.5 + v.abs()).collect(),
+            beta: values(c, 2, 1.0),
+            mean: values(c, 3, 1.0),
+            var: values(c, 4, 1.0).iter().map(|v| 0.5 + v.abs()).collect(),
         };
-        let x32 = values(n, 5);
+        let x32 = values(n, 5, 1.0);
         let xb: Vec<bf16> = x32.iter().map(|&v| bf16::from_f32(v)).collect();
         let xh: Vec<f16> = x32.iter().map(|&v| f16::from_f32(v)).collect();
         let (mut y32, mut yb, mut yh) = (vec![0f32; n], vec![bf16::ZERO; n], vec![f16::ZERO; n]);
@@ -275,23 +211,12 @@ fn main() {
                 }),
             ),
         ];
-        // Calibrate: calls per measurement for about target_ms (after a warm-up call).
-        let reps: Vec<usize> = variants
-            .iter_mut()
-            .map(|(_, _, f)| {
-                f();
-                let t = time(1, f.as_mut());
-                ((o.target_ms / 1e3 / t).round() as usize).max(1)
-            })
-            .collect();
-        let mut times = vec![Vec::new(); variants.len()];
-        for round in 0..o.rounds {
-            for k in 0..variants.len() {
-                let v = (k + round) % variants.len();
-                times[v].push(time(reps[v], variants[v].2.as_mut()));
-            }
-        }
-        let med: Vec<f64> = times.iter_mut().map(|t| median(t)).collect();
+        let med = o.medians(
+            &mut variants
+                .iter_mut()
+                .map(|v| v.2.as_mut() as &mut dyn FnMut())
+                .collect::<Vec<_>>(),
+        );
         for (v, (name, size, _)) in variants.iter().enumerate().take(3) {
             let bytes = 2.0 * n as f64 * *size as f64;
             let copy = if *size == 4 { med[3] } else { med[4] };

@@ -20,99 +20,27 @@ use normkit::batchnorm::{Affine, SavedStats};
 use normkit::layernorm::{RowNormIo, Rows, RowsMut};
 use normkit::{Context, InOut, Isa, bf16, layernorm, rmsnorm};
 use rayon::prelude::*;
-use std::hint::black_box;
-use std::time::Instant;
+mod rounds;
 
-/// SplitMix64 values, roughly normal around 0, the same on every run.
-fn values(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = s;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^= z >> 31;
-            let u = |v: u64| (v & 0xFFFF) as f32 / 65536.0;
-            u(z) + u(z >> 16) + u(z >> 32) + u(z >> 48) - 2.0
-        })
-        .collect()
-}
+use rounds::{Options, values};
+use std::hint::black_box;
 
 fn to_bf16(v: &[f32]) -> Vec<bf16> {
     v.iter().map(|&x| bf16::from_f32(x)).collect()
 }
 
-struct Options {
-    threads: usize,
-    rounds: usize,
-    target_ms: f64,
-    filter: Option<String>,
-}
-
-fn options() -> Options {
-    let mut o = Options {
-        threads: 2,
-        rounds: 15,
-        target_ms: 25.0,
-        filter: None,
-    };
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut i = 0;
-    while i < args.len() {
-        let value = args.get(i + 1).cloned();
-        match args[i].as_str() {
-            "--threads" => o.threads = value.and_then(|v| v.parse().ok()).expect("--threads N"),
-            "--rounds" => o.rounds = value.and_then(|v| v.parse().ok()).expect("--rounds N"),
-            "--target-ms" => o.target_ms = value.and_then(|v| v.parse().ok()).expect("--target-ms"),
-            "--filter" => o.filter = value,
-            // cargo bench passes --bench; ignore what is not ours.
-            _ => {
-                i += 1;
-                continue;
-            }
-        }
-        i += 2;
-    }
-    o
-}
-
 /// One variant: its label, its bytes moved per call, and one call.
 type Variant<'a> = (&'static str, f64, Box<dyn FnMut() + 'a>);
-
-/// Seconds per call of `f`, over `reps` calls.
-fn time(reps: usize, f: &mut dyn FnMut()) -> f64 {
-    let t = Instant::now();
-    for _ in 0..reps {
-        f();
-    }
-    t.elapsed().as_secs_f64() / reps as f64
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 /// Runs the variants in alternating rounds and prints a row each. Variant 0 is the fused
 /// call, an `"unfused"` variant (if any) its comparison, the last one the copy.
 fn measure(o: &Options, name: &str, variants: &mut [Variant<'_>]) {
-    let reps: Vec<usize> = variants
-        .iter_mut()
-        .map(|(_, _, f)| {
-            f();
-            let t = time(1, f.as_mut());
-            ((o.target_ms / 1e3 / t).round() as usize).max(1)
-        })
-        .collect();
-    let mut times = vec![Vec::new(); variants.len()];
-    for round in 0..o.rounds {
-        for k in 0..variants.len() {
-            let v = (k + round) % variants.len();
-            times[v].push(time(reps[v], variants[v].2.as_mut()));
-        }
-    }
-    let med: Vec<f64> = times.iter_mut().map(|t| median(t)).collect();
+    let med = o.medians(
+        &mut variants
+            .iter_mut()
+            .map(|v| v.2.as_mut() as &mut dyn FnMut())
+            .collect::<Vec<_>>(),
+    );
     let last = variants.len() - 1;
     let copy_rate = variants[last].1 / med[last];
     let unfused = variants.iter().position(|v| v.0 == "unfused");
@@ -165,7 +93,7 @@ fn add_pass(pool: &rayon::ThreadPool, x: &[bf16], r: &[bf16], sum: &mut [bf16], 
 }
 
 fn main() {
-    let o = options();
+    let o = Options::parse();
     let ctx = Context::new(o.threads).expect("context");
     let isa = Isa::best();
     ctx.set_isa(Some(isa)).expect("best ISA");
@@ -180,7 +108,6 @@ fn main() {
     );
     println!("| workload | variant | median ms | GB/s | vs copy | vs unfused |");
     println!("|---|---|---:|---:|---:|---:|");
-    let wanted = |name: &str| o.filter.as_ref().is_none_or(|f| name.contains(f.as_str()));
 
     // Fused add + RMS norm (LLM residual stream, bf16), and add + layer norm with bias
     // (ONNX Runtime's SkipLayerNormalization shape), the sum written.
@@ -188,15 +115,15 @@ fn main() {
         ("add+rms (8192,4096) bf16", 8192, 4096, false),
         ("add+bias+ln (4096,768) bf16", 4096, 768, true),
     ] {
-        if !wanted(name) {
+        if !o.wants(name) {
             continue;
         }
         let n = rows * cols;
-        let x = to_bf16(&values(n, 1));
-        let r = to_bf16(&values(n, 2));
-        let gamma: Vec<f32> = values(cols, 3).iter().map(|v| 1.0 + 0.1 * v).collect();
-        let beta = values(cols, 4);
-        let bias = values(cols, 5);
+        let x = to_bf16(&values(n, 1, 0.0));
+        let r = to_bf16(&values(n, 2, 0.0));
+        let gamma: Vec<f32> = values(cols, 3, 0.0).iter().map(|v| 1.0 + 0.1 * v).collect();
+        let beta = values(cols, 4, 0.0);
+        let bias = values(cols, 5, 0.0);
         let (mut sum, mut y) = (vec![bf16::ZERO; n], vec![bf16::ZERO; n]);
         let (mut sum2, mut y2) = (vec![bf16::ZERO; n], vec![bf16::ZERO; n]);
         let bytes = (4 * n * 2) as f64;
@@ -258,11 +185,11 @@ fn main() {
 
     // RMS norm with int8 output and per-row scales, for an int8 GEMM.
     let name = "rms->i8 (8192,4096) f32";
-    if wanted(name) {
+    if o.wants(name) {
         let (rows, cols) = (8192, 4096);
         let n = rows * cols;
-        let x = values(n, 6);
-        let gamma: Vec<f32> = values(cols, 7).iter().map(|v| 1.0 + 0.1 * v).collect();
+        let x = values(n, 6, 0.0);
+        let gamma: Vec<f32> = values(cols, 7, 0.0).iter().map(|v| 1.0 + 0.1 * v).collect();
         let mut q = vec![0i8; n];
         let mut scale = vec![0f32; rows];
         let mut y = vec![0f32; n];
@@ -294,11 +221,11 @@ fn main() {
     // QK-norm: RMS norm in place over the 32 heads of 128 of Q and of K within the rows of a
     // (4096, 3 * 4096) QKV buffer, one strided call per head.
     let name = "qk-norm in place (4096, 3*4096) bf16";
-    if wanted(name) {
+    if o.wants(name) {
         let (tokens, heads, dim) = (4096, 32, 128);
         let width = 3 * heads * dim;
-        let mut qkv = to_bf16(&values(tokens * width, 8));
-        let gamma: Vec<f32> = values(dim, 9).iter().map(|v| 1.0 + 0.1 * v).collect();
+        let mut qkv = to_bf16(&values(tokens * width, 8, 0.0));
+        let gamma: Vec<f32> = values(dim, 9, 0.0).iter().map(|v| 1.0 + 0.1 * v).collect();
         let bytes = (2 * 2 * tokens * 2 * heads * dim) as f64;
         let mut variants: Vec<Variant<'_>> = vec![
             (
