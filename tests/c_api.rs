@@ -208,22 +208,20 @@ fn c_program_calls_every_function_of_the_header() {
     );
 }
 
-/// The DropConnect example of README.md (the C block with a `main` that calls
-/// `nk_dropout_forward`) compiles without warnings and runs successfully against the static
-/// library, printing one line per step.
-#[test]
-fn readme_dropconnect_example_compiles_and_runs() {
+/// Compiles the C block of README.md with a `main` that calls `calls` (without warnings,
+/// against the static library), runs it and returns what it printed.
+fn run_readme_example(calls: &str, name: &str) -> String {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
     let example = readme
         .split("```c\n")
         .skip(1)
         .filter_map(|block| block.split("```").next())
-        .find(|code| code.contains("int main(") && code.contains("nk_dropout_forward"))
-        .expect("README.md has a C block with a main function calling nk_dropout_forward");
-    let dir = out_dir("readme-dropconnect");
-    let source = dir.join("dropconnect.c");
+        .find(|code| code.contains("int main(") && code.contains(calls))
+        .unwrap_or_else(|| panic!("README.md has a C block with a main function calling {calls}"));
+    let dir = out_dir(&format!("readme-{name}"));
+    let source = dir.join(format!("{name}.c"));
     std::fs::write(&source, example).unwrap();
-    let exe = dir.join("dropconnect");
+    let exe = dir.join(name);
     let mut cmd = Command::new(compiler("CC", "cc"));
     cmd.arg("-std=c11")
         .args(WARNINGS)
@@ -233,8 +231,16 @@ fn readme_dropconnect_example_compiles_and_runs() {
         .args(static_link())
         .arg("-o")
         .arg(&exe);
-    run(cmd, "compiling the README DropConnect example");
-    let out = run(Command::new(&exe), "the README DropConnect example");
+    run(cmd, &format!("compiling the README {name} example"));
+    run(Command::new(&exe), &format!("the README {name} example"))
+}
+
+/// The DropConnect example of README.md (the C block with a `main` that calls
+/// `nk_dropout_forward`) compiles without warnings and runs successfully against the static
+/// library, printing one line per step.
+#[test]
+fn readme_dropconnect_example_compiles_and_runs() {
+    let out = run_readme_example("nk_dropout_forward", "dropconnect");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "unexpected output: {out}");
     for (step, line) in lines.iter().enumerate() {
@@ -252,28 +258,7 @@ fn readme_dropconnect_example_compiles_and_runs() {
 /// token.
 #[test]
 fn readme_transformer_block_example_compiles_and_runs() {
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let example = readme
-        .split("```c\n")
-        .skip(1)
-        .filter_map(|block| block.split("```").next())
-        .find(|code| code.contains("int main(") && code.contains("nk_rmsnorm_forward_rows"))
-        .expect("README.md has a C block with a main function calling nk_rmsnorm_forward_rows");
-    let dir = out_dir("readme-transformer-block");
-    let source = dir.join("transformer_block.c");
-    std::fs::write(&source, example).unwrap();
-    let exe = dir.join("transformer_block");
-    let mut cmd = Command::new(compiler("CC", "cc"));
-    cmd.arg("-std=c11")
-        .args(WARNINGS)
-        .arg("-I")
-        .arg(root().join("include"))
-        .arg(&source)
-        .args(static_link())
-        .arg("-o")
-        .arg(&exe);
-    run(cmd, "compiling the README transformer-block example");
-    let out = run(Command::new(&exe), "the README transformer-block example");
+    let out = run_readme_example("nk_rmsnorm_forward_rows", "transformer_block");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 4, "unexpected output: {out}");
     for (token, line) in lines.iter().enumerate() {

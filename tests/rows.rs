@@ -22,7 +22,7 @@ use normkit::batchnorm::{Affine, SavedStats};
 use normkit::ffi::nk_status::{self, *};
 use normkit::ffi::*;
 use normkit::layernorm::{self, Dtype, RowInput, RowNormIo, RowTarget, Rows, RowsMut};
-use normkit::{Context, ErrorKind, InOut, Isa, bf16, f16, rmsnorm};
+use normkit::{Context, Element, ErrorKind, InOut, Isa, bf16, f16, rmsnorm};
 use proptest::prelude::*;
 use std::ffi::{c_int, c_void};
 use std::ptr::{null, null_mut};
@@ -366,6 +366,32 @@ struct Expect {
     inv: Vec<f32>,
 }
 
+/// The packed function of the case's norm (`layernorm::forward` or `rmsnorm::forward`) on `x`,
+/// with the case's parameters; `mean` is left as it is for RMS norm.
+fn plain_forward<E: Element>(
+    cx: &Context,
+    c: &Case,
+    x: &[E],
+    y: &mut [E],
+    mean: &mut [f32],
+    inv: &mut [f32],
+) {
+    let io = InOut::Separate { x, y };
+    if c.centered {
+        let affine = Affine {
+            gamma: c.gamma.as_deref(),
+            beta: c.beta.as_deref(),
+        };
+        let saved = SavedStats {
+            mean: Some(mean),
+            invstd: Some(inv),
+        };
+        layernorm::forward(cx, c.rows, c.cols, io, affine, c.eps, saved).unwrap();
+    } else {
+        rmsnorm::forward(cx, c.rows, c.cols, io, c.gamma.as_deref(), c.eps, Some(inv)).unwrap();
+    }
+}
+
 fn reference(cx: &Context, c: &Case) -> Expect {
     let (rows, cols) = (c.rows, c.cols);
     // h per element in plain Rust: each term widened to f32, added in f32 in the contract's order.
@@ -388,29 +414,7 @@ fn reference(cx: &Context, c: &Case) -> Expect {
     let mut y = vec![0f32; h.len()];
     let mut mean = vec![f32::from_bits(STAT_SENTINEL); rows];
     let mut inv = vec![f32::from_bits(STAT_SENTINEL); rows];
-    let io = InOut::Separate { x: &h, y: &mut y };
-    if c.centered {
-        let affine = Affine {
-            gamma: c.gamma.as_deref(),
-            beta: c.beta.as_deref(),
-        };
-        let saved = SavedStats {
-            mean: Some(&mut mean),
-            invstd: Some(&mut inv),
-        };
-        layernorm::forward(cx, rows, cols, io, affine, c.eps, saved).unwrap();
-    } else {
-        rmsnorm::forward(
-            cx,
-            rows,
-            cols,
-            io,
-            c.gamma.as_deref(),
-            c.eps,
-            Some(&mut inv),
-        )
-        .unwrap();
-    }
+    plain_forward(cx, c, &h, &mut y, &mut mean, &mut inv);
     Expect { h, y, mean, inv }
 }
 
@@ -550,31 +554,9 @@ fn twin<H: Half>(cx: &Context, c: &Case, h: &[f32], got: &Out, what: &str) {
     let (rows, cols) = (c.rows, c.cols);
     let x: Vec<H> = h.iter().map(|&v| H::round(v)).collect();
     let mut y = vec![H::round(0.0); x.len()];
-    let io = InOut::Separate { x: &x, y: &mut y };
     let mut mean = vec![0f32; rows];
     let mut inv = vec![0f32; rows];
-    if c.centered {
-        let affine = Affine {
-            gamma: c.gamma.as_deref(),
-            beta: c.beta.as_deref(),
-        };
-        let saved = SavedStats {
-            mean: Some(&mut mean),
-            invstd: Some(&mut inv),
-        };
-        layernorm::forward(cx, rows, cols, io, affine, c.eps, saved).unwrap();
-    } else {
-        rmsnorm::forward(
-            cx,
-            rows,
-            cols,
-            io,
-            c.gamma.as_deref(),
-            c.eps,
-            Some(&mut inv),
-        )
-        .unwrap();
-    }
+    plain_forward(cx, c, &x, &mut y, &mut mean, &mut inv);
     for k in 0..rows * cols {
         let g = H::from_bits(got.y.buf.bits(got.y.at(k / cols, k % cols)) as u16);
         assert!(
