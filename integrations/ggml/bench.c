@@ -11,6 +11,7 @@
  * The machine may be shared: medians, not minima, are reported.
  */
 #include "harness.h"
+#include "normkit.h"
 #include "normkit_ggml.h"
 
 typedef enum { OP_RMS, OP_LAYER, OP_GROUP, OP_ADD_RMS } op_kind;
@@ -190,6 +191,16 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s [rounds]\n", argv[0]);
         return 2;
     }
+    nk_context *probe = NULL;
+    const char *isa = "?";
+    if (nk_context_create(1, &probe) == NK_OK) {
+        static const char *const names[] = {"auto", "portable", "AVX2", "AVX-512", "NEON"};
+        nk_isa i = nk_context_isa(probe);
+        isa = (unsigned)i < 5 ? names[i] : "?";
+        nk_context_destroy(probe);
+    }
+    printf("normkit ISA: %s; ggml CPU features: AVX2 %d, AVX-512 %d, F16C %d\n\n", isa, ggml_cpu_has_avx2(),
+           ggml_cpu_has_avx512(), ggml_cpu_has_f16c());
     printf("## Per op: ggml's thread pool at 1 and 2 threads, median of %d interleaved rounds, us per call\n\n", rounds);
     printf("ggml: its op (bf16: ggml_cast to f32, the op, ggml_cast back; add + RMS: ggml_add, then the\n"
            "norm). normkit: the op of normkit_ggml.c on the tensor's own type. copy: ggml_cpy of the bytes\n"
@@ -205,7 +216,19 @@ int main(int argc, char **argv) {
             }
         }
     }
-    printf("\n%d configurations below target\n\n", below_target);
+    printf("\n%d configurations below target. The floor of every row, a one-node graph (ggml_cpy of 4\n"
+           "bytes: waking ggml's threads and the barrier after the node):", below_target);
+    for (int nth = 1; nth <= 2; nth++) {
+        struct ggml_context *ctx = new_context(1u << 20);
+        struct ggml_tensor *from = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 1);
+        struct ggml_tensor *into = ggml_new_tensor_1d(ctx, GGML_TYPE_F32, 1);
+        ggml_set_f32(from, 1.0f);
+        struct ggml_cgraph *gf = graph_of(ctx, ggml_cpy(ctx, from, into), NULL);
+        double t;
+        time_graphs(&gf, 1, nth, rounds, &t);
+        printf(" %.1f us at %d thread%s%s", t, nth, nth > 1 ? "s" : "", nth == 2 ? ".\n\n" : ",");
+        ggml_free(ctx);
+    }
     printf("## One block's worth of graph: add + RMS norm (weight) -> matmul (4096 x 4096, f16 weights) -> add\n\n");
     printf("us per graph, median of %d interleaved rounds; \"norm\" is the add + norm part alone, and its share of the block.\n\n",
            rounds > 11 ? 11 : rounds);

@@ -61,7 +61,7 @@ if ! [ -f "$marker" ]; then
     if ! [ -f "$sdist" ]; then
         echo "fetching ggml: llama-cpp-python==$pinned (source distribution) from the package index"
         mkdir -p "$work/download"
-        if ! timeout 900 "$python" -m pip download --quiet --disable-pip-version-check --no-deps \
+        if ! timeout --foreground 900 "$python" -m pip download --quiet --disable-pip-version-check --no-deps \
             --no-binary :all: --dest "$work/download" "llama-cpp-python==$pinned" \
             >"$work/download/pip.log" 2>&1 || ! [ -f "$sdist" ]; then
             tail -n 5 "$work/download/pip.log"
