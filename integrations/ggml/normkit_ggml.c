@@ -112,10 +112,20 @@ static int64_t run_length(const struct ggml_tensor *t, int64_t r, int64_t end) {
 
 static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
-/* Thread ith of nth takes items [*begin, *end) of count: contiguous shares, differing by at most one. */
-static void share(int64_t count, int ith, int nth, int64_t *begin, int64_t *end) {
-    *begin = count * ith / nth;
-    *end = count * (ith + 1) / nth;
+/* Thread ith of nth takes items [*begin, *end) of count: contiguous runs of whole grains (so that
+ * a small tensor stays on one thread: handing it to another costs more than the work), the larger
+ * shares first (thread 0, which runs the graph, is awake). Which thread computes an item never
+ * changes its result. */
+static void share(int64_t count, int64_t grain, int ith, int nth, int64_t *begin, int64_t *end) {
+    int64_t units = (count + grain - 1) / grain;
+    *begin = min64(count, (units * ith + nth - 1) / nth * grain);
+    *end = min64(count, (units * (ith + 1) + nth - 1) / nth * grain);
+}
+
+/* Items of `bytes` each per grain: about 32 KiB of input. */
+static int64_t grain_of(size_t bytes) {
+    int64_t grain = (int64_t)((32u << 10) / (bytes ? bytes : 1));
+    return grain > 0 ? grain : 1;
 }
 
 static nk_rows packed_if_one(nk_rows rows, int64_t n) {
@@ -123,6 +133,22 @@ static nk_rows packed_if_one(nk_rows rows, int64_t n) {
         rows.stride = 0;
     }
     return rows;
+}
+
+/* Packed rows of one type: the plain functions (bitwise the rows functions without residual). */
+static nk_status packed_rows(nk_context *ctx, int layer, size_t rows, size_t cols, nk_rows x, nk_rows y,
+                             const float *weight, const float *bias, float eps) {
+    switch (x.dtype) {
+    case NK_DTYPE_BF16:
+        return layer ? nk_layernorm_forward_bf16(ctx, rows, cols, x.data, y.data, weight, bias, eps, NULL, NULL)
+                     : nk_rmsnorm_forward_bf16(ctx, rows, cols, x.data, y.data, weight, eps, NULL);
+    case NK_DTYPE_F16:
+        return layer ? nk_layernorm_forward_f16(ctx, rows, cols, x.data, y.data, weight, bias, eps, NULL, NULL)
+                     : nk_rmsnorm_forward_f16(ctx, rows, cols, x.data, y.data, weight, eps, NULL);
+    default:
+        return layer ? nk_layernorm_forward(ctx, rows, cols, x.data, y.data, weight, bias, eps, NULL, NULL)
+                     : nk_rmsnorm_forward(ctx, rows, cols, x.data, y.data, weight, eps, NULL);
+    }
 }
 
 static void rows_op(struct ggml_tensor *dst, int ith, int nth, void *userdata, int layer) {
@@ -133,15 +159,22 @@ static void rows_op(struct ggml_tensor *dst, int ith, int nth, void *userdata, i
     const float *bias = (options & HAS_BIAS) ? (const float *)dst->src[arg++]->data : NULL;
     nk_rows none = {NULL, NK_DTYPE_F32, 0};
     nk_context *ctx = context();
+    size_t cols = (size_t)a->ne[0];
+    float eps = unpack_eps(userdata);
     int64_t r, end;
-    share(ggml_nrows(a), ith, nth, &r, &end);
+    share(ggml_nrows(a), grain_of(cols * ggml_type_size(a->type)), ith, nth, &r, &end);
     while (r < end) {
         int64_t n = min64(run_length(a, r, end), run_length(dst, r, end));
         nk_rows x = packed_if_one(rows_at(a, r), n), y = packed_if_one(rows_at(dst, r), n);
-        check(layer ? nk_layernorm_forward_rows(ctx, (size_t)n, (size_t)a->ne[0], x, none, NULL, none, y,
-                                                weight, bias, unpack_eps(userdata), NULL, NULL, NULL)
-                    : nk_rmsnorm_forward_rows(ctx, (size_t)n, (size_t)a->ne[0], x, none, NULL, none, y,
-                                              weight, unpack_eps(userdata), NULL, NULL));
+        if ((x.stride == 0 || x.stride == cols) && (y.stride == 0 || y.stride == cols)) {
+            check(packed_rows(ctx, layer, (size_t)n, cols, x, y, weight, bias, eps)); /* fewer checks */
+        } else if (layer) {
+            check(nk_layernorm_forward_rows(ctx, (size_t)n, cols, x, none, NULL, none, y, weight, bias, eps,
+                                            NULL, NULL, NULL));
+        } else {
+            check(nk_rmsnorm_forward_rows(ctx, (size_t)n, cols, x, none, NULL, none, y, weight, eps, NULL,
+                                          NULL));
+        }
         r += n;
     }
 }
@@ -195,7 +228,7 @@ static void add_rms_op(struct ggml_tensor *dst, int ith, int nth, void *userdata
     nk_dtype type = dtype_of(dst);
     nk_context *ctx = context();
     int64_t r, end;
-    share(rows, ith, nth, &r, &end);
+    share(rows, grain_of((size_t)cols * ggml_type_size(a->type)), ith, nth, &r, &end);
     while (r < end) {
         int64_t n = min64(run_length(a, r, end), run_length(residual, r, end));
         nk_rows x = packed_if_one(rows_at(a, r), n), res = packed_if_one(rows_at(residual, r), n);
@@ -241,7 +274,8 @@ static void group_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) 
     float eps = unpack_eps(userdata);
     nk_context *ctx = context();
     int64_t item, end;
-    share(a->ne[3] * groups, ith, nth, &item, &end);
+    share(a->ne[3] * groups, grain_of((size_t)per_group * spatial * ggml_type_size(a->type)), ith, nth, &item,
+          &end);
     while (item < end) { /* items: (sample, group) pairs; one call per sample */
         int64_t n = item / groups, g0 = item % groups, g1 = min64(groups, g0 + (end - item));
         nk_shape shape = {1, (size_t)((g1 - g0) * per_group), spatial, NK_LAYOUT_NCS};
