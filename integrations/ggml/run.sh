@@ -122,6 +122,7 @@ fi
     echo
     echo "CPU: $(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | sed 's/.*: //') ($jobs logical cores)"
     echo "ggml: from llama-cpp-python $pinned, built with -march=native, ggml's own thread pools."
+    echo "Load average before the run: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo unknown)"
     echo
     echo '```'
     "$bin/check" full
