@@ -42,29 +42,63 @@ fn input<'b, E>(io: &'b RowIo<'_, E, E>) -> &'b [E] {
     }
 }
 
+/// Sums of exact squares `x * x` in `f64` lanes, in two accumulators: the vectors of a row
+/// (from its first element) alternate between them, the partial last one goes to the second.
+/// One order for every caller, so that a mean square taken while a row is formed equals the one
+/// taken over the formed row afterwards, bitwise.
+struct Squares<V: F32Vec> {
+    acc: [[V::D; 2]; 2],
+}
+
+impl<V: F32Vec> Squares<V> {
+    #[inline(always)]
+    fn zero() -> Self {
+        let z = V::D::splat(0.0);
+        Squares { acc: [[z; 2]; 2] }
+    }
+
+    /// Adds the squares of `v` to accumulator `k` (0 or 1).
+    #[inline(always)]
+    fn add<const K: usize>(&mut self, v: V) {
+        let (u0, u1) = v.widen();
+        let a = &mut self.acc[K];
+        a[0] = u0.mul_add(u0, a[0]);
+        a[1] = u1.mul_add(u1, a[1]);
+    }
+
+    /// The sum of the two accumulators' lanes, in lane order, over `n`.
+    #[inline(always)]
+    fn mean(self, n: usize) -> f64 {
+        let h = V::D::LANES;
+        let mut lanes = [0f64; crate::simd::MAX_LANES];
+        self.acc[0][0].add(self.acc[1][0]).store(&mut lanes[..h]);
+        self.acc[0][1]
+            .add(self.acc[1][1])
+            .store(&mut lanes[h..2 * h]);
+        lanes[..V::LANES].iter().sum::<f64>() / n as f64
+    }
+}
+
 /// The mean of `x * x` over a row (not empty), in `f64`: the squares are exact, so only the
 /// `f64` additions round.
 #[inline(always)]
 fn mean_square<V: F32Vec, X: ElementIo>(row: &[X]) -> f64 {
     let l = V::LANES;
-    let mut acc = [Sums2::<V>::zero(); 2];
+    let mut sq = Squares::<V>::zero();
     let mut pairs = row.chunks_exact(2 * l);
     for p in &mut pairs {
-        let (v0, v1) = (V::read(p), V::read(&p[l..]));
-        acc[0].add(v0, v0);
-        acc[1].add(v1, v1);
+        sq.add::<0>(V::read(&p[..l]));
+        sq.add::<1>(V::read(&p[l..]));
     }
     let rest = pairs.remainder();
     if rest.len() >= l {
-        let v = V::read(rest);
-        acc[0].add(v, v);
+        sq.add::<0>(V::read(&rest[..l]));
     }
     let tail = &rest[rest.len() / l * l..];
     if !tail.is_empty() {
-        let v = V::read_partial(tail, 0.0);
-        acc[1].add(v, v);
+        sq.add::<1>(V::read_partial(tail, 0.0));
     }
-    acc[0].merge(acc[1]).totals().1 / row.len() as f64
+    sq.mean(row.len())
 }
 
 /// How one row is normalized: `xhat = (x - shift) * scale + offset`, and what is saved.
@@ -82,7 +116,12 @@ struct RowParams {
 
 /// The parameters of a row (not empty): layer norm if `centered`, else RMS norm.
 #[inline(always)]
-fn row_params<V: F32Vec, X: ElementIo>(row: &[X], centered: bool, eps: f32) -> RowParams {
+fn row_params<V: F32Vec, X: ElementIo>(
+    row: &[X],
+    centered: bool,
+    eps: f32,
+    known_mean_square: Option<f64>,
+) -> RowParams {
     let cols = row.len();
     if centered {
         let m = channel_moments::<V, _>(&|_| row, cols, 0..cols);
@@ -102,7 +141,8 @@ fn row_params<V: F32Vec, X: ElementIo>(row: &[X], centered: bool, eps: f32) -> R
             inv64: inv,
         }
     } else {
-        let inv = 1.0 / (mean_square::<V, X>(row) + eps as f64).sqrt();
+        let ms = known_mean_square.unwrap_or_else(|| mean_square::<V, X>(row));
+        let inv = 1.0 / (ms + eps as f64).sqrt();
         let scale = inv as f32;
         // `x * scale - 0.0` is `x * scale` exactly, the sign of zero included.
         RowParams {
@@ -117,30 +157,76 @@ fn row_params<V: F32Vec, X: ElementIo>(row: &[X], centered: bool, eps: f32) -> R
     }
 }
 
-/// `y = ((x - shift) * scale + offset) * gamma[i] + beta[i]`, one multiply-add: an absent
-/// `gamma` is 1 and an absent `beta` is `-0.0`, which leave `xhat` (and `xhat * gamma`, `xhat +
-/// beta`) exactly as they are, the sign of zero included.
-struct RowMap<'p, V> {
+/// `y = ((x - shift) * scale + offset) * gamma[i] + beta[i]` with the terms a row has, one
+/// variant per combination so that the loop over a row holds no test: without `CENTERED` (RMS
+/// norm: `shift = 0`, `offset = -0.0`) `xhat = x * scale`; an absent gamma (`G` false) is 1 and
+/// an absent beta (`B` false) `-0.0`, so `fma(xhat, g, b)` becomes `xhat * g`, `xhat + b` or
+/// `xhat`, bitwise the same values, the sign of zero included.
+struct RowMap<'p, V, const CENTERED: bool, const G: bool, const B: bool> {
     shift: V,
     scale: V,
     offset: V,
-    gamma: Option<&'p [f32]>,
-    beta: Option<&'p [f32]>,
+    gamma: &'p [f32],
+    beta: &'p [f32],
 }
 
-impl<V: F32Vec> VectorMap<V> for RowMap<'_, V> {
+impl<V: F32Vec, const CENTERED: bool, const G: bool, const B: bool> VectorMap<V>
+    for RowMap<'_, V, CENTERED, G, B>
+{
     #[inline(always)]
     fn apply(&self, x: V, i: usize, lanes: usize) -> V {
-        let xhat = x.sub(self.shift).mul_add(self.scale, self.offset);
-        let g = match self.gamma {
-            Some(g) => V::read_lanes(&g[i..i + lanes], 1.0),
-            None => V::splat(1.0),
+        let xhat = if CENTERED {
+            x.sub(self.shift).mul_add(self.scale, self.offset)
+        } else {
+            x.mul(self.scale)
         };
-        let b = match self.beta {
-            Some(b) => V::read_lanes(&b[i..i + lanes], -0.0),
-            None => V::splat(-0.0),
-        };
-        xhat.mul_add(g, b)
+        match (G, B) {
+            (true, true) => xhat.mul_add(
+                V::read_lanes(&self.gamma[i..i + lanes], 1.0),
+                V::read_lanes(&self.beta[i..i + lanes], -0.0),
+            ),
+            (true, false) => xhat.mul(V::read_lanes(&self.gamma[i..i + lanes], 1.0)),
+            (false, true) => xhat.add(V::read_lanes(&self.beta[i..i + lanes], -0.0)),
+            (false, false) => xhat,
+        }
+    }
+}
+
+/// What is done with a row's map ([`RowJob::with_map`] picks the variant).
+trait WithMap<V: F32Vec> {
+    type Out;
+    fn with<M: VectorMap<V>>(self, m: &M) -> Self::Out;
+}
+
+/// `y = map(x)` over a row, streaming or not.
+struct Normalize<'a, X, Y> {
+    io: RowIo<'a, X, Y>,
+    stream: bool,
+}
+
+impl<V: F32Vec, X: ElementIo, Y: ElementIo> WithMap<V> for Normalize<'_, X, Y> {
+    type Out = ();
+    #[inline(always)]
+    fn with<M: VectorMap<V>>(mut self, m: &M) {
+        if self.stream {
+            self.io.map_streaming::<V>(m)
+        } else {
+            self.io.map::<V>(m)
+        }
+    }
+}
+
+/// `map(x)` of a row quantized to `y`; gives the row's scale.
+struct Quantize<'a, X> {
+    x: &'a [X],
+    y: &'a mut [i8],
+}
+
+impl<V: F32Vec, X: ElementIo> WithMap<V> for Quantize<'_, X> {
+    type Out = f32;
+    #[inline(always)]
+    fn with<M: VectorMap<V>>(self, m: &M) -> f32 {
+        quantize_row::<V, X, M>(self.x, self.y, m)
     }
 }
 
@@ -220,90 +306,218 @@ struct RowOut {
     y_scale: f32,
 }
 
+/// The element types of `x` and `y` a part of rows is read and written as; each case runs
+/// apart (see [`F32Vec::run_apart`]).
 #[inline(always)]
 fn forward_rows<V: F32Vec>(k: RowsForward<'_, '_>) {
-    let RowsForward {
-        t,
-        rows,
-        centered,
-        gamma,
-        beta,
-        eps,
-        mut save_mean,
-        mut save_inv,
-        mut y_scale,
-    } = k;
-    let cols = t.x.cols();
-    if cols == 0 {
+    use Dtype::{Bf16, F16, F32, I8};
+    let t = k.t;
+    if t.x.cols() == 0 {
         return;
     }
-    let job = RowJob::<V> {
-        centered,
-        eps,
-        gamma,
-        beta,
-        stream: t.stream_y,
-        _v: std::marker::PhantomData,
-    };
-    let staged = t.staged();
-    let mut buf = if staged { vec![0f32; cols] } else { Vec::new() };
-    let first = rows.start;
-    for r in rows {
-        // Start reading the next row while this one, soon cached, is worked on.
-        t.x.prefetch::<V>(r + 1, PREFETCH_BYTES);
-        if let Some(res) = &t.residual {
-            res.prefetch::<V>(r + 1, PREFETCH_BYTES);
-        }
-        // SAFETY (every row access below): this task owns row r of every output; each slice
-        // lives only while no other reference to its memory does (inputs are read, and
-        // their slices dropped, before an output that may replace them is made).
-        let out = if staged {
-            stage::<V>(t, r, &mut buf);
-            match unsafe { t.y.row_mut(r) } {
-                RowDataMut::F32(y) => job.row::<f32, f32>(RowIo::Separate(&buf, y)),
-                RowDataMut::Bf16(y) => job.row::<f32, bf16>(RowIo::Separate(&buf, y)),
-                RowDataMut::F16(y) => job.row::<f32, f16>(RowIo::Separate(&buf, y)),
-                RowDataMut::I8(y) => job.row_i8::<f32>(&buf, y),
-            }
-        } else if t.y_is_x {
-            match unsafe { t.y.row_mut(r) } {
-                RowDataMut::F32(b) => job.row::<f32, f32>(RowIo::InPlace(b)),
-                RowDataMut::Bf16(b) => job.row::<bf16, bf16>(RowIo::InPlace(b)),
-                RowDataMut::F16(b) => job.row::<f16, f16>(RowIo::InPlace(b)),
-                RowDataMut::I8(_) => unreachable!("x is never i8"),
-            }
-        } else {
-            match unsafe { (t.x.row(r), t.y.row_mut(r)) } {
-                (RowData::F32(x), RowDataMut::F32(y)) => job.row(RowIo::Separate(x, y)),
-                (RowData::F32(x), RowDataMut::Bf16(y)) => job.row(RowIo::Separate(x, y)),
-                (RowData::F32(x), RowDataMut::F16(y)) => job.row(RowIo::Separate(x, y)),
-                (RowData::Bf16(x), RowDataMut::Bf16(y)) => job.row(RowIo::Separate(x, y)),
-                (RowData::F16(x), RowDataMut::F16(y)) => job.row(RowIo::Separate(x, y)),
-                (RowData::F32(x), RowDataMut::I8(y)) => job.row_i8(x, y),
-                (RowData::Bf16(x), RowDataMut::I8(y)) => job.row_i8(x, y),
-                (RowData::F16(x), RowDataMut::I8(y)) => job.row_i8(x, y),
-                _ => unreachable!("other types are staged"),
-            }
-        };
-        let i = r - first;
-        if let Some(m) = save_mean.as_deref_mut() {
-            m[i] = out.p.mean;
-        }
-        if let Some(s) = save_inv.as_deref_mut() {
-            s[i] = out.p.inv;
-        }
-        if let Some(s) = y_scale.as_deref_mut() {
-            s[i] = out.y_scale;
-        }
+    let (x, y) = (t.x.dtype(), t.y.dtype());
+    match (t.staged(), t.y_is_x, x, y) {
+        (true, _, _, F32) => V::run_apart(Part::<Staged<f32>>::new(k)),
+        (true, _, _, Bf16) => V::run_apart(Part::<Staged<bf16>>::new(k)),
+        (true, _, _, F16) => V::run_apart(Part::<Staged<f16>>::new(k)),
+        (true, _, _, I8) => V::run_apart(Part::<StagedI8>::new(k)),
+        (false, true, _, F32) => V::run_apart(Part::<InPlace<f32>>::new(k)),
+        (false, true, _, Bf16) => V::run_apart(Part::<InPlace<bf16>>::new(k)),
+        (false, true, _, F16) => V::run_apart(Part::<InPlace<f16>>::new(k)),
+        (false, false, F32, F32) => V::run_apart(Part::<Straight<f32, f32>>::new(k)),
+        (false, false, F32, Bf16) => V::run_apart(Part::<Straight<f32, bf16>>::new(k)),
+        (false, false, F32, F16) => V::run_apart(Part::<Straight<f32, f16>>::new(k)),
+        (false, false, Bf16, Bf16) => V::run_apart(Part::<Straight<bf16, bf16>>::new(k)),
+        (false, false, F16, F16) => V::run_apart(Part::<Straight<f16, f16>>::new(k)),
+        (false, false, F32, I8) => V::run_apart(Part::<StraightI8<f32>>::new(k)),
+        (false, false, Bf16, I8) => V::run_apart(Part::<StraightI8<bf16>>::new(k)),
+        (false, false, F16, I8) => V::run_apart(Part::<StraightI8<f16>>::new(k)),
+        _ => unreachable!("other combinations are staged or refused"),
     }
     if t.stream_y || t.stream_sum {
         V::fence_streams();
     }
 }
 
+/// The rows of a call's part, of one case `C` of element types.
+struct Part<'a, 'p, C> {
+    k: RowsForward<'a, 'p>,
+    _case: std::marker::PhantomData<C>,
+}
+
+impl<'a, 'p, C> Part<'a, 'p, C> {
+    #[inline(always)]
+    fn new(k: RowsForward<'a, 'p>) -> Self {
+        Part {
+            k,
+            _case: std::marker::PhantomData,
+        }
+    }
+}
+
+/// How one row of a case is normalized.
+trait Case {
+    /// Whether rows go through the `f32` row buffer.
+    const STAGED: bool;
+    /// Row `r` of `t`; `buf` is the row buffer (empty unless `STAGED`).
+    fn row<V: F32Vec>(job: &RowJob<'_, V>, t: &RowTensors<'_>, r: usize, buf: &mut [f32])
+    -> RowOut;
+}
+
+/// The rows of one element type in a [`RowData`] or [`RowDataMut`] whose type a case knows.
+trait Rows: ElementIo {
+    fn of(d: RowData<'_>) -> &[Self];
+    fn of_mut(d: RowDataMut<'_>) -> &mut [Self];
+}
+
+macro_rules! rows_of {
+    ($t:ty, $v:ident) => {
+        impl Rows for $t {
+            #[inline(always)]
+            fn of(d: RowData<'_>) -> &[Self] {
+                match d {
+                    RowData::$v(s) => s,
+                    _ => unreachable!("the case matches the tensor's type"),
+                }
+            }
+            #[inline(always)]
+            fn of_mut(d: RowDataMut<'_>) -> &mut [Self] {
+                match d {
+                    RowDataMut::$v(s) => s,
+                    _ => unreachable!("the case matches the tensor's type"),
+                }
+            }
+        }
+    };
+}
+rows_of!(f32, F32);
+rows_of!(bf16, Bf16);
+rows_of!(f16, F16);
+
+/// `y` of the row buffer (staged rows).
+struct Staged<Y>(Y);
+/// I8 `y` of the row buffer.
+struct StagedI8;
+/// `y` over `x`, one type.
+struct InPlace<Y>(Y);
+/// `y` straight from `x`.
+struct Straight<X, Y>(X, Y);
+/// I8 `y` straight from `x`.
+struct StraightI8<X>(X);
+
+// SAFETY (every row access of the cases): the task owns row r of every output; each slice lives
+// only while no other reference to its memory does (inputs are read, and their slices dropped,
+// before an output that may replace them is made).
+
+impl<Y: Rows> Case for Staged<Y> {
+    const STAGED: bool = true;
+    #[inline(always)]
+    fn row<V: F32Vec>(j: &RowJob<'_, V>, t: &RowTensors<'_>, r: usize, buf: &mut [f32]) -> RowOut {
+        let ms = stage::<V>(t, r, buf, !j.centered);
+        let y = Y::of_mut(unsafe { t.y.row_mut(r) });
+        j.row::<f32, Y>(RowIo::Separate(buf, y), ms)
+    }
+}
+
+impl Case for StagedI8 {
+    const STAGED: bool = true;
+    #[inline(always)]
+    fn row<V: F32Vec>(j: &RowJob<'_, V>, t: &RowTensors<'_>, r: usize, buf: &mut [f32]) -> RowOut {
+        let ms = stage::<V>(t, r, buf, !j.centered);
+        let RowDataMut::I8(y) = (unsafe { t.y.row_mut(r) }) else {
+            unreachable!("the case matches the tensor's type")
+        };
+        j.row_i8::<f32>(buf, y, ms)
+    }
+}
+
+impl<Y: Rows> Case for InPlace<Y> {
+    const STAGED: bool = false;
+    #[inline(always)]
+    fn row<V: F32Vec>(j: &RowJob<'_, V>, t: &RowTensors<'_>, r: usize, _: &mut [f32]) -> RowOut {
+        let b = Y::of_mut(unsafe { t.y.row_mut(r) });
+        j.row::<Y, Y>(RowIo::InPlace(b), None)
+    }
+}
+
+impl<X: Rows, Y: Rows> Case for Straight<X, Y> {
+    const STAGED: bool = false;
+    #[inline(always)]
+    fn row<V: F32Vec>(j: &RowJob<'_, V>, t: &RowTensors<'_>, r: usize, _: &mut [f32]) -> RowOut {
+        let (x, y) = unsafe { (X::of(t.x.row(r)), Y::of_mut(t.y.row_mut(r))) };
+        j.row::<X, Y>(RowIo::Separate(x, y), None)
+    }
+}
+
+impl<X: Rows> Case for StraightI8<X> {
+    const STAGED: bool = false;
+    #[inline(always)]
+    fn row<V: F32Vec>(j: &RowJob<'_, V>, t: &RowTensors<'_>, r: usize, _: &mut [f32]) -> RowOut {
+        let x = X::of(unsafe { t.x.row(r) });
+        let RowDataMut::I8(y) = (unsafe { t.y.row_mut(r) }) else {
+            unreachable!("the case matches the tensor's type")
+        };
+        j.row_i8::<X>(x, y, None)
+    }
+}
+
+impl<C: Case> Kernel for Part<'_, '_, C> {
+    type Output = ();
+    /// For each row: `h`, its statistics, then the normalization (or quantization) while the
+    /// row is in L1/L2.
+    #[inline(always)]
+    fn run<V: F32Vec>(self) {
+        let RowsForward {
+            t,
+            rows,
+            centered,
+            gamma,
+            beta,
+            eps,
+            mut save_mean,
+            mut save_inv,
+            mut y_scale,
+        } = self.k;
+        let job = RowJob::<V> {
+            centered,
+            eps,
+            gamma,
+            beta,
+            stream: t.stream_y,
+            _v: std::marker::PhantomData,
+        };
+        let mut buf = if C::STAGED {
+            vec![0f32; t.x.cols()]
+        } else {
+            Vec::new()
+        };
+        let first = rows.start;
+        for r in rows {
+            // Start reading the next row while this one, soon cached, is worked on.
+            t.x.prefetch::<V>(r + 1, PREFETCH_BYTES);
+            if let Some(res) = &t.residual {
+                res.prefetch::<V>(r + 1, PREFETCH_BYTES);
+            }
+            let out = C::row::<V>(&job, t, r, &mut buf);
+            let i = r - first;
+            if let Some(m) = save_mean.as_deref_mut() {
+                m[i] = out.p.mean;
+            }
+            if let Some(s) = save_inv.as_deref_mut() {
+                s[i] = out.p.inv;
+            }
+            if let Some(s) = y_scale.as_deref_mut() {
+                s[i] = out.y_scale;
+            }
+        }
+    }
+}
+
 /// `buf = (x + residual) + bias` of row `r`; with a sum, rounded to its type and stored there.
+/// With `squares`, gives the mean square of `buf` when it was taken on the way (see
+/// [`round_through`]).
 #[inline(always)]
-fn stage<V: F32Vec>(t: &RowTensors<'_>, r: usize, buf: &mut [f32]) {
+fn stage<V: F32Vec>(t: &RowTensors<'_>, r: usize, buf: &mut [f32], squares: bool) -> Option<f64> {
     // SAFETY (row accesses): as in `forward_rows`; the input slices die before the sum (which
     // may replace x or residual) is made.
     match unsafe { t.x.row(r) } {
@@ -311,14 +525,13 @@ fn stage<V: F32Vec>(t: &RowTensors<'_>, r: usize, buf: &mut [f32]) {
         RowData::Bf16(x) => form_with::<V, bf16>(x, t, r, buf),
         RowData::F16(x) => form_with::<V, f16>(x, t, r, buf),
     }
-    if let Some(sum) = &t.sum {
-        let stream = t.stream_sum;
-        match unsafe { sum.row_mut(r) } {
-            RowDataMut::F32(s) => round_through::<V, f32>(buf, s, stream),
-            RowDataMut::Bf16(s) => round_through::<V, bf16>(buf, s, stream),
-            RowDataMut::F16(s) => round_through::<V, f16>(buf, s, stream),
-            RowDataMut::I8(_) => unreachable!("a sum is never i8"),
-        }
+    let sum = t.sum.as_ref()?;
+    let stream = t.stream_sum;
+    match unsafe { sum.row_mut(r) } {
+        RowDataMut::F32(s) => round_through::<V, f32>(buf, s, stream, squares),
+        RowDataMut::Bf16(s) => round_through::<V, bf16>(buf, s, stream, squares),
+        RowDataMut::F16(s) => round_through::<V, f16>(buf, s, stream, squares),
+        RowDataMut::I8(_) => unreachable!("a sum is never i8"),
     }
 }
 
@@ -346,6 +559,9 @@ fn form<V: F32Vec, X: ElementIo, A: ElementIo, const RES: bool>(
 ) {
     let l = V::LANES;
     let n = buf.len();
+    // Slices of exactly `n` elements: the bounds below are then known to hold.
+    let (x, a) = (&x[..n], if RES { &a[..n] } else { a });
+    let bias = bias.map(|b| &b[..n]);
     let full = n / l * l;
     let mut i = 0;
     // Whole vectors, then the partial one: no length test per vector.
@@ -373,11 +589,16 @@ fn form<V: F32Vec, X: ElementIo, A: ElementIo, const RES: bool>(
 }
 
 /// `sum = round(buf)`, then `buf = sum` widened (rounding once); streaming stores for the
-/// vector-aligned body of `sum` if `stream`.
+/// vector-aligned body of `sum` if `stream`. With `squares`, and when the body starts at the
+/// row's first element (not streamed, or the row aligned), also gives the mean square of the
+/// new `buf`, taken in the order of [`mean_square`] while the vectors are in registers.
 #[inline(always)]
-fn round_through<V: F32Vec, S: ElementIo>(buf: &mut [f32], sum: &mut [S], stream: bool) {
-    let l = V::LANES;
-    let n = buf.len();
+fn round_through<V: F32Vec, S: ElementIo>(
+    buf: &mut [f32],
+    sum: &mut [S],
+    stream: bool,
+    squares: bool,
+) -> Option<f64> {
     // Streaming needs whole aligned vectors: a partial head first, then the body, then a tail.
     let head = if stream {
         unaligned_head::<V, S>(sum)
@@ -387,49 +608,100 @@ fn round_through<V: F32Vec, S: ElementIo>(buf: &mut [f32], sum: &mut [S], stream
     if head > 0 {
         round_part::<V, S>(&mut buf[..head], &mut sum[..head]);
     }
-    let full = head + (n - head) / l * l;
-    let mut i = head;
-    while i < full {
-        let v = V::read(&buf[i..i + l]);
-        let r = if stream {
-            S::store_round::<V, true>(v, &mut sum[i..i + l])
-        } else {
-            S::store_round::<V, false>(v, &mut sum[i..i + l])
-        };
-        if S::BYTES != 4 {
-            r.write(&mut buf[i..i + l]);
+    round_body::<V, S>(
+        &mut buf[head..],
+        &mut sum[head..],
+        stream,
+        squares && head == 0,
+    )
+}
+
+/// [`round_through`] from a vector-aligned start of `sum` (if `stream`): whole vectors, in
+/// pairs, then a partial one; the mean square if `squares`.
+#[inline(always)]
+fn round_body<V: F32Vec, S: ElementIo>(
+    buf: &mut [f32],
+    sum: &mut [S],
+    stream: bool,
+    squares: bool,
+) -> Option<f64> {
+    let l = V::LANES;
+    let n = buf.len();
+    let sum = &mut sum[..n];
+    let mut sq = Squares::<V>::zero();
+    let one = round_vector::<V, S>;
+    let pairs = n / (2 * l) * (2 * l);
+    let mut i = 0;
+    while i < pairs {
+        let r0 = one(&mut buf[i..i + l], &mut sum[i..i + l], stream);
+        let r1 = one(
+            &mut buf[i + l..i + 2 * l],
+            &mut sum[i + l..i + 2 * l],
+            stream,
+        );
+        if squares {
+            sq.add::<0>(r0);
+            sq.add::<1>(r1);
+        }
+        i += 2 * l;
+    }
+    if i + l <= n {
+        let r = one(&mut buf[i..i + l], &mut sum[i..i + l], stream);
+        if squares {
+            sq.add::<0>(r);
         }
         i += l;
     }
-    if full < n {
-        round_part::<V, S>(&mut buf[full..], &mut sum[full..]);
+    if i < n {
+        let r = round_part::<V, S>(&mut buf[i..], &mut sum[i..]);
+        if squares {
+            sq.add::<1>(r);
+        }
     }
+    (squares && n > 0).then(|| sq.mean(n))
+}
+
+/// One whole vector of [`round_through`]: `sum = round(buf)`, `buf = sum` widened; gives the
+/// widened value.
+#[inline(always)]
+fn round_vector<V: F32Vec, S: ElementIo>(buf: &mut [f32], sum: &mut [S], stream: bool) -> V {
+    let v = V::read(buf);
+    let r = if stream {
+        S::store_round::<V, true>(v, sum)
+    } else {
+        S::store_round::<V, false>(v, sum)
+    };
+    if S::BYTES != 4 {
+        r.write(buf);
+    }
+    r
 }
 
 /// [`round_through`] of fewer than `LANES` elements.
 #[inline(always)]
-fn round_part<V: F32Vec, S: ElementIo>(buf: &mut [f32], sum: &mut [S]) {
+fn round_part<V: F32Vec, S: ElementIo>(buf: &mut [f32], sum: &mut [S]) -> V {
     let r = S::store_round::<V, false>(V::read_partial(buf, 0.0), sum);
     r.write_partial(buf);
+    r
 }
 
 impl<V: F32Vec> RowJob<'_, V> {
-    /// The statistics of a row, then `y` from them.
+    /// The statistics of a row (the mean square `ms` if already known), then `y` from them.
     #[inline(always)]
-    fn row<X: ElementIo, Y: ElementIo>(&self, mut io: RowIo<'_, X, Y>) -> RowOut {
+    fn row<X: ElementIo, Y: ElementIo>(&self, mut io: RowIo<'_, X, Y>, ms: Option<f64>) -> RowOut {
+        let (c, eps) = (self.centered, self.eps);
         let p = match &io {
-            RowIo::Separate(x, _) => row_params::<V, X>(x, self.centered, self.eps),
-            RowIo::InPlace(b) => row_params::<V, Y>(b, self.centered, self.eps),
+            RowIo::Separate(x, _) => row_params::<V, X>(x, c, eps, ms),
+            RowIo::InPlace(b) => row_params::<V, Y>(b, c, eps, ms),
         };
         if p.scale.is_infinite() && p.inv64.is_finite() {
             // Values far below 1 with a tiny eps: the inverse spread exceeds the largest f32
             // although the normalized values need not. Such a row is normalized in f64.
             let gb = self.params();
             io.map_scalar(|j, x| p.in_f64(j, x, gb));
-        } else if self.stream {
-            io.map_streaming::<V>(&self.map(p));
         } else {
-            io.map::<V>(&self.map(p));
+            let stream = self.stream;
+            self.with_map(p, Normalize { io, stream });
         }
         RowOut { p, y_scale: 0.0 }
     }
@@ -437,8 +709,8 @@ impl<V: F32Vec> RowJob<'_, V> {
     /// The statistics of a row, then its `f32` output `v` quantized to `y` per
     /// [`quantize_row`].
     #[inline(always)]
-    fn row_i8<X: ElementIo>(&self, x: &[X], y: &mut [i8]) -> RowOut {
-        let p = row_params::<V, X>(x, self.centered, self.eps);
+    fn row_i8<X: ElementIo>(&self, x: &[X], y: &mut [i8], ms: Option<f64>) -> RowOut {
+        let p = row_params::<V, X>(x, self.centered, self.eps, ms);
         let y_scale = if p.scale.is_infinite() && p.inv64.is_finite() {
             let gb = self.params();
             let v: Vec<f32> = (0..x.len())
@@ -446,7 +718,7 @@ impl<V: F32Vec> RowJob<'_, V> {
                 .collect();
             quantize_row::<V, f32, _>(&v, y, &Identity)
         } else {
-            quantize_row::<V, X, _>(x, y, &self.map(p))
+            self.with_map(p, Quantize { x, y })
         };
         RowOut { p, y_scale }
     }
@@ -455,14 +727,31 @@ impl<V: F32Vec> RowJob<'_, V> {
         (self.gamma, self.beta)
     }
 
+    /// Runs `w` with the map of row parameters `p`, the variant of the terms this call has.
     #[inline(always)]
-    fn map(&self, p: RowParams) -> RowMap<'_, V> {
-        RowMap {
-            shift: V::splat(p.shift),
-            scale: V::splat(p.scale),
-            offset: V::splat(p.offset),
-            gamma: self.gamma,
-            beta: self.beta,
+    fn with_map<W: WithMap<V>>(&self, p: RowParams, w: W) -> W::Out {
+        fn map<'p, V: F32Vec, const C: bool, const G: bool, const B: bool>(
+            p: RowParams,
+            gamma: &'p [f32],
+            beta: &'p [f32],
+        ) -> RowMap<'p, V, C, G, B> {
+            RowMap {
+                shift: V::splat(p.shift),
+                scale: V::splat(p.scale),
+                offset: V::splat(p.offset),
+                gamma,
+                beta,
+            }
+        }
+        // RMS norm's rows (shift 0, offset -0.0) may take the centered variants too: those
+        // give the same values.
+        match (self.centered, self.gamma, self.beta) {
+            (false, None, None) => w.with(&map::<V, false, false, false>(p, &[], &[])),
+            (false, Some(g), None) => w.with(&map::<V, false, true, false>(p, g, &[])),
+            (_, None, None) => w.with(&map::<V, true, false, false>(p, &[], &[])),
+            (_, Some(g), None) => w.with(&map::<V, true, true, false>(p, g, &[])),
+            (_, None, Some(b)) => w.with(&map::<V, true, false, true>(p, &[], b)),
+            (_, Some(g), Some(b)) => w.with(&map::<V, true, true, true>(p, g, b)),
         }
     }
 }

@@ -74,6 +74,11 @@ impl<const N: usize> F32Vec for Emulated<N> {
 
     type H = [u16; N];
 
+    #[inline(always)]
+    fn run_apart<K: super::Kernel>(kernel: K) -> K::Output {
+        super::apart::<Self, K>(kernel)
+    }
+
     fn load_h(src: &[u16]) -> [u16; N] {
         src[..N].try_into().unwrap()
     }

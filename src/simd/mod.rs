@@ -123,6 +123,11 @@ pub trait F32Vec: Copy {
     /// Orders earlier streaming stores before any later store (`sfence`); a no-op where
     /// `store_stream` is a plain store.
     fn fence_streams();
+    /// Runs `kernel` with this vector type in a function of its own, compiled for this ISA and
+    /// never inlined. A kernel with many cases (element types, variants) runs each case apart,
+    /// so that the compiler optimizes several functions of ordinary size rather than one that
+    /// holds every case (which takes it many times longer to build, for no faster code).
+    fn run_apart<K: Kernel>(kernel: K) -> K::Output;
     /// Hints that the cache line holding `addr` will be read soon. Never faults, whatever
     /// `addr` is; a no-op where the backend has no prefetch.
     fn prefetch<T>(addr: *const T);
@@ -335,7 +340,7 @@ pub trait U32Vec: Copy {
 }
 
 /// A kernel written once over [`F32Vec`]; `run` must be `#[inline(always)]`.
-pub(crate) trait Kernel {
+pub trait Kernel {
     type Output;
     fn run<V: F32Vec>(self) -> Self::Output;
 }
@@ -370,4 +375,27 @@ unsafe fn run_avx2<K: Kernel>(kernel: K) -> K::Output {
 #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
 unsafe fn run_avx512<K: Kernel>(kernel: K) -> K::Output {
     kernel.run::<x86_avx512::Vector>()
+}
+
+/// [`F32Vec::run_apart`] of the AVX2 backend.
+#[cfg(target_arch = "x86_64")]
+#[cfg_attr(normkit_emulate_avx512, allow(dead_code))]
+#[inline(never)]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn apart_avx2<K: Kernel>(kernel: K) -> K::Output {
+    kernel.run::<x86_avx2::Vector>()
+}
+
+/// [`F32Vec::run_apart`] of the AVX-512 backend.
+#[cfg(target_arch = "x86_64")]
+#[inline(never)]
+#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx2,fma,f16c")]
+unsafe fn apart_avx512<K: Kernel>(kernel: K) -> K::Output {
+    kernel.run::<x86_avx512::Vector>()
+}
+
+/// [`F32Vec::run_apart`] of the backends without target features.
+#[inline(never)]
+fn apart<V: F32Vec, K: Kernel>(kernel: K) -> K::Output {
+    kernel.run::<V>()
 }

@@ -52,6 +52,11 @@ impl F32Vec for Vector {
     const LANES: usize = 8;
 
     #[inline(always)]
+    fn run_apart<K: super::Kernel>(kernel: K) -> K::Output {
+        super::apart::<Self, K>(kernel)
+    }
+
+    #[inline(always)]
     fn splat(value: f32) -> Self {
         Vector(f32x8::splat(value))
     }

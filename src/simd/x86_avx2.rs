@@ -72,6 +72,13 @@ impl F32Vec for Vector {
     const LANES: usize = 8;
 
     #[inline(always)]
+    fn run_apart<K: super::Kernel>(kernel: K) -> K::Output {
+        // SAFETY: see the file header: this is reached only inside code that `dispatch` runs
+        // for a CPU with AVX2, FMA and F16C, the features `apart_avx2` is compiled for.
+        unsafe { super::apart_avx2(kernel) }
+    }
+
+    #[inline(always)]
     fn splat(value: f32) -> Self {
         // SAFETY: see the file header.
         Vector(unsafe { _mm256_set1_ps(value) })

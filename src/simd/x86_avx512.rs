@@ -68,6 +68,13 @@ impl F32Vec for Vector {
     const LANES: usize = 16;
 
     #[inline(always)]
+    fn run_apart<K: super::Kernel>(kernel: K) -> K::Output {
+        // SAFETY: see the file header: this is reached only inside code that `dispatch` runs
+        // for a CPU with the features `apart_avx512` is compiled for.
+        unsafe { super::apart_avx512(kernel) }
+    }
+
+    #[inline(always)]
     fn splat(value: f32) -> Self {
         // SAFETY: see the file header.
         Vector(unsafe { _mm512_set1_ps(value) })
