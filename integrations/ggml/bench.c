@@ -14,7 +14,6 @@
 #include "normkit.h"
 #include "normkit_ggml.h"
 
-typedef enum { OP_RMS, OP_LAYER, OP_GROUP, OP_ADD_RMS } op_kind;
 
 typedef struct {
     const char *name;
@@ -76,14 +75,6 @@ static void time_graphs(struct ggml_cgraph **graphs, int n, int nth, int rounds,
     free(samples);
 }
 
-static struct ggml_tensor *to_f32(struct ggml_context *ctx, struct ggml_tensor *t) {
-    return t->type == GGML_TYPE_F32 ? t : ggml_cast(ctx, t, GGML_TYPE_F32);
-}
-
-static struct ggml_tensor *to_type(struct ggml_context *ctx, struct ggml_tensor *t, enum ggml_type type) {
-    return type == GGML_TYPE_F32 ? t : ggml_cast(ctx, t, type);
-}
-
 static struct ggml_cgraph *graph_of(struct ggml_context *ctx, struct ggml_tensor *a, struct ggml_tensor *b) {
     struct ggml_cgraph *gf = ggml_new_graph(ctx);
     ggml_build_forward_expand(gf, a);
@@ -111,16 +102,8 @@ static void bench_workload(const workload *w, enum ggml_type type, int nth, int 
 
     /* ggml: its op (f32 only: bf16 is cast before and after); the fused add is ggml_add (which
      * takes bf16 directly) then the norm */
-    struct ggml_tensor *g_sum = NULL, *h;
-    if (w->op == OP_ADD_RMS) {
-        g_sum = ggml_add(ctx, x, res);
-        h = to_f32(ctx, g_sum);
-    } else {
-        h = to_f32(ctx, x);
-    }
-    struct ggml_tensor *g = w->op == OP_RMS || w->op == OP_ADD_RMS ? ggml_rms_norm(ctx, h, eps)
-                          : w->op == OP_LAYER                     ? ggml_norm(ctx, h, eps)
-                                                                  : ggml_group_norm(ctx, h, w->groups, eps);
+    struct ggml_tensor *g_sum;
+    struct ggml_tensor *g = ggml_side(ctx, w->op, x, res, w->groups, eps, &g_sum);
     g = to_type(ctx, g, type);
 
     struct ggml_tensor *n_sum = NULL;

@@ -28,7 +28,6 @@
 #include "harness.h"
 #include "normkit_ggml.h"
 
-typedef enum { OP_RMS, OP_LAYER, OP_GROUP, OP_ADD_RMS } op_kind;
 
 typedef struct {
     const char *name;
@@ -96,14 +95,6 @@ static int same_bits(const struct ggml_tensor *a, const struct ggml_tensor *b) {
     return 1;
 }
 
-static struct ggml_tensor *to_f32(struct ggml_context *ctx, struct ggml_tensor *t) {
-    return t->type == GGML_TYPE_F32 ? t : ggml_cast(ctx, t, GGML_TYPE_F32);
-}
-
-static struct ggml_tensor *to_type(struct ggml_context *ctx, struct ggml_tensor *t, enum ggml_type type) {
-    return type == GGML_TYPE_F32 ? t : ggml_cast(ctx, t, type);
-}
-
 /* Runs one case in one type; prints a line; returns 0 when every check passes. */
 static int run_case(const test_case *c, enum ggml_type type) {
     const int64_t *ne = c->ne;
@@ -140,16 +131,8 @@ static int run_case(const test_case *c, enum ggml_type type) {
     float eps = c->op == OP_LAYER || c->op == OP_GROUP ? 1e-5f : 1e-6f;
 
     /* ggml's graph */
-    struct ggml_tensor *g_sum = NULL, *h;
-    if (c->op == OP_ADD_RMS) {
-        g_sum = ggml_add(ctx, x, res);
-        h = to_f32(ctx, g_sum);
-    } else {
-        h = to_f32(ctx, x);
-    }
-    struct ggml_tensor *g = c->op == OP_RMS || c->op == OP_ADD_RMS ? ggml_rms_norm(ctx, h, eps)
-                          : c->op == OP_LAYER                     ? ggml_norm(ctx, h, eps)
-                                                                  : ggml_group_norm(ctx, h, c->groups, eps);
+    struct ggml_tensor *g_sum;
+    struct ggml_tensor *g = ggml_side(ctx, c->op, x, res, c->groups, eps, &g_sum);
     g = ggml_mul(ctx, g, w);
     if (b != NULL) {
         g = ggml_add(ctx, g, b);

@@ -14,6 +14,37 @@
 
 /* One persistent ggml thread pool per thread count (as llama.cpp keeps one), so that graph runs
  * do not start threads. */
+/* The operations both programs run. */
+typedef enum { OP_RMS, OP_LAYER, OP_GROUP, OP_ADD_RMS } op_kind;
+
+static inline struct ggml_tensor *to_f32(struct ggml_context *ctx, struct ggml_tensor *t) {
+    return t->type == GGML_TYPE_F32 ? t : ggml_cast(ctx, t, GGML_TYPE_F32);
+}
+
+static inline struct ggml_tensor *to_type(struct ggml_context *ctx, struct ggml_tensor *t,
+                                          enum ggml_type type) {
+    return type == GGML_TYPE_F32 ? t : ggml_cast(ctx, t, type);
+}
+
+/* ggml's own graph for `op` (f32 only: other types are cast first), before weight and bias:
+ * the fused add is ggml_add (which takes bf16 and f16 directly) then the norm, its sum in
+ * *sum. */
+static inline struct ggml_tensor *ggml_side(struct ggml_context *ctx, op_kind op,
+                                            struct ggml_tensor *x, struct ggml_tensor *res,
+                                            int groups, float eps, struct ggml_tensor **sum) {
+    struct ggml_tensor *h;
+    *sum = NULL;
+    if (op == OP_ADD_RMS) {
+        *sum = ggml_add(ctx, x, res);
+        h = to_f32(ctx, *sum);
+    } else {
+        h = to_f32(ctx, x);
+    }
+    return op == OP_RMS || op == OP_ADD_RMS ? ggml_rms_norm(ctx, h, eps)
+           : op == OP_LAYER                 ? ggml_norm(ctx, h, eps)
+                                            : ggml_group_norm(ctx, h, groups, eps);
+}
+
 enum { MAX_POOLS = 8 };
 static struct ggml_threadpool *pools[MAX_POOLS + 1];
 static uint8_t *work_buffer;

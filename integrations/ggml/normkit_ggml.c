@@ -187,17 +187,15 @@ static void layer_op(struct ggml_tensor *dst, int ith, int nth, void *userdata) 
     rows_op(dst, ith, nth, userdata, 1);
 }
 
-static struct ggml_tensor *row_node(struct ggml_context *ctx, struct ggml_tensor *a,
-                                    struct ggml_tensor *weight, struct ggml_tensor *bias, float eps,
-                                    ggml_custom_op_t fun) {
-    check_data(a);
-    check_param(weight, a->ne[0]);
-    check_param(bias, a->ne[0]);
+/* The custom node of a norm over `a` (its shape and type): the optional weight and bias as its
+ * further sources, flagged in `options` with eps; `fun` runs on ggml's threads. */
+static struct ggml_tensor *norm_node(struct ggml_context *ctx, struct ggml_tensor *a,
+                                     struct ggml_tensor *weight, struct ggml_tensor *bias, float eps,
+                                     uint32_t options, ggml_custom_op_t fun) {
     check_eps(eps);
     (void)context();
     struct ggml_tensor *args[3] = {a};
     int n_args = 1;
-    uint32_t options = 0;
     if (weight != NULL) {
         args[n_args++] = weight;
         options |= HAS_WEIGHT;
@@ -208,6 +206,15 @@ static struct ggml_tensor *row_node(struct ggml_context *ctx, struct ggml_tensor
     }
     return ggml_custom_4d(ctx, a->type, a->ne[0], a->ne[1], a->ne[2], a->ne[3], args, n_args, fun,
                           GGML_N_TASKS_MAX, pack(eps, options));
+}
+
+static struct ggml_tensor *row_node(struct ggml_context *ctx, struct ggml_tensor *a,
+                                    struct ggml_tensor *weight, struct ggml_tensor *bias, float eps,
+                                    ggml_custom_op_t fun) {
+    check_data(a);
+    check_param(weight, a->ne[0]);
+    check_param(bias, a->ne[0]);
+    return norm_node(ctx, a, weight, bias, eps, 0, fun);
 }
 
 struct ggml_tensor *nkg_rms_norm(struct ggml_context *ctx, struct ggml_tensor *a,
@@ -310,19 +317,5 @@ struct ggml_tensor *nkg_group_norm(struct ggml_context *ctx, struct ggml_tensor 
     GGML_ASSERT(n_groups >= 1 && a->ne[2] % n_groups == 0 && (uint64_t)n_groups < (1u << 30));
     check_param(weight, a->ne[2]);
     check_param(bias, a->ne[2]);
-    check_eps(eps);
-    (void)context();
-    struct ggml_tensor *args[3] = {a};
-    int n_args = 1;
-    uint32_t options = (uint32_t)n_groups << GROUPS_SHIFT;
-    if (weight != NULL) {
-        args[n_args++] = weight;
-        options |= HAS_WEIGHT;
-    }
-    if (bias != NULL) {
-        args[n_args++] = bias;
-        options |= HAS_BIAS;
-    }
-    return ggml_custom_4d(ctx, a->type, a->ne[0], a->ne[1], a->ne[2], a->ne[3], args, n_args,
-                          group_op, GGML_N_TASKS_MAX, pack(eps, options));
+    return norm_node(ctx, a, weight, bias, eps, (uint32_t)n_groups << GROUPS_SHIFT, group_op);
 }
