@@ -770,11 +770,13 @@ unsafe fn forward_rows(
         let (x_spec, y_spec) = (spec(&x, "x"), spec(&y, "y"));
         let res_spec = (!residual.data.is_null()).then(|| spec(&residual, "residual"));
         let sum_spec = (!sum.data.is_null()).then(|| spec(&sum, "sum"));
-        let specs: Vec<TensorSpec> = [Some(x_spec), res_spec, sum_spec, Some(y_spec)]
-            .into_iter()
-            .flatten()
-            .collect();
-        check_rows(rows, cols, eps, &specs)?;
+
+        check_rows(
+            rows,
+            cols,
+            eps,
+            [Some(x_spec), res_spec, sum_spec, Some(y_spec)],
+        )?;
         if !y_scale.is_null() && y_spec.dtype != Some(Dtype::I8) {
             return Err(Error::bad_argument("y_scale given for a y not NK_DTYPE_I8"));
         }

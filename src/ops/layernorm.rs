@@ -306,15 +306,22 @@ impl TensorSpec {
 }
 
 /// Checks a row-norm call in the contract's order: sizes and every tensor's extent (overflow),
-/// strides (shape), `eps` and the types (argument: I8 only for `y`).
-pub(crate) fn check_rows(rows: usize, cols: usize, eps: f32, specs: &[TensorSpec]) -> Result<()> {
+/// strides (shape), `eps` and the types (argument: I8 only for `y`). `specs` are those of x,
+/// residual, sum and y, `None` for a tensor not given.
+pub(crate) fn check_rows(
+    rows: usize,
+    cols: usize,
+    eps: f32,
+    specs: [Option<TensorSpec>; 4],
+) -> Result<()> {
+    let specs = specs.iter().flatten();
     check_sizes(rows, cols)?;
-    for s in specs {
+    for s in specs.clone() {
         let n = extent(rows, cols, s.stride_for(cols))
             .ok_or_else(|| Error::overflow(format!("the extent of {} overflows", s.name)))?;
         checked_elements(&[n], s.dtype.map_or(4, Dtype::bytes), s.name)?;
     }
-    for s in specs {
+    for s in specs.clone() {
         if s.stride != 0 && s.stride < cols {
             return Err(Error::bad_shape(format!(
                 "{} has stride {} below cols {cols}",
@@ -368,11 +375,12 @@ pub(crate) fn rows_forward_io(
     };
     let sum_spec = sum.as_ref().map(|t| target_spec(t, "sum")).transpose()?;
     let y_spec = target_spec(&y, "y")?;
-    let specs: Vec<TensorSpec> = [Some(x_spec), res_spec, sum_spec, Some(y_spec)]
-        .into_iter()
-        .flatten()
-        .collect();
-    check_rows(rows, cols, call.eps, &specs)?;
+    check_rows(
+        rows,
+        cols,
+        call.eps,
+        [Some(x_spec), res_spec, sum_spec, Some(y_spec)],
+    )?;
     check_min_len("x", input_len(&x), x_spec.extent(rows, cols))?;
     if let (Some(r), Some(s)) = (&residual, res_spec) {
         check_min_len("residual", input_len(r), s.extent(rows, cols))?;
