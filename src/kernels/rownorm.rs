@@ -278,9 +278,28 @@ pub(crate) struct RowsForward<'a, 'p> {
     pub y_scale: Option<&'a mut [f32]>,
 }
 
-/// Most bytes of the next row of each input prefetched while a row is worked on: whole rows of
-/// up to 4096 floats, so that reading the next row overlaps the work on this one.
-const PREFETCH_BYTES: usize = 16 << 10;
+/// Software prefetch of the inputs' rows ahead. The hardware prefetchers follow the lines of a
+/// row within a page but do not jump to the next row of a strided view (QK-norm's heads, one page
+/// apart), so each row prefetches the head of the row [`rows_ahead`] rows further, which starts
+/// that row's page walk and first lines early. Only the head: prefetching whole rows of kilobytes
+/// at once fills the miss queue in bursts that stall the work on the current row (measured on
+/// Zen 4, RMS norm (8192, 4096) on one core: 12.1 ms with whole next rows, 8.0 ms with none).
+const PREFETCH_HEAD: usize = 512;
+
+/// Prefetches the head of row `r` (if it exists) of the inputs.
+#[inline(always)]
+fn prefetch_inputs<V: F32Vec>(t: &RowTensors<'_>, r: usize) {
+    t.x.prefetch::<V>(r, PREFETCH_HEAD);
+    if let Some(res) = &t.residual {
+        res.prefetch::<V>(r, PREFETCH_HEAD);
+    }
+}
+
+/// How many rows ahead the inputs are prefetched: about 2 KiB of rows in flight, 1 to 16 rows.
+#[inline(always)]
+fn rows_ahead(row_bytes: usize) -> usize {
+    (2048 / row_bytes.max(1)).clamp(1, 16)
+}
 
 impl Kernel for RowsForward<'_, '_> {
     type Output = ();
@@ -492,12 +511,12 @@ impl<C: Case> Kernel for Part<'_, '_, C> {
             Vec::new()
         };
         let first = rows.start;
+        let ahead = rows_ahead(t.x.cols() * t.x.dtype().bytes());
+        for r in first + 1..(first + ahead).min(rows.end) {
+            prefetch_inputs::<V>(t, r);
+        }
         for r in rows {
-            // Start reading the next row while this one, soon cached, is worked on.
-            t.x.prefetch::<V>(r + 1, PREFETCH_BYTES);
-            if let Some(res) = &t.residual {
-                res.prefetch::<V>(r + 1, PREFETCH_BYTES);
-            }
+            prefetch_inputs::<V>(t, r + ahead);
             let out = C::row::<V>(&job, t, r, &mut buf);
             let i = r - first;
             if let Some(m) = save_mean.as_deref_mut() {
