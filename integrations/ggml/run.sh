@@ -7,16 +7,17 @@
 #
 # Usage: integrations/ggml/run.sh check [small|full]
 #            normkit's ggml ops against ggml's and float64 (small: a few rows of each model
-#            shape, for CI; full: the whole shapes). Without network, pip or python3, prints
+#            shape, for CI; full: the whole shapes). Without network or python3, prints
 #            "skipped: ..." and exits 0.
 #        integrations/ggml/run.sh bench
 #            the full check, then the benchmark at 1 and 2 ggml threads; the report goes to
 #            the terminal and to target/ggml/report.md.
-# Needs cargo, a C and a C++ compiler, CMake, python3 with pip (to fetch).
+# Needs cargo, a C and a C++ compiler, CMake, python3 (to fetch).
 set -euo pipefail
 
 # The llama-cpp-python release whose sdist carries ggml (vendor/llama.cpp/ggml: ggml 0.25.3).
 pinned=0.3.36
+sha256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -55,17 +56,18 @@ src="$work/src/ggml"
 marker="$src/.llama-cpp-python-$pinned"
 if ! [ -f "$marker" ]; then
     python=$(command -v python3 || true)
-    [ -n "$python" ] || unavailable "python3 not found; it fetches ggml's source with pip"
-    "$python" -m pip --version >/dev/null 2>&1 || unavailable "pip not available for $python; it fetches ggml's source"
+    [ -n "$python" ] || unavailable "python3 not found; it fetches ggml's source from the package index"
     sdist="$work/download/llama_cpp_python-$pinned.tar.gz"
     if ! [ -f "$sdist" ]; then
         echo "fetching ggml: llama-cpp-python==$pinned (source distribution) from the package index"
         mkdir -p "$work/download"
-        if ! timeout --foreground 900 "$python" -m pip download --quiet --disable-pip-version-check --no-deps \
-            --no-binary :all: --dest "$work/download" "llama-cpp-python==$pinned" \
-            >"$work/download/pip.log" 2>&1 || ! [ -f "$sdist" ]; then
-            tail -n 5 "$work/download/pip.log"
-            unavailable "could not fetch llama-cpp-python==$pinned from the package index (no network?); see $work/download/pip.log"
+        # The file itself, found on the index's simple page and checked against the pinned
+        # digest. Not `pip download`: for a source distribution it builds the package's build
+        # dependencies from source first, which takes many minutes.
+        if ! timeout --foreground 300 "$python" "$here/fetch_sdist.py" llama-cpp-python "$pinned" \
+            "$sha256" "$sdist" >"$work/download/fetch.log" 2>&1; then
+            tail -n 5 "$work/download/fetch.log"
+            unavailable "could not fetch llama-cpp-python==$pinned from the package index (no network?); see $work/download/fetch.log"
         fi
     fi
     rm -rf "$work/src"
