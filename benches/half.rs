@@ -18,7 +18,7 @@
 
 use normkit::batchnorm::{self, Affine, SavedStats, TrainingParams};
 use normkit::{
-    Context, Element, InOut, Isa, Layout, Shape, bf16, dropout, f16, groupnorm, layernorm, rmsnorm,
+    Context, Element, InOut, Layout, Shape, bf16, dropout, f16, groupnorm, layernorm, rmsnorm,
 };
 use rayon::prelude::*;
 mod rounds;
@@ -151,8 +151,8 @@ type Variant<'a> = (&'static str, usize, Box<dyn FnMut() + 'a>);
 fn main() {
     let o = Options::parse();
     let ctx = Context::new(o.threads).expect("context");
-    let isa = Isa::best();
-    ctx.set_isa(Some(isa)).expect("best ISA");
+    let isa = o.isa;
+    ctx.set_isa(Some(isa)).expect("an ISA this CPU runs");
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(o.threads)
         .build()

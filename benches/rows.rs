@@ -18,7 +18,7 @@
 
 use normkit::batchnorm::{Affine, SavedStats};
 use normkit::layernorm::{RowNormIo, Rows, RowsMut};
-use normkit::{Context, InOut, Isa, bf16, layernorm, rmsnorm};
+use normkit::{Context, InOut, bf16, layernorm, rmsnorm};
 use rayon::prelude::*;
 mod rounds;
 
@@ -95,8 +95,8 @@ fn add_pass(pool: &rayon::ThreadPool, x: &[bf16], r: &[bf16], sum: &mut [bf16], 
 fn main() {
     let o = Options::parse();
     let ctx = Context::new(o.threads).expect("context");
-    let isa = Isa::best();
-    ctx.set_isa(Some(isa)).expect("best ISA");
+    let isa = o.isa;
+    ctx.set_isa(Some(isa)).expect("an ISA this CPU runs");
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(o.threads)
         .build()

@@ -21,9 +21,11 @@ pub fn values(n: usize, seed: u64, center: f32) -> Vec<f32> {
         .collect()
 }
 
-/// `--threads N --rounds N --target-ms T --filter S`.
+/// `--threads N --rounds N --target-ms T --filter S --isa portable|avx2|avx512`.
 pub struct Options {
     pub threads: usize,
+    /// The ISA the kernels run on (default: the best the CPU has).
+    pub isa: normkit::Isa,
     pub rounds: usize,
     pub target_ms: f64,
     pub filter: Option<String>,
@@ -34,6 +36,7 @@ impl Options {
     pub fn parse() -> Options {
         let mut o = Options {
             threads: 2,
+            isa: normkit::Isa::best(),
             rounds: 15,
             target_ms: 25.0,
             filter: None,
@@ -49,6 +52,13 @@ impl Options {
                     o.target_ms = value.and_then(|v| v.parse().ok()).expect("--target-ms T")
                 }
                 "--filter" => o.filter = value,
+                "--isa" => {
+                    let name = value.expect("--isa portable|avx2|avx512").to_lowercase();
+                    o.isa = *normkit::Isa::ALL
+                        .iter()
+                        .find(|i| format!("{i:?}").to_lowercase() == name)
+                        .expect("--isa portable|avx2|avx512|neon");
+                }
                 // cargo bench passes --bench; ignore what is not ours.
                 _ => {
                     i += 1;
