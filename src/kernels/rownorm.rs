@@ -567,6 +567,12 @@ fn form_with<V: F32Vec, X: ElementIo>(x: &[X], t: &RowTensors<'_>, r: usize, buf
     }
 }
 
+/// How far ahead of the element being formed `x` and the residual are prefetched, in bytes
+/// (past the row's end: into the next row of packed rows; prefetching never faults).
+const FORM_AHEAD_BYTES: usize = 4096;
+/// Bytes of a cache line: the step of the prefetches.
+const LINE_BYTES: usize = 64;
+
 /// `buf = (x + a) + bias` (without `a` unless `RES`; without `bias` if `None`), widened and
 /// added in `f32`.
 #[inline(always)]
@@ -585,6 +591,12 @@ fn form<V: F32Vec, X: ElementIo, A: ElementIo, const RES: bool>(
     let mut i = 0;
     // Whole vectors, then the partial one: no length test per vector.
     while i < full {
+        if (i * X::BYTES).is_multiple_of(LINE_BYTES) {
+            V::prefetch(x.as_ptr().wrapping_add(i + FORM_AHEAD_BYTES / X::BYTES));
+        }
+        if RES && (i * A::BYTES).is_multiple_of(LINE_BYTES) {
+            V::prefetch(a.as_ptr().wrapping_add(i + FORM_AHEAD_BYTES / A::BYTES));
+        }
         let mut h = V::read(&x[i..i + l]);
         if RES {
             h = h.add(V::read(&a[i..i + l]));
