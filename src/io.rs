@@ -658,6 +658,22 @@ impl<'a> StridedRows<'a> {
         self.cols
     }
 
+    /// Bytes of the elements of the rows (`rows * cols` elements, the gaps between rows not
+    /// counted).
+    pub(crate) fn bytes(&self) -> usize {
+        self.rows
+            .saturating_mul(self.cols)
+            .saturating_mul(self.dtype().bytes())
+    }
+
+    /// Whether `other` is the same tensor (address, stride and type): an output that replaces
+    /// an input.
+    pub(crate) fn same(&self, other: &StridedRows<'_>) -> bool {
+        self.ptr.addr() == other.ptr.addr()
+            && self.stride == other.stride
+            && self.dtype() == other.dtype()
+    }
+
     fn offset(&self, r: usize) -> usize {
         assert!(r < self.rows);
         r * self.stride

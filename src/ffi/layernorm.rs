@@ -770,7 +770,6 @@ unsafe fn forward_rows(
         let (x_spec, y_spec) = (spec(&x, "x"), spec(&y, "y"));
         let res_spec = (!residual.data.is_null()).then(|| spec(&residual, "residual"));
         let sum_spec = (!sum.data.is_null()).then(|| spec(&sum, "sum"));
-
         check_rows(
             rows,
             cols,

@@ -264,37 +264,46 @@ pub(crate) fn rows_forward<E: Element>(
             (b, b, true)
         }
     };
-    let footprint = footprint(&[Some(&x), (!y_is_x).then_some(&y)], rows, cols);
-    let tensors = RowTensors {
-        x,
-        residual: None,
-        bias: None,
-        sum: None,
-        stream_y: stream_rows(&y, cols, footprint),
-        y,
-        y_is_x,
-        stream_sum: false,
-    };
+    let tensors = row_tensors(x, None, None, None, y, y_is_x);
     run_rows(ctx, call, &tensors, affine, save_mean, save_inv, None);
 }
 
-/// Whether the rows of an output are written with streaming stores (see [`super::streams`]):
-/// when the call's `footprint` (the bytes of its distinct tensors) is at least twice what
-/// `streams` asks of one output, that is, when the tensors of the call do not fit in the
-/// last-level cache together. The same rule as one output over one input; with a residual and
-/// a sum, outputs smaller than half the cache also stream when they would evict the inputs.
-fn stream_rows(t: &StridedRows<'_>, cols: usize, footprint: usize) -> bool {
-    let run = if t.stride() == cols { usize::MAX } else { cols };
-    // Quantized rows are written by 8- or 16-byte stores, never streamed.
-    t.dtype() != Dtype::I8 && super::streams_bytes(footprint / 2, run)
-}
-
-/// The bytes of the distinct tensors `ts` of a call (`None`: absent, or the same as another).
-fn footprint(ts: &[Option<&StridedRows<'_>>], rows: usize, cols: usize) -> usize {
-    ts.iter()
+/// The tensors of a call, with their streaming stores chosen from them: outputs stream (see
+/// [`super::streams`]) when the bytes of the call's distinct tensors (an output that replaces
+/// an input counted once) are at least twice what `streams` asks of one output, that is, when
+/// they do not fit in the last-level cache together. For one input and one output this is
+/// `streams`' rule; with a residual and a sum, outputs smaller than half the cache also stream
+/// when they would evict the call's own inputs.
+fn row_tensors<'a>(
+    x: StridedRows<'a>,
+    residual: Option<StridedRows<'a>>,
+    bias: Option<&'a [f32]>,
+    sum: Option<StridedRows<'a>>,
+    y: StridedRows<'a>,
+    y_is_x: bool,
+) -> RowTensors<'a> {
+    let sum_new = sum.filter(|s| !s.same(&x) && !residual.is_some_and(|r| s.same(&r)));
+    let footprint = [Some(x), residual, sum_new, (!y_is_x).then_some(y)]
+        .iter()
         .flatten()
-        .map(|t| rows.saturating_mul(cols).saturating_mul(t.dtype().bytes()))
-        .fold(0, usize::saturating_add)
+        .map(StridedRows::bytes)
+        .fold(0, usize::saturating_add);
+    let cols = x.cols();
+    let stream = |t: &StridedRows<'_>| {
+        let run = if t.stride() == cols { usize::MAX } else { cols };
+        // Quantized rows are written by 8- or 16-byte stores, never streamed.
+        t.dtype() != Dtype::I8 && super::streams_bytes(footprint / 2, run)
+    };
+    RowTensors {
+        x,
+        residual,
+        bias,
+        stream_y: stream(&y),
+        stream_sum: sum.as_ref().is_some_and(stream),
+        sum,
+        y,
+        y_is_x,
+    }
 }
 
 /// One tensor of a row-norm call, for the checks: its type (`None`: a value outside the enum,
@@ -438,7 +447,6 @@ pub(crate) fn rows_forward_io(
         .as_mut()
         .zip(res_spec)
         .map(|(r, s)| strided_input(r, rows, cols, s.stride_for(cols)));
-    let sum_new = matches!(sum, Some(RowTarget::Into(_)));
     let sum_rows = sum.as_mut().zip(sum_spec).map(|(t, s)| match t {
         RowTarget::Into(r) => StridedRows::write(r, rows, cols, s.stride_for(cols)),
         RowTarget::X => x_rows,
@@ -449,28 +457,7 @@ pub(crate) fn rows_forward_io(
         RowTarget::Into(r) => StridedRows::write(r, rows, cols, y_spec.stride_for(cols)),
         _ => x_rows,
     };
-    let footprint = footprint(
-        &[
-            Some(&x_rows),
-            res_rows.as_ref(),
-            sum_rows.as_ref().filter(|_| sum_new),
-            (!y_is_x).then_some(&y_rows),
-        ],
-        rows,
-        cols,
-    );
-    let tensors = RowTensors {
-        x: x_rows,
-        residual: res_rows,
-        bias,
-        stream_y: stream_rows(&y_rows, cols, footprint),
-        stream_sum: sum_rows
-            .as_ref()
-            .is_some_and(|s| stream_rows(s, cols, footprint)),
-        sum: sum_rows,
-        y: y_rows,
-        y_is_x,
-    };
+    let tensors = row_tensors(x_rows, res_rows, bias, sum_rows, y_rows, y_is_x);
     run_rows(ctx, call, &tensors, affine, save_mean, save_inv, y_scale);
     Ok(())
 }
