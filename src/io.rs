@@ -726,7 +726,7 @@ impl<'a> StridedRows<'a> {
         }
         let bytes = self.dtype().bytes();
         let start = self.ptr.addr().wrapping_add(r * self.stride * bytes);
-        for line in (0..(self.cols * bytes).min(max_bytes)).step_by(64) {
+        for line in (0..(self.cols * bytes).min(max_bytes)).step_by(crate::simd::LINE_BYTES) {
             V::prefetch(start.wrapping_add(line));
         }
     }

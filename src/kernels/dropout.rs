@@ -20,12 +20,10 @@
 use super::philox::BlockStream;
 use crate::io::{RowIo, VectorMap, store_vector, unaligned_head};
 use crate::simd::element::ElementIo;
-use crate::simd::{F32Vec, Kernel, U32Vec};
+use crate::simd::{F32Vec, Kernel, LINE_BYTES, U32Vec};
 
 /// How far ahead of the group being computed its input is prefetched, in bytes.
 const PREFETCH_AHEAD_BYTES: usize = 4096;
-/// Bytes of a cache line: the step of the prefetches.
-const LINE_BYTES: usize = 64;
 
 /// `SPREAD[m]` has bit `4k` set for each bit `k` of `m`.
 const SPREAD: [u32; 256] = {

@@ -42,8 +42,8 @@ pub(crate) const ROW_BLOCK: usize = 64;
 /// visiting 128 bytes of every row of several kilobytes defeats the hardware prefetchers (they
 /// do not cross pages) and maps every access of a pass to the same few cache sets.
 pub(crate) const TILED_MAX_CHANNELS: usize = 256;
-/// Floats per 64-byte cache line.
-pub(crate) const LINE_FLOATS: usize = 16;
+/// Floats per cache line.
+pub(crate) const LINE_FLOATS: usize = crate::simd::LINE_BYTES / 4;
 
 /// Count, mean and sum of squared deviations from the mean (M2) of a set of values.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -27,7 +27,7 @@ use super::sums::Sums2;
 use crate::io::{Dtype, RowData, RowDataMut, RowIo, StridedRows, VectorMap, unaligned_head};
 use crate::simd::element::ElementIo;
 use crate::simd::element::{bf16, f16};
-use crate::simd::{F32Vec, F64Vec, Kernel, U32Vec};
+use crate::simd::{F32Vec, F64Vec, Kernel, LINE_BYTES, U32Vec};
 use std::ops::Range;
 
 /// Rows per block of column sums (the caller adds each block's column sums into its totals).
@@ -570,8 +570,6 @@ fn form_with<V: F32Vec, X: ElementIo>(x: &[X], t: &RowTensors<'_>, r: usize, buf
 /// How far ahead of the element being formed `x` and the residual are prefetched, in bytes
 /// (past the row's end: into the next row of packed rows; prefetching never faults).
 const FORM_AHEAD_BYTES: usize = 4096;
-/// Bytes of a cache line: the step of the prefetches.
-const LINE_BYTES: usize = 64;
 
 /// `buf = (x + a) + bias` (without `a` unless `RES`; without `bias` if `None`), widened and
 /// added in `f32`.

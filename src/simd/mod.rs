@@ -99,6 +99,9 @@ impl SupportedIsa {
 /// The widest vector of any backend, in `f32` lanes.
 pub(crate) const MAX_LANES: usize = 16;
 
+/// Bytes of a cache line (every x86-64 and common aarch64 core): the step of prefetches.
+pub(crate) const LINE_BYTES: usize = 64;
+
 /// A vector of `f32` lanes. Implemented once per ISA; nothing else in the crate is ISA-specific.
 ///
 /// Every method is `#[inline(always)]` in its backends so that, instantiated inside a
