@@ -186,7 +186,7 @@ fn bench_inference(
             &data.mean,
             &data.var,
             EPS,
-            0,
+            batchnorm::Activation::Identity,
         )
     };
     run(&mut y).expect("batch norm inference");
@@ -212,16 +212,12 @@ fn bench_training(
     let shape = case.shape;
     let count = shape.batch * shape.spatial;
     // One value per channel has no unbiased variance: track the biased one there.
-    let (name, flags) = if count < 2 {
-        ("training_biased_var", batchnorm::BN_RUNNING_VAR_BIASED)
+    let (name, tracked) = if count < 2 {
+        ("training_biased_var", batchnorm::RunningVar::Biased)
     } else {
-        ("training", 0)
+        ("training", batchnorm::RunningVar::Unbiased)
     };
-    let params = TrainingParams {
-        eps: EPS,
-        momentum: 0.1,
-        flags,
-    };
+    let params = TrainingParams::new(EPS, 0.1).with_running_var(tracked);
     let mut run = |y: &mut [f32]| {
         batchnorm::forward_training(
             ctx,
@@ -261,18 +257,17 @@ fn bench_training_parts(
     let shape = case.shape;
     let c = shape.channels;
     let elements = data.x.len() as u64;
-    let (mut mean, mut m2) = (vec![0f64; c], vec![0f64; c]);
-    batchnorm::moments(ctx, shape, &data.x, &mut mean, &mut m2).expect("moments");
+    let mut moments = vec![normkit::Moments::EMPTY; c];
+    batchnorm::moments(ctx, shape, &data.x, &mut moments).expect("moments");
     group.throughput(Throughput::Bytes(4 * elements));
     group.bench_function(BenchmarkId::new("moments", id), |b| {
         b.iter(|| {
-            batchnorm::moments(ctx, shape, black_box(&data.x), &mut mean, &mut m2).unwrap();
-            black_box((&mut mean, &mut m2));
+            batchnorm::moments(ctx, shape, black_box(&data.x), &mut moments).unwrap();
+            black_box(&mut moments);
         })
     });
     group.throughput(Throughput::Bytes(2 * 4 * elements));
 
-    let count = (shape.batch * shape.spatial) as u64;
     let mut y = vec![0f32; data.x.len()];
     let (mut running_mean, mut running_var) = (vec![0f32; c], vec![1f32; c]);
     let (mut save_mean, mut save_invstd) = (vec![0f32; c], vec![0f32; c]);
@@ -282,9 +277,7 @@ fn bench_training_parts(
             shape,
             InOut::separate(black_box(&data.x), y).expect("lengths"),
             data.affine(),
-            count,
-            &mean,
-            &m2,
+            &moments,
             TrainingParams::default(),
             Some(RunningStats {
                 mean: &mut running_mean,
@@ -327,6 +320,7 @@ fn bench_inference_c(group: &mut BenchmarkGroup<'_, WallTime>, case: &Case, data
     let layout = match case.shape.layout {
         Layout::Ncs => nk_layout::NK_LAYOUT_NCS,
         Layout::Nsc => nk_layout::NK_LAYOUT_NSC,
+        _ => unreachable!("a new layout this code does not know"),
     };
     let shape = nk_shape {
         batch: case.shape.batch,
@@ -481,14 +475,14 @@ fn bench_backward_case(c: &mut Criterion, name: &str, shape: Shape, seed: u64) {
     let x = rng.normals(n, 1.0, 1.0);
     let dy = rng.normals(n, 0.0, 1.0);
     let gamma = rng.normals(ch, 1.0, 0.1);
-    let (mut mean, mut m2) = (vec![0f64; ch], vec![0f64; ch]);
+    let mut moments = vec![normkit::Moments::EMPTY; ch];
     let ctx2 = context(2, Isa::best());
-    batchnorm::moments(&ctx2, shape, &x, &mut mean, &mut m2).expect("moments");
+    batchnorm::moments(&ctx2, shape, &x, &mut moments).expect("moments");
     let count = (shape.batch * shape.spatial) as u64;
-    let save_mean: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-    let save_invstd: Vec<f32> = m2
+    let save_mean: Vec<f32> = moments.iter().map(|m| m.mean as f32).collect();
+    let save_invstd: Vec<f32> = moments
         .iter()
-        .map(|&m2| (1.0 / (m2 / count as f64 + EPS as f64).sqrt()) as f32)
+        .map(|m| (1.0 / (m.m2 / count as f64 + EPS as f64).sqrt()) as f32)
         .collect();
 
     let mut group = c.benchmark_group(name);

@@ -6,6 +6,7 @@
 //! x read + y written, and elements/s for mask generation).
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use normkit::dropout::Stream;
 use normkit::{Context, InOut, dropout};
 use std::hint::black_box;
 use std::time::Duration;
@@ -37,25 +38,25 @@ fn bench(c: &mut Criterion) {
             let id = format!("t{t}");
             group.throughput(Throughput::Elements(N as u64));
             group.bench_function(BenchmarkId::new("mask", &id), |b| {
-                b.iter(|| dropout::mask(ctx, N, p, SEED, 0, &mut mask).unwrap())
+                b.iter(|| dropout::mask(ctx, N, p, Stream::new(SEED, 0), &mut mask).unwrap())
             });
             group.throughput(Throughput::Bytes(8 * N as u64));
             group.bench_function(BenchmarkId::new("forward_mask_out", &id), |b| {
                 b.iter(|| {
                     let io = InOut::separate(&x, &mut y).unwrap();
-                    dropout::forward(ctx, io, p, SEED, 0, Some(&mut mask)).unwrap()
+                    dropout::forward(ctx, io, p, Stream::new(SEED, 0), Some(&mut mask)).unwrap()
                 })
             });
             group.bench_function(BenchmarkId::new("backward_mask_in", &id), |b| {
                 b.iter(|| {
                     let io = InOut::separate(&x, &mut y).unwrap();
-                    dropout::backward(ctx, io, p, SEED, 0, Some(&mask)).unwrap()
+                    dropout::backward(ctx, io, p, Stream::new(SEED, 0), Some(&mask)).unwrap()
                 })
             });
             group.bench_function(BenchmarkId::new("backward_regenerate", &id), |b| {
                 b.iter(|| {
                     let io = InOut::separate(&x, &mut y).unwrap();
-                    dropout::backward(ctx, io, p, SEED, 0, None).unwrap()
+                    dropout::backward(ctx, io, p, Stream::new(SEED, 0), None).unwrap()
                 })
             });
         }

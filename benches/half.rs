@@ -17,6 +17,7 @@
 //! the call over the f32 call's.
 
 use normkit::batchnorm::{self, Affine, SavedStats, TrainingParams};
+use normkit::dropout::Stream;
 use normkit::{
     Context, Element, InOut, Layout, Shape, bf16, dropout, f16, groupnorm, layernorm, rmsnorm,
 };
@@ -79,9 +80,16 @@ impl Workload {
                 None,
                 SavedStats::default(),
             ),
-            Workload::BnInference(s) => {
-                batchnorm::forward_inference(ctx, s, io, affine, &p.mean, &p.var, 1e-5, 0)
-            }
+            Workload::BnInference(s) => batchnorm::forward_inference(
+                ctx,
+                s,
+                io,
+                affine,
+                &p.mean,
+                &p.var,
+                1e-5,
+                batchnorm::Activation::Identity,
+            ),
             Workload::LayerNorm(r, c) => {
                 layernorm::forward(ctx, r, c, io, affine, 1e-5, SavedStats::default())
             }
@@ -89,7 +97,7 @@ impl Workload {
             Workload::GroupNorm(s, g) => {
                 groupnorm::forward(ctx, s, g, io, affine, 1e-5, SavedStats::default())
             }
-            Workload::Dropout(_) => dropout::forward(ctx, io, 0.1, 42, 0, None),
+            Workload::Dropout(_) => dropout::forward(ctx, io, 0.1, Stream::new(42, 0), None),
         }
         .expect("call");
     }

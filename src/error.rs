@@ -3,9 +3,14 @@
 use std::fmt;
 
 /// What went wrong with a call. Each kind maps to one `nk_status` code of the C API.
+///
+/// Three kinds exist for the C functions only and are never returned by the safe Rust API,
+/// whose slices cannot be NULL or misaligned and whose panics are not caught: `NullPointer`,
+/// `Misaligned` and `Internal`. More kinds may be added.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ErrorKind {
-    /// A required pointer is NULL (C API only).
+    /// A required pointer is NULL. C API only.
     NullPointer,
     /// Sizes that the operation cannot take, or a slice whose length does not match the shape.
     BadShape,
@@ -13,13 +18,14 @@ pub enum ErrorKind {
     BadArgument,
     /// An element or byte count overflows `usize` (or `u64` for counts).
     Overflow,
-    /// A forbidden overlap between buffers (C API only).
+    /// A forbidden overlap between buffers: in Rust, a row norm's output given over an input it
+    /// may not replace (see `RowNormIo`); in C, any overlapping buffers.
     Alias,
-    /// A pointer not aligned to its element type (C API only).
+    /// A pointer not aligned to its element type. C API only.
     Misaligned,
     /// Something this CPU or build cannot do, such as an ISA it lacks.
     Unsupported,
-    /// A bug: a panic was caught at the C boundary.
+    /// A bug: a panic was caught at the C boundary. C API only (in Rust the panic propagates).
     Internal,
 }
 
@@ -31,6 +37,7 @@ pub struct Error {
 }
 
 impl Error {
+    /// An error of `kind` with `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Error {
             kind,
@@ -38,10 +45,12 @@ impl Error {
         }
     }
 
+    /// What went wrong.
     pub fn kind(&self) -> ErrorKind {
         self.kind
     }
 
+    /// A sentence naming the argument and the value at fault.
     pub fn message(&self) -> &str {
         &self.message
     }
@@ -71,6 +80,7 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// The result of a normkit call.
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Checks that an optional or required slice has exactly `expected` elements.
@@ -92,18 +102,6 @@ pub(crate) fn check_eps(eps: f32) -> Result<()> {
     } else {
         Err(Error::bad_argument(format!(
             "eps must be finite and >= 0, got {eps}"
-        )))
-    }
-}
-
-/// Checks that `flags` has no bit outside `allowed`.
-pub(crate) fn check_flags(flags: u32, allowed: u32, operation: &str) -> Result<()> {
-    let unknown = flags & !allowed;
-    if unknown == 0 {
-        Ok(())
-    } else {
-        Err(Error::bad_argument(format!(
-            "flag bits {unknown:#x} are not accepted by {operation}"
         )))
     }
 }

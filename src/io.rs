@@ -15,7 +15,12 @@ use std::ops::Range;
 #[derive(Debug)]
 pub enum InOut<'a, E: Element = f32> {
     /// Read `x`, write `y` (same length, no overlap: guaranteed by the borrow rules).
-    Separate { x: &'a [E], y: &'a mut [E] },
+    Separate {
+        /// The input.
+        x: &'a [E],
+        /// The output.
+        y: &'a mut [E],
+    },
     /// Read and overwrite the same buffer. Gives bitwise the same result as `Separate`.
     InPlace(&'a mut [E]),
 }
@@ -27,6 +32,7 @@ impl<'a, E: Element> InOut<'a, E> {
         Ok(InOut::Separate { x, y })
     }
 
+    /// Elements of the input (and of the output).
     pub fn len(&self) -> usize {
         match self {
             InOut::Separate { x, .. } => x.len(),
@@ -34,6 +40,7 @@ impl<'a, E: Element> InOut<'a, E> {
         }
     }
 
+    /// Whether there are no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -297,9 +304,13 @@ fn map_in_place<V: F32Vec, E: ElementIo, const STREAM: bool>(
 
 /// The element type of a tensor of the row norms (`nk_dtype`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Dtype {
+    /// IEEE binary32.
     F32,
+    /// bfloat16.
     Bf16,
+    /// IEEE binary16.
     F16,
     /// Signed 8-bit integers: only the quantized output `y`.
     I8,
@@ -319,17 +330,24 @@ impl Dtype {
 /// The elements of a tensor that is read, of one of the data types.
 #[derive(Clone, Copy, Debug)]
 pub enum RowData<'a> {
+    /// `f32` elements.
     F32(&'a [f32]),
+    /// `bf16` elements.
     Bf16(&'a [bf16]),
+    /// `f16` elements.
     F16(&'a [f16]),
 }
 
 /// The elements of a tensor that is written (or read and written).
 #[derive(Debug)]
 pub enum RowDataMut<'a> {
+    /// `f32` elements.
     F32(&'a mut [f32]),
+    /// `bf16` elements.
     Bf16(&'a mut [bf16]),
+    /// `f16` elements.
     F16(&'a mut [f16]),
+    /// `i8` elements: only a quantized output `y`.
     I8(&'a mut [i8]),
 }
 
@@ -356,6 +374,7 @@ row_data_from!(f16, F16);
 row_data_from!(mut i8, I8);
 
 impl RowData<'_> {
+    /// The element type.
     pub fn dtype(&self) -> Dtype {
         match self {
             RowData::F32(_) => Dtype::F32,
@@ -364,6 +383,7 @@ impl RowData<'_> {
         }
     }
 
+    /// Elements (not bytes).
     pub fn len(&self) -> usize {
         match self {
             RowData::F32(s) => s.len(),
@@ -372,12 +392,14 @@ impl RowData<'_> {
         }
     }
 
+    /// Whether there are no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
 impl RowDataMut<'_> {
+    /// The element type.
     pub fn dtype(&self) -> Dtype {
         match self {
             RowDataMut::F32(_) => Dtype::F32,
@@ -387,6 +409,7 @@ impl RowDataMut<'_> {
         }
     }
 
+    /// Elements (not bytes).
     pub fn len(&self) -> usize {
         match self {
             RowDataMut::F32(s) => s.len(),
@@ -396,6 +419,7 @@ impl RowDataMut<'_> {
         }
     }
 
+    /// Whether there are no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -405,14 +429,18 @@ impl RowDataMut<'_> {
 /// `cols` (packed). `data` holds at least the extent `(rows - 1) * stride + cols`.
 #[derive(Clone, Copy, Debug)]
 pub struct Rows<'a> {
+    /// The elements.
     pub data: RowData<'a>,
+    /// Elements from one row's start to the next's; 0 means packed.
     pub stride: usize,
 }
 
 /// Rows that are written, as [`Rows`]. Elements between rows are never touched.
 #[derive(Debug)]
 pub struct RowsMut<'a> {
+    /// The elements.
     pub data: RowDataMut<'a>,
+    /// Elements from one row's start to the next's; 0 means packed.
     pub stride: usize,
 }
 
@@ -450,7 +478,9 @@ impl<'a> RowsMut<'a> {
 /// replace it ([`RowTarget::X`], [`RowTarget::Residual`]).
 #[derive(Debug)]
 pub enum RowInput<'a> {
+    /// Read only.
     Read(Rows<'a>),
+    /// Read, and writable so that an output may replace it.
     Write(RowsMut<'a>),
 }
 
@@ -470,6 +500,7 @@ impl<'a> From<RowsMut<'a>> for RowInput<'a> {
 /// then be given as [`RowInput::Write`]; the output takes its type and stride).
 #[derive(Debug)]
 pub enum RowTarget<'a> {
+    /// Rows of its own.
     Into(RowsMut<'a>),
     /// Over `x` (`y` in place; or `sum` into `x`).
     X,
@@ -487,14 +518,23 @@ impl<'a> From<RowsMut<'a>> for RowTarget<'a> {
 /// normalized is `h = (x + residual) + bias` (absent terms skipped); with `sum`, `h` is rounded
 /// to the sum's type, stored there, and that rounded value is normalized. `y` of type I8 is
 /// quantized per row with its scale in `y_scale` (one per row, required exactly then).
+///
+/// Made with [`RowNormIo::new`] and the methods that add the optional terms; more terms may be
+/// added.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct RowNormIo<'a> {
+    /// The rows normalized (before the residual and bias are added).
     pub x: RowInput<'a>,
+    /// Rows added to `x`.
     pub residual: Option<RowInput<'a>>,
     /// `cols` floats added to every row.
     pub bias: Option<&'a [f32]>,
+    /// Where the sum `h` is stored, rounded to the target's type.
     pub sum: Option<RowTarget<'a>>,
+    /// The normalized rows.
     pub y: RowTarget<'a>,
+    /// One scale per row when `y` is I8: `y * scale` approximates the normalized row.
     pub y_scale: Option<&'a mut [f32]>,
 }
 

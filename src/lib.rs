@@ -1,14 +1,20 @@
 //! normkit: CPU kernels for batch normalization, its alternatives and dropout, with a stable C
 //! ABI (`include/normkit.h`) over a safe Rust API.
 //!
-//! The data path of a call: [`ffi`] (C entry points: pointer, alignment and alias checks, panic
-//! boundary) → [`ops`] (the safe API: semantics and the work split over the context's threads) →
-//! `kernels` (each kernel written once over a small vector trait) → `simd` (one backend per ISA,
-//! chosen at run time).
+//! The data path of a call: `ffi` (the C entry points, built with the default `capi` feature:
+//! pointer, alignment and alias checks, panic boundary) → `ops` (the safe API of this crate:
+//! semantics and the work split over the context's threads) → `kernels` (each kernel written
+//! once over a small vector trait) → `simd` (one backend per ISA, chosen at run time).
+//!
+//! The C functions are not part of the Rust API: a Rust program calls the modules below
+//! ([`batchnorm`], [`layernorm`], [`rmsnorm`], [`groupnorm`], [`instancenorm`], [`dropout`]) on
+//! a [`Context`]. With the default `capi` feature the `nk_*` symbols are still compiled in (they
+//! are what `libnormkit.a` and `libnormkit.so` export); `default-features = false` leaves them
+//! out.
 //!
 //! ```
 //! use normkit::{Context, InOut, Layout, Shape};
-//! use normkit::batchnorm::{self, Affine};
+//! use normkit::batchnorm::{self, Activation, Affine};
 //!
 //! let ctx = Context::new(1).unwrap();
 //! let shape = Shape::new(2, 3, 4, Layout::Ncs);
@@ -16,12 +22,22 @@
 //! let mut y = vec![0.0; 24];
 //! let (mean, var) = ([1.0, 2.0, 3.0], [1.0, 4.0, 9.0]);
 //! batchnorm::forward_inference(&ctx, shape, InOut::separate(&x, &mut y).unwrap(),
-//!     Affine::default(), &mean, &var, 0.0, 0).unwrap();
+//!     Affine::default(), &mean, &var, 0.0, Activation::Identity).unwrap();
 //! assert_eq!(y[4], (4.0 - 2.0) / 2.0);
 //! ```
 
+#![warn(missing_docs)]
+
 mod context;
 mod error;
+// The C side constructs the C enums' values and calls the functions; nothing in Rust does.
+#[cfg(all(feature = "capi", not(feature = "__internals")))]
+#[allow(dead_code, unused_imports)]
+mod ffi;
+// Not a public API: the C functions as Rust items for the crate's own tests and benchmarks.
+#[cfg(feature = "__internals")]
+#[doc(hidden)]
+#[allow(missing_docs)]
 pub mod ffi;
 mod io;
 mod kernels;

@@ -4,6 +4,7 @@ use crate::error::{Error, Result};
 
 /// Memory layout of a `(batch, channels, spatial)` tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Layout {
     /// Channels-first (NCHW): element `(n, c, s)` is at `(n * C + c) * S + s`.
     Ncs,
@@ -17,13 +18,18 @@ pub enum Layout {
 /// matrix). A per-channel statistic is taken over `batch * spatial` elements.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Shape {
+    /// Images (or rows) in the batch: N.
     pub batch: usize,
+    /// Channels: C, the axis a statistic is kept for.
     pub channels: usize,
+    /// Elements per channel of one image: the product of the spatial sizes.
     pub spatial: usize,
+    /// Where channels sit in memory.
     pub layout: Layout,
 }
 
 impl Shape {
+    /// A shape of `batch * channels * spatial` elements in `layout`.
     pub fn new(batch: usize, channels: usize, spatial: usize, layout: Layout) -> Self {
         Shape {
             batch,

@@ -10,11 +10,12 @@ use common::prop::config;
 
 use common::check::{assert_bits, assert_bits64, close, ctx, parallel_runners};
 
+use common::check::{
+    BN_FUSE_RELU, BN_RUNNING_VAR_BIASED, activation, merge_c, moments_of, training_params,
+};
 use common::data::Gen;
 use common::reference as r;
-use normkit::batchnorm::{
-    self, Affine, BN_FUSE_RELU, BN_RUNNING_VAR_BIASED, RunningStats, SavedStats, TrainingParams,
-};
+use normkit::batchnorm::{self, Affine, RunningStats, SavedStats, TrainingParams};
 use normkit::{Context, ErrorKind, InOut, Isa, Layout, Shape};
 use proptest::prelude::*;
 
@@ -148,11 +149,7 @@ impl Case {
     }
 
     fn params(&self) -> TrainingParams {
-        TrainingParams {
-            eps: self.eps,
-            momentum: self.momentum,
-            flags: self.flags,
-        }
+        training_params(self.eps, self.momentum, self.flags)
     }
 
     fn running_ref(&self) -> Option<(&[f32], &[f32])> {
@@ -270,10 +267,19 @@ fn run_training(ctx: &Context, case: &Case, in_place: bool) -> (normkit::Result<
 }
 
 fn run_moments(ctx: &Context, shape: Shape, x: &[f32]) -> (Vec<f64>, Vec<f64>) {
-    let mut mean = vec![f64::from(SENTINEL); shape.channels];
-    let mut m2 = vec![f64::from(SENTINEL); shape.channels];
-    batchnorm::moments(ctx, shape, x, &mut mean, &mut m2).expect("moments");
-    (mean, m2)
+    let sentinel = normkit::Moments {
+        count: u64::MAX,
+        mean: f64::from(SENTINEL),
+        m2: f64::from(SENTINEL),
+    };
+    let mut out = vec![sentinel; shape.channels];
+    batchnorm::moments(ctx, shape, x, &mut out).expect("moments");
+    let count = (shape.batch * shape.spatial) as u64;
+    assert!(out.iter().all(|m| m.count == count), "moments' count");
+    (
+        out.iter().map(|m| m.mean).collect(),
+        out.iter().map(|m| m.m2).collect(),
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -300,9 +306,7 @@ fn run_from_moments(
         shape,
         io,
         case.affine(),
-        count,
-        mean,
-        m2,
+        &moments_of(count, mean, m2),
         case.params(),
         running,
         saved,
@@ -664,6 +668,7 @@ fn channel_of(shape: &Shape, i: usize) -> usize {
     match shape.layout {
         Layout::Ncs => (i / shape.spatial) % shape.channels,
         Layout::Nsc => i % shape.channels,
+        _ => unreachable!("a new layout this code does not know"),
     }
 }
 
@@ -723,7 +728,7 @@ fn run_inference(ctx: &Context, ic: &InferenceCase, in_place: bool) -> Vec<f32> 
         &ic.mean,
         &ic.var,
         c.eps,
-        flags,
+        activation(flags),
     )
     .expect("inference");
     y
@@ -822,7 +827,7 @@ proptest! {
         let (mean_b, m2_b) = side(count_b);
         let want = r::merge(count_a, &mean_a, &m2_a, count_b, &mean_b, &m2_b);
         let (mut got_mean, mut got_m2) = (mean_a.clone(), m2_a.clone());
-        let total = batchnorm::moments_merge(
+        let total = merge_c(
             count_a, &mut got_mean, &mut got_m2, count_b, &mean_b, &m2_b,
         ).unwrap();
         prop_assert_eq!(total, count_a + count_b);
@@ -873,7 +878,7 @@ proptest! {
                 }
                 let want_merged = r::merge(count, &mean, &m2, r::count(shape), &sm, &sm2);
                 let sides: Vec<f64> = (0..c).map(|ch| mean[ch].abs().max(sm[ch].abs())).collect();
-                count = batchnorm::moments_merge(count, &mut mean, &mut m2, r::count(shape), &sm, &sm2)
+                count = merge_c(count, &mut mean, &mut m2, r::count(shape), &sm, &sm2)
                     .unwrap();
                 for ch in 0..c {
                     // The same formula in f64: a few roundings apart at most.
@@ -1439,10 +1444,7 @@ fn constant_channel_with_zero_eps() {
         shape,
         InOut::separate(&x, &mut y).unwrap(),
         Affine::default(),
-        TrainingParams {
-            eps: 0.0,
-            ..TrainingParams::default()
-        },
+        TrainingParams::new(0.0, 0.1),
         None,
         SavedStats {
             mean: Some(&mut save_mean),
@@ -1473,10 +1475,7 @@ fn training_errors(shape: Shape, x: &[f32], eps: f32) -> (f64, f64, f64) {
             shape,
             InOut::separate(x, &mut y).unwrap(),
             Affine::default(),
-            TrainingParams {
-                eps,
-                ..TrainingParams::default()
-            },
+            TrainingParams::new(eps, 0.1),
             None,
             SavedStats::default(),
         )
@@ -1634,7 +1633,7 @@ fn large_outputs_at_every_alignment() {
                     &mean,
                     &var,
                     1e-5,
-                    batchnorm::BN_FUSE_RELU,
+                    batchnorm::Activation::Relu,
                 )
                 .unwrap();
                 let inf = y.to_vec();
@@ -1724,10 +1723,7 @@ fn scale_beyond_f32_gives_finite_outputs() {
                 gamma: Some(&gamma),
                 beta: Some(&beta),
             };
-            let params = TrainingParams {
-                eps: 0.0,
-                ..TrainingParams::default()
-            };
+            let params = TrainingParams::new(0.0, 0.1);
             let want =
                 r::forward_training(&shape, &x, Some(&gamma), Some(&beta), 0.0, 0.1, 0, None)
                     .unwrap();
@@ -1770,7 +1766,7 @@ fn scale_beyond_f32_gives_finite_outputs() {
                     &sm,
                     &var,
                     0.0,
-                    0,
+                    batchnorm::Activation::Identity,
                 )
                 .unwrap();
                 for (i, &g) in y.iter().enumerate() {

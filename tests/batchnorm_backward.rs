@@ -11,7 +11,7 @@ mod common;
 
 use common::prop::config;
 
-use common::check::{EXECUTORS, Runner, assert_bits, assert_bits64, ctx};
+use common::check::{EXECUTORS, Runner, assert_bits, assert_bits64, ctx, merge_c, moments_c};
 use std::ffi::CStr;
 
 use common::backward_reference as r;
@@ -200,6 +200,7 @@ fn channel_of(shape: &Shape, i: usize) -> usize {
     match shape.layout {
         Layout::Ncs => (i / shape.spatial) % shape.channels,
         Layout::Nsc => i % shape.channels,
+        _ => unreachable!("a new layout this code does not know"),
     }
 }
 
@@ -538,8 +539,8 @@ fn sharded(shape: Shape, seed: u64, parts: usize, offset: f64) {
     for k in 0..parts {
         let p = shard(k);
         let (mut pm, mut pm2) = (vec![0f64; c], vec![0f64; c]);
-        batchnorm::moments(&ctx, p.shape, &p.x, &mut pm, &mut pm2).unwrap();
-        count = batchnorm::moments_merge(count, &mut mean, &mut m2, p.count(), &pm, &pm2).unwrap();
+        moments_c(&ctx, p.shape, &p.x, &mut pm, &mut pm2).unwrap();
+        count = merge_c(count, &mut mean, &mut m2, p.count(), &pm, &pm2).unwrap();
     }
     assert_eq!(count, whole.count());
     let save_mean: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
@@ -1714,6 +1715,7 @@ fn c_functions_on_contexts() {
             Isa::Avx2 => 2,
             Isa::Avx512 => 3,
             Isa::Neon => 4,
+            _ => unreachable!("a new ISA this code does not know"),
         };
         // SAFETY: a live context.
         assert_eq!(unsafe { nk_context_set_isa(raw, isa_value) }, NK_OK);

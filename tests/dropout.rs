@@ -15,6 +15,7 @@ use common::check::isa_value;
 use common::data::Gen;
 use common::dropout_reference as r;
 use normkit::Isa;
+use normkit::dropout::Stream;
 use normkit::ffi::nk_status::{self, *};
 use normkit::ffi::*;
 use proptest::prelude::*;
@@ -2491,7 +2492,7 @@ fn safe_api_matches_the_c_functions() {
         let what = format!("{isa:?}");
 
         let mut mask = vec![0u8; d::mask_len(n)];
-        d::mask(&ctx, n, 0.3, seed, offset, &mut mask).unwrap();
+        d::mask(&ctx, n, 0.3, Stream::new(seed, offset), &mut mask).unwrap();
         assert_eq!(mask, r::dropout_mask(n, 0.3, seed, offset), "mask, {what}");
 
         for kind in KINDS {
@@ -2526,10 +2527,14 @@ fn safe_api_matches_the_c_functions() {
                 let mut m = vec![0u8; d::mask_len(n)];
                 let m_out = kind.has_mask().then_some(&mut m[..]);
                 match kind {
-                    Kind::Dropout => d::forward(&ctx, io, param, seed, offset, m_out),
-                    Kind::Alpha => d::alpha_forward(&ctx, io, param, seed, offset, m_out),
-                    Kind::Gaussian => d::gaussian_forward(&ctx, io, param, seed, offset),
-                    Kind::Uniform => d::uniform_forward(&ctx, io, param, seed, offset),
+                    Kind::Dropout => d::forward(&ctx, io, param, Stream::new(seed, offset), m_out),
+                    Kind::Alpha => {
+                        d::alpha_forward(&ctx, io, param, Stream::new(seed, offset), m_out)
+                    }
+                    Kind::Gaussian => {
+                        d::gaussian_forward(&ctx, io, param, Stream::new(seed, offset))
+                    }
+                    Kind::Uniform => d::uniform_forward(&ctx, io, param, Stream::new(seed, offset)),
                 }
                 .unwrap();
                 let got = if in_place { &buf } else { &y };
@@ -2553,10 +2558,18 @@ fn safe_api_matches_the_c_functions() {
                     };
                     let m_in = use_mask.then_some(&m[..]);
                     match kind {
-                        Kind::Dropout => d::backward(&ctx, io, param, seed, offset, m_in),
-                        Kind::Alpha => d::alpha_backward(&ctx, io, param, seed, offset, m_in),
-                        Kind::Gaussian => d::gaussian_backward(&ctx, io, param, seed, offset),
-                        Kind::Uniform => d::uniform_backward(&ctx, io, param, seed, offset),
+                        Kind::Dropout => {
+                            d::backward(&ctx, io, param, Stream::new(seed, offset), m_in)
+                        }
+                        Kind::Alpha => {
+                            d::alpha_backward(&ctx, io, param, Stream::new(seed, offset), m_in)
+                        }
+                        Kind::Gaussian => {
+                            d::gaussian_backward(&ctx, io, param, Stream::new(seed, offset))
+                        }
+                        Kind::Uniform => {
+                            d::uniform_backward(&ctx, io, param, Stream::new(seed, offset))
+                        }
                     }
                     .unwrap();
                     let got = if in_place { &buf } else { &dx };
@@ -2593,8 +2606,7 @@ fn safe_api_matches_the_c_functions() {
                 sh,
                 InOut::separate(&xc, &mut y).unwrap(),
                 0.45,
-                seed,
-                offset,
+                Stream::new(seed, offset),
                 Some(&mut m),
             )
             .unwrap();
@@ -2610,8 +2622,7 @@ fn safe_api_matches_the_c_functions() {
                 sh,
                 InOut::InPlace(&mut buf),
                 0.45,
-                seed,
-                offset,
+                Stream::new(seed, offset),
                 Some(&m),
             )
             .unwrap();
@@ -2627,7 +2638,7 @@ fn safe_api_matches_the_c_functions() {
         let mut short = vec![0u8; d::mask_len(n) - 1];
         let kind_of = |r: normkit::Result<()>| r.unwrap_err().kind();
         assert_eq!(
-            kind_of(d::mask(&ctx, n, 0.3, seed, offset, &mut short)),
+            kind_of(d::mask(&ctx, n, 0.3, Stream::new(seed, offset), &mut short)),
             ErrorKind::BadShape
         );
         assert_eq!(
@@ -2635,8 +2646,7 @@ fn safe_api_matches_the_c_functions() {
                 &ctx,
                 InOut::separate(&x, &mut y).unwrap(),
                 0.3,
-                seed,
-                offset,
+                Stream::new(seed, offset),
                 Some(&mut short)
             )),
             ErrorKind::BadShape
@@ -2646,8 +2656,7 @@ fn safe_api_matches_the_c_functions() {
                 &ctx,
                 InOut::separate(&x, &mut y).unwrap(),
                 f32::NAN,
-                seed,
-                offset,
+                Stream::new(seed, offset),
                 None
             )),
             ErrorKind::BadArgument
@@ -2657,8 +2666,7 @@ fn safe_api_matches_the_c_functions() {
                 &ctx,
                 InOut::separate(&x, &mut y).unwrap(),
                 1.0,
-                seed,
-                offset
+                Stream::new(seed, offset)
             )),
             ErrorKind::BadArgument
         );
@@ -2667,8 +2675,7 @@ fn safe_api_matches_the_c_functions() {
                 &ctx,
                 InOut::separate(&x, &mut y).unwrap(),
                 -1.0,
-                seed,
-                offset
+                Stream::new(seed, offset)
             )),
             ErrorKind::BadArgument
         );
@@ -2677,8 +2684,7 @@ fn safe_api_matches_the_c_functions() {
                 &ctx,
                 InOut::separate(&x, &mut y).unwrap(),
                 0.3,
-                seed,
-                u64::MAX - 10,
+                Stream::new(seed, u64::MAX - 10),
                 None
             )),
             ErrorKind::Overflow

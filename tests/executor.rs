@@ -15,6 +15,7 @@ mod common;
 
 use common::check::{assert_bits, assert_bits64, isa_value, threaded_executor};
 use common::data::{Gen, normals};
+use normkit::dropout::Stream;
 use normkit::ffi::nk_status::{self, *};
 use normkit::ffi::*;
 use normkit::{Context, ErrorKind, InOut, Isa, Layout, Shape};
@@ -53,6 +54,7 @@ fn nk_isa_of(isa: Isa) -> nk_isa {
         Isa::Avx2 => nk_isa::NK_ISA_AVX2,
         Isa::Avx512 => nk_isa::NK_ISA_AVX512,
         Isa::Neon => nk_isa::NK_ISA_NEON,
+        _ => unreachable!("a new ISA this code does not know"),
     }
 }
 
@@ -1582,8 +1584,7 @@ fn safe_api_calls(ctx: &Context) -> Vec<Vec<f32>> {
         ctx,
         InOut::separate(&i.x[..dn], &mut drop).unwrap(),
         0.3,
-        SEED,
-        5,
+        Stream::new(SEED, 5),
         Some(&mut mask),
     )
     .unwrap();

@@ -1965,6 +1965,7 @@ fn to_nk_isa(isa: Isa) -> nk_isa {
         Isa::Avx2 => nk_isa::NK_ISA_AVX2,
         Isa::Avx512 => nk_isa::NK_ISA_AVX512,
         Isa::Neon => nk_isa::NK_ISA_NEON,
+        _ => unreachable!("a new ISA this code does not know"),
     }
 }
 

@@ -247,6 +247,7 @@ fn channel_of(shape: &Shape, i: usize) -> usize {
     match shape.layout {
         Layout::Ncs => (i / shape.spatial) % shape.channels,
         Layout::Nsc => i % shape.channels,
+        _ => unreachable!("a new layout this code does not know"),
     }
 }
 

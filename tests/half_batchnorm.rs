@@ -6,13 +6,14 @@
 
 mod common;
 
+use common::check::{
+    BN_FUSE_RELU, BN_RUNNING_VAR_BIASED, activation, moments_c, moments_of, training_params,
+};
 use common::check::{assert_bits, assert_bits64, ctx};
 use common::data::Gen;
 use common::half::{Half, Nan, assert_rounded, widen};
 use common::reference::index;
-use normkit::batchnorm::{
-    self, Affine, BN_FUSE_RELU, BN_RUNNING_VAR_BIASED, RunningStats, SavedStats, TrainingParams,
-};
+use normkit::batchnorm::{self, Affine, RunningStats, SavedStats, TrainingParams};
 use normkit::ffi::nk_status::{self, *};
 use normkit::ffi::*;
 use normkit::{BackwardIo, Context, InOut, Isa, Layout, Shape, bf16, f16};
@@ -109,11 +110,7 @@ fn training<H: Half>() {
             let rm0 = g.normals(c, 0.0, 1.0);
             let rv0 = g.uniforms(c, 0.5, 2.0);
             for flags in [0, BN_RUNNING_VAR_BIASED] {
-                let params = TrainingParams {
-                    eps: 1e-5,
-                    momentum: 0.1,
-                    flags,
-                };
+                let params = training_params(1e-5, 0.1, flags);
                 let (mut rm, mut rv) = (rm0.clone(), rv0.clone());
                 let (mut sm, mut si) = (vec![0.0; c], vec![0.0; c]);
                 let mut y = vec![0.0; xw.len()];
@@ -171,9 +168,9 @@ fn training<H: Half>() {
 
             // Moments, then the forward from them (this shard's count).
             let (mut m, mut m2) = (vec![0.0; c], vec![0.0; c]);
-            batchnorm::moments(cx, shape, &xw, &mut m, &mut m2).unwrap();
+            moments_c(cx, shape, &xw, &mut m, &mut m2).unwrap();
             let (mut hm, mut hm2) = (vec![1.0; c], vec![1.0; c]);
-            batchnorm::moments(cx, shape, &xh, &mut hm, &mut hm2).unwrap();
+            moments_c(cx, shape, &xh, &mut hm, &mut hm2).unwrap();
             let what = format!("moments {shape:?} {:?}", cx.isa());
             assert_bits64(&hm, &m, &what);
             assert_bits64(&hm2, &m2, &what);
@@ -186,9 +183,7 @@ fn training<H: Half>() {
                 shape,
                 InOut::separate(&xw, &mut y).unwrap(),
                 affine,
-                count,
-                &m,
-                &m2,
+                &moments_of(count, &m, &m2),
                 params,
                 None,
                 SavedStats {
@@ -211,9 +206,7 @@ fn training<H: Half>() {
                     shape,
                     io,
                     affine,
-                    count,
-                    &m,
-                    &m2,
+                    &moments_of(count, &m, &m2),
                     params,
                     None,
                     SavedStats {
@@ -261,7 +254,17 @@ fn inference<H: Half>() {
         ] {
             let mut y = vec![0.0; xw.len()];
             let io = InOut::separate(&xw, &mut y).unwrap();
-            batchnorm::forward_inference(cx, shape, io, affine, &mean, &var, 1e-3, flags).unwrap();
+            batchnorm::forward_inference(
+                cx,
+                shape,
+                io,
+                affine,
+                &mean,
+                &var,
+                1e-3,
+                activation(flags),
+            )
+            .unwrap();
             for in_place in [false, true] {
                 let mut yh = xh.clone();
                 let mut out = vec![H::round(7.0); xh.len()];
@@ -270,8 +273,17 @@ fn inference<H: Half>() {
                 } else {
                     InOut::separate(&xh, &mut out).unwrap()
                 };
-                batchnorm::forward_inference(cx, shape, io, affine, &mean, &var, 1e-3, flags)
-                    .unwrap();
+                batchnorm::forward_inference(
+                    cx,
+                    shape,
+                    io,
+                    affine,
+                    &mean,
+                    &var,
+                    1e-3,
+                    activation(flags),
+                )
+                .unwrap();
                 let got = if in_place { &yh } else { &out };
                 let what = format!("inference {shape:?} {:?} flags {flags}", cx.isa());
                 assert_rounded(got, &y, Nan::Any, &what);

@@ -14,6 +14,7 @@ mod common;
 use common::check::{c_shape, ctx, isa_value};
 use common::data::Gen;
 use common::half::{Half, Nan, assert_rounded_from, bits, widen};
+use normkit::dropout::Stream;
 use normkit::ffi::nk_status::*;
 use normkit::ffi::*;
 use normkit::{Context, Element, InOut, Isa, Layout, Shape, bf16, dropout as d, f16};
@@ -242,16 +243,16 @@ fn safe_call<E: Element>(
         ..
     } = *case;
     match (case.op, case.backward) {
-        (Op::Dropout, false) => d::forward(ctx, io, p, s, o, mask_out),
-        (Op::Dropout, true) => d::backward(ctx, io, p, s, o, mask_in),
-        (Op::Alpha, false) => d::alpha_forward(ctx, io, p, s, o, mask_out),
-        (Op::Alpha, true) => d::alpha_backward(ctx, io, p, s, o, mask_in),
-        (Op::Gaussian, false) => d::gaussian_forward(ctx, io, p, s, o),
-        (Op::Gaussian, true) => d::gaussian_backward(ctx, io, p, s, o),
-        (Op::Uniform, false) => d::uniform_forward(ctx, io, p, s, o),
-        (Op::Uniform, true) => d::uniform_backward(ctx, io, p, s, o),
-        (Op::Channel, false) => d::channel_forward(ctx, shape, io, p, s, o, mask_out),
-        (Op::Channel, true) => d::channel_backward(ctx, shape, io, p, s, o, mask_in),
+        (Op::Dropout, false) => d::forward(ctx, io, p, Stream::new(s, o), mask_out),
+        (Op::Dropout, true) => d::backward(ctx, io, p, Stream::new(s, o), mask_in),
+        (Op::Alpha, false) => d::alpha_forward(ctx, io, p, Stream::new(s, o), mask_out),
+        (Op::Alpha, true) => d::alpha_backward(ctx, io, p, Stream::new(s, o), mask_in),
+        (Op::Gaussian, false) => d::gaussian_forward(ctx, io, p, Stream::new(s, o)),
+        (Op::Gaussian, true) => d::gaussian_backward(ctx, io, p, Stream::new(s, o)),
+        (Op::Uniform, false) => d::uniform_forward(ctx, io, p, Stream::new(s, o)),
+        (Op::Uniform, true) => d::uniform_backward(ctx, io, p, Stream::new(s, o)),
+        (Op::Channel, false) => d::channel_forward(ctx, shape, io, p, Stream::new(s, o), mask_out),
+        (Op::Channel, true) => d::channel_backward(ctx, shape, io, p, Stream::new(s, o), mask_in),
     }
 }
 

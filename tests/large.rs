@@ -64,12 +64,13 @@ fn inference_on_more_than_two_to_the_31_elements() {
             &mean[..channels],
             &var[..channels],
             1e-5,
-            0,
+            normkit::batchnorm::Activation::Identity,
         )
         .expect("inference");
         let channel = |i: usize| match shape.layout {
             Layout::Ncs => i / (ELEMENTS / 2),
             Layout::Nsc => i % 4,
+            _ => unreachable!("a new layout"),
         };
         // Every element near the 2^31 and 2^32-byte boundaries and the channel boundary, and
         // a stride through the rest.

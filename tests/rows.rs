@@ -54,6 +54,7 @@ impl Buf {
             Dtype::Bf16 => Buf::Bf16(vec![bf16::from_bits(0x7FA5); len]),
             Dtype::F16 => Buf::F16(vec![f16::from_bits(0x7D5A); len]),
             Dtype::I8 => Buf::I8(vec![-128; len]),
+            _ => unreachable!("a new element type this code does not know"),
         }
     }
 
@@ -144,6 +145,7 @@ fn round_to(dt: Dtype, v: f32) -> f32 {
         Dtype::Bf16 => bf16::round(v).wide(),
         Dtype::F16 => f16::round(v).wide(),
         Dtype::I8 => unreachable!(),
+        _ => unreachable!("a new element type this code does not know"),
     }
 }
 
@@ -154,6 +156,7 @@ fn c_dtype(dt: Dtype) -> c_int {
         Dtype::Bf16 => nk_dtype::NK_DTYPE_BF16,
         Dtype::F16 => nk_dtype::NK_DTYPE_F16,
         Dtype::I8 => nk_dtype::NK_DTYPE_I8,
+        _ => unreachable!("a new element type this code does not know"),
     }) as c_int
 }
 

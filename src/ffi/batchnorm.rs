@@ -1,14 +1,16 @@
 //! C entry points of batch normalization: checks, then the safe API of `ops::batchnorm`.
 
+use super::check_flags;
 use super::library::{context, nk_context, nk_shape};
 use super::{
     Regions, backward_io, call, in_out, nk_bf16, nk_f16, nk_status, optional, optional_mut,
     require, slice, slice_mut,
 };
-use crate::error::{Error, ErrorKind};
+use crate::error::{Error, ErrorKind, Result};
+use crate::kernels::moments::Moments;
 use crate::ops::batchnorm::{
-    self, Affine, RunningStats, SavedStats, TrainingParams, check_fold, check_inference,
-    check_sizes, check_training,
+    self, Activation, Affine, RunningStats, RunningVar, SavedStats, TrainingParams, check_fold,
+    check_inference, check_sizes, check_training,
 };
 use crate::simd::element::Element;
 
@@ -18,10 +20,41 @@ pub const NK_BN_RUNNING_VAR_BIASED: u32 = 1;
 /// y = max(y, 0); forward inference only.
 pub const NK_BN_FUSE_RELU: u32 = 2;
 
-const _: () = assert!(
-    NK_BN_RUNNING_VAR_BIASED == batchnorm::BN_RUNNING_VAR_BIASED
-        && NK_BN_FUSE_RELU == batchnorm::BN_FUSE_RELU
-);
+/// The scalars and flags of a training forward as the safe API's parameters, once `flags` is
+/// known to have no unknown bit (checked after the shape, in the contract's order).
+fn training_params(eps: f32, momentum: f32, flags: u32) -> TrainingParams {
+    let running_var = if flags & NK_BN_RUNNING_VAR_BIASED != 0 {
+        RunningVar::Biased
+    } else {
+        RunningVar::Unbiased
+    };
+    TrainingParams::new(eps, momentum).with_running_var(running_var)
+}
+
+/// [`check_training`], then the flags.
+fn check_training_flags(
+    shape: &crate::shape::Shape,
+    count: u64,
+    params: &TrainingParams,
+    has_running: bool,
+    flags: u32,
+) -> Result<()> {
+    check_training(shape, count, params, has_running)?;
+    check_flags(flags, NK_BN_RUNNING_VAR_BIASED, "batch norm training")
+}
+
+/// The moments of `C` channels given as two C arrays, with the global `count`.
+///
+/// # Safety
+/// `mean` and `m2` are valid for `c` doubles.
+unsafe fn moments_of(count: u64, mean: *const f64, m2: *const f64, c: usize) -> Vec<Moments> {
+    // SAFETY: the caller's promise.
+    let (mean, m2) = unsafe { (slice(mean, c), slice(m2, c)) };
+    mean.iter()
+        .zip(m2)
+        .map(|(&mean, &m2)| Moments { count, mean, m2 })
+        .collect()
+}
 
 /// Lengths of the data and the per-channel arrays, for the NULL checks: zero where the tensor or
 /// the channel count is empty, so that NULL is accepted there.
@@ -180,14 +213,10 @@ unsafe fn batchnorm_forward_training_typed<E: Element>(
                 "running_mean and running_var must be both given or both NULL",
             ));
         }
-        let params = TrainingParams {
-            eps,
-            momentum,
-            flags,
-        };
+        let params = training_params(eps, momentum, flags);
         let sizes = shape.sizes();
         let count = sizes.count()? as u64;
-        check_training(&sizes, count, &params, !running_mean.is_null())?;
+        check_training_flags(&sizes, count, &params, !running_mean.is_null(), flags)?;
         let shape = shape.to_shape()?;
         let (n, c) = (shape.elements()?, shape.channels);
         Regions::default()
@@ -341,7 +370,8 @@ unsafe fn batchnorm_forward_inference_typed<E: Element>(
         require("y", y, data)?;
         require("mean", mean, channels)?;
         require("var", var, channels)?;
-        check_inference(&shape.sizes(), eps, flags)?;
+        check_inference(&shape.sizes(), eps)?;
+        check_flags(flags, NK_BN_FUSE_RELU, "batch norm inference")?;
         let shape = shape.to_shape()?;
         let (n, c) = (shape.elements()?, shape.channels);
         Regions::default()
@@ -365,7 +395,11 @@ unsafe fn batchnorm_forward_inference_typed<E: Element>(
                 slice(mean, c),
                 slice(var, c),
                 eps,
-                flags,
+                if flags & NK_BN_FUSE_RELU != 0 {
+                    Activation::Relu
+                } else {
+                    Activation::Identity
+                },
             )
         }
     })
@@ -441,16 +475,15 @@ unsafe fn moments_typed<E: Element>(
             .output("mean", mean, c)
             .output("m2", m2, c)
             .check()?;
+        let mut out = vec![Moments::EMPTY; c];
         // SAFETY: pointers checked above; extents are the caller's promise.
-        unsafe {
-            batchnorm::moments(
-                context(ctx),
-                shape,
-                slice(x, n),
-                slice_mut(mean, c),
-                slice_mut(m2, c),
-            )
+        unsafe { batchnorm::moments(context(ctx), shape, slice(x, n), &mut out)? };
+        // SAFETY: as above.
+        let (mean, m2) = unsafe { (slice_mut(mean, c), slice_mut(m2, c)) };
+        for ((m, mean), m2) in out.iter().zip(mean).zip(m2) {
+            (*mean, *m2) = (m.mean, m.m2);
         }
+        Ok(())
     })
 }
 
@@ -486,17 +519,19 @@ pub unsafe extern "C" fn nk_moments_merge(
             .input("m2_b", m2_b, c)
             .check()?;
         // SAFETY: pointers checked above; extents are the caller's promise.
-        unsafe {
-            batchnorm::moments_merge(
-                count_a,
-                slice_mut(mean_a, c),
-                slice_mut(m2_a, c),
-                count_b,
-                slice(mean_b, c),
-                slice(m2_b, c),
+        let (mut a, b) = unsafe {
+            (
+                moments_of(count_a, mean_a, m2_a, c),
+                moments_of(count_b, mean_b, m2_b, c),
             )
-            .map(|_| ())
+        };
+        batchnorm::moments_merge(&mut a, &b)?;
+        // SAFETY: as above.
+        let (mean_a, m2_a) = unsafe { (slice_mut(mean_a, c), slice_mut(m2_a, c)) };
+        for ((m, mean), m2) in a.iter().zip(mean_a).zip(m2_a) {
+            (*mean, *m2) = (m.mean, m.m2);
         }
+        Ok(())
     })
 }
 
@@ -673,12 +708,14 @@ unsafe fn batchnorm_forward_from_moments_typed<E: Element>(
                 "running_mean and running_var must be both given or both NULL",
             ));
         }
-        let params = TrainingParams {
-            eps,
-            momentum,
+        let params = training_params(eps, momentum, flags);
+        check_training_flags(
+            &shape.sizes(),
+            count,
+            &params,
+            !running_mean.is_null(),
             flags,
-        };
-        check_training(&shape.sizes(), count, &params, !running_mean.is_null())?;
+        )?;
         let shape = shape.to_shape()?;
         let (n, c) = (shape.elements()?, shape.channels);
         Regions::default()
@@ -707,9 +744,7 @@ unsafe fn batchnorm_forward_from_moments_typed<E: Element>(
                     gamma: optional(gamma, c),
                     beta: optional(beta, c),
                 },
-                count,
-                slice(mean, c),
-                slice(m2, c),
+                &moments_of(count, mean, m2, c),
                 params,
                 running,
                 SavedStats {

@@ -5,8 +5,8 @@ use super::{
     Regions, call, in_out, nk_bf16, nk_f16, nk_status, optional, optional_mut, require, slice_mut,
 };
 use crate::ops::dropout::{
-    self, check_beta, check_channel, check_elementwise, check_p, check_p_gaussian, check_words,
-    mask_len,
+    self, Stream, check_beta, check_channel, check_elementwise, check_p, check_p_gaussian,
+    check_words, mask_len,
 };
 use crate::{Context, Element, InOut};
 
@@ -56,7 +56,15 @@ pub unsafe extern "C" fn nk_dropout_mask(
         let bytes = mask_len(n);
         Regions::default().output("mask", mask, bytes).check()?;
         // SAFETY: pointer checked above; the extent is the caller's promise.
-        unsafe { dropout::mask(context(ctx), n, p, seed, offset, slice_mut(mask, bytes)) }
+        unsafe {
+            dropout::mask(
+                context(ctx),
+                n,
+                p,
+                Stream::new(seed, offset),
+                slice_mut(mask, bytes),
+            )
+        }
     })
 }
 
@@ -106,12 +114,11 @@ struct Elementwise<E> {
 
 /// A keep-or-drop forward of the safe API (writes an optional mask).
 type KeepForward<E> =
-    fn(&Context, InOut<'_, E>, f32, u64, u64, Option<&mut [u8]>) -> crate::Result<()>;
+    fn(&Context, InOut<'_, E>, f32, Stream, Option<&mut [u8]>) -> crate::Result<()>;
 /// A keep-or-drop backward of the safe API (reads an optional mask).
-type KeepBackward<E> =
-    fn(&Context, InOut<'_, E>, f32, u64, u64, Option<&[u8]>) -> crate::Result<()>;
+type KeepBackward<E> = fn(&Context, InOut<'_, E>, f32, Stream, Option<&[u8]>) -> crate::Result<()>;
 /// A multiplicative-noise pass of the safe API (no mask).
-type Noise<E> = fn(&Context, InOut<'_, E>, f32, u64, u64) -> crate::Result<()>;
+type Noise<E> = fn(&Context, InOut<'_, E>, f32, Stream) -> crate::Result<()>;
 
 impl<E: Element> Elementwise<E> {
     fn new(
@@ -150,7 +157,7 @@ impl<E: Element> Elementwise<E> {
                     optional_mut(mask, mask_len(c.n)),
                 )
             };
-            op(ctx, io, c.scalar, c.seed, c.offset, mask)
+            op(ctx, io, c.scalar, Stream::new(c.seed, c.offset), mask)
         })
     }
 
@@ -165,7 +172,7 @@ impl<E: Element> Elementwise<E> {
             // SAFETY: pointers checked above; extents are the caller's promise.
             let (ctx, io, mask) =
                 unsafe { (context(c.ctx), c.in_out(), optional(mask, mask_len(c.n))) };
-            op(ctx, io, c.scalar, c.seed, c.offset, mask)
+            op(ctx, io, c.scalar, Stream::new(c.seed, c.offset), mask)
         })
     }
 
@@ -187,7 +194,7 @@ impl<E: Element> Elementwise<E> {
             })?;
             // SAFETY: pointers checked above; extents are the caller's promise.
             let (ctx, io) = unsafe { (context(c.ctx), c.in_out()) };
-            op(ctx, io, c.scalar, c.seed, c.offset)
+            op(ctx, io, c.scalar, Stream::new(c.seed, c.offset))
         })
     }
 
@@ -489,8 +496,7 @@ unsafe fn channel_dropout_forward<E: Element>(
                 checked,
                 in_out(x, y, elements),
                 p,
-                seed,
-                offset,
+                Stream::new(seed, offset),
                 optional_mut(mask, mask_len(pairs)),
             )
         }
@@ -613,8 +619,7 @@ unsafe fn channel_dropout_backward<E: Element>(
                 checked,
                 in_out(dy, dx, elements),
                 p,
-                seed,
-                offset,
+                Stream::new(seed, offset),
                 optional(mask, mask_len(pairs)),
             )
         }

@@ -396,3 +396,15 @@ const _: () = assert!(
         && std::mem::size_of::<crate::f16>() == 2
         && std::mem::align_of::<crate::f16>() == 2
 );
+
+/// Checks that `flags` has no bit outside `allowed`.
+pub(crate) fn check_flags(flags: u32, allowed: u32, operation: &str) -> Result<()> {
+    let unknown = flags & !allowed;
+    if unknown == 0 {
+        Ok(())
+    } else {
+        Err(Error::bad_argument(format!(
+            "flag bits {unknown:#x} are not accepted by {operation}"
+        )))
+    }
+}

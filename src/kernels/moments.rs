@@ -48,8 +48,11 @@ pub(crate) const LINE_FLOATS: usize = crate::simd::LINE_BYTES / 4;
 /// Count, mean and sum of squared deviations from the mean (M2) of a set of values.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Moments {
+    /// How many values.
     pub count: u64,
+    /// Their mean (0 for no values).
     pub mean: f64,
+    /// The sum of their squared deviations from `mean`; the variance is `m2 / count`.
     pub m2: f64,
 }
 

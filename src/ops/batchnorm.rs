@@ -5,11 +5,11 @@
 //! `y = gamma[c] * (x - mean[c]) * invstd[c] + beta[c]`, `invstd = 1 / sqrt(var + eps)`, with the
 //! biased variance. Running statistics follow `running = (1 - momentum) * running + momentum *
 //! batch_stat` (PyTorch's and cuDNN's `momentum`), with the unbiased variance unless
-//! [`BN_RUNNING_VAR_BIASED`] is set.
+//! [`RunningVar::Biased`] is asked for.
 
 use super::TASK_ELEMENTS;
 use crate::context::Context;
-use crate::error::{Error, Result, check_eps, check_flags, check_len};
+use crate::error::{Error, Result, check_eps, check_len};
 pub use crate::io::BackwardIo;
 use crate::io::{InOut, SharedIo};
 use crate::kernels::backward::fits_f32;
@@ -22,11 +22,6 @@ use crate::kernels::normalize::{
 use crate::shape::{Shape, checked_elements};
 use crate::simd::element::Element;
 use crate::simd::{MAX_LANES, dispatch};
-
-/// `running_var` tracks the biased variance (ONNX); the default is unbiased, `count / (count - 1)`.
-pub const BN_RUNNING_VAR_BIASED: u32 = 1;
-/// `y = max(y, 0)`; forward inference only.
-pub const BN_FUSE_RELU: u32 = 2;
 
 /// Elements of one channel processed as one unit (a chunk). A channels-first channel of at most
 /// this many elements is normalized right after its statistics, while it is in cache; larger
@@ -51,41 +46,86 @@ fn streams<E>(shape: &Shape, elements: usize) -> bool {
 /// Optional per-channel scale and shift; `None` means `gamma = 1`, `beta = 0`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Affine<'a> {
+    /// `C` scales.
     pub gamma: Option<&'a [f32]>,
+    /// `C` shifts.
     pub beta: Option<&'a [f32]>,
 }
 
 /// Running statistics, read and updated by a training forward.
 #[derive(Debug)]
 pub struct RunningStats<'a> {
+    /// `C` running means.
     pub mean: &'a mut [f32],
+    /// `C` running variances (see [`RunningVar`]).
     pub var: &'a mut [f32],
 }
 
 /// Statistics a training forward saves for the backward pass; each optional.
 #[derive(Debug, Default)]
 pub struct SavedStats<'a> {
+    /// `C` batch means.
     pub mean: Option<&'a mut [f32]>,
+    /// `C` values `1 / sqrt(var + eps)` of the biased batch variance.
     pub invstd: Option<&'a mut [f32]>,
 }
 
-/// Scalars of a training forward.
+/// Which variance of the batch a training forward blends into the running variance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RunningVar {
+    /// `count / (count - 1)` times the batch variance (PyTorch, cuDNN): needs `count >= 2`
+    /// when running statistics are given.
+    #[default]
+    Unbiased,
+    /// The batch variance itself, the one that normalizes (ONNX).
+    Biased,
+}
+
+/// An activation applied to the output of an inference forward, in the same pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Activation {
+    /// None: `y` as normalized.
+    #[default]
+    Identity,
+    /// `y = max(y, 0)`, with `max(NaN, 0) = NaN` kept.
+    Relu,
+}
+
+/// Scalars of a training forward. More may be added: start from [`TrainingParams::default`]
+/// or [`TrainingParams::new`] and set fields.
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct TrainingParams {
+    /// Added to the variance: finite, `>= 0`. Default `1e-5`.
     pub eps: f32,
-    /// Weight of the new batch in the running statistics, in [0, 1].
+    /// Weight of the new batch in the running statistics, in [0, 1]. Default `0.1`.
     pub momentum: f32,
-    /// `0` or [`BN_RUNNING_VAR_BIASED`].
-    pub flags: u32,
+    /// The variance blended into the running variance. Default unbiased.
+    pub running_var: RunningVar,
+}
+
+impl TrainingParams {
+    /// `eps` and `momentum`, with the unbiased running variance.
+    pub fn new(eps: f32, momentum: f32) -> Self {
+        TrainingParams {
+            eps,
+            momentum,
+            running_var: RunningVar::Unbiased,
+        }
+    }
+
+    /// The same, with `running_var`.
+    pub fn with_running_var(mut self, running_var: RunningVar) -> Self {
+        self.running_var = running_var;
+        self
+    }
 }
 
 impl Default for TrainingParams {
     fn default() -> Self {
-        TrainingParams {
-            eps: 1e-5,
-            momentum: 0.1,
-            flags: 0,
-        }
+        TrainingParams::new(1e-5, 0.1)
     }
 }
 
@@ -109,12 +149,11 @@ pub(crate) fn check_training(
     has_running: bool,
 ) -> Result<()> {
     check_global_count(shape, count, "batch norm training")?;
-    if has_running && params.flags & BN_RUNNING_VAR_BIASED == 0 && count < 2 {
+    if has_running && params.running_var == RunningVar::Unbiased && count < 2 {
         return Err(Error::bad_shape(
             "the unbiased running variance needs at least two values per channel",
         ));
     }
-    check_flags(params.flags, BN_RUNNING_VAR_BIASED, "batch norm training")?;
     check_eps(params.eps)?;
     if !(0.0..=1.0).contains(&params.momentum) {
         return Err(Error::bad_argument(format!(
@@ -126,9 +165,8 @@ pub(crate) fn check_training(
 }
 
 /// Checks an inference forward.
-pub(crate) fn check_inference(shape: &Shape, eps: f32, flags: u32) -> Result<()> {
+pub(crate) fn check_inference(shape: &Shape, eps: f32) -> Result<()> {
     check_sizes(shape)?;
-    check_flags(flags, BN_FUSE_RELU, "batch norm inference")?;
     check_eps(eps)
 }
 
@@ -164,59 +202,37 @@ fn check_state(
 // ---------------------------------------------------------------------------------------------
 // Public operations.
 
-/// Per-channel mean and M2 (sum of squared deviations from the mean) of `x`, over
-/// `batch * spatial` values each; zeros for an empty shard. Mergeable with [`moments_merge`].
+/// Per-channel [`Moments`] of `x` (`out` has `C` entries), each over the channel's
+/// `batch * spatial` values; count 0, mean 0 and M2 0 for an empty shard. Mergeable with
+/// [`moments_merge`]; [`forward_from_moments`] normalizes with the merged moments.
 pub fn moments<E: Element>(
     ctx: &Context,
     shape: Shape,
     x: &[E],
-    mean: &mut [f64],
-    m2: &mut [f64],
+    out: &mut [Moments],
 ) -> Result<()> {
     let elements = check_sizes(&shape)?;
     check_len("x", x, elements)?;
-    check_len("mean", mean, shape.channels)?;
-    check_len("m2", m2, shape.channels)?;
-    for (c, m) in channel_moments(ctx, &shape, x).into_iter().enumerate() {
-        mean[c] = m.mean;
-        m2[c] = m.m2;
-    }
+    check_len("out", out, shape.channels)?;
+    out.copy_from_slice(&channel_moments(ctx, &shape, x));
     Ok(())
 }
 
-/// `a <- a (+) b`: merges the moments of two disjoint sets of values, per channel (Chan et
-/// al.). Returns the merged count. Fails with `Overflow` if the counts' sum overflows `u64`.
-pub fn moments_merge(
-    count_a: u64,
-    mean_a: &mut [f64],
-    m2_a: &mut [f64],
-    count_b: u64,
-    mean_b: &[f64],
-    m2_b: &[f64],
-) -> Result<u64> {
-    let count = count_a
-        .checked_add(count_b)
-        .ok_or_else(|| Error::overflow("count_a + count_b overflows uint64"))?;
-    let channels = mean_a.len();
-    check_len("m2_a", m2_a, channels)?;
-    check_len("mean_b", mean_b, channels)?;
-    check_len("m2_b", m2_b, channels)?;
-    for c in 0..channels {
-        let a = Moments {
-            count: count_a,
-            mean: mean_a[c],
-            m2: m2_a[c],
-        };
-        let b = Moments {
-            count: count_b,
-            mean: mean_b[c],
-            m2: m2_b[c],
-        };
-        let merged = a.merge(b);
-        mean_a[c] = merged.mean;
-        m2_a[c] = merged.m2;
+/// `a <- a (+) b`, channel by channel: the moments of the union of two disjoint sets of values
+/// (Chan, Golub and LeVeque; [`Moments::merge`]). Fails, writing nothing, with `BadShape` if the
+/// lengths differ and with `Overflow` if a channel's counts sum beyond `u64`.
+pub fn moments_merge(a: &mut [Moments], b: &[Moments]) -> Result<()> {
+    check_len("b", b, a.len())?;
+    if a.iter()
+        .zip(b)
+        .any(|(a, b)| a.count.checked_add(b.count).is_none())
+    {
+        return Err(Error::overflow("a count plus b count overflows u64"));
     }
-    Ok(count)
+    for (a, &b) in a.iter_mut().zip(b) {
+        *a = a.merge(b);
+    }
+    Ok(())
 }
 
 /// Training forward: batch statistics, normalization, running statistics update, saved
@@ -248,42 +264,46 @@ pub fn forward_training<E: Element>(
     Ok(())
 }
 
-/// Training forward with statistics computed elsewhere: the global `count`, `mean` and `m2`
-/// merged from every shard's [`moments`]. The local shard (`shape`) may be empty; running and
-/// saved statistics are still written.
+/// Training forward with statistics computed elsewhere: `moments` (`C` entries) merged from
+/// every shard's [`moments`], so each channel's count is the global count (the same for every
+/// channel, and at least this shard's `batch * spatial`). The local shard (`shape`) may be
+/// empty; running and saved statistics are still written.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_from_moments<E: Element>(
     ctx: &Context,
     shape: Shape,
     mut io: InOut<'_, E>,
     affine: Affine<'_>,
-    count: u64,
-    mean: &[f64],
-    m2: &[f64],
+    moments: &[Moments],
     params: TrainingParams,
     running: Option<RunningStats<'_>>,
     saved: SavedStats<'_>,
 ) -> Result<()> {
+    check_sizes(&shape)?;
+    check_len("moments", moments, shape.channels)?;
+    // With no channel there is no count to check; this shard's own stands in.
+    let count = match moments.first() {
+        Some(m) => m.count,
+        None => shape.count()?.max(1) as u64,
+    };
+    if moments.iter().any(|m| m.count != count) {
+        return Err(Error::bad_shape(
+            "every channel's moments must have the same (global) count",
+        ));
+    }
     check_training(&shape, count, &params, running.is_some())?;
     let elements = shape.elements()?;
     check_len("x", io.input(), elements)?;
     check_affine(&affine, shape.channels)?;
-    check_len("mean", mean, shape.channels)?;
-    check_len("m2", m2, shape.channels)?;
     check_state(&running, &saved, shape.channels)?;
 
-    let stats: Vec<Moments> = mean
-        .iter()
-        .zip(m2)
-        .map(|(&mean, &m2)| Moments { count, mean, m2 })
-        .collect();
-    normalize_with_moments(ctx, &shape, &mut io, affine, &stats, params.eps);
-    write_state(&stats, &params, running, saved);
+    normalize_with_moments(ctx, &shape, &mut io, affine, moments, params.eps);
+    write_state(moments, &params, running, saved);
     Ok(())
 }
 
-/// Inference forward from given statistics (`mean`, `var` of length C), with optional fused ReLU
-/// ([`BN_FUSE_RELU`]).
+/// Inference forward from given statistics (`mean`, `var` of length C), with an optional fused
+/// activation.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_inference<E: Element>(
     ctx: &Context,
@@ -293,9 +313,9 @@ pub fn forward_inference<E: Element>(
     mean: &[f32],
     var: &[f32],
     eps: f32,
-    flags: u32,
+    activation: Activation,
 ) -> Result<()> {
-    check_inference(&shape, eps, flags)?;
+    check_inference(&shape, eps)?;
     let elements = shape.elements()?;
     check_len("x", io.input(), elements)?;
     check_affine(&affine, shape.channels)?;
@@ -336,7 +356,7 @@ pub fn forward_inference<E: Element>(
         narrow_all(wide, shift, scale, offset)
     };
     with_channel_affine(shape.channels, fill, |params| {
-        apply_affine(ctx, &shape, &mut io, params, flags & BN_FUSE_RELU != 0)
+        apply_affine(ctx, &shape, &mut io, params, activation == Activation::Relu)
     });
     Ok(())
 }
@@ -629,7 +649,7 @@ fn write_state(
             out[c] = (1.0 / (var + params.eps as f64).sqrt()) as f32;
         }
         if let Some(r) = running.as_mut() {
-            let batch_var = if params.flags & BN_RUNNING_VAR_BIASED != 0 {
+            let batch_var = if params.running_var == RunningVar::Biased {
                 var
             } else {
                 let unbiased = m.m2 / (m.count - 1) as f64;

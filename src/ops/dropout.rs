@@ -60,6 +60,33 @@ pub fn stream_word(seed: u64, index: u64) -> u32 {
     philox::stream_word(seed, index)
 }
 
+/// Where a call's random words start: the stream of `seed`, from word `offset` on (element `i`
+/// of the call reads word `offset + i`, or `2 (offset + i)` and the next for two-word
+/// operations; see the module's documentation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Stream {
+    /// Selects the stream (the Philox key).
+    pub seed: u64,
+    /// The index of the call's first element in the stream.
+    pub offset: u64,
+}
+
+impl Stream {
+    /// The stream of `seed` from element `offset` on.
+    pub fn new(seed: u64, offset: u64) -> Self {
+        Stream { seed, offset }
+    }
+
+    /// The same stream `elements` further on: the stream of the part of a tensor that starts
+    /// `elements` after this one's first element. `None` if the offset would overflow.
+    pub fn skip(self, elements: u64) -> Option<Stream> {
+        Some(Stream {
+            seed: self.seed,
+            offset: self.offset.checked_add(elements)?,
+        })
+    }
+}
+
 /// Bytes of a packed mask of `n` elements: `ceil(n / 8)`.
 pub fn mask_len(n: usize) -> usize {
     n.div_ceil(8)
@@ -172,14 +199,8 @@ fn check_keep(n: usize, offset: u64, mask: Option<&[u8]>, p: f32) -> Result<()> 
 
 /// The keep mask of `n` elements (`mask`: [`mask_len`]`(n)` bytes): element `i` is kept iff
 /// `(r >> 8) >= ceil(p * 2^24)` for word `r = offset + i` of the stream of `seed`.
-pub fn mask(
-    ctx: &Context,
-    n: usize,
-    p: f32,
-    seed: u64,
-    offset: u64,
-    mask: &mut [u8],
-) -> Result<()> {
+pub fn mask(ctx: &Context, n: usize, p: f32, stream: Stream, mask: &mut [u8]) -> Result<()> {
+    let Stream { seed, offset } = stream;
     check_words(n, offset, 1)?;
     check_len("mask", mask, mask_len(n))?;
     check_p(p)?;
@@ -194,13 +215,13 @@ pub fn forward<E: Element>(
     ctx: &Context,
     mut io: InOut<'_, E>,
     p: f32,
-    seed: u64,
-    offset: u64,
+    stream: Stream,
     mask: Option<&mut [u8]>,
 ) -> Result<()> {
+    let Stream { seed, offset } = stream;
     check_keep(io.len(), offset, mask.as_deref(), p)?;
     let map = KeepMap::Scale(inverted_scale(p));
-    run_keep(ctx, &mut io, stream(seed, offset, p), map, mask);
+    run_keep(ctx, &mut io, stream_decisions(seed, offset, p), map, mask);
     Ok(())
 }
 
@@ -211,10 +232,10 @@ pub fn backward<E: Element>(
     ctx: &Context,
     mut io: InOut<'_, E>,
     p: f32,
-    seed: u64,
-    offset: u64,
+    stream: Stream,
     mask: Option<&[u8]>,
 ) -> Result<()> {
+    let Stream { seed, offset } = stream;
     check_keep(io.len(), offset, mask, p)?;
     let map = KeepMap::Scale(inverted_scale(p));
     run_keep(ctx, &mut io, decisions(mask, seed, offset, p), map, None);
@@ -229,14 +250,14 @@ pub fn alpha_forward<E: Element>(
     ctx: &Context,
     mut io: InOut<'_, E>,
     p: f32,
-    seed: u64,
-    offset: u64,
+    stream: Stream,
     mask: Option<&mut [u8]>,
 ) -> Result<()> {
+    let Stream { seed, offset } = stream;
     check_keep(io.len(), offset, mask.as_deref(), p)?;
     let (a, b, dropped) = alpha_constants(p);
     let map = KeepMap::Affine { a, b, dropped };
-    run_keep(ctx, &mut io, stream(seed, offset, p), map, mask);
+    run_keep(ctx, &mut io, stream_decisions(seed, offset, p), map, mask);
     Ok(())
 }
 
@@ -245,10 +266,10 @@ pub fn alpha_backward<E: Element>(
     ctx: &Context,
     mut io: InOut<'_, E>,
     p: f32,
-    seed: u64,
-    offset: u64,
+    stream: Stream,
     mask: Option<&[u8]>,
 ) -> Result<()> {
+    let Stream { seed, offset } = stream;
     check_keep(io.len(), offset, mask, p)?;
     let (a, _, _) = alpha_constants(p);
     run_keep(
@@ -270,10 +291,10 @@ pub fn channel_forward<E: Element>(
     shape: Shape,
     mut io: InOut<'_, E>,
     p: f32,
-    seed: u64,
-    offset: u64,
+    stream: Stream,
     mask: Option<&mut [u8]>,
 ) -> Result<()> {
+    let Stream { seed, offset } = stream;
     let (elements, pairs) = check_channel(&shape, offset)?;
     check_len("x", io.input(), elements)?;
     check_mask(mask.as_deref(), pairs)?;
@@ -304,10 +325,10 @@ pub fn channel_backward<E: Element>(
     shape: Shape,
     mut io: InOut<'_, E>,
     p: f32,
-    seed: u64,
-    offset: u64,
+    stream: Stream,
     mask: Option<&[u8]>,
 ) -> Result<()> {
+    let Stream { seed, offset } = stream;
     let (elements, pairs) = check_channel(&shape, offset)?;
     check_len("dy", io.input(), elements)?;
     check_mask(mask, pairs)?;
@@ -336,9 +357,9 @@ pub fn gaussian_forward<E: Element>(
     ctx: &Context,
     mut io: InOut<'_, E>,
     p: f32,
-    seed: u64,
-    offset: u64,
+    stream: Stream,
 ) -> Result<()> {
+    let Stream { seed, offset } = stream;
     let n = io.len();
     check_elementwise(n, offset, 2)?;
     check_p_gaussian(p)?;
@@ -351,10 +372,9 @@ pub fn gaussian_backward<E: Element>(
     ctx: &Context,
     io: InOut<'_, E>,
     p: f32,
-    seed: u64,
-    offset: u64,
+    stream: Stream,
 ) -> Result<()> {
-    gaussian_forward(ctx, io, p, seed, offset)
+    gaussian_forward(ctx, io, p, stream)
 }
 
 /// Uniform dropout ("Uout", Li et al., CVPR 2019): `y = x * (1 + r)`, `r = beta * (2u - 1)`
@@ -363,9 +383,9 @@ pub fn uniform_forward<E: Element>(
     ctx: &Context,
     mut io: InOut<'_, E>,
     beta: f32,
-    seed: u64,
-    offset: u64,
+    stream: Stream,
 ) -> Result<()> {
+    let Stream { seed, offset } = stream;
     let n = io.len();
     check_elementwise(n, offset, 1)?;
     check_beta(beta)?;
@@ -378,10 +398,9 @@ pub fn uniform_backward<E: Element>(
     ctx: &Context,
     io: InOut<'_, E>,
     beta: f32,
-    seed: u64,
-    offset: u64,
+    stream: Stream,
 ) -> Result<()> {
-    uniform_forward(ctx, io, beta, seed, offset)
+    uniform_forward(ctx, io, beta, stream)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -428,7 +447,7 @@ fn parts<'a, E: Element>(
 }
 
 /// Decisions from the stream of `seed` from word `offset`, for probability `p`.
-fn stream(seed: u64, offset: u64, p: f32) -> Decisions<'static> {
+fn stream_decisions(seed: u64, offset: u64, p: f32) -> Decisions<'static> {
     Decisions::Stream {
         seed,
         first_word: offset,
@@ -442,7 +461,7 @@ fn stream(seed: u64, offset: u64, p: f32) -> Decisions<'static> {
 fn decisions(mask: Option<&[u8]>, seed: u64, offset: u64, p: f32) -> Decisions<'_> {
     match mask {
         Some(mask) if p < 1.0 => Decisions::Mask { mask, first_bit: 0 },
-        _ => stream(seed, offset, p),
+        _ => stream_decisions(seed, offset, p),
     }
 }
 
@@ -558,7 +577,7 @@ fn run_gaussian<E: Element>(ctx: &Context, io: &mut InOut<'_, E>, p: f32, seed: 
         run_keep(
             ctx,
             io,
-            stream(seed, offset, 0.0),
+            stream_decisions(seed, offset, 0.0),
             KeepMap::Scale(1.0),
             None,
         );
@@ -596,7 +615,7 @@ fn run_uniform<E: Element>(
         run_keep(
             ctx,
             io,
-            stream(seed, offset, 0.0),
+            stream_decisions(seed, offset, 0.0),
             KeepMap::Scale(1.0),
             None,
         );
@@ -693,7 +712,7 @@ mod tests {
                     for offset in offsets(n) {
                         let seed = 0x5eed_0000 + n as u64;
                         let mut got = vec![0xAA; mask_len(n)];
-                        mask(&ctx, n, p, seed, offset, &mut got).unwrap();
+                        mask(&ctx, n, p, Stream::new(seed, offset), &mut got).unwrap();
                         assert_eq!(
                             got,
                             reference_mask(n, p, seed, offset),
@@ -715,7 +734,7 @@ mod tests {
             let p = k as f32 / 16_777_216.0;
             for (p, kept) in [(p, 1), (f32::from_bits(p.to_bits() + 1), 0)] {
                 let mut m = [0u8];
-                mask(&ctx, 1, p, seed, word, &mut m).unwrap();
+                mask(&ctx, 1, p, Stream::new(seed, word), &mut m).unwrap();
                 assert_eq!(m[0], kept, "seed {seed} word {word} p {p}");
             }
         }
@@ -743,18 +762,24 @@ mod tests {
                         let mut y = vec![1.5; n];
                         let mut m = vec![0x55; mask_len(n)];
                         let io = InOut::separate(&x, &mut y).unwrap();
-                        forward(&ctx, io, p, seed, offset, Some(&mut m)).unwrap();
+                        forward(&ctx, io, p, Stream::new(seed, offset), Some(&mut m)).unwrap();
                         assert!(same_bits(&y, &want), "{ctx:?} n {n} p {p} offset {offset}");
                         assert_eq!(m, want_mask);
                         let mut in_place = x.clone();
-                        forward(&ctx, InOut::InPlace(&mut in_place), p, seed, offset, None)
-                            .unwrap();
+                        forward(
+                            &ctx,
+                            InOut::InPlace(&mut in_place),
+                            p,
+                            Stream::new(seed, offset),
+                            None,
+                        )
+                        .unwrap();
                         assert!(same_bits(&in_place, &want));
                         // Backward on dy = x: the same factors.
                         for given in [Some(&m[..]), None] {
                             let mut dx = vec![2.5; n];
                             let io = InOut::separate(&x, &mut dx).unwrap();
-                            backward(&ctx, io, p, seed, offset, given).unwrap();
+                            backward(&ctx, io, p, Stream::new(seed, offset), given).unwrap();
                             assert!(same_bits(&dx, &want), "backward, mask {}", given.is_some());
                         }
                     }
@@ -793,7 +818,7 @@ mod tests {
                     let mut y = vec![0.0; n];
                     let mut m = vec![0; mask_len(n)];
                     let io = InOut::separate(&x, &mut y).unwrap();
-                    alpha_forward(&ctx, io, p, seed, offset, Some(&mut m)).unwrap();
+                    alpha_forward(&ctx, io, p, Stream::new(seed, offset), Some(&mut m)).unwrap();
                     assert!(same_bits(&y, &want), "{ctx:?} n {n} p {p}");
                     let want_dx: Vec<f32> = (0..n)
                         .map(|i| if kept[i] { x[i] * a } else { 0.0 })
@@ -801,7 +826,7 @@ mod tests {
                     for given in [Some(&m[..]), None] {
                         let mut dx = vec![0.0; n];
                         let io = InOut::separate(&x, &mut dx).unwrap();
-                        alpha_backward(&ctx, io, p, seed, offset, given).unwrap();
+                        alpha_backward(&ctx, io, p, Stream::new(seed, offset), given).unwrap();
                         assert!(same_bits(&dx, &want_dx), "{ctx:?} n {n} p {p}");
                     }
                 }
@@ -831,12 +856,12 @@ mod tests {
                 let mut m = vec![0u8; mask_len(n)];
                 let io = InOut::separate(&x, &mut y).unwrap();
                 match op {
-                    0 => forward(&ctx, io, p, 1, 2, Some(&mut m)).unwrap(),
-                    1 => backward(&ctx, io, p, 1, 2, None).unwrap(),
-                    2 => alpha_forward(&ctx, io, p, 1, 2, Some(&mut m)).unwrap(),
-                    3 => alpha_backward(&ctx, io, p, 1, 2, None).unwrap(),
-                    4 => gaussian_forward(&ctx, io, p, 1, 2).unwrap(),
-                    _ => uniform_forward(&ctx, io, p, 1, 2).unwrap(),
+                    0 => forward(&ctx, io, p, Stream::new(1, 2), Some(&mut m)).unwrap(),
+                    1 => backward(&ctx, io, p, Stream::new(1, 2), None).unwrap(),
+                    2 => alpha_forward(&ctx, io, p, Stream::new(1, 2), Some(&mut m)).unwrap(),
+                    3 => alpha_backward(&ctx, io, p, Stream::new(1, 2), None).unwrap(),
+                    4 => gaussian_forward(&ctx, io, p, Stream::new(1, 2)).unwrap(),
+                    _ => uniform_forward(&ctx, io, p, Stream::new(1, 2)).unwrap(),
                 }
                 outputs.push((y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), m));
             }
@@ -861,14 +886,19 @@ mod tests {
                             .collect();
                         let mut y = vec![0.0; n];
                         let io = InOut::separate(&x, &mut y).unwrap();
-                        uniform_forward(&ctx, io, beta, seed, offset).unwrap();
+                        uniform_forward(&ctx, io, beta, Stream::new(seed, offset)).unwrap();
                         assert!(
                             same_bits(&y, &want),
                             "{ctx:?} n {n} beta {beta} offset {offset}"
                         );
                         let mut dx = x.clone();
-                        uniform_backward(&ctx, InOut::InPlace(&mut dx), beta, seed, offset)
-                            .unwrap();
+                        uniform_backward(
+                            &ctx,
+                            InOut::InPlace(&mut dx),
+                            beta,
+                            Stream::new(seed, offset),
+                        )
+                        .unwrap();
                         assert!(same_bits(&dx, &want));
                     }
                 }
@@ -898,7 +928,7 @@ mod tests {
                     let seed = 1234;
                     let mut y = vec![0.0; n];
                     let io = InOut::separate(&x, &mut y).unwrap();
-                    gaussian_forward(&ctx, io, p, seed, offset).unwrap();
+                    gaussian_forward(&ctx, io, p, Stream::new(seed, offset)).unwrap();
                     let sigma = (f64::from(p) / (1.0 - f64::from(p))).sqrt();
                     for (i, &e) in y.iter().enumerate() {
                         let want = gaussian_reference(p, seed, offset + i as u64);
@@ -929,7 +959,13 @@ mod tests {
         for seed in [1u64, 2, 3] {
             let x = vec![1.0f32; n];
             let mut y = vec![0.0; n];
-            gaussian_forward(&ctx, InOut::separate(&x, &mut y).unwrap(), 0.5, seed, 0).unwrap();
+            gaussian_forward(
+                &ctx,
+                InOut::separate(&x, &mut y).unwrap(),
+                0.5,
+                Stream::new(seed, 0),
+            )
+            .unwrap();
             let worst: f64 = y
                 .iter()
                 .enumerate()
@@ -954,14 +990,15 @@ mod tests {
                     match op {
                         0 => {
                             let mut part_mask = vec![0; mask_len(b - a)];
-                            forward(&ctx, io, 0.3, seed, o, Some(&mut part_mask)).unwrap();
+                            forward(&ctx, io, 0.3, Stream::new(seed, o), Some(&mut part_mask))
+                                .unwrap();
                             if a % 8 == 0 {
                                 m[a / 8..a / 8 + part_mask.len()].copy_from_slice(&part_mask);
                             }
                         }
-                        1 => alpha_forward(&ctx, io, 0.3, seed, o, None).unwrap(),
-                        2 => gaussian_forward(&ctx, io, 0.3, seed, o).unwrap(),
-                        _ => uniform_forward(&ctx, io, 0.5, seed, o).unwrap(),
+                        1 => alpha_forward(&ctx, io, 0.3, Stream::new(seed, o), None).unwrap(),
+                        2 => gaussian_forward(&ctx, io, 0.3, Stream::new(seed, o)).unwrap(),
+                        _ => uniform_forward(&ctx, io, 0.5, Stream::new(seed, o)).unwrap(),
                     }
                 }
             };
@@ -996,11 +1033,11 @@ mod tests {
             let run = |x: &[f32], y: &mut [f32], o: u64, m: &mut [u8]| {
                 let io = InOut::separate(x, y).unwrap();
                 match op {
-                    0 => forward(&ctx, io, 0.25, seed, o, Some(m)).unwrap(),
-                    1 => backward(&ctx, io, 0.25, seed, o, None).unwrap(),
-                    2 => alpha_forward(&ctx, io, 0.25, seed, o, None).unwrap(),
-                    3 => gaussian_forward(&ctx, io, 0.25, seed, o).unwrap(),
-                    _ => uniform_forward(&ctx, io, 0.25, seed, o).unwrap(),
+                    0 => forward(&ctx, io, 0.25, Stream::new(seed, o), Some(m)).unwrap(),
+                    1 => backward(&ctx, io, 0.25, Stream::new(seed, o), None).unwrap(),
+                    2 => alpha_forward(&ctx, io, 0.25, Stream::new(seed, o), None).unwrap(),
+                    3 => gaussian_forward(&ctx, io, 0.25, Stream::new(seed, o)).unwrap(),
+                    _ => uniform_forward(&ctx, io, 0.25, Stream::new(seed, o)).unwrap(),
                 }
             };
             run(&x, whole, offset, &mut whole_mask);
@@ -1016,7 +1053,7 @@ mod tests {
             if op == 0 {
                 let mut dx = vec![0f32; n + 1];
                 let io = InOut::separate(&x, &mut dx[1..]).unwrap();
-                backward(&ctx, io, 0.25, seed, offset, Some(&whole_mask)).unwrap();
+                backward(&ctx, io, 0.25, Stream::new(seed, offset), Some(&whole_mask)).unwrap();
                 assert!(same_bits(&dx[1..], whole));
             }
         }
@@ -1034,7 +1071,7 @@ mod tests {
             let mut buffer = vec![0f32; n + 1];
             let mut m = vec![0u8; mask_len(shape.batch * shape.channels)];
             let io = InOut::separate(&x, &mut buffer[1..]).unwrap();
-            channel_forward(&ctx, shape, io, 0.5, 1, 2, Some(&mut m)).unwrap();
+            channel_forward(&ctx, shape, io, 0.5, Stream::new(1, 2), Some(&mut m)).unwrap();
             let (c, s) = (shape.channels, shape.spatial);
             for (i, (&y, &x)) in buffer[1..].iter().zip(&x).enumerate() {
                 let pair = match shape.layout {
@@ -1078,13 +1115,22 @@ mod tests {
                         let mut y = vec![0.0; n];
                         let mut m = vec![0; mask_len(batch * channels)];
                         let io = InOut::separate(&x, &mut y).unwrap();
-                        channel_forward(&ctx, shape, io, p, seed, offset, Some(&mut m)).unwrap();
+                        channel_forward(
+                            &ctx,
+                            shape,
+                            io,
+                            p,
+                            Stream::new(seed, offset),
+                            Some(&mut m),
+                        )
+                        .unwrap();
                         assert!(same_bits(&y, &want), "{ctx:?} {shape:?} p {p}");
                         assert_eq!(m, reference_mask(batch * channels, p, seed, offset));
                         for given in [Some(&m[..]), None] {
                             let mut dx = x.clone();
                             let io = InOut::InPlace(&mut dx);
-                            channel_backward(&ctx, shape, io, p, seed, offset, given).unwrap();
+                            channel_backward(&ctx, shape, io, p, Stream::new(seed, offset), given)
+                                .unwrap();
                             assert!(same_bits(&dx, &want), "{ctx:?} {shape:?} p {p}");
                         }
                     }
@@ -1103,54 +1149,59 @@ mod tests {
         for p in [f32::NAN, -0.1, 1.1, f32::INFINITY] {
             let io = InOut::separate(&x, &mut y).unwrap();
             assert_eq!(
-                kind(forward(&ctx, io, p, 0, 0, Some(&mut m))),
+                kind(forward(&ctx, io, p, Stream::new(0, 0), Some(&mut m))),
                 ErrorKind::BadArgument
             );
         }
         let io = InOut::separate(&x, &mut y).unwrap();
         assert_eq!(
-            kind(gaussian_forward(&ctx, io, 1.0, 0, 0)),
+            kind(gaussian_forward(&ctx, io, 1.0, Stream::new(0, 0))),
             ErrorKind::BadArgument
         );
         for beta in [-1.0, f32::NAN, f32::INFINITY] {
             let io = InOut::separate(&x, &mut y).unwrap();
             assert_eq!(
-                kind(uniform_forward(&ctx, io, beta, 0, 0)),
+                kind(uniform_forward(&ctx, io, beta, Stream::new(0, 0))),
                 ErrorKind::BadArgument
             );
         }
         // The last word: offset + n - 1 (one word each), 2 (offset + n) - 1 (two words).
         let io = InOut::separate(&x, &mut y).unwrap();
         assert_eq!(
-            kind(forward(&ctx, io, 0.5, 0, u64::MAX - 14, None)),
+            kind(forward(&ctx, io, 0.5, Stream::new(0, u64::MAX - 14), None)),
             ErrorKind::Overflow
         );
         let io = InOut::separate(&x, &mut y).unwrap();
-        assert!(forward(&ctx, io, 0.5, 0, u64::MAX - 15, None).is_ok());
+        assert!(forward(&ctx, io, 0.5, Stream::new(0, u64::MAX - 15), None).is_ok());
         let io = InOut::separate(&x, &mut y).unwrap();
         assert_eq!(
-            kind(gaussian_forward(&ctx, io, 0.5, 0, (1 << 63) - 15)),
+            kind(gaussian_forward(
+                &ctx,
+                io,
+                0.5,
+                Stream::new(0, (1 << 63) - 15)
+            )),
             ErrorKind::Overflow
         );
         let io = InOut::separate(&x, &mut y).unwrap();
-        assert!(gaussian_forward(&ctx, io, 0.5, 0, (1 << 63) - 16).is_ok());
+        assert!(gaussian_forward(&ctx, io, 0.5, Stream::new(0, (1 << 63) - 16)).is_ok());
         // Overflow comes before a bad p, a bad mask length before a bad p.
         y = [7.0; 16];
         let io = InOut::separate(&x, &mut y).unwrap();
         assert_eq!(
-            kind(forward(&ctx, io, f32::NAN, 0, u64::MAX, None)),
+            kind(forward(&ctx, io, f32::NAN, Stream::new(0, u64::MAX), None)),
             ErrorKind::Overflow
         );
         let io = InOut::separate(&x, &mut y).unwrap();
         let mut short = [0u8; 1];
         assert_eq!(
-            kind(forward(&ctx, io, 2.0, 0, 0, Some(&mut short))),
+            kind(forward(&ctx, io, 2.0, Stream::new(0, 0), Some(&mut short))),
             ErrorKind::BadShape
         );
         assert_eq!(y, [7.0; 16]);
         assert_eq!(m, [9; 2]);
         // n = 0 reads no word: any offset is fine.
         let io = InOut::<f32>::separate(&[], &mut []).unwrap();
-        assert!(forward(&ctx, io, 0.5, 0, u64::MAX, None).is_ok());
+        assert!(forward(&ctx, io, 0.5, Stream::new(0, u64::MAX), None).is_ok());
     }
 }

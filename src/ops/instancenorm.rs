@@ -9,7 +9,8 @@
 use crate::context::Context;
 use crate::error::Result;
 use crate::io::InOut;
-use crate::ops::groupnorm::{self, Affine, SavedStats};
+use crate::ops::groupnorm;
+pub use crate::ops::groupnorm::{Affine, SavedStats};
 use crate::shape::Shape;
 use crate::simd::element::Element;
 

@@ -10,7 +10,7 @@
 //! statistics either). A backward over zero rows writes zeros to `dgamma` and `dbeta`.
 
 use super::TASK_ELEMENTS;
-use crate::batchnorm::{Affine, SavedStats};
+pub use crate::batchnorm::{Affine, SavedStats};
 use crate::context::Context;
 use crate::error::{Error, Result, check_eps, check_len};
 pub use crate::io::{

@@ -40,7 +40,7 @@ mod private {
     }
 }
 
-/// The element type of a data tensor: `f32`, [`bf16`] or [`f16`].
+/// The element type of a data tensor: `f32`, [`bf16`] or [`f16`](struct@f16).
 ///
 /// Inputs are widened to `f32` exactly; the math is the `f32` function's; each output element
 /// is that `f32` result rounded once to the type, to nearest, ties to even.

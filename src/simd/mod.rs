@@ -22,8 +22,9 @@ mod x86_avx512;
 use element::ElementIo;
 use std::sync::OnceLock;
 
-/// An instruction set the kernels can run on.
+/// An instruction set the kernels can run on. More may be added.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Isa {
     /// Portable SIMD (`wide`) compiled for the build target: SSE2 on baseline x86-64.
     Portable,

@@ -12,6 +12,7 @@ pub fn index(shape: &Shape, n: usize, c: usize, s: usize) -> usize {
     match shape.layout {
         Layout::Ncs => (n * shape.channels + c) * shape.spatial + s,
         Layout::Nsc => (n * shape.spatial + s) * shape.channels + c,
+        _ => unreachable!("a new layout this code does not know"),
     }
 }
 

@@ -152,6 +152,7 @@ pub fn isa_value(isa: Isa) -> normkit::ffi::nk_isa_value {
         Isa::Avx2 => 2,
         Isa::Avx512 => 3,
         Isa::Neon => 4,
+        _ => unreachable!("a new ISA this code does not know"),
     }
 }
 
@@ -164,6 +165,74 @@ pub fn c_shape(shape: Shape) -> nk_shape {
         layout: match shape.layout {
             Layout::Ncs => 0,
             Layout::Nsc => 1,
+            _ => unreachable!("a new layout this code does not know"),
         },
     }
+}
+
+/// The C flag of batch norm training: the biased running variance (as `NK_BN_RUNNING_VAR_BIASED`).
+pub const BN_RUNNING_VAR_BIASED: u32 = 1;
+/// The C flag of batch norm inference: a fused ReLU (as `NK_BN_FUSE_RELU`).
+pub const BN_FUSE_RELU: u32 = 2;
+
+/// The safe API's training parameters of the C arguments `eps`, `momentum`, `flags`.
+pub fn training_params(eps: f32, momentum: f32, flags: u32) -> normkit::batchnorm::TrainingParams {
+    use normkit::batchnorm::{RunningVar, TrainingParams};
+    let running_var = if flags & BN_RUNNING_VAR_BIASED != 0 {
+        RunningVar::Biased
+    } else {
+        RunningVar::Unbiased
+    };
+    TrainingParams::new(eps, momentum).with_running_var(running_var)
+}
+
+/// The safe API's activation of the C inference `flags`.
+pub fn activation(flags: u32) -> normkit::batchnorm::Activation {
+    use normkit::batchnorm::Activation;
+    if flags & BN_FUSE_RELU != 0 {
+        Activation::Relu
+    } else {
+        Activation::Identity
+    }
+}
+
+/// Per-channel moments of the C form (`count`, `mean[c]`, `m2[c]`).
+pub fn moments_of(count: u64, mean: &[f64], m2: &[f64]) -> Vec<normkit::Moments> {
+    mean.iter()
+        .zip(m2)
+        .map(|(&mean, &m2)| normkit::Moments { count, mean, m2 })
+        .collect()
+}
+
+/// `batchnorm::moments` into the C form: per-channel `mean` and `m2`.
+pub fn moments_c<E: normkit::Element>(
+    ctx: &Context,
+    shape: Shape,
+    x: &[E],
+    mean: &mut [f64],
+    m2: &mut [f64],
+) -> normkit::Result<()> {
+    let mut out = vec![normkit::Moments::EMPTY; shape.channels];
+    normkit::batchnorm::moments(ctx, shape, x, &mut out)?;
+    for ((m, mean), m2) in out.iter().zip(mean).zip(m2) {
+        (*mean, *m2) = (m.mean, m.m2);
+    }
+    Ok(())
+}
+
+/// `batchnorm::moments_merge` on the C form: `a <- a (+) b`, returning the merged count.
+pub fn merge_c(
+    count_a: u64,
+    mean_a: &mut [f64],
+    m2_a: &mut [f64],
+    count_b: u64,
+    mean_b: &[f64],
+    m2_b: &[f64],
+) -> normkit::Result<u64> {
+    let mut a = moments_of(count_a, mean_a, m2_a);
+    normkit::batchnorm::moments_merge(&mut a, &moments_of(count_b, mean_b, m2_b))?;
+    for ((m, mean), m2) in a.iter().zip(mean_a).zip(m2_a) {
+        (*mean, *m2) = (m.mean, m.m2);
+    }
+    Ok(count_a + count_b)
 }

@@ -14,6 +14,7 @@ pub fn index(shape: &Shape, n: usize, c: usize, s: usize) -> usize {
     match shape.layout {
         Layout::Ncs => (n * cs + c) * ss + s,
         Layout::Nsc => (n * ss + s) * cs + c,
+        _ => unreachable!("a new layout this code does not know"),
     }
 }
 
