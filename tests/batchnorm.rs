@@ -1355,7 +1355,9 @@ fn training_rejections() {
     for (b, c, s) in shapes {
         for layout in [Layout::Ncs, Layout::Nsc] {
             for running in [false, true] {
-                for flags in [0, BN_RUNNING_VAR_BIASED, BN_FUSE_RELU, 4, 1 << 31] {
+                // Unknown flag bits cannot be expressed in the safe API (typed options); the C
+                // functions' rejection of them is in tests/ffi_contract.rs.
+                for flags in [0, BN_RUNNING_VAR_BIASED] {
                     for eps in [1e-5, 0.0, -1e-5, f32::NAN, f32::INFINITY] {
                         for momentum in [0.0, 0.3, 1.0, -0.1, 1.5, f32::NAN] {
                             let mut case = fixed_case(b, c, s, layout, 3);
