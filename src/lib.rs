@@ -35,6 +35,9 @@ mod error;
 #[allow(dead_code, unused_imports)]
 mod ffi;
 // Not a public API: the C functions as Rust items for the crate's own tests and benchmarks.
+// cbindgen ignores cfg, so the marker below keeps it from reading the module a second time
+// (every declaration of include/normkit.h twice).
+/// cbindgen:ignore
 #[cfg(feature = "__internals")]
 #[doc(hidden)]
 #[allow(missing_docs)]

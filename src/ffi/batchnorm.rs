@@ -62,9 +62,19 @@ fn null_lens(shape: &nk_shape) -> (usize, usize) {
     (usize::from(!shape.is_empty()), shape.channels)
 }
 
-/// Batch norm training forward: batch statistics over N*S per channel, normalize, scale and
-/// shift, update the running statistics (optional, both or neither) with `momentum` (the weight
-/// of the new batch), save mean and inverse std (optional).
+/// Batch norm training forward. Per channel c, over its N*S values: the mean and the biased
+/// variance `var`, then `y = gamma[c] * (x - mean) / sqrt(var + eps) + beta[c]`; the running
+/// statistics become `(1 - momentum) * running + momentum * batch_stat` (the batch variance
+/// unbiased, times count/(count-1), unless NK_BN_RUNNING_VAR_BIASED); the saves receive `mean` and
+/// `invstd = 1 / sqrt(var + eps)`.
+/// - x, y: N*C*S floats (NULL when C == 0); `y == x` is in place.
+/// - gamma, beta (C floats): optional, NULL = 1, 0. save_mean, save_invstd (C floats): optional.
+///   running_mean, running_var (C floats): both or neither, whatever C (one alone:
+///   NK_ERR_NULL_POINTER).
+/// - eps finite and >= 0; momentum in [0, 1], checked without running statistics too (0 keeps
+///   them bitwise, 1 replaces them); flags 0 or NK_BN_RUNNING_VAR_BIASED. Else NK_ERR_BAD_ARGUMENT.
+/// - NK_ERR_BAD_SHAPE if N*S == 0, or if N*S == 1 with running statistics and an unbiased running
+///   variance.
 ///
 /// # Safety
 /// Every non-NULL pointer is valid for its extent in the contract (x, y: N*C*S floats;
@@ -105,7 +115,11 @@ pub unsafe extern "C" fn nk_batchnorm_forward_training(
     }
 }
 
-/// `nk_batchnorm_forward_training` on bf16 data (see there): x and y are bf16, 2-byte aligned.
+/// `nk_batchnorm_forward_training` on bf16 data (bfloat16): `x` and `y` are nk_bf16 (2-byte
+/// aligned; overlap is checked in bytes). Each input element is widened to float exactly; each
+/// element of `y` is the float function's result rounded once to nearest even; the statistics
+/// written are bitwise the float function's on the widened data. Every other argument, rule and
+/// status as there.
 ///
 /// # Safety
 /// As `nk_batchnorm_forward_training`, with bf16 data.
@@ -145,8 +159,11 @@ pub unsafe extern "C" fn nk_batchnorm_forward_training_bf16(
     }
 }
 
-/// `nk_batchnorm_forward_training` on f16 data (see there): x and y are f16 (IEEE binary16),
-/// 2-byte aligned.
+/// `nk_batchnorm_forward_training` on f16 data (IEEE binary16): `x` and `y` are nk_f16 (2-byte
+/// aligned; overlap is checked in bytes). Each input element is widened to float exactly; each
+/// element of `y` is the float function's result rounded once to nearest even; the statistics
+/// written are bitwise the float function's on the widened data. Every other argument, rule and
+/// status as there.
 ///
 /// # Safety
 /// As `nk_batchnorm_forward_training`, with f16 data.
@@ -255,8 +272,13 @@ unsafe fn batchnorm_forward_training_typed<E: Element>(
     })
 }
 
-/// Batch norm inference forward from given statistics (`mean`, `var` required), with
-/// NK_BN_FUSE_RELU optional.
+/// Batch norm inference forward from given statistics:
+/// `y = gamma[c] * (x - mean[c]) / sqrt(var[c] + eps) + beta[c]`.
+/// - x, y: N*C*S floats (NULL when the tensor is empty; nothing is written then); `y == x` is in
+///   place.
+/// - mean, var (C floats): required. gamma, beta (C floats): optional, NULL = 1, 0.
+/// - eps finite and >= 0; flags 0 or NK_BN_FUSE_RELU (`y = max(y, 0)`: negative results become
+///   +0.0, NaN and -0.0 pass unchanged). Else NK_ERR_BAD_ARGUMENT.
 ///
 /// # Safety
 /// As `nk_batchnorm_forward_training`.
@@ -281,7 +303,10 @@ pub unsafe extern "C" fn nk_batchnorm_forward_inference(
     }
 }
 
-/// `nk_batchnorm_forward_inference` on bf16 data (see there): x and y are bf16, 2-byte aligned.
+/// `nk_batchnorm_forward_inference` on bf16 data (bfloat16): `x` and `y` are nk_bf16 (2-byte
+/// aligned; overlap is checked in bytes). Each input element is widened to float exactly; each
+/// element of `y` is the float function's result rounded once to nearest even. Every other
+/// argument, rule and status as there.
 ///
 /// # Safety
 /// As `nk_batchnorm_forward_inference`, with bf16 data.
@@ -315,8 +340,10 @@ pub unsafe extern "C" fn nk_batchnorm_forward_inference_bf16(
     }
 }
 
-/// `nk_batchnorm_forward_inference` on f16 data (see there): x and y are f16 (IEEE binary16),
-/// 2-byte aligned.
+/// `nk_batchnorm_forward_inference` on f16 data (IEEE binary16): `x` and `y` are nk_f16 (2-byte
+/// aligned; overlap is checked in bytes). Each input element is widened to float exactly; each
+/// element of `y` is the float function's result rounded once to nearest even. Every other
+/// argument, rule and status as there.
 ///
 /// # Safety
 /// As `nk_batchnorm_forward_inference`, with f16 data.
@@ -405,8 +432,12 @@ unsafe fn batchnorm_forward_inference_typed<E: Element>(
     })
 }
 
-/// Per-channel mean and M2 (sum of squared deviations) of `x` over N*S values, in double; zeros
-/// for an empty shard. Merge shards with `nk_moments_merge`.
+/// The moments of this shard for synchronous batch norm, per channel, in double: `mean[c]` and
+/// `m2[c]` (the sum of squared deviations from the mean) of the channel's N*S values; zeros when
+/// N*S == 0. Their count, N*S, is not written: the caller keeps it. Merge shards' moments with
+/// nk_moments_merge.
+/// - x: N*C*S floats (NULL when the tensor is empty).
+/// - mean, m2: C doubles, required; neither may overlap x or the other.
 ///
 /// # Safety
 /// As `nk_batchnorm_forward_training`; `mean`, `m2`: C doubles.
@@ -422,7 +453,9 @@ pub unsafe extern "C" fn nk_moments(
     unsafe { moments_typed::<f32>(ctx, shape, x, mean, m2) }
 }
 
-/// `nk_moments` on bf16 data (see there): x is bf16, 2-byte aligned.
+/// `nk_moments` on bf16 data (bfloat16): `x` is nk_bf16 (2-byte aligned; overlap is checked in
+/// bytes). Each input element is widened to float exactly; `mean` and `m2` are bitwise the float
+/// function's on the widened data. Every other argument, rule and status as there.
 ///
 /// # Safety
 /// As `nk_moments`, with bf16 data.
@@ -438,7 +471,9 @@ pub unsafe extern "C" fn nk_moments_bf16(
     unsafe { moments_typed(ctx, shape, x.cast::<crate::bf16>(), mean, m2) }
 }
 
-/// `nk_moments` on f16 data (see there): x is f16 (IEEE binary16), 2-byte aligned.
+/// `nk_moments` on f16 data (IEEE binary16): `x` is nk_f16 (2-byte aligned; overlap is checked in
+/// bytes). Each input element is widened to float exactly; `mean` and `m2` are bitwise the float
+/// function's on the widened data. Every other argument, rule and status as there.
 ///
 /// # Safety
 /// As `nk_moments`, with f16 data.
@@ -487,8 +522,14 @@ unsafe fn moments_typed<E: Element>(
     })
 }
 
-/// a <- a (+) b: merges per-channel moments of two disjoint sets of values (Chan et al.).
-/// NK_ERR_OVERFLOW if count_a + count_b overflows uint64; a and b must not overlap.
+/// a <- a (+) b: per channel, the moments of the union of two disjoint sets of values (Chan et
+/// al.). With n = count_a + count_b and d = mean_b - mean_a: `mean_a += d * count_b / n`,
+/// `m2_a += m2_b + d^2 * count_a * count_b / n`; a side whose count is 0 is ignored. The merged
+/// count, count_a + count_b, is not written: the caller keeps it.
+/// - mean_a, m2_a (read and written), mean_b, m2_b: `channels` doubles each, required (NULL when
+///   channels == 0). mean_a and m2_a must not overlap each other or b.
+/// - NK_ERR_OVERFLOW if count_a + count_b overflows uint64_t.
+/// - Takes no context: runs on the calling thread.
 ///
 /// # Safety
 /// Every pointer is valid for `channels` doubles.
@@ -535,9 +576,16 @@ pub unsafe extern "C" fn nk_moments_merge(
     })
 }
 
-/// Training forward with global statistics from merged moments (`count` values in all shards;
-/// `mean`, `m2` required). The local shard may be empty; running and saved statistics are still
-/// written. Equals nk_batchnorm_forward_training when given this shard's own nk_moments.
+/// Training forward with global statistics: `mean`, `m2` merged over every shard (nk_moments,
+/// nk_moments_merge) and `count`, the global number of values per channel. Otherwise as
+/// nk_batchnorm_forward_training: the formulas, gamma, beta, running and saved statistics, eps,
+/// momentum, flags and `y == x` in place. Equals nk_batchnorm_forward_training when given this
+/// shard's own nk_moments.
+/// - x, y: N*C*S floats. The local shard may be empty (x, y NULL): the running and saved
+///   statistics are still written.
+/// - mean, m2: C doubles, required. A negative m2 gives variance 0.
+/// - count >= 1 and >= this shard's N*S, and >= 2 with running statistics and an unbiased running
+///   variance; else NK_ERR_BAD_SHAPE.
 ///
 /// # Safety
 /// As `nk_batchnorm_forward_training`; `mean`, `m2`: C doubles.
@@ -583,7 +631,11 @@ pub unsafe extern "C" fn nk_batchnorm_forward_from_moments(
     }
 }
 
-/// `nk_batchnorm_forward_from_moments` on bf16 data (see there): x and y are bf16, 2-byte aligned.
+/// `nk_batchnorm_forward_from_moments` on bf16 data (bfloat16): `x` and `y` are nk_bf16 (2-byte
+/// aligned; overlap is checked in bytes). Each input element is widened to float exactly; each
+/// element of `y` is the float function's result rounded once to nearest even; the statistics
+/// written are bitwise the float function's on the widened data. Every other argument, rule and
+/// status as there.
 ///
 /// # Safety
 /// As `nk_batchnorm_forward_from_moments`, with bf16 data.
@@ -629,8 +681,11 @@ pub unsafe extern "C" fn nk_batchnorm_forward_from_moments_bf16(
     }
 }
 
-/// `nk_batchnorm_forward_from_moments` on f16 data (see there): x and y are f16 (IEEE binary16),
-/// 2-byte aligned.
+/// `nk_batchnorm_forward_from_moments` on f16 data (IEEE binary16): `x` and `y` are nk_f16 (2-byte
+/// aligned; overlap is checked in bytes). Each input element is widened to float exactly; each
+/// element of `y` is the float function's result rounded once to nearest even; the statistics
+/// written are bitwise the float function's on the widened data. Every other argument, rule and
+/// status as there.
 ///
 /// # Safety
 /// As `nk_batchnorm_forward_from_moments`, with f16 data.
@@ -756,8 +811,15 @@ unsafe fn batchnorm_forward_from_moments_typed<E: Element>(
     })
 }
 
-/// Folds inference batch norm into the preceding conv/linear layer: `weight` [c_out][fan_in]
-/// and `bias` [c_out] (both required; bias in: the layer's bias or zeros) are rewritten in place.
+/// Folds inference batch norm into the preceding conv or linear layer, so that the layer alone
+/// computes layer-then-BN: per output channel o, `s = gamma[o] / sqrt(var[o] + eps)`,
+/// `weight[o][i] *= s`, `bias[o] = (bias[o] - mean[o]) * s + beta[o]` (in double, each result
+/// rounded once to float).
+/// - weight: c_out*fan_in floats, row-major [c_out][fan_in], required.
+/// - bias (in: the layer's bias or zeros), mean, var: c_out floats, required. gamma, beta (c_out
+///   floats): optional, NULL = 1, 0.
+/// - weight and bias must not overlap each other or the inputs. eps finite and >= 0.
+/// - Takes no context: runs on the calling thread.
 ///
 /// # Safety
 /// `weight`: c_out*fan_in floats; `bias`, `gamma`, `beta`, `mean`, `var`: c_out floats.
@@ -811,10 +873,15 @@ pub unsafe extern "C" fn nk_batchnorm_fold(
 
 use crate::ops::batchnorm::check_apply_count;
 
-/// Batch norm backward (training mode), from `x`, `dy` and the statistics the forward saved
-/// (`save_mean`, `save_invstd` required): `dx` (optional; may be `dy`, in place, but not `x`),
-/// `dgamma = sum(dy * xhat)` and `dbeta = sum(dy)` (each optional). `gamma` optional (ones).
-/// Equals nk_batchnorm_backward_reduce then nk_batchnorm_backward_apply with the local count.
+/// Batch norm backward (training mode) from the statistics the forward saved. Per channel c, with
+/// `xhat = (x - save_mean[c]) * save_invstd[c]` and sums over the channel's count = N*S values:
+/// `dgamma[c] = sum(dy * xhat)`, `dbeta[c] = sum(dy)`, and
+/// `dx = gamma[c] * save_invstd[c] * (dy - sum(dy) / count - xhat * sum(dy * xhat) / count)`.
+/// Equals nk_batchnorm_backward_reduce then nk_batchnorm_backward_apply with count N*S.
+/// - x, dy: N*C*S floats (NULL when the tensor is empty). save_mean, save_invstd (C floats):
+///   required. gamma (C floats): optional, NULL = 1.
+/// - dx (N*C*S floats), dgamma, dbeta (C floats; zeros when N*S == 0): each optional. `dx == dy`
+///   is in place; dx over x is NK_ERR_ALIAS.
 ///
 /// # Safety
 /// Every non-NULL pointer is valid for its extent in the contract (x, dy, dx: N*C*S floats;
@@ -849,7 +916,11 @@ pub unsafe extern "C" fn nk_batchnorm_backward(
     }
 }
 
-/// `nk_batchnorm_backward` on bf16 data (see there): x, dy and dx are bf16, 2-byte aligned.
+/// `nk_batchnorm_backward` on bf16 data (bfloat16): `x`, `dy` and `dx` are nk_bf16 (2-byte aligned;
+/// overlap is checked in bytes). Each input element is widened to float exactly; each element of
+/// `dx` is the float function's result rounded once to nearest even; `dgamma` and `dbeta` are
+/// bitwise the float function's on the widened data. Every other argument, rule and status as
+/// there.
 ///
 /// # Safety
 /// As `nk_batchnorm_backward`, with bf16 data.
@@ -883,8 +954,11 @@ pub unsafe extern "C" fn nk_batchnorm_backward_bf16(
     }
 }
 
-/// `nk_batchnorm_backward` on f16 data (see there): x, dy and dx are f16 (IEEE binary16), 2-byte
-/// aligned.
+/// `nk_batchnorm_backward` on f16 data (IEEE binary16): `x`, `dy` and `dx` are nk_f16 (2-byte
+/// aligned; overlap is checked in bytes). Each input element is widened to float exactly; each
+/// element of `dx` is the float function's result rounded once to nearest even; `dgamma` and
+/// `dbeta` are bitwise the float function's on the widened data. Every other argument, rule and
+/// status as there.
 ///
 /// # Safety
 /// As `nk_batchnorm_backward`, with f16 data.
@@ -970,9 +1044,13 @@ unsafe fn batchnorm_backward_typed<E: Element>(
     })
 }
 
-/// The per-channel sums of a synchronous batch norm backward over this shard: `sum_dy[c] =
-/// sum(dy)` and `sum_dy_xhat[c] = sum(dy * xhat)`, in double (zeros for an empty shard). Add up
-/// every shard's sums, then call nk_batchnorm_backward_apply.
+/// The per-channel sums of a synchronous batch norm backward over this shard, in double:
+/// `sum_dy[c] = sum(dy)` and `sum_dy_xhat[c] = sum(dy * xhat)` with
+/// `xhat = (x - save_mean[c]) * save_invstd[c]`; zeros when N*S == 0. Add up every shard's sums,
+/// then call nk_batchnorm_backward_apply.
+/// - x, dy: N*C*S floats (NULL when the tensor is empty). save_mean, save_invstd (C floats):
+///   required.
+/// - sum_dy, sum_dy_xhat: C doubles, required; neither may overlap an input or the other.
 ///
 /// # Safety
 /// As `nk_batchnorm_backward`; `sum_dy`, `sum_dy_xhat`: C doubles.
@@ -1002,7 +1080,10 @@ pub unsafe extern "C" fn nk_batchnorm_backward_reduce(
     }
 }
 
-/// `nk_batchnorm_backward_reduce` on bf16 data (see there): x and dy are bf16, 2-byte aligned.
+/// `nk_batchnorm_backward_reduce` on bf16 data (bfloat16): `x` and `dy` are nk_bf16 (2-byte
+/// aligned; overlap is checked in bytes). Each input element is widened to float exactly; `sum_dy`
+/// and `sum_dy_xhat` are bitwise the float function's on the widened data. Every other argument,
+/// rule and status as there.
 ///
 /// # Safety
 /// As `nk_batchnorm_backward_reduce`, with bf16 data.
@@ -1032,8 +1113,10 @@ pub unsafe extern "C" fn nk_batchnorm_backward_reduce_bf16(
     }
 }
 
-/// `nk_batchnorm_backward_reduce` on f16 data (see there): x and dy are f16 (IEEE binary16),
-/// 2-byte aligned.
+/// `nk_batchnorm_backward_reduce` on f16 data (IEEE binary16): `x` and `dy` are nk_f16 (2-byte
+/// aligned; overlap is checked in bytes). Each input element is widened to float exactly; `sum_dy`
+/// and `sum_dy_xhat` are bitwise the float function's on the widened data. Every other argument,
+/// rule and status as there.
 ///
 /// # Safety
 /// As `nk_batchnorm_backward_reduce`, with f16 data.
@@ -1110,10 +1193,15 @@ unsafe fn batchnorm_backward_reduce_typed<E: Element>(
     })
 }
 
-/// The input gradient of a synchronous batch norm backward: `dx = gamma * invstd * (dy -
-/// sum_dy / count - xhat * sum_dy_xhat / count)` with the sums added up over every shard and
-/// `count` the global number of values per channel (at least 1 and at least this shard's N*S,
-/// else NK_ERR_BAD_SHAPE). `dx` required (may be `dy`, in place); `gamma` optional (ones).
+/// The input gradient of a synchronous batch norm backward:
+/// `dx = gamma[c] * save_invstd[c] * (dy - sum_dy[c] / count - xhat * sum_dy_xhat[c] / count)`,
+/// `xhat = (x - save_mean[c]) * save_invstd[c]`, with the sums added up over every shard and
+/// `count` the global number of values per channel (>= 1 and >= this shard's N*S, else
+/// NK_ERR_BAD_SHAPE).
+/// - x, dy, dx: N*C*S floats (NULL when the tensor is empty; nothing is written then). dx is
+///   required; `dx == dy` is in place, dx over x is NK_ERR_ALIAS.
+/// - save_mean, save_invstd (C floats), sum_dy, sum_dy_xhat (C doubles): required. gamma (C
+///   floats): optional, NULL = 1.
 ///
 /// # Safety
 /// As `nk_batchnorm_backward`; `sum_dy`, `sum_dy_xhat`: C doubles.
@@ -1149,7 +1237,10 @@ pub unsafe extern "C" fn nk_batchnorm_backward_apply(
     }
 }
 
-/// `nk_batchnorm_backward_apply` on bf16 data (see there): x, dy and dx are bf16, 2-byte aligned.
+/// `nk_batchnorm_backward_apply` on bf16 data (bfloat16): `x`, `dy` and `dx` are nk_bf16 (2-byte
+/// aligned; overlap is checked in bytes). Each input element is widened to float exactly; each
+/// element of `dx` is the float function's result rounded once to nearest even. Every other
+/// argument, rule and status as there.
 ///
 /// # Safety
 /// As `nk_batchnorm_backward_apply`, with bf16 data.
@@ -1185,8 +1276,10 @@ pub unsafe extern "C" fn nk_batchnorm_backward_apply_bf16(
     }
 }
 
-/// `nk_batchnorm_backward_apply` on f16 data (see there): x, dy and dx are f16 (IEEE binary16),
-/// 2-byte aligned.
+/// `nk_batchnorm_backward_apply` on f16 data (IEEE binary16): `x`, `dy` and `dx` are nk_f16 (2-byte
+/// aligned; overlap is checked in bytes). Each input element is widened to float exactly; each
+/// element of `dx` is the float function's result rounded once to nearest even. Every other
+/// argument, rule and status as there.
 ///
 /// # Safety
 /// As `nk_batchnorm_backward_apply`, with f16 data.

@@ -12,8 +12,9 @@ use crate::{Context, Element, InOut};
 
 /// Philox4x32-10 (Salmon et al., SC'11; Random123): `out` = the block of `counter[4]` under
 /// `key[2]`. The word `w` of the dropout stream of `seed` is `out[w & 3]` for counter
-/// `{lo32(w >> 2), hi32(w >> 2), 0, 0}` and key `{lo32(seed), hi32(seed)}`. Does nothing if
-/// a pointer is NULL; `out` may overlap the inputs.
+/// `{lo32(w >> 2), hi32(w >> 2), 0, 0}` and key `{lo32(seed), hi32(seed)}`. A pure function with
+/// no status: it does nothing if a pointer is NULL and never sets the last error message. The
+/// pointers need no alignment; `out` may overlap the inputs.
 ///
 /// # Safety
 /// `counter` and `out` are valid for 4 `uint32_t`, `key` for 2.
@@ -34,8 +35,11 @@ pub unsafe extern "C" fn nk_philox4x32_10(counter: *const u32, key: *const u32, 
 }
 
 /// The keep mask of `n` elements: bit `i` (bit `i & 7` of byte `i >> 3`) is 1 iff
-/// `(r >> 8) >= ceil(p * 2^24)` for word `r = offset + i` of the stream of `seed`; unused high
-/// bits of the last byte are 0. `mask`: ceil(n / 8) bytes, required.
+/// `(r >> 8) >= ceil(p * 2^24)` for the word `r` at index `offset + i` of the stream of `seed`;
+/// unused high bits of the last byte are 0.
+/// - mask: ceil(n / 8) bytes, required (NULL when n == 0).
+/// - p in [0, 1] (-0.0 counts as 0; NaN: NK_ERR_BAD_ARGUMENT). NK_ERR_OVERFLOW if the last word
+///   index, offset + n - 1, exceeds 2^64 - 1 (n == 0 reads no word).
 ///
 /// # Safety
 /// `mask` is valid for ceil(n / 8) bytes.
@@ -247,9 +251,14 @@ unsafe fn dropout_forward<E: Element>(
     unsafe { call.keep_forward(dropout::forward::<E>, mask) }
 }
 
-/// Inverted dropout: kept elements `y = x * (float)(1.0 / (1.0 - p))`, dropped ones exactly
-/// `+0.0` (a select). `p` in [0, 1]. `mask` (optional output, ceil(n / 8) bytes) receives the
-/// keep mask. `y == x` is allowed. DropConnect is this call on a weight buffer.
+/// Inverted dropout: element `i` is kept iff `(r >> 8) >= ceil(p * 2^24)` for the word `r` at
+/// index `offset + i` of the stream of `seed`. Kept elements `y = x * (float)(1.0 / (1.0 - p))`,
+/// dropped ones exactly `+0.0` (a select: NaN and infinity do not leak); p == 1 gives +0.0
+/// everywhere. DropConnect is this call on a weight buffer.
+/// - x, y: n floats (NULL when n == 0); `y == x` is in place.
+/// - mask: optional output, ceil(n / 8) bytes, receives the keep mask (as nk_dropout_mask); it
+///   must not overlap x or y.
+/// - p in [0, 1] (-0.0 counts as 0). NK_ERR_OVERFLOW if offset + n - 1 exceeds 2^64 - 1.
 ///
 /// # Safety
 /// `x`, `y`: n floats; `mask`: NULL or ceil(n / 8) bytes.
@@ -354,9 +363,13 @@ unsafe fn dropout_backward<E: Element>(
     unsafe { call.keep_backward(dropout::backward::<E>, mask) }
 }
 
-/// Backward of `nk_dropout_forward`: `dx = dy * scale` where the forward kept the element,
-/// `+0.0` where it dropped it. `mask` (optional input) holds the forward's mask; NULL makes
-/// the decisions again from `(seed, offset)`. `dx` is required; `dx == dy` is allowed.
+/// Backward of `nk_dropout_forward`: `dx = dy * (float)(1.0 / (1.0 - p))` where the forward kept
+/// the element, exactly `+0.0` where it dropped it. The decisions come from `mask` (optional
+/// input, ceil(n / 8) bytes: the forward's mask) or, when it is NULL, are made again from
+/// `(seed, offset)`; with p == 1 every element is dropped whatever the mask says.
+/// - dy, dx: n floats (NULL when n == 0); dx is required; `dx == dy` is in place. mask must not
+///   overlap dx.
+/// - p and the word range as for `nk_dropout_forward`.
 ///
 /// # Safety
 /// `dy`, `dx`: n floats; `mask`: NULL or ceil(n / 8) bytes.
@@ -503,10 +516,15 @@ unsafe fn channel_dropout_forward<E: Element>(
     })
 }
 
-/// Channel (spatial) dropout: one keep decision per (n, c) pair, from word
-/// `offset + n * channels + c`, applied to the pair's whole spatial map; both layouts. `mask`
-/// (optional output) receives batch * channels bits, ceil(batch * channels / 8) bytes. A shape
-/// without elements writes nothing.
+/// Channel (spatial) dropout: one keep decision per (n, c) pair, from the word at index
+/// `offset + n * channels + c` (kept iff `(r >> 8) >= ceil(p * 2^24)`), applied to the pair's
+/// whole spatial map: kept elements `y = x * (float)(1.0 / (1.0 - p))`, dropped ones `+0.0`.
+/// Both layouts.
+/// - x, y: batch*channels*spatial floats (NULL when the tensor is empty); `y == x` is in place.
+/// - mask: optional output, batch*channels bits in ceil(batch*channels / 8) bytes; it must not
+///   overlap x or y.
+/// - p in [0, 1]. NK_ERR_OVERFLOW if offset + batch*channels - 1 exceeds 2^64 - 1. A shape
+///   without elements reads no word and writes nothing, not even the mask.
 ///
 /// # Safety
 /// `x`, `y`: batch * channels * spatial floats; `mask`: NULL or ceil(batch * channels / 8)
@@ -626,8 +644,13 @@ unsafe fn channel_dropout_backward<E: Element>(
     })
 }
 
-/// Backward of `nk_channel_dropout_forward`, from `mask` (optional input) or with the
-/// decisions made again from `(seed, offset)`. `dx` is required; `dx == dy` is allowed.
+/// Backward of `nk_channel_dropout_forward`: `dx = dy * (float)(1.0 / (1.0 - p))` on the maps of
+/// kept pairs, `+0.0` on those of dropped ones. The decisions come from `mask` (optional input,
+/// ceil(batch*channels / 8) bytes) or, when it is NULL, are made again from `(seed, offset)`;
+/// with p == 1 every pair is dropped whatever the mask says.
+/// - dy, dx: batch*channels*spatial floats (NULL when the tensor is empty); dx is required;
+///   `dx == dy` is in place. mask must not overlap dx.
+/// - p, the word range and shapes without elements as for `nk_channel_dropout_forward`.
 ///
 /// # Safety
 /// As `nk_channel_dropout_forward`.
@@ -732,10 +755,13 @@ unsafe fn alpha_dropout_forward<E: Element>(
     unsafe { call.keep_forward(dropout::alpha_forward::<E>, mask) }
 }
 
-/// Alpha dropout (SELU networks): dropped elements take alpha' = -1.7580993408473766, then
-/// `y = a * x' + b`, `a = ((1 - p) * (1 + p * alpha'^2))^-1/2`, `b = -a * alpha' * p` (computed
-/// in double, rounded to float; the product and the sum each rounded). `p = 1` gives `+0.0`.
-/// `mask` (optional output): the keep mask.
+/// Alpha dropout (SELU networks): keep decisions as for `nk_dropout_forward`; dropped elements
+/// take alpha' = -1.7580993408473766, then `y = a * x' + b` with
+/// `a = ((1 - p) * (1 + p * alpha'^2))^-1/2`, `b = -a * alpha' * p` (computed in double, rounded
+/// to float; the product and the sum each rounded). p == 1 gives +0.0 everywhere.
+/// - x, y: n floats (NULL when n == 0); `y == x` is in place.
+/// - mask: optional output, ceil(n / 8) bytes, receives the keep mask; it must not overlap x or y.
+/// - p in [0, 1]. NK_ERR_OVERFLOW if offset + n - 1 exceeds 2^64 - 1.
 ///
 /// # Safety
 /// As `nk_dropout_forward`.
@@ -840,8 +866,13 @@ unsafe fn alpha_dropout_backward<E: Element>(
     unsafe { call.keep_backward(dropout::alpha_backward::<E>, mask) }
 }
 
-/// Backward of `nk_alpha_dropout_forward`: `dx = dy * a` where kept, `+0.0` where dropped;
-/// from `mask` (optional input) or made again.
+/// Backward of `nk_alpha_dropout_forward`: `dx = dy * a` where the forward kept the element,
+/// exactly `+0.0` where it dropped it. The decisions come from `mask` (optional input,
+/// ceil(n / 8) bytes) or, when it is NULL, are made again from `(seed, offset)`; with p == 1
+/// every element is dropped whatever the mask says.
+/// - dy, dx: n floats (NULL when n == 0); dx is required; `dx == dy` is in place. mask must not
+///   overlap dx.
+/// - p and the word range as for `nk_alpha_dropout_forward`.
 ///
 /// # Safety
 /// As `nk_dropout_backward`.
@@ -946,8 +977,12 @@ unsafe fn gaussian_dropout_forward<E: Element>(
 }
 
 /// Gaussian dropout: `y = x * e`, `e = 1 + sqrt(p / (1 - p)) * sqrt(-2 ln u1) * cos(2 pi u2)`,
-/// `u1 = ((r0 >> 8) + 1) * 2^-24`, `u2 = (r1 >> 8) * 2^-24` from words `2 * (offset + i)` and
-/// `2 * (offset + i) + 1`. `p` in [0, 1). Agrees across ISAs within float rounding.
+/// `u1 = ((r0 >> 8) + 1) * 2^-24`, `u2 = (r1 >> 8) * 2^-24` from the words `r0`, `r1` at indices
+/// `2 * (offset + i)` and `2 * (offset + i) + 1` of the stream of `seed`. The same bits on every
+/// ISA (correctly rounded operations only, no FMA).
+/// - x, y: n floats (NULL when n == 0); `y == x` is in place. No mask.
+/// - p in [0, 1) (1 or NaN: NK_ERR_BAD_ARGUMENT). NK_ERR_OVERFLOW if offset + n exceeds 2^63 (the
+///   last word index, 2 * (offset + n) - 1, past 2^64 - 1).
 ///
 /// # Safety
 /// `x`, `y`: n floats.
@@ -966,8 +1001,8 @@ pub unsafe extern "C" fn nk_gaussian_dropout_forward(
 }
 
 /// `nk_gaussian_dropout_forward` on bf16 data (bfloat16): `x` is widened to float exactly, each
-/// element of `y` is the float function's result rounded once to nearest even; masks and every
-/// other argument as there. `x` and `y` need 2-byte alignment; overlap is checked in bytes.
+/// element of `y` is the float function's result rounded once to nearest even; every other argument
+/// as there (no mask). `x` and `y` need 2-byte alignment; overlap is checked in bytes.
 ///
 /// # Safety
 /// `x`, `y`: n `nk_bf16`.
@@ -997,8 +1032,8 @@ pub unsafe extern "C" fn nk_gaussian_dropout_forward_bf16(
 }
 
 /// `nk_gaussian_dropout_forward` on f16 data (IEEE binary16): `x` is widened to float exactly, each
-/// element of `y` is the float function's result rounded once to nearest even; masks and every
-/// other argument as there. `x` and `y` need 2-byte alignment; overlap is checked in bytes.
+/// element of `y` is the float function's result rounded once to nearest even; every other argument
+/// as there (no mask). `x` and `y` need 2-byte alignment; overlap is checked in bytes.
 ///
 /// # Safety
 /// `x`, `y`: n `nk_f16`.
@@ -1046,7 +1081,9 @@ unsafe fn gaussian_dropout_backward<E: Element>(
     unsafe { call.noise(dropout::gaussian_backward::<E>, 2, check_p_gaussian) }
 }
 
-/// Backward of `nk_gaussian_dropout_forward`: `dx = dy * e`, the same factors.
+/// Backward of `nk_gaussian_dropout_forward`: `dx = dy * e`, the same factors from the same words.
+/// - dy, dx: n floats (NULL when n == 0); dx is required; `dx == dy` is in place. No mask.
+/// - p in [0, 1) and the word range as for `nk_gaussian_dropout_forward`.
 ///
 /// # Safety
 /// `dy`, `dx`: n floats.
@@ -1065,8 +1102,8 @@ pub unsafe extern "C" fn nk_gaussian_dropout_backward(
 }
 
 /// `nk_gaussian_dropout_backward` on bf16 data (bfloat16): `dy` is widened to float exactly, each
-/// element of `dx` is the float function's result rounded once to nearest even; masks and every
-/// other argument as there. `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
+/// element of `dx` is the float function's result rounded once to nearest even; every other
+/// argument as there (no mask). `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
 ///
 /// # Safety
 /// `dy`, `dx`: n `nk_bf16`.
@@ -1096,8 +1133,8 @@ pub unsafe extern "C" fn nk_gaussian_dropout_backward_bf16(
 }
 
 /// `nk_gaussian_dropout_backward` on f16 data (IEEE binary16): `dy` is widened to float exactly,
-/// each element of `dx` is the float function's result rounded once to nearest even; masks and
-/// every other argument as there. `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
+/// each element of `dx` is the float function's result rounded once to nearest even; every other
+/// argument as there (no mask). `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
 ///
 /// # Safety
 /// `dy`, `dx`: n `nk_f16`.
@@ -1146,7 +1183,10 @@ unsafe fn uniform_dropout_forward<E: Element>(
 }
 
 /// Uniform dropout ("Uout", Li et al., CVPR 2019): `y = x * (1 + r)`, `r = beta * (2u - 1)`,
-/// `u = (w >> 8) * 2^-24` for word `w = offset + i`. `beta` finite and >= 0.
+/// `u = (w >> 8) * 2^-24` for the word `w` at index `offset + i` of the stream of `seed`.
+/// - x, y: n floats (NULL when n == 0); `y == x` is in place. No mask.
+/// - beta finite and >= 0 (else NK_ERR_BAD_ARGUMENT). NK_ERR_OVERFLOW if offset + n - 1 exceeds
+///   2^64 - 1.
 ///
 /// # Safety
 /// `x`, `y`: n floats.
@@ -1165,8 +1205,8 @@ pub unsafe extern "C" fn nk_uniform_dropout_forward(
 }
 
 /// `nk_uniform_dropout_forward` on bf16 data (bfloat16): `x` is widened to float exactly, each
-/// element of `y` is the float function's result rounded once to nearest even; masks and every
-/// other argument as there. `x` and `y` need 2-byte alignment; overlap is checked in bytes.
+/// element of `y` is the float function's result rounded once to nearest even; every other argument
+/// as there (no mask). `x` and `y` need 2-byte alignment; overlap is checked in bytes.
 ///
 /// # Safety
 /// `x`, `y`: n `nk_bf16`.
@@ -1196,8 +1236,8 @@ pub unsafe extern "C" fn nk_uniform_dropout_forward_bf16(
 }
 
 /// `nk_uniform_dropout_forward` on f16 data (IEEE binary16): `x` is widened to float exactly, each
-/// element of `y` is the float function's result rounded once to nearest even; masks and every
-/// other argument as there. `x` and `y` need 2-byte alignment; overlap is checked in bytes.
+/// element of `y` is the float function's result rounded once to nearest even; every other argument
+/// as there (no mask). `x` and `y` need 2-byte alignment; overlap is checked in bytes.
 ///
 /// # Safety
 /// `x`, `y`: n `nk_f16`.
@@ -1245,7 +1285,10 @@ unsafe fn uniform_dropout_backward<E: Element>(
     unsafe { call.noise(dropout::uniform_backward::<E>, 1, check_beta) }
 }
 
-/// Backward of `nk_uniform_dropout_forward`: `dx = dy * (1 + r)`, the same factors.
+/// Backward of `nk_uniform_dropout_forward`: `dx = dy * (1 + r)`, the same factors from the same
+/// words.
+/// - dy, dx: n floats (NULL when n == 0); dx is required; `dx == dy` is in place. No mask.
+/// - beta and the word range as for `nk_uniform_dropout_forward`.
 ///
 /// # Safety
 /// `dy`, `dx`: n floats.
@@ -1264,8 +1307,8 @@ pub unsafe extern "C" fn nk_uniform_dropout_backward(
 }
 
 /// `nk_uniform_dropout_backward` on bf16 data (bfloat16): `dy` is widened to float exactly, each
-/// element of `dx` is the float function's result rounded once to nearest even; masks and every
-/// other argument as there. `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
+/// element of `dx` is the float function's result rounded once to nearest even; every other
+/// argument as there (no mask). `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
 ///
 /// # Safety
 /// `dy`, `dx`: n `nk_bf16`.
@@ -1295,8 +1338,8 @@ pub unsafe extern "C" fn nk_uniform_dropout_backward_bf16(
 }
 
 /// `nk_uniform_dropout_backward` on f16 data (IEEE binary16): `dy` is widened to float exactly,
-/// each element of `dx` is the float function's result rounded once to nearest even; masks and
-/// every other argument as there. `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
+/// each element of `dx` is the float function's result rounded once to nearest even; every other
+/// argument as there (no mask). `dy` and `dx` need 2-byte alignment; overlap is checked in bytes.
 ///
 /// # Safety
 /// `dy`, `dx`: n `nk_f16`.

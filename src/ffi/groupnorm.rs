@@ -9,11 +9,14 @@ use crate::Element;
 use crate::ops::groupnorm::{self, Affine, SavedStats};
 use crate::ops::instancenorm;
 
-/// Group norm forward: C channels in `groups` consecutive groups (at least 1, dividing C, else
-/// NK_ERR_BAD_SHAPE); mean and biased variance per (n, group) over C/groups*S values (each group
-/// needs at least one value when batch > 0); y = gamma[c] * (x - mean) * invstd + beta[c].
-/// `gamma`, `beta` (length C) and the saves (length batch*groups, index n*groups + g) are
-/// optional; y == x is allowed.
+/// Group norm forward: the C channels form `groups` consecutive groups (`groups` >= 1 and dividing
+/// C, else NK_ERR_BAD_SHAPE); per (n, group), the mean and biased variance `var` of its C/groups*S
+/// values, then `y = gamma[c] * (x - mean) / sqrt(var + eps) + beta[c]`. Both layouts.
+/// - x, y: N*C*S floats; `y == x` is in place. With N > 0 every group needs a value (C > 0 and
+///   S > 0, else NK_ERR_BAD_SHAPE); N == 0 is an empty call (x, y may be NULL, nothing is written).
+/// - gamma, beta (C floats): optional, NULL = 1, 0. save_mean, save_invstd (N*groups floats,
+///   index n*groups + g): optional, receive each group's mean and `1 / sqrt(var + eps)`.
+/// - eps finite and >= 0.
 ///
 /// # Safety
 /// Every non-NULL pointer is valid for its extent in the contract (x, y: N*C*S floats; gamma,
@@ -48,7 +51,10 @@ pub unsafe extern "C" fn nk_groupnorm_forward(
     }
 }
 
-/// `nk_groupnorm_forward` on bf16 data (see there); x and y are bf16, 2-byte aligned.
+/// `nk_groupnorm_forward` on bf16 data (bfloat16): `x` and `y` are nk_bf16 (2-byte aligned; overlap
+/// is checked in bytes). Each input element is widened to float exactly; each element of `y` is the
+/// float function's result rounded once to nearest even; the saved statistics are bitwise the float
+/// function's on the widened data. Every other argument, rule and status as there.
 ///
 /// # Safety
 /// As `nk_groupnorm_forward`, with x, y: N*C*S bf16 values.
@@ -82,7 +88,11 @@ pub unsafe extern "C" fn nk_groupnorm_forward_bf16(
     }
 }
 
-/// `nk_groupnorm_forward` on f16 data (see there); x and y are f16, 2-byte aligned.
+/// `nk_groupnorm_forward` on f16 data (IEEE binary16): `x` and `y` are nk_f16 (2-byte aligned;
+/// overlap is checked in bytes). Each input element is widened to float exactly; each element of
+/// `y` is the float function's result rounded once to nearest even; the saved statistics are
+/// bitwise the float function's on the widened data. Every other argument, rule and status as
+/// there.
 ///
 /// # Safety
 /// As `nk_groupnorm_forward`, with x, y: N*C*S f16 values.
@@ -170,9 +180,15 @@ unsafe fn groupnorm_forward<E: Element>(
     })
 }
 
-/// Group norm backward from the saved statistics (`save_mean`, `save_invstd` required, length
-/// batch*groups): dx (optional; dx == dy allowed), dgamma = sum(dy * xhat) and dbeta = sum(dy)
-/// per channel (each optional; zeros over no values).
+/// Group norm backward from the saved statistics. Per (n, group), with
+/// `xhat = (x - save_mean) * save_invstd`, `g = dy * gamma[c]` and means over the group's values:
+/// `dx = save_invstd * (g - mean(g) - xhat * mean(g * xhat))`; per channel, over n and s,
+/// `dgamma = sum(dy * xhat)` and `dbeta = sum(dy)`. `groups` as for nk_groupnorm_forward (>= 1,
+/// dividing C), but a group may hold no value.
+/// - x, dy: N*C*S floats (NULL when the tensor is empty). save_mean, save_invstd (N*groups
+///   floats): required. gamma (C floats): optional, NULL = 1.
+/// - dx (N*C*S floats), dgamma, dbeta (C floats; zeros when the tensor is empty): each optional.
+///   `dx == dy` is in place; dx over x is NK_ERR_ALIAS.
 ///
 /// # Safety
 /// As `nk_groupnorm_forward`; dy, dx: N*C*S floats; dgamma, dbeta: C floats.
@@ -208,7 +224,11 @@ pub unsafe extern "C" fn nk_groupnorm_backward(
     }
 }
 
-/// `nk_groupnorm_backward` on bf16 data (see there); x, dy and dx are bf16, 2-byte aligned.
+/// `nk_groupnorm_backward` on bf16 data (bfloat16): `x`, `dy` and `dx` are nk_bf16 (2-byte aligned;
+/// overlap is checked in bytes). Each input element is widened to float exactly; each element of
+/// `dx` is the float function's result rounded once to nearest even; `dgamma` and `dbeta` are
+/// bitwise the float function's on the widened data. Every other argument, rule and status as
+/// there.
 ///
 /// # Safety
 /// As `nk_groupnorm_backward`, with x, dy, dx: N*C*S bf16 values.
@@ -244,7 +264,11 @@ pub unsafe extern "C" fn nk_groupnorm_backward_bf16(
     }
 }
 
-/// `nk_groupnorm_backward` on f16 data (see there); x, dy and dx are f16, 2-byte aligned.
+/// `nk_groupnorm_backward` on f16 data (IEEE binary16): `x`, `dy` and `dx` are nk_f16 (2-byte
+/// aligned; overlap is checked in bytes). Each input element is widened to float exactly; each
+/// element of `dx` is the float function's result rounded once to nearest even; `dgamma` and
+/// `dbeta` are bitwise the float function's on the widened data. Every other argument, rule and
+/// status as there.
 ///
 /// # Safety
 /// As `nk_groupnorm_backward`, with x, dy, dx: N*C*S f16 values.
@@ -337,8 +361,12 @@ unsafe fn groupnorm_backward<E: Element>(
     })
 }
 
-/// Instance norm forward: group norm with groups = C (statistics per (n, c) over S values; S >= 1
-/// when batch and C are not 0). Saves have length batch*C, index n*C + c; y == x is allowed.
+/// Instance norm forward: group norm with groups = C, statistics per (n, c) over its S values.
+/// - x, y: N*C*S floats; `y == x` is in place. With N > 0 and C > 0, S must be >= 1 (else
+///   NK_ERR_BAD_SHAPE); N == 0 or C == 0 is an empty call (x, y may be NULL, nothing is written).
+/// - gamma, beta (C floats): optional, NULL = 1, 0. save_mean, save_invstd (N*C floats, index
+///   n*C + c): optional.
+/// - eps finite and >= 0.
 ///
 /// # Safety
 /// As `nk_groupnorm_forward`, with batch*C floats for each save.
@@ -358,7 +386,11 @@ pub unsafe extern "C" fn nk_instancenorm_forward(
     unsafe { instancenorm_forward(ctx, shape, x, y, gamma, beta, eps, save_mean, save_invstd) }
 }
 
-/// `nk_instancenorm_forward` on bf16 data (see there); x and y are bf16, 2-byte aligned.
+/// `nk_instancenorm_forward` on bf16 data (bfloat16): `x` and `y` are nk_bf16 (2-byte aligned;
+/// overlap is checked in bytes). Each input element is widened to float exactly; each element of
+/// `y` is the float function's result rounded once to nearest even; the saved statistics are
+/// bitwise the float function's on the widened data. Every other argument, rule and status as
+/// there.
 ///
 /// # Safety
 /// As `nk_instancenorm_forward`, with x, y: N*C*S bf16 values.
@@ -390,7 +422,11 @@ pub unsafe extern "C" fn nk_instancenorm_forward_bf16(
     }
 }
 
-/// `nk_instancenorm_forward` on f16 data (see there); x and y are f16, 2-byte aligned.
+/// `nk_instancenorm_forward` on f16 data (IEEE binary16): `x` and `y` are nk_f16 (2-byte aligned;
+/// overlap is checked in bytes). Each input element is widened to float exactly; each element of
+/// `y` is the float function's result rounded once to nearest even; the saved statistics are
+/// bitwise the float function's on the widened data. Every other argument, rule and status as
+/// there.
 ///
 /// # Safety
 /// As `nk_instancenorm_forward`, with x, y: N*C*S f16 values.

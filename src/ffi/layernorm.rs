@@ -73,9 +73,11 @@ unsafe fn layernorm_forward<E: Element>(
 }
 
 /// Layer norm forward over `rows` rows of `cols` contiguous floats: each row normalized with its
-/// own mean and biased variance, then `y = xhat * gamma + beta` (`gamma`, `beta` optional, `cols`
-/// floats). `save_mean`, `save_invstd` (optional, `rows` floats) receive each row's statistics.
-/// `y == x` is in place. With `cols == 0` nothing is written.
+/// own mean and biased variance `var`, `y = (x - mean) / sqrt(var + eps) * gamma[j] + beta[j]`.
+/// - x, y: rows*cols floats (NULL when rows*cols == 0); `y == x` is in place.
+/// - gamma, beta (cols floats): optional, NULL = 1, 0. save_mean, save_invstd (rows floats):
+///   optional, receive each row's mean and `1 / sqrt(var + eps)`.
+/// - eps finite and >= 0. With `cols == 0` nothing is written (no saves either).
 ///
 /// # Safety
 /// Every non-NULL pointer is valid for its extent (x, y: rows*cols floats; gamma, beta: cols;
@@ -110,8 +112,10 @@ pub unsafe extern "C" fn nk_layernorm_forward(
     }
 }
 
-/// `nk_layernorm_forward` on bf16 data (see there): x and y are bf16, 2-byte aligned; gamma,
-/// beta and the saved statistics stay float.
+/// `nk_layernorm_forward` on bf16 data (bfloat16): `x` and `y` are nk_bf16 (2-byte aligned; overlap
+/// is checked in bytes). Each input element is widened to float exactly; each element of `y` is the
+/// float function's result rounded once to nearest even; the saved statistics are bitwise the float
+/// function's on the widened data. Every other argument, rule and status as there.
 ///
 /// # Safety
 /// As `nk_layernorm_forward`, with x, y: rows*cols bf16 values.
@@ -145,8 +149,11 @@ pub unsafe extern "C" fn nk_layernorm_forward_bf16(
     }
 }
 
-/// `nk_layernorm_forward` on f16 data (see there): x and y are f16, 2-byte aligned; gamma,
-/// beta and the saved statistics stay float.
+/// `nk_layernorm_forward` on f16 data (IEEE binary16): `x` and `y` are nk_f16 (2-byte aligned;
+/// overlap is checked in bytes). Each input element is widened to float exactly; each element of
+/// `y` is the float function's result rounded once to nearest even; the saved statistics are
+/// bitwise the float function's on the widened data. Every other argument, rule and status as
+/// there.
 ///
 /// # Safety
 /// As `nk_layernorm_forward`, with x, y: rows*cols f16 values.
@@ -233,9 +240,14 @@ unsafe fn layernorm_backward<E: Element>(
     })
 }
 
-/// Layer norm backward from the saved statistics (`save_mean`, `save_invstd` required, `rows`
-/// floats): `dx` (optional; `dx == dy` is in place), `dgamma = sum over rows of dy * xhat` and
-/// `dbeta = sum over rows of dy` (each optional, `cols` floats; zeros when `rows == 0`).
+/// Layer norm backward from the saved statistics. Per row, with
+/// `xhat = (x - save_mean) * save_invstd`, `g = dy * gamma[j]` and means over the row:
+/// `dx = save_invstd * (g - mean(g) - xhat * mean(g * xhat))`; per column, over the rows,
+/// `dgamma = sum(dy * xhat)` and `dbeta = sum(dy)`.
+/// - x, dy: rows*cols floats (NULL when rows*cols == 0). save_mean, save_invstd (rows floats):
+///   required. gamma (cols floats): optional, NULL = 1.
+/// - dx (rows*cols floats), dgamma, dbeta (cols floats; zeros when rows == 0): each optional.
+///   Only `dx == dy` is in place (dx over x: NK_ERR_ALIAS).
 ///
 /// # Safety
 /// As `nk_layernorm_forward`; dy, dx: rows*cols floats; dgamma, dbeta: cols.
@@ -271,8 +283,11 @@ pub unsafe extern "C" fn nk_layernorm_backward(
     }
 }
 
-/// `nk_layernorm_backward` on bf16 data (see there): x, dy and dx are bf16, 2-byte aligned;
-/// gamma, the saved statistics, dgamma and dbeta stay float.
+/// `nk_layernorm_backward` on bf16 data (bfloat16): `x`, `dy` and `dx` are nk_bf16 (2-byte aligned;
+/// overlap is checked in bytes). Each input element is widened to float exactly; each element of
+/// `dx` is the float function's result rounded once to nearest even; `dgamma` and `dbeta` are
+/// bitwise the float function's on the widened data. Every other argument, rule and status as
+/// there.
 ///
 /// # Safety
 /// As `nk_layernorm_backward`, with x, dy, dx: rows*cols bf16 values.
@@ -308,8 +323,11 @@ pub unsafe extern "C" fn nk_layernorm_backward_bf16(
     }
 }
 
-/// `nk_layernorm_backward` on f16 data (see there): x, dy and dx are f16, 2-byte aligned;
-/// gamma, the saved statistics, dgamma and dbeta stay float.
+/// `nk_layernorm_backward` on f16 data (IEEE binary16): `x`, `dy` and `dx` are nk_f16 (2-byte
+/// aligned; overlap is checked in bytes). Each input element is widened to float exactly; each
+/// element of `dx` is the float function's result rounded once to nearest even; `dgamma` and
+/// `dbeta` are bitwise the float function's on the widened data. Every other argument, rule and
+/// status as there.
 ///
 /// # Safety
 /// As `nk_layernorm_backward`, with x, dy, dx: rows*cols f16 values.
@@ -386,9 +404,12 @@ unsafe fn rmsnorm_forward<E: Element>(
     })
 }
 
-/// RMS norm forward: `y = x / sqrt(mean(x^2) + eps) * gamma` per row of `cols` contiguous
-/// floats (`gamma` optional). `save_invrms` (optional, `rows` floats) receives each row's
-/// `1 / sqrt(mean(x^2) + eps)`. `y == x` is in place. With `cols == 0` nothing is written.
+/// RMS norm forward over `rows` rows of `cols` contiguous floats: `y = x * invrms * gamma[j]`,
+/// `invrms = 1 / sqrt(mean(x^2) + eps)` per row (0 for a row holding an infinity and no NaN).
+/// - x, y: rows*cols floats (NULL when rows*cols == 0); `y == x` is in place.
+/// - gamma (cols floats): optional, NULL = 1. save_invrms (rows floats): optional, receives each
+///   row's invrms.
+/// - eps finite and >= 0. With `cols == 0` nothing is written.
 ///
 /// # Safety
 /// As `nk_layernorm_forward`.
@@ -407,8 +428,10 @@ pub unsafe extern "C" fn nk_rmsnorm_forward(
     unsafe { rmsnorm_forward(ctx, rows, cols, x, y, gamma, eps, save_invrms) }
 }
 
-/// `nk_rmsnorm_forward` on bf16 data (see there): x and y are bf16, 2-byte aligned; gamma and
-/// save_invrms stay float.
+/// `nk_rmsnorm_forward` on bf16 data (bfloat16): `x` and `y` are nk_bf16 (2-byte aligned; overlap
+/// is checked in bytes). Each input element is widened to float exactly; each element of `y` is the
+/// float function's result rounded once to nearest even; `save_invrms` is bitwise the float
+/// function's on the widened data. Every other argument, rule and status as there.
 ///
 /// # Safety
 /// As `nk_rmsnorm_forward`, with x, y: rows*cols bf16 values.
@@ -438,8 +461,10 @@ pub unsafe extern "C" fn nk_rmsnorm_forward_bf16(
     }
 }
 
-/// `nk_rmsnorm_forward` on f16 data (see there): x and y are f16, 2-byte aligned; gamma and
-/// save_invrms stay float.
+/// `nk_rmsnorm_forward` on f16 data (IEEE binary16): `x` and `y` are nk_f16 (2-byte aligned;
+/// overlap is checked in bytes). Each input element is widened to float exactly; each element of
+/// `y` is the float function's result rounded once to nearest even; `save_invrms` is bitwise the
+/// float function's on the widened data. Every other argument, rule and status as there.
 ///
 /// # Safety
 /// As `nk_rmsnorm_forward`, with x, y: rows*cols f16 values.
@@ -515,9 +540,13 @@ unsafe fn rmsnorm_backward<E: Element>(
     })
 }
 
-/// RMS norm backward from the saved `save_invrms` (required, `rows` floats): `dx` (optional;
-/// `dx == dy` is in place) and `dgamma = sum over rows of dy * x * invrms` (optional, `cols`
-/// floats; zeros when `rows == 0`).
+/// RMS norm backward from the saved `save_invrms`. Per row, with `xhat = x * save_invrms`,
+/// `g = dy * gamma[j]` and the mean over the row: `dx = save_invrms * (g - xhat * mean(g * xhat))`;
+/// per column, over the rows, `dgamma = sum(dy * xhat)`.
+/// - x, dy: rows*cols floats (NULL when rows*cols == 0). save_invrms (rows floats): required.
+///   gamma (cols floats): optional, NULL = 1.
+/// - dx (rows*cols floats), dgamma (cols floats; zeros when rows == 0): each optional. Only
+///   `dx == dy` is in place (dx over x: NK_ERR_ALIAS).
 ///
 /// # Safety
 /// As `nk_layernorm_backward`.
@@ -537,8 +566,10 @@ pub unsafe extern "C" fn nk_rmsnorm_backward(
     unsafe { rmsnorm_backward(ctx, rows, cols, x, dy, dx, gamma, save_invrms, dgamma) }
 }
 
-/// `nk_rmsnorm_backward` on bf16 data (see there): x, dy and dx are bf16, 2-byte aligned;
-/// gamma, save_invrms and dgamma stay float.
+/// `nk_rmsnorm_backward` on bf16 data (bfloat16): `x`, `dy` and `dx` are nk_bf16 (2-byte aligned;
+/// overlap is checked in bytes). Each input element is widened to float exactly; each element of
+/// `dx` is the float function's result rounded once to nearest even; `dgamma` is bitwise the float
+/// function's on the widened data. Every other argument, rule and status as there.
 ///
 /// # Safety
 /// As `nk_rmsnorm_backward`, with x, dy, dx: rows*cols bf16 values.
@@ -570,8 +601,10 @@ pub unsafe extern "C" fn nk_rmsnorm_backward_bf16(
     }
 }
 
-/// `nk_rmsnorm_backward` on f16 data (see there): x, dy and dx are f16, 2-byte aligned;
-/// gamma, save_invrms and dgamma stay float.
+/// `nk_rmsnorm_backward` on f16 data (IEEE binary16): `x`, `dy` and `dx` are nk_f16 (2-byte
+/// aligned; overlap is checked in bytes). Each input element is widened to float exactly; each
+/// element of `dx` is the float function's result rounded once to nearest even; `dgamma` is bitwise
+/// the float function's on the widened data. Every other argument, rule and status as there.
 ///
 /// # Safety
 /// As `nk_rmsnorm_backward`, with x, dy, dx: rows*cols f16 values.
@@ -603,8 +636,11 @@ pub unsafe extern "C" fn nk_rmsnorm_backward_f16(
     }
 }
 
-/// Weight standardization: each of `c_out` rows of `fan_in` weights standardized to mean 0 and
-/// scale `1 / sqrt(var + eps)` (layer norm without affine). `w_out == w` is in place.
+/// Weight standardization: each of `c_out` rows of `fan_in` weights becomes
+/// `(w - mean) / sqrt(var + eps)` with the row's mean and biased variance `var`: layer norm
+/// without gamma and beta, bitwise nk_layernorm_forward with NULL gamma and beta.
+/// - w, w_out: c_out*fan_in floats (NULL when c_out*fan_in == 0). Only `w_out == w` is in place.
+/// - eps finite and >= 0.
 ///
 /// # Safety
 /// `w`, `w_out`: c_out*fan_in floats each, unless NULL for an empty tensor.
@@ -894,26 +930,31 @@ unsafe fn forward_rows(
 
 /// Layer norm as transformer engines call it: `h = (x + residual) + bias` (each widened to
 /// float and added in float in that order; `residual` (`data` NULL) and `bias` (NULL, `cols`
-/// floats) optional) is normalized per row, `y = (h - mean) * invstd * gamma + beta`. When
-/// `sum.data` is not NULL, `h` is first rounded to `sum.dtype` and stored there, and that
-/// rounded value is what gets normalized (bitwise: storing the sum, then normalizing it).
+/// floats) optional) is normalized per row, `y = (h - mean) / sqrt(var + eps) * gamma[j] + beta[j]`
+/// (`gamma`, `beta`: optional, `cols` floats, NULL = 1, 0). When `sum.data` is not NULL, `h` is
+/// first rounded to `sum.dtype` and stored there, and that rounded value is what gets normalized
+/// (bitwise: storing the sum, then normalizing it). With `rows == 0` or `cols == 0` nothing is
+/// written and the data pointers may be NULL. eps finite and >= 0.
 ///
 /// Rows: row r of a tensor starts at element `r * stride` (`stride` 0: `cols`; below `cols`:
 /// NK_ERR_BAD_SHAPE); a tensor spans `(rows - 1) * stride + cols` elements. `x`, `residual`,
 /// `sum` are NK_DTYPE_F32, _BF16 or _F16; `y` any `nk_dtype` (another value, or I8 elsewhere:
-/// NK_ERR_BAD_ARGUMENT). Pointers are aligned to their element type.
+/// NK_ERR_BAD_ARGUMENT). Every pointer is aligned to its element type (`nk_rows` data to its
+/// dtype's size; the float arrays to 4 bytes).
 ///
 /// `y` of NK_DTYPE_I8 is quantized per row from the float output `v`: `amax = max |v|`,
 /// `y_scale[r] = amax / 127`, `y = nearbyint(v * (127 / amax))` (ties to even, within
 /// [-127, 127]); `amax == 0` gives scale 0 and zeros, a NaN or infinite `v` scale NaN and zeros.
-/// `y_scale` (`rows` floats) is required exactly then. Where `127 / amax` overflows, the
-/// product is formed as `(v * 2^32) * (127 / (amax * 2^32))`, exactly the formula's value.
+/// `y_scale` (`rows` floats) is required then (unless rows*cols == 0) and must be NULL otherwise
+/// (NK_ERR_BAD_ARGUMENT). Where `127 / amax` overflows, the product is formed as
+/// `(v * 2^32) * (127 / (amax * 2^32))`, exactly the formula's value.
 ///
-/// Aliasing: `y` may be exactly `x` (same address, stride and dtype), `sum` exactly `x` or
-/// exactly `residual`; any other overlap of an output with anything is NK_ERR_ALIAS.
-/// With packed f32 rows and no residual, bias or sum this is bitwise `nk_layernorm_forward`;
-/// with bf16 or f16 `x` and `y`, the `_bf16` or `_f16` twin. `save_mean`, `save_invstd`
-/// (optional, `rows` floats) and the order of errors are as for `nk_layernorm_forward`.
+/// Aliasing: `y` may be exactly `x` (same address, stride and dtype; the stride may differ when
+/// `rows <= 1`), `sum` exactly `x` or exactly `residual`, not both `y` and `sum` over `x`; any
+/// other overlap of an output with anything is NK_ERR_ALIAS. With packed f32 rows and no
+/// residual, bias or sum this is bitwise `nk_layernorm_forward`; with bf16 or f16 `x` and `y`,
+/// the `_bf16` or `_f16` twin. `save_mean`, `save_invstd` (optional, `rows` floats) and the order
+/// of errors are as for `nk_layernorm_forward`.
 ///
 /// # Safety
 /// Every non-NULL pointer is valid for its extent.
@@ -953,8 +994,9 @@ pub unsafe extern "C" fn nk_layernorm_forward_rows(
     }
 }
 
-/// RMS norm as transformer engines call it: `y = h * invrms * gamma` per row, with `h`, the
-/// rows, types, `sum`, I8 output, aliasing and errors as for `nk_layernorm_forward_rows`.
+/// RMS norm as transformer engines call it: `y = h * invrms * gamma[j]` per row, with `h`, the
+/// rows, types, alignment, `sum`, I8 output and `y_scale`, aliasing and errors as for
+/// `nk_layernorm_forward_rows`; `gamma` (`cols` floats) optional, NULL = 1; eps finite and >= 0.
 /// With packed f32 rows and no residual, bias or sum this is bitwise `nk_rmsnorm_forward`.
 /// `save_invrms` (optional, `rows` floats) receives each row's `invrms`.
 ///

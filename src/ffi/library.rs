@@ -47,7 +47,8 @@ pub type nk_status_value = c_int;
 /// An `nk_layout` as passed by C: read as an integer, never transmuted.
 pub type nk_layout_value = c_int;
 
-/// A tensor shape: per-channel statistics are over batch * spatial elements.
+/// A tensor shape: per-channel statistics are over batch * spatial elements. `layout` is an
+/// nk_layout value; any other is NK_ERR_BAD_ARGUMENT, even for an empty tensor.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct nk_shape {
@@ -180,13 +181,14 @@ pub(crate) unsafe fn context<'a>(ctx: *const nk_context) -> &'a Context {
     }
 }
 
-/// The library version: (major << 16) | (minor << 8) | patch.
+/// The library version: (major << 16) | (minor << 8) | patch. No status; never fails.
 #[unsafe(no_mangle)]
 pub extern "C" fn nk_version() -> u32 {
     (NK_VERSION_MAJOR << 16) | (NK_VERSION_MINOR << 8) | NK_VERSION_PATCH
 }
 
-/// A static description of a status code; never NULL.
+/// A static, NUL-terminated description of `status`; "unknown status" for a value outside
+/// nk_status. Never NULL; not to be freed.
 #[unsafe(no_mangle)]
 pub extern "C" fn nk_status_string(status: nk_status_value) -> *const c_char {
     let text: &'static [u8] = match status {
@@ -204,14 +206,21 @@ pub extern "C" fn nk_status_string(status: nk_status_value) -> *const c_char {
     text.as_ptr().cast()
 }
 
-/// The message of this thread's last failed call, or "" if none. Valid until this thread's next
-/// failed call.
+/// The message of this thread's last failed call (one that returned a status other than NK_OK),
+/// or "" if none; never NULL. Thread-local: calls that succeed leave it unchanged, and the
+/// functions without a status (nk_version, nk_status_string, nk_last_error_message,
+/// nk_context_destroy, nk_context_isa, nk_philox4x32_10) never set it. Valid until this
+/// thread's next failed call or its exit.
 #[unsafe(no_mangle)]
 pub extern "C" fn nk_last_error_message() -> *const c_char {
     super::last_error_ptr()
 }
 
-/// Creates a context with `num_threads` threads (0 = all logical cores) and the best ISA.
+/// Creates a context with `num_threads` threads of its own (0 = all logical cores; 1 = no pool,
+/// every call runs on the calling thread) and the best ISA of the CPU, and stores it in `*out`
+/// (written only on NK_OK). `out` is required and aligned for a pointer. More than 4096 threads:
+/// NK_ERR_BAD_ARGUMENT; threads that cannot be started: NK_ERR_UNSUPPORTED. Free it with
+/// nk_context_destroy.
 ///
 /// # Safety
 /// `out` is NULL (an error) or valid for writing one pointer.
@@ -235,9 +244,16 @@ pub unsafe extern "C" fn nk_context_create(
 }
 
 /// Creates a context that runs its parallel work on the host's threads through `executor`
-/// (copied; it never starts a thread of its own). Results are bitwise those of any other
-/// context. A failure inside a task makes the call return NK_ERR_INTERNAL after `parallel_for`
-/// returns; nothing unwinds into the host.
+/// (the struct is copied; the context never starts a thread of its own) and stores it in `*out`
+/// (written only on NK_OK).
+/// - `executor`, `executor->parallel_for` and `out` are required (NK_ERR_NULL_POINTER), aligned
+///   for their types; `concurrency` 0 is NK_ERR_BAD_ARGUMENT.
+/// - `user` must stay valid, and `parallel_for` keep its contract, until nk_context_destroy.
+///   Calls on the context may be made from several threads at once only if `parallel_for` may
+///   be called concurrently.
+/// - Results are bitwise those of any other context: the work split depends on the shape
+///   only, never on `concurrency`. A failure inside a task makes the call return
+///   NK_ERR_INTERNAL after `parallel_for` returns; nothing unwinds into the host.
 ///
 /// # Safety
 /// `executor` is NULL (an error) or valid for reading; its `parallel_for` honours the contract
@@ -282,7 +298,9 @@ pub unsafe extern "C" fn nk_context_create_with_executor(
     })
 }
 
-/// Destroys a context (waiting for its own threads, if it has any); NULL is a no-op.
+/// Destroys a context; NULL is a no-op. A context with threads of its own tells them to exit
+/// and returns without waiting for them; an executor context calls `parallel_for` no more. No
+/// call may be using `ctx`, and it must not be used afterwards.
 ///
 /// # Safety
 /// `ctx` is NULL or a pointer from `nk_context_create` or `nk_context_create_with_executor` not
@@ -298,8 +316,11 @@ pub unsafe extern "C" fn nk_context_destroy(ctx: *mut nk_context) {
     }
 }
 
-/// Forces the ISA of `ctx` (NK_ISA_AUTO = the best the CPU has). NK_ERR_UNSUPPORTED if the CPU
-/// lacks it; `ctx` is required.
+/// Forces the ISA of `ctx` (NK_ISA_AUTO = the best the CPU has). `ctx` is required (the default
+/// context cannot be changed: NULL is NK_ERR_NULL_POINTER); a value outside nk_isa is
+/// NK_ERR_BAD_ARGUMENT; an ISA this CPU or build lacks (e.g. NK_ISA_NEON on x86-64) is
+/// NK_ERR_UNSUPPORTED. May be called while other calls run on `ctx`: a call in flight may run
+/// some of its passes with the old ISA and the rest with the new one.
 ///
 /// # Safety
 /// `ctx` is NULL (an error) or a live context.
@@ -320,7 +341,8 @@ pub unsafe extern "C" fn nk_context_set_isa(ctx: *mut nk_context, isa: nk_isa_va
     })
 }
 
-/// The ISA the kernels of `ctx` use (NULL = the default context).
+/// The ISA the kernels of `ctx` use, never NK_ISA_AUTO. NULL means the default context, which
+/// this creates (starting its threads) if no call has yet. No status.
 ///
 /// # Safety
 /// `ctx` is NULL or a live context.

@@ -39,15 +39,17 @@ pub enum nk_status {
     /// A scalar out of range (eps < 0 or not finite, p outside [0,1], ...), an unknown flag bit or
     /// enum value.
     NK_ERR_BAD_ARGUMENT = 3,
-    /// An element or byte count overflows size_t.
+    /// An element count too large for the address space (PTRDIFF_MAX bytes), counts whose sum
+    /// overflows uint64_t, or a dropout call reading past word 2^64 - 1 of its random stream.
     NK_ERR_OVERFLOW = 4,
     /// Forbidden overlap between buffers.
     NK_ERR_ALIAS = 5,
     /// A pointer not aligned to its element type.
     NK_ERR_MISALIGNED = 6,
-    /// Not available here, e.g. an ISA this CPU lacks.
+    /// Not available here: an ISA this CPU lacks, or threads that cannot be started.
     NK_ERR_UNSUPPORTED = 7,
-    /// A bug: a panic was caught at the boundary.
+    /// A panic caught at the boundary: a bug of normkit's, or a host executor that broke its
+    /// contract (the message then starts with "executor fault").
     NK_ERR_INTERNAL = 8,
 }
 
