@@ -20,7 +20,7 @@ use normkit::{Context, ErrorKind, InOut, Isa, Layout, Shape};
 use proptest::prelude::*;
 
 // ---------------------------------------------------------------------------------------------
-// Tolerances, each derived from the accuracy bound of the statistics (README, "Accuracy"):
+// Tolerances, each derived from the accuracy bound of the statistics (docs/accuracy.md):
 // every statistic is summed in f64 from terms `d = x - K` rounded once in f32 (squares and
 // products exact in f64), so with sigma the channel's spread (population standard deviation)
 // the mean is within sqrt(18) * 2^-24 * sigma and M2 within 2 * sqrt(18) * 2^-24 relative,

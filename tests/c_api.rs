@@ -208,17 +208,18 @@ fn c_program_calls_every_function_of_the_header() {
     );
 }
 
-/// Compiles the C block of README.md with a `main` that calls `calls` (without warnings,
-/// against the static library), runs it and returns what it printed.
-fn run_readme_example(calls: &str, name: &str) -> String {
-    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    let example = readme
+/// Compiles the C block of the Markdown file `doc` (relative to the repository) with a `main`
+/// that calls `calls` (without warnings, against the static library), runs it and returns what
+/// it printed.
+fn run_doc_example(doc: &str, calls: &str, name: &str) -> String {
+    let text = std::fs::read_to_string(root().join(doc)).unwrap();
+    let example = text
         .split("```c\n")
         .skip(1)
         .filter_map(|block| block.split("```").next())
         .find(|code| code.contains("int main(") && code.contains(calls))
-        .unwrap_or_else(|| panic!("README.md has a C block with a main function calling {calls}"));
-    let dir = out_dir(&format!("readme-{name}"));
+        .unwrap_or_else(|| panic!("{doc} has a C block with a main function calling {calls}"));
+    let dir = out_dir(&format!("docs-{name}"));
     let source = dir.join(format!("{name}.c"));
     std::fs::write(&source, example).unwrap();
     let exe = dir.join(name);
@@ -231,16 +232,16 @@ fn run_readme_example(calls: &str, name: &str) -> String {
         .args(static_link())
         .arg("-o")
         .arg(&exe);
-    run(cmd, &format!("compiling the README {name} example"));
-    run(Command::new(&exe), &format!("the README {name} example"))
+    run(cmd, &format!("compiling the {doc} {name} example"));
+    run(Command::new(&exe), &format!("the {doc} {name} example"))
 }
 
-/// The DropConnect example of README.md (the C block with a `main` that calls
+/// The DropConnect example of docs/dropout.md (the C block with a `main` that calls
 /// `nk_dropout_forward`) compiles without warnings and runs successfully against the static
 /// library, printing one line per step.
 #[test]
-fn readme_dropconnect_example_compiles_and_runs() {
-    let out = run_readme_example("nk_dropout_forward", "dropconnect");
+fn docs_dropconnect_example_compiles_and_runs() {
+    let out = run_doc_example("docs/dropout.md", "nk_dropout_forward", "dropconnect");
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 3, "unexpected output: {out}");
     for (step, line) in lines.iter().enumerate() {
@@ -251,14 +252,18 @@ fn readme_dropconnect_example_compiles_and_runs() {
     }
 }
 
-/// The transformer-block example of README.md (the C block with a `main` that calls
+/// The transformer-block example of docs/row-norms.md (the C block with a `main` that calls
 /// `nk_rmsnorm_forward_rows`: bf16 activations added to an f32 residual stream in place, the RMS
 /// norm quantized to int8 per token) compiles without warnings and runs successfully against the
 /// static library; it checks its own results (exit status 1 otherwise) and prints one line per
 /// token.
 #[test]
-fn readme_transformer_block_example_compiles_and_runs() {
-    let out = run_readme_example("nk_rmsnorm_forward_rows", "transformer_block");
+fn docs_transformer_block_example_compiles_and_runs() {
+    let out = run_doc_example(
+        "docs/row-norms.md",
+        "nk_rmsnorm_forward_rows",
+        "transformer_block",
+    );
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 4, "unexpected output: {out}");
     for (token, line) in lines.iter().enumerate() {

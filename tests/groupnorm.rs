@@ -24,7 +24,7 @@ use std::ptr::{null, null_mut};
 // ---------------------------------------------------------------------------------------------
 // Helpers.
 
-// Forward tolerances, derived from the statistics' accuracy bound (README, "Accuracy"): a
+// Forward tolerances, derived from the statistics' accuracy bound (docs/accuracy.md): a
 // group's mean within sqrt(18) * 2^-24 of its spread, its variance within 2 * sqrt(18) * 2^-24
 // relative.
 

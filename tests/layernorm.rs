@@ -19,7 +19,7 @@ use normkit::{Context, ErrorKind, InOut, Isa, rmsnorm};
 use proptest::prelude::*;
 use std::ptr::{null, null_mut};
 
-// Forward tolerances, derived from the statistics' accuracy bound (README, "Accuracy"): the
+// Forward tolerances, derived from the statistics' accuracy bound (docs/accuracy.md): the
 // mean within sqrt(18) * 2^-24 of the row's spread, the variance within 2 * sqrt(18) * 2^-24
 // relative (RMS norm's mean square within f64 rounding).
 

@@ -84,3 +84,74 @@ fn report_tables_and_targets() {
     assert!(readme_text.contains("| big_fwd | 2.00 ms |") && !readme_text.contains("old"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// A RESULTS.md with text around its table section keeps that text, and `--headline` puts only
+/// the chosen workloads, at 2 threads, into the README's table.
+#[test]
+fn report_keeps_surrounding_text_and_picks_headline_rows() {
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("skipped: no python3");
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("normkit-peers-headline-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let raw = dir.join("raw.jsonl");
+    let mut text = String::new();
+    for w in ["first_fwd", "second_fwd"] {
+        text += &line(w, "normkit", 2, 2.0e6, 80.0e6);
+        text += &line(w, "normkit", 1, 4.0e6, 80.0e6);
+        text += &line(w, "copy", 2, 1.6e6, 80.0e6);
+        text += &line(w, "pytorch", 2, 3.0e6, 80.0e6);
+    }
+    std::fs::write(&raw, text).unwrap();
+    let markdown = dir.join("RESULTS.md");
+    let readme = dir.join("README.md");
+    let section = "<!-- peers-table:begin -->\nold\n<!-- peers-table:end -->\n";
+    std::fs::write(
+        &markdown,
+        format!("# kept title\n\n{section}\n## kept after\n"),
+    )
+    .unwrap();
+    std::fs::write(&readme, format!("intro\n{section}outro\n")).unwrap();
+
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/peers/report.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(&raw)
+        .arg("--markdown")
+        .arg(&markdown)
+        .arg("--readme")
+        .arg(&readme)
+        .arg("--headline")
+        .arg("second_fwd,not_measured")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let md = std::fs::read_to_string(&markdown).unwrap();
+    assert!(
+        md.starts_with("# kept title\n\n<!-- peers-table:begin -->\n"),
+        "{md}"
+    );
+    assert!(
+        md.ends_with("<!-- peers-table:end -->\n\n## kept after\n"),
+        "{md}"
+    );
+    assert!(!md.contains("old"), "{md}");
+    // Both workloads, at both thread counts.
+    assert!(md.contains("| first_fwd | 2.00 ms |") && md.contains("| second_fwd | 4.00 ms |"));
+    let readme_text = std::fs::read_to_string(&readme).unwrap();
+    assert!(readme_text.starts_with("intro\n<!-- peers-table:begin -->\n"));
+    assert!(readme_text.ends_with("<!-- peers-table:end -->\noutro\n"));
+    // 80 MB in 2 ms = 40 GB/s; the copy's 1.6 ms is 80%; PyTorch's 3 ms is 1.5x.
+    assert!(
+        readme_text.contains("| second_fwd | 2.00 ms | 40.0 | 80% | n/a | 1.50x |"),
+        "{readme_text}"
+    );
+    assert!(!readme_text.contains("first_fwd"), "{readme_text}");
+    assert!(!readme_text.contains("4.00 ms"), "{readme_text}");
+    std::fs::remove_dir_all(&dir).ok();
+}

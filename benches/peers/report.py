@@ -1,6 +1,7 @@
 """Tables and a plot from the peer comparison's JSON lines (see run.sh).
 
     python report.py RAW.jsonl [--markdown OUT.md] [--plot OUT.png] [--readme README.md]
+                     [--headline WORKLOAD,WORKLOAD,...]
 
 Every (workload, library, threads) was timed once per round as a median of many calls; the
 report takes the median over rounds. GB/s is the workload's minimal traffic (bytes read and
@@ -10,6 +11,11 @@ the peer's time over normkit's (2.0 = normkit twice as fast). Targets checked at
 >= 1.2x oneDNN, >= 2x PyTorch (10x for dropout), and for working sets larger than the last-level
 cache at most 1.15x the copy time. The plot needs matplotlib; the tables need only the standard
 library.
+
+Both files are rewritten only between the markers `<!-- peers-table:begin -->` and
+`<!-- peers-table:end -->`, so the text around them is kept: OUT.md gets every table (a new file
+is written whole), README.md the headline table, the 2-thread rows of the --headline workloads
+(every workload without --headline).
 """
 
 import argparse
@@ -22,8 +28,8 @@ from collections import defaultdict
 
 LIBS = ("normkit", "onednn", "pytorch")
 LIB_NAMES = {"normkit": "normkit", "onednn": "oneDNN", "pytorch": "PyTorch"}
-README_BEGIN = "<!-- peers-table:begin -->"
-README_END = "<!-- peers-table:end -->"
+SECTION_BEGIN = "<!-- peers-table:begin -->"
+SECTION_END = "<!-- peers-table:end -->"
 
 
 def load(path):
@@ -130,6 +136,34 @@ def table(med, nbytes, threads, workloads):
     return "\n".join(rows)
 
 
+def headline_table(med, nbytes, workloads):
+    rows = [
+        "| workload, 2 threads | normkit | GB/s | of copy | vs oneDNN | vs PyTorch |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for line in table(med, nbytes, 2, workloads).splitlines()[2:]:
+        c = [x.strip() for x in line.strip("|").split("|")]
+        # workload, normkit, GB/s, of copy, oneDNN, PyTorch, vs oneDNN, vs PyTorch, copy
+        rows.append("| " + " | ".join(c[:4] + c[6:8]) + " |")
+    return "\n".join(rows)
+
+
+def replace_section(path, body):
+    """Replaces the text between the markers of the file at `path`; False if it has none."""
+    try:
+        with open(path) as f:
+            text = f.read()
+    except FileNotFoundError:
+        return False
+    if SECTION_BEGIN not in text or SECTION_END not in text:
+        return False
+    pre, rest = text.split(SECTION_BEGIN, 1)
+    _, post = rest.split(SECTION_END, 1)
+    with open(path, "w") as f:
+        f.write(pre + SECTION_BEGIN + "\n" + body + SECTION_END + post)
+    return True
+
+
 def accuracy_table(err):
     names = sorted({w for (w, _) in err})
     rows = ["| check | normkit | oneDNN | PyTorch |", "|---|---:|---:|---:|"]
@@ -207,6 +241,7 @@ def main():
     ap.add_argument("--markdown")
     ap.add_argument("--plot")
     ap.add_argument("--readme")
+    ap.add_argument("--headline", help="comma-separated workloads of the README table")
     a = ap.parse_args()
     med, nbytes, err, meta, rounds = load(a.raw)
     workloads = workloads_in_order(med)
@@ -229,20 +264,18 @@ def main():
                  + ("\n".join(f"- {m}" for m in misses) if misses else "none"))
     body = "\n\n".join(parts) + "\n"
     print(body)
-    if a.markdown:
+    if a.markdown and not replace_section(a.markdown, body):
         with open(a.markdown, "w") as f:
-            f.write("# normkit against oneDNN and PyTorch\n\nWritten by `benches/peers/run.sh`;"
-                    " see README.md for what is measured.\n\n" + body)
+            f.write("# normkit against oneDNN and PyTorch\n\nWritten by `benches/peers/run.sh`."
+                    "\n\n" + SECTION_BEGIN + "\n" + body + SECTION_END + "\n")
     if a.plot:
         plot(med, nbytes, workloads, a.plot)
     if a.readme:
-        with open(a.readme) as f:
-            text = f.read()
-        if README_BEGIN in text and README_END in text:
-            pre, rest = text.split(README_BEGIN, 1)
-            _, post = rest.split(README_END, 1)
-            with open(a.readme, "w") as f:
-                f.write(pre + README_BEGIN + "\n" + body + README_END + post)
+        chosen = workloads
+        if a.headline:
+            names = [w.strip() for w in a.headline.split(",") if w.strip()]
+            chosen = [w for w in names if w in workloads]
+        replace_section(a.readme, header + "\n\n" + headline_table(med, nbytes, chosen) + "\n")
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@
 # tests. Builds libnormkit.a, compiles native.cpp (normkit + oneDNN + copy in one process), then
 # runs R rounds; each round runs, for each thread count, native.cpp and torch_bench.py one after
 # the other, so the libraries are measured interleaved over the whole run. report.py takes the
-# median of the rounds' medians and writes benches/peers/RESULTS.md (tables), the plot
-# benches/peers/throughput.png, and the table section of README.md (unless --no-readme).
+# median of the rounds' medians and rewrites the tables of benches/peers/RESULTS.md (between its
+# peers-table markers; the text around them is kept), the plot benches/peers/throughput.png, and
+# the headline table of README.md (the workloads of $headline below; unless --no-readme).
 # Raw results: target/peers/raw.jsonl.
 set -euo pipefail
 
@@ -23,6 +24,11 @@ budget=400
 threads="1 2"
 filter=""
 readme=1
+# The README's headline table: a few workloads of each family, at 2 threads.
+headline="tiny_ln_1x768,bn_train_nchw_32x64x56x56,bn_infer_nchw_32x64x56x56"
+headline+=",bn_train_nhwc_32x64x56x56,bn_train_nc_4096x1024,bn_bwd_nchw_32x64x56x56"
+headline+=",ln_fwd_8192x768,rms_fwd_8192x4096,gn_fwd_nchw_8x256x32x32_g32"
+headline+=",in_fwd_nchw_8x64x64x64,dropout_p0.1_16777216_fwd"
 while [ $# -gt 0 ]; do
     case "$1" in
         --rounds) rounds=$2; shift 2 ;;
@@ -63,5 +69,5 @@ for round in $(seq "$rounds"); do
 done
 
 args=("$raw" --markdown "$here/RESULTS.md" --plot "$here/throughput.png")
-[ "$readme" = 1 ] && args+=(--readme "$root/README.md")
+[ "$readme" = 1 ] && args+=(--readme "$root/README.md" --headline "$headline")
 "$venv/bin/python" "$here/report.py" "${args[@]}"
