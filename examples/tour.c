@@ -6,7 +6,7 @@
  * Build and run with `examples/tour.sh`, or by hand from the repository root:
  *   cargo build --release
  *   cc -O2 -std=c11 -Iinclude examples/tour.c target/release/libnormkit.a \
- *      -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc -o tour
+ *      $(cat packaging/static-libs.txt) -o tour
  *   ./tour            # the best ISA of this CPU
  *   ./tour portable   # or force one: portable, avx2, avx512
  *

@@ -6,9 +6,8 @@ set -eu
 cd "$(dirname "$0")/.."
 target=${CARGO_TARGET_DIR:-target}
 cargo build --release --lib
-# System libraries libnormkit.a needs on Linux (glibc), as printed by
-#   cargo rustc --release --lib --crate-type staticlib -- --print native-static-libs
-native_libs="-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc"
+# The system libraries libnormkit.a needs (checked against rustc by tests/c_api.rs).
+native_libs=$(cat packaging/static-libs.txt)
 # shellcheck disable=SC2086 # native_libs is a list of flags
 "${CC:-cc}" -O2 -std=c11 -Wall -Wextra -Iinclude examples/tour.c "$target/release/libnormkit.a" \
     $native_libs -o "$target/release/tour"

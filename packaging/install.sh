@@ -52,14 +52,29 @@ else
     soname="libnormkit.so.$major"
 fi
 
+# What a static link needs besides libnormkit.a, as rustc prints it (also checked by
+# tests/c_api.rs): Libs.private of the .pc file, the link interface of normkit::normkit_static.
+read -r -a static_libs <"$root/packaging/static-libs.txt" || true
+[ "${#static_libs[@]}" -gt 0 ] || { echo "install.sh: packaging/static-libs.txt is empty" >&2; exit 1; }
+
 if [ "$build" = 1 ]; then
     # The installed shared library carries its soname. It is built in a target directory of
     # its own: the one `cargo build` leaves in target/release for development has no soname,
-    # so that `-Ltarget/release -lnormkit` just works.
+    # so that `-Ltarget/release -lnormkit` just works. rustc prints the static library's
+    # system libraries (cargo repeats the note when the build is up to date).
+    log="$root/target/packaging/native-static-libs.log"
+    mkdir -p "$root/target/packaging"
+    printed=()
     (cd "$root" && cargo rustc --release --lib --target-dir target/packaging \
-        --crate-type staticlib &&
-        cargo rustc --release --lib --target-dir target/packaging --crate-type cdylib -- \
-            -C link-arg=-Wl,-soname,"$soname")
+        --crate-type staticlib -- --print native-static-libs) 2>&1 | tee "$log"
+    read -r -a printed < <(sed -n 's/^note: native-static-libs: //p' "$log") || true
+    if [ "${printed[*]}" != "${static_libs[*]}" ]; then
+        echo "install.sh: rustc lists '${printed[*]}' for libnormkit.a, packaging/static-libs.txt" \
+            "'${static_libs[*]}': write rustc's list into the file" >&2
+        exit 1
+    fi
+    (cd "$root" && cargo rustc --release --lib --target-dir target/packaging --crate-type cdylib -- \
+        -C link-arg=-Wl,-soname,"$soname")
 fi
 release="$root/target/packaging/release"
 for f in libnormkit.a libnormkit.so; do
@@ -76,11 +91,8 @@ install -m 755 "$release/libnormkit.so" "$lib/libnormkit.so.$version"
 ln -sf "libnormkit.so.$version" "$lib/$soname"
 ln -sf "$soname" "$lib/libnormkit.so"
 
-# What a static link needs besides libnormkit.a (glibc; see tests/c_api.rs).
-private_libs="-lpthread -ldl -lm -lrt -lutil -lgcc_s"
-
 sed -e "s|@PREFIX@|$prefix|g" -e "s|@LIBDIR@|$libdir|g" -e "s|@VERSION@|$version|g" \
-    -e "s|@PRIVATE_LIBS@|$private_libs|g" \
+    -e "s|@PRIVATE_LIBS@|${static_libs[*]}|g" \
     "$root/packaging/normkit.pc.in" > "$lib/pkgconfig/normkit.pc"
 
 # The CMake files find the prefix relative to themselves, so a staged or moved tree works.
@@ -91,6 +103,7 @@ for f in normkitConfig.cmake normkitConfigVersion.cmake; do
     sed -e "s|@REL_PREFIX@|$rel_prefix|g" -e "s|@REL_LIBDIR@|$rel_libdir|g" \
         -e "s|@VERSION@|$version|g" -e "s|@SONAME@|$soname|g" \
         -e "s|@MAJOR@|$major|g" -e "s|@MINOR@|$minor|g" \
+        -e "s|@STATIC_LIBS@|$(IFS=';' && echo "${static_libs[*]}")|g" \
         "$root/packaging/$f.in" > "$lib/cmake/normkit/$f"
 done
 

@@ -12,7 +12,9 @@
 
 mod common_c;
 
-use common_c::{WARNINGS, compiler, library_dir, root, run, static_link};
+use common_c::{
+    STATIC_LIBS_FILE, WARNINGS, compiler, library_dir, native_libs, root, run, static_link,
+};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -78,6 +80,86 @@ fn build_and_run_one(
     );
     println!("{name}: {program}: {stdout}");
     stdout
+}
+
+/// What rustc prints for `--print native-static-libs` when it links normkit into a static
+/// library: the system libraries a C program that links `libnormkit.a` needs.
+///
+/// Not by a nested `cargo rustc --crate-type staticlib`, which would wait forever on the build
+/// lock of this `cargo test`, or build the crate once more in a target directory of its own:
+/// rustc links a one-line static library, `extern crate normkit;`, against the rlib and the
+/// dependencies cargo built for this test run. The native libraries rustc lists are those of the
+/// crate graph (normkit, its dependencies, the standard library), the same as for
+/// `libnormkit.a`, which is that graph in one archive.
+fn rustc_native_static_libs() -> Vec<String> {
+    let exe = std::env::current_exe().expect("path of the test executable");
+    let deps = exe.parent().expect("the test executable has a directory");
+    // The rlib cargo built for this run: `libnormkit.rlib` (no hash in the name, as the library
+    // is also a cdylib); should others lie beside it, the newest.
+    let rlib = std::fs::read_dir(deps)
+        .expect("the deps directory")
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let name = path.file_name()?.to_str()?;
+            let ours = name == "libnormkit.rlib"
+                || (name.starts_with("libnormkit-") && name.ends_with(".rlib"));
+            ours.then_some(path)
+        })
+        .max_by_key(|path| path.metadata().and_then(|m| m.modified()).ok())
+        .unwrap_or_else(|| panic!("no libnormkit.rlib in {}", deps.display()));
+    let dir = out_dir("native-static-libs");
+    let source = dir.join("probe.rs");
+    std::fs::write(&source, "extern crate normkit;\n").unwrap();
+    let mut cmd = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_string()));
+    cmd.args(["--edition", "2021", "--crate-type", "staticlib"])
+        .args([
+            "--crate-name",
+            "normkit_probe",
+            "--print",
+            "native-static-libs",
+        ])
+        .arg("-L")
+        .arg(format!("dependency={}", deps.display()))
+        .arg("--extern")
+        .arg(format!("normkit={}", rlib.display()))
+        .arg("-o")
+        .arg(dir.join("libnormkit_probe.a"))
+        .arg(&source)
+        .env_remove("LD_LIBRARY_PATH");
+    let output = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{cmd:?} failed ({}):\n{stderr}",
+        output.status
+    );
+    let line = stderr
+        .lines()
+        .find_map(|line| {
+            line.split_once("native-static-libs: ")
+                .map(|(_, libs)| libs)
+        })
+        .unwrap_or_else(|| panic!("no native-static-libs line in rustc's output:\n{stderr}"));
+    line.split_whitespace().map(String::from).collect()
+}
+
+/// The system libraries recorded in `packaging/static-libs.txt`, which every build script, the
+/// pkg-config and CMake files and these tests link with, are exactly what rustc prints for this
+/// crate graph and toolchain (same libraries, same order).
+#[test]
+fn recorded_static_libs_are_what_rustc_prints() {
+    let recorded = native_libs();
+    let printed = rustc_native_static_libs();
+    assert_eq!(
+        recorded,
+        printed,
+        "{STATIC_LIBS_FILE} lists {:?} but rustc prints `{}` for the static library: write \
+         rustc's line into {STATIC_LIBS_FILE}",
+        recorded.join(" "),
+        printed.join(" ")
+    );
 }
 
 #[test]

@@ -40,8 +40,9 @@ done
 echo "==> building libnormkit.a and the program"
 cargo build --release --lib -q
 mkdir -p "$out"
+# shellcheck disable=SC2046 # packaging/static-libs.txt is a list of flags
 cc -std=c11 -O2 -fopenmp -I include "$here/engine.c" "$target/release/libnormkit.a" \
-    -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc -o "$out/engine"
+    $(cat packaging/static-libs.txt) -o "$out/engine"
 
 echo "==> machine"
 echo "- CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), $(nproc) logical cores"

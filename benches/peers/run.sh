@@ -53,9 +53,10 @@ fi
 
 echo "==> building normkit and the native harness"
 (cd "$root" && cargo build --release --lib -q)
+# shellcheck disable=SC2046 # packaging/static-libs.txt is a list of flags
 c++ -O2 -std=c++17 -fopenmp "$here/native.cpp" -I "$root/include" -I "$venv/include" \
     -L "$venv/lib" -Wl,-rpath,"$venv/lib" -ldnnl "$root/target/release/libnormkit.a" \
-    -lpthread -ldl -lm -o "$work/native"
+    $(cat "$root/packaging/static-libs.txt") -o "$work/native"
 
 raw=$work/raw.jsonl
 : >"$raw"

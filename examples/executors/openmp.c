@@ -16,7 +16,7 @@
  * Build from the repository root after `cargo build --release` (tests/executor_examples.rs
  * builds and runs it the same way):
  *   gcc -std=c11 -O2 -fopenmp -Iinclude examples/executors/openmp.c target/release/libnormkit.a \
- *       -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc -o openmp && ./openmp
+ *       $(cat packaging/static-libs.txt) -o openmp && ./openmp
  */
 #ifndef _OPENMP
 #error "build with OpenMP (gcc -fopenmp)"

@@ -12,7 +12,7 @@
  * Build from the repository root after `cargo build --release` (tests/executor_examples.rs
  * builds and runs it the same way):
  *   cc -std=c11 -O2 -Iinclude examples/executors/serial.c target/release/libnormkit.a \
- *      -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc -o serial && ./serial
+ *      $(cat packaging/static-libs.txt) -o serial && ./serial
  */
 #include "common.h"
 

@@ -17,7 +17,7 @@
  * Build from the repository root after `cargo build --release` (tests/executor_examples.rs
  * builds and runs it the same way):
  *   c++ -std=c++17 -O2 -pthread -Iinclude examples/executors/thread_pool.cpp \
- *       target/release/libnormkit.a -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc -o thread_pool
+ *       target/release/libnormkit.a $(cat packaging/static-libs.txt) -o thread_pool
  */
 #include "common.h"
 

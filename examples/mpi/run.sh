@@ -10,8 +10,9 @@ out="$root/target/examples"
 mkdir -p "$out"
 
 (cd "$root" && cargo build --release --lib)
+# shellcheck disable=SC2046 # packaging/static-libs.txt is a list of flags
 mpicc -std=c11 -O2 -Wall -Wextra -Werror -I"$root/include" "$root/examples/mpi/sync_batchnorm.c" \
-    "$root/target/release/libnormkit.a" -lpthread -ldl -lm -lrt -lutil -lgcc_s \
+    "$root/target/release/libnormkit.a" $(cat "$root/packaging/static-libs.txt") \
     -o "$out/sync_batchnorm"
 
 args=(--oversubscribe)

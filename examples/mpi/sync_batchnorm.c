@@ -14,7 +14,7 @@
  *
  * Build and run (examples/mpi/run.sh does both):
  *   mpicc -std=c11 -O2 -Iinclude examples/mpi/sync_batchnorm.c target/release/libnormkit.a \
- *         -lpthread -ldl -lm -o sync_batchnorm
+ *         $(cat packaging/static-libs.txt) -o sync_batchnorm
  *   mpirun -np 4 ./sync_batchnorm
  */
 #include <math.h>

@@ -97,9 +97,8 @@ fi
 echo "building libnormkit.a (cargo build --release)"
 cargo build --release --lib
 
-# System libraries libnormkit.a needs on Linux (glibc), as printed by
-#   cargo rustc --release --lib --crate-type staticlib -- --print native-static-libs
-native_libs="-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc"
+# The system libraries libnormkit.a needs (checked against rustc by tests/c_api.rs).
+native_libs=$(cat "$root/packaging/static-libs.txt")
 cflags="-O2 -std=c11 -Wall -Wextra -I$root/include -I$src/include -I$here"
 bin="$work/bin"
 mkdir -p "$bin"

@@ -1,5 +1,6 @@
-/* A program that uses an installed normkit: the header's version macros agree with the library,
- * and a small batch-norm inference gives the expected values. Exits 0 on success. */
+/* A program that uses normkit (installed, or built from the source tree by CMake): the header's
+ * version macros agree with the library, and a small batch-norm inference gives the expected
+ * values. Exits 0 on success. */
 #include <math.h>
 #include <stdio.h>
 

@@ -14,17 +14,20 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// System libraries the static library needs on Linux (glibc), as printed by
-/// `cargo rustc --release --lib --crate-type staticlib -- --print native-static-libs`.
-pub const NATIVE_LIBS: &[&str] = &[
-    "-lgcc_s",
-    "-lutil",
-    "-lrt",
-    "-lpthread",
-    "-lm",
-    "-ldl",
-    "-lc",
-];
+/// The file that records the system libraries the static library needs, as rustc prints them
+/// (`--print native-static-libs`): one line of linker flags, read by every script, the
+/// pkg-config and CMake files and these tests. `tests/c_api.rs` checks it against rustc.
+pub const STATIC_LIBS_FILE: &str = "packaging/static-libs.txt";
+
+/// The linker flags of [`STATIC_LIBS_FILE`], in order.
+pub fn native_libs() -> Vec<String> {
+    let path = root().join(STATIC_LIBS_FILE);
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+}
 
 /// Every program is compiled with these: any warning fails the test.
 pub const WARNINGS: &[&str] = &["-Wall", "-Wextra", "-Werror"];
@@ -92,9 +95,9 @@ pub fn run(mut cmd: Command, what: &str) -> String {
     stdout
 }
 
-/// The linker arguments for the static library: its path, then [`NATIVE_LIBS`].
+/// The linker arguments for the static library: its path, then [`native_libs`].
 pub fn static_link() -> Vec<String> {
     let mut link = vec![library_dir().join("libnormkit.a").display().to_string()];
-    link.extend(NATIVE_LIBS.iter().map(|s| s.to_string()));
+    link.extend(native_libs());
     link
 }
