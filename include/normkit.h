@@ -1022,7 +1022,10 @@ enum nk_status nk_groupnorm_forward_f16(struct nk_context *ctx,
 
 // Group norm backward from the saved statistics (`save_mean`, `save_invstd` required, length
 // batch*groups): dx (optional; dx == dy allowed), dgamma = sum(dy * xhat) and dbeta = sum(dy)
-// per channel (each optional; zeros over no values).
+// per channel (each optional; zeros over no values). A group whose `save_invstd` is `+inf`
+// (what the forward saves when the inverse spread exceeds the float range: values far below 1
+// with `eps == 0`) takes the forward's double statistics, recomputed from `x`, and its
+// gradient in double, as the forward normalized it.
 //
 // # Safety
 // As `nk_groupnorm_forward`; dy, dx: N*C*S floats; dgamma, dbeta: C floats.
@@ -1166,7 +1169,10 @@ enum nk_status nk_layernorm_forward_f16(struct nk_context *ctx,
 
 // Layer norm backward from the saved statistics (`save_mean`, `save_invstd` required, `rows`
 // floats): `dx` (optional; `dx == dy` is in place), `dgamma = sum over rows of dy * xhat` and
-// `dbeta = sum over rows of dy` (each optional, `cols` floats; zeros when `rows == 0`).
+// `dbeta = sum over rows of dy` (each optional, `cols` floats; zeros when `rows == 0`). A row
+// whose `save_invstd` is `+inf` (what the forward saves when the inverse spread exceeds the
+// float range: values far below 1 with `eps == 0`) takes the forward's double statistics,
+// recomputed from `x`, and its gradient in double, as the forward normalized it.
 //
 // # Safety
 // As `nk_layernorm_forward`; dy, dx: rows*cols floats; dgamma, dbeta: cols.
@@ -1261,7 +1267,8 @@ enum nk_status nk_rmsnorm_forward_f16(struct nk_context *ctx,
 
 // RMS norm backward from the saved `save_invrms` (required, `rows` floats): `dx` (optional;
 // `dx == dy` is in place) and `dgamma = sum over rows of dy * x * invrms` (optional, `cols`
-// floats; zeros when `rows == 0`).
+// floats; zeros when `rows == 0`). A row whose `save_invrms` is `+inf` is taken as
+// `nk_layernorm_backward` takes one whose `save_invstd` is.
 //
 // # Safety
 // As `nk_layernorm_backward`.

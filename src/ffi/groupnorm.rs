@@ -172,7 +172,10 @@ unsafe fn groupnorm_forward<E: Element>(
 
 /// Group norm backward from the saved statistics (`save_mean`, `save_invstd` required, length
 /// batch*groups): dx (optional; dx == dy allowed), dgamma = sum(dy * xhat) and dbeta = sum(dy)
-/// per channel (each optional; zeros over no values).
+/// per channel (each optional; zeros over no values). A group whose `save_invstd` is `+inf`
+/// (what the forward saves when the inverse spread exceeds the float range: values far below 1
+/// with `eps == 0`) takes the forward's double statistics, recomputed from `x`, and its
+/// gradient in double, as the forward normalized it.
 ///
 /// # Safety
 /// As `nk_groupnorm_forward`; dy, dx: N*C*S floats; dgamma, dbeta: C floats.

@@ -235,7 +235,10 @@ unsafe fn layernorm_backward<E: Element>(
 
 /// Layer norm backward from the saved statistics (`save_mean`, `save_invstd` required, `rows`
 /// floats): `dx` (optional; `dx == dy` is in place), `dgamma = sum over rows of dy * xhat` and
-/// `dbeta = sum over rows of dy` (each optional, `cols` floats; zeros when `rows == 0`).
+/// `dbeta = sum over rows of dy` (each optional, `cols` floats; zeros when `rows == 0`). A row
+/// whose `save_invstd` is `+inf` (what the forward saves when the inverse spread exceeds the
+/// float range: values far below 1 with `eps == 0`) takes the forward's double statistics,
+/// recomputed from `x`, and its gradient in double, as the forward normalized it.
 ///
 /// # Safety
 /// As `nk_layernorm_forward`; dy, dx: rows*cols floats; dgamma, dbeta: cols.
@@ -517,7 +520,8 @@ unsafe fn rmsnorm_backward<E: Element>(
 
 /// RMS norm backward from the saved `save_invrms` (required, `rows` floats): `dx` (optional;
 /// `dx == dy` is in place) and `dgamma = sum over rows of dy * x * invrms` (optional, `cols`
-/// floats; zeros when `rows == 0`).
+/// floats; zeros when `rows == 0`). A row whose `save_invrms` is `+inf` is taken as
+/// `nk_layernorm_backward` takes one whose `save_invstd` is.
 ///
 /// # Safety
 /// As `nk_layernorm_backward`.

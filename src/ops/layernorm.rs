@@ -131,6 +131,12 @@ pub fn forward_rows(
 /// Layer norm backward from the saved statistics: `dx` (if `grad` is [`BackwardIo::WithDx`]),
 /// `dgamma = sum over rows of dy * xhat` and `dbeta = sum over rows of dy` (each optional).
 ///
+/// A row whose saved `invstd` is `+inf` is one whose inverse spread exceeds the largest `f32`
+/// (values far below 1 with `eps = 0`; no positive `eps` allows it), which the forward
+/// normalized in `f64`: the backward recomputes the forward's `f64` mean and inverse spread of
+/// the row from `x` and computes its gradient in `f64`, so that it is finite where the exact
+/// gradient is.
+///
 /// `x`, `dy` and `dx` are `f32`, `bf16` or `f16` (all of one type): `dx` is the `f32` result on
 /// the widened inputs rounded once to the type; `dgamma` and `dbeta` are those of the `f32` call.
 #[allow(clippy::too_many_arguments)]
