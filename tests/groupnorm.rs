@@ -257,6 +257,18 @@ fn channel_of(shape: &Shape, i: usize) -> usize {
 fn check_backward(case: &Case, saved: &FwdOut, out: &BwdOut, tol: f64, what: &str) {
     let mean: Vec<f64> = saved.mean.iter().map(|&v| v as f64).collect();
     let invstd: Vec<f64> = saved.invstd.iter().map(|&v| v as f64).collect();
+    check_backward_with(case, (&mean, &invstd), out, tol, what);
+}
+
+/// [`check_backward`] against the reference run on the statistics `(mean, invstd)`.
+#[track_caller]
+fn check_backward_with(
+    case: &Case,
+    (mean, invstd): (&[f64], &[f64]),
+    out: &BwdOut,
+    tol: f64,
+    what: &str,
+) {
     let (shape, groups) = (&case.shape, case.groups);
     let want = gr::backward(
         shape,
@@ -264,8 +276,8 @@ fn check_backward(case: &Case, saved: &FwdOut, out: &BwdOut, tol: f64, what: &st
         &case.x,
         &case.dy,
         case.gamma.as_deref(),
-        &mean,
-        &invstd,
+        mean,
+        invstd,
     );
     let ga = |c: usize| case.gamma.as_ref().map_or(1.0, |v| v[c] as f64);
     let c = shape.channels;
@@ -592,6 +604,99 @@ fn coefficients_beyond_f32_give_finite_gradients() {
                 check_backward(&case, &out, &grads, TOL_GRAD, &format!("{what} {isa:?}"));
                 let in_place = run_backward(&ctx(3, isa), &case, &out, true);
                 assert_bits(&in_place.dx, &grads.dx, &format!("{what} {isa:?} in place"));
+            }
+        }
+    }
+}
+
+/// The backward from the statistics the forward saved for groups whose inverse spread exceeds
+/// the largest float (values around 1e-39 with eps = 0, mixed with ordinary groups): the
+/// forward saves `invstd = +inf` for them (and normalizes them in f64), and the backward gives
+/// the finite gradient of that forward, against the f64 reference computed from x (the
+/// ordinary groups from their saved statistics, as elsewhere). Both layouts; channels-first
+/// groups of one visit and of several chunks (more than 2^18 values), spatial 1; every ISA; in
+/// place and every runner bit for bit.
+#[test]
+fn saved_inverse_spread_beyond_f32_gives_finite_gradients() {
+    for (batch, groups, per_group, spatial, layout) in [
+        (3, 3, 2, 37, Layout::Ncs),
+        (3, 3, 2, 37, Layout::Nsc),
+        (3, 2, 4, 1, Layout::Ncs),
+        (2, 2, 3, 5, Layout::Nsc),
+        (1, 2, 1, 300_000, Layout::Ncs),
+    ] {
+        let spec = Spec {
+            batch,
+            groups,
+            per_group,
+            spatial,
+            layout,
+            seed: (batch * groups * per_group + spatial) as u64,
+            offset: 0.5,
+            scale: 1.0,
+            gamma: true,
+            beta: true,
+            eps: 0.0,
+        };
+        let mut case = Case::new(&spec);
+        let shape = case.shape;
+        let mut g = Gen::new(spec.seed + 1);
+        // Every group but 1, 4, 7, ... (index n * groups + g) tiny: an inverse spread near
+        // 1e39, and dy small enough that dx (near invstd * dy) stays finite.
+        let tiny = |k: usize| k % 3 != 1;
+        for n in 0..batch {
+            for grp in 0..groups {
+                if tiny(n * groups + grp) {
+                    for (_, i) in gr::group_indices(&shape, groups, n, grp) {
+                        case.x[i] = (1e-39 * g.normal()) as f32;
+                        case.dy[i] *= 1e-3;
+                    }
+                }
+            }
+        }
+        // The f64 statistics of the groups, from x.
+        let exact = gr::forward(&shape, groups, &case.x, None, None, 0.0);
+        for isa in isas() {
+            let what = format!("{shape:?} groups {groups} {isa:?}");
+            let out = run_forward(&ctx(1, isa), &case, false, false);
+            // The forward's contract: such a group saves +inf, its y is finite.
+            for k in 0..case.saves() {
+                if tiny(k) {
+                    assert!(exact.invstd[k] > f32::MAX as f64 && exact.invstd[k] < 1e50);
+                    assert_eq!(out.invstd[k], f32::INFINITY, "{what}: saved invstd {k}");
+                } else {
+                    assert!(out.invstd[k].is_finite(), "{what}: saved invstd {k}");
+                }
+            }
+            assert!(out.y.iter().all(|v| v.is_finite()), "{what}: y");
+            let (mean, invstd): (Vec<f64>, Vec<f64>) = (0..case.saves())
+                .map(|k| {
+                    if tiny(k) {
+                        (exact.mean[k], exact.invstd[k])
+                    } else {
+                        (out.mean[k] as f64, out.invstd[k] as f64)
+                    }
+                })
+                .unzip();
+            let grads = run_backward(&ctx(1, isa), &case, &out, false);
+            for (name, v) in [
+                ("dx", &grads.dx),
+                ("dgamma", &grads.dgamma),
+                ("dbeta", &grads.dbeta),
+            ] {
+                if let Some(i) = v.iter().position(|v| !v.is_finite()) {
+                    panic!("{what}: {name}[{i}] = {} is not finite", v[i]);
+                }
+            }
+            check_backward_with(&case, (&mean, &invstd), &grads, TOL_GRAD, &what);
+            let in_place = run_backward(&ctx(2, isa), &case, &out, true);
+            assert_bits(&in_place.dx, &grads.dx, &format!("{what} in place"));
+            for runner in parallel_runners() {
+                let w = format!("{what} {runner:?}");
+                let other = run_backward(&ctx(runner, isa), &case, &out, false);
+                assert_bits(&other.dx, &grads.dx, &w);
+                assert_bits(&other.dgamma, &grads.dgamma, &w);
+                assert_bits(&other.dbeta, &grads.dbeta, &w);
             }
         }
     }

@@ -222,14 +222,26 @@ fn check_forward(c: &Case, f: &Fwd, centered: bool, tol: f64, what: &str) {
 fn check_backward(c: &Case, f: &Fwd, b: &Bwd, centered: bool, tol: f64, what: &str) {
     let mean: Vec<f64> = f.mean.iter().map(|&v| v as f64).collect();
     let inv: Vec<f64> = f.inv.iter().map(|&v| v as f64).collect();
+    check_backward_with(c, (&mean, &inv), b, centered, tol, what);
+}
+
+/// [`check_backward`] against the reference backward with the statistics `(mean, inv)`.
+fn check_backward_with(
+    c: &Case,
+    (mean, inv): (&[f64], &[f64]),
+    b: &Bwd,
+    centered: bool,
+    tol: f64,
+    what: &str,
+) {
     let want = r::backward(
         c.rows,
         c.cols,
         &c.x,
         &c.dy,
         c.gamma.as_deref(),
-        &mean,
-        &inv,
+        mean,
+        inv,
         centered,
     );
     for i in 0..c.x.len() {
@@ -404,6 +416,152 @@ fn inverse_spread_beyond_f32_still_normalizes() {
                         );
                     }
                 }
+            }
+        }
+    }
+}
+
+/// The backward from the statistics the forward saved for rows whose inverse spread exceeds the
+/// largest float (values around 1e-39 with eps = 0, mixed with ordinary rows): the forward saves
+/// `invstd = +inf` for them (and normalizes them in f64), and the backward gives the finite
+/// gradient of that forward, against the f64 reference computed from x (the ordinary rows from
+/// their saved statistics, as elsewhere). Both norms, every ISA; one block of rows, fused column
+/// sums over several tasks, and rows wider than 8192 (the separate column-sum pass); dx with the
+/// sums, the sums alone (dy only), in place; the same bits on every runner and through C.
+#[test]
+fn saved_inverse_spread_beyond_f32_gives_finite_gradients() {
+    for (rows, cols) in [(5, 37), (200, 300), (3, 10_000)] {
+        let mut g = Gen::new(rows as u64 * 7 + cols as u64);
+        let mut c = case(rows, cols, 31 + cols as u64, 0.5, 1.0, true);
+        c.eps = 0.0;
+        // Every row but 1, 4, 7, ... tiny: an inverse spread near 1e39, and dy small enough
+        // that dx (near invstd * dy) stays finite.
+        let tiny = |row: usize| row % 3 != 1;
+        for (i, (v, d)) in c.x.iter_mut().zip(&mut c.dy).enumerate() {
+            if tiny(i / cols) {
+                *v = (1e-39 * g.normal()) as f32;
+                *d *= 1e-3;
+            }
+        }
+        for centered in [true, false] {
+            let norm = if centered { "layer" } else { "rms" };
+            // The f64 statistics of the rows, from x.
+            let exact = r::forward(rows, cols, &c.x, None, None, 0.0, centered);
+            for isa in isas() {
+                let what = format!("{norm} {isa:?} {rows}x{cols}");
+                let cx = ctx(1, isa);
+                let f = run_forward(&c, &cx, centered, false);
+                // The forward's contract: such a row saves +inf, its y is finite.
+                for row in 0..rows {
+                    let inv = f.inv[row];
+                    if tiny(row) {
+                        assert!(exact.inv[row] > f32::MAX as f64 && exact.inv[row] < 1e50);
+                        assert_eq!(inv, f32::INFINITY, "{what}: saved inv of row {row}");
+                    } else {
+                        assert!(inv.is_finite(), "{what}: saved inv of row {row}");
+                    }
+                }
+                assert!(f.y.iter().all(|v| v.is_finite()), "{what}: y");
+                let (mean, inv): (Vec<f64>, Vec<f64>) = (0..rows)
+                    .map(|row| {
+                        if tiny(row) {
+                            (exact.mean[row], exact.inv[row])
+                        } else {
+                            (f.mean[row] as f64, f.inv[row] as f64)
+                        }
+                    })
+                    .unzip();
+                let b = run_backward(&c, &f, &cx, centered, false);
+                for (name, v) in [("dx", &b.dx), ("dgamma", &b.dgamma), ("dbeta", &b.dbeta)] {
+                    if let Some(i) = v.iter().position(|v| !v.is_finite()) {
+                        panic!("{what}: {name}[{i}] = {} is not finite", v[i]);
+                    }
+                }
+                check_backward_with(&c, (&mean, &inv), &b, centered, TOL_GRAD, &what);
+                // The sums alone, from dy only.
+                let mut dg = vec![f32::NAN; cols];
+                let mut db = vec![f32::NAN; cols];
+                if centered {
+                    layernorm::backward(
+                        &cx,
+                        rows,
+                        cols,
+                        &c.x,
+                        BackwardIo::DyOnly(&c.dy),
+                        c.gamma.as_deref(),
+                        &f.mean,
+                        &f.inv,
+                        Some(&mut dg),
+                        Some(&mut db),
+                    )
+                    .unwrap();
+                    assert_bits(&db, &b.dbeta, &format!("{what}: dbeta from dy only"));
+                } else {
+                    rmsnorm::backward(
+                        &cx,
+                        rows,
+                        cols,
+                        &c.x,
+                        BackwardIo::DyOnly(&c.dy),
+                        c.gamma.as_deref(),
+                        &f.inv,
+                        Some(&mut dg),
+                    )
+                    .unwrap();
+                }
+                assert_bits(&dg, &b.dgamma, &format!("{what}: dgamma from dy only"));
+                let p = run_backward(&c, &f, &cx, centered, true);
+                assert_bits(&p.dx, &b.dx, &format!("{what}: dx in place"));
+                assert_bits(&p.dgamma, &b.dgamma, &format!("{what}: dgamma in place"));
+                for runner in parallel_runners() {
+                    let w = format!("{what} {runner:?}");
+                    let q = run_backward(&c, &f, &ctx(runner, isa), centered, false);
+                    assert_bits(&q.dx, &b.dx, &w);
+                    assert_bits(&q.dgamma, &b.dgamma, &w);
+                    assert_bits(&q.dbeta, &b.dbeta, &w);
+                }
+            }
+            // Through C (the global context): the safe API's bits.
+            let cx = Context::global();
+            let f = run_forward(&c, cx, centered, false);
+            let b = run_backward(&c, &f, cx, centered, false);
+            let (mut x, mut dy, mut gamma) = (c.x.clone(), c.dy.clone(), c.gamma.clone().unwrap());
+            let (mut mean, mut inv) = (f.mean.clone(), f.inv.clone());
+            let mut dx = vec![f32::NAN; rows * cols];
+            let (mut dgamma, mut dbeta) = (vec![f32::NAN; cols], vec![f32::NAN; cols]);
+            let a = Args {
+                rows,
+                cols,
+                x: x.as_mut_ptr(),
+                y: null_mut(),
+                dy: dy.as_mut_ptr(),
+                dx: dx.as_mut_ptr(),
+                gamma: gamma.as_mut_ptr(),
+                beta: null_mut(),
+                eps: 0.0,
+                mean: mean.as_mut_ptr(),
+                inv: inv.as_mut_ptr(),
+                dgamma: dgamma.as_mut_ptr(),
+                dbeta: if centered {
+                    dbeta.as_mut_ptr()
+                } else {
+                    null_mut()
+                },
+            };
+            let fun = if centered {
+                Fun::LnBackward
+            } else {
+                Fun::RmsBackward
+            };
+            assert_eq!(call(fun, a), NK_OK);
+            assert_bits(&dx, &b.dx, &format!("{norm} {rows}x{cols}: C dx"));
+            assert_bits(
+                &dgamma,
+                &b.dgamma,
+                &format!("{norm} {rows}x{cols}: C dgamma"),
+            );
+            if centered {
+                assert_bits(&dbeta, &b.dbeta, &format!("{norm} {rows}x{cols}: C dbeta"));
             }
         }
     }

@@ -20,6 +20,11 @@
 //! invstd * mean(g)` in `f64` (`k = 0` for RMS norm), so that no subnormal `xhat` is rounded on
 //! the way. The column sums `dy * xhat` and `dy` (for `dgamma`, `dbeta`) are added to `f64`
 //! accumulators the caller adds up after at most [`ROW_BLOCK`] rows.
+//!
+//! A row whose inverse spread exceeds the largest `f32` (values far below 1 with `eps = 0`) is
+//! normalized in `f64` with the `f64` statistics, and saves `+inf`; the backward recomputes
+//! those statistics from `x` for such a row ([`RecomputeStats`]) and takes it in `f64`, element
+//! by element.
 
 use super::backward::fits_f32;
 use super::moments::channel_moments;
@@ -114,6 +119,42 @@ struct RowParams {
     inv64: f64,
 }
 
+/// A row's statistics in `f64`, as the forward computes them: the mean (0 for RMS norm) and
+/// the inverse spread `1 / sqrt(var + eps)` (`1 / sqrt(mean(x^2) + eps)` for RMS norm).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub(crate) struct RowStats {
+    pub mean: f64,
+    pub inv: f64,
+}
+
+/// The statistics of a row (not empty): layer norm if `centered`, else RMS norm (with the mean
+/// square if already known). The one computation of the forward's statistics, which the
+/// backward repeats for rows whose saved inverse spread overflowed (see [`RecomputeStats`]).
+#[inline(always)]
+fn row_stats<V: F32Vec, X: ElementIo>(
+    row: &[X],
+    centered: bool,
+    eps: f32,
+    known_mean_square: Option<f64>,
+) -> RowStats {
+    let cols = row.len();
+    if centered {
+        let m = channel_moments::<V, _>(&|_| row, cols, 0..cols);
+        let var = m.m2 / cols as f64;
+        let var = if var < 0.0 { 0.0 } else { var };
+        RowStats {
+            mean: m.mean,
+            inv: 1.0 / (var + eps as f64).sqrt(),
+        }
+    } else {
+        let ms = known_mean_square.unwrap_or_else(|| mean_square::<V, X>(row));
+        RowStats {
+            mean: 0.0,
+            inv: 1.0 / (ms + eps as f64).sqrt(),
+        }
+    }
+}
+
 /// The parameters of a row (not empty): layer norm if `centered`, else RMS norm.
 #[inline(always)]
 fn row_params<V: F32Vec, X: ElementIo>(
@@ -122,28 +163,21 @@ fn row_params<V: F32Vec, X: ElementIo>(
     eps: f32,
     known_mean_square: Option<f64>,
 ) -> RowParams {
-    let cols = row.len();
+    let st = row_stats::<V, X>(row, centered, eps, known_mean_square);
+    let scale = st.inv as f32;
     if centered {
-        let m = channel_moments::<V, _>(&|_| row, cols, 0..cols);
-        let var = m.m2 / cols as f64;
-        let var = if var < 0.0 { 0.0 } else { var };
-        let inv = 1.0 / (var + eps as f64).sqrt();
-        let scale = inv as f32;
-        let shift = m.mean as f32;
-        let rest = m.mean - shift as f64;
+        let shift = st.mean as f32;
+        let rest = st.mean - shift as f64;
         RowParams {
             shift,
             scale,
             offset: -((rest * scale as f64) as f32),
             mean: shift,
             inv: scale,
-            mean64: m.mean,
-            inv64: inv,
+            mean64: st.mean,
+            inv64: st.inv,
         }
     } else {
-        let ms = known_mean_square.unwrap_or_else(|| mean_square::<V, X>(row));
-        let inv = 1.0 / (ms + eps as f64).sqrt();
-        let scale = inv as f32;
         // `x * scale - 0.0` is `x * scale` exactly, the sign of zero included.
         RowParams {
             shift: 0.0,
@@ -152,7 +186,7 @@ fn row_params<V: F32Vec, X: ElementIo>(
             mean: 0.0,
             inv: scale,
             mean64: 0.0,
-            inv64: inv,
+            inv64: st.inv,
         }
     }
 }
@@ -897,6 +931,9 @@ pub(crate) struct RowsBackward<'a, 'p, E = f32> {
     pub mean: Option<&'p [f32]>,
     /// The saved `invstd` (or `invrms`) of every row of the part.
     pub inv: &'p [f32],
+    /// The forward's statistics of every row of the part (see [`RecomputeStats`]), or nothing
+    /// when no row's saved inverse spread is `+inf`.
+    pub exact: &'p [RowStats],
     /// Column sums to add to (length `cols`), if `dgamma` or `dbeta` is wanted.
     pub sums: Option<ColumnSums<'a>>,
 }
@@ -1041,6 +1078,7 @@ fn backward_rows<V: F32Vec, E: ElementIo, const G: bool, const SUMS: bool>(
         gamma,
         mean,
         inv,
+        exact,
         mut sums,
     } = k;
     if cols == 0 {
@@ -1048,9 +1086,30 @@ fn backward_rows<V: F32Vec, E: ElementIo, const G: bool, const SUMS: bool>(
     }
     let gamma = gamma.unwrap_or(&[]);
     let rows = x.len() / cols;
+    let n = cols as f64;
     for r in 0..rows {
         let xr = &x[r * cols..(r + 1) * cols];
         let (mu, s) = (mean.map_or(0.0, |m| m[r]), inv[r]);
+        if s == f32::INFINITY
+            && let Some(&st) = exact.get(r)
+        {
+            // The forward normalized this row in f64 (see `RecomputeStats`): so is its
+            // gradient, from the forward's f64 statistics.
+            match &mut grad {
+                GradIo::Dy(dy) => {
+                    let dyr = &dy[r * cols..(r + 1) * cols];
+                    exact_sums::<E, G, SUMS>(xr, dyr, gamma, st, &mut sums);
+                }
+                GradIo::Dx(io) => {
+                    let mut row = io.part(r * cols..(r + 1) * cols);
+                    let (sg, sgx) = exact_sums::<E, G, SUMS>(xr, input(&row), gamma, st, &mut sums);
+                    let mg = if mean.is_some() { sg / n } else { 0.0 };
+                    let bk = (st.inv * st.inv * (sgx / n), st.inv * mg);
+                    dx_in_f64::<E, G>(&mut row, xr, gamma, st, bk);
+                }
+            }
+            continue;
+        }
         match &mut grad {
             GradIo::Dy(dy) => {
                 let dyr = &dy[r * cols..(r + 1) * cols];
@@ -1060,7 +1119,6 @@ fn backward_rows<V: F32Vec, E: ElementIo, const G: bool, const SUMS: bool>(
                 let mut row = io.part(r * cols..(r + 1) * cols);
                 let (sg, sgx) =
                     row_pass::<V, E, G, SUMS, true>(xr, input(&row), gamma, mu, s, &mut sums);
-                let n = cols as f64;
                 let mg = if mean.is_some() { sg / n } else { 0.0 };
                 let inv = s as f64;
                 let (b, k) = (inv * inv * (sgx / n), inv * mg);
@@ -1078,15 +1136,89 @@ fn backward_rows<V: F32Vec, E: ElementIo, const G: bool, const SUMS: bool>(
                 } else {
                     // Coefficients beyond f32 (an inverse spread near the top of the range) or
                     // subnormal: the row in f64, where every term of a finite dx is finite.
-                    row.map_scalar(|i, d| {
-                        let g = if G {
-                            d as f64 * gamma[i] as f64
-                        } else {
-                            d as f64
-                        };
-                        (g * inv - ((xr[i].to_f32() as f64 - mu as f64) * b + k)) as f32
-                    });
+                    let st = RowStats {
+                        mean: mu as f64,
+                        inv,
+                    };
+                    dx_in_f64::<E, G>(&mut row, xr, gamma, st, (b, k));
                 }
+            }
+        }
+    }
+}
+
+/// `dx = g * inv - ((x - mean) * b + k)` of a row in `f64`, element by element, each rounded
+/// once, from `dy` (`g = dy * gamma` if `G`), with `x` and `gamma` read at the same index.
+fn dx_in_f64<E: ElementIo, const G: bool>(
+    row: &mut RowIo<'_, E, E>,
+    x: &[E],
+    gamma: &[f32],
+    st: RowStats,
+    (b, k): (f64, f64),
+) {
+    row.map_scalar(|i, d| {
+        let g = if G {
+            d as f64 * gamma[i] as f64
+        } else {
+            d as f64
+        };
+        (g * st.inv - ((x[i].to_f32() as f64 - st.mean) * b + k)) as f32
+    });
+}
+
+/// [`row_pass`] in `f64`, element by element, with the row's `f64` statistics: adds `dy` and
+/// `dy * xhat` to the column sums (if `SUMS`; index `i` of `x` is column `i` of the sums) and
+/// returns the sums of `g` and `g * xhat`, `xhat = (x - mean) * inv` formed in `f64`. For rows
+/// whose inverse spread is beyond `f32` (then `xhat` is still of the order of 1).
+fn exact_sums<E: ElementIo, const G: bool, const SUMS: bool>(
+    x: &[E],
+    dy: &[E],
+    gamma: &[f32],
+    st: RowStats,
+    sums: &mut Option<ColumnSums<'_>>,
+) -> (f64, f64) {
+    let (mut sg, mut sgx) = (0.0, 0.0);
+    for (i, (xv, dv)) in x.iter().zip(dy).enumerate() {
+        let d = dv.to_f32() as f64;
+        let xhat = (xv.to_f32() as f64 - st.mean) * st.inv;
+        let g = if G { d * gamma[i] as f64 } else { d };
+        sg += g;
+        sgx += g * xhat;
+        if SUMS && let Some(c) = sums.as_mut() {
+            c.dy[i] += d;
+            c.dy_xhat[i] += d * xhat;
+        }
+    }
+    (sg, sgx)
+}
+
+/// The forward's statistics of the rows of a part whose saved inverse spread is `+inf` (into
+/// `out`, one per row; other rows are left alone). Such a value exceeds the largest `f32`, so
+/// `var + eps < 2^-256`, which the smallest positive `eps` (`2^-149`) rules out: the forward had
+/// `eps = 0`. It normalized such a row in `f64` with these statistics (`f32` ones cannot
+/// represent it), and the backward follows it with the same: recomputed from `x` by the
+/// forward's own [`row_stats`] (bitwise the forward's on the same ISA).
+pub(crate) struct RecomputeStats<'a, 'p, E = f32> {
+    pub x: &'a [E],
+    pub cols: usize,
+    /// Layer norm (true) or RMS norm.
+    pub centered: bool,
+    /// The saved inverse spread of every row of the part.
+    pub inv: &'p [f32],
+    pub out: &'a mut [RowStats],
+}
+
+impl<E: ElementIo> Kernel for RecomputeStats<'_, '_, E> {
+    type Output = ();
+    #[inline(always)]
+    fn run<V: F32Vec>(self) {
+        if self.cols == 0 {
+            return;
+        }
+        let rows = self.x.chunks_exact(self.cols);
+        for ((row, &s), o) in rows.zip(self.inv).zip(self.out.iter_mut()) {
+            if s == f32::INFINITY {
+                *o = row_stats::<V, E>(row, self.centered, 0.0, None);
             }
         }
     }
@@ -1101,6 +1233,8 @@ pub(crate) struct ColumnPass<'a, 'p, E = f32> {
     pub c0: usize,
     pub mean: Option<&'p [f32]>,
     pub inv: &'p [f32],
+    /// As [`RowsBackward::exact`].
+    pub exact: &'p [RowStats],
     pub sums: ColumnSums<'a>,
 }
 
@@ -1114,6 +1248,13 @@ impl<E: ElementIo> Kernel for ColumnPass<'_, '_, E> {
         for r in 0..rows {
             let at = r * self.cols + self.c0..r * self.cols + self.c0 + width;
             let (mu, s) = (self.mean.map_or(0.0, |m| m[r]), self.inv[r]);
+            if s == f32::INFINITY
+                && let Some(&st) = self.exact.get(r)
+            {
+                let (x, dy) = (&self.x[at.clone()], &self.dy[at]);
+                exact_sums::<E, false, true>(x, dy, &[], st, &mut sums);
+                continue;
+            }
             row_pass::<V, E, false, true, false>(
                 &self.x[at.clone()],
                 &self.dy[at],
@@ -1207,6 +1348,7 @@ mod tests {
                         gamma: Some(&gamma),
                         mean: centered.then_some(&mean[..]),
                         inv: &inv,
+                        exact: &[],
                         sums: Some(ColumnSums {
                             dy_xhat: &mut a,
                             dy: &mut b,

@@ -143,6 +143,11 @@ pub(crate) fn forward_checked<E: Element>(
 /// (each optional; zeros over no values). Per (batch item, group), with `g = dy * gamma[c]`:
 /// `dx = invstd * (g - mean(g) - xhat * mean(g * xhat))`. Data (`x`, `dy`,
 /// `dx`) of any [`Element`] type.
+///
+/// A group whose saved `invstd` is `+inf` is one whose inverse spread exceeds the largest `f32`
+/// (values far below 1 with `eps = 0`), which the forward normalized in `f64`: the backward
+/// recomputes the forward's `f64` statistics of the groups from `x` and uses them for such a
+/// group (its gradient then in `f64`).
 #[allow(clippy::too_many_arguments)]
 pub fn backward<E: Element>(
     ctx: &Context,
@@ -172,17 +177,24 @@ pub fn backward<E: Element>(
     if let Some(d) = &dbeta {
         check_len("dbeta", d, c)?;
     }
+    let exact = if elements == 0 {
+        Vec::new()
+    } else {
+        overflowed_groups(ctx, &shape, groups, x, save_invstd)
+    };
     let stats = GroupStats {
         groups,
         per_group: c / groups,
         mean: save_mean,
         invstd: save_invstd,
+        exact: &exact,
     };
-    let sums = if elements == 0 {
+    let mut sums = if elements == 0 {
         vec![GradSums::default(); shape.batch * c]
     } else {
         grad_sums(ctx, &shape, &stats, x, grad.dy())
     };
+    stats.recenter(&mut sums, c);
     // dgamma and dbeta: batch items added in order, per channel; zeros over no values.
     if let Some(out) = dgamma {
         for (ch, o) in out.iter_mut().enumerate() {
@@ -252,20 +264,62 @@ fn forward_data<E: Element>(
     affine: Affine<'_>,
     eps: f32,
 ) -> Vec<Stat> {
-    let (c, s) = (shape.channels, shape.spatial);
-    let per_group = c / groups;
-    let run = per_group * s;
-    if !shape.channels_innermost() && run <= GROUP_CHUNK {
+    if fused(shape, groups) {
         return fused_ncs(ctx, shape, groups, io, affine, eps);
     }
-    let moments = if shape.layout == Layout::Ncs || s == 1 {
-        run_moments(ctx, shape.batch * groups, run, io.input())
-    } else {
-        nsc_group_moments(ctx, shape, groups, io.input())
-    };
+    let moments = unfused_moments(ctx, shape, groups, io.input());
     let stats: Vec<Stat> = moments.into_iter().map(|m| stat_of(m, eps)).collect();
     normalize(ctx, shape, groups, io, affine, &stats);
     stats
+}
+
+/// Whether the forward takes each group in one visit ([`fused_ncs`]): channels first, groups of
+/// at most [`GROUP_CHUNK`] values.
+fn fused(shape: &Shape, groups: usize) -> bool {
+    !shape.channels_innermost() && shape.channels / groups * shape.spatial <= GROUP_CHUNK
+}
+
+/// The moments per (batch item, group) of a forward that does not take each group in one visit.
+fn unfused_moments<E: Element>(
+    ctx: &Context,
+    shape: &Shape,
+    groups: usize,
+    x: &[E],
+) -> Vec<Moments> {
+    let run = shape.channels / groups * shape.spatial;
+    if shape.layout == Layout::Ncs || shape.spatial == 1 {
+        run_moments(ctx, shape.batch * groups, run, x)
+    } else {
+        nsc_group_moments(ctx, shape, groups, x)
+    }
+}
+
+/// The moments per (batch item, group) of `x` (not empty), bitwise as the forward computes them
+/// (on the same ISA): [`fused_ncs`]'s moments of each group's rows, or [`unfused_moments`].
+fn forward_moments<E: Element>(
+    ctx: &Context,
+    shape: &Shape,
+    groups: usize,
+    x: &[E],
+) -> Vec<Moments> {
+    if !fused(shape, groups) {
+        return unfused_moments(ctx, shape, groups, x);
+    }
+    let (c, s) = (shape.channels, shape.spatial);
+    let per_group = c / groups;
+    let isa = ctx.supported_isa();
+    ctx.map(x.len(), shape.batch * groups, |i| {
+        let first = (i / groups) * c + (i % groups) * per_group;
+        let row = |r: usize| &x[(first + r) * s..(first + r + 1) * s];
+        dispatch(
+            isa,
+            ChannelMoments {
+                row: &row,
+                spatial: s,
+                range: 0..per_group * s,
+            },
+        )
+    })
 }
 
 /// Moments of `runs` contiguous runs of `run` values each (channels-first groups, or groups of
@@ -451,12 +505,34 @@ fn normalize<E: Element>(
 // ---------------------------------------------------------------------------------------------
 // Backward data path.
 
+/// The forward's statistics of every (batch item, group) (not empty) if some group's saved
+/// `invstd` is `+inf`, else nothing (the usual case: one scan of the saved values). Such an
+/// `invstd` exceeds the largest `f32`, so `var + eps < 2^-256`, which the smallest positive
+/// `eps` (`2^-149`) rules out: the forward had `eps = 0`, and normalized the group in `f64` with
+/// statistics its saved `f32` ones cannot represent. They are recomputed here, bitwise as the
+/// forward computed them (on the same ISA).
+fn overflowed_groups<E: Element>(
+    ctx: &Context,
+    shape: &Shape,
+    groups: usize,
+    x: &[E],
+    save_invstd: &[f32],
+) -> Vec<Stat> {
+    if !save_invstd.contains(&f32::INFINITY) {
+        return Vec::new();
+    }
+    let moments = forward_moments(ctx, shape, groups, x);
+    moments.into_iter().map(|m| stat_of(m, 0.0)).collect()
+}
+
 /// Saved statistics of a backward.
 struct GroupStats<'a> {
     groups: usize,
     per_group: usize,
     mean: &'a [f32],
     invstd: &'a [f32],
+    /// See [`overflowed_groups`]: used for the groups whose saved `invstd` is `+inf`.
+    exact: &'a [Stat],
 }
 
 impl GroupStats<'_> {
@@ -464,12 +540,40 @@ impl GroupStats<'_> {
         n * self.groups + c / self.per_group
     }
 
+    /// The saved mean of the group of channel `c`: the shift of the gradient sums.
     fn mean(&self, n: usize, c: usize) -> f32 {
         self.mean[self.index(n, c)]
     }
 
     fn invstd(&self, n: usize, c: usize) -> f64 {
-        self.invstd[self.index(n, c)] as f64
+        self.group(self.index(n, c)).1
+    }
+
+    /// The statistics the backward uses for group `i`, as `(delta, invstd)` with the group's
+    /// mean `save_mean[i] + delta`: the saved ones (`delta` `None`, the mean is the saved one),
+    /// or for a group whose saved `invstd` is `+inf`, the forward's `f64` ones (see
+    /// [`overflowed_groups`]).
+    fn group(&self, i: usize) -> (Option<f64>, f64) {
+        match self.exact.get(i) {
+            Some(e) if self.invstd[i] == f32::INFINITY => {
+                (Some(e.mean - self.mean[i] as f64), e.invstd)
+            }
+            _ => (None, self.invstd[i] as f64),
+        }
+    }
+
+    /// Turns the sums of the groups that use the forward's `f64` mean (see [`GroupStats::group`])
+    /// into sums about it: `sum(dy * (x - mean - delta)) = sum(dy * (x - mean)) - delta *
+    /// sum(dy)`. `sums` is indexed `n * C + c`.
+    fn recenter(&self, sums: &mut [GradSums], c: usize) {
+        if self.exact.is_empty() {
+            return;
+        }
+        for (j, q) in sums.iter_mut().enumerate() {
+            if let (Some(delta), _) = self.group(self.index(j / c, j % c)) {
+                q.dy_x -= delta * q.dy;
+            }
+        }
     }
 }
 
@@ -557,7 +661,8 @@ fn grad_coefficients(
     for n in 0..shape.batch {
         for g in 0..groups {
             let i = n * groups + g;
-            let (mean, invstd) = (stats.mean[i], stats.invstd[i] as f64);
+            let (delta, invstd) = stats.group(i);
+            let mean = stats.mean[i];
             let channels = g * per_group..(g + 1) * per_group;
             // mean(g) and mean(g * xhat) over the group, channels added in order.
             let (mut sum_g, mut sum_gx) = (0.0f64, 0.0f64);
@@ -569,7 +674,8 @@ fn grad_coefficients(
             let mean_g = sum_g / count;
             let mean_gx = invstd * sum_gx / count;
             let b = -invstd * invstd * mean_gx;
-            let k = -invstd * mean_g;
+            // About the saved mean: `(x - mean - delta) * b = (x - mean) * b - delta * b`.
+            let k = -invstd * mean_g - delta.map_or(0.0, |d| d * b);
             for ch in channels {
                 out[n * c + ch] = WideGrad {
                     mean,

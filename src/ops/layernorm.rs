@@ -18,7 +18,8 @@ pub use crate::io::{
 };
 use crate::io::{InOut, RowIo, SharedIo, StridedRows, extent};
 use crate::kernels::rownorm::{
-    ColumnPass, ColumnSums, GradIo, ROW_BLOCK, RowTensors, RowsBackward, RowsForward,
+    ColumnPass, ColumnSums, GradIo, ROW_BLOCK, RecomputeStats, RowStats, RowTensors, RowsBackward,
+    RowsForward,
 };
 use crate::shape::checked_elements;
 use crate::simd::element::Element;
@@ -129,6 +130,12 @@ pub fn forward_rows(
 
 /// Layer norm backward from the saved statistics: `dx` (if `grad` is [`BackwardIo::WithDx`]),
 /// `dgamma = sum over rows of dy * xhat` and `dbeta = sum over rows of dy` (each optional).
+///
+/// A row whose saved `invstd` is `+inf` is one whose inverse spread exceeds the largest `f32`
+/// (values far below 1 with `eps = 0`; no positive `eps` allows it), which the forward
+/// normalized in `f64`: the backward recomputes the forward's `f64` mean and inverse spread of
+/// the row from `x` and computes its gradient in `f64`, so that it is finite where the exact
+/// gradient is.
 ///
 /// `x`, `dy` and `dx` are `f32`, `bf16` or `f16` (all of one type): `dx` is the `f32` result on
 /// the widened inputs rounded once to the type; `dgamma` and `dbeta` are those of the `f32` call.
@@ -595,6 +602,8 @@ pub(crate) fn rows_backward<E: Element>(
     let fused = want_sums && cols <= FUSED_SUMS_MAX_COLS;
     let per_task = rows_per_task(cols);
     let tasks = rows.div_ceil(per_task);
+    let exact = overflowed_rows(ctx, rows, cols, x, mean.is_some(), inv);
+    let exact = &exact[..];
     let job = BackwardJob {
         isa,
         cols,
@@ -602,6 +611,7 @@ pub(crate) fn rows_backward<E: Element>(
         gamma,
         mean,
         inv,
+        exact,
     };
     let want_dx = matches!(grad, BackwardIo::WithDx(_));
     let dy_only: &[E];
@@ -708,6 +718,7 @@ pub(crate) fn rows_backward<E: Element>(
                         c0: c.start,
                         mean: mean.map(|m| &m[b.clone()]),
                         inv: &inv[b.clone()],
+                        exact: exact.get(b.clone()).unwrap_or_default(),
                         sums: ColumnSums {
                             dy_xhat: s1,
                             dy: s2,
@@ -744,6 +755,42 @@ pub(crate) fn rows_backward<E: Element>(
     }
 }
 
+/// The forward's statistics of the rows whose saved inverse spread is `+inf` (index: row;
+/// other rows' entries unused), or nothing if no row's is (the usual case: one scan of the
+/// saved values). Such a row was normalized with `f64` statistics that its saved `f32` ones
+/// cannot represent (see [`RecomputeStats`]): they are recomputed from `x`, in tasks of whole
+/// rows.
+fn overflowed_rows<E: Element>(
+    ctx: &Context,
+    rows: usize,
+    cols: usize,
+    x: &[E],
+    centered: bool,
+    inv: &[f32],
+) -> Vec<RowStats> {
+    if !inv.contains(&f32::INFINITY) {
+        return Vec::new();
+    }
+    let isa = ctx.supported_isa();
+    let per_task = rows_per_task(cols);
+    let parts = ctx.map(rows * cols, rows.div_ceil(per_task), |k| {
+        let r = k * per_task..rows.min((k + 1) * per_task);
+        let mut out = vec![RowStats::default(); r.len()];
+        dispatch(
+            isa,
+            RecomputeStats {
+                x: &x[r.start * cols..r.end * cols],
+                cols,
+                centered,
+                inv: &inv[r],
+                out: &mut out,
+            },
+        );
+        out
+    });
+    parts.concat()
+}
+
 /// What every backward task shares.
 struct BackwardJob<'p, E> {
     isa: SupportedIsa,
@@ -752,6 +799,8 @@ struct BackwardJob<'p, E> {
     gamma: Option<&'p [f32]>,
     mean: Option<&'p [f32]>,
     inv: &'p [f32],
+    /// See [`overflowed_rows`].
+    exact: &'p [RowStats],
 }
 
 impl<E: Element> BackwardJob<'_, E> {
@@ -766,7 +815,8 @@ impl<E: Element> BackwardJob<'_, E> {
                 cols,
                 gamma: self.gamma,
                 mean: self.mean.map(|m| &m[r.clone()]),
-                inv: &self.inv[r],
+                inv: &self.inv[r.clone()],
+                exact: self.exact.get(r).unwrap_or_default(),
                 sums,
             },
         );

@@ -83,7 +83,9 @@ pub fn forward_rows(
 }
 
 /// RMS norm backward from the saved `invrms`: `dx` (if `grad` is [`BackwardIo::WithDx`]) and
-/// `dgamma = sum over rows of dy * x * invrms` (optional).
+/// `dgamma = sum over rows of dy * x * invrms` (optional). A row whose saved `invrms` is `+inf`
+/// is taken as the layer-norm backward takes one whose `invstd` is (see
+/// [`super::layernorm::backward`]).
 ///
 /// `x`, `dy` and `dx` are `f32`, `bf16` or `f16` (all of one type): `dx` is the `f32` result on
 /// the widened inputs rounded once to the type; `dgamma` is that of the `f32` call.
