@@ -59,3 +59,8 @@ pub use simd::element::{Element, bf16, f16};
 
 /// The library version: major, minor, patch.
 pub const VERSION: (u32, u32, u32) = (0, 1, 0);
+
+/// The README's Rust example, compiled and run as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
