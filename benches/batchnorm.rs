@@ -30,16 +30,23 @@
 //!
 //! Every benchmark declares `2 * 4 * elements` bytes, the minimal traffic (read `x` once, write
 //! `y` once), so that throughputs compare with the copy directly.
+//!
+//! `--drift` runs, instead of the criterion groups, the training forward on data that fails the
+//! moments' conditioning test (see [`drift`]) next to ordinary data of the same shape, in
+//! alternating rounds in one process (`benches/rounds`), and prints a markdown table:
+//!
+//! ```text
+//! cargo bench --bench batchnorm -- --drift --threads 1 --isa avx512 --rounds 15
+//! ```
 
 use criterion::measurement::WallTime;
-use criterion::{
-    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
-};
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group};
 use normkit::batchnorm::{self, Affine, BackwardIo, RunningStats, SavedStats, TrainingParams};
 use normkit::ffi::{nk_batchnorm_forward_inference, nk_layout, nk_shape, nk_status};
 use normkit::{Context, InOut, Isa, Layout, Shape};
 use std::hint::black_box;
 use std::time::Duration;
+mod rounds;
 
 const EPS: f32 = 1e-5;
 
@@ -598,4 +605,148 @@ fn batchnorm_backward(c: &mut Criterion) {
 }
 
 criterion_group!(benches, batchnorm_forward, batchnorm_backward);
-criterion_main!(benches);
+
+fn main() {
+    if std::env::args().any(|a| a == "--drift") {
+        drift::run(&rounds::Options::parse());
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
+
+/// Training forward on data whose shifted block sums fail the moments' conditioning test, so
+/// that the moments recompute those blocks (`src/kernels/moments.rs`), next to ordinary data of
+/// the same shape. Values along a channel are taken in its reduction order (`r = n * spatial +
+/// s`); the noise is `rounds::values` (about N(0, 0.6)):
+///
+/// - `normal`: `1 + noise`;
+/// - `ramp`: `1000 * n + noise`, a mean drifting along the batch. Channels-innermost, a
+///   reduction chunk whose first block ends an image and whose rest lies in the next one fails
+///   (2 chunks of 49 in NHWC 32x64x56x56); channels-first, no block does (only a run's first
+///   block is checked for cancellation, and its first value lies within the block's spread);
+/// - `spike`: `1 + noise`, and `10000` at every 64th value (`r % 64 == 0`, the first value of
+///   every block and chunk): the first block of every run (channels-first: each channel's first
+///   2048 values; channels-innermost: each chunk's first 64 rows) has its shift far from its
+///   mean;
+/// - `steps`: `1000 * ((r / 64) % 2) + noise`: channels-innermost chunks of 128 rows (the
+///   (4096, 1024) matrix) have their first block at one level and the rest at the other, so
+///   every chunk's rest fails;
+/// - `nan`: `1 + noise` with a NaN every 997 values: sums that are not finite, in nearly every
+///   channels-innermost chunk of every channel (channels-first stops at a channel's first NaN).
+///
+/// Every variant declares `2 * 4 * elements` bytes; `vs normal` is the time over `normal`'s.
+mod drift {
+    use super::{EPS, context, rounds};
+    use normkit::batchnorm::{self, Affine, RunningStats, SavedStats, TrainingParams};
+    use normkit::{InOut, Layout, Shape};
+    use std::hint::black_box;
+
+    const KINDS: [&str; 5] = ["normal", "ramp", "spike", "steps", "nan"];
+
+    /// The tensor of `shape` with the values of `kind` (see the module documentation).
+    fn data(shape: &Shape, kind: &str) -> Vec<f32> {
+        let (n, c, s) = (shape.batch, shape.channels, shape.spatial);
+        let noise = rounds::values(n * c * s, 7, 0.0);
+        let mut x = vec![0f32; n * c * s];
+        for b in 0..n {
+            for ch in 0..c {
+                for sp in 0..s {
+                    let i = match shape.layout {
+                        Layout::Ncs => (b * c + ch) * s + sp,
+                        Layout::Nsc => (b * s + sp) * c + ch,
+                    };
+                    let r = b * s + sp;
+                    let e = noise[i];
+                    x[i] = match kind {
+                        "normal" => 1.0 + e,
+                        "ramp" => 1000.0 * b as f32 + e,
+                        "spike" if r % 64 == 0 => 10_000.0,
+                        "spike" => 1.0 + e,
+                        "steps" => 1000.0 * ((r / 64) % 2) as f32 + e,
+                        "nan" if i % 997 == 0 => f32::NAN,
+                        "nan" => 1.0 + e,
+                        _ => unreachable!("kind {kind}"),
+                    };
+                }
+            }
+        }
+        x
+    }
+
+    pub fn run(o: &rounds::Options) {
+        let ctx = context(o.threads, o.isa);
+        println!(
+            "Batch norm training on drifting data: {} threads, ISA {:?}, {} alternating rounds of ~{} ms, medians\n",
+            o.threads, o.isa, o.rounds, o.target_ms
+        );
+        println!("| shape | data | median ms | GB/s | vs normal |");
+        println!("|---|---|---:|---:|---:|");
+        let shapes = [
+            ("nchw 32x64x56x56", Shape::new(32, 64, 56 * 56, Layout::Ncs)),
+            ("nhwc 32x64x56x56", Shape::new(32, 64, 56 * 56, Layout::Nsc)),
+            ("nc 4096x1024", Shape::new(4096, 1024, 1, Layout::Ncs)),
+            ("nchw 8x2048x7x7", Shape::new(8, 2048, 7 * 7, Layout::Ncs)),
+        ];
+        for (name, shape) in shapes {
+            if !o.wants(name) {
+                continue;
+            }
+            let c = shape.channels;
+            let gamma = rounds::values(c, 1, 1.0);
+            let beta = rounds::values(c, 2, 0.0);
+            let inputs: Vec<Vec<f32>> = KINDS.iter().map(|k| data(&shape, k)).collect();
+            let elements = inputs[0].len();
+            let mut calls: Vec<Box<dyn FnMut() + '_>> = inputs
+                .iter()
+                .map(|x| {
+                    let mut y = vec![0f32; elements];
+                    let (mut rm, mut rv) = (vec![0f32; c], vec![1f32; c]);
+                    let (mut sm, mut si) = (vec![0f32; c], vec![0f32; c]);
+                    let (ctx, gamma, beta) = (&ctx, &gamma, &beta);
+                    Box::new(move || {
+                        batchnorm::forward_training(
+                            ctx,
+                            shape,
+                            InOut::separate(black_box(x), &mut y).expect("lengths"),
+                            Affine {
+                                gamma: Some(gamma),
+                                beta: Some(beta),
+                            },
+                            TrainingParams {
+                                eps: EPS,
+                                momentum: 0.1,
+                                flags: 0,
+                            },
+                            Some(RunningStats {
+                                mean: &mut rm,
+                                var: &mut rv,
+                            }),
+                            SavedStats {
+                                mean: Some(&mut sm),
+                                invstd: Some(&mut si),
+                            },
+                        )
+                        .expect("batch norm training");
+                        black_box(&mut y);
+                    }) as Box<dyn FnMut() + '_>
+                })
+                .collect();
+            let med = o.medians(
+                &mut calls
+                    .iter_mut()
+                    .map(|f| f.as_mut() as &mut dyn FnMut())
+                    .collect::<Vec<_>>(),
+            );
+            let bytes = (2 * 4 * elements) as f64;
+            for (k, kind) in KINDS.iter().enumerate() {
+                println!(
+                    "| {name} | {kind} | {:.3} | {:.1} | {:.2} |",
+                    med[k] * 1e3,
+                    bytes / med[k] / 1e9,
+                    med[k] / med[0],
+                );
+            }
+        }
+    }
+}

@@ -1253,89 +1253,184 @@ fn nan_and_inf_propagate() {
         (2, 5, 3000, Layout::Nsc),
         (1, 5, 140_000, Layout::Ncs),
     ] {
-        let mut case = fixed_case(b, c, s, layout, 7);
-        let shape = case.shape;
-        let last = b * s - 1;
-        let (ns, ss) = (last / s, last % s);
-        // Channel 1: a NaN in the middle; channel 2: +inf first; channel 3: -inf last;
-        // channel 4: +inf and -inf. Channels 0 is clean.
-        case.x[r::index(&shape, b / 2, 1, s / 2)] = f32::NAN;
-        case.x[r::index(&shape, 0, 2, 0)] = f32::INFINITY;
-        case.x[r::index(&shape, ns, 3, ss)] = f32::NEG_INFINITY;
-        case.x[r::index(&shape, 0, 4, s - 1)] = f32::INFINITY;
-        case.x[r::index(&shape, b - 1, 4, 0)] = f32::NEG_INFINITY;
-        let want = case.reference().unwrap();
-        let bad = [1, 2, 3, 4];
-        for isa in isas() {
-            for threads in [1, 2] {
-                let what = format!("{shape:?} {isa:?} {threads} threads");
-                let ctx = ctx(threads, isa);
-                let (result, out) = run_training(&ctx, &case, false);
-                result.unwrap();
-                for i in 0..out.y.len() {
-                    let ch = channel_of(&shape, i);
-                    if bad.contains(&ch) {
-                        assert!(
-                            out.y[i].is_nan(),
-                            "{what}: y[{i}] of channel {ch} is {}",
-                            out.y[i]
-                        );
-                    } else {
-                        let tol = y_tol(&case, ch, want.xhat[i]);
-                        assert!(close(out.y[i] as f64, want.y[i], tol), "{what}: y[{i}]");
-                    }
-                }
-                let (rm, rv) = out.running.as_ref().unwrap();
-                let (sm, si) = (
-                    out.save_mean.as_ref().unwrap(),
-                    out.save_invstd.as_ref().unwrap(),
-                );
-                for ch in bad {
-                    assert!(!sm[ch].is_finite(), "{what}: save_mean[{ch}] = {}", sm[ch]);
-                    assert!(si[ch].is_nan(), "{what}: save_invstd[{ch}] = {}", si[ch]);
-                    assert!(
-                        !rm[ch].is_finite(),
-                        "{what}: running_mean[{ch}] = {}",
-                        rm[ch]
-                    );
-                    assert!(rv[ch].is_nan(), "{what}: running_var[{ch}] = {}", rv[ch]);
-                }
-                check_state(
-                    &case,
-                    &out,
-                    &want,
-                    0,
-                    1.0,
-                    &format!("{what}: clean channel"),
-                );
-                // The same through moments + forward from moments, and in place.
-                let (_, in_place) = run_training(&ctx, &case, true);
-                out.assert_bits(&in_place, &format!("{what}: in place"));
-                let (mean, m2) = run_moments(&ctx, shape, &case.x);
-                let (_, split) = run_from_moments(
-                    &ctx,
-                    &case,
-                    shape,
-                    &case.x,
-                    r::count(&shape),
-                    &mean,
-                    &m2,
-                    false,
-                );
-                out.assert_bits(&split, &format!("{what}: moments + from_moments"));
+        non_finite_case(fixed_case(b, c, s, layout, 7));
+    }
+}
 
-                // Inference: only the non-finite elements themselves are affected.
-                for relu in [false, true] {
-                    let ic = InferenceCase {
-                        case: case.clone(),
-                        mean: vec![0.5; c],
-                        var: vec![2.0; c],
-                        relu,
-                    };
-                    let y = run_inference(&ctx, &ic, false);
-                    check_inference(&ic, &y, &format!("{what}: inference"));
+/// The checks of [`nan_and_inf_propagate`] on `case` (at least 5 channels), after placing, in
+/// channel 1, a NaN in the middle; channel 2, +inf first; channel 3, -inf last; channel 4, +inf
+/// and -inf. Channel 0 is clean.
+fn non_finite_case(mut case: Case) {
+    let shape = case.shape;
+    let (b, c, s) = (shape.batch, shape.channels, shape.spatial);
+    let last = b * s - 1;
+    let (ns, ss) = (last / s, last % s);
+    case.x[r::index(&shape, b / 2, 1, s / 2)] = f32::NAN;
+    case.x[r::index(&shape, 0, 2, 0)] = f32::INFINITY;
+    case.x[r::index(&shape, ns, 3, ss)] = f32::NEG_INFINITY;
+    case.x[r::index(&shape, 0, 4, s - 1)] = f32::INFINITY;
+    case.x[r::index(&shape, b - 1, 4, 0)] = f32::NEG_INFINITY;
+    let want = case.reference().unwrap();
+    let bad = [1, 2, 3, 4];
+    for isa in isas() {
+        for threads in [1, 2] {
+            let what = format!("{shape:?} {isa:?} {threads} threads");
+            let ctx = ctx(threads, isa);
+            let (result, out) = run_training(&ctx, &case, false);
+            result.unwrap();
+            for i in 0..out.y.len() {
+                let ch = channel_of(&shape, i);
+                if bad.contains(&ch) {
+                    assert!(
+                        out.y[i].is_nan(),
+                        "{what}: y[{i}] of channel {ch} is {}",
+                        out.y[i]
+                    );
+                } else {
+                    let tol = y_tol(&case, ch, want.xhat[i]);
+                    assert!(close(out.y[i] as f64, want.y[i], tol), "{what}: y[{i}]");
                 }
             }
+            let (rm, rv) = out.running.as_ref().unwrap();
+            let (sm, si) = (
+                out.save_mean.as_ref().unwrap(),
+                out.save_invstd.as_ref().unwrap(),
+            );
+            for ch in bad {
+                assert!(!sm[ch].is_finite(), "{what}: save_mean[{ch}] = {}", sm[ch]);
+                assert!(si[ch].is_nan(), "{what}: save_invstd[{ch}] = {}", si[ch]);
+                assert!(
+                    !rm[ch].is_finite(),
+                    "{what}: running_mean[{ch}] = {}",
+                    rm[ch]
+                );
+                assert!(rv[ch].is_nan(), "{what}: running_var[{ch}] = {}", rv[ch]);
+            }
+            check_state(
+                &case,
+                &out,
+                &want,
+                0,
+                1.0,
+                &format!("{what}: clean channel"),
+            );
+            // The same through moments + forward from moments, and in place.
+            let (_, in_place) = run_training(&ctx, &case, true);
+            out.assert_bits(&in_place, &format!("{what}: in place"));
+            let (mean, m2) = run_moments(&ctx, shape, &case.x);
+            let (_, split) = run_from_moments(
+                &ctx,
+                &case,
+                shape,
+                &case.x,
+                r::count(&shape),
+                &mean,
+                &m2,
+                false,
+            );
+            out.assert_bits(&split, &format!("{what}: moments + from_moments"));
+
+            // Inference: only the non-finite elements themselves are affected.
+            for relu in [false, true] {
+                let ic = InferenceCase {
+                    case: case.clone(),
+                    mean: vec![0.5; c],
+                    var: vec![2.0; c],
+                    relu,
+                };
+                let y = run_inference(&ctx, &ic, false);
+                check_inference(&ic, &y, &format!("{what}: inference"));
+            }
+        }
+    }
+}
+
+/// How the mean of a channel drifts along its values in reduction order (`r = n * spatial + s`),
+/// each value `level + N(0, 1)`.
+#[derive(Clone, Copy, Debug)]
+enum Drift {
+    /// `level = 1000 * n + c`: a mean drifting along the batch.
+    Ramp,
+    /// `level = 0` for the channel's first value, 10000 for the others.
+    FirstOff,
+    /// `level = 0` for the first 64 values, 10000 for the others.
+    TwoLevels,
+}
+
+/// `case` with its values replaced by drifting ones.
+fn drifting(mut case: Case, drift: Drift, seed: u64) -> Case {
+    let shape = case.shape;
+    let mut g = Gen::new(seed);
+    for n in 0..shape.batch {
+        for c in 0..shape.channels {
+            for s in 0..shape.spatial {
+                let r = n * shape.spatial + s;
+                let level = match drift {
+                    Drift::Ramp => 1000.0 * n as f64 + c as f64,
+                    Drift::FirstOff if r == 0 => 0.0,
+                    Drift::TwoLevels if r < 64 => 0.0,
+                    Drift::FirstOff | Drift::TwoLevels => 10000.0,
+                };
+                case.x[r::index(&shape, n, c, s)] = (level + g.normal()) as f32;
+            }
+        }
+    }
+    case
+}
+
+/// Channels whose mean drifts, so that the moments' block sums with an `f32` shift fail their
+/// check and are summed again with `f64` shifts (`src/kernels/moments.rs`), against the float64
+/// reference (training, inference, moments), every ISA, bitwise equal on 1, 2, 3 and 8 threads;
+/// and with NaN and infinities in drifting channels.
+///
+/// Why the check fails (it fails when the shift lies more than sqrt(15) = 3.9 spreads from the
+/// mean of the values summed with it, or the sums are not finite; the module's unit tests build
+/// the same patterns and assert the failure on the sums themselves):
+/// - `FirstOff`: a run's first block is shifted by its first value, 0, while the block's other
+///   values lie at 10000: with `m` values in the block, 0 lies `sqrt(m - 1)` spreads from their
+///   mean, beyond 3.9 from 17 values on (every case here has at least 65 values per channel,
+///   one block of 64 rows channels-innermost);
+/// - `TwoLevels`: channels-innermost, a chunk's first 64 rows are at 0 and its rest at 10000:
+///   the rest is shifted by the first block's mean, 10000 of its spreads away (every
+///   channels-innermost case here has more than 64 rows in its first chunk); channels-first, a
+///   first block of `m > 1024` values has 64 at 0, which is more than 3.9 spreads from its mean
+///   (`sqrt((m - 64) / 64)`);
+/// - `Ramp`: channels-innermost, a chunk whose first block lies in one image and whose rest in
+///   the next; channels-first, none (a run's first block lies within one image).
+#[test]
+fn drifting_channels() {
+    let mut seed = 300;
+    for (b, c, s, layout) in [
+        (1, 1, 2049, Layout::Ncs),
+        (3, 1, 700, Layout::Ncs),
+        (5, 3, 333, Layout::Ncs),
+        (67, 2, 1, Layout::Ncs),
+        (131, 1, 1, Layout::Ncs),
+        (1500, 3, 1, Layout::Ncs),
+        (3, 5, 77, Layout::Nsc),
+        (2, 33, 100, Layout::Nsc),
+        (2, 301, 70, Layout::Nsc),
+        (1, 1, 65, Layout::Nsc),
+        // More than 2^18 values per channel: channels-first in chunks; channels-innermost in
+        // five chunks of 65536 rows (with the ramp, the first block of the second ends image
+        // 0 and its rest lies in image 1).
+        (1, 2, 300_007, Layout::Ncs),
+        (4, 2, 65_600, Layout::Nsc),
+    ] {
+        for drift in [Drift::Ramp, Drift::FirstOff, Drift::TwoLevels] {
+            seed += 1;
+            let case = drifting(fixed_case(b, c, s, layout, seed), drift, seed);
+            everything(&case, true);
+        }
+    }
+    for (b, s, layout) in [
+        (3, 700, Layout::Ncs),
+        (300, 1, Layout::Ncs),
+        (3, 100, Layout::Nsc),
+    ] {
+        for drift in [Drift::Ramp, Drift::FirstOff, Drift::TwoLevels] {
+            seed += 1;
+            non_finite_case(drifting(fixed_case(b, 5, s, layout, seed), drift, seed));
         }
     }
 }

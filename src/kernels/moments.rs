@@ -12,20 +12,33 @@
 //! The checks below keep `D <= sqrt(18) * sigma` (`sigma^2 = M2 / n`): so the mean is within
 //! `4.3 * 2^-24 * sigma` and M2 within `8.5 * 2^-24` relative, whatever the count and offset.
 //!
-//! A block is recomputed exactly (two passes in `f64`) when the first block of a run has its
-//! first value far from the block's mean (`sum(d * d) > 16 * M2`: the sums would cancel and
-//! `D` grow), or when its sums are not finite (`x - K` overflowing `f32`, or NaN and
-//! infinities). Later blocks are shifted by the running mean, which lies close to them in the
-//! sense that counts: over a run, `sum((x - K)^2) <= 16 * M2(first block) + 2 * M2 <= 18 * M2`
-//! (Chan's merge of equal-sized blocks).
+//! A block's sums are not trusted when the first block of a run has its first value far from
+//! the block's mean (`sum(d * d) > 16 * M2`: the sums would cancel and `D` grow), or when they
+//! are not finite (`x - K` overflowing `f32`, or NaN and infinities). Later blocks are shifted by
+//! the running mean, which lies close to them in the sense that counts: over a run,
+//! `sum((x - K)^2) <= 16 * M2(first block) + 2 * M2 <= 18 * M2` (Chan's merge of equal-sized
+//! blocks).
 //!
 //! Channels-innermost runs (rows of channels, each lane one channel) keep one shift for every
 //! block after a chunk's first: the first block's mean. Their sums then add up in `f64` with no
-//! merge per block, and become moments once per chunk, checked like a first block.
+//! merge per block, and become moments once per chunk, checked like a first block. Data whose
+//! mean drifts along the rows (the rest of a chunk far from its first block) fails that check.
+//!
+//! Sums that are not trusted are summed again by the same kernels with `f64` shifts (see
+//! [`Shift`]): each value widened exactly, the shift subtracted in `f64`, so `d` rounds to
+//! `2^-53` of itself and never overflows. The shift is the mean the untrusted sums give (or 0
+//! if they are not finite), within `2^-24 * D` of the true mean: one more pass over the values
+//! (a block, or the part of a channels-innermost chunk, still in cache) gives sums accurate to
+//! `f64` rounding. A pass is settled when its `sum(d * d)` is at most
+//! [`WIDE_LIMIT`] times its M2 (the cancellation then costs at most `2^-53 * WIDE_LIMIT`
+//! relative) or when it is not finite (NaN or infinities in the data: the moments are then NaN or
+//! infinite, as the data's); otherwise its own mean shifts the next pass, at most
+//! [`WIDE_PASSES`] in all. The cost of data that fails every check is thus about one more read
+//! of each value from cache, vectorized and parallel like the first.
 
 use super::sums::Sums2;
 use crate::simd::element::ElementIo;
-use crate::simd::{F32Vec, Kernel};
+use crate::simd::{F32Vec, F64Vec, Kernel};
 use std::ops::Range;
 
 /// Elements per block of a contiguous run: each block's sums become moments (or, in the
@@ -44,6 +57,17 @@ pub(crate) const ROW_BLOCK: usize = 64;
 pub(crate) const TILED_MAX_CHANNELS: usize = 256;
 /// Floats per cache line.
 pub(crate) const LINE_FLOATS: usize = crate::simd::LINE_BYTES / 4;
+
+/// A pass with `f64` shifts is settled when `sum(d * d) <= WIDE_LIMIT * M2`, i.e. its shift lies
+/// within `sqrt(WIDE_LIMIT) = 1024` spreads of the mean: the cancellation in `M2 = sum(d * d) -
+/// sum(d)^2 / n` then loses at most `2^-53 * 2^20 = 2^-33` relative, far below an `f32`
+/// rounding.
+const WIDE_LIMIT: f64 = (1u64 << 20) as f64;
+/// Most passes with `f64` shifts over values whose `f32`-shifted sums failed. The first pass's
+/// shift is within `2^-24 * D` of the mean, so a second is needed only if `D` exceeded `2^34`
+/// spreads, a third never (each pass shrinks the distance by `2^-53`); the last pass is taken
+/// whatever it gives.
+const WIDE_PASSES: usize = 3;
 
 /// Count, mean and sum of squared deviations from the mean (M2) of a set of values.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -107,34 +131,7 @@ impl Moments {
         }
     }
 
-    /// The moments of `values`, exactly to `f64` rounding (two passes).
-    fn exact(values: impl Iterator<Item = f32> + Clone) -> Moments {
-        let (count, sum) = values
-            .clone()
-            .fold((0u64, 0.0f64), |(n, s), v| (n + 1, s + v as f64));
-        if count == 0 {
-            return Moments::EMPTY;
-        }
-        let mean = sum / count as f64;
-        let m2 = values.map(|v| (v as f64 - mean) * (v as f64 - mean)).sum();
-        Moments { count, mean, m2 }
-    }
-
-    /// The moments of a block from its shifted sums, or `None` if they cannot be trusted (see
-    /// [`Moments::sums_trusted`]).
-    #[inline]
-    fn from_trusted_sums(
-        count: usize,
-        shift: f32,
-        s1: f64,
-        s2: f64,
-        first: bool,
-    ) -> Option<Moments> {
-        Moments::sums_trusted(count as f64, s1, s2, first)
-            .then(|| Moments::from_shifted_sums(count, shift, s1, s2))
-    }
-
-    /// Whether the shifted sums `s1`, `s2` of `n` values can be trusted. Not if not finite
+    /// Whether the `f32`-shifted sums `s1`, `s2` of `n` values can be trusted. Not if not finite
     /// (`x - shift` overflowing `f32`, NaN or infinities in the data), nor, for the first block
     /// of a run (`first`), if the shift lies more than about four spreads from the block's mean
     /// (`s2 > 16 * M2`), which would loosen the accuracy bound (see the module documentation).
@@ -147,6 +144,15 @@ impl Moments {
         finite & !cancels
     }
 
+    /// Whether the `f64`-shifted sums `s1`, `s2` of `n` values are final: not finite (NaN or
+    /// infinities in the data, which no shift changes), or the shift within `sqrt(WIDE_LIMIT)`
+    /// spreads of the mean.
+    #[inline(always)]
+    fn wide_settled(n: f64, s1: f64, s2: f64) -> bool {
+        let finite = (s1.abs() <= f64::MAX) & (s2.abs() <= f64::MAX);
+        !finite | (s2 <= WIDE_LIMIT * Moments::shifted_m2(n, s1, s2))
+    }
+
     /// M2 of `n` values from `s1 = sum(x - shift)` and `s2 = sum((x - shift)^2)`. Rounding may
     /// leave a tiny negative M2 for constant data, clamped to 0; NaN stays NaN.
     #[inline(always)]
@@ -157,39 +163,176 @@ impl Moments {
 
     /// The moments of `count` values from `s1 = sum(x - shift)` and `s2 = sum((x - shift)^2)`.
     #[inline]
-    fn from_shifted_sums(count: usize, shift: f32, s1: f64, s2: f64) -> Moments {
+    fn from_shifted_sums(count: usize, shift: f64, s1: f64, s2: f64) -> Moments {
         let n = count as f64;
         Moments {
             count: count as u64,
-            mean: shift as f64 + s1 / n,
+            mean: shift + s1 / n,
             m2: Moments::shifted_m2(n, s1, s2),
         }
+    }
+
+    /// The first `f64` shift for values whose `f32`-shifted sums failed: the mean those sums
+    /// give, or 0 where they are not finite (the data's own sums in `f64` then find the mean,
+    /// or find it not finite).
+    #[inline(always)]
+    fn first_wide_shift(count: usize, shift: f32, s1: f64) -> f64 {
+        let mean = shift as f64 + s1 / count as f64;
+        if mean.is_finite() { mean } else { 0.0 }
+    }
+}
+
+/// How the sums subtract a shift `K` from each value: an `f32` shift in `f32` (the normal pass:
+/// `d = x - K` rounds once, relative to `d`), an `f64` shift in `f64` (the pass over values
+/// whose `f32`-shifted sums failed: `x` widened exactly, `d` rounding to `2^-53` of itself).
+/// Every summing kernel below is written once over this.
+pub(crate) trait Shift: Copy {
+    /// The shifts of the lanes of one vector.
+    type Lanes<V: F32Vec>: Copy;
+    /// Every lane shifted by `self`.
+    fn splat<V: F32Vec>(self) -> Self::Lanes<V>;
+    /// The shifts of `V::LANES` consecutive lanes, from the front of `shift`.
+    fn load<V: F32Vec>(shift: &[Self]) -> Self::Lanes<V>;
+    /// Adds `d = x - k` and `d * d` of every lane to `acc`.
+    fn add<V: F32Vec>(acc: &mut Sums2<V>, x: V, k: Self::Lanes<V>);
+    /// Adds `d = x - self` and `d * d` of the values of `tail` (fewer than `V::LANES`) to
+    /// `acc`, lane by lane; the lanes past the tail add exactly 0.
+    fn add_tail<V: F32Vec, X: ElementIo>(self, acc: &mut Sums2<V>, tail: &[X]);
+    /// `d = x - self` of one value, rounded as [`Shift::add`] rounds it.
+    fn deviation(self, x: f32) -> f64;
+}
+
+impl Shift for f32 {
+    type Lanes<V: F32Vec> = V;
+
+    #[inline(always)]
+    fn splat<V: F32Vec>(self) -> V {
+        V::splat(self)
+    }
+
+    #[inline(always)]
+    fn load<V: F32Vec>(shift: &[f32]) -> V {
+        V::load(shift)
+    }
+
+    #[inline(always)]
+    fn add<V: F32Vec>(acc: &mut Sums2<V>, x: V, k: V) {
+        let d = x.sub(k);
+        acc.add(d, d);
+    }
+
+    #[inline(always)]
+    fn add_tail<V: F32Vec, X: ElementIo>(self, acc: &mut Sums2<V>, tail: &[X]) {
+        // Lanes past the tail load the shift, so their d is exactly 0.
+        let d = V::read_partial(tail, self).sub(V::splat(self));
+        acc.add(d, d);
+    }
+
+    #[inline(always)]
+    fn deviation(self, x: f32) -> f64 {
+        (x - self) as f64
+    }
+}
+
+impl Shift for f64 {
+    /// The negated shifts, in the lane order of [`F32Vec::widen`].
+    type Lanes<V: F32Vec> = (V::D, V::D);
+
+    #[inline(always)]
+    fn splat<V: F32Vec>(self) -> (V::D, V::D) {
+        let k = V::D::splat(-self);
+        (k, k)
+    }
+
+    #[inline(always)]
+    fn load<V: F32Vec>(shift: &[f64]) -> (V::D, V::D) {
+        let h = V::D::LANES;
+        let minus = V::D::splat(-1.0);
+        (
+            V::D::load(&shift[..h]).mul(minus),
+            V::D::load(&shift[h..2 * h]).mul(minus),
+        )
+    }
+
+    #[inline(always)]
+    fn add<V: F32Vec>(acc: &mut Sums2<V>, x: V, k: (V::D, V::D)) {
+        let (x0, x1) = x.widen();
+        acc.add_wide(x0.add(k.0), x1.add(k.1));
+    }
+
+    #[inline(always)]
+    fn add_tail<V: F32Vec, X: ElementIo>(self, acc: &mut Sums2<V>, tail: &[X]) {
+        // Lanes past the tail load 0 (so their d is -self, finite) and weigh 0.
+        let (x0, x1) = V::read_partial(tail, 0.0).widen();
+        let w = V::select_bits((1 << tail.len()) - 1, V::splat(1.0), V::splat(0.0));
+        let (w0, w1) = w.widen();
+        let k = V::D::splat(-self);
+        acc.add_wide_weighted((x0.add(k), x1.add(k)), (w0, w1));
+    }
+
+    #[inline(always)]
+    fn deviation(self, x: f32) -> f64 {
+        x as f64 - self
     }
 }
 
 /// Adds `d = x - shift` and `d * d` of every element of `seg` to the lane sums (two
 /// accumulators, so that two chains of `f64` additions run at once).
 #[inline(always)]
-fn accumulate<V: F32Vec, X: ElementIo>(seg: &[X], shift: f32, acc: &mut [Sums2<V>; 2]) {
+fn accumulate<V: F32Vec, X: ElementIo, S: Shift>(seg: &[X], shift: S, acc: &mut [Sums2<V>; 2]) {
     let l = V::LANES;
-    let k = V::splat(shift);
+    let k = shift.splat::<V>();
     let mut pairs = seg.chunks_exact(2 * l);
     for p in &mut pairs {
-        let d0 = V::read(p).sub(k);
-        let d1 = V::read(&p[l..]).sub(k);
-        acc[0].add(d0, d0);
-        acc[1].add(d1, d1);
+        S::add(&mut acc[0], V::read(p), k);
+        S::add(&mut acc[1], V::read(&p[l..]), k);
     }
     let rest = pairs.remainder();
     if rest.len() >= l {
-        let d = V::read(rest).sub(k);
-        acc[0].add(d, d);
+        S::add(&mut acc[0], V::read(rest), k);
     }
     let tail = &rest[rest.len() / l * l..];
     if !tail.is_empty() {
-        // Lanes past the tail load `shift`, so their d is exactly 0.
-        let d = V::read_partial(tail, shift).sub(k);
-        acc[1].add(d, d);
+        shift.add_tail(&mut acc[1], tail);
+    }
+}
+
+/// `(sum(x - shift), sum((x - shift)^2))` over the virtual elements `range` of one channel
+/// (see [`channel_moments`]).
+#[inline(always)]
+fn run_sums<'a, V: F32Vec, X: ElementIo, S: Shift>(
+    row: &impl Fn(usize) -> &'a [X],
+    spatial: usize,
+    range: Range<usize>,
+    shift: S,
+) -> (f64, f64) {
+    let mut sums = [Sums2::<V>::zero(); 2];
+    let mut v = range.start;
+    while v < range.end {
+        let (n, s) = (v / spatial, v % spatial);
+        let len = (range.end - v).min(spatial - s);
+        accumulate(&row(n)[s..s + len], shift, &mut sums);
+        v += len;
+    }
+    sums[0].merge(sums[1]).totals()
+}
+
+/// The moments of `count` values whose `f32`-shifted sums failed, from passes with `f64` shifts
+/// (see the module documentation): `pass(k)` gives the values' sums of `x - k` and of its
+/// square, `k` first the mean `first` (from [`Moments::first_wide_shift`]).
+#[inline(always)]
+fn wide_moments(count: usize, first: f64, pass: impl Fn(f64) -> (f64, f64)) -> Moments {
+    let n = count as f64;
+    let mut k = first;
+    let mut pass_no = 1;
+    loop {
+        let (s1, s2) = pass(k);
+        let m = Moments::from_shifted_sums(count, k, s1, s2);
+        if pass_no == WIDE_PASSES || Moments::wide_settled(n, s1, s2) {
+            return m;
+        }
+        k = m.mean;
+        pass_no += 1;
     }
 }
 
@@ -209,20 +352,17 @@ pub(crate) fn channel_moments<'a, V: F32Vec, X: ElementIo>(
     let mut start = range.start;
     while start < range.end {
         let end = range.end.min(start + BLOCK);
-        let mut sums = [Sums2::<V>::zero(); 2];
-        let mut v = start;
-        while v < end {
-            let (n, s) = (v / spatial, v % spatial);
-            let len = (end - v).min(spatial - s);
-            accumulate(&row(n)[s..s + len], shift, &mut sums);
-            v += len;
-        }
+        let (s1, s2) = run_sums::<V, X, f32>(row, spatial, start..end, shift);
         let count = end - start;
-        let (s1, s2) = sums[0].merge(sums[1]).totals();
         let first = start == range.start;
-        let block = Moments::from_trusted_sums(count, shift, s1, s2, first).unwrap_or_else(|| {
-            Moments::exact((start..end).map(|v| row(v / spatial)[v % spatial].to_f32()))
-        });
+        let block = if Moments::sums_trusted(count as f64, s1, s2, first) {
+            Moments::from_shifted_sums(count, shift as f64, s1, s2)
+        } else {
+            let k = Moments::first_wide_shift(count, shift, s1);
+            wide_moments(count, k, |k| {
+                run_sums::<V, X, f64>(row, spatial, start..end, k)
+            })
+        };
         acc = acc.merge(block);
         if acc.mean.is_nan() {
             // NaN in the data: the result is NaN whatever follows.
@@ -267,7 +407,8 @@ impl<X: ElementIo> Kernel for RowMoments<'_, X> {
     /// shift; every later block with the first block's mean, the same for all of them, so their
     /// sums add up with no merge per block. The rest's sums become moments once, checked as a
     /// first block is (a shift more than about four spreads from the rest's mean, or sums not
-    /// finite, and the channel is recomputed exactly), then merged with the first block's.
+    /// finite, and the channel's part is summed again with `f64` shifts), then merged with the
+    /// first block's.
     #[inline(always)]
     fn run<V: F32Vec>(self) {
         let c = self.channels;
@@ -278,73 +419,111 @@ impl<X: ElementIo> Kernel for RowMoments<'_, X> {
             return;
         }
         let mut shift: Vec<f32> = self.x[..c].iter().map(|v| v.to_f32()).collect();
-        let mut sum1 = vec![0f64; c];
-        let mut sum2 = vec![0f64; c];
+        // The sums, and the f64 shifts of a second pass: all the memory the kernel needs.
+        let mut scratch = vec![0f64; 3 * c];
         let (head, rest) = self.x.split_at(self.x.len().min(ROW_BLOCK * c));
-        block_sums::<V, X>(head, c, &shift, &mut sum1, &mut sum2);
-        moments_from_sums(head, c, &shift, &sum1, &sum2, self.out);
+        chunk_moments::<V, X>(head, c, &shift, &mut scratch, self.out);
         if rest.is_empty() {
             return;
         }
         for (k, m) in shift.iter_mut().zip(self.out.iter()) {
             *k = m.mean as f32;
         }
-        sum1.fill(0.0);
-        sum2.fill(0.0);
-        for block in rest.chunks(ROW_BLOCK * c) {
-            block_sums::<V, X>(block, c, &shift, &mut sum1, &mut sum2);
-        }
         let mut tail = vec![Moments::EMPTY; c];
-        moments_from_sums(rest, c, &shift, &sum1, &sum2, &mut tail);
+        chunk_moments::<V, X>(rest, c, &shift, &mut scratch, &mut tail);
         Moments::merge_each(self.out, &tail);
     }
 }
 
-/// The moments of each channel of `rows` (rows of `c` channels) from its sums `sum1 = sum(x -
-/// shift)` and `sum2 = sum((x - shift)^2)`, each checked as a first block's are (see
-/// [`Moments::sums_trusted`]); a channel that fails is recomputed exactly. The check runs over
-/// all channels first, branch-free, so that it and the common all-trusted path vectorize.
-fn moments_from_sums<X: ElementIo>(
+/// The moments of each channel of `rows` (rows of `c` channels), written to `out`: the rows are
+/// summed block by block with the shifts `shift`, and each channel's sums checked as a first
+/// block's are (see [`Moments::sums_trusted`]); the channels that fail are summed again with
+/// `f64` shifts, every channel at once by the same kernels ([`wide_moments`] for one run). The
+/// check runs over all channels first, branch-free, so that it and the common all-trusted path
+/// vectorize. `scratch` holds `3 * c` values.
+#[inline(always)]
+fn chunk_moments<V: F32Vec, X: ElementIo>(
     rows: &[X],
     c: usize,
     shift: &[f32],
-    sum1: &[f64],
-    sum2: &[f64],
+    scratch: &mut [f64],
     out: &mut [Moments],
 ) {
     let count = rows.len() / c;
     let n = count as f64;
+    let (sum1, rest) = scratch.split_at_mut(c);
+    let (sum2, wide) = rest.split_at_mut(c);
+    sum1.fill(0.0);
+    sum2.fill(0.0);
+    for block in rows.chunks(ROW_BLOCK * c) {
+        block_sums::<V, X, f32>(block, c, shift, sum1, sum2);
+    }
     let ok = |a: f64, q: f64| Moments::sums_trusted(n, a, q, true);
     let mut trusted = true;
-    for (&a, &q) in sum1.iter().zip(sum2) {
+    for (&a, &q) in sum1.iter().zip(sum2.iter()) {
         trusted &= ok(a, q);
     }
+    if trusted {
+        for (ch, m) in out.iter_mut().enumerate() {
+            *m = Moments::from_shifted_sums(count, shift[ch] as f64, sum1[ch], sum2[ch]);
+        }
+        return;
+    }
+    // Channels still to settle carry their next f64 shift in `wide`, the others NaN (their sums
+    // in the next pass are NaN, and unused).
     for ch in 0..c {
         let (a, q) = (sum1[ch], sum2[ch]);
-        out[ch] = if trusted || ok(a, q) {
-            Moments::from_shifted_sums(count, shift[ch], a, q)
+        if ok(a, q) {
+            out[ch] = Moments::from_shifted_sums(count, shift[ch] as f64, a, q);
+            wide[ch] = f64::NAN;
         } else {
-            Moments::exact(rows.chunks_exact(c).map(|r| r[ch].to_f32()))
-        };
+            wide[ch] = Moments::first_wide_shift(count, shift[ch], a);
+        }
+    }
+    for pass_no in 1..=WIDE_PASSES {
+        sum1.fill(0.0);
+        sum2.fill(0.0);
+        for block in rows.chunks(ROW_BLOCK * c) {
+            block_sums::<V, X, f64>(block, c, wide, sum1, sum2);
+        }
+        let mut pending = false;
+        for ch in 0..c {
+            let k = wide[ch];
+            if k.is_nan() {
+                continue;
+            }
+            let (a, q) = (sum1[ch], sum2[ch]);
+            let m = Moments::from_shifted_sums(count, k, a, q);
+            if pass_no == WIDE_PASSES || Moments::wide_settled(n, a, q) {
+                out[ch] = m;
+                wide[ch] = f64::NAN;
+            } else {
+                wide[ch] = m.mean;
+                pending = true;
+            }
+        }
+        if !pending {
+            return;
+        }
     }
 }
 
 /// Adds `sum(x - shift[ch])` to `s1[ch]` and `sum((x - shift[ch])^2)` to `s2[ch]` over the rows
 /// of `block` (at most `ROW_BLOCK` rows of `c` channels).
 #[inline(always)]
-fn block_sums<V: F32Vec, X: ElementIo>(
+fn block_sums<V: F32Vec, X: ElementIo, S: Shift>(
     block: &[X],
     c: usize,
-    shift: &[f32],
+    shift: &[S],
     s1: &mut [f64],
     s2: &mut [f64],
 ) {
     if c <= TILED_MAX_CHANNELS {
         // The next block's rows are prefetched tile by tile while this one is summed.
         let ahead = block.as_ptr().wrapping_add(block.len());
-        row_sums::<V, X>(block, c, shift, s1, s2, ahead);
+        row_sums::<V, X, S>(block, c, shift, s1, s2, ahead);
     } else {
-        row_sums_in_memory::<V, X>(block, c, shift, s1, s2);
+        row_sums_in_memory::<V, X, S>(block, c, shift, s1, s2);
     }
 }
 
@@ -355,10 +534,10 @@ fn block_sums<V: F32Vec, X: ElementIo>(
 /// same part of the row `ahead` points to (the next block's; prefetching never faults,
 /// wherever it points).
 #[inline(always)]
-fn row_sums<V: F32Vec, X: ElementIo>(
+fn row_sums<V: F32Vec, X: ElementIo, S: Shift>(
     block: &[X],
     c: usize,
-    shift: &[f32],
+    shift: &[S],
     s1: &mut [f64],
     s2: &mut [f64],
     ahead: *const X,
@@ -367,15 +546,14 @@ fn row_sums<V: F32Vec, X: ElementIo>(
     let full = c / l * l;
     let tiles = c / (2 * l) * (2 * l);
     for c0 in (0..tiles).step_by(2 * l) {
-        let k = [V::read(&shift[c0..]), V::read(&shift[c0 + l..])];
+        let k = [S::load::<V>(&shift[c0..]), S::load::<V>(&shift[c0 + l..])];
         let mut acc = [Sums2::<V>::zero(); 2];
         for (r, row) in block.chunks_exact(c).enumerate() {
             for line in (0..2 * l).step_by(LINE_FLOATS) {
                 V::prefetch(ahead.wrapping_add(r * c + c0 + line));
             }
             for (j, a) in acc.iter_mut().enumerate() {
-                let d = V::read(&row[c0 + j * l..]).sub(k[j]);
-                a.add(d, d);
+                S::add(a, V::read(&row[c0 + j * l..]), k[j]);
             }
         }
         for (j, a) in acc.iter().enumerate() {
@@ -384,12 +562,11 @@ fn row_sums<V: F32Vec, X: ElementIo>(
         }
     }
     for c0 in (tiles..full).step_by(l) {
-        let k = V::read(&shift[c0..]);
+        let k = S::load::<V>(&shift[c0..]);
         let mut acc = Sums2::<V>::zero();
         for (r, row) in block.chunks_exact(c).enumerate() {
             V::prefetch(ahead.wrapping_add(r * c + c0));
-            let d = V::read(&row[c0..]).sub(k);
-            acc.add(d, d);
+            S::add(&mut acc, V::read(&row[c0..]), k);
         }
         acc.add_to(&mut s1[c0..c0 + l], &mut s2[c0..c0 + l]);
     }
@@ -403,10 +580,10 @@ fn row_sums<V: F32Vec, X: ElementIo>(
 /// As [`row_sums`] for rows of any width, with the sums in memory (L1): two rows at a time,
 /// each row read front to back.
 #[inline(always)]
-fn row_sums_in_memory<V: F32Vec, X: ElementIo>(
+fn row_sums_in_memory<V: F32Vec, X: ElementIo, S: Shift>(
     block: &[X],
     c: usize,
-    shift: &[f32],
+    shift: &[S],
     s1: &mut [f64],
     s2: &mut [f64],
 ) {
@@ -416,12 +593,10 @@ fn row_sums_in_memory<V: F32Vec, X: ElementIo>(
     for p in &mut pairs {
         let (r0, r1) = p.split_at(c);
         for c0 in (0..full).step_by(l) {
-            let k = V::read(&shift[c0..]);
-            let d0 = V::read(&r0[c0..]).sub(k);
-            let d1 = V::read(&r1[c0..]).sub(k);
+            let k = S::load::<V>(&shift[c0..]);
             let mut acc = Sums2::<V>::zero();
-            acc.add(d0, d0);
-            acc.add(d1, d1);
+            S::add(&mut acc, V::read(&r0[c0..]), k);
+            S::add(&mut acc, V::read(&r1[c0..]), k);
             acc.add_to(&mut s1[c0..c0 + l], &mut s2[c0..c0 + l]);
         }
         if full < c {
@@ -431,9 +606,8 @@ fn row_sums_in_memory<V: F32Vec, X: ElementIo>(
     }
     for row in pairs.remainder().chunks_exact(c) {
         for c0 in (0..full).step_by(l) {
-            let d = V::read(&row[c0..]).sub(V::read(&shift[c0..]));
             let mut acc = Sums2::<V>::zero();
-            acc.add(d, d);
+            S::add(&mut acc, V::read(&row[c0..]), S::load::<V>(&shift[c0..]));
             acc.add_to(&mut s1[c0..c0 + l], &mut s2[c0..c0 + l]);
         }
         if full < c {
@@ -443,11 +617,17 @@ fn row_sums_in_memory<V: F32Vec, X: ElementIo>(
 }
 
 /// Adds the channels from `full` to the end of `row` (fewer than `LANES`) to the sums, one by
-/// one (`d` rounded in `f32` as the vectors round it).
+/// one (`d` rounded as the vectors round it).
 #[inline(always)]
-fn row_tail<X: ElementIo>(row: &[X], full: usize, shift: &[f32], s1: &mut [f64], s2: &mut [f64]) {
+fn row_tail<X: ElementIo, S: Shift>(
+    row: &[X],
+    full: usize,
+    shift: &[S],
+    s1: &mut [f64],
+    s2: &mut [f64],
+) {
     for ch in full..row.len() {
-        let d = (row[ch].to_f32() - shift[ch]) as f64;
+        let d = shift[ch].deviation(row[ch].to_f32());
         s1[ch] += d;
         s2[ch] += d * d;
     }
@@ -541,18 +721,164 @@ mod tests {
         }
     }
 
+    /// Two-pass `f64` moments of `values`.
+    fn reference(values: impl Iterator<Item = f32> + Clone) -> (f64, f64, f64) {
+        let n = values.clone().count() as f64;
+        let mean = values.clone().map(|v| v as f64).sum::<f64>() / n;
+        let m2: f64 = values.map(|v| (v as f64 - mean) * (v as f64 - mean)).sum();
+        (n, mean, m2)
+    }
+
+    /// Whether the `f32`-shifted sums of each channel of `rows` (rows of `c` channels) with the
+    /// shifts `shift` fail the check: the channels [`chunk_moments`] sums again in `f64`.
+    fn rows_fail<V: F32Vec>(rows: &[f32], c: usize, shift: &[f32]) -> Vec<bool> {
+        let (mut s1, mut s2) = (vec![0.0; c], vec![0.0; c]);
+        for block in rows.chunks(ROW_BLOCK * c) {
+            block_sums::<V, f32, f32>(block, c, shift, &mut s1, &mut s2);
+        }
+        let n = (rows.len() / c) as f64;
+        s1.iter()
+            .zip(&s2)
+            .map(|(&a, &q)| !Moments::sums_trusted(n, a, q, true))
+            .collect()
+    }
+
+    /// The mean of each channel of `rows`, rounded to `f32`: the shift of a chunk's rest.
+    fn means(rows: &[f32], c: usize) -> Vec<f32> {
+        (0..c)
+            .map(|ch| reference(rows.chunks_exact(c).map(|r| r[ch])).1 as f32)
+            .collect()
+    }
+
+    /// Rows whose mean drifts so that the `f32`-shifted sums fail, checked to fail (so that the
+    /// `f64` passes run), then the kernel's moments checked against `f64`: the first block at
+    /// about 0 and the rest at 10000 (the rest's shift, the first block's mean, is 10000 spreads
+    /// from it); every channel's first value at 0 and the rest at 10000 (the first block's shift
+    /// is 8 of its spreads from its mean); and the same with NaN and infinity in the last row.
+    fn drifting_rows<V: F32Vec>() {
+        for c in [
+            1,
+            3,
+            V::LANES,
+            4 * V::LANES + 1,
+            TILED_MAX_CHANNELS + V::LANES + 3,
+        ] {
+            for rows in [ROW_BLOCK + 1, 3 * ROW_BLOCK + 5] {
+                let mut x = data(rows, c, 0.0, 0.0);
+                for v in &mut x[ROW_BLOCK * c..] {
+                    *v += 10_000.0;
+                }
+                let (head, rest) = x.split_at(ROW_BLOCK * c);
+                assert!(rows_fail::<V>(rest, c, &means(head, c)).iter().all(|&f| f));
+                check::<V>(&x, c, "rest drifted from the first block");
+
+                let mut x = data(rows, c, 10_000.0, 0.0);
+                x[..c].fill(0.0);
+                let head = &x[..ROW_BLOCK * c];
+                assert!(rows_fail::<V>(head, c, &x[..c]).iter().all(|&f| f));
+                check::<V>(&x, c, "first row far from the rest");
+                x[rows * c - 1] = f32::INFINITY;
+                x[rows * c - 2] = f32::NAN;
+                check::<V>(&x, c, "first row far, NaN and infinity");
+            }
+        }
+    }
+
+    /// A shift `2^34` spreads and more from the values' mean (a rest's shift, the first block's
+    /// mean, at 1e30; the values near 1 with a spread near 1e-6): the first `f64` pass, shifted
+    /// by the mean of the failed sums (0), is itself too far; a second settles. Every channel's
+    /// moments exact to `f64` rounding.
+    fn far_shift<V: F32Vec>() {
+        for c in [1, V::LANES + 1, TILED_MAX_CHANNELS + 1] {
+            let rows = 2 * ROW_BLOCK + 3;
+            let x: Vec<f32> = data(rows, c, 0.0, 0.0)
+                .iter()
+                .map(|v| 1.0 + 1e-6 * v)
+                .collect();
+            let shift = vec![1e30f32; c];
+            assert!(rows_fail::<V>(&x, c, &shift).iter().all(|&f| f));
+            let (mut scratch, mut out) = (vec![0f64; 3 * c], vec![Moments::EMPTY; c]);
+            chunk_moments::<V, f32>(&x, c, &shift, &mut scratch, &mut out);
+            for (ch, got) in out.iter().enumerate() {
+                let (n, mean, m2) = reference(x.chunks_exact(c).map(|r| r[ch]));
+                let ctx = format!("{c} channels, channel {ch}: {got:?}, want {mean} {m2}");
+                assert_eq!(got.count, n as u64, "{ctx}");
+                assert!((got.mean - mean).abs() <= 1e-12 * (m2 / n).sqrt(), "{ctx}");
+                assert!((got.m2 - m2).abs() <= 1e-12 * m2, "{ctx}");
+            }
+        }
+    }
+
+    /// Contiguous runs (channels-first channels, group-norm groups, layer-norm rows) whose first
+    /// value is far from the first block's mean, checked to fail, and a run whose second block
+    /// lies beyond `f32` range of the first (`x - K` overflows `f32`: the sums are not finite;
+    /// the first `f64` pass, shifted by 0, is `3e38` from the mean, the second settles). Against
+    /// `f64`, to the accuracy bound (and to `f64` rounding where every block took `f64` passes).
+    fn drifting_runs<V: F32Vec>() {
+        for spatial in [1, 7, 49, BLOCK, BLOCK + 3] {
+            for count in [17, 100, BLOCK, BLOCK + 1, 3 * BLOCK + 5] {
+                let mut x = data(count, 1, 10_000.0, 0.0);
+                x[0] = 0.0;
+                let row = |n: usize| &x[n * spatial..((n + 1) * spatial).min(count)];
+                let first = 0..count.min(BLOCK);
+                let (s1, s2) = run_sums::<V, f32, f32>(&row, spatial, first.clone(), x[0]);
+                assert!(!Moments::sums_trusted(first.len() as f64, s1, s2, true));
+                let got = channel_moments::<V, f32>(&row, spatial, 0..count);
+                let (n, mean, m2) = reference(x.iter().copied());
+                let ctx = format!("spatial {spatial}, count {count}: {got:?}, want {mean} {m2}");
+                let u = 1.0 / (1u64 << 24) as f64;
+                assert_eq!(got.count, n as u64, "{ctx}");
+                assert!(
+                    (got.mean - mean).abs() <= 4.5 * u * (m2 / n).sqrt(),
+                    "{ctx}"
+                );
+                assert!((got.m2 - m2).abs() <= 9.0 * u * m2, "{ctx}");
+            }
+        }
+        let x: Vec<f32> = (0..2 * BLOCK)
+            .map(|i| if i < BLOCK { -3e38 } else { 3e38 })
+            .collect();
+        let got = channel_moments::<V, f32>(&|_| &x[..], x.len(), 0..x.len());
+        let (_, mean, m2) = reference(x.iter().copied());
+        assert_eq!(got.mean, mean);
+        assert!((got.m2 - m2).abs() <= 1e-12 * m2, "{got:?}, want {m2}");
+    }
+
+    fn wide<V: F32Vec>() {
+        drifting_rows::<V>();
+        far_shift::<V>();
+        drifting_runs::<V>();
+    }
+
     #[test]
     fn sixteen_lanes() {
         all::<Emulated<16>>();
+        wide::<Emulated<16>>();
     }
 
     #[test]
     fn eight_lanes() {
         all::<Emulated<8>>();
+        wide::<Emulated<8>>();
     }
 
     #[test]
     fn four_lanes() {
         all::<Emulated<4>>();
+        wide::<Emulated<4>>();
+    }
+
+    #[test]
+    fn this_cpu() {
+        for isa in crate::Isa::supported() {
+            struct Run;
+            impl Kernel for Run {
+                type Output = ();
+                fn run<V: F32Vec>(self) {
+                    wide::<V>()
+                }
+            }
+            crate::simd::dispatch(crate::simd::SupportedIsa::new(isa).unwrap(), Run);
+        }
     }
 }

@@ -34,6 +34,28 @@ impl<V: F32Vec> Sums2<V> {
         self.b[1] = u1.mul_add(w1, self.b[1]);
     }
 
+    /// `a += d`, `b += d * d`, lane by lane, for `f64` lanes `d = (d0, d1)` in the order
+    /// [`F32Vec::widen`] gives them.
+    #[inline(always)]
+    pub(crate) fn add_wide(&mut self, d0: V::D, d1: V::D) {
+        self.a[0] = self.a[0].add(d0);
+        self.a[1] = self.a[1].add(d1);
+        self.b[0] = d0.mul_add(d0, self.b[0]);
+        self.b[1] = d1.mul_add(d1, self.b[1]);
+    }
+
+    /// `a += d * w`, `b += d * w * d`, lane by lane, for `f64` lanes `d` and weights `w` of 1
+    /// or 0 (so that each lane adds `d` and `d * d` exactly as [`Sums2::add_wide`] does, or
+    /// nothing, for finite `d`).
+    #[inline(always)]
+    pub(crate) fn add_wide_weighted(&mut self, d: (V::D, V::D), w: (V::D, V::D)) {
+        let (dw0, dw1) = (d.0.mul(w.0), d.1.mul(w.1));
+        self.a[0] = self.a[0].add(dw0);
+        self.a[1] = self.a[1].add(dw1);
+        self.b[0] = dw0.mul_add(d.0, self.b[0]);
+        self.b[1] = dw1.mul_add(d.1, self.b[1]);
+    }
+
     /// `a += u * v`, `b += u * v * w`, lane by lane, in `f64`: `u * v` is exact, its product
     /// with the `f64` lanes `w` (as [`F32Vec::widen`] orders them) rounds once.
     #[inline(always)]
@@ -124,6 +146,27 @@ mod tests {
             assert_eq!(a[j], want_a, "lane {j}");
             assert!((b[j] - want_b).abs() <= 1e-15 * want_b.abs(), "lane {j}");
         }
+        // Widened lanes added as f64 lanes sum exactly as the f32 lanes do.
+        let mut d = Sums2::<V>::zero();
+        let mut e = Sums2::<V>::zero();
+        for k in 0..3 {
+            let v = V::load(&u[k * l..]);
+            d.add(v, v);
+            let (v0, v1) = v.widen();
+            e.add_wide(v0, v1);
+        }
+        assert!(d.lanes() == e.lanes());
+        // Weights 1 add as add_wide does, weights 0 add nothing.
+        let mut f = Sums2::<V>::zero();
+        let mut g = Sums2::<V>::zero();
+        let (one, zero) = (V::splat(1.0).widen(), V::splat(0.0).widen());
+        for k in 0..3 {
+            let (v0, v1) = V::load(&u[k * l..]).widen();
+            f.add_wide_weighted((v0, v1), one);
+            g.add_wide_weighted((v0, v1), zero);
+        }
+        assert!(f.lanes() == e.lanes());
+        assert!(g.lanes() == Sums2::<V>::zero().lanes());
         let (ta, tb) = s.totals();
         assert_eq!(ta, a[..l].iter().sum::<f64>());
         assert_eq!(tb, b[..l].iter().sum::<f64>());
