@@ -655,6 +655,7 @@ mod drift {
                     let i = match shape.layout {
                         Layout::Ncs => (b * c + ch) * s + sp,
                         Layout::Nsc => (b * s + sp) * c + ch,
+                        _ => unreachable!("a new layout"),
                     };
                     let r = b * s + sp;
                     let e = noise[i];
@@ -713,11 +714,7 @@ mod drift {
                                 gamma: Some(gamma),
                                 beta: Some(beta),
                             },
-                            TrainingParams {
-                                eps: EPS,
-                                momentum: 0.1,
-                                flags: 0,
-                            },
+                            TrainingParams::new(EPS, 0.1),
                             Some(RunningStats {
                                 mean: &mut rm,
                                 var: &mut rv,
