@@ -189,9 +189,9 @@ unsafe fn groupnorm_forward<E: Element>(
 ///   floats): required. gamma (C floats): optional, NULL = 1.
 /// - dx (N*C*S floats), dgamma, dbeta (C floats; zeros when the tensor is empty): each optional.
 ///   `dx == dy` is in place; dx over x is NK_ERR_ALIAS.
-/// A group whose `save_invstd` is `+inf` (what the forward saves when the inverse spread
-/// exceeds the float range: values far below 1 with `eps == 0`) takes the forward's double
-/// statistics, recomputed from `x`, and its gradient in double, as the forward normalized it.
+/// - A group whose `save_invstd` is `+inf` (what the forward saves when the inverse spread
+///   exceeds the float range: values far below 1 with `eps == 0`) takes the forward's double
+///   statistics, recomputed from `x`, and its gradient in double, as the forward normalized it.
 ///
 /// # Safety
 /// As `nk_groupnorm_forward`; dy, dx: N*C*S floats; dgamma, dbeta: C floats.

@@ -248,9 +248,9 @@ unsafe fn layernorm_backward<E: Element>(
 ///   required. gamma (cols floats): optional, NULL = 1.
 /// - dx (rows*cols floats), dgamma, dbeta (cols floats; zeros when rows == 0): each optional.
 ///   Only `dx == dy` is in place (dx over x: NK_ERR_ALIAS).
-/// A row whose `save_invstd` is `+inf` (what the forward saves when the inverse spread exceeds
-/// the float range: values far below 1 with `eps == 0`) takes the forward's double statistics,
-/// recomputed from `x`, and its gradient in double, as the forward normalized it.
+/// - A row whose `save_invstd` is `+inf` (what the forward saves when the inverse spread exceeds
+///   the float range: values far below 1 with `eps == 0`) takes the forward's double statistics,
+///   recomputed from `x`, and its gradient in double, as the forward normalized it.
 ///
 /// # Safety
 /// As `nk_layernorm_forward`; dy, dx: rows*cols floats; dgamma, dbeta: cols.
@@ -550,8 +550,8 @@ unsafe fn rmsnorm_backward<E: Element>(
 ///   gamma (cols floats): optional, NULL = 1.
 /// - dx (rows*cols floats), dgamma (cols floats; zeros when rows == 0): each optional. Only
 ///   `dx == dy` is in place (dx over x: NK_ERR_ALIAS).
-/// A row whose `save_invrms` is `+inf` is taken as `nk_layernorm_backward` takes one whose
-/// `save_invstd` is.
+/// - A row whose `save_invrms` is `+inf` is taken as `nk_layernorm_backward` takes one whose
+///   `save_invstd` is.
 ///
 /// # Safety
 /// As `nk_layernorm_backward`.
