@@ -10,12 +10,13 @@ use common::prop::config;
 use common::check::{assert_bits, close, ctx, parallel_runners};
 
 use common::data::Gen;
+use common::half::{Half, Nan, assert_rounded, narrow, widen};
 use common::layer_reference as r;
 use normkit::batchnorm::{Affine, SavedStats};
 use normkit::ffi::nk_status::{self, *};
 use normkit::ffi::*;
 use normkit::layernorm::{self, BackwardIo};
-use normkit::{Context, ErrorKind, InOut, Isa, rmsnorm};
+use normkit::{Context, ErrorKind, InOut, Isa, bf16, rmsnorm};
 use proptest::prelude::*;
 use std::ptr::{null, null_mut};
 
@@ -427,7 +428,8 @@ fn inverse_spread_beyond_f32_still_normalizes() {
 /// gradient of that forward, against the f64 reference computed from x (the ordinary rows from
 /// their saved statistics, as elsewhere). Both norms, every ISA; one block of rows, fused column
 /// sums over several tasks, and rows wider than 8192 (the separate column-sum pass); dx with the
-/// sums, the sums alone (dy only), in place; the same bits on every runner and through C.
+/// sums, the sums alone (dy only), in place; the same bits on every runner and through C; the
+/// bf16 twin.
 #[test]
 fn saved_inverse_spread_beyond_f32_gives_finite_gradients() {
     for (rows, cols) in [(5, 37), (200, 300), (3, 10_000)] {
@@ -520,6 +522,7 @@ fn saved_inverse_spread_beyond_f32_gives_finite_gradients() {
                     assert_bits(&q.dgamma, &b.dgamma, &w);
                     assert_bits(&q.dbeta, &b.dbeta, &w);
                 }
+                check_bf16_twin(&c, &cx, centered, &tiny, &what);
             }
             // Through C (the global context): the safe API's bits.
             let cx = Context::global();
@@ -565,6 +568,57 @@ fn saved_inverse_spread_beyond_f32_gives_finite_gradients() {
             }
         }
     }
+}
+
+/// The bf16 backward (bf16 holds values near 1e-39 too) from the saved statistics of the f32
+/// forward on the widened data, with rows whose saved inverse spread is `+inf`: finite, and the
+/// f32 backward on the widened data rounded once (the one generic path).
+fn check_bf16_twin(
+    c: &Case,
+    cx: &Context,
+    centered: bool,
+    tiny: &dyn Fn(usize) -> bool,
+    what: &str,
+) {
+    let (x, dy): (Vec<bf16>, Vec<bf16>) = (narrow(&c.x), narrow(&c.dy));
+    let wide = Case {
+        x: widen(&x),
+        dy: widen(&dy),
+        ..c.clone()
+    };
+    let f = run_forward(&wide, cx, centered, false);
+    for row in (0..c.rows).filter(|&row| tiny(row)) {
+        assert_eq!(
+            f.inv[row],
+            f32::INFINITY,
+            "{what} bf16: saved inv of row {row}"
+        );
+    }
+    let want = run_backward(&wide, &f, cx, centered, false);
+    let mut dx = vec![bf16::round(f32::NAN); dy.len()];
+    let (mut dgamma, mut dbeta) = (vec![f32::NAN; c.cols], vec![0.0; c.cols]);
+    let grad = BackwardIo::WithDx(InOut::Separate { x: &dy, y: &mut dx });
+    let gamma = c.gamma.as_deref();
+    if centered {
+        let (dg, db) = (Some(&mut dgamma[..]), Some(&mut dbeta[..]));
+        layernorm::backward(cx, c.rows, c.cols, &x, grad, gamma, &f.mean, &f.inv, dg, db)
+    } else {
+        rmsnorm::backward(
+            cx,
+            c.rows,
+            c.cols,
+            &x,
+            grad,
+            gamma,
+            &f.inv,
+            Some(&mut dgamma),
+        )
+    }
+    .unwrap();
+    assert!(widen(&dx).iter().all(|v| v.is_finite()), "{what} bf16: dx");
+    assert_rounded(&dx, &want.dx, Nan::Any, &format!("{what} bf16: dx"));
+    assert_bits(&dgamma, &want.dgamma, &format!("{what} bf16: dgamma"));
+    assert_bits(&dbeta, &want.dbeta, &format!("{what} bf16: dbeta"));
 }
 
 #[test]
