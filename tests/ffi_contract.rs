@@ -3,6 +3,9 @@
 //! on error (byte for byte); the last error message; the library and context functions; and
 //! zero-element calls with NULL data.
 //!
+//! The batch-norm functions have hand-written cases below; `every_function` derives the NULL,
+//! alignment, overlap, argument and precedence cases of every exported function from one table.
+//!
 //! Every buffer of a call lives in one arena filled with a sentinel pattern, so "nothing written"
 //! is checked over all of them at once, inputs included, and misaligned or overlapping pointers
 //! stay inside memory the test owns.
@@ -17,6 +20,9 @@ use normkit::ffi::*;
 use normkit::{Isa, Layout, Shape};
 use std::ffi::CStr;
 use std::ptr::{null, null_mut};
+
+#[path = "ffi_contract/every_function.rs"]
+mod every_function;
 
 fn last_error() -> String {
     // SAFETY: never NULL, NUL-terminated (the contract).
