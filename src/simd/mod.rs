@@ -9,6 +9,8 @@
 //! Adding an ISA means one new backend file here, one arm in [`dispatch`] and one in
 //! [`Isa::is_supported`].
 
+#[cfg(test)]
+mod conformance;
 pub(crate) mod element;
 #[cfg(any(test, normkit_emulate_avx512))]
 pub(crate) mod emulated;
