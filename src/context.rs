@@ -7,12 +7,12 @@
 //! this file knows how the tasks reach threads.
 
 use crate::error::{Error, ErrorKind, Result};
-use crate::simd::{Isa, SupportedIsa};
+use crate::simd::{AtomicSupportedIsa, Isa, SupportedIsa};
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Calls with fewer elements than this run on the calling thread: below it, waking the pool
 /// costs more than the work. Under Miri, small calls use the pool too, so that the interpreter
@@ -75,8 +75,8 @@ enum Runner {
 pub struct Context {
     runner: Runner,
     threads: usize,
-    /// The chosen ISA as an index into `Isa::ALL`; always one the CPU supports.
-    isa: AtomicU8,
+    /// The chosen ISA, checked against the CPU when it was chosen.
+    isa: AtomicSupportedIsa,
     /// Test hook: the task index whose run panics (`usize::MAX`: none).
     fail_task: AtomicUsize,
 }
@@ -95,10 +95,6 @@ impl std::fmt::Debug for Context {
             .field("isa", &self.isa())
             .finish()
     }
-}
-
-fn isa_index(isa: Isa) -> u8 {
-    Isa::ALL.iter().position(|&i| i == isa).unwrap() as u8
 }
 
 thread_local! {
@@ -126,7 +122,7 @@ impl Context {
         Context {
             runner,
             threads,
-            isa: AtomicU8::new(isa_index(Isa::best())),
+            isa: AtomicSupportedIsa::new(SupportedIsa::best()),
             fail_task: AtomicUsize::new(usize::MAX),
         }
     }
@@ -213,24 +209,25 @@ impl Context {
     /// Forces an ISA (`None` = the best the CPU has). Fails with `Unsupported` if the CPU lacks it.
     pub fn set_isa(&self, isa: Option<Isa>) -> Result<()> {
         let isa = isa.unwrap_or_else(Isa::best);
-        if !isa.is_supported() {
+        let Some(supported) = SupportedIsa::new(isa) else {
             return Err(Error::new(
                 ErrorKind::Unsupported,
                 format!("this CPU does not support {isa:?}"),
             ));
-        }
-        self.isa.store(isa_index(isa), Ordering::Relaxed);
+        };
+        self.isa.store(supported);
         Ok(())
     }
 
     /// The ISA the kernels use.
     pub fn isa(&self) -> Isa {
-        Isa::ALL[self.isa.load(Ordering::Relaxed) as usize]
+        self.isa.load().isa()
     }
 
+    /// The ISA the kernels use, as the proof that the CPU has it: a load, no feature detection
+    /// (the check was made when the ISA was chosen, in `with_runner` or `set_isa`).
     pub(crate) fn supported_isa(&self) -> SupportedIsa {
-        // Only supported ISAs are ever stored (see `new` and `set_isa`).
-        SupportedIsa::new(self.isa()).unwrap_or_else(SupportedIsa::best)
+        self.isa.load()
     }
 
     /// Makes task `index` of every later parallel loop on this context panic (`None`: none),
@@ -413,5 +410,28 @@ mod tests {
             Context::with_executor(0, serial).unwrap_err().kind(),
             ErrorKind::BadArgument
         );
+    }
+
+    #[test]
+    fn set_isa_keeps_the_checked_isa() {
+        let ctx = Context::new(1).unwrap();
+        assert_eq!(ctx.supported_isa().isa(), Isa::best());
+        for isa in Isa::ALL {
+            let before = ctx.isa();
+            match ctx.set_isa(Some(isa)) {
+                Ok(()) => {
+                    assert!(isa.is_supported());
+                    assert_eq!(ctx.isa(), isa);
+                    assert_eq!(ctx.supported_isa().isa(), isa);
+                }
+                Err(e) => {
+                    assert!(!isa.is_supported());
+                    assert_eq!(e.kind(), ErrorKind::Unsupported);
+                    assert_eq!(ctx.supported_isa().isa(), before, "unchanged after {isa:?}");
+                }
+            }
+        }
+        ctx.set_isa(None).unwrap();
+        assert_eq!(ctx.supported_isa().isa(), Isa::best());
     }
 }

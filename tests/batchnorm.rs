@@ -10,6 +10,7 @@ use common::prop::config;
 
 use common::check::{assert_bits, assert_bits64, close, ctx, parallel_runners};
 
+use common::arena::SENTINEL;
 use common::check::{
     BN_FUSE_RELU, BN_RUNNING_VAR_BIASED, activation, merge_c, moments_of, training_params,
 };
@@ -171,9 +172,6 @@ impl Case {
         )
     }
 }
-
-/// What an output buffer holds before a call: a value no call computes from the test data.
-const SENTINEL: f32 = -7777.25;
 
 /// The outputs of a training forward (or a forward from moments).
 #[derive(Clone, Debug)]

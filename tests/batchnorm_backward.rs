@@ -14,6 +14,7 @@ use common::prop::config;
 use common::check::{EXECUTORS, Runner, assert_bits, assert_bits64, ctx, merge_c, moments_c};
 use std::ffi::CStr;
 
+use common::arena::{Arena, read as get, shift, write as put};
 use common::backward_reference as r;
 use common::data::Gen;
 use normkit::batchnorm::{self, BackwardIo, TrainingParams};
@@ -854,58 +855,6 @@ fn safe_api_rejections() {
 
 // ---------------------------------------------------------------------------------------------
 // The C functions: results equal the safe API's, and the error contract.
-
-const GAP: usize = 64;
-
-/// Every buffer of a call in one allocation filled with a sentinel pattern.
-struct Arena {
-    buf: Vec<u64>,
-    next: usize,
-}
-
-impl Arena {
-    fn new(bytes: usize) -> Arena {
-        let mut a = Arena {
-            buf: vec![0u64; bytes / 8],
-            next: GAP,
-        };
-        let len = a.buf.len() * 8;
-        let p = a.buf.as_mut_ptr().cast::<u8>();
-        for i in 0..len {
-            // SAFETY: in bounds of the arena.
-            unsafe { p.add(i).write((i as u8).wrapping_mul(29) ^ 0x5A) };
-        }
-        a
-    }
-
-    fn alloc<T>(&mut self, n: usize) -> *mut T {
-        let start = self.next.next_multiple_of(64);
-        self.next = start + n * size_of::<T>() + GAP;
-        assert!(self.next <= self.buf.len() * 8, "arena too small");
-        // SAFETY: in bounds (checked above).
-        unsafe { self.buf.as_mut_ptr().cast::<u8>().add(start).cast() }
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        // SAFETY: the arena's own memory.
-        unsafe { std::slice::from_raw_parts(self.buf.as_ptr().cast::<u8>(), self.buf.len() * 8) }
-            .to_vec()
-    }
-}
-
-fn put<T: Copy>(p: *mut T, values: &[T]) {
-    // SAFETY: arena buffers, large enough.
-    unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), p, values.len()) };
-}
-
-fn get<T: Copy>(p: *const T, n: usize) -> Vec<T> {
-    // SAFETY: arena buffers, large enough.
-    unsafe { std::slice::from_raw_parts(p, n).to_vec() }
-}
-
-fn shift<T>(p: *mut T, bytes: isize) -> *mut T {
-    p.cast::<u8>().wrapping_offset(bytes).cast()
-}
 
 fn last_error() -> String {
     // SAFETY: never NULL, NUL-terminated.

@@ -11,6 +11,7 @@ mod common;
 
 use common::prop::config;
 
+use common::arena::{Arena, write};
 use common::check::isa_value;
 use common::data::Gen;
 use common::dropout_reference as r;
@@ -1863,13 +1864,6 @@ fn word_index_up_to_its_end_and_overflow_past_it() {
 // ---------------------------------------------------------------------------------------------
 // The error contract.
 
-/// Buffers of the error tests: one allocation filled with a byte pattern, so that "nothing
-/// written" is checked over every buffer at once, and shifted or overlapping pointers stay
-/// inside memory the test owns.
-struct Arena {
-    words: Vec<u64>,
-}
-
 /// Elements of the fixture's elementwise tensors (not a multiple of 8).
 const N: usize = 37;
 /// Offsets in bytes of the fixture's buffers inside the arena.
@@ -1878,40 +1872,26 @@ const Y_AT: usize = 256;
 const M_AT: usize = 448;
 const ARENA_BYTES: usize = 640;
 
+/// Buffers of the error tests: an arena (see `common::arena`) with the fixture's buffers at
+/// fixed offsets.
 impl Arena {
-    fn new() -> Arena {
-        let mut a = Arena {
-            words: vec![0; ARENA_BYTES / 8],
-        };
-        let bytes = a.base();
-        for i in 0..ARENA_BYTES {
-            // SAFETY: in bounds.
-            unsafe { bytes.add(i).write((i as u8).wrapping_mul(29) ^ 0x5C) };
-        }
+    fn new_fixture() -> Arena {
+        let mut a = Arena::new(ARENA_BYTES);
         // Valid data in x (and dy): finite values.
-        for i in 0..N {
-            // SAFETY: in bounds, aligned.
-            unsafe { a.f32_at(X_AT).add(i).write(i as f32 - 10.5) };
-        }
+        write(
+            a.f32_at(X_AT),
+            &(0..N).map(|i| i as f32 - 10.5).collect::<Vec<_>>(),
+        );
         a
     }
 
-    fn base(&mut self) -> *mut u8 {
-        self.words.as_mut_ptr().cast()
-    }
-
+    /// May be misaligned on purpose.
     fn f32_at(&mut self, byte: usize) -> *mut f32 {
-        // SAFETY: in bounds (callers use fixture offsets); may be misaligned on purpose.
-        unsafe { self.base().add(byte) }.cast()
+        self.at(byte)
     }
 
     fn u8_at(&mut self, byte: usize) -> *mut u8 {
-        // SAFETY: in bounds.
-        unsafe { self.base().add(byte) }
-    }
-
-    fn snapshot(&self) -> Vec<u64> {
-        self.words.clone()
+        self.at(byte)
     }
 }
 
@@ -1936,7 +1916,7 @@ fn expect(
     want: nk_status,
     what: &str,
 ) {
-    let mut arena = Arena::new();
+    let mut arena = Arena::new_fixture();
     let mut args = Args {
         n: N,
         src: arena.f32_at(X_AT),
@@ -1950,7 +1930,7 @@ fn expect(
         },
     };
     edit(&mut args, &mut arena);
-    let before = arena.snapshot();
+    let before = arena.bytes();
     for ctx in [null_mut(), SHARED_CTX.with(|c| c.ptr)] {
         // SAFETY: pointers inside the arena, or NULL, or what the case provokes on purpose; the
         // cases that would touch memory outside are errors the call must detect first.
@@ -1976,7 +1956,7 @@ fn expect(
         if want != NK_OK {
             assert!(!last_error().is_empty(), "{label}: no error message");
             assert!(
-                arena.snapshot() == before,
+                arena.bytes() == before,
                 "{label}: the arena changed on error"
             );
         }
@@ -2308,7 +2288,7 @@ fn error_contract_of_channel_dropout() {
     for backward in [false, true] {
         let check =
             |edit: &dyn Fn(&mut nk_shape, &mut Args, &mut Arena), want: nk_status, what: &str| {
-                let mut arena = Arena::new();
+                let mut arena = Arena::new_fixture();
                 let mut sh = shape(b, c, s, false);
                 let mut a = Args {
                     n: total,
@@ -2319,7 +2299,7 @@ fn error_contract_of_channel_dropout() {
                     mask: arena.u8_at(M_AT),
                 };
                 edit(&mut sh, &mut a, &mut arena);
-                let before = arena.snapshot();
+                let before = arena.bytes();
                 // SAFETY: pointers inside the arena or NULL, or errors the call must detect.
                 let status = unsafe {
                     raw_channel(
@@ -2338,7 +2318,7 @@ fn error_contract_of_channel_dropout() {
                 assert_eq!(status, want, "{label} ({})", last_error());
                 if want != NK_OK {
                     assert!(!last_error().is_empty(), "{label}: no message");
-                    assert!(arena.snapshot() == before, "{label}: the arena changed");
+                    assert!(arena.bytes() == before, "{label}: the arena changed");
                 }
             };
         check(&|_, _, _| {}, NK_OK, "valid");

@@ -3,92 +3,26 @@
 //! on error (byte for byte); the last error message; the library and context functions; and
 //! zero-element calls with NULL data.
 //!
+//! The batch-norm functions have hand-written cases below; `every_function` derives the NULL,
+//! alignment, overlap, argument and precedence cases of every exported function from one table.
+//!
 //! Every buffer of a call lives in one arena filled with a sentinel pattern, so "nothing written"
 //! is checked over all of them at once, inputs included, and misaligned or overlapping pointers
 //! stay inside memory the test owns.
 
 mod common;
 
+use common::arena::{Arena, read, shift, write};
 use common::data::Gen;
 use common::reference as r;
 use normkit::ffi::nk_status::{self, *};
 use normkit::ffi::*;
 use normkit::{Isa, Layout, Shape};
-use std::alloc::{Layout as AllocLayout, alloc, dealloc};
 use std::ffi::CStr;
 use std::ptr::{null, null_mut};
 
-// ---------------------------------------------------------------------------------------------
-// The arena.
-
-/// Bytes of slack before the first buffer and after every buffer: room for pointers moved by a
-/// few bytes or one element, without reaching another buffer or leaving the arena.
-const GAP: usize = 64;
-
-struct Arena {
-    base: *mut u8,
-    len: usize,
-    next: usize,
-}
-
-impl Arena {
-    fn new(len: usize) -> Arena {
-        let layout = AllocLayout::from_size_align(len, 64).unwrap();
-        // SAFETY: non-zero size.
-        let base = unsafe { alloc(layout) };
-        assert!(!base.is_null());
-        for i in 0..len {
-            // SAFETY: in bounds. A pattern no call writes: bytes that vary with the position.
-            unsafe { base.add(i).write((i as u8).wrapping_mul(37) ^ 0xA5) };
-        }
-        Arena {
-            base,
-            len,
-            next: GAP,
-        }
-    }
-
-    /// A new buffer of `n` elements of `T`, 64-byte aligned, followed by `GAP` free bytes.
-    fn alloc<T>(&mut self, n: usize) -> *mut T {
-        let start = self.next.next_multiple_of(64);
-        self.next = start + n * size_of::<T>() + GAP;
-        assert!(self.next <= self.len, "arena too small");
-        // SAFETY: in bounds (checked above).
-        unsafe { self.base.add(start).cast() }
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        // SAFETY: the arena's own memory.
-        unsafe { std::slice::from_raw_parts(self.base, self.len).to_vec() }
-    }
-}
-
-impl Drop for Arena {
-    fn drop(&mut self) {
-        // SAFETY: allocated in `new` with this layout.
-        unsafe {
-            dealloc(
-                self.base,
-                AllocLayout::from_size_align(self.len, 64).unwrap(),
-            )
-        };
-    }
-}
-
-fn write<T: Copy>(p: *mut T, values: &[T]) {
-    // SAFETY: test buffers from the arena, large enough.
-    unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), p, values.len()) };
-}
-
-fn read<T: Copy>(p: *const T, n: usize) -> Vec<T> {
-    // SAFETY: test buffers from the arena, large enough.
-    unsafe { std::slice::from_raw_parts(p, n).to_vec() }
-}
-
-/// `p` moved by `bytes` bytes (misaligned for a non-multiple of the element size).
-fn shift<T>(p: *mut T, bytes: isize) -> *mut T {
-    p.cast::<u8>().wrapping_offset(bytes).cast()
-}
+#[path = "ffi_contract/every_function.rs"]
+mod every_function;
 
 fn last_error() -> String {
     // SAFETY: never NULL, NUL-terminated (the contract).

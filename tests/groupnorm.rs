@@ -11,6 +11,7 @@ use common::prop::config;
 
 use common::check::{assert_bits, close, ctx, parallel_runners};
 
+use common::arena::{Arena, SENTINEL, read, shift, write};
 use common::data::Gen;
 use common::group_reference as gr;
 use common::reference::index;
@@ -41,7 +42,6 @@ const TOL_OFFSET: f64 = 1e-5;
 /// Backward error allowed, relative to the sum of the magnitudes of the terms.
 const TOL_GRAD: f64 = 1e-5;
 const F32_EPS: f64 = 1.0 / (1u64 << 24) as f64;
-const SENTINEL: f32 = -7777.25;
 
 fn isas() -> Vec<Isa> {
     Isa::supported()
@@ -1005,50 +1005,6 @@ const S: usize = 5;
 const G: usize = 3;
 const N: usize = B * C * S;
 
-/// Every buffer of a call in one arena with a position-dependent byte pattern.
-struct Arena {
-    bytes: Vec<u64>,
-    next: usize,
-}
-
-impl Arena {
-    fn new() -> Arena {
-        let mut g = Gen::new(99);
-        Arena {
-            bytes: (0..2048).map(|_| g.next_u64()).collect(),
-            next: 8,
-        }
-    }
-
-    /// `n` floats, 64-byte aligned, followed by a gap.
-    fn alloc(&mut self, n: usize) -> *mut f32 {
-        let base = self.bytes.as_mut_ptr();
-        let start = self.next.next_multiple_of(8);
-        self.next = start + n.div_ceil(2) + 16;
-        assert!(self.next <= self.bytes.len());
-        // SAFETY: in bounds (checked above).
-        unsafe { base.add(start).cast() }
-    }
-
-    fn snapshot(&self) -> Vec<u64> {
-        self.bytes.clone()
-    }
-}
-
-fn write(p: *mut f32, v: &[f32]) {
-    // SAFETY: arena buffers with room for `v`.
-    unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), p, v.len()) };
-}
-
-fn read(p: *const f32, n: usize) -> Vec<f32> {
-    // SAFETY: arena buffers with room for `n` floats.
-    unsafe { std::slice::from_raw_parts(p, n).to_vec() }
-}
-
-fn shift(p: *mut f32, bytes: isize) -> *mut f32 {
-    p.cast::<u8>().wrapping_offset(bytes).cast()
-}
-
 struct Fx {
     arena: Arena,
     x: *mut f32,
@@ -1064,7 +1020,7 @@ struct Fx {
 
 impl Fx {
     fn new() -> Fx {
-        let mut arena = Arena::new();
+        let mut arena = Arena::new(16384);
         let fx = Fx {
             x: arena.alloc(N),
             y: arena.alloc(N),
@@ -1220,11 +1176,11 @@ fn run_cases<T>(name: &str, make: fn(&Fx) -> T, call: fn(&T) -> nk_status, cases
         let fx = Fx::new();
         let mut t = make(&fx);
         mutate(&fx, &mut t);
-        let before = fx.arena.snapshot();
+        let before = fx.arena.bytes();
         let got = call(&t);
         if got != *expected {
             failures.push(format!("{name}: {what}: {got:?}, expected {expected:?}"));
-        } else if got != NK_OK && before != fx.arena.snapshot() {
+        } else if got != NK_OK && before != fx.arena.bytes() {
             failures.push(format!("{name}: {what}: {got:?} but the buffers changed"));
         }
     }

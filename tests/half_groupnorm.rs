@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::arena::SENTINEL;
 use common::check::{assert_bits, c_shape, ctx, isa_value};
 use common::data::Gen;
 use common::half::{Half, Nan, assert_rounded, bits, narrow, widen};
@@ -14,8 +15,6 @@ use normkit::ffi::*;
 use normkit::groupnorm::{self, Affine, BackwardIo, SavedStats};
 use normkit::{Context, Element, InOut, Isa, Layout, Shape, bf16, f16, instancenorm};
 use std::ptr::{null, null_mut};
-
-const SENTINEL: f32 = -7777.25;
 
 // ---------------------------------------------------------------------------------------------
 // Cases.

@@ -9,6 +9,7 @@
 
 mod common;
 
+use common::arena::Arena;
 use common::check::ctx;
 use common::data::Gen;
 use common::half::{Half, Nan, assert_rounded, narrow, widen};
@@ -728,30 +729,16 @@ const C: usize = 37;
 /// Bytes per buffer of the arena (room for `R * C` f32 values and a moved pointer).
 const SLOT: usize = 1024;
 
-/// Every buffer of a C call in one block of memory, so that "nothing written" is checked over
-/// all of them at once and misplaced pointers stay in memory the test owns.
-struct Arena {
-    mem: Vec<u64>,
-}
-
+/// Buffers of a C call: slots of an arena (see `common::arena`).
 impl Arena {
-    fn new() -> Arena {
-        let mut mem = vec![0u64; 11 * SLOT / 8];
-        for (i, w) in mem.iter_mut().enumerate() {
-            *w = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 0x7F80_0000_7F80_0000;
-        }
-        Arena { mem }
+    fn new_slots() -> Arena {
+        Arena::new(11 * SLOT)
     }
 
-    /// Slot `k`: its address, 8-byte aligned.
+    /// Slot `k`: its address, 64-byte aligned.
     fn slot(&mut self, k: usize) -> *mut u8 {
         assert!(k < 11);
-        // SAFETY: in bounds.
-        unsafe { self.mem.as_mut_ptr().cast::<u8>().add(k * SLOT) }
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        self.mem.iter().flat_map(|w| w.to_ne_bytes()).collect()
+        self.at(k * SLOT)
     }
 
     /// The arguments of a `R x C` call over the slots, `eps = 1e-5`.
@@ -798,13 +785,13 @@ fn check_c_results<E: CTwins>(seed: u64) {
     for f in TWINS {
         for in_place in [false, true] {
             // The float call on f32 buffers.
-            let mut fa = Arena::new();
+            let mut fa = Arena::new_slots();
             let a32 = fa.args();
             put(a32.x, &widen(&x));
             put(a32.dy, &widen(&dy));
             put(a32.gamma.cast(), &gamma);
             put(a32.beta.cast(), &beta);
-            let mut stats = Arena::new();
+            let mut stats = Arena::new_slots();
             // Saved statistics for the backward: the float forward's.
             // SAFETY: arena pointers of the shape.
             unsafe {
@@ -846,7 +833,7 @@ fn check_c_results<E: CTwins>(seed: u64) {
                     put(a32.inv.cast(), &get::<f32>(s.inv.cast(), R));
                 }
             }
-            let mut ha = Arena::new();
+            let mut ha = Arena::new_slots();
             let mut ah = ha.args();
             put(ah.x, &x);
             put(ah.dy, &dy);
@@ -897,7 +884,7 @@ fn c_twins_are_the_rounded_float_functions() {
 /// The error contract of the twins: NULL data, odd addresses, overlaps (output over an input,
 /// `dx == x`), and precedence; no byte of any buffer written on error; then a good call works.
 fn check_c_errors<E: CTwins>() {
-    let mut arena = Arena::new();
+    let mut arena = Arena::new_slots();
     let good = arena.args();
     let odd = |p: *mut u8| p.wrapping_add(1);
     let two = |p: *mut u8| p.wrapping_add(2);

@@ -9,6 +9,7 @@ use common::prop::config;
 
 use common::check::{assert_bits, close, ctx, parallel_runners};
 
+use common::arena::{Arena, read, shift as byte_shift, write as fill};
 use common::data::Gen;
 use common::half::{Half, Nan, assert_rounded, narrow, widen};
 use common::layer_reference as r;
@@ -926,46 +927,6 @@ fn safe_api_rejects_bad_lengths_and_eps() {
 // ---------------------------------------------------------------------------------------------
 // The C entry points: error contract, nothing written on error, zero-element calls.
 
-/// One arena for every buffer of a call, filled with a pattern no call writes.
-struct Arena {
-    mem: Vec<u64>,
-    next: usize,
-}
-
-impl Arena {
-    fn new() -> Arena {
-        let mut mem = vec![0u64; 1024];
-        for (i, w) in mem.iter_mut().enumerate() {
-            *w = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 0x7F80_0001_7F80_0001;
-        }
-        Arena { mem, next: 8 }
-    }
-    fn alloc(&mut self, floats: usize) -> *mut f32 {
-        let start = self.next.next_multiple_of(8);
-        self.next = start + floats.div_ceil(2) + 8;
-        assert!(self.next <= self.mem.len());
-        // SAFETY: in bounds.
-        unsafe { self.mem.as_mut_ptr().add(start).cast() }
-    }
-    fn bytes(&self) -> Vec<u64> {
-        self.mem.clone()
-    }
-}
-
-fn fill(p: *mut f32, v: &[f32]) {
-    // SAFETY: arena buffers large enough.
-    unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), p, v.len()) };
-}
-
-fn read(p: *const f32, n: usize) -> Vec<f32> {
-    // SAFETY: arena buffers large enough.
-    unsafe { std::slice::from_raw_parts(p, n).to_vec() }
-}
-
-fn byte_shift(p: *mut f32, bytes: isize) -> *mut f32 {
-    p.cast::<u8>().wrapping_offset(bytes).cast()
-}
-
 const R: usize = 3;
 const C: usize = 5;
 
@@ -985,7 +946,7 @@ struct Fx {
 
 impl Fx {
     fn new() -> Fx {
-        let mut a = Arena::new();
+        let mut a = Arena::new(8192);
         let mut g = Gen::new(1);
         let fx = Fx {
             x: a.alloc(R * C),

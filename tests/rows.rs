@@ -14,6 +14,7 @@
 
 mod common;
 
+use common::arena::Arena;
 use common::check::ctx;
 use common::data::Gen;
 use common::half::{Half, Nan, is_rounded};
@@ -1744,29 +1745,15 @@ const SLOTS: usize = 12;
 const R: usize = 5;
 const C: usize = 37;
 
-/// Every buffer of a C call in one block of memory, so that "nothing written" is checked over
-/// all of them at once and misplaced pointers stay in memory the test owns.
-struct Arena {
-    mem: Vec<u64>,
-}
-
+/// Buffers of a C call: slots of an arena (see `common::arena`).
 impl Arena {
-    fn new() -> Arena {
-        let mut mem = vec![0u64; SLOTS * SLOT / 8];
-        for (i, w) in mem.iter_mut().enumerate() {
-            *w = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 0x3F80_0000_3F80_0000;
-        }
-        Arena { mem }
+    fn new_slots() -> Arena {
+        Arena::new(SLOTS * SLOT)
     }
 
     fn slot(&mut self, k: usize) -> *mut u8 {
         assert!(k < SLOTS);
-        // SAFETY: in bounds.
-        unsafe { self.mem.as_mut_ptr().cast::<u8>().add(k * SLOT) }
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        self.mem.iter().flat_map(|w| w.to_ne_bytes()).collect()
+        self.at(k * SLOT)
     }
 
     /// A valid `R x C` call: x f32 with stride 40, residual bf16 packed, bias, sum f16 with
@@ -1806,7 +1793,7 @@ fn moved<T>(p: *mut T, bytes: usize) -> *mut T {
 /// then the overlaps the contract allows, and empty calls.
 #[test]
 fn c_error_contract() {
-    let mut arena = Arena::new();
+    let mut arena = Arena::new_slots();
     let good = arena.args();
     let scales = arena.scales();
     let mut i8y = good;

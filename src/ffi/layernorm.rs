@@ -860,7 +860,15 @@ unsafe fn forward_rows(
             .input("gamma", gamma, cols)
             .input("beta", beta, cols)
             .output("save_mean", save_mean, rows)
-            .output("save_inv", save_inv, rows)
+            .output(
+                if centered {
+                    "save_invstd"
+                } else {
+                    "save_invrms"
+                },
+                save_inv,
+                rows,
+            )
             .output("y_scale", y_scale, rows)
             .check()?;
         if data == 0 {

@@ -231,12 +231,12 @@ pub unsafe extern "C" fn nk_context_create(
 ) -> nk_status {
     call(|| {
         require_always("out", out)?;
+        // The argument (num_threads) before alignment, in the contract's order.
+        let inner = Context::new(num_threads)?;
         if !(out as usize).is_multiple_of(std::mem::align_of::<*mut nk_context>()) {
             return Err(Error::new(ErrorKind::Misaligned, "out is not aligned"));
         }
-        let ctx = Box::new(nk_context {
-            inner: Context::new(num_threads)?,
-        });
+        let ctx = Box::new(nk_context { inner });
         // SAFETY: out is non-NULL, aligned, and the caller's to write.
         unsafe { out.write(Box::into_raw(ctx)) };
         Ok(())

@@ -9,6 +9,8 @@
 //! Adding an ISA means one new backend file here, one arm in [`dispatch`] and one in
 //! [`Isa::is_supported`].
 
+#[cfg(test)]
+mod conformance;
 pub(crate) mod element;
 #[cfg(any(test, normkit_emulate_avx512))]
 pub(crate) mod emulated;
@@ -21,6 +23,7 @@ mod x86_avx512;
 
 use element::ElementIo;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 /// An instruction set the kernels can run on. More may be added.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -94,6 +97,40 @@ impl SupportedIsa {
 
     pub(crate) fn best() -> Self {
         SupportedIsa(Isa::best())
+    }
+
+    /// The ISA.
+    pub(crate) fn isa(self) -> Isa {
+        self.0
+    }
+}
+
+/// A [`SupportedIsa`] that can be replaced while shared: what a context holds, so that a call
+/// reads its ISA with one atomic load and no feature detection.
+///
+/// Soundness: the fields of both types are private to `simd`, and the only writers ([`Self::new`] and
+/// [`Self::store`]) take a `SupportedIsa`. So every value [`Self::load`] reads back was a
+/// `SupportedIsa` once, whose check passed on this CPU; CPU features do not go away while a
+/// process runs, so re-wrapping the value makes no claim that was not already proven.
+pub(crate) struct AtomicSupportedIsa(AtomicU8);
+
+impl AtomicSupportedIsa {
+    pub(crate) fn new(isa: SupportedIsa) -> Self {
+        AtomicSupportedIsa(AtomicU8::new(Self::index(isa.0)))
+    }
+
+    /// The index of `isa` in [`Isa::ALL`].
+    fn index(isa: Isa) -> u8 {
+        Isa::ALL.iter().position(|&i| i == isa).unwrap() as u8
+    }
+
+    pub(crate) fn load(&self) -> SupportedIsa {
+        // Only indices of SupportedIsa values are ever stored (see the type's comment).
+        SupportedIsa(Isa::ALL[usize::from(self.0.load(Ordering::Relaxed))])
+    }
+
+    pub(crate) fn store(&self, isa: SupportedIsa) {
+        self.0.store(Self::index(isa.0), Ordering::Relaxed)
     }
 }
 

@@ -2,11 +2,13 @@
 //! operation ([`reference`]), a plain reference of the dropout family and its generator
 //! ([`dropout_reference`]), a small deterministic data generator ([`data`]), the property
 //! tests' configuration ([`prop`]) and bf16 and f16 as the half-precision tests see them
-//! ([`half`]).
+//! ([`half`]), and the arena of sentinel bytes that the C-contract tests put every buffer of a
+//! call in ([`arena`]).
 
 // Each test binary uses a different part of these helpers.
 #![allow(dead_code)]
 
+pub mod arena;
 pub mod backward_reference;
 pub mod check;
 pub mod data;
