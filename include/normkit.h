@@ -1193,9 +1193,9 @@ enum nk_status nk_groupnorm_forward_f16(struct nk_context *ctx,
 //   floats): required. gamma (C floats): optional, NULL = 1.
 // - dx (N*C*S floats), dgamma, dbeta (C floats; zeros when the tensor is empty): each optional.
 //   `dx == dy` is in place; dx over x is NK_ERR_ALIAS.
-// A group whose `save_invstd` is `+inf` (what the forward saves when the inverse spread
-// exceeds the float range: values far below 1 with `eps == 0`) takes the forward's double
-// statistics, recomputed from `x`, and its gradient in double, as the forward normalized it.
+// - A group whose `save_invstd` is `+inf` (what the forward saves when the inverse spread
+//   exceeds the float range: values far below 1 with `eps == 0`) takes the forward's double
+//   statistics, recomputed from `x`, and its gradient in double, as the forward normalized it.
 //
 // # Safety
 // As `nk_groupnorm_forward`; dy, dx: N*C*S floats; dgamma, dbeta: C floats.
@@ -1372,9 +1372,9 @@ enum nk_status nk_layernorm_forward_f16(struct nk_context *ctx,
 //   required. gamma (cols floats): optional, NULL = 1.
 // - dx (rows*cols floats), dgamma, dbeta (cols floats; zeros when rows == 0): each optional.
 //   Only `dx == dy` is in place (dx over x: NK_ERR_ALIAS).
-// A row whose `save_invstd` is `+inf` (what the forward saves when the inverse spread exceeds
-// the float range: values far below 1 with `eps == 0`) takes the forward's double statistics,
-// recomputed from `x`, and its gradient in double, as the forward normalized it.
+// - A row whose `save_invstd` is `+inf` (what the forward saves when the inverse spread exceeds
+//   the float range: values far below 1 with `eps == 0`) takes the forward's double statistics,
+//   recomputed from `x`, and its gradient in double, as the forward normalized it.
 //
 // # Safety
 // As `nk_layernorm_forward`; dy, dx: rows*cols floats; dgamma, dbeta: cols.
@@ -1487,8 +1487,8 @@ enum nk_status nk_rmsnorm_forward_f16(struct nk_context *ctx,
 //   gamma (cols floats): optional, NULL = 1.
 // - dx (rows*cols floats), dgamma (cols floats; zeros when rows == 0): each optional. Only
 //   `dx == dy` is in place (dx over x: NK_ERR_ALIAS).
-// A row whose `save_invrms` is `+inf` is taken as `nk_layernorm_backward` takes one whose
-// `save_invstd` is.
+// - A row whose `save_invrms` is `+inf` is taken as `nk_layernorm_backward` takes one whose
+//   `save_invstd` is.
 //
 // # Safety
 // As `nk_layernorm_backward`.
