@@ -43,6 +43,19 @@ fn check_training_flags(
     check_flags(flags, NK_BN_RUNNING_VAR_BIASED, "batch norm training")
 }
 
+/// Writes `moments` into the two C arrays `mean` and `m2` (the inverse of [`moments_of`]).
+///
+/// # Safety
+/// `mean` and `m2` are valid for `moments.len()` doubles, with no other reference to them.
+unsafe fn write_moments(moments: &[Moments], mean: *mut f64, m2: *mut f64) {
+    let c = moments.len();
+    // SAFETY: the caller's promise.
+    let (mean, m2) = unsafe { (slice_mut(mean, c), slice_mut(m2, c)) };
+    for ((m, mean), m2) in moments.iter().zip(mean).zip(m2) {
+        (*mean, *m2) = (m.mean, m.m2);
+    }
+}
+
 /// The moments of `C` channels given as two C arrays, with the global `count`.
 ///
 /// # Safety
@@ -514,10 +527,7 @@ unsafe fn moments_typed<E: Element>(
         // SAFETY: pointers checked above; extents are the caller's promise.
         unsafe { batchnorm::moments(context(ctx), shape, slice(x, n), &mut out)? };
         // SAFETY: as above.
-        let (mean, m2) = unsafe { (slice_mut(mean, c), slice_mut(m2, c)) };
-        for ((m, mean), m2) in out.iter().zip(mean).zip(m2) {
-            (*mean, *m2) = (m.mean, m.m2);
-        }
+        unsafe { write_moments(&out, mean, m2) };
         Ok(())
     })
 }
@@ -568,10 +578,7 @@ pub unsafe extern "C" fn nk_moments_merge(
         };
         batchnorm::moments_merge(&mut a, &b)?;
         // SAFETY: as above.
-        let (mean_a, m2_a) = unsafe { (slice_mut(mean_a, c), slice_mut(m2_a, c)) };
-        for ((m, mean), m2) in a.iter().zip(mean_a).zip(m2_a) {
-            (*mean, *m2) = (m.mean, m.m2);
-        }
+        unsafe { write_moments(&a, mean_a, m2_a) };
         Ok(())
     })
 }

@@ -19,8 +19,8 @@
 //! `(r >> 8) >= ceil(p * 2^24)`. Masks are bit-packed, LSB first: element `i` is bit `i & 7` of
 //! byte `i >> 3`, 1 = kept; unused high bits of the last byte are 0 ([`mask_len`] bytes).
 //!
-//! Every variant but Gaussian dropout gives bitwise the same result on every ISA; Gaussian
-//! dropout agrees within float rounding.
+//! Every variant, Gaussian dropout included, gives bitwise the same result on every ISA (the
+//! Gaussian transform uses only correctly rounded operations, no fused multiply-add).
 //!
 //! # Element types
 //!
