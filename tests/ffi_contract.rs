@@ -1754,10 +1754,18 @@ fn zero_element_calls_still_check_scalars() {
             ),
             NK_ERR_BAD_ARGUMENT
         );
-        let from = |count, eps| {
+        // Running statistics of zero channels: non-NULL pointers to nothing.
+        let (mut rm, mut rv) = ([0f32; 1], [0f32; 1]);
+        let (rm, rv) = (rm.as_mut_ptr(), rv.as_mut_ptr());
+        let from = |batch, count, eps, running: bool| {
+            let (rm, rv) = if running {
+                (rm, rv)
+            } else {
+                (null_mut(), null_mut())
+            };
             nk_batchnorm_forward_from_moments(
                 null_mut(),
-                s(0, NCS),
+                s(batch, NCS),
                 null(),
                 null_mut(),
                 null(),
@@ -1768,15 +1776,21 @@ fn zero_element_calls_still_check_scalars() {
                 eps,
                 0.1,
                 0,
-                null_mut(),
-                null_mut(),
+                rm,
+                rv,
                 null_mut(),
                 null_mut(),
             )
         };
-        assert_eq!(from(0, 1e-5), NK_ERR_BAD_SHAPE);
-        assert_eq!(from(5, -1.0), NK_ERR_BAD_ARGUMENT);
-        assert_eq!(from(5, 1e-5), NK_OK);
+        assert_eq!(from(0, 0, 1e-5, false), NK_ERR_BAD_SHAPE);
+        assert_eq!(from(0, 5, -1.0, false), NK_ERR_BAD_ARGUMENT);
+        assert_eq!(from(0, 5, 1e-5, false), NK_OK);
+        // The count checked is the one given, not this shard's (fuzzing found the safe API
+        // checking N*S = 0 against the unbiased running variance's minimum of 2).
+        assert_eq!(from(0, 1, 1e-5, true), NK_ERR_BAD_SHAPE);
+        assert_eq!(from(0, 5, 1e-5, true), NK_OK);
+        assert_eq!(from(1, 3, 1e-5, true), NK_OK);
+        assert_eq!(from(1, 2, 1e-5, true), NK_ERR_BAD_SHAPE);
     }
 }
 

@@ -154,6 +154,11 @@ pub(crate) fn check_training(
             "the unbiased running variance needs at least two values per channel",
         ));
     }
+    check_training_scalars(params)
+}
+
+/// Checks the scalars of a training forward: `eps` and `momentum`.
+fn check_training_scalars(params: &TrainingParams) -> Result<()> {
     check_eps(params.eps)?;
     if !(0.0..=1.0).contains(&params.momentum) {
         return Err(Error::bad_argument(format!(
@@ -281,17 +286,19 @@ pub fn forward_from_moments<E: Element>(
 ) -> Result<()> {
     check_sizes(&shape)?;
     check_len("moments", moments, shape.channels)?;
-    // With no channel there is no count to check; this shard's own stands in.
-    let count = match moments.first() {
-        Some(m) => m.count,
-        None => shape.count()?.max(1) as u64,
-    };
-    if moments.iter().any(|m| m.count != count) {
-        return Err(Error::bad_shape(
-            "every channel's moments must have the same (global) count",
-        ));
+    match moments.first() {
+        Some(first) => {
+            if moments.iter().any(|m| m.count != first.count) {
+                return Err(Error::bad_shape(
+                    "every channel's moments must have the same (global) count",
+                ));
+            }
+            check_training(&shape, first.count, &params, running.is_some())?;
+        }
+        // No channel, no count: nothing is normalized or written, whatever count the caller
+        // holds (the C function checks the one it is given before it gets here).
+        None => check_training_scalars(&params)?,
     }
-    check_training(&shape, count, &params, running.is_some())?;
     let elements = shape.elements()?;
     check_len("x", io.input(), elements)?;
     check_affine(&affine, shape.channels)?;
