@@ -1,7 +1,7 @@
 //! The peer comparison's report (`benches/peers/report.py`, Python standard library only for the
-//! tables) on made-up measurements: medians over rounds, GB/s, the copy ratio, the ratios to each
-//! peer, the accuracy table and the list of missed targets. Skipped with a message where no
-//! `python3` is installed.
+//! tables) on made-up measurements: medians over rounds, GB/s, the copy ratio, a column per peer
+//! (several oneDNN releases among them) with its ratio, the best peer, the accuracy table and the
+//! list of missed targets. Skipped with a message where no `python3` is installed.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -24,7 +24,10 @@ fn report_tables_and_targets() {
     let raw = dir.join("raw.jsonl");
     let markdown = dir.join("out.md");
     let readme = dir.join("README.md");
-    let mut text = String::from("{\"meta\": \"onednn\", \"version\": \"9.9.9\"}\nnot json\n");
+    let mut text = String::from(
+        "{\"meta\": \"onednn\", \"version\": \"9.9.9\"}\nnot json\n\
+         {\"meta\": \"onednn-3.13\", \"version\": \"3.13.2\"}\n",
+    );
     // Three rounds: the report takes the median (2 ms for normkit, 1.6 ms for the copy).
     for ns in [2.0e6, 1.9e6, 9.0e6] {
         text += &line("big_fwd", "normkit", 2, ns, 80.0e6);
@@ -34,10 +37,13 @@ fn report_tables_and_targets() {
     }
     text += &line("big_fwd", "onednn", 2, 3.0e6, 80.0e6);
     text += &line("big_fwd", "pytorch", 2, 3.0e6, 80.0e6);
+    text += &line("big_fwd", "onnxruntime", 2, 2.2e6, 80.0e6);
+    text += &line("big_fwd", "onednn-3.13", 2, 2.5e6, 80.0e6);
     text += &line("tiny_x", "normkit", 2, 400.0, 512.0);
     text += &line("tiny_x", "pytorch", 2, 4000.0, 512.0);
     text += "{\"workload\": \"accuracy_y\", \"lib\": \"normkit\", \"max_err\": 2e-07}\n";
     text += "{\"workload\": \"accuracy_y\", \"lib\": \"pytorch\", \"max_err\": 1e-07}\n";
+    text += "{\"workload\": \"accuracy_y\", \"lib\": \"onnxruntime\", \"max_err\": 5e-07}\n";
     std::fs::write(&raw, text).unwrap();
     std::fs::write(
         &readme,
@@ -62,21 +68,31 @@ fn report_tables_and_targets() {
     );
     let md = std::fs::read_to_string(&markdown).unwrap();
     let expect = [
-        // 80 MB in 2 ms = 40 GB/s; copy 1.6 ms = 80% of copy; peers 3 ms = 1.5x.
-        "| big_fwd | 2.00 ms | 40.0 | 80% | 3.00 ms | 3.00 ms | 1.50x | 1.50x | 1.60 ms |",
-        "| tiny_x | 400 ns | - | - | n/a | 4000 ns | n/a | 10.00x | - |",
-        "| accuracy_y | 2.0e-07 | n/a | 1.0e-07 |",
+        // Columns: each peer in family order, oneDNN releases in version order.
+        "| workload | normkit | GB/s | of copy | oneDNN | oneDNN 3.13 | PyTorch | ONNX Runtime | \
+         best peer | vs best | copy |",
+        // 80 MB in 2 ms = 40 GB/s; copy 1.6 ms = 80% of copy; each peer's time over normkit's;
+        // the fastest peer is ONNX Runtime at 2.2 ms.
+        "| big_fwd | 2.00 ms | 40.0 | 80% | 3.00 ms (1.50x) | 2.50 ms (1.25x) | 3.00 ms (1.50x) | \
+         2.20 ms (1.10x) | ONNX Runtime | 1.10x | 1.60 ms |",
+        "| tiny_x | 400 ns | - | - | n/a | n/a | 4000 ns (10.00x) | n/a | PyTorch | 10.00x | - |",
+        "| check | normkit | PyTorch | ONNX Runtime |",
+        "| accuracy_y | 2.0e-07 | 1.0e-07 | 5.0e-07 |",
         "- big_fwd: 1.50x PyTorch (target 2x; the target needs 1.50 ms, less than a copy of \
          the same bytes (1.60 ms))",
+        "- big_fwd: 1.10x ONNX Runtime (target 1.2x)",
         "- accuracy_y: normkit error 2.0e-07 > PyTorch 1.0e-07",
-        "oneDNN 9.9.9",
+        "oneDNN 9.9.9, oneDNN 3.13.2",
         "3 round(s)",
     ];
     for e in expect {
         assert!(md.contains(e), "missing {e:?} in:\n{md}");
     }
-    // 1.5x oneDNN meets the 1.2x target, and a tiny call has no copy target.
+    // 1.5x oneDNN and 1.25x oneDNN 3.13 meet the 1.2x target, a less accurate peer is no miss,
+    // and a tiny call has no copy target.
     assert!(!md.contains("big_fwd: 1.50x oneDNN"), "{md}");
+    assert!(!md.contains("big_fwd: 1.25x oneDNN 3.13"), "{md}");
+    assert!(!md.contains("> ONNX Runtime"), "{md}");
     assert!(!md.contains("tiny_x:"), "{md}");
     let readme_text = std::fs::read_to_string(&readme).unwrap();
     assert!(readme_text.starts_with("before\n<!-- peers-table:begin -->\n"));
@@ -146,9 +162,9 @@ fn report_keeps_surrounding_text_and_picks_headline_rows() {
     let readme_text = std::fs::read_to_string(&readme).unwrap();
     assert!(readme_text.starts_with("intro\n<!-- peers-table:begin -->\n"));
     assert!(readme_text.ends_with("<!-- peers-table:end -->\noutro\n"));
-    // 80 MB in 2 ms = 40 GB/s; the copy's 1.6 ms is 80%; PyTorch's 3 ms is 1.5x.
+    // 80 MB in 2 ms = 40 GB/s; the copy's 1.6 ms is 80%; the best peer, PyTorch, is 1.5x.
     assert!(
-        readme_text.contains("| second_fwd | 2.00 ms | 40.0 | 80% | n/a | 1.50x |"),
+        readme_text.contains("| second_fwd | 2.00 ms | 40.0 | 80% | PyTorch | 1.50x |"),
         "{readme_text}"
     );
     assert!(!readme_text.contains("first_fwd"), "{readme_text}");

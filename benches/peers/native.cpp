@@ -1,15 +1,20 @@
 // normkit and oneDNN side by side in one process, with a copy of the same bytes as the ceiling.
 //
-//   native THREADS BUDGET_MS [FILTER]
+//   native THREADS BUDGET_MS [FILTER [--onednn-only]]
 //
 // For every workload: normkit (C API), oneDNN (C++ API) and `copy` (memcpy of half the
 // workload's minimal traffic, so one read and one write move the same bytes) are timed in turn,
 // each as the median of repeated calls within BUDGET_MS, on THREADS threads (normkit: a context
-// of THREADS threads; oneDNN and the copy: OpenMP with THREADS threads). Prints one JSON object
-// per line: {"workload", "lib", "threads", "ns", "bytes"} for timings and {"workload", "lib",
-// "max_err"} for the accuracy checks on 10000 + N(0,1) data against float64. A workload oneDNN
-// does not offer prints no oneDNN line. FILTER, if given, keeps the workloads whose name
-// contains it.
+// of THREADS threads; oneDNN and the copy: OpenMP with THREADS threads, or for a oneDNN built on
+// TBB a tbb::global_control of THREADS). Prints one JSON object per line: {"workload", "lib",
+// "threads", "ns", "bytes"} for timings and {"workload", "lib", "max_err"} for the accuracy
+// checks on 10000 + N(0,1) data against float64. oneDNN's lines carry its version as the library,
+// "onednn-MAJOR.MINOR" from dnnl_version(), so builds against several oneDNN releases can be
+// compared in one report. A workload the linked oneDNN does not offer prints no oneDNN line
+// (group norm needs oneDNN 3.3, RMS norm its layer norm's rms_norm flag of 3.9). FILTER, if
+// given and not empty, keeps the workloads whose name contains it. --onednn-only times oneDNN
+// alone (no normkit, no copy): for a second build against another oneDNN, whose normkit and copy
+// lines would repeat the first build's.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -28,6 +33,15 @@
 #include "dnnl.hpp"
 #include "normkit.h"
 
+// Whether the oneDNN compiled against is release major.minor or later.
+#define NATIVE_DNNL_AT_LEAST(major, minor)  \
+    (DNNL_VERSION_MAJOR > (major) ||        \
+     (DNNL_VERSION_MAJOR == (major) && DNNL_VERSION_MINOR >= (minor)))
+
+#if DNNL_CPU_THREADING_RUNTIME == DNNL_RUNTIME_TBB
+#include <oneapi/tbb/global_control.h>
+#endif
+
 using dnnl::memory;
 using Clock = std::chrono::steady_clock;
 
@@ -36,6 +50,10 @@ namespace {
 int g_threads = 1;
 double g_budget_ms = 300;
 std::string g_filter;
+// false with --onednn-only: normkit and the copy are not timed.
+bool g_with_normkit = true;
+// oneDNN's library name in the output: "onednn-MAJOR.MINOR" of the linked library.
+std::string g_onednn = "onednn";
 nk_context *g_ctx = nullptr;
 dnnl::engine g_eng;
 dnnl::stream g_stream;
@@ -121,8 +139,33 @@ bool wanted(const std::string &w) { return g_filter.empty() || w.find(g_filter) 
 // other's cores.
 void settle() { std::this_thread::sleep_for(std::chrono::milliseconds(30)); }
 
+// One library's timing of a workload (median, or per-call latency for tiny calls), then the
+// pause before the next library. normkit's are skipped with --onednn-only.
+void time_normkit(const std::string &w, const std::function<void()> &f, double bytes) {
+    if (!g_with_normkit) return;
+    emit(w, "normkit", median_ns(f), bytes);
+    settle();
+}
+
+void time_onednn(const std::string &w, const std::function<void()> &f, double bytes) {
+    emit(w, g_onednn.c_str(), median_ns(f), bytes);
+    settle();
+}
+
+void latency_normkit(const std::string &w, const std::function<void()> &f, double bytes) {
+    if (!g_with_normkit) return;
+    emit(w, "normkit", latency_ns(f), bytes);
+    settle();
+}
+
+void latency_onednn(const std::string &w, const std::function<void()> &f, double bytes) {
+    emit(w, g_onednn.c_str(), latency_ns(f), bytes);
+    settle();
+}
+
 // The copy ceiling: `bytes` of traffic = bytes/2 read + bytes/2 written, split over the threads.
 void time_copy(const std::string &w, double bytes) {
+    if (!g_with_normkit) return;
     size_t half = static_cast<size_t>(bytes / 2) / 4;
     Buf src(half), dst(half);
     double ns = median_ns([&] {
@@ -174,12 +217,11 @@ void bn_training(const BnShape &s) {
     if (!wanted(w)) return;
     size_t n = s.elems();
     Buf x(n), y(n), gamma(s.c, 1.f, 2), beta(s.c, 0.f, 3), rm(s.c), rv(s.c, 1.f), sm(s.c), si(s.c);
-    emit(w, "normkit", median_ns([&] {
-             check(nk_batchnorm_forward_training(g_ctx, s.nk(), x.p, y.p, gamma.p, beta.p, kEps,
-                                                 kMomentum, 0, rm.p, rv.p, sm.p, si.p),
-                   "bn training");
-         }), 8.0 * n);
-    settle();
+    time_normkit(w, [&] {
+        check(nk_batchnorm_forward_training(g_ctx, s.nk(), x.p, y.p, gamma.p, beta.p, kEps,
+                                            kMomentum, 0, rm.p, rv.p, sm.p, si.p),
+              "bn training");
+    }, 8.0 * n);
     using nf = dnnl::normalization_flags;
     auto md = s.md();
     dnnl::batch_normalization_forward::primitive_desc pd(
@@ -191,11 +233,10 @@ void bn_training(const BnShape &s) {
         {DNNL_ARG_SCALE, mem(pd.weights_desc(), gamma.p)},
         {DNNL_ARG_SHIFT, mem(pd.weights_desc(), beta.p)},
         {DNNL_ARG_MEAN, mean},                  {DNNL_ARG_VARIANCE, var}};
-    emit(w, "onednn", median_ns([&] {
-             prim.execute(g_stream, args);
-             g_stream.wait();
-         }), 8.0 * n);
-    settle();
+    time_onednn(w, [&] {
+        prim.execute(g_stream, args);
+        g_stream.wait();
+    }, 8.0 * n);
     time_copy(w, 8.0 * n);
 }
 
@@ -204,12 +245,11 @@ void bn_inference(const BnShape &s) {
     if (!wanted(w)) return;
     size_t n = s.elems();
     Buf x(n), y(n), gamma(s.c, 1.f, 2), beta(s.c, 0.f, 3), mean(s.c, 0.f, 4), var(s.c, 1.f, 5);
-    emit(w, "normkit", median_ns([&] {
-             check(nk_batchnorm_forward_inference(g_ctx, s.nk(), x.p, y.p, gamma.p, beta.p, mean.p,
-                                                  var.p, kEps, 0),
-                   "bn inference");
-         }), 8.0 * n);
-    settle();
+    time_normkit(w, [&] {
+        check(nk_batchnorm_forward_inference(g_ctx, s.nk(), x.p, y.p, gamma.p, beta.p, mean.p,
+                                             var.p, kEps, 0),
+              "bn inference");
+    }, 8.0 * n);
     using nf = dnnl::normalization_flags;
     auto md = s.md();
     dnnl::batch_normalization_forward::primitive_desc pd(
@@ -223,11 +263,10 @@ void bn_inference(const BnShape &s) {
         {DNNL_ARG_SHIFT, mem(pd.weights_desc(), beta.p)},
         {DNNL_ARG_MEAN, mem(pd.mean_desc(), mean.p)},
         {DNNL_ARG_VARIANCE, mem(pd.variance_desc(), var.p)}};
-    emit(w, "onednn", median_ns([&] {
-             prim.execute(g_stream, args);
-             g_stream.wait();
-         }), 8.0 * n);
-    settle();
+    time_onednn(w, [&] {
+        prim.execute(g_stream, args);
+        g_stream.wait();
+    }, 8.0 * n);
     time_copy(w, 8.0 * n);
 }
 
@@ -240,12 +279,11 @@ void bn_backward(const BnShape &s) {
     check(nk_batchnorm_forward_training(g_ctx, s.nk(), x.p, dx.p, gamma.p, beta.p, kEps, kMomentum,
                                         0, nullptr, nullptr, sm.p, si.p),
           "bn training");
-    emit(w, "normkit", median_ns([&] {
-             check(nk_batchnorm_backward(g_ctx, s.nk(), x.p, dy.p, dx.p, gamma.p, sm.p, si.p, dg.p,
-                                         db.p),
-                   "bn backward");
-         }), 12.0 * n);
-    settle();
+    time_normkit(w, [&] {
+        check(nk_batchnorm_backward(g_ctx, s.nk(), x.p, dy.p, dx.p, gamma.p, sm.p, si.p, dg.p,
+                                    db.p),
+              "bn backward");
+    }, 12.0 * n);
     using nf = dnnl::normalization_flags;
     auto md = s.md();
     auto flags = nf::use_scale | nf::use_shift;
@@ -264,11 +302,10 @@ void bn_backward(const BnShape &s) {
         {DNNL_ARG_SCALE, mem(fpd.weights_desc(), gamma.p)},
         {DNNL_ARG_DIFF_SCALE, mem(fpd.weights_desc(), dg.p)},
         {DNNL_ARG_DIFF_SHIFT, mem(fpd.weights_desc(), dshift.p)}};
-    emit(w, "onednn", median_ns([&] {
-             prim.execute(g_stream, args);
-             g_stream.wait();
-         }), 12.0 * n);
-    settle();
+    time_onednn(w, [&] {
+        prim.execute(g_stream, args);
+        g_stream.wait();
+    }, 12.0 * n);
     time_copy(w, 12.0 * n);
 }
 
@@ -277,12 +314,11 @@ void layernorm(long rows, long cols) {
     if (!wanted(w)) return;
     size_t n = size_t(rows) * cols;
     Buf x(n), y(n), gamma(cols, 1.f, 2), beta(cols, 0.f, 3), sm(rows), si(rows);
-    emit(w, "normkit", median_ns([&] {
-             check(nk_layernorm_forward(g_ctx, rows, cols, x.p, y.p, gamma.p, beta.p, kEps, sm.p,
-                                        si.p),
-                   "layer norm");
-         }), 8.0 * n);
-    settle();
+    time_normkit(w, [&] {
+        check(nk_layernorm_forward(g_ctx, rows, cols, x.p, y.p, gamma.p, beta.p, kEps, sm.p,
+                                   si.p),
+              "layer norm");
+    }, 8.0 * n);
     using nf = dnnl::normalization_flags;
     memory::desc md({rows, cols}, memory::data_type::f32, memory::format_tag::ab);
     dnnl::layer_normalization_forward::primitive_desc pd(
@@ -295,46 +331,87 @@ void layernorm(long rows, long cols) {
         {DNNL_ARG_SHIFT, mem(pd.weights_desc(), beta.p)},
         {DNNL_ARG_MEAN, mem(pd.mean_desc(), sm.p)},
         {DNNL_ARG_VARIANCE, mem(pd.variance_desc(), si.p)}};
-    emit(w, "onednn", median_ns([&] {
-             prim.execute(g_stream, args);
-             g_stream.wait();
-         }), 8.0 * n);
-    settle();
+    time_onednn(w, [&] {
+        prim.execute(g_stream, args);
+        g_stream.wait();
+    }, 8.0 * n);
     time_copy(w, 8.0 * n);
 }
 
+// oneDNN's RMS norm is its layer norm with the rms_norm flag (3.9 and later).
 void rmsnorm(long rows, long cols) {
     std::string w = "rms_fwd_" + std::to_string(rows) + "x" + std::to_string(cols);
     if (!wanted(w)) return;
+#if !NATIVE_DNNL_AT_LEAST(3, 9)
+    if (!g_with_normkit) return;
+#endif
     size_t n = size_t(rows) * cols;
     Buf x(n), y(n), gamma(cols, 1.f, 2), si(rows);
-    emit(w, "normkit", median_ns([&] {
-             check(nk_rmsnorm_forward(g_ctx, rows, cols, x.p, y.p, gamma.p, kEps, si.p),
-                   "rms norm");
-         }), 8.0 * n);
-    settle();
+    time_normkit(w, [&] {
+        check(nk_rmsnorm_forward(g_ctx, rows, cols, x.p, y.p, gamma.p, kEps, si.p),
+              "rms norm");
+    }, 8.0 * n);
+#if NATIVE_DNNL_AT_LEAST(3, 9)
+    using nf = dnnl::normalization_flags;
+    memory::desc md({rows, cols}, memory::data_type::f32, memory::format_tag::ab);
+    dnnl::layer_normalization_forward::primitive_desc pd(
+        g_eng, dnnl::prop_kind::forward_training, md, md, kEps, nf::use_scale | nf::rms_norm);
+    dnnl::layer_normalization_forward prim(pd);
+    std::unordered_map<int, memory> args = {
+        {DNNL_ARG_SRC, mem(md, x.p)},
+        {DNNL_ARG_DST, mem(md, y.p)},
+        {DNNL_ARG_SCALE, mem(pd.weights_desc(), gamma.p)},
+        {DNNL_ARG_VARIANCE, mem(pd.variance_desc(), si.p)}};
+    time_onednn(w, [&] {
+        prim.execute(g_stream, args);
+        g_stream.wait();
+    }, 8.0 * n);
+#endif
     time_copy(w, 8.0 * n);
 }
 
+// oneDNN's group norm primitive appeared in 3.3.
 void groupnorm(long n_, long c, long h, long w_, long groups) {
     char b[96];
     std::snprintf(b, sizeof b, "gn_fwd_nchw_%ldx%ldx%ldx%ld_g%ld", n_, c, h, w_, groups);
     std::string w = b;
     if (!wanted(w)) return;
+#if !NATIVE_DNNL_AT_LEAST(3, 3)
+    if (!g_with_normkit) return;
+#endif
     size_t n = size_t(n_) * c * h * w_;
     Buf x(n), y(n), gamma(c, 1.f, 2), beta(c, 0.f, 3), sm(n_ * groups), si(n_ * groups);
     nk_shape shape{size_t(n_), size_t(c), size_t(h * w_), NK_LAYOUT_NCS};
-    emit(w, "normkit", median_ns([&] {
-             check(nk_groupnorm_forward(g_ctx, shape, groups, x.p, y.p, gamma.p, beta.p, kEps,
-                                        sm.p, si.p),
-                   "group norm");
-         }), 8.0 * n);
-    settle();
+    time_normkit(w, [&] {
+        check(nk_groupnorm_forward(g_ctx, shape, groups, x.p, y.p, gamma.p, beta.p, kEps,
+                                   sm.p, si.p),
+              "group norm");
+    }, 8.0 * n);
+#if NATIVE_DNNL_AT_LEAST(3, 3)
+    using nf = dnnl::normalization_flags;
+    memory::desc md({n_, c, h, w_}, memory::data_type::f32, memory::format_tag::nchw);
+    dnnl::group_normalization_forward::primitive_desc pd(
+        g_eng, dnnl::prop_kind::forward_training, md, md, groups, kEps,
+        nf::use_scale | nf::use_shift);
+    dnnl::group_normalization_forward prim(pd);
+    std::unordered_map<int, memory> args = {
+        {DNNL_ARG_SRC, mem(md, x.p)},
+        {DNNL_ARG_DST, mem(md, y.p)},
+        {DNNL_ARG_SCALE, mem(pd.weights_desc(), gamma.p)},
+        {DNNL_ARG_SHIFT, mem(pd.weights_desc(), beta.p)},
+        {DNNL_ARG_MEAN, mem(pd.mean_desc(), sm.p)},
+        {DNNL_ARG_VARIANCE, mem(pd.variance_desc(), si.p)}};
+    time_onednn(w, [&] {
+        prim.execute(g_stream, args);
+        g_stream.wait();
+    }, 8.0 * n);
+#endif
     time_copy(w, 8.0 * n);
 }
 
 // oneDNN has no instance norm: its users run batch norm on (1, N*C, H, W), as PyTorch does
-// internally, with gamma and beta repeated per sample.
+// internally, with gamma and beta repeated per sample (the same with every oneDNN release, though
+// 3.3 and later could also run group norm with C groups).
 void instancenorm(long n_, long c, long h, long w_) {
     char b[96];
     std::snprintf(b, sizeof b, "in_fwd_nchw_%ldx%ldx%ldx%ld", n_, c, h, w_);
@@ -343,12 +420,11 @@ void instancenorm(long n_, long c, long h, long w_) {
     size_t n = size_t(n_) * c * h * w_;
     Buf x(n), y(n), gamma(c, 1.f, 2), beta(c, 0.f, 3), sm(n_ * c), si(n_ * c);
     nk_shape shape{size_t(n_), size_t(c), size_t(h * w_), NK_LAYOUT_NCS};
-    emit(w, "normkit", median_ns([&] {
-             check(nk_instancenorm_forward(g_ctx, shape, x.p, y.p, gamma.p, beta.p, kEps, sm.p,
-                                           si.p),
-                   "instance norm");
-         }), 8.0 * n);
-    settle();
+    time_normkit(w, [&] {
+        check(nk_instancenorm_forward(g_ctx, shape, x.p, y.p, gamma.p, beta.p, kEps, sm.p,
+                                      si.p),
+              "instance norm");
+    }, 8.0 * n);
     using nf = dnnl::normalization_flags;
     memory::desc md({1, n_ * c, h, w_}, memory::data_type::f32, memory::format_tag::nchw);
     dnnl::batch_normalization_forward::primitive_desc pd(
@@ -366,17 +442,18 @@ void instancenorm(long n_, long c, long h, long w_) {
         {DNNL_ARG_SHIFT, mem(pd.weights_desc(), b2.p)},
         {DNNL_ARG_MEAN, mem(pd.mean_desc(), sm.p)},
         {DNNL_ARG_VARIANCE, mem(pd.variance_desc(), si.p)}};
-    emit(w, "onednn", median_ns([&] {
-             prim.execute(g_stream, args);
-             g_stream.wait();
-         }), 8.0 * n);
-    settle();
+    time_onednn(w, [&] {
+        prim.execute(g_stream, args);
+        g_stream.wait();
+    }, 8.0 * n);
     time_copy(w, 8.0 * n);
 }
 
 // Inverted dropout with a bit-packed mask written (forward) and read (backward). Minimal
-// traffic: the floats read and written plus one bit per element. oneDNN has no dropout.
+// traffic: the floats read and written plus one bit per element. oneDNN has no dropout primitive
+// (later releases apply dropout only as an attribute of other primitives).
 void dropout(size_t n, float p) {
+    if (!g_with_normkit) return;
     char b[64];
     std::snprintf(b, sizeof b, "dropout_p%g_%zu", p, n);
     std::string fw = std::string(b) + "_fwd", bw = std::string(b) + "_bwd";
@@ -384,19 +461,17 @@ void dropout(size_t n, float p) {
     Buf x(n), y(n);
     std::vector<uint8_t> mask((n + 7) / 8);
     if (wanted(fw)) {
-        emit(fw, "normkit", median_ns([&] {
-                 check(nk_dropout_forward(g_ctx, n, x.p, y.p, p, 42, 0, mask.data()), "dropout");
-             }), bytes);
-        settle();
+        time_normkit(fw, [&] {
+            check(nk_dropout_forward(g_ctx, n, x.p, y.p, p, 42, 0, mask.data()), "dropout");
+        }, bytes);
         time_copy(fw, bytes);
     }
     if (wanted(bw)) {
         check(nk_dropout_forward(g_ctx, n, x.p, y.p, p, 42, 0, mask.data()), "dropout");
-        emit(bw, "normkit", median_ns([&] {
-                 check(nk_dropout_backward(g_ctx, n, x.p, y.p, p, 42, 0, mask.data()),
-                       "dropout backward");
-             }), bytes);
-        settle();
+        time_normkit(bw, [&] {
+            check(nk_dropout_backward(g_ctx, n, x.p, y.p, p, 42, 0, mask.data()),
+                  "dropout backward");
+        }, bytes);
         time_copy(bw, bytes);
     }
 }
@@ -405,10 +480,10 @@ void tiny() {
     if (wanted("tiny_bn_infer_1x64x1x1")) {
         BnShape s{1, 64, 1, 1, false};
         Buf x(64), y(64), gamma(64, 1.f, 2), beta(64, 0.f, 3), mean(64, 0.f, 4), var(64, 1.f, 5);
-        emit("tiny_bn_infer_1x64x1x1", "normkit", latency_ns([&] {
-                 nk_batchnorm_forward_inference(g_ctx, s.nk(), x.p, y.p, gamma.p, beta.p, mean.p,
-                                                var.p, kEps, 0);
-             }), 512);
+        latency_normkit("tiny_bn_infer_1x64x1x1", [&] {
+            nk_batchnorm_forward_inference(g_ctx, s.nk(), x.p, y.p, gamma.p, beta.p, mean.p,
+                                           var.p, kEps, 0);
+        }, 512);
         using nf = dnnl::normalization_flags;
         memory::desc md({1, 64, 1, 1}, memory::data_type::f32, memory::format_tag::nchw);
         dnnl::batch_normalization_forward::primitive_desc pd(
@@ -422,17 +497,16 @@ void tiny() {
             {DNNL_ARG_SHIFT, mem(pd.weights_desc(), beta.p)},
             {DNNL_ARG_MEAN, mem(pd.mean_desc(), mean.p)},
             {DNNL_ARG_VARIANCE, mem(pd.variance_desc(), var.p)}};
-        emit("tiny_bn_infer_1x64x1x1", "onednn", latency_ns([&] {
-                 prim.execute(g_stream, args);
-                 g_stream.wait();
-             }), 512);
-        settle();
+        latency_onednn("tiny_bn_infer_1x64x1x1", [&] {
+            prim.execute(g_stream, args);
+            g_stream.wait();
+        }, 512);
     }
     if (wanted("tiny_ln_1x768")) {
         Buf x(768), y(768), gamma(768, 1.f, 2), beta(768, 0.f, 3), sm(1), si(1);
-        emit("tiny_ln_1x768", "normkit", latency_ns([&] {
-                 nk_layernorm_forward(g_ctx, 1, 768, x.p, y.p, gamma.p, beta.p, kEps, sm.p, si.p);
-             }), 6144);
+        latency_normkit("tiny_ln_1x768", [&] {
+            nk_layernorm_forward(g_ctx, 1, 768, x.p, y.p, gamma.p, beta.p, kEps, sm.p, si.p);
+        }, 6144);
         using nf = dnnl::normalization_flags;
         memory::desc md({1, 768}, memory::data_type::f32, memory::format_tag::ab);
         dnnl::layer_normalization_forward::primitive_desc pd(
@@ -445,11 +519,10 @@ void tiny() {
             {DNNL_ARG_SHIFT, mem(pd.weights_desc(), beta.p)},
             {DNNL_ARG_MEAN, mem(pd.mean_desc(), sm.p)},
             {DNNL_ARG_VARIANCE, mem(pd.variance_desc(), si.p)}};
-        emit("tiny_ln_1x768", "onednn", latency_ns([&] {
-                 prim.execute(g_stream, args);
-                 g_stream.wait();
-             }), 6144);
-        settle();
+        latency_onednn("tiny_ln_1x768", [&] {
+            prim.execute(g_stream, args);
+            g_stream.wait();
+        }, 6144);
     }
 }
 
@@ -492,7 +565,7 @@ void accuracy() {
     check(nk_batchnorm_forward_training(g_ctx, s.nk(), x.p, y.p, one.p, zero.p, kEps, kMomentum, 0,
                                         nullptr, nullptr, sm.p, si.p),
           "bn training");
-    emit_err("accuracy_bn_train", "normkit", err_train());
+    if (g_with_normkit) emit_err("accuracy_bn_train", "normkit", err_train());
     using nf = dnnl::normalization_flags;
     auto md = s.md();
     {
@@ -506,7 +579,7 @@ void accuracy() {
                        {DNNL_ARG_MEAN, mem(pd.mean_desc(), sm.p)},
                        {DNNL_ARG_VARIANCE, mem(pd.variance_desc(), var.p)}});
         g_stream.wait();
-        emit_err("accuracy_bn_train", "onednn", err_train());
+        emit_err("accuracy_bn_train", g_onednn.c_str(), err_train());
     }
     // Inference from float statistics (the mean and variance rounded to float): the reference
     // uses those same floats in float64.
@@ -524,7 +597,7 @@ void accuracy() {
     check(nk_batchnorm_forward_inference(g_ctx, s.nk(), x.p, y.p, one.p, zero.p, fm.p, fv.p, kEps,
                                          0),
           "bn inference");
-    emit_err("accuracy_bn_infer", "normkit", err_infer());
+    if (g_with_normkit) emit_err("accuracy_bn_infer", "normkit", err_infer());
     {
         dnnl::batch_normalization_forward::primitive_desc pd(
             g_eng, dnnl::prop_kind::forward_inference, md, md, kEps,
@@ -537,7 +610,7 @@ void accuracy() {
                        {DNNL_ARG_MEAN, mem(pd.mean_desc(), fm.p)},
                        {DNNL_ARG_VARIANCE, mem(pd.variance_desc(), fv.p)}});
         g_stream.wait();
-        emit_err("accuracy_bn_infer", "onednn", err_infer());
+        emit_err("accuracy_bn_infer", g_onednn.c_str(), err_infer());
     }
     // Layer norm (256, 768) on the same data.
     const long R = 256, K = 768;
@@ -557,7 +630,7 @@ void accuracy() {
         return e;
     };
     check(nk_layernorm_forward(g_ctx, R, K, x.p, y.p, gl.p, bl.p, kEps, lm.p, ls.p), "layer norm");
-    emit_err("accuracy_ln", "normkit", err_ln());
+    if (g_with_normkit) emit_err("accuracy_ln", "normkit", err_ln());
     {
         memory::desc lmd({R, K}, memory::data_type::f32, memory::format_tag::ab);
         dnnl::layer_normalization_forward::primitive_desc pd(
@@ -570,31 +643,39 @@ void accuracy() {
                        {DNNL_ARG_MEAN, mem(pd.mean_desc(), lm.p)},
                        {DNNL_ARG_VARIANCE, mem(pd.variance_desc(), ls.p)}});
         g_stream.wait();
-        emit_err("accuracy_ln", "onednn", err_ln());
+        emit_err("accuracy_ln", g_onednn.c_str(), err_ln());
     }
 }
 
 }  // namespace
 
 int main(int argc, char **argv) {
-    if (argc < 3) {
-        std::fprintf(stderr, "usage: %s THREADS BUDGET_MS [FILTER]\n", argv[0]);
+    if (argc < 3 || argc > 5 || (argc == 5 && std::string(argv[4]) != "--onednn-only")) {
+        std::fprintf(stderr, "usage: %s THREADS BUDGET_MS [FILTER [--onednn-only]]\n", argv[0]);
         return 2;
     }
     g_threads = std::atoi(argv[1]);
     g_budget_ms = std::atof(argv[2]);
     if (argc > 3) g_filter = argv[3];
+    g_with_normkit = argc < 5;
     omp_set_num_threads(g_threads);
+#if DNNL_CPU_THREADING_RUNTIME == DNNL_RUNTIME_TBB
+    // A oneDNN on TBB takes its threads from TBB's arena: cap it as a TBB application would.
+    tbb::global_control tbb_threads(tbb::global_control::max_allowed_parallelism,
+                                    size_t(g_threads));
+#endif
     check(nk_context_create(size_t(g_threads), &g_ctx), "context");
     g_eng = dnnl::engine(dnnl::engine::kind::cpu, 0);
     g_stream = dnnl::stream(g_eng);
 
     const dnnl_version_t *v = dnnl_version();
+    g_onednn = "onednn-" + std::to_string(v->major) + "." + std::to_string(v->minor);
     uint32_t nv = nk_version();
-    std::printf("{\"meta\": \"onednn\", \"version\": \"%d.%d.%d\"}\n", v->major, v->minor,
-                v->patch);
-    std::printf("{\"meta\": \"normkit\", \"version\": \"%u.%u.%u\"}\n", nv >> 16,
-                (nv >> 8) & 0xff, nv & 0xff);
+    std::printf("{\"meta\": \"%s\", \"version\": \"%d.%d.%d\"}\n", g_onednn.c_str(),
+                v->major, v->minor, v->patch);
+    if (g_with_normkit)
+        std::printf("{\"meta\": \"normkit\", \"version\": \"%u.%u.%u\"}\n", nv >> 16,
+                    (nv >> 8) & 0xff, nv & 0xff);
     accuracy();
     tiny();
     const BnShape shapes[] = {{32, 64, 56, 56, false}, {32, 256, 14, 14, false},

@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
-# normkit against oneDNN and PyTorch (CPU) on the same workloads, same machine, same threads.
+# normkit against oneDNN (two releases), ONNX Runtime and PyTorch (CPU) on the same workloads,
+# same machine, same threads.
 #
 #   benches/peers/run.sh [--rounds R] [--budget MS] [--threads "1 2"] [--filter SUBSTRING]
 #                        [--no-readme]
 #
-# Installs its peers into a private virtual environment (target/peers/venv, or
-# $NORMKIT_PEERS_DIR/venv): oneDNN 3.2 with GNU OpenMP (PyPI onednn-cpu-gomp and
-# onednn-devel-cpu-gomp) and PyTorch from PyPI. Nothing here is needed by the normal build or
-# tests. Builds libnormkit.a, compiles native.cpp (normkit + oneDNN + copy in one process), then
-# runs R rounds; each round runs, for each thread count, native.cpp and torch_bench.py one after
-# the other, so the libraries are measured interleaved over the whole run. report.py takes the
-# median of the rounds' medians and rewrites the tables of benches/peers/RESULTS.md (between its
-# peers-table markers; the text around them is kept), the plot benches/peers/throughput.png, and
-# the headline table of README.md (the workloads of $headline below; unless --no-readme).
+# Installs its peers into private virtual environments under target/peers (or
+# $NORMKIT_PEERS_DIR), one prefix per oneDNN so their headers and libraries never mix:
+#   venv           PyTorch, ONNX Runtime and the onnx package (models), numpy, matplotlib;
+#   onednn-3.2     oneDNN 3.2 with GNU OpenMP (PyPI onednn-cpu-gomp, onednn-devel-cpu-gomp:
+#                  the newest release built on OpenMP there);
+#   onednn-3.13    oneDNN 3.13, the newest release on PyPI (onednn, onednn-devel), built on the
+#                  SYCL runtime with TBB threads: it finds the CPU as a SYCL device through the
+#                  OpenCL CPU runtime its package brings (OCL_ICD_FILENAMES points there), and
+#                  tbb-devel gives the header that caps TBB's threads.
+# Nothing here is needed by the normal build or tests. Builds libnormkit.a, compiles native.cpp
+# twice: against oneDNN 3.2 (normkit + oneDNN + copy in one process) and against oneDNN 3.13
+# (--onednn-only: oneDNN alone, so normkit and the copy are measured once). Then runs R rounds;
+# each round runs, for each thread count, both native builds, torch_bench.py and ort_bench.py one
+# after the other, so the libraries are measured interleaved over the whole run. report.py takes
+# the median of the rounds' medians and rewrites the tables of benches/peers/RESULTS.md, the plot
+# benches/peers/throughput.png, and the headline table of README.md (the workloads of $headline
+# below; unless --no-readme). report.py rewrites only the text between the peers-table markers.
 # Raw results: target/peers/raw.jsonl.
 set -euo pipefail
 
@@ -41,31 +50,58 @@ while [ $# -gt 0 ]; do
 done
 
 mkdir -p "$work"
+
+# install DIR PACKAGE==VERSION...: a virtual environment at DIR holding exactly these pins
+# (reinstalled when the list changes).
+install() {
+    local dir=$1
+    shift
+    if ! [ -f "$dir/.installed" ] || [ "$(cat "$dir/.installed")" != "$*" ]; then
+        echo "==> installing $* into $dir"
+        python3 -m venv "$dir"
+        "$dir/bin/pip" install -q --upgrade pip
+        "$dir/bin/pip" install -q "$@"
+        echo "$*" >"$dir/.installed"
+    fi
+}
+
 venv=$work/venv
-pins=(onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0 torch==2.15.0 numpy matplotlib)
-if ! [ -f "$venv/.installed" ] || [ "$(cat "$venv/.installed")" != "${pins[*]}" ]; then
-    echo "==> installing oneDNN and PyTorch into $venv"
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --upgrade pip
-    "$venv/bin/pip" install -q "${pins[@]}"
-    echo "${pins[*]}" >"$venv/.installed"
-fi
+dnnl_old=$work/onednn-3.2
+dnnl_new=$work/onednn-3.13
+install "$venv" torch==2.15.0 onnxruntime==1.32.0 onnx==1.23.2 numpy matplotlib
+install "$dnnl_old" onednn-cpu-gomp==2023.2.0 onednn-devel-cpu-gomp==2023.2.0
+install "$dnnl_new" onednn==2026.1.0 onednn-devel==2026.1.0 tbb-devel==2023.2.0
 
 echo "==> building normkit and the native harness"
 (cd "$root" && cargo build --release --lib -q)
-# shellcheck disable=SC2046 # packaging/static-libs.txt is a list of flags
-c++ -O2 -std=c++17 -fopenmp "$here/native.cpp" -I "$root/include" -I "$venv/include" \
-    -L "$venv/lib" -Wl,-rpath,"$venv/lib" -ldnnl "$root/target/release/libnormkit.a" \
-    $(cat "$root/packaging/static-libs.txt") -o "$work/native"
+# native BINARY PREFIX [LIBS...]: native.cpp against the oneDNN installed at PREFIX; the rpath
+# (not runpath) lets that oneDNN find its own dependencies in PREFIX too.
+native() {
+    local out=$1 prefix=$2
+    shift 2
+    # shellcheck disable=SC2046 # packaging/static-libs.txt is a list of flags
+    c++ -O2 -std=c++17 -fopenmp "$here/native.cpp" -I "$root/include" -I "$prefix/include" \
+        -L "$prefix/lib" -Wl,--disable-new-dtags,-rpath,"$prefix/lib" -ldnnl "$@" \
+        "$root/target/release/libnormkit.a" $(cat "$root/packaging/static-libs.txt") -o "$out"
+}
+native "$work/native" "$dnnl_old"
+native "$work/native-onednn-3.13" "$dnnl_new" -ltbb
 
 raw=$work/raw.jsonl
 : >"$raw"
+# count LABEL: passes the JSON lines through to raw.jsonl and says how many there were.
+count() {
+    tee -a "$raw" | { grep -c . || true; } | sed "s/^/    $1 lines: /"
+}
 for round in $(seq "$rounds"); do
     for t in $threads; do
         echo "==> round $round/$rounds, $t thread(s)"
-        "$work/native" "$t" "$budget" "$filter" | tee -a "$raw" | grep -c . | sed 's/^/    native lines: /'
-        "$venv/bin/python" "$here/torch_bench.py" "$t" "$budget" "$filter" | tee -a "$raw" |
-            grep -c . | sed 's/^/    pytorch lines: /'
+        "$work/native" "$t" "$budget" "$filter" | count "normkit + oneDNN 3.2 + copy"
+        # The SYCL runtime of oneDNN 3.13 sees the CPU only through its package's OpenCL driver.
+        OCL_ICD_FILENAMES=$dnnl_new/lib/libintelocl.so \
+            "$work/native-onednn-3.13" "$t" "$budget" "$filter" --onednn-only | count "oneDNN 3.13"
+        "$venv/bin/python" "$here/torch_bench.py" "$t" "$budget" "$filter" | count "PyTorch"
+        "$venv/bin/python" "$here/ort_bench.py" "$t" "$budget" "$filter" | count "ONNX Runtime"
     done
 done
 
