@@ -1631,11 +1631,13 @@ const char *nk_status_string(nk_status status);
 // thread's next failed call or its exit.
 const char *nk_last_error_message(void);
 
-// Creates a context with `num_threads` threads of its own (0 = all logical cores; 1 = no pool,
-// every call runs on the calling thread) and the best ISA of the CPU, and stores it in `*out`
+// Creates a context with `num_threads` threads (0 = all logical cores; 1 = every call runs on
+// the calling thread alone) and the best ISA of the CPU, and stores it in `*out`
 // (written only on NK_OK). `out` is required and aligned for a pointer. More than 4096 threads:
 // NK_ERR_BAD_ARGUMENT; threads that cannot be started: NK_ERR_UNSUPPORTED. Free it with
-// nk_context_destroy.
+// nk_context_destroy. The calling thread is one of the `num_threads`: each call runs its share
+// of the work there, with `num_threads - 1` workers of the context's own; after a call the
+// workers spin for 100 µs, then sleep. A call never waits for a sleeping worker to wake.
 //
 // # Safety
 // `out` is NULL (an error) or valid for writing one pointer.

@@ -1,10 +1,12 @@
-//! The execution context: where a call's parallel loops run (the context's own rayon pool, the
+//! The execution context: where a call's parallel loops run (the context's own threads, the
 //! caller's rayon pool, a host's executor, or the calling thread alone) and which ISA its
 //! kernels use; and the process-wide default.
 //!
 //! Every parallel region of the library is one call of [`Context::for_each`] (or
 //! [`Context::map`], built on it): a loop over a fixed number of tasks, fixed by the shape. Only
-//! this file knows how the tasks reach threads.
+//! this file and its `pool` module (the context's own threads) know how the tasks reach threads.
+
+mod pool;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::simd::{AtomicSupportedIsa, Isa, SupportedIsa};
@@ -50,8 +52,8 @@ where
 enum Runner {
     /// Everything on the calling thread.
     Serial,
-    /// The context's own pool.
-    Pool(rayon::ThreadPool),
+    /// The context's own threads, with the calling thread.
+    Pool(pool::Pool),
     /// The rayon pool of the calling thread (rayon's global pool outside any).
     CurrentRayon,
     /// A host's executor (the context's `threads` is its concurrency).
@@ -63,7 +65,8 @@ enum Runner {
 /// executor context, if the executor allows it).
 ///
 /// Which to choose:
-/// - [`Context::new`]: normkit's own threads (a rayon pool per context, none for one thread).
+/// - [`Context::new`]: normkit's own threads (the calling thread and `threads - 1` workers per
+///   context, none for one thread; idle workers spin for 100 µs after a call, then sleep).
 ///   Right for a program with no thread pool of its own, or one whose pool sleeps while normkit
 ///   runs.
 /// - [`Context::with_executor`]: the host's threads. Right inside an engine with its own pool
@@ -143,16 +146,12 @@ impl Context {
         if threads == 1 {
             return Ok(Context::with_runner(Runner::Serial, 1));
         }
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("normkit-{i}"))
-            .build()
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Unsupported,
-                    format!("cannot start {threads} threads: {e}"),
-                )
-            })?;
+        let pool = pool::Pool::new(threads).map_err(|e| {
+            Error::new(
+                ErrorKind::Unsupported,
+                format!("cannot start {threads} threads: {e}"),
+            )
+        })?;
         Ok(Context::with_runner(Runner::Pool(pool), threads))
     }
 
@@ -267,7 +266,7 @@ impl Context {
             return (0..items).for_each(task);
         }
         match &self.runner {
-            Runner::Pool(pool) => pool.install(|| (0..items).into_par_iter().for_each(task)),
+            Runner::Pool(pool) => pool.run(items, &task),
             Runner::CurrentRayon => (0..items).into_par_iter().for_each(task),
             Runner::Executor(executor) => run_on_executor(executor.as_ref(), items, &task),
             Runner::Serial => (0..items).for_each(task),

@@ -691,6 +691,7 @@ int main(int argc, char **argv) {
     bn_backward({32, 64, 56, 56, true});
     layernorm(8192, 768);
     layernorm(2048, 4096);
+    rmsnorm(8192, 768);
     rmsnorm(8192, 4096);
     groupnorm(8, 256, 32, 32, 32);
     instancenorm(8, 64, 64, 64);

@@ -209,11 +209,13 @@ def main():
         if wanted(w):
             x = randn((rows, cols))
             timed(w, lambda: layernorm(threads, x), 8 * x.size)
-    if wanted("rms_fwd_8192x4096"):
-        x = randn((8192, 4096))
-        timed("rms_fwd_8192x4096", lambda: Model(
-            threads, "RMSNormalization", {"X": x}, {"Y": np.empty_like(x)},
-            {"scale": np.ones(4096, np.float32)}, axis=-1, epsilon=EPS), 8 * x.size)
+    for rows, cols in ((8192, 768), (8192, 4096)):
+        w = f"rms_fwd_{rows}x{cols}"
+        if wanted(w):
+            x = randn((rows, cols))
+            timed(w, lambda: Model(
+                threads, "RMSNormalization", {"X": x}, {"Y": np.empty_like(x)},
+                {"scale": np.ones(cols, np.float32)}, axis=-1, epsilon=EPS), 8 * x.size)
     if wanted("gn_fwd_nchw_8x256x32x32_g32"):
         x = randn((8, 256, 32, 32))
         timed("gn_fwd_nchw_8x256x32x32_g32", lambda: Model(

@@ -135,8 +135,10 @@ def main():
             x, g, b = tensor((rows, cols)), torch.ones(cols), torch.zeros(cols)
             timed(f"ln_fwd_{rows}x{cols}", lambda: F.layer_norm(x, (cols,), g, b, EPS),
                   8 * x.numel())
-        x, g = tensor((8192, 4096)), torch.ones(4096)
-        timed("rms_fwd_8192x4096", lambda: F.rms_norm(x, (4096,), g, EPS), 8 * x.numel())
+        for rows, cols in ((8192, 768), (8192, 4096)):
+            x, g = tensor((rows, cols)), torch.ones(cols)
+            timed(f"rms_fwd_{rows}x{cols}", lambda: F.rms_norm(x, (cols,), g, EPS),
+                  8 * x.numel())
         x, g, b = tensor((8, 256, 32, 32)), torch.ones(256), torch.zeros(256)
         timed("gn_fwd_nchw_8x256x32x32_g32", lambda: F.group_norm(x, 32, g, b, EPS),
               8 * x.numel())

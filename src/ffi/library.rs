@@ -216,11 +216,13 @@ pub extern "C" fn nk_last_error_message() -> *const c_char {
     super::last_error_ptr()
 }
 
-/// Creates a context with `num_threads` threads of its own (0 = all logical cores; 1 = no pool,
-/// every call runs on the calling thread) and the best ISA of the CPU, and stores it in `*out`
+/// Creates a context with `num_threads` threads (0 = all logical cores; 1 = every call runs on
+/// the calling thread alone) and the best ISA of the CPU, and stores it in `*out`
 /// (written only on NK_OK). `out` is required and aligned for a pointer. More than 4096 threads:
 /// NK_ERR_BAD_ARGUMENT; threads that cannot be started: NK_ERR_UNSUPPORTED. Free it with
-/// nk_context_destroy.
+/// nk_context_destroy. The calling thread is one of the `num_threads`: each call runs its share
+/// of the work there, with `num_threads - 1` workers of the context's own; after a call the
+/// workers spin for 100 µs, then sleep. A call never waits for a sleeping worker to wake.
 ///
 /// # Safety
 /// `out` is NULL (an error) or valid for writing one pointer.
@@ -309,7 +311,7 @@ pub unsafe extern "C" fn nk_context_create_with_executor(
 pub unsafe extern "C" fn nk_context_destroy(ctx: *mut nk_context) {
     if !ctx.is_null() {
         // SAFETY: the caller passes ownership back; dropping cannot panic across the boundary
-        // (rayon's pool drop only signals its threads).
+        // (the pool's drop only signals its threads).
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
             drop(Box::from_raw(ctx))
         }));
