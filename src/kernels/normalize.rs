@@ -324,6 +324,13 @@ fn nsc_periods<V: F32Vec, X: ElementIo, Y: ElementIo, const RELU: bool, const ST
         &p.scale[window(p.scale)],
         &p.offset[window(p.offset)],
     );
+    match channels / l {
+        1 => return nsc_periods_in_registers::<V, X, Y, RELU, STREAM, 1>(io, m, s, t),
+        2 => return nsc_periods_in_registers::<V, X, Y, RELU, STREAM, 2>(io, m, s, t),
+        3 => return nsc_periods_in_registers::<V, X, Y, RELU, STREAM, 3>(io, m, s, t),
+        4 => return nsc_periods_in_registers::<V, X, Y, RELU, STREAM, 4>(io, m, s, t),
+        _ => {}
+    }
     match io {
         RowIo::Separate(x, y) => {
             for (xp, yp) in x.chunks_exact(channels).zip(y.chunks_exact_mut(channels)) {
@@ -346,6 +353,48 @@ fn nsc_periods<V: F32Vec, X: ElementIo, Y: ElementIo, const RELU: bool, const ST
                     .zip(t.chunks_exact(l));
                 for (v, ((m, s), t)) in bp.chunks_exact_mut(l).zip(params) {
                     let y = affine::<V, RELU>(V::read(v), V::load(m), V::load(s), V::load(t));
+                    store_vector::<V, _, STREAM>(y, v);
+                }
+            }
+        }
+    }
+}
+
+/// [`nsc_periods`] for `K * LANES` channels (up to 4 vectors: 12 registers of parameters), with
+/// the parameters loaded once into registers: with fewer channels than that, the loads of three
+/// parameter vectors per vector of data would be most of the loads.
+#[inline(always)]
+fn nsc_periods_in_registers<
+    V: F32Vec,
+    X: ElementIo,
+    Y: ElementIo,
+    const RELU: bool,
+    const STREAM: bool,
+    const K: usize,
+>(
+    io: &mut RowIo<'_, X, Y>,
+    m: &[f32],
+    s: &[f32],
+    t: &[f32],
+) {
+    let l = V::LANES;
+    let vectors =
+        |a: &[f32]| -> [V; K] { std::array::from_fn(|j| V::load(&a[j * l..(j + 1) * l])) };
+    let (m, s, t) = (vectors(m), vectors(s), vectors(t));
+    match io {
+        RowIo::Separate(x, y) => {
+            for (xp, yp) in x.chunks_exact(K * l).zip(y.chunks_exact_mut(K * l)) {
+                for j in 0..K {
+                    let v = affine::<V, RELU>(V::read(&xp[j * l..]), m[j], s[j], t[j]);
+                    store_vector::<V, _, STREAM>(v, &mut yp[j * l..(j + 1) * l]);
+                }
+            }
+        }
+        RowIo::InPlace(b) => {
+            for bp in b.chunks_exact_mut(K * l) {
+                for j in 0..K {
+                    let v = &mut bp[j * l..(j + 1) * l];
+                    let y = affine::<V, RELU>(V::read(v), m[j], s[j], t[j]);
                     store_vector::<V, _, STREAM>(y, v);
                 }
             }
