@@ -36,7 +36,7 @@ readme=1
 # The README's headline table: a few workloads of each family, at 2 threads.
 headline="tiny_ln_1x768,bn_train_nchw_32x64x56x56,bn_infer_nchw_32x64x56x56"
 headline+=",bn_train_nhwc_32x64x56x56,bn_train_nc_4096x1024,bn_bwd_nchw_32x64x56x56"
-headline+=",ln_fwd_8192x768,rms_fwd_8192x4096,gn_fwd_nchw_8x256x32x32_g32"
+headline+=",ln_fwd_8192x768,rms_fwd_8192x768,rms_fwd_8192x4096,gn_fwd_nchw_8x256x32x32_g32"
 headline+=",in_fwd_nchw_8x64x64x64,dropout_p0.1_16777216_fwd"
 while [ $# -gt 0 ]; do
     case "$1" in
