@@ -13,8 +13,9 @@
 //! threads do.
 //!
 //! The protocol (all atomics sequentially consistent):
-//! - the caller publishes a pointer to the loop ([`Job`], on its stack) in `job`, bumps
-//!   `generation` and wakes sleeping workers;
+//! - the caller sets each thread's task counter to the start of its range, publishes a pointer
+//!   to the loop ([`Job`], on its stack) in `job`, bumps `generation` and wakes sleeping
+//!   workers (no worker is inside a loop while the counters are set, see the last point);
 //! - a worker that sees a new generation first counts itself in `active`, then reads `job`; if
 //!   it is null the loop is over and it leaves, otherwise it takes tasks from the loop;
 //! - the caller, when no task index is left, stores null in `job` and waits until `active` is 0.
@@ -43,7 +44,6 @@ const SPIN: Duration = if cfg!(miri) {
 /// A context's threads: `T - 1` workers; the calling thread is the `T`-th.
 pub(crate) struct Pool {
     shared: Arc<Shared>,
-    threads: usize,
     /// Held while a loop runs.
     busy: Mutex<()>,
 }
@@ -56,6 +56,10 @@ struct Shared {
     job: AtomicPtr<()>,
     /// Workers between counting themselves in and leaving a loop.
     active: AtomicUsize,
+    /// The next task of each thread's range in the running loop (range `k` ends where range
+    /// `k + 1` starts), one per thread, reset by the caller before it publishes a loop: no
+    /// worker is inside a loop then (see the protocol).
+    next: Box<[Counter]>,
     shutdown: AtomicBool,
     /// Sleeping workers (counted under the lock), woken by `wake`.
     sleepers: Mutex<usize>,
@@ -66,8 +70,6 @@ struct Shared {
 struct Job<'a> {
     task: &'a (dyn Fn(usize) + Sync),
     items: usize,
-    /// The next task of each thread's range (range `k` ends where range `k + 1` starts).
-    next: Vec<Counter>,
     /// The first panic of a task, raised on the caller once the loop is over.
     panic: Mutex<Option<Box<dyn Any + Send>>>,
 }
@@ -87,12 +89,12 @@ fn range_start(items: usize, k: usize, ranges: usize) -> usize {
 impl Job<'_> {
     /// Runs the tasks of range `me`, then those left in the others; a panicking task is
     /// recorded and the others go on.
-    fn work(&self, me: usize) {
-        let ranges = self.next.len();
+    fn work(&self, next: &[Counter], me: usize) {
+        let ranges = next.len();
         for k in (me..ranges).chain(0..me) {
             let end = range_start(self.items, k + 1, ranges);
             loop {
-                let i = self.next[k].0.fetch_add(1, SeqCst);
+                let i = next[k].0.fetch_add(1, SeqCst);
                 if i >= end {
                     break;
                 }
@@ -112,13 +114,13 @@ impl Pool {
             generation: AtomicU64::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),
             active: AtomicUsize::new(0),
+            next: (0..threads).map(|_| Counter(AtomicUsize::new(0))).collect(),
             shutdown: AtomicBool::new(false),
             sleepers: Mutex::new(0),
             wake: Condvar::new(),
         });
         let pool = Pool {
             shared,
-            threads,
             busy: Mutex::new(()),
         };
         for i in 1..threads {
@@ -145,12 +147,13 @@ impl Pool {
         let job = Job {
             task,
             items,
-            next: (0..self.threads)
-                .map(|k| Counter(AtomicUsize::new(range_start(items, k, self.threads))))
-                .collect(),
             panic: Mutex::new(None),
         };
         let s = &*self.shared;
+        let threads = s.next.len();
+        for (k, next) in s.next.iter().enumerate() {
+            next.0.store(range_start(items, k, threads), SeqCst);
+        }
         s.job.store(&job as *const Job<'_> as *mut (), SeqCst);
         s.generation.fetch_add(1, SeqCst);
         {
@@ -159,7 +162,7 @@ impl Pool {
                 s.wake.notify_all();
             }
         }
-        job.work(0);
+        job.work(&s.next, 0);
         s.job.store(std::ptr::null_mut(), SeqCst);
         // Workers still inside the loop are finishing their last task.
         let mut spins = 0u32;
@@ -207,7 +210,7 @@ impl Shared {
                 // 0 before its `Job` goes out of scope (see the module documentation), and only
                 // one loop is published at a time (`busy`).
                 let job = unsafe { &*(job as *const Job<'_>) };
-                job.work(me);
+                job.work(&self.next, me);
             }
             self.active.fetch_sub(1, SeqCst);
         }
