@@ -12,61 +12,23 @@ as a PyTorch user pays it. Accuracy: max |y - y_ref| on 10000 + N(0,1) with a fl
 from the same float input, as in native.cpp.
 """
 
+import functools
 import json
 import sys
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+import pycommon
+from pycommon import bn_name, latency_ns, median_ns
+
 EPS = 1e-5
 MOMENTUM = 0.1
 
 
-def emit(workload, ns, nbytes, threads):
-    print(json.dumps({"workload": workload, "lib": "pytorch", "threads": threads,
-                      "ns": round(ns, 1), "bytes": nbytes}), flush=True)
-
-
-def emit_err(workload, err):
-    print(json.dumps({"workload": workload, "lib": "pytorch", "max_err": float(f"{err:.3e}")}),
-          flush=True)
-
-
-def median_ns(f, budget_ms):
-    f()
-    f()
-    times = []
-    start = time.perf_counter_ns()
-    while len(times) < 5 or (len(times) < 2000
-                             and time.perf_counter_ns() - start < budget_ms * 1e6):
-        a = time.perf_counter_ns()
-        f()
-        times.append(time.perf_counter_ns() - a)
-    times.sort()
-    return times[len(times) // 2]
-
-
-def latency_ns(f, budget_ms):
-    for _ in range(1000):
-        f()
-    times = []
-    start = time.perf_counter_ns()
-    while len(times) < 50 or (len(times) < 5000
-                              and time.perf_counter_ns() - start < budget_ms * 1e6):
-        a = time.perf_counter_ns()
-        for _ in range(256):
-            f()
-        times.append((time.perf_counter_ns() - a) / 256)
-    times.sort()
-    return times[len(times) // 2]
-
-
-def bn_name(op, shape, nhwc):
-    if len(shape) == 2:
-        return f"{op}_nc_{shape[0]}x{shape[1]}"
-    return f"{op}_{'nhwc' if nhwc else 'nchw'}_{'x'.join(map(str, shape))}"
+emit = functools.partial(pycommon.emit, "pytorch")
+emit_err = functools.partial(pycommon.emit_err, "pytorch")
 
 
 def tensor(shape, nhwc=False, offset=0.0, seed=1):
