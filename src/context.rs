@@ -273,6 +273,25 @@ impl Context {
         }
     }
 
+    /// Runs `f(k, part)` for each part `k` of `parts` split into parts of `width` values (the
+    /// last may be shorter), with [`Context::for_each`]: how tasks write per-part results into
+    /// one buffer (see [`crate::scratch`]) instead of a vector each.
+    pub(crate) fn for_each_part<T, F>(&self, elements: usize, parts: &mut [T], width: usize, f: F)
+    where
+        T: Send,
+        F: Fn(usize, &mut [T]) + Sync + Send,
+    {
+        // Each lock is taken once, by its part's one task: never contended.
+        let slots: Vec<std::sync::Mutex<&mut [T]>> = parts
+            .chunks_mut(width.max(1))
+            .map(std::sync::Mutex::new)
+            .collect();
+        self.for_each(elements, slots.len(), |k| {
+            let mut part = slots[k].lock().unwrap_or_else(|e| e.into_inner());
+            f(k, &mut part)
+        });
+    }
+
     /// Maps `f` over `0..items` into a vector in index order, with [`Context::for_each`].
     pub(crate) fn map<T, F>(&self, elements: usize, items: usize, f: F) -> Vec<T>
     where

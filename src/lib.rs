@@ -45,6 +45,7 @@ pub mod ffi;
 mod io;
 mod kernels;
 mod ops;
+mod scratch;
 mod shape;
 mod simd;
 

@@ -11,9 +11,10 @@
 //! Input gradient: `dx = dy * a[c] + (x - mean[c]) * b[c] + k[c]`, with the per-channel
 //! coefficients computed in `f64` by the caller from the reductions.
 
-use super::moments::{LINE_FLOATS, TILED_MAX_CHANNELS};
+use super::moments::{LINE_FLOATS, TILED_MAX_CHANNELS, WIDE_GROUP_ROWS};
 use super::sums::Sums2;
 use crate::io::{RowIo, VectorMap, store_vector, unaligned_head};
+use crate::scratch;
 use crate::simd::element::ElementIo;
 use crate::simd::{F32Vec, Kernel};
 use std::cell::Cell;
@@ -121,23 +122,25 @@ impl<E: ElementIo> Kernel for RowGrad<'_, E> {
     #[inline(always)]
     fn run<V: F32Vec>(self) {
         let c = self.channels;
-        let mut s1 = vec![0f64; c];
-        let mut s2 = vec![0f64; c];
         let mean = self.mean;
-        for (xb, db) in self
-            .x
-            .chunks(ROW_BLOCK * c)
-            .zip(self.dy.chunks(ROW_BLOCK * c))
+        let mut sums = scratch::take(2 * c, 0f64);
         {
-            if c <= TILED_MAX_CHANNELS {
-                grad_tiles::<V, E>(xb, db, c, mean, &mut s1, &mut s2);
-            } else {
-                grad_rows::<V, E>(xb, db, c, mean, &mut s1, &mut s2);
+            let (s1, s2) = sums.split_at_mut(c);
+            for (xb, db) in self
+                .x
+                .chunks(ROW_BLOCK * c)
+                .zip(self.dy.chunks(ROW_BLOCK * c))
+            {
+                if c <= TILED_MAX_CHANNELS {
+                    grad_tiles::<V, E>(xb, db, c, mean, s1, s2);
+                } else {
+                    grad_rows::<V, E>(xb, db, c, mean, s1, s2);
+                }
             }
-        }
-        for ((o, &a), &q) in self.out.iter_mut().zip(&s1).zip(&s2) {
-            o.dy += a;
-            o.dy_xm += q;
+            for ((o, &a), &q) in self.out.iter_mut().zip(&*s1).zip(&*s2) {
+                o.dy += a;
+                o.dy_xm += q;
+            }
         }
     }
 }
@@ -200,8 +203,9 @@ fn grad_tiles<V: F32Vec, E: ElementIo>(
     }
 }
 
-/// As [`grad_tiles`] for rows of any width, row by row with the sums in memory (L1): each row
-/// is read once, front to back.
+/// As [`grad_tiles`] for rows of any width, with the sums in memory (L1): groups of
+/// [`WIDE_GROUP_ROWS`] rows, each vector of channels summed over the group in registers before
+/// its sums go to memory; each row read front to back.
 #[inline(always)]
 fn grad_rows<V: F32Vec, E: ElementIo>(
     xb: &[E],
@@ -213,15 +217,24 @@ fn grad_rows<V: F32Vec, E: ElementIo>(
 ) {
     let l = V::LANES;
     let full = c / l * l;
-    for (xr, dr) in xb.chunks_exact(c).zip(db.chunks_exact(c)) {
+    for (xg, dg) in xb
+        .chunks(WIDE_GROUP_ROWS * c)
+        .zip(db.chunks(WIDE_GROUP_ROWS * c))
+    {
+        let rows = xg.len() / c;
         for c0 in (0..full).step_by(l) {
+            let m = V::read(&mean[c0..]);
             let mut acc = Sums2::<V>::zero();
-            let xm = V::read(&xr[c0..]).sub(V::read(&mean[c0..]));
-            acc.add(V::read(&dr[c0..]), xm);
+            for r in 0..rows {
+                let xm = V::read(&xg[r * c + c0..]).sub(m);
+                acc.add(V::read(&dg[r * c + c0..]), xm);
+            }
             acc.add_to(&mut s1[c0..c0 + l], &mut s2[c0..c0 + l]);
         }
         if full < c {
-            grad_tail(xr, dr, full, mean, s1, s2);
+            for (xr, dr) in xg.chunks_exact(c).zip(dg.chunks_exact(c)) {
+                grad_tail(xr, dr, full, mean, s1, s2);
+            }
         }
     }
 }

@@ -37,6 +37,7 @@
 //! of each value from cache, vectorized and parallel like the first.
 
 use super::sums::Sums2;
+use crate::scratch;
 use crate::simd::element::ElementIo;
 use crate::simd::{F32Vec, F64Vec, Kernel};
 use std::ops::Range;
@@ -55,6 +56,10 @@ pub(crate) const ROW_BLOCK: usize = 64;
 /// visiting 128 bytes of every row of several kilobytes defeats the hardware prefetchers (they
 /// do not cross pages) and maps every access of a pass to the same few cache sets.
 pub(crate) const TILED_MAX_CHANNELS: usize = 256;
+/// Rows the row-by-row kernels for wide rows (wider than [`TILED_MAX_CHANNELS`]) sum per vector
+/// of channels in registers before adding to the sums in memory: one load and store of the
+/// sums per group instead of per row or two (which bound those kernels by their stores).
+pub(crate) const WIDE_GROUP_ROWS: usize = 8;
 /// Floats per cache line.
 pub(crate) const LINE_FLOATS: usize = crate::simd::LINE_BYTES / 4;
 
@@ -418,19 +423,23 @@ impl<X: ElementIo> Kernel for RowMoments<'_, X> {
         if rows == 0 {
             return;
         }
-        let mut shift: Vec<f32> = self.x[..c].iter().map(|v| v.to_f32()).collect();
-        // The sums, and the f64 shifts of a second pass: all the memory the kernel needs.
-        let mut scratch = vec![0f64; 3 * c];
+        // The shifts, the sums, the f64 shifts of a second pass and the second block's moments:
+        // all the memory the kernel needs, from this thread's scratch.
+        let mut shift = scratch::take(c, 0f32);
+        let mut sums = scratch::take(3 * c, 0f64);
+        for (k, v) in shift.iter_mut().zip(&self.x[..c]) {
+            *k = v.to_f32();
+        }
         let (head, rest) = self.x.split_at(self.x.len().min(ROW_BLOCK * c));
-        chunk_moments::<V, X>(head, c, &shift, &mut scratch, self.out);
+        chunk_moments::<V, X>(head, c, &shift, &mut sums, self.out);
         if rest.is_empty() {
             return;
         }
         for (k, m) in shift.iter_mut().zip(self.out.iter()) {
             *k = m.mean as f32;
         }
-        let mut tail = vec![Moments::EMPTY; c];
-        chunk_moments::<V, X>(rest, c, &shift, &mut scratch, &mut tail);
+        let mut tail = scratch::take(c, Moments::EMPTY);
+        chunk_moments::<V, X>(rest, c, &shift, &mut sums, &mut tail);
         Moments::merge_each(self.out, &tail);
     }
 }
@@ -577,8 +586,9 @@ fn row_sums<V: F32Vec, X: ElementIo, S: Shift>(
     }
 }
 
-/// As [`row_sums`] for rows of any width, with the sums in memory (L1): two rows at a time,
-/// each row read front to back.
+/// As [`row_sums`] for rows of any width, with the sums in memory (L1): groups of
+/// [`WIDE_GROUP_ROWS`] rows, each vector of channels summed over the group in registers before
+/// its sums go to memory; each row read front to back.
 #[inline(always)]
 fn row_sums_in_memory<V: F32Vec, X: ElementIo, S: Shift>(
     block: &[X],
@@ -589,29 +599,20 @@ fn row_sums_in_memory<V: F32Vec, X: ElementIo, S: Shift>(
 ) {
     let l = V::LANES;
     let full = c / l * l;
-    let mut pairs = block.chunks_exact(2 * c);
-    for p in &mut pairs {
-        let (r0, r1) = p.split_at(c);
+    for group in block.chunks(WIDE_GROUP_ROWS * c) {
+        let rows = group.len() / c;
         for c0 in (0..full).step_by(l) {
             let k = S::load::<V>(&shift[c0..]);
             let mut acc = Sums2::<V>::zero();
-            S::add(&mut acc, V::read(&r0[c0..]), k);
-            S::add(&mut acc, V::read(&r1[c0..]), k);
+            for r in 0..rows {
+                S::add(&mut acc, V::read(&group[r * c + c0..]), k);
+            }
             acc.add_to(&mut s1[c0..c0 + l], &mut s2[c0..c0 + l]);
         }
         if full < c {
-            row_tail(r0, full, shift, s1, s2);
-            row_tail(r1, full, shift, s1, s2);
-        }
-    }
-    for row in pairs.remainder().chunks_exact(c) {
-        for c0 in (0..full).step_by(l) {
-            let mut acc = Sums2::<V>::zero();
-            S::add(&mut acc, V::read(&row[c0..]), S::load::<V>(&shift[c0..]));
-            acc.add_to(&mut s1[c0..c0 + l], &mut s2[c0..c0 + l]);
-        }
-        if full < c {
-            row_tail(row, full, shift, s1, s2);
+            for row in group.chunks_exact(c) {
+                row_tail(row, full, shift, s1, s2);
+            }
         }
     }
 }

@@ -19,6 +19,7 @@ use crate::kernels::moments::{ChannelMoments, Moments, RowMoments};
 use crate::kernels::normalize::{
     ChannelAffine, NcsAffine, NscAffine, WideAffine, narrow_all, with_channel_affine,
 };
+use crate::scratch;
 use crate::shape::{Shape, checked_elements};
 use crate::simd::element::Element;
 use crate::simd::{MAX_LANES, dispatch};
@@ -444,13 +445,15 @@ fn fuses_channels(shape: &Shape) -> bool {
 
 /// Rows per chunk of a channels-innermost reduction over `rows` rows of `channels` values.
 fn row_chunk(rows: usize, channels: usize) -> usize {
-    let by_size = REDUCTION_TASK_ELEMENTS
-        .div_ceil(channels)
-        .next_multiple_of(crate::kernels::moments::ROW_BLOCK);
     // At least two blocks: a chunk's first block costs a merge per channel, the rest little.
-    by_size
-        .max(2 * crate::kernels::moments::ROW_BLOCK)
-        .max(rows.div_ceil(MAX_ROW_CHUNKS))
+    let target = REDUCTION_TASK_ELEMENTS
+        .div_ceil(channels)
+        .next_multiple_of(crate::kernels::moments::ROW_BLOCK)
+        .max(2 * crate::kernels::moments::ROW_BLOCK);
+    // Chunks of equal size, so that an even number of them splits evenly between threads
+    // (392 rows: 4 chunks of 98, not 3 of 128 and one of 8).
+    let chunks = rows.div_ceil(target).clamp(1, MAX_ROW_CHUNKS);
+    rows.div_ceil(chunks).max(1)
 }
 
 /// Per-channel moments of a whole tensor. Chunks are fixed by the shape and merged in order, so
@@ -465,22 +468,22 @@ fn channel_moments<E: Element>(ctx: &Context, shape: &Shape, x: &[E]) -> Vec<Mom
     if shape.channels_innermost() {
         let rows = count;
         let chunk = row_chunk(rows, c);
-        let partials: Vec<Vec<Moments>> = ctx.map(x.len(), rows.div_ceil(chunk), |k| {
+        let chunks = rows.div_ceil(chunk);
+        let mut partials = scratch::take(chunks * c, Moments::EMPTY);
+        ctx.for_each_part(x.len(), &mut partials, c, |k, out| {
             let r = k * chunk..rows.min((k + 1) * chunk);
-            let mut out = vec![Moments::EMPTY; c];
             let x = &x[r.start * c..r.end * c];
             dispatch(
                 isa,
                 RowMoments {
                     x,
                     channels: c,
-                    out: &mut out,
+                    out,
                 },
             );
-            out
         });
         let mut total = vec![Moments::EMPTY; c];
-        for p in &partials {
+        for p in partials.chunks(c) {
             Moments::merge_each(&mut total, p);
         }
         total
@@ -882,9 +885,10 @@ fn grad_sums<E: Element>(
     if shape.channels_innermost() {
         let rows = count;
         let chunk = row_chunk(rows, c);
-        let partials: Vec<Vec<GradSums>> = ctx.map(2 * x.len(), rows.div_ceil(chunk), |k| {
+        let chunks = rows.div_ceil(chunk);
+        let mut partials = scratch::take(chunks * c, GradSums::default());
+        ctx.for_each_part(2 * x.len(), &mut partials, c, |k, out| {
             let r = k * chunk..rows.min((k + 1) * chunk);
-            let mut out = vec![GradSums::default(); c];
             let span = r.start * c..r.end * c;
             dispatch(
                 isa,
@@ -893,12 +897,11 @@ fn grad_sums<E: Element>(
                     dy: &dy[span],
                     channels: c,
                     mean: save_mean,
-                    out: &mut out,
+                    out,
                 },
             );
-            out
         });
-        for p in &partials {
+        for p in partials.chunks(c) {
             for (t, q) in total.iter_mut().zip(p) {
                 t.dy += q.dy;
                 t.dy_xm += q.dy_xm;

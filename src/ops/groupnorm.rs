@@ -27,6 +27,7 @@ use crate::kernels::groupnorm::{
 };
 use crate::kernels::moments::{ChannelMoments, Moments, ROW_BLOCK, RowMoments};
 use crate::kernels::normalize::{NscAffine, WideAffine, narrow_all, with_channel_affine};
+use crate::scratch;
 use crate::shape::{Layout, Shape, checked_elements};
 use crate::simd::dispatch;
 use crate::simd::element::Element;
@@ -363,25 +364,25 @@ fn nsc_group_moments<E: Element>(
     let isa = ctx.supported_isa();
     let chunk = row_chunk(c);
     let chunks = s.div_ceil(chunk);
-    let partials: Vec<Vec<Moments>> = ctx.map(x.len(), shape.batch * chunks, |i| {
+    let mut partials = scratch::take(shape.batch * chunks * c, Moments::EMPTY);
+    ctx.for_each_part(x.len(), &mut partials, c, |i, out| {
         let (n, k) = (i / chunks, i % chunks);
         let rows = k * chunk..s.min((k + 1) * chunk);
-        let mut out = vec![Moments::EMPTY; c];
         dispatch(
             isa,
             RowMoments {
                 x: &x[(n * s + rows.start) * c..(n * s + rows.end) * c],
                 channels: c,
-                out: &mut out,
+                out,
             },
         );
-        out
     });
     let per_group = c / groups;
     let mut result = Vec::with_capacity(shape.batch * groups);
+    let mut channels = vec![Moments::EMPTY; c];
     for n in 0..shape.batch {
-        let mut channels = vec![Moments::EMPTY; c];
-        for p in &partials[n * chunks..(n + 1) * chunks] {
+        channels.fill(Moments::EMPTY);
+        for p in partials[n * chunks * c..(n + 1) * chunks * c].chunks(c) {
             Moments::merge_each(&mut channels, p);
         }
         for g in 0..groups {
