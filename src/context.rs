@@ -10,6 +10,7 @@ mod pool;
 
 use crate::error::{Error, ErrorKind, Result};
 use crate::simd::{AtomicSupportedIsa, Isa, SupportedIsa};
+use pool::Order;
 use rayon::prelude::*;
 use std::cell::Cell;
 use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
@@ -256,6 +257,29 @@ impl Context {
     where
         F: Fn(usize) + Sync + Send,
     {
+        self.for_each_in(elements, items, Order::Forward, f)
+    }
+
+    /// [`Context::for_each`] for a pass over data a previous pass read with the same split into
+    /// tasks: each thread of the context's own pool runs its share of the tasks last first, so
+    /// that it starts on what it read last (still in its caches). On one thread the tasks run
+    /// from the last to the first; on a host's executor, too (which tasks each of its threads
+    /// takes is not known).
+    pub(crate) fn for_each_backward<F>(&self, elements: usize, items: usize, f: F)
+    where
+        F: Fn(usize) + Sync + Send,
+    {
+        self.for_each_in(elements, items, Order::Backward, f)
+    }
+
+    fn for_each_in<F>(&self, elements: usize, items: usize, order: Order, f: F)
+    where
+        F: Fn(usize) + Sync + Send,
+    {
+        let reverse = |i: usize| match order {
+            Order::Forward => i,
+            Order::Backward => items - 1 - i,
+        };
         let task = |i: usize| {
             if i == self.fail_task.load(Ordering::Relaxed) {
                 panic!("task {i} failed (test hook)");
@@ -263,13 +287,15 @@ impl Context {
             f(i)
         };
         if !self.parallel(elements, items) {
-            return (0..items).for_each(task);
+            return (0..items).for_each(|i| task(reverse(i)));
         }
         match &self.runner {
-            Runner::Pool(pool) => pool.run(items, &task),
-            Runner::CurrentRayon => (0..items).into_par_iter().for_each(task),
-            Runner::Executor(executor) => run_on_executor(executor.as_ref(), items, &task),
-            Runner::Serial => (0..items).for_each(task),
+            Runner::Pool(pool) => pool.run(items, order, &task),
+            Runner::CurrentRayon => (0..items).into_par_iter().for_each(|i| task(reverse(i))),
+            Runner::Executor(executor) => {
+                run_on_executor(executor.as_ref(), items, &|i| task(reverse(i)))
+            }
+            Runner::Serial => (0..items).for_each(|i| task(reverse(i))),
         }
     }
 

@@ -591,10 +591,9 @@ fn apply_affine<E: Element>(
     let stream = streams::<E>(shape, elements);
     let shared = io.share();
     let tasks = rows.div_ceil(rows_per_task);
-    ctx.for_each(elements, tasks, |k| {
-        // Last part first: after a statistics pass over a tensor larger than the caches, the
-        // data read last is the part still cached.
-        let k = tasks - 1 - k;
+    // Each thread's part last first: after a statistics pass over a tensor larger than its
+    // caches, the data a thread read last is what its caches still hold.
+    ctx.for_each_backward(elements, tasks, |k| {
         let r = k * rows_per_task..rows.min((k + 1) * rows_per_task);
         // SAFETY: tasks cover disjoint row ranges.
         let part = unsafe { shared.part(r.start * row_len..r.end * row_len) };
@@ -1080,9 +1079,9 @@ fn apply_grad<E: Element>(
     let stream = streams::<E>(shape, elements);
     let shared = io.share();
     let tasks = rows.div_ceil(rows_per_task);
-    ctx.for_each(2 * elements, tasks, |t| {
-        // Last part first: the reduction read it last, so it is the part still cached.
-        let t = tasks - 1 - t;
+    // Each thread's part last first: the reduction read it last, so it is what the thread's
+    // caches still hold.
+    ctx.for_each_backward(2 * elements, tasks, |t| {
         let r = t * rows_per_task..rows.min((t + 1) * rows_per_task);
         let span = r.start * row_len..r.end * row_len;
         // SAFETY: tasks cover disjoint row ranges.
