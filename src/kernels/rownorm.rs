@@ -793,6 +793,7 @@ impl<V: F32Vec> RowJob<'_, V> {
     /// Runs `w` with the map of row parameters `p`, the variant of the terms this call has.
     #[inline(always)]
     fn with_map<W: WithMap<V>>(&self, p: RowParams, w: W) -> W::Out {
+        #[inline(always)]
         fn map<'p, V: F32Vec, const C: bool, const G: bool, const B: bool>(
             p: RowParams,
             gamma: &'p [f32],
