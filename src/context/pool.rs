@@ -106,7 +106,7 @@ impl Job<'_> {
         for k in (me..ranges).chain(0..me) {
             let end = range_start(self.items, k + 1, ranges);
             // The counter counts up from the range's start in either order.
-            let mirror = range_start(self.items, k, ranges) + end - 1;
+            let start = range_start(self.items, k, ranges);
             loop {
                 let i = next[k].0.fetch_add(1, SeqCst);
                 if i >= end {
@@ -114,7 +114,8 @@ impl Job<'_> {
                 }
                 let task = match self.order {
                     Order::Forward => i,
-                    Order::Backward => mirror - i,
+                    // `start <= i < end`: no overflow.
+                    Order::Backward => start + (end - 1 - i),
                 };
                 if let Err(p) = catch_unwind(AssertUnwindSafe(|| (self.task)(task))) {
                     let mut first = self.panic.lock().unwrap_or_else(|e| e.into_inner());
