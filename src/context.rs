@@ -276,26 +276,22 @@ impl Context {
     where
         F: Fn(usize) + Sync + Send,
     {
-        let reverse = |i: usize| match order {
-            Order::Forward => i,
-            Order::Backward => items - 1 - i,
-        };
         let task = |i: usize| {
             if i == self.fail_task.load(Ordering::Relaxed) {
                 panic!("task {i} failed (test hook)");
             }
             f(i)
         };
+        // Runners that do not know the order see the whole loop as one range.
+        let ordered = |i: usize| task(order.task(i, 0..items));
         if !self.parallel(elements, items) {
-            return (0..items).for_each(|i| task(reverse(i)));
+            return (0..items).for_each(ordered);
         }
         match &self.runner {
             Runner::Pool(pool) => pool.run(items, order, &task),
-            Runner::CurrentRayon => (0..items).into_par_iter().for_each(|i| task(reverse(i))),
-            Runner::Executor(executor) => {
-                run_on_executor(executor.as_ref(), items, &|i| task(reverse(i)))
-            }
-            Runner::Serial => (0..items).for_each(|i| task(reverse(i))),
+            Runner::CurrentRayon => (0..items).into_par_iter().for_each(ordered),
+            Runner::Executor(executor) => run_on_executor(executor.as_ref(), items, &ordered),
+            Runner::Serial => (0..items).for_each(ordered),
         }
     }
 

@@ -15,36 +15,32 @@ def emit_err(lib, workload, err):
           flush=True)
 
 
+def _median_per_call(f, budget_ms, warmup, batch, least, most):
+    """Median over timed batches of `batch` calls of `f`, per call: `warmup` calls first, then
+    batches until the budget is spent (at least `least`, at most `most`)."""
+    for _ in range(warmup):
+        f()
+    times = []
+    start = time.perf_counter_ns()
+    while len(times) < least or (len(times) < most
+                                 and time.perf_counter_ns() - start < budget_ms * 1e6):
+        a = time.perf_counter_ns()
+        for _ in range(batch):
+            f()
+        times.append((time.perf_counter_ns() - a) / batch)
+    times.sort()
+    return times[len(times) // 2]
+
+
 def median_ns(f, budget_ms):
     """Median time of one call of `f`: two warm-up calls, then repeated calls until the budget
     is spent (at least 5, at most 2000)."""
-    f()
-    f()
-    times = []
-    start = time.perf_counter_ns()
-    while len(times) < 5 or (len(times) < 2000
-                             and time.perf_counter_ns() - start < budget_ms * 1e6):
-        a = time.perf_counter_ns()
-        f()
-        times.append(time.perf_counter_ns() - a)
-    times.sort()
-    return times[len(times) // 2]
+    return _median_per_call(f, budget_ms, warmup=2, batch=1, least=5, most=2000)
 
 
 def latency_ns(f, budget_ms):
     """Latency of a tiny call: the median over batches of 256 calls, per call."""
-    for _ in range(1000):
-        f()
-    times = []
-    start = time.perf_counter_ns()
-    while len(times) < 50 or (len(times) < 5000
-                              and time.perf_counter_ns() - start < budget_ms * 1e6):
-        a = time.perf_counter_ns()
-        for _ in range(256):
-            f()
-        times.append((time.perf_counter_ns() - a) / 256)
-    times.sort()
-    return times[len(times) // 2]
+    return _median_per_call(f, budget_ms, warmup=1000, batch=256, least=50, most=5000)
 
 
 def bn_name(op, shape, nhwc):

@@ -77,6 +77,18 @@ pub(crate) enum Order {
     Backward,
 }
 
+impl Order {
+    /// The task a thread runs as the one at index `i` of the range `range` (`i` in the range).
+    #[inline]
+    pub(crate) fn task(self, i: usize, range: std::ops::Range<usize>) -> usize {
+        match self {
+            Order::Forward => i,
+            // `start <= i < end`: no overflow.
+            Order::Backward => range.start + (range.end - 1 - i),
+        }
+    }
+}
+
 /// One parallel loop: tasks `0..items`, in one range per thread.
 struct Job<'a> {
     task: &'a (dyn Fn(usize) + Sync),
@@ -106,17 +118,13 @@ impl Job<'_> {
         for k in (me..ranges).chain(0..me) {
             let end = range_start(self.items, k + 1, ranges);
             // The counter counts up from the range's start in either order.
-            let start = range_start(self.items, k, ranges);
+            let range = range_start(self.items, k, ranges)..end;
             loop {
                 let i = next[k].0.fetch_add(1, SeqCst);
                 if i >= end {
                     break;
                 }
-                let task = match self.order {
-                    Order::Forward => i,
-                    // `start <= i < end`: no overflow.
-                    Order::Backward => start + (end - 1 - i),
-                };
+                let task = self.order.task(i, range.clone());
                 if let Err(p) = catch_unwind(AssertUnwindSafe(|| (self.task)(task))) {
                     let mut first = self.panic.lock().unwrap_or_else(|e| e.into_inner());
                     first.get_or_insert(p);
@@ -153,16 +161,14 @@ impl Pool {
     }
 
     /// Runs `task(i)` for every `i < items` on the calling thread and the workers that are
-    /// awake, each range in `order`; returns when every task has run, raising the first task's panic, if any.
+    /// awake, each range in `order`; returns when every task has run, raising the first task's
+    /// panic, if any.
     pub(crate) fn run(&self, items: usize, order: Order, task: &(dyn Fn(usize) + Sync)) {
         let guard = match self.busy.try_lock() {
             Ok(g) => g,
             Err(TryLockError::Poisoned(e)) => e.into_inner(),
             Err(TryLockError::WouldBlock) => {
-                match order {
-                    Order::Forward => (0..items).for_each(task),
-                    Order::Backward => (0..items).rev().for_each(task),
-                }
+                (0..items).for_each(|i| task(order.task(i, 0..items)));
                 return;
             }
         };

@@ -124,23 +124,21 @@ impl<E: ElementIo> Kernel for RowGrad<'_, E> {
         let c = self.channels;
         let mean = self.mean;
         let mut sums = scratch::take(2 * c, 0f64);
+        let (s1, s2) = sums.split_at_mut(c);
+        for (xb, db) in self
+            .x
+            .chunks(ROW_BLOCK * c)
+            .zip(self.dy.chunks(ROW_BLOCK * c))
         {
-            let (s1, s2) = sums.split_at_mut(c);
-            for (xb, db) in self
-                .x
-                .chunks(ROW_BLOCK * c)
-                .zip(self.dy.chunks(ROW_BLOCK * c))
-            {
-                if c <= TILED_MAX_CHANNELS {
-                    grad_tiles::<V, E>(xb, db, c, mean, s1, s2);
-                } else {
-                    grad_rows::<V, E>(xb, db, c, mean, s1, s2);
-                }
+            if c <= TILED_MAX_CHANNELS {
+                grad_tiles::<V, E>(xb, db, c, mean, s1, s2);
+            } else {
+                grad_rows::<V, E>(xb, db, c, mean, s1, s2);
             }
-            for ((o, &a), &q) in self.out.iter_mut().zip(&*s1).zip(&*s2) {
-                o.dy += a;
-                o.dy_xm += q;
-            }
+        }
+        for ((o, &a), &q) in self.out.iter_mut().zip(&*s1).zip(&*s2) {
+            o.dy += a;
+            o.dy_xm += q;
         }
     }
 }

@@ -515,14 +515,12 @@ fn run_keep<E: Element>(
 /// Writes the keep mask of `n` elements from word `offset` on.
 fn fill_mask(ctx: &Context, n: usize, keep: Keep, seed: u64, offset: u64, mask: &mut [u8]) {
     let isa = ctx.supported_isa();
-    let tasks: Vec<Mutex<&mut [u8]>> = mask.chunks_mut(TASK_ELEMENTS / 8).map(Mutex::new).collect();
-    ctx.for_each(n, tasks.len(), |t| {
-        let mut part = tasks[t].lock().unwrap_or_else(|e| e.into_inner());
+    ctx.for_each_part(n, mask, TASK_ELEMENTS / 8, |t, part| {
         let first = t * TASK_ELEMENTS;
         dispatch(
             isa,
             MaskKernel {
-                mask: &mut part,
+                mask: part,
                 elements: (n - first).min(TASK_ELEMENTS),
                 seed,
                 first_word: offset + first as u64,
