@@ -7,29 +7,33 @@
 //! mid-size batch norm on a virtual machine. A buffer here lives as long as its thread and keeps
 //! the capacity of its largest use up to [`KEEP_BYTES`]; a larger one is freed after its use.
 //!
-//! Taking is reentrant: a nested take finds the thread's buffer already out and gets a new one.
+//! Taking is reentrant: each thread keeps a few buffers per type (a call may hold several at
+//! once), handed out last-returned first, so that the same sequence of takes in every call gets
+//! the same buffers back; a take beyond them gets a new one.
 //! The buffer is a guard rather than a closure's argument, so that the kernels using it stay in
 //! their SIMD function (a closure is compiled apart, without its caller's target features).
 
 use std::cell::Cell;
 
-/// The most capacity, in bytes, a thread keeps per element type between uses.
+/// The most capacity, in bytes, a thread keeps per buffer between uses.
 const KEEP_BYTES: usize = 1 << 20;
+/// The most buffers a thread keeps per element type between uses.
+const KEEP_BUFFERS: usize = 4;
 
-/// An element type with a per-thread scratch buffer.
+/// An element type with per-thread scratch buffers.
 pub(crate) trait Scratch: Copy + 'static {
-    /// Runs `f` on this thread's buffer slot of this type.
-    fn slot<R>(f: impl FnOnce(&Cell<Vec<Self>>) -> R) -> R;
+    /// Runs `f` on this thread's kept buffers of this type.
+    fn slot<R>(f: impl FnOnce(&Cell<Vec<Vec<Self>>>) -> R) -> R;
 }
 
 macro_rules! scratch_type {
     ($t:ty, $slot:ident) => {
         thread_local! {
-            static $slot: Cell<Vec<$t>> = const { Cell::new(Vec::new()) };
+            static $slot: Cell<Vec<Vec<$t>>> = const { Cell::new(Vec::new()) };
         }
         impl Scratch for $t {
             #[inline]
-            fn slot<R>(f: impl FnOnce(&Cell<Vec<Self>>) -> R) -> R {
+            fn slot<R>(f: impl FnOnce(&Cell<Vec<Vec<Self>>>) -> R) -> R {
                 $slot.with(f)
             }
         }
@@ -46,10 +50,17 @@ pub(crate) struct Buffer<T: Scratch> {
     buf: Vec<T>,
 }
 
-/// Takes this thread's scratch buffer of type `T`, as `len` values `fill`.
+/// Takes a scratch buffer of type `T` of this thread (the one returned last), as `len` values
+/// `fill`.
 #[inline]
 pub(crate) fn take<T: Scratch>(len: usize, fill: T) -> Buffer<T> {
-    let mut buf = T::slot(Cell::take);
+    let mut buf = T::slot(|slot| {
+        let mut kept = slot.take();
+        let buf = kept.pop();
+        slot.set(kept);
+        buf
+    })
+    .unwrap_or_default();
     buf.clear();
     buf.resize(len, fill);
     Buffer { buf }
@@ -76,14 +87,12 @@ impl<T: Scratch> Drop for Buffer<T> {
         if buf.capacity() * std::mem::size_of::<T>() > KEEP_BYTES {
             return;
         }
-        // Keep the larger of this buffer and one a nested use may have given back.
         T::slot(|slot| {
-            let other = slot.take();
-            slot.set(if other.capacity() > buf.capacity() {
-                other
-            } else {
-                buf
-            });
+            let mut kept = slot.take();
+            if kept.len() < KEEP_BUFFERS {
+                kept.push(buf);
+            }
+            slot.set(kept);
         });
     }
 }
@@ -95,7 +104,7 @@ mod tests {
     fn kept<T: Scratch>() -> usize {
         T::slot(|s| {
             let v = s.take();
-            let cap = v.capacity();
+            let cap = v.iter().map(Vec::capacity).max().unwrap_or(0);
             s.set(v);
             cap
         })
@@ -111,6 +120,15 @@ mod tests {
             assert_eq!(&b[..], &[2.0; 3]);
         }
         assert!(kept::<f64>() >= 5);
+        // Both nested buffers were kept: two takes at once allocate nothing.
+        assert!(
+            f64::slot(|s| {
+                let v = s.take();
+                let n = v.len();
+                s.set(v);
+                n
+            }) >= 2
+        );
         assert_eq!(&take(4, 0.0f64)[..], &[0.0; 4]);
         // A buffer larger than KEEP_BYTES is not kept.
         assert_eq!(take(KEEP_BYTES / 4 + 1, 0f32).len(), KEEP_BYTES / 4 + 1);

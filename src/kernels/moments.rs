@@ -19,10 +19,11 @@
 //! `sum((x - K)^2) <= 16 * M2(first block) + 2 * M2 <= 18 * M2` (Chan's merge of equal-sized
 //! blocks).
 //!
-//! Channels-innermost runs (rows of channels, each lane one channel) keep one shift for every
-//! block after a chunk's first: the first block's mean. Their sums then add up in `f64` with no
-//! merge per block, and become moments once per chunk, checked like a first block. Data whose
-//! mean drifts along the rows (the rest of a chunk far from its first block) fails that check.
+//! Channels-innermost runs (rows of channels, each lane one channel) shift every row by one
+//! value per channel: the mean of the first [`SHIFT_ROWS`] rows. Their sums then add up in `f64`
+//! with no merge per block, or per chunk when a tensor is summed in parallel chunks, and become
+//! moments once per channel ([`ShiftedPasses`]), checked like a first block. Data whose mean
+//! drifts along the rows (the rows far from the first ones) fails that check.
 //!
 //! Sums that are not trusted are summed again by the same kernels with `f64` shifts (see
 //! [`Shift`]): each value widened exactly, the shift subtracted in `f64`, so `d` rounds to
@@ -60,6 +61,9 @@ pub(crate) const TILED_MAX_CHANNELS: usize = 256;
 /// of channels in registers before adding to the sums in memory: one load and store of the
 /// sums per group instead of per row or two (which bound those kernels by their stores).
 pub(crate) const WIDE_GROUP_ROWS: usize = 8;
+/// Vectors of channels the row-by-row kernels sum side by side over a group of rows: independent
+/// chains of additions, so that the adds' latency overlaps instead of bounding the loop.
+pub(crate) const WIDE_TILE: usize = 4;
 /// Floats per cache line.
 pub(crate) const LINE_FLOATS: usize = crate::simd::LINE_BYTES / 4;
 
@@ -398,6 +402,9 @@ impl<'a, X: ElementIo, F: Fn(usize) -> &'a [X]> Kernel for ChannelMoments<'_, F>
     }
 }
 
+/// Rows whose mean shifts every value of a channels-innermost run (see [`first_rows_mean`]).
+pub(crate) const SHIFT_ROWS: usize = 8;
+
 /// Per-channel moments of `rows` consecutive rows of `channels` values each (channels
 /// innermost), written to `out` (length `channels`).
 pub(crate) struct RowMoments<'a, X = f32> {
@@ -408,93 +415,218 @@ pub(crate) struct RowMoments<'a, X = f32> {
 
 impl<X: ElementIo> Kernel for RowMoments<'_, X> {
     type Output = ();
-    /// The first block of `ROW_BLOCK` rows is summed with each channel's first value as its
-    /// shift; every later block with the first block's mean, the same for all of them, so their
-    /// sums add up with no merge per block. The rest's sums become moments once, checked as a
-    /// first block is (a shift more than about four spreads from the rest's mean, or sums not
-    /// finite, and the channel's part is summed again with `f64` shifts), then merged with the
-    /// first block's.
+    /// Every row is summed with one shift per channel, the mean of the first rows
+    /// ([`first_rows_mean`]), so the sums of all blocks add up with no merge; the sums become
+    /// moments once, through [`ShiftedPasses`].
     #[inline(always)]
     fn run<V: F32Vec>(self) {
         let c = self.channels;
-        let rows = self.x.len() / c;
         debug_assert_eq!(self.out.len(), c);
         self.out.fill(Moments::EMPTY);
-        if rows == 0 {
+        if self.x.len() < c || c == 0 {
             return;
         }
-        // The shifts, the sums, the f64 shifts of a second pass and the second block's moments:
-        // all the memory the kernel needs, from this thread's scratch.
+        // The shifts and the sums: all the memory the kernel needs, from this thread's scratch.
         let mut shift = scratch::take(c, 0f32);
         let mut sums = scratch::take(3 * c, 0f64);
-        for (k, v) in shift.iter_mut().zip(&self.x[..c]) {
-            *k = v.to_f32();
+        first_rows_mean::<V, X>(self.x, c, &mut shift, &mut sums);
+        let mut passes = ShiftedPasses::new(self.x.len() / c, &shift, &mut sums, self.out);
+        while let Some((shift, sums)) = passes.next() {
+            row_pass_sums::<V, X>(self.x, c, shift, sums);
+            passes.settle();
         }
-        let (head, rest) = self.x.split_at(self.x.len().min(ROW_BLOCK * c));
-        chunk_moments::<V, X>(head, c, &shift, &mut sums, self.out);
-        if rest.is_empty() {
-            return;
-        }
-        for (k, m) in shift.iter_mut().zip(self.out.iter()) {
-            *k = m.mean as f32;
-        }
-        let mut tail = scratch::take(c, Moments::EMPTY);
-        chunk_moments::<V, X>(rest, c, &shift, &mut sums, &mut tail);
-        Moments::merge_each(self.out, &tail);
     }
 }
 
-/// The moments of each channel of `rows` (rows of `c` channels), written to `out`: the rows are
-/// summed block by block with the shifts `shift`, and each channel's sums checked as a first
-/// block's are (see [`Moments::sums_trusted`]); the channels that fail are summed again with
-/// `f64` shifts, every channel at once by the same kernels ([`wide_moments`] for one run). The
-/// check runs over all channels first, branch-free, so that it and the common all-trusted path
-/// vectorize. `scratch` holds `3 * c` values.
+/// The shift of each channel of rows `x` (of `c` channels) for [`ShiftedPasses`]: the mean of
+/// its first [`SHIFT_ROWS`] rows (or all, if fewer), summed with the first row's value as the
+/// shift, rounded to `f32`; the first value where that mean is not finite (NaN or infinities in
+/// those rows: the sums then fail, whatever the shift). `sums` holds at least `2 * c` values.
+///
+/// Any shift gives the exact moments up to roundings that grow with the shift's distance from
+/// the mean (see the module documentation); the mean of several rows lies within a fraction of
+/// a spread of the mean of stationary data, where a single value lies four spreads away often
+/// enough that a pass over a tensor of thousands of channels would need its `f64` pass.
 #[inline(always)]
-fn chunk_moments<V: F32Vec, X: ElementIo>(
-    rows: &[X],
+pub(crate) fn first_rows_mean<V: F32Vec, X: ElementIo>(
+    x: &[X],
     c: usize,
-    shift: &[f32],
-    scratch: &mut [f64],
-    out: &mut [Moments],
+    shift: &mut [f32],
+    sums: &mut [f64],
 ) {
-    let count = rows.len() / c;
-    let n = count as f64;
-    let (sum1, rest) = scratch.split_at_mut(c);
-    let (sum2, wide) = rest.split_at_mut(c);
-    sum1.fill(0.0);
-    sum2.fill(0.0);
-    for block in rows.chunks(ROW_BLOCK * c) {
-        block_sums::<V, X, f32>(block, c, shift, sum1, sum2);
+    let head = &x[..x.len().min(SHIFT_ROWS * c)];
+    let n = (head.len() / c) as f64;
+    for (k, v) in shift.iter_mut().zip(&x[..c]) {
+        *k = v.to_f32();
     }
-    let ok = |a: f64, q: f64| Moments::sums_trusted(n, a, q, true);
-    let mut trusted = true;
-    for (&a, &q) in sum1.iter().zip(sum2.iter()) {
-        trusted &= ok(a, q);
-    }
-    if trusted {
-        for (ch, m) in out.iter_mut().enumerate() {
-            *m = Moments::from_shifted_sums(count, shift[ch] as f64, sum1[ch], sum2[ch]);
+    let (s1, rest) = sums.split_at_mut(c);
+    let s2 = &mut rest[..c];
+    s1.fill(0.0);
+    s2.fill(0.0);
+    block_sums::<V, X, f32>(head, c, shift, s1, s2);
+    for (k, &a) in shift.iter_mut().zip(s1.iter()) {
+        let mean = *k as f64 + a / n;
+        if mean.is_finite() {
+            *k = mean as f32;
         }
-        return;
     }
-    // Channels still to settle carry their next f64 shift in `wide`, the others NaN (their sums
-    // in the next pass are NaN, and unused).
-    for ch in 0..c {
-        let (a, q) = (sum1[ch], sum2[ch]);
-        if ok(a, q) {
-            out[ch] = Moments::from_shifted_sums(count, shift[ch] as f64, a, q);
-            wide[ch] = f64::NAN;
+}
+
+/// The shifts of one pass over channels-innermost rows: `f32` (the first pass) or `f64` (the
+/// passes over channels whose sums failed; NaN marks a channel already settled, whose sums are
+/// then NaN and unused).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum RowShift<'a> {
+    Narrow(&'a [f32]),
+    Wide(&'a [f64]),
+}
+
+/// Sets `sums` (`2 * c` values) to `sum(x - shift)` of each channel then `sum((x - shift)^2)`
+/// of each channel, over the rows `x` (of `c` channels).
+#[inline(always)]
+fn row_pass_sums<V: F32Vec, X: ElementIo>(
+    x: &[X],
+    c: usize,
+    shift: RowShift<'_>,
+    sums: &mut [f64],
+) {
+    let (s1, s2) = sums.split_at_mut(c);
+    s1.fill(0.0);
+    s2.fill(0.0);
+    for block in x.chunks(ROW_BLOCK * c) {
+        match shift {
+            RowShift::Narrow(k) => block_sums::<V, X, f32>(block, c, k, s1, s2),
+            RowShift::Wide(k) => block_sums::<V, X, f64>(block, c, k, s1, s2),
+        }
+    }
+}
+
+/// [`row_pass_sums`] as a dispatchable kernel: `sums` gets the pass's sums over the rows `x`.
+pub(crate) struct RowPassSums<'a, X = f32> {
+    pub x: &'a [X],
+    pub channels: usize,
+    pub shift: RowShift<'a>,
+    pub sums: &'a mut [f64],
+}
+
+impl<X: ElementIo> Kernel for RowPassSums<'_, X> {
+    type Output = ();
+    #[inline(always)]
+    fn run<V: F32Vec>(self) {
+        row_pass_sums::<V, X>(self.x, self.channels, self.shift, self.sums)
+    }
+}
+
+/// [`first_rows_mean`] as a dispatchable kernel.
+pub(crate) struct FirstRowsMean<'a, X = f32> {
+    pub x: &'a [X],
+    pub channels: usize,
+    pub shift: &'a mut [f32],
+}
+
+impl<X: ElementIo> Kernel for FirstRowsMean<'_, X> {
+    type Output = ();
+    #[inline(always)]
+    fn run<V: F32Vec>(self) {
+        let mut sums = scratch::take(2 * self.channels, 0f64);
+        first_rows_mean::<V, X>(self.x, self.channels, self.shift, &mut sums);
+    }
+}
+
+/// The moments of `count` values per channel (each channel's values shifted by `shift`) from
+/// passes over them that the caller runs: the first pass's sums become moments where they are
+/// trusted (see [`Moments::sums_trusted`]); the channels that fail are summed again with `f64`
+/// shifts, every channel at once by the same kernels (settled channels have a NaN shift), at
+/// most [`WIDE_PASSES`] times ([`wide_moments`] for one run). The check runs over all channels
+/// first, branch-free, so that it and the common all-trusted path vectorize.
+///
+/// ```ignore
+/// while let Some((shift, sums)) = passes.next() {
+///     // sums = [sum(x - shift) per channel, sum((x - shift)^2) per channel]
+///     passes.settle();
+/// }
+/// ```
+pub(crate) struct ShiftedPasses<'a> {
+    count: usize,
+    shift: &'a [f32],
+    /// The pass's sums (`2 * c`), then the `f64` shifts of the next pass (`c`).
+    sums: &'a mut [f64],
+    out: &'a mut [Moments],
+    /// Passes settled so far.
+    done: usize,
+    pending: bool,
+}
+
+impl<'a> ShiftedPasses<'a> {
+    /// `shift` and `out` hold `c` values, `sums` at least `3 * c`.
+    pub(crate) fn new(
+        count: usize,
+        shift: &'a [f32],
+        sums: &'a mut [f64],
+        out: &'a mut [Moments],
+    ) -> Self {
+        ShiftedPasses {
+            count,
+            shift,
+            sums,
+            out,
+            done: 0,
+            pending: true,
+        }
+    }
+
+    /// The shifts of the next pass and the sums it must set, or `None` when every channel is
+    /// settled.
+    pub(crate) fn next(&mut self) -> Option<(RowShift<'_>, &mut [f64])> {
+        if !self.pending {
+            return None;
+        }
+        let c = self.out.len();
+        let (sums, wide) = self.sums.split_at_mut(2 * c);
+        let shift = if self.done == 0 {
+            RowShift::Narrow(self.shift)
         } else {
-            wide[ch] = Moments::first_wide_shift(count, shift[ch], a);
-        }
+            RowShift::Wide(&wide[..c])
+        };
+        Some((shift, sums))
     }
-    for pass_no in 1..=WIDE_PASSES {
-        sum1.fill(0.0);
-        sum2.fill(0.0);
-        for block in rows.chunks(ROW_BLOCK * c) {
-            block_sums::<V, X, f64>(block, c, wide, sum1, sum2);
+
+    /// Takes the sums of the pass [`ShiftedPasses::next`] gave.
+    pub(crate) fn settle(&mut self) {
+        let c = self.out.len();
+        let count = self.count;
+        let n = count as f64;
+        let (sum1, rest) = self.sums.split_at_mut(c);
+        let (sum2, wide) = rest.split_at_mut(c);
+        let out = &mut *self.out;
+        self.done += 1;
+        if self.done == 1 {
+            let shift = self.shift;
+            let ok = |a: f64, q: f64| Moments::sums_trusted(n, a, q, true);
+            let mut trusted = true;
+            for (&a, &q) in sum1.iter().zip(sum2.iter()) {
+                trusted &= ok(a, q);
+            }
+            if trusted {
+                for (ch, m) in out.iter_mut().enumerate() {
+                    *m = Moments::from_shifted_sums(count, shift[ch] as f64, sum1[ch], sum2[ch]);
+                }
+                self.pending = false;
+                return;
+            }
+            // Channels still to settle carry their next f64 shift in `wide`, the others NaN.
+            for ch in 0..c {
+                let (a, q) = (sum1[ch], sum2[ch]);
+                if ok(a, q) {
+                    out[ch] = Moments::from_shifted_sums(count, shift[ch] as f64, a, q);
+                    wide[ch] = f64::NAN;
+                } else {
+                    wide[ch] = Moments::first_wide_shift(count, shift[ch], a);
+                }
+            }
+            return;
         }
+        let last = self.done > WIDE_PASSES;
         let mut pending = false;
         for ch in 0..c {
             let k = wide[ch];
@@ -503,7 +635,7 @@ fn chunk_moments<V: F32Vec, X: ElementIo>(
             }
             let (a, q) = (sum1[ch], sum2[ch]);
             let m = Moments::from_shifted_sums(count, k, a, q);
-            if pass_no == WIDE_PASSES || Moments::wide_settled(n, a, q) {
+            if last || Moments::wide_settled(n, a, q) {
                 out[ch] = m;
                 wide[ch] = f64::NAN;
             } else {
@@ -511,9 +643,7 @@ fn chunk_moments<V: F32Vec, X: ElementIo>(
                 pending = true;
             }
         }
-        if !pending {
-            return;
-        }
+        self.pending = pending;
     }
 }
 
@@ -599,9 +729,24 @@ fn row_sums_in_memory<V: F32Vec, X: ElementIo, S: Shift>(
 ) {
     let l = V::LANES;
     let full = c / l * l;
+    let tiles = c / (WIDE_TILE * l) * (WIDE_TILE * l);
     for group in block.chunks(WIDE_GROUP_ROWS * c) {
         let rows = group.len() / c;
-        for c0 in (0..full).step_by(l) {
+        for c0 in (0..tiles).step_by(WIDE_TILE * l) {
+            let k: [_; WIDE_TILE] = std::array::from_fn(|j| S::load::<V>(&shift[c0 + j * l..]));
+            let mut acc = [Sums2::<V>::zero(); WIDE_TILE];
+            for r in 0..rows {
+                let row = &group[r * c + c0..r * c + c0 + WIDE_TILE * l];
+                for (j, a) in acc.iter_mut().enumerate() {
+                    S::add(a, V::read(&row[j * l..]), k[j]);
+                }
+            }
+            for (j, a) in acc.iter().enumerate() {
+                let at = c0 + j * l..c0 + (j + 1) * l;
+                a.add_to(&mut s1[at.clone()], &mut s2[at]);
+            }
+        }
+        for c0 in (tiles..full).step_by(l) {
             let k = S::load::<V>(&shift[c0..]);
             let mut acc = Sums2::<V>::zero();
             for r in 0..rows {
@@ -731,7 +876,7 @@ mod tests {
     }
 
     /// Whether the `f32`-shifted sums of each channel of `rows` (rows of `c` channels) with the
-    /// shifts `shift` fail the check: the channels [`chunk_moments`] sums again in `f64`.
+    /// shifts `shift` fail the check: the channels [`ShiftedPasses`] sums again in `f64`.
     fn rows_fail<V: F32Vec>(rows: &[f32], c: usize, shift: &[f32]) -> Vec<bool> {
         let (mut s1, mut s2) = (vec![0.0; c], vec![0.0; c]);
         for block in rows.chunks(ROW_BLOCK * c) {
@@ -744,18 +889,19 @@ mod tests {
             .collect()
     }
 
-    /// The mean of each channel of `rows`, rounded to `f32`: the shift of a chunk's rest.
-    fn means(rows: &[f32], c: usize) -> Vec<f32> {
-        (0..c)
-            .map(|ch| reference(rows.chunks_exact(c).map(|r| r[ch])).1 as f32)
-            .collect()
+    /// The shifts [`RowMoments`] sums `rows` (rows of `c` channels) with.
+    fn shifts<V: F32Vec>(rows: &[f32], c: usize) -> Vec<f32> {
+        let (mut shift, mut sums) = (vec![0f32; c], vec![0f64; 2 * c]);
+        first_rows_mean::<V, f32>(rows, c, &mut shift, &mut sums);
+        shift
     }
 
     /// Rows whose mean drifts so that the `f32`-shifted sums fail, checked to fail (so that the
-    /// `f64` passes run), then the kernel's moments checked against `f64`: the first block at
-    /// about 0 and the rest at 10000 (the rest's shift, the first block's mean, is 10000 spreads
-    /// from it); every channel's first value at 0 and the rest at 10000 (the first block's shift
-    /// is 8 of its spreads from its mean); and the same with NaN and infinity in the last row.
+    /// `f64` passes run), then the kernel's moments checked against `f64`: the first
+    /// `SHIFT_ROWS` rows (whose mean is every row's shift) at about 0 and the rest at 10000
+    /// (more than four spreads from the shift when the first rows are fewer than 6% of all); a
+    /// first row at 0 and the rest at 10000 (the shift an eighth of the way); and the same with
+    /// NaN and infinity in the last row.
     fn drifting_rows<V: F32Vec>() {
         for c in [
             1,
@@ -766,17 +912,20 @@ mod tests {
         ] {
             for rows in [ROW_BLOCK + 1, 3 * ROW_BLOCK + 5] {
                 let mut x = data(rows, c, 0.0, 0.0);
-                for v in &mut x[ROW_BLOCK * c..] {
+                for v in &mut x[SHIFT_ROWS * c..] {
                     *v += 10_000.0;
                 }
-                let (head, rest) = x.split_at(ROW_BLOCK * c);
-                assert!(rows_fail::<V>(rest, c, &means(head, c)).iter().all(|&f| f));
-                check::<V>(&x, c, "rest drifted from the first block");
+                if rows > 16 * SHIFT_ROWS {
+                    assert!(
+                        rows_fail::<V>(&x, c, &shifts::<V>(&x, c))
+                            .iter()
+                            .all(|&f| f)
+                    );
+                }
+                check::<V>(&x, c, "rows drifted from the first rows");
 
                 let mut x = data(rows, c, 10_000.0, 0.0);
                 x[..c].fill(0.0);
-                let head = &x[..ROW_BLOCK * c];
-                assert!(rows_fail::<V>(head, c, &x[..c]).iter().all(|&f| f));
                 check::<V>(&x, c, "first row far from the rest");
                 x[rows * c - 1] = f32::INFINITY;
                 x[rows * c - 2] = f32::NAN;
@@ -785,8 +934,8 @@ mod tests {
         }
     }
 
-    /// A shift `2^34` spreads and more from the values' mean (a rest's shift, the first block's
-    /// mean, at 1e30; the values near 1 with a spread near 1e-6): the first `f64` pass, shifted
+    /// A shift `2^34` spreads and more from the values' mean (at 1e30; the values near 1 with a
+    /// spread near 1e-6): the first `f64` pass, shifted
     /// by the mean of the failed sums (0), is itself too far; a second settles. Every channel's
     /// moments exact to `f64` rounding.
     fn far_shift<V: F32Vec>() {
@@ -798,8 +947,12 @@ mod tests {
                 .collect();
             let shift = vec![1e30f32; c];
             assert!(rows_fail::<V>(&x, c, &shift).iter().all(|&f| f));
-            let (mut scratch, mut out) = (vec![0f64; 3 * c], vec![Moments::EMPTY; c]);
-            chunk_moments::<V, f32>(&x, c, &shift, &mut scratch, &mut out);
+            let (mut sums, mut out) = (vec![0f64; 3 * c], vec![Moments::EMPTY; c]);
+            let mut passes = ShiftedPasses::new(rows, &shift, &mut sums, &mut out);
+            while let Some((k, sums)) = passes.next() {
+                row_pass_sums::<V, f32>(&x, c, k, sums);
+                passes.settle();
+            }
             for (ch, got) in out.iter().enumerate() {
                 let (n, mean, m2) = reference(x.chunks_exact(c).map(|r| r[ch]));
                 let ctx = format!("{c} channels, channel {ch}: {got:?}, want {mean} {m2}");

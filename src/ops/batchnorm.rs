@@ -15,7 +15,7 @@ use crate::io::{InOut, SharedIo};
 use crate::kernels::backward::fits_f32;
 use crate::kernels::extend_cyclic;
 use crate::kernels::fused::ChannelTraining;
-use crate::kernels::moments::{ChannelMoments, Moments, RowMoments};
+use crate::kernels::moments::{ChannelMoments, FirstRowsMean, Moments, RowPassSums, ShiftedPasses};
 use crate::kernels::normalize::{
     ChannelAffine, NcsAffine, NscAffine, WideAffine, narrow_all, with_channel_affine,
 };
@@ -29,7 +29,7 @@ use crate::simd::{MAX_LANES, dispatch};
 /// channels are split into chunks of this size whose moments are merged in order.
 const CHANNEL_CHUNK: usize = 1 << 18;
 /// Approximate elements per chunk of a channels-innermost reduction: larger than a
-/// normalization task because every chunk ends with a merge per channel on the calling thread.
+/// normalization task because every chunk's sums are added per channel on the calling thread.
 const REDUCTION_TASK_ELEMENTS: usize = 1 << 17;
 /// Most chunks a channels-innermost reduction is split into.
 const MAX_ROW_CHUNKS: usize = 256;
@@ -259,14 +259,18 @@ pub fn forward_training<E: Element>(
     check_affine(&affine, shape.channels)?;
     check_state(&running, &saved, shape.channels)?;
 
+    let mut invstd = scratch::take(shape.channels, 0f64);
     let stats = if fuses_channels(&shape) {
-        fused_training(ctx, &shape, &mut io, affine, params.eps)
+        let stats = fused_training(ctx, &shape, &mut io, affine, params.eps);
+        channel_invstd(&stats, params.eps, &mut invstd);
+        stats
     } else {
         let stats = channel_moments(ctx, &shape, io.input());
-        normalize_with_moments(ctx, &shape, &mut io, affine, &stats, params.eps);
+        channel_invstd(&stats, params.eps, &mut invstd);
+        normalize_with_moments(ctx, &shape, &mut io, affine, &stats, &invstd);
         stats
     };
-    write_state(&stats, &params, running, saved);
+    write_state(&stats, &invstd, &params, running, saved);
     Ok(())
 }
 
@@ -305,8 +309,10 @@ pub fn forward_from_moments<E: Element>(
     check_affine(&affine, shape.channels)?;
     check_state(&running, &saved, shape.channels)?;
 
-    normalize_with_moments(ctx, &shape, &mut io, affine, moments, params.eps);
-    write_state(moments, &params, running, saved);
+    let mut invstd = scratch::take(shape.channels, 0f64);
+    channel_invstd(moments, params.eps, &mut invstd);
+    normalize_with_moments(ctx, &shape, &mut io, affine, moments, &invstd);
+    write_state(moments, &invstd, &params, running, saved);
     Ok(())
 }
 
@@ -419,17 +425,31 @@ fn beta_of(affine: &Affine<'_>, c: usize) -> f32 {
     affine.beta.map_or(0.0, |b| b[c])
 }
 
-/// The affine map of one channel for statistics `m`: `y = (x - mean) * (gamma * invstd) +
-/// beta` in `f64` (see [`WideAffine::narrow`] for its `f32` form). Also returns `invstd`.
-fn channel_affine(m: Moments, gamma: f32, beta: f32, eps: f32) -> (WideAffine, f64) {
-    let var = biased_var(m);
-    let invstd = 1.0 / (var + eps as f64).sqrt();
-    let wide = WideAffine {
-        mean: m.mean,
+/// The affine map of one channel of mean `mean` and `invstd = 1 / sqrt(var + eps)`: `y = (x -
+/// mean) * (gamma * invstd) + beta` in `f64` (see [`WideAffine::narrow`] for its `f32` form).
+fn channel_affine(mean: f64, invstd: f64, gamma: f32, beta: f32) -> WideAffine {
+    WideAffine {
+        mean,
         scale: gamma as f64 * invstd,
         beta: beta as f64,
-    };
-    (wide, invstd)
+    }
+}
+
+/// `1 / sqrt(var + eps)` of the biased variance of statistics `m`.
+fn invstd_of(m: Moments, eps: f32) -> f64 {
+    1.0 / (biased_var(m) + eps as f64).sqrt()
+}
+
+/// [`invstd_of`] of every channel, into `out`: in loops of their own over whole arrays, which
+/// the compiler vectorizes (the division and square root per channel are most of the
+/// per-channel work of a training forward with thousands of small channels).
+fn channel_invstd(stats: &[Moments], eps: f32, out: &mut [f64]) {
+    for (o, &m) in out.iter_mut().zip(stats) {
+        *o = biased_var(m);
+    }
+    for o in out.iter_mut() {
+        *o = 1.0 / (*o + eps as f64).sqrt();
+    }
 }
 
 fn biased_var(m: Moments) -> f64 {
@@ -456,7 +476,7 @@ fn row_chunk(rows: usize, channels: usize) -> usize {
     rows.div_ceil(chunks).max(1)
 }
 
-/// Per-channel moments of a whole tensor. Chunks are fixed by the shape and merged in order, so
+/// Per-channel moments of a whole tensor. Chunks are fixed by the shape and combined in order, so
 /// the result does not depend on the thread count.
 fn channel_moments<E: Element>(ctx: &Context, shape: &Shape, x: &[E]) -> Vec<Moments> {
     let (c, s) = (shape.channels, shape.spatial);
@@ -466,25 +486,44 @@ fn channel_moments<E: Element>(ctx: &Context, shape: &Shape, x: &[E]) -> Vec<Mom
     }
     let isa = ctx.supported_isa();
     if shape.channels_innermost() {
+        // Every row is summed with the same shifts, so the chunks' sums add up (in chunk order)
+        // and become moments once per channel, after all chunks: no merge per chunk.
         let rows = count;
         let chunk = row_chunk(rows, c);
         let chunks = rows.div_ceil(chunk);
-        let mut partials = scratch::take(chunks * c, Moments::EMPTY);
-        ctx.for_each_part(x.len(), &mut partials, c, |k, out| {
-            let r = k * chunk..rows.min((k + 1) * chunk);
-            let x = &x[r.start * c..r.end * c];
-            dispatch(
-                isa,
-                RowMoments {
-                    x,
-                    channels: c,
-                    out,
-                },
-            );
-        });
+        let mut shift = scratch::take(c, 0f32);
+        dispatch(
+            isa,
+            FirstRowsMean {
+                x,
+                channels: c,
+                shift: &mut shift,
+            },
+        );
+        let mut partials = scratch::take(chunks * 2 * c, 0f64);
+        let mut sums = scratch::take(3 * c, 0f64);
         let mut total = vec![Moments::EMPTY; c];
-        for p in partials.chunks(c) {
-            Moments::merge_each(&mut total, p);
+        let mut passes = ShiftedPasses::new(rows, &shift, &mut sums, &mut total);
+        while let Some((shift, sums)) = passes.next() {
+            ctx.for_each_part(x.len(), &mut partials, 2 * c, |k, part| {
+                let r = k * chunk..rows.min((k + 1) * chunk);
+                dispatch(
+                    isa,
+                    RowPassSums {
+                        x: &x[r.start * c..r.end * c],
+                        channels: c,
+                        shift,
+                        sums: part,
+                    },
+                );
+            });
+            sums.fill(0.0);
+            for p in partials.chunks(2 * c) {
+                for (s, v) in sums.iter_mut().zip(p) {
+                    *s += v;
+                }
+            }
+            passes.settle();
         }
         total
     } else {
@@ -528,8 +567,14 @@ fn fused_training<E: Element>(
         let row_in = |n: usize| unsafe { shared.input(range(n)) };
         // SAFETY: as above; one row is written at a time.
         let row_out = |n: usize| unsafe { shared.part(range(n)) };
-        let params =
-            |m: Moments| channel_affine(m, gamma_of(&affine, ch), beta_of(&affine, ch), eps).0;
+        let params = |m: Moments| {
+            channel_affine(
+                m.mean,
+                invstd_of(m, eps),
+                gamma_of(&affine, ch),
+                beta_of(&affine, ch),
+            )
+        };
         dispatch(
             isa,
             ChannelTraining {
@@ -545,21 +590,27 @@ fn fused_training<E: Element>(
     })
 }
 
-/// Normalizes `io` with per-channel statistics `stats`.
+/// Normalizes `io` with per-channel statistics `stats` (and their [`channel_invstd`]).
 fn normalize_with_moments<E: Element>(
     ctx: &Context,
     shape: &Shape,
     io: &mut InOut<'_, E>,
     affine: Affine<'_>,
     stats: &[Moments],
-    eps: f32,
+    invstd: &[f64],
 ) {
     if io.is_empty() {
         return;
     }
     let fill = |shift: &mut [f32], scale: &mut [f32], offset: &mut [f32]| {
-        let wide =
-            |c: usize| channel_affine(stats[c], gamma_of(&affine, c), beta_of(&affine, c), eps).0;
+        let wide = |c: usize| {
+            channel_affine(
+                stats[c].mean,
+                invstd[c],
+                gamma_of(&affine, c),
+                beta_of(&affine, c),
+            )
+        };
         narrow_all(wide, shift, scale, offset)
     };
     with_channel_affine(shape.channels, fill, |params| {
@@ -625,14 +676,29 @@ fn apply_affine<E: Element>(
     });
 }
 
-/// Writes saved and running statistics from the batch moments (after the output, so that a
-/// failure while normalizing leaves the running statistics untouched).
+/// Writes saved and running statistics from the batch moments and their [`channel_invstd`]
+/// (after the output, so that a failure while normalizing leaves the running statistics
+/// untouched). Each a loop over whole arrays.
 fn write_state(
     stats: &[Moments],
+    invstd: &[f64],
     params: &TrainingParams,
     running: Option<RunningStats<'_>>,
     saved: SavedStats<'_>,
 ) {
+    if let Some(out) = saved.mean {
+        for (o, m) in out.iter_mut().zip(stats) {
+            *o = m.mean as f32;
+        }
+    }
+    if let Some(out) = saved.invstd {
+        for (o, &v) in out.iter_mut().zip(invstd) {
+            *o = v as f32;
+        }
+    }
+    let Some(running) = running else {
+        return;
+    };
     let momentum = params.momentum as f64;
     // momentum 1 replaces and 0 keeps, exactly, even where the other side is NaN or inf.
     let blend = |old: f32, new: f64| -> f32 {
@@ -644,29 +710,20 @@ fn write_state(
             ((1.0 - momentum) * old as f64 + momentum * new) as f32
         }
     };
-    let SavedStats {
-        mean: mut save_mean,
-        invstd: mut save_invstd,
-    } = saved;
-    let mut running = running;
-    for (c, &m) in stats.iter().enumerate() {
-        let var = biased_var(m);
-        if let Some(out) = save_mean.as_deref_mut() {
-            out[c] = m.mean as f32;
-        }
-        if let Some(out) = save_invstd.as_deref_mut() {
-            out[c] = (1.0 / (var + params.eps as f64).sqrt()) as f32;
-        }
-        if let Some(r) = running.as_mut() {
-            let batch_var = if params.running_var == RunningVar::Biased {
-                var
-            } else {
-                let unbiased = m.m2 / (m.count - 1) as f64;
-                if unbiased < 0.0 { 0.0 } else { unbiased }
-            };
-            r.mean[c] = blend(r.mean[c], m.mean);
-            r.var[c] = blend(r.var[c], batch_var);
-        }
+    let mut batch_var = scratch::take(stats.len(), 0f64);
+    for (v, &m) in batch_var.iter_mut().zip(stats) {
+        *v = if params.running_var == RunningVar::Biased {
+            biased_var(m)
+        } else {
+            let unbiased = m.m2 / (m.count - 1) as f64;
+            if unbiased < 0.0 { 0.0 } else { unbiased }
+        };
+    }
+    for (r, m) in running.mean.iter_mut().zip(stats) {
+        *r = blend(*r, m.mean);
+    }
+    for (r, &v) in running.var.iter_mut().zip(batch_var.iter()) {
+        *r = blend(*r, v);
     }
 }
 
