@@ -85,17 +85,19 @@ where
         while start < self.range.end {
             let end = self.range.end.min(start + BLOCK);
             let mut sums = [Sums2::<V>::zero(); 2];
-            let mut v = start;
-            while v < end {
-                let (n, i) = (v / s, v % s);
-                let len = (end - v).min(s - i);
+            // One division per block, none per row.
+            let (mut n, mut i) = (start / s, start % s);
+            let mut left = end - start;
+            while left > 0 {
+                let len = left.min(s - i);
                 accumulate(
                     &(self.x_row)(n)[i..i + len],
                     &(self.dy_row)(n)[i..i + len],
                     self.mean,
                     &mut sums,
                 );
-                v += len;
+                left -= len;
+                (n, i) = (n + 1, 0);
             }
             let (dy, dy_xm) = sums[0].merge(sums[1]).totals();
             acc.dy += dy;

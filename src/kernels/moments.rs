@@ -316,12 +316,14 @@ fn run_sums<'a, V: F32Vec, X: ElementIo, S: Shift>(
     shift: S,
 ) -> (f64, f64) {
     let mut sums = [Sums2::<V>::zero(); 2];
-    let mut v = range.start;
-    while v < range.end {
-        let (n, s) = (v / spatial, v % spatial);
-        let len = (range.end - v).min(spatial - s);
+    // One division for the first row, none per row after it.
+    let (mut n, mut s) = (range.start / spatial, range.start % spatial);
+    let mut left = range.len();
+    while left > 0 {
+        let len = left.min(spatial - s);
         accumulate(&row(n)[s..s + len], shift, &mut sums);
-        v += len;
+        left -= len;
+        (n, s) = (n + 1, 0);
     }
     sums[0].merge(sums[1]).totals()
 }

@@ -560,34 +560,40 @@ fn fused_training<E: Element>(
     let isa = ctx.supported_isa();
     let elements = io.len();
     let shared: SharedIo<'_, E> = io.share();
-    ctx.map(elements, c, |ch| {
-        let range = |n: usize| (n * c + ch) * s..(n * c + ch + 1) * s;
-        // SAFETY: this task alone touches the rows of channel `ch`. Its input slices are used
-        // only for the moments, before the rows are written through `row_out`.
-        let row_in = |n: usize| unsafe { shared.input(range(n)) };
-        // SAFETY: as above; one row is written at a time.
-        let row_out = |n: usize| unsafe { shared.part(range(n)) };
-        let params = |m: Moments| {
-            channel_affine(
-                m.mean,
-                invstd_of(m, eps),
-                gamma_of(&affine, ch),
-                beta_of(&affine, ch),
-            )
-        };
+    let range = |ch: usize, n: usize| (n * c + ch) * s..(n * c + ch + 1) * s;
+    // SAFETY: a task alone touches the rows of its channels. A channel's input slices are
+    // used only for its moments, before its rows are written through `row_out`.
+    let row_in = |ch: usize, n: usize| unsafe { shared.input(range(ch, n)) };
+    // SAFETY: as above; one row is written at a time.
+    let row_out = |ch: usize, n: usize| unsafe { shared.part(range(ch, n)) };
+    let params = |ch: usize, m: Moments| {
+        channel_affine(
+            m.mean,
+            invstd_of(m, eps),
+            gamma_of(&affine, ch),
+            beta_of(&affine, ch),
+        )
+    };
+    let per_task = (TASK_ELEMENTS / (rows * s).max(1)).max(1);
+    let mut stats = vec![Moments::EMPTY; c];
+    ctx.for_each_part(elements, &mut stats, per_task, |k, out| {
+        let first = k * per_task;
         dispatch(
             isa,
             ChannelTraining {
                 rows,
                 spatial: s,
+                channels: first..first + out.len(),
+                total: c,
                 row_in: &row_in,
                 row_out: &row_out,
                 params: &params,
+                out,
                 stream: streams::<E>(shape, elements),
-                prefetch_next: ch + 1 < c,
             },
         )
-    })
+    });
+    stats
 }
 
 /// Normalizes `io` with per-channel statistics `stats` (and their [`channel_invstd`]).
