@@ -465,7 +465,8 @@ fn fuses_channels(shape: &Shape) -> bool {
 
 /// Rows per chunk of a channels-innermost reduction over `rows` rows of `channels` values.
 fn row_chunk(rows: usize, channels: usize) -> usize {
-    // At least two blocks: a chunk's first block costs a merge per channel, the rest little.
+    // At least two blocks: every chunk's sums are zeroed, then added per channel on the calling
+    // thread (2 * C values each), which two blocks of rows make small.
     let target = REDUCTION_TASK_ELEMENTS
         .div_ceil(channels)
         .next_multiple_of(crate::kernels::moments::ROW_BLOCK)
