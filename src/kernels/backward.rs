@@ -11,7 +11,7 @@
 //! Input gradient: `dx = dy * a[c] + (x - mean[c]) * b[c] + k[c]`, with the per-channel
 //! coefficients computed in `f64` by the caller from the reductions.
 
-use super::moments::{LINE_FLOATS, TILED_MAX_CHANNELS, WIDE_GROUP_ROWS};
+use super::moments::{LINE_FLOATS, TILED_MAX_CHANNELS, WIDE_GROUP_ROWS, tile_vectors};
 use super::sums::Sums2;
 use crate::io::{RowIo, VectorMap, store_vector, unaligned_head};
 use crate::scratch;
@@ -146,11 +146,11 @@ impl<E: ElementIo> Kernel for RowGrad<'_, E> {
 }
 
 /// Adds `sum(dy)` to `s1[ch]` and `sum(dy * (x - mean[ch]))` to `s2[ch]` over the rows of one
-/// block: channel tiles of two vectors summed over the block's rows in registers, then the
-/// rest of the channels one vector at a time and, past the last whole vector, one by one. Each
-/// row of a tile prefetches the same part of the next block's row (a tile visits only part of
-/// each row, which the hardware prefetchers do not follow; prefetching never faults, wherever
-/// it points).
+/// block, in channel tiles summed over the block's rows in registers, as the forward's
+/// channels-innermost sums are (tiles of [`tile_vectors`] vectors, then of fewer, then the
+/// channels past the last whole vector one by one). Each row of a tile prefetches the same part
+/// of the next block's row (a tile narrower than the row visits only part of each row, which
+/// the hardware prefetchers do not follow; prefetching never faults, wherever it points).
 #[inline(always)]
 fn grad_tiles<V: F32Vec, E: ElementIo>(
     xb: &[E],
@@ -161,45 +161,61 @@ fn grad_tiles<V: F32Vec, E: ElementIo>(
     s2: &mut [f64],
 ) {
     let l = V::LANES;
+    let mut c0 = 0;
+    if tile_vectors::<V>() == 4 {
+        while c0 + 4 * l <= c {
+            grad_tile::<V, E, 4>(xb, db, c, c0, mean, s1, s2);
+            c0 += 4 * l;
+        }
+    }
+    while c0 + 2 * l <= c {
+        grad_tile::<V, E, 2>(xb, db, c, c0, mean, s1, s2);
+        c0 += 2 * l;
+    }
+    if c0 + l <= c {
+        grad_tile::<V, E, 1>(xb, db, c, c0, mean, s1, s2);
+        c0 += l;
+    }
+    if c0 < c {
+        for (xr, dr) in xb.chunks_exact(c).zip(db.chunks_exact(c)) {
+            grad_tail(xr, dr, c0, mean, s1, s2);
+        }
+    }
+}
+
+/// Adds the sums of channels `c0..c0 + T * LANES` over the rows of one block (see
+/// [`grad_tiles`]).
+#[inline(always)]
+fn grad_tile<V: F32Vec, E: ElementIo, const T: usize>(
+    xb: &[E],
+    db: &[E],
+    c: usize,
+    c0: usize,
+    mean: &[f32],
+    s1: &mut [f64],
+    s2: &mut [f64],
+) {
+    let l = V::LANES;
     let (x_ahead, dy_ahead) = (
         xb.as_ptr().wrapping_add(xb.len()),
         db.as_ptr().wrapping_add(db.len()),
     );
-    let full = c / l * l;
-    let tiles = c / (2 * l) * (2 * l);
-    for c0 in (0..tiles).step_by(2 * l) {
-        let m = [V::read(&mean[c0..]), V::read(&mean[c0 + l..])];
-        let mut acc = [Sums2::<V>::zero(); 2];
-        for (r, (xr, dr)) in xb.chunks_exact(c).zip(db.chunks_exact(c)).enumerate() {
-            for line in (0..2 * l).step_by(LINE_FLOATS) {
-                V::prefetch(x_ahead.wrapping_add(r * c + c0 + line));
-                V::prefetch(dy_ahead.wrapping_add(r * c + c0 + line));
-            }
-            for (j, a) in acc.iter_mut().enumerate() {
-                let d = V::read(&dr[c0 + j * l..]);
-                let xm = V::read(&xr[c0 + j * l..]).sub(m[j]);
-                a.add(d, xm);
-            }
+    let m: [V; T] = std::array::from_fn(|j| V::read(&mean[c0 + j * l..]));
+    let mut acc = [Sums2::<V>::zero(); T];
+    for (r, (xr, dr)) in xb.chunks_exact(c).zip(db.chunks_exact(c)).enumerate() {
+        for line in (0..T * l).step_by(LINE_FLOATS) {
+            V::prefetch(x_ahead.wrapping_add(r * c + c0 + line));
+            V::prefetch(dy_ahead.wrapping_add(r * c + c0 + line));
         }
-        for (j, a) in acc.iter().enumerate() {
-            let at = c0 + j * l..c0 + (j + 1) * l;
-            a.add_to(&mut s1[at.clone()], &mut s2[at]);
+        for (j, a) in acc.iter_mut().enumerate() {
+            let d = V::read(&dr[c0 + j * l..]);
+            let xm = V::read(&xr[c0 + j * l..]).sub(m[j]);
+            a.add(d, xm);
         }
     }
-    for c0 in (tiles..full).step_by(l) {
-        let m = V::read(&mean[c0..]);
-        let mut acc = Sums2::<V>::zero();
-        for (r, (xr, dr)) in xb.chunks_exact(c).zip(db.chunks_exact(c)).enumerate() {
-            V::prefetch(x_ahead.wrapping_add(r * c + c0));
-            V::prefetch(dy_ahead.wrapping_add(r * c + c0));
-            acc.add(V::read(&dr[c0..]), V::read(&xr[c0..]).sub(m));
-        }
-        acc.add_to(&mut s1[c0..c0 + l], &mut s2[c0..c0 + l]);
-    }
-    if full < c {
-        for (xr, dr) in xb.chunks_exact(c).zip(db.chunks_exact(c)) {
-            grad_tail(xr, dr, full, mean, s1, s2);
-        }
+    for (j, a) in acc.iter().enumerate() {
+        let at = c0 + j * l..c0 + (j + 1) * l;
+        a.add_to(&mut s1[at.clone()], &mut s2[at]);
     }
 }
 
@@ -924,7 +940,7 @@ mod tests {
         for c in [TILED_MAX_CHANNELS, TILED_MAX_CHANNELS + 1, 300, 1029] {
             row_grad::<V>(70, c);
         }
-        for c in [1, 3, 8, 16, 17, 32, 64, 67] {
+        for c in [1, 3, 8, 16, 17, 32, 64, 67, 112, 119] {
             row_grad::<V>(150, c);
             for stream in [false, true] {
                 for offset in [0, 1, 5] {

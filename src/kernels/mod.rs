@@ -12,6 +12,47 @@ pub(crate) mod philox;
 pub(crate) mod rownorm;
 pub(crate) mod sums;
 
+/// Floats of the stack buffer of [`with_line_arrays`]: four arrays of `2 * 64 + MAX_LANES`
+/// entries (the per-channel parameters of up to 64 channels, extended for the
+/// channels-innermost kernels), so that calls of few channels do not allocate.
+const LINE_STACK_FLOATS: usize = 4 * (2 * 64 + crate::simd::MAX_LANES);
+
+/// The stack buffer of [`with_line_arrays`], on a cache line.
+#[repr(C, align(64))]
+struct LineStack([f32; LINE_STACK_FLOATS]);
+
+/// Runs `then` on `K` zeroed arrays of `len` floats, each starting on a cache line (on the
+/// stack when they fit [`LINE_STACK_FLOATS`]). Per-channel parameters live there: a kernel
+/// loads them beside every vector of data, and a load that spans two lines costs two, which
+/// out of memory, beside streaming stores, made a channels-innermost pass take up to twice as
+/// long.
+pub(crate) fn with_line_arrays<const K: usize, R>(
+    len: usize,
+    then: impl FnOnce([&mut [f32]; K]) -> R,
+) -> R {
+    const LINE_FLOATS: usize = crate::simd::LINE_BYTES / 4;
+    const _: () = assert!(std::mem::align_of::<LineStack>() == crate::simd::LINE_BYTES);
+    let stride = len.next_multiple_of(LINE_FLOATS);
+    let total = K * stride;
+    let mut stack = LineStack([0.0; LINE_STACK_FLOATS]);
+    let mut heap = Vec::new();
+    let buf: &mut [f32] = if total <= LINE_STACK_FLOATS {
+        &mut stack.0[..total]
+    } else {
+        heap.resize(total + LINE_FLOATS - 1, 0f32);
+        // Floats to skip to the first line boundary (the address is a multiple of 4).
+        let skip = (heap.as_ptr() as usize).wrapping_neg() % crate::simd::LINE_BYTES / 4;
+        &mut heap[skip..skip + total]
+    };
+    let mut rest = buf;
+    let arrays = std::array::from_fn(|_| {
+        let (array, tail) = std::mem::take(&mut rest).split_at_mut(stride);
+        rest = tail;
+        &mut array[..len]
+    });
+    then(arrays)
+}
+
 /// Repeats the first `period` entries of `values` over the rest of it (`values[i] =
 /// values[i % period]`), by doubling copies: how per-channel parameters are extended to the
 /// `2 * C + MAX_LANES` entries the channels-innermost kernels read at any channel offset.

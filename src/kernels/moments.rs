@@ -40,7 +40,7 @@
 use super::sums::Sums2;
 use crate::scratch;
 use crate::simd::element::ElementIo;
-use crate::simd::{F32Vec, F64Vec, Kernel};
+use crate::simd::{F32Vec, F64Vec, Kernel, U32Vec};
 use std::ops::Range;
 
 /// Elements per block of a contiguous run: each block's sums become moments (or, in the
@@ -668,12 +668,12 @@ fn block_sums<V: F32Vec, X: ElementIo, S: Shift>(
     }
 }
 
-/// [`block_sums`] in channel tiles of two vectors, each summed over the block's rows in
-/// registers (no stores in the row loop), then the rest of the channels one vector at a time
-/// and, past the last whole vector, one by one. A tile visits only part of each row, an access
-/// pattern the hardware prefetchers do not follow, so each row of a tile also prefetches the
-/// same part of the row `ahead` points to (the next block's; prefetching never faults,
-/// wherever it points).
+/// [`block_sums`] in channel tiles, each summed over the block's rows in registers (no stores
+/// in the row loop): tiles of [`tile_vectors`] vectors, then of fewer for the rest of the
+/// vectors, then the channels past the last whole vector one by one. A tile narrower than the
+/// row visits only part of each row, an access pattern the hardware prefetchers do not follow,
+/// so each row of a tile also prefetches the same part of the row `ahead` points to (the next
+/// block's; prefetching never faults, wherever it points).
 #[inline(always)]
 fn row_sums<V: F32Vec, X: ElementIo, S: Shift>(
     block: &[X],
@@ -684,37 +684,65 @@ fn row_sums<V: F32Vec, X: ElementIo, S: Shift>(
     ahead: *const X,
 ) {
     let l = V::LANES;
-    let full = c / l * l;
-    let tiles = c / (2 * l) * (2 * l);
-    for c0 in (0..tiles).step_by(2 * l) {
-        let k = [S::load::<V>(&shift[c0..]), S::load::<V>(&shift[c0 + l..])];
-        let mut acc = [Sums2::<V>::zero(); 2];
-        for (r, row) in block.chunks_exact(c).enumerate() {
-            for line in (0..2 * l).step_by(LINE_FLOATS) {
-                V::prefetch(ahead.wrapping_add(r * c + c0 + line));
-            }
-            for (j, a) in acc.iter_mut().enumerate() {
-                S::add(a, V::read(&row[c0 + j * l..]), k[j]);
-            }
-        }
-        for (j, a) in acc.iter().enumerate() {
-            let at = c0 + j * l..c0 + (j + 1) * l;
-            a.add_to(&mut s1[at.clone()], &mut s2[at]);
+    let mut c0 = 0;
+    if tile_vectors::<V>() == 4 {
+        while c0 + 4 * l <= c {
+            row_tile::<V, X, S, 4>(block, c, c0, shift, s1, s2, ahead);
+            c0 += 4 * l;
         }
     }
-    for c0 in (tiles..full).step_by(l) {
-        let k = S::load::<V>(&shift[c0..]);
-        let mut acc = Sums2::<V>::zero();
-        for (r, row) in block.chunks_exact(c).enumerate() {
-            V::prefetch(ahead.wrapping_add(r * c + c0));
-            S::add(&mut acc, V::read(&row[c0..]), k);
-        }
-        acc.add_to(&mut s1[c0..c0 + l], &mut s2[c0..c0 + l]);
+    while c0 + 2 * l <= c {
+        row_tile::<V, X, S, 2>(block, c, c0, shift, s1, s2, ahead);
+        c0 += 2 * l;
     }
-    if full < c {
+    if c0 + l <= c {
+        row_tile::<V, X, S, 1>(block, c, c0, shift, s1, s2, ahead);
+        c0 += l;
+    }
+    if c0 < c {
         for row in block.chunks_exact(c) {
-            row_tail(row, full, shift, s1, s2);
+            row_tail(row, c0, shift, s1, s2);
         }
+    }
+}
+
+/// Vectors of channels a tile of the channels-innermost sums holds: four where the ISA has 32
+/// vector registers (the tile's 16 `f64` accumulators fit beside its shifts and temporaries, and
+/// a row of 64 `f32` channels is one tile, read front to back), two where it has 16.
+#[inline(always)]
+pub(crate) fn tile_vectors<V: F32Vec>() -> usize {
+    if <V::U as U32Vec>::REGISTERS >= 32 {
+        4
+    } else {
+        2
+    }
+}
+
+/// Adds the sums of channels `c0..c0 + T * LANES` over the rows of `block` (see [`row_sums`]).
+#[inline(always)]
+fn row_tile<V: F32Vec, X: ElementIo, S: Shift, const T: usize>(
+    block: &[X],
+    c: usize,
+    c0: usize,
+    shift: &[S],
+    s1: &mut [f64],
+    s2: &mut [f64],
+    ahead: *const X,
+) {
+    let l = V::LANES;
+    let k: [_; T] = std::array::from_fn(|j| S::load::<V>(&shift[c0 + j * l..]));
+    let mut acc = [Sums2::<V>::zero(); T];
+    for (r, row) in block.chunks_exact(c).enumerate() {
+        for line in (0..T * l).step_by(LINE_FLOATS) {
+            V::prefetch(ahead.wrapping_add(r * c + c0 + line));
+        }
+        for (j, a) in acc.iter_mut().enumerate() {
+            S::add(a, V::read(&row[c0 + j * l..]), k[j]);
+        }
+    }
+    for (j, a) in acc.iter().enumerate() {
+        let at = c0 + j * l..c0 + (j + 1) * l;
+        a.add_to(&mut s1[at.clone()], &mut s2[at]);
     }
 }
 
@@ -841,7 +869,9 @@ mod tests {
     }
 
     fn all<V: F32Vec>() {
-        let narrow = [1, 3, V::LANES, 4 * V::LANES + 1, TILED_MAX_CHANNELS];
+        // Narrow rows cover tiles of four, two and one vectors and the channels past them.
+        let l = V::LANES;
+        let narrow = [1, 3, l, 3 * l + 2, 4 * l + 1, 7 * l + 5, TILED_MAX_CHANNELS];
         let wide = [TILED_MAX_CHANNELS + 1, TILED_MAX_CHANNELS + V::LANES + 3];
         for &c in narrow.iter().chain(&wide) {
             for rows in [

@@ -57,38 +57,29 @@ impl WideAffine {
 
 /// Builds per-channel parameters with `fill` (given the first `channels` entries of the shift,
 /// scale and offset arrays), extends them cyclically to `2 * channels + MAX_LANES` entries (as
-/// the channels-innermost kernel reads them), and runs `then` on them. The arrays live on the stack
-/// for small channel counts, so tiny calls do not allocate.
+/// the channels-innermost kernel reads them), and runs `then` on them. The arrays start on cache
+/// lines and live on the stack for small channel counts (see [`super::with_line_arrays`]).
 pub(crate) fn with_channel_affine<R>(
     channels: usize,
     fill: impl FnOnce(&mut [f32], &mut [f32], &mut [f32]) -> Vec<WideAffine>,
     then: impl FnOnce(ChannelAffine<'_>) -> R,
 ) -> R {
-    const STACK: usize = 2 * 64 + MAX_LANES;
     let len = 2 * channels + MAX_LANES;
-    let mut stack = [0f32; 3 * STACK];
-    let mut heap = Vec::new();
-    let buf: &mut [f32] = if len <= STACK {
-        &mut stack[..3 * len]
-    } else {
-        heap.resize(3 * len, 0.0);
-        &mut heap
-    };
-    let (shift, rest) = buf.split_at_mut(len);
-    let (scale, offset) = rest.split_at_mut(len);
-    let wide = fill(
-        &mut shift[..channels],
-        &mut scale[..channels],
-        &mut offset[..channels],
-    );
-    for a in [&mut *shift, &mut *scale, &mut *offset] {
-        super::extend_cyclic(a, channels);
-    }
-    then(ChannelAffine {
-        shift,
-        scale,
-        offset,
-        wide: &wide,
+    super::with_line_arrays(len, |[shift, scale, offset]| {
+        let wide = fill(
+            &mut shift[..channels],
+            &mut scale[..channels],
+            &mut offset[..channels],
+        );
+        for a in [&mut *shift, &mut *scale, &mut *offset] {
+            super::extend_cyclic(a, channels);
+        }
+        then(ChannelAffine {
+            shift,
+            scale,
+            offset,
+            wide: &wide,
+        })
     })
 }
 

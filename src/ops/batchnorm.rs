@@ -13,12 +13,12 @@ use crate::error::{Error, Result, check_eps, check_len};
 pub use crate::io::BackwardIo;
 use crate::io::{InOut, SharedIo};
 use crate::kernels::backward::fits_f32;
-use crate::kernels::extend_cyclic;
 use crate::kernels::fused::ChannelTraining;
 use crate::kernels::moments::{ChannelMoments, FirstRowsMean, Moments, RowPassSums, ShiftedPasses};
 use crate::kernels::normalize::{
     ChannelAffine, NcsAffine, NscAffine, WideAffine, narrow_all, with_channel_affine,
 };
+use crate::kernels::{extend_cyclic, with_line_arrays};
 use crate::scratch;
 use crate::shape::{Shape, checked_elements};
 use crate::simd::element::Element;
@@ -1100,80 +1100,78 @@ fn apply_grad<E: Element>(
     if elements == 0 || c == 0 {
         return;
     }
-    // Coefficients extended cyclically to `2 * C + MAX_LANES` entries (see GradCoefficients).
-    let len = 2 * c + MAX_LANES;
-    let mut buf = vec![0f32; 4 * len];
-    let (mean, rest) = buf.split_at_mut(len);
-    let (a, rest) = rest.split_at_mut(len);
-    let (b, k) = rest.split_at_mut(len);
-    let mut wide: Vec<WideGrad> = (0..c)
-        .map(|ch| grad_coefficients(gamma, save_mean, save_invstd, count, ch, sums[ch]))
-        .collect();
-    let mut all_narrow = true;
-    for (ch, w) in wide.iter().enumerate() {
-        // A channel that does not fit f32 is computed from `wide` (see WideGrad); its f32
-        // coefficients stay zero.
-        match w.narrow() {
-            Some(p) => (mean[ch], a[ch], b[ch], k[ch]) = p,
-            None => all_narrow = false,
+    // Coefficients extended cyclically to `2 * C + MAX_LANES` entries (see GradCoefficients),
+    // each array on cache lines.
+    with_line_arrays(2 * c + MAX_LANES, |[mean, a, b, k]| {
+        let mut wide: Vec<WideGrad> = (0..c)
+            .map(|ch| grad_coefficients(gamma, save_mean, save_invstd, count, ch, sums[ch]))
+            .collect();
+        let mut all_narrow = true;
+        for (ch, w) in wide.iter().enumerate() {
+            // A channel that does not fit f32 is computed from `wide` (see WideGrad); its f32
+            // coefficients stay zero.
+            match w.narrow() {
+                Some(p) => (mean[ch], a[ch], b[ch], k[ch]) = p,
+                None => all_narrow = false,
+            }
         }
-    }
-    if all_narrow {
-        wide.clear();
-    }
-    for p in [&mut *mean, &mut *a, &mut *b, &mut *k] {
-        extend_cyclic(p, c);
-    }
-    let coef = GradCoefficients {
-        mean,
-        a,
-        b,
-        k,
-        wide: &wide,
-    };
+        if all_narrow {
+            wide.clear();
+        }
+        for p in [&mut *mean, &mut *a, &mut *b, &mut *k] {
+            extend_cyclic(p, c);
+        }
+        let coef = GradCoefficients {
+            mean,
+            a,
+            b,
+            k,
+            wide: &wide,
+        };
 
-    let isa = ctx.supported_isa();
-    let row_len = if shape.channels_innermost() {
-        c
-    } else {
-        shape.spatial
-    };
-    let rows = elements / row_len;
-    let rows_per_task = (TASK_ELEMENTS / row_len).max(1);
-    let stream = streams::<E>(shape, elements);
-    let shared = io.share();
-    let tasks = rows.div_ceil(rows_per_task);
-    // Each thread's part last first: the reduction read it last, so it is what the thread's
-    // caches still hold.
-    ctx.for_each_backward(2 * elements, tasks, |t| {
-        let r = t * rows_per_task..rows.min((t + 1) * rows_per_task);
-        let span = r.start * row_len..r.end * row_len;
-        // SAFETY: tasks cover disjoint row ranges.
-        let part = unsafe { shared.part(span.clone()) };
-        if shape.channels_innermost() {
-            dispatch(
-                isa,
-                NscGrad {
-                    x: &x[span],
-                    io: part,
-                    channels: c,
-                    coef,
-                    stream,
-                },
-            )
+        let isa = ctx.supported_isa();
+        let row_len = if shape.channels_innermost() {
+            c
         } else {
-            dispatch(
-                isa,
-                NcsGrad {
-                    x: &x[span],
-                    io: part,
-                    first_row: r.start,
-                    spatial: row_len,
-                    channels: c,
-                    coef,
-                    stream,
-                },
-            )
-        }
-    });
+            shape.spatial
+        };
+        let rows = elements / row_len;
+        let rows_per_task = (TASK_ELEMENTS / row_len).max(1);
+        let stream = streams::<E>(shape, elements);
+        let shared = io.share();
+        let tasks = rows.div_ceil(rows_per_task);
+        // Each thread's part last first: the reduction read it last, so it is what the thread's
+        // caches still hold.
+        ctx.for_each_backward(2 * elements, tasks, |t| {
+            let r = t * rows_per_task..rows.min((t + 1) * rows_per_task);
+            let span = r.start * row_len..r.end * row_len;
+            // SAFETY: tasks cover disjoint row ranges.
+            let part = unsafe { shared.part(span.clone()) };
+            if shape.channels_innermost() {
+                dispatch(
+                    isa,
+                    NscGrad {
+                        x: &x[span],
+                        io: part,
+                        channels: c,
+                        coef,
+                        stream,
+                    },
+                )
+            } else {
+                dispatch(
+                    isa,
+                    NcsGrad {
+                        x: &x[span],
+                        io: part,
+                        first_row: r.start,
+                        spatial: row_len,
+                        channels: c,
+                        coef,
+                        stream,
+                    },
+                )
+            }
+        });
+    })
 }
