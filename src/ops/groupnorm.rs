@@ -27,6 +27,7 @@ use crate::kernels::groupnorm::{
 };
 use crate::kernels::moments::{ChannelMoments, Moments, ROW_BLOCK, RowMoments};
 use crate::kernels::normalize::{NscAffine, WideAffine, narrow_all, with_channel_affine};
+use crate::kernels::with_line_arrays;
 use crate::scratch;
 use crate::shape::{Layout, Shape, checked_elements};
 use crate::simd::dispatch;
@@ -716,42 +717,41 @@ fn apply_grad<E: Element>(
         if innermost {
             let mut part = part;
             let mut row = r.start;
-            let mut fields = vec![0f32; 4 * c];
-            while row < r.end {
-                let n = row / s;
-                let end = r.end.min((n + 1) * s);
-                let (mean, rest) = fields.split_at_mut(c);
-                let (a, rest) = rest.split_at_mut(c);
-                let (b, k) = rest.split_at_mut(c);
-                let item = &coefficients[n * c..(n + 1) * c];
-                let mut narrow = true;
-                for (ch, p) in item.iter().enumerate() {
-                    match p.narrow() {
-                        Some(p) => (mean[ch], a[ch], b[ch], k[ch]) = p,
-                        None => narrow = false,
+            // Each item's coefficients, on cache lines (on the stack for small `c`).
+            with_line_arrays(c, |[mean, a, b, k]| {
+                while row < r.end {
+                    let n = row / s;
+                    let end = r.end.min((n + 1) * s);
+                    let item = &coefficients[n * c..(n + 1) * c];
+                    let mut narrow = true;
+                    for (ch, p) in item.iter().enumerate() {
+                        match p.narrow() {
+                            Some(p) => (mean[ch], a[ch], b[ch], k[ch]) = p,
+                            None => narrow = false,
+                        }
                     }
-                }
-                let local = (row - r.start) * c..(end - r.start) * c;
-                if !narrow {
-                    // Coefficients beyond f32 (see WideGrad): this item's rows in f64.
-                    apply_wide_cyclic(item, &x[row * c..end * c], &mut part.part(local));
+                    let local = (row - r.start) * c..(end - r.start) * c;
+                    if !narrow {
+                        // Coefficients beyond f32 (see WideGrad): this item's rows in f64.
+                        apply_wide_cyclic(item, &x[row * c..end * c], &mut part.part(local));
+                        row = end;
+                        continue;
+                    }
+                    dispatch(
+                        isa,
+                        NscGradApply {
+                            x: &x[row * c..end * c],
+                            io: part.part(local),
+                            channels: c,
+                            mean,
+                            a,
+                            b,
+                            k,
+                        },
+                    );
                     row = end;
-                    continue;
                 }
-                dispatch(
-                    isa,
-                    NscGradApply {
-                        x: &x[row * c..end * c],
-                        io: part.part(local),
-                        channels: c,
-                        mean,
-                        a,
-                        b,
-                        k,
-                    },
-                );
-                row = end;
-            }
+            });
         } else {
             let coefficients = |row: usize| coefficients[row];
             dispatch(
