@@ -615,6 +615,18 @@ fn nsc_periods<V: F32Vec, E: ElementIo, const STREAM: bool>(
         &p.b[w.clone()],
         &p.k[w],
     );
+    let wide_registers = tile_vectors::<V>() == 4;
+    match channels / l {
+        1 => return nsc_periods_in_registers::<V, E, STREAM, 1>(x, io, [m, a, b, k]),
+        2 => return nsc_periods_in_registers::<V, E, STREAM, 2>(x, io, [m, a, b, k]),
+        3 if wide_registers => {
+            return nsc_periods_in_registers::<V, E, STREAM, 3>(x, io, [m, a, b, k]);
+        }
+        4 if wide_registers => {
+            return nsc_periods_in_registers::<V, E, STREAM, 4>(x, io, [m, a, b, k]);
+        }
+        _ => {}
+    }
     let coef = || {
         m.chunks_exact(l)
             .zip(a.chunks_exact(l))
@@ -657,6 +669,58 @@ fn nsc_periods<V: F32Vec, E: ElementIo, const STREAM: bool>(
                         V::read(k),
                     );
                     store_vector::<V, _, STREAM>(v, bs);
+                }
+            }
+        }
+    }
+}
+
+/// [`nsc_periods`] for `K * LANES` channels, with the coefficients `[mean, a, b, k]` loaded
+/// once into registers (`4 * K` of them: up to 4 vectors where the ISA has 32 registers, up to
+/// 2 where it has 16): with so few channels, the loads of four coefficient vectors per vector of
+/// data would be most of the loads, and a row is a handful of vectors.
+#[inline(always)]
+fn nsc_periods_in_registers<V: F32Vec, E: ElementIo, const STREAM: bool, const K: usize>(
+    x: &[E],
+    io: &mut RowIo<'_, E, E>,
+    coef: [&[f32]; 4],
+) {
+    let l = V::LANES;
+    let [m, a, b, k] = coef.map(|p| -> [V; K] { std::array::from_fn(|j| V::read(&p[j * l..])) });
+    match io {
+        RowIo::Separate(dy, dx) => {
+            let rows = x
+                .chunks_exact(K * l)
+                .zip(dy.chunks_exact(K * l))
+                .zip(dx.chunks_exact_mut(K * l));
+            for ((xr, dr), or) in rows {
+                for j in 0..K {
+                    let at = j * l..(j + 1) * l;
+                    let v = grad(
+                        V::read(&dr[at.clone()]),
+                        V::read(&xr[at.clone()]),
+                        m[j],
+                        a[j],
+                        b[j],
+                        k[j],
+                    );
+                    store_vector::<V, _, STREAM>(v, &mut or[at]);
+                }
+            }
+        }
+        RowIo::InPlace(buf) => {
+            for (xr, br) in x.chunks_exact(K * l).zip(buf.chunks_exact_mut(K * l)) {
+                for j in 0..K {
+                    let at = j * l..(j + 1) * l;
+                    let v = grad(
+                        V::read(&br[at.clone()]),
+                        V::read(&xr[at.clone()]),
+                        m[j],
+                        a[j],
+                        b[j],
+                        k[j],
+                    );
+                    store_vector::<V, _, STREAM>(v, &mut br[at]);
                 }
             }
         }
@@ -940,7 +1004,7 @@ mod tests {
         for c in [TILED_MAX_CHANNELS, TILED_MAX_CHANNELS + 1, 300, 1029] {
             row_grad::<V>(70, c);
         }
-        for c in [1, 3, 8, 16, 17, 32, 64, 67, 112, 119] {
+        for c in [1, 3, 8, 16, 17, 24, 32, 48, 64, 67, 112, 119] {
             row_grad::<V>(150, c);
             for stream in [false, true] {
                 for offset in [0, 1, 5] {
