@@ -1,5 +1,5 @@
-//! Training forward of channels-first channels, each in one visit: its moments, then its normalization while its
-//! data is still in cache.
+//! Training forward of channels-first channels, each read from memory once: a group's moments,
+//! then its normalization while its data is still in cache.
 
 use super::moments::{Moments, channel_moments};
 use super::normalize::{WideAffine, affine_span};
@@ -8,7 +8,7 @@ use crate::simd::element::ElementIo;
 use crate::simd::{F32Vec, Kernel};
 use std::ops::Range;
 
-/// Channels `channels` of a channels-first tensor of `total` channels, one after the other:
+/// Channels `channels` of a channels-first tensor of `total` channels, [`GROUP`] at a time:
 /// channel `ch` is `rows` rows of `spatial` elements, read through `row_in(ch, n)` for its
 /// moments, then mapped through `row_out(ch, n)` with the parameters `params(ch, moments)`
 /// derives (in `f32` where they fit, else in `f64`). Its moments go to `out[ch -

@@ -67,3 +67,36 @@ pub(crate) fn extend_cyclic(values: &mut [f32], period: usize) {
         filled += n;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every array starts on a cache line, is zeroed, has the asked length and lies apart from
+    /// the others, on the stack (small lengths) and on the heap (large ones).
+    #[test]
+    fn line_arrays_are_aligned_zeroed_and_apart() {
+        for len in [0, 1, 15, 16, 17, 144, 145, 1000] {
+            with_line_arrays(len, |arrays: [&mut [f32]; 4]| {
+                let mut spans = Vec::new();
+                for a in arrays {
+                    assert_eq!(a.len(), len);
+                    assert_eq!(
+                        a.as_ptr() as usize % crate::simd::LINE_BYTES,
+                        0,
+                        "len {len}"
+                    );
+                    assert!(a.iter().all(|&v| v == 0.0));
+                    a.fill(1.0);
+                    let start = a.as_ptr() as usize;
+                    spans.push(start..start + 4 * len);
+                }
+                for (i, a) in spans.iter().enumerate() {
+                    for b in &spans[i + 1..] {
+                        assert!(a.end <= b.start || b.end <= a.start);
+                    }
+                }
+            });
+        }
+    }
+}
