@@ -12,10 +12,12 @@ pub(crate) mod philox;
 pub(crate) mod rownorm;
 pub(crate) mod sums;
 
-/// Floats of the stack buffer of [`with_line_arrays`]: four arrays of `2 * 64 + MAX_LANES`
-/// entries (the per-channel parameters of up to 64 channels, extended for the
-/// channels-innermost kernels), so that calls of few channels do not allocate.
-const LINE_STACK_FLOATS: usize = 4 * (2 * 64 + crate::simd::MAX_LANES);
+/// Floats of the stack buffer of [`with_line_arrays`]: the forward's three arrays of `2 * 64 +
+/// MAX_LANES` entries (the per-channel parameters of up to 64 channels, extended for the
+/// channels-innermost kernels; the backward's four fit up to 48), so that calls of few channels
+/// do not allocate. No larger: the buffer is zeroed on every call, and tiny calls pay for it.
+const LINE_STACK_FLOATS: usize = 448;
+const _: () = assert!(LINE_STACK_FLOATS >= 3 * (2 * 64 + crate::simd::MAX_LANES));
 
 /// The stack buffer of [`with_line_arrays`], on a cache line.
 #[repr(C, align(64))]
