@@ -196,26 +196,46 @@ impl<X: ElementIo, Y: ElementIo> RowIo<'_, X, Y> {
     /// last, partial vector is given its lane count instead of `L`.
     #[inline(always)]
     pub(crate) fn map<V: F32Vec>(&mut self, f: &impl VectorMap<V>) {
-        match self {
-            RowIo::Separate(x, y) => map_separate::<V, X, Y, false>(x, y, 0, f),
-            RowIo::InPlace(b) => map_in_place::<V, Y, false>(b, 0, f),
-        }
+        self.map_ahead(f, false, 0)
     }
 
     /// [`RowIo::map`] with streaming stores for the vector-aligned body of the output (partial
     /// vectors before and after it). The caller fences with `V::fence_streams()` when done.
     #[inline(always)]
     pub(crate) fn map_streaming<V: F32Vec>(&mut self, f: &impl VectorMap<V>) {
+        self.map_ahead(f, true, 0)
+    }
+
+    /// [`RowIo::map`], streaming if `stream` (see [`RowIo::map_streaming`]), and with `ahead >
+    /// 0`, each cache line of the input read also prefetches the line `ahead` elements further
+    /// (the same place in the next row of a row norm: a pass that only writes then keeps the
+    /// memory reading, as a copy does; prefetching never faults, wherever it points).
+    #[inline(always)]
+    pub(crate) fn map_ahead<V: F32Vec>(
+        &mut self,
+        f: &impl VectorMap<V>,
+        stream: bool,
+        ahead: usize,
+    ) {
+        if !stream {
+            match self {
+                RowIo::Separate(x, y) => map_separate::<V, X, Y, false>(x, y, 0, f, ahead),
+                RowIo::InPlace(b) => map_in_place::<V, Y, false>(b, 0, f, ahead),
+            }
+            return;
+        }
         let head = match self {
             RowIo::Separate(_, y) => unaligned_head::<V, Y>(y),
             RowIo::InPlace(b) => unaligned_head::<V, Y>(b),
         };
-        let mut head_part = self.part(0..head);
-        head_part.map(f);
+        match self.part(0..head) {
+            RowIo::Separate(x, y) => map_separate::<V, X, Y, false>(x, y, 0, f, 0),
+            RowIo::InPlace(b) => map_in_place::<V, Y, false>(b, 0, f, 0),
+        }
         let len = self.len();
         match self.part(head..len) {
-            RowIo::Separate(x, y) => map_separate::<V, X, Y, true>(x, y, head, f),
-            RowIo::InPlace(b) => map_in_place::<V, Y, true>(b, head, f),
+            RowIo::Separate(x, y) => map_separate::<V, X, Y, true>(x, y, head, f, ahead),
+            RowIo::InPlace(b) => map_in_place::<V, Y, true>(b, head, f, ahead),
         }
     }
 }
@@ -253,14 +273,25 @@ pub(crate) fn store_vector<V: F32Vec, E: ElementIo, const STREAM: bool>(v: V, ds
     }
 }
 
+/// Prefetches the line of `x[i + ahead]` when `ahead > 0` and `x[i]` starts a line's worth of
+/// elements of the part (an address computed with wrapping arithmetic: it may lie past `x`).
+#[inline(always)]
+fn prefetch_ahead<V: F32Vec, X>(x: &[X], i: usize, ahead: usize) {
+    if ahead > 0 && (i * std::mem::size_of::<X>()).is_multiple_of(crate::simd::LINE_BYTES) {
+        V::prefetch(x.as_ptr().wrapping_add(i + ahead));
+    }
+}
+
 /// `y = f(x)` by vectors, a partial one last; `base` is the index of `x[0]` in the caller's part.
-/// With `STREAM`, `y` is vector-aligned and whole vectors are streamed.
+/// With `STREAM`, `y` is vector-aligned and whole vectors are streamed; see
+/// [`RowIo::map_ahead`] for `ahead`.
 #[inline(always)]
 fn map_separate<V: F32Vec, X: ElementIo, Y: ElementIo, const STREAM: bool>(
     x: &[X],
     y: &mut [Y],
     base: usize,
     f: &impl VectorMap<V>,
+    ahead: usize,
 ) {
     let l = V::LANES;
     let full = x.len() / l * l;
@@ -270,6 +301,7 @@ fn map_separate<V: F32Vec, X: ElementIo, Y: ElementIo, const STREAM: bool>(
     // each length by the chunk size, which the compiler leaves out of line in large kernels
     // (two divisions per row, 5% of a layer norm of rows of 768).
     for i in (0..full).step_by(l) {
+        prefetch_ahead::<V, X>(x, i, ahead);
         let v = f.apply(V::read(&x_body[i..i + l]), base + i, l);
         store_vector::<V, Y, STREAM>(v, &mut y_body[i..i + l]);
     }
@@ -285,12 +317,14 @@ fn map_in_place<V: F32Vec, E: ElementIo, const STREAM: bool>(
     b: &mut [E],
     base: usize,
     f: &impl VectorMap<V>,
+    ahead: usize,
 ) {
     let l = V::LANES;
     let full = b.len() / l * l;
     let (body, tail) = b.split_at_mut(full);
     // Index loops, as in `map_separate`.
     for i in (0..full).step_by(l) {
+        prefetch_ahead::<V, E>(body, i, ahead);
         let v = &mut body[i..i + l];
         let y = f.apply(V::read(v), base + i, l);
         store_vector::<V, E, STREAM>(y, v);
@@ -690,6 +724,10 @@ impl<'a> StridedRows<'a> {
 
     pub(crate) fn stride(&self) -> usize {
         self.stride
+    }
+
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
     }
 
     pub(crate) fn dtype(&self) -> Dtype {

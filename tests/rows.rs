@@ -880,6 +880,60 @@ fn streamed_strided_outputs() {
     }
 }
 
+/// Rows of 8 to 16 KiB, whose normalization prefetches the next row as it goes: every type `x`
+/// and `y` can have on the straight path (packed, strided, the last row of a part and of the
+/// tensor), and `y` over `x`; each equal to the reference and the same on 1, 2 and 3 threads.
+#[test]
+fn rows_that_prefetch_the_next_row() {
+    let mut g = Gen::new(47);
+    let mut k = 0;
+    for (cols, xd, yd) in [
+        (2048, Dtype::F32, Dtype::F32),
+        (3001, Dtype::F32, Dtype::Bf16),
+        (4096, Dtype::F32, Dtype::F32),
+        (4096, Dtype::Bf16, Dtype::Bf16),
+        (8192, Dtype::F16, Dtype::F16),
+        (5000, Dtype::F32, Dtype::F16),
+    ] {
+        for (xs, ys) in [(0, 0), (cols + 5, cols + 16)] {
+            k += 1;
+            let c = make_case(
+                &mut g,
+                (7, cols),
+                k % 2 == 0,
+                spec(xd, xs),
+                None,
+                false,
+                None,
+                spec(yd, ys),
+                ((k % 3) as u8, 0),
+                (k % 3) as u8,
+            );
+            check_everywhere(&c, &format!("{cols} {xd:?} -> {yd:?} strides {xs}, {ys}"));
+        }
+        if xd == yd {
+            let cx = ctx(2, Isa::best());
+            let c = in_place_case(
+                &mut g,
+                (5, cols),
+                Over::YX,
+                spec(xd, 0),
+                spec(xd, 0),
+                yd,
+                true,
+                false,
+            );
+            let want = run(&cx, &c);
+            check(&cx, &c, &want, &format!("{cols} {xd:?} out of place"));
+            let (x, _, _) = run_in_place(&cx, &c, Over::YX);
+            assert!(
+                x.buf.all_bits() == overwritten(&c.x, &want.y),
+                "{cols} {xd:?} in place"
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Int8 output.
 

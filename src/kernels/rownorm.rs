@@ -232,21 +232,18 @@ trait WithMap<V: F32Vec> {
     fn with<M: VectorMap<V>>(self, m: &M) -> Self::Out;
 }
 
-/// `y = map(x)` over a row, streaming or not.
+/// `y = map(x)` over a row, streaming or not, prefetching `ahead` (see [`RowIo::map_ahead`]).
 struct Normalize<'a, X, Y> {
     io: RowIo<'a, X, Y>,
     stream: bool,
+    ahead: usize,
 }
 
 impl<V: F32Vec, X: ElementIo, Y: ElementIo> WithMap<V> for Normalize<'_, X, Y> {
     type Out = ();
     #[inline(always)]
     fn with<M: VectorMap<V>>(mut self, m: &M) {
-        if self.stream {
-            self.io.map_streaming::<V>(m)
-        } else {
-            self.io.map::<V>(m)
-        }
+        self.io.map_ahead::<V>(m, self.stream, self.ahead)
     }
 }
 
@@ -326,6 +323,28 @@ fn prefetch_inputs<V: F32Vec>(t: &RowTensors<'_>, r: usize) {
     t.x.prefetch::<V>(r, PREFETCH_HEAD);
     if let Some(res) = &t.residual {
         res.prefetch::<V>(r, PREFETCH_HEAD);
+    }
+}
+
+/// Rows of these many bytes prefetch the next row while they are normalized (see
+/// [`next_row_ahead`]). Measured on one and two cores of a Zen 5 (AVX-512), layer and RMS norm:
+/// rows of 8 and 16 KiB gained 10-30% (RMS norm (8192, 4096), 1 thread: 7.6-8.1 to 5.5-5.7 ms;
+/// layer norm (4096, 2048), 1 thread: 2.0-2.3 to 1.5-1.6 ms); rows of 4 KiB lost on layer norm
+/// (the hardware prefetchers already keep ahead of them), and so did layer norm's rows of 32
+/// KiB on one core, whose next row no longer fits the 48 KiB L1 beside the current one.
+const PREFETCH_NEXT_ROW_BYTES: std::ops::RangeInclusive<usize> = 8 << 10..=16 << 10;
+
+/// The distance in elements from row `r` of `x` to its next row, which the normalization of row
+/// `r` prefetches line by line as it goes (0: no prefetch). The statistics of a row read it from
+/// memory while nothing is written, its normalization writes it from L1 while nothing is read;
+/// prefetching the next row during the normalization keeps both directions busy at once, as in a
+/// copy. Other rows only prefetch heads ([`prefetch_inputs`]).
+#[inline(always)]
+fn next_row_ahead(x: &StridedRows<'_>, r: usize) -> usize {
+    if PREFETCH_NEXT_ROW_BYTES.contains(&(x.cols() * x.dtype().bytes())) && r + 1 < x.rows() {
+        x.stride()
+    } else {
+        0
     }
 }
 
@@ -468,7 +487,7 @@ impl<Y: Rows> Case for Staged<Y> {
     fn row<V: F32Vec>(j: &RowJob<'_, V>, t: &RowTensors<'_>, r: usize, buf: &mut [f32]) -> RowOut {
         let ms = stage::<V>(t, r, buf, !j.centered);
         let y = Y::of_mut(unsafe { t.y.row_mut(r) });
-        j.row::<f32, Y>(RowIo::Separate(buf, y), ms)
+        j.row::<f32, Y>(RowIo::Separate(buf, y), ms, 0)
     }
 }
 
@@ -489,7 +508,7 @@ impl<Y: Rows> Case for InPlace<Y> {
     #[inline(always)]
     fn row<V: F32Vec>(j: &RowJob<'_, V>, t: &RowTensors<'_>, r: usize, _: &mut [f32]) -> RowOut {
         let b = Y::of_mut(unsafe { t.y.row_mut(r) });
-        j.row::<Y, Y>(RowIo::InPlace(b), None)
+        j.row::<Y, Y>(RowIo::InPlace(b), None, next_row_ahead(&t.x, r))
     }
 }
 
@@ -498,7 +517,7 @@ impl<X: Rows, Y: Rows> Case for Straight<X, Y> {
     #[inline(always)]
     fn row<V: F32Vec>(j: &RowJob<'_, V>, t: &RowTensors<'_>, r: usize, _: &mut [f32]) -> RowOut {
         let (x, y) = unsafe { (X::of(t.x.row(r)), Y::of_mut(t.y.row_mut(r))) };
-        j.row::<X, Y>(RowIo::Separate(x, y), None)
+        j.row::<X, Y>(RowIo::Separate(x, y), None, next_row_ahead(&t.x, r))
     }
 }
 
@@ -751,7 +770,12 @@ fn round_part<V: F32Vec, S: ElementIo>(buf: &mut [f32], sum: &mut [S]) -> V {
 impl<V: F32Vec> RowJob<'_, V> {
     /// The statistics of a row (the mean square `ms` if already known), then `y` from them.
     #[inline(always)]
-    fn row<X: ElementIo, Y: ElementIo>(&self, mut io: RowIo<'_, X, Y>, ms: Option<f64>) -> RowOut {
+    fn row<X: ElementIo, Y: ElementIo>(
+        &self,
+        mut io: RowIo<'_, X, Y>,
+        ms: Option<f64>,
+        ahead: usize,
+    ) -> RowOut {
         let (c, eps) = (self.centered, self.eps);
         let p = match &io {
             RowIo::Separate(x, _) => row_params::<V, X>(x, c, eps, ms),
@@ -764,7 +788,7 @@ impl<V: F32Vec> RowJob<'_, V> {
             io.map_scalar(|j, x| p.in_f64(j, x, gb));
         } else {
             let stream = self.stream;
-            self.with_map(p, Normalize { io, stream });
+            self.with_map(p, Normalize { io, stream, ahead });
         }
         RowOut { p, y_scale: 0.0 }
     }
