@@ -55,6 +55,16 @@ impl Shape {
     pub(crate) fn channels_innermost(&self) -> bool {
         self.layout == Layout::Nsc || self.spatial == 1
     }
+
+    /// The length of a contiguous row of one channel's values, or of one position's channels:
+    /// `channels` when channels are innermost, else `spatial`.
+    pub(crate) fn row_len(&self) -> usize {
+        if self.channels_innermost() {
+            self.channels
+        } else {
+            self.spatial
+        }
+    }
 }
 
 /// The product of `dims`, checked so that `product * elem_bytes <= isize::MAX`. A product with a

@@ -7,7 +7,7 @@
 //! batch_stat` (PyTorch's and cuDNN's `momentum`), with the unbiased variance unless
 //! [`RunningVar::Biased`] is asked for.
 
-use super::TASK_ELEMENTS;
+use super::{RowParts, TASK_ELEMENTS};
 use crate::context::Context;
 use crate::error::{Error, Result, check_eps, check_len};
 pub use crate::io::BackwardIo;
@@ -33,15 +33,23 @@ const CHANNEL_CHUNK: usize = 1 << 18;
 const REDUCTION_TASK_ELEMENTS: usize = 1 << 17;
 /// Most chunks a channels-innermost reduction is split into.
 const MAX_ROW_CHUNKS: usize = 256;
-/// Whether to write an output of `E` with streaming stores (see [`super::streams`]): channels-
-/// first outputs are runs of `spatial` elements.
-fn streams<E>(shape: &Shape, elements: usize) -> bool {
+/// Whether to write the output of `io` with streaming stores (see [`super::streams_bytes`]), in
+/// a call that also reads `inputs` other tensors of its size: channels-first outputs are runs
+/// of `spatial` elements.
+fn streams<E: Element>(ctx: &Context, shape: &Shape, io: &InOut<'_, E>, inputs: usize) -> bool {
     let run = if shape.channels_innermost() {
         usize::MAX
     } else {
         shape.spatial
     };
-    super::streams::<E>(elements, run)
+    let tensors = inputs
+        + if matches!(io, InOut::InPlace(_)) {
+            1
+        } else {
+            2
+        };
+    let bytes = io.len().saturating_mul(std::mem::size_of::<E>());
+    super::streams_bytes(bytes.saturating_mul(tensors), run, ctx.threads())
 }
 
 /// Optional per-channel scale and shift; `None` means `gamma = 1`, `beta = 0`.
@@ -560,6 +568,7 @@ fn fused_training<E: Element>(
     let (c, s, rows) = (shape.channels, shape.spatial, shape.batch);
     let isa = ctx.supported_isa();
     let elements = io.len();
+    let stream = streams(ctx, shape, io, 0);
     let shared: SharedIo<'_, E> = io.share();
     let range = |ch: usize, n: usize| (n * c + ch) * s..(n * c + ch + 1) * s;
     // SAFETY: a task alone touches the rows of its channels. A channel's input slices are
@@ -590,7 +599,7 @@ fn fused_training<E: Element>(
                 row_out: &row_out,
                 params: &params,
                 out,
-                stream: streams::<E>(shape, elements),
+                stream,
             },
         )
     });
@@ -639,22 +648,15 @@ fn apply_affine<E: Element>(
         return;
     }
     let isa = ctx.supported_isa();
-    let row_len = if shape.channels_innermost() {
-        shape.channels
-    } else {
-        shape.spatial
-    };
-    let rows = elements / row_len;
-    let rows_per_task = (TASK_ELEMENTS / row_len).max(1);
-    let stream = streams::<E>(shape, elements);
+    let parts = RowParts::new(elements, shape.row_len());
+    let stream = streams(ctx, shape, io, 0);
     let shared = io.share();
-    let tasks = rows.div_ceil(rows_per_task);
     // Each thread's part last first: after a statistics pass over a tensor larger than its
     // caches, the data a thread read last is what its caches still hold.
-    ctx.for_each_backward(elements, tasks, |k| {
-        let r = k * rows_per_task..rows.min((k + 1) * rows_per_task);
+    ctx.for_each_backward(elements, parts.tasks(), |k| {
+        let r = parts.rows(k);
         // SAFETY: tasks cover disjoint row ranges.
-        let part = unsafe { shared.part(r.start * row_len..r.end * row_len) };
+        let part = unsafe { shared.part(parts.span(&r)) };
         if shape.channels_innermost() {
             dispatch(
                 isa,
@@ -672,7 +674,7 @@ fn apply_affine<E: Element>(
                 NcsAffine {
                     io: part,
                     first_row: r.start,
-                    spatial: row_len,
+                    spatial: shape.spatial,
                     channels: shape.channels,
                     params,
                     relu,
@@ -1046,7 +1048,7 @@ fn fused_backward<E: Element>(
     let count = rows * s;
     let isa = ctx.supported_isa();
     let elements = io.len();
-    let stream = streams::<E>(shape, elements);
+    let stream = streams(ctx, shape, io, 1);
     let shared: SharedIo<'_, E> = io.share();
     ctx.map(2 * elements, c, |ch| {
         let range = |n: usize| (n * c + ch) * s..(n * c + ch + 1) * s;
@@ -1130,21 +1132,14 @@ fn apply_grad<E: Element>(
         };
 
         let isa = ctx.supported_isa();
-        let row_len = if shape.channels_innermost() {
-            c
-        } else {
-            shape.spatial
-        };
-        let rows = elements / row_len;
-        let rows_per_task = (TASK_ELEMENTS / row_len).max(1);
-        let stream = streams::<E>(shape, elements);
+        let parts = RowParts::new(elements, shape.row_len());
+        let stream = streams(ctx, shape, io, 1);
         let shared = io.share();
-        let tasks = rows.div_ceil(rows_per_task);
         // Each thread's part last first: the reduction read it last, so it is what the thread's
         // caches still hold.
-        ctx.for_each_backward(2 * elements, tasks, |t| {
-            let r = t * rows_per_task..rows.min((t + 1) * rows_per_task);
-            let span = r.start * row_len..r.end * row_len;
+        ctx.for_each_backward(2 * elements, parts.tasks(), |t| {
+            let r = parts.rows(t);
+            let span = parts.span(&r);
             // SAFETY: tasks cover disjoint row ranges.
             let part = unsafe { shared.part(span.clone()) };
             if shape.channels_innermost() {
@@ -1165,7 +1160,7 @@ fn apply_grad<E: Element>(
                         x: &x[span],
                         io: part,
                         first_row: r.start,
-                        spatial: row_len,
+                        spatial: shape.spatial,
                         channels: c,
                         coef,
                         stream,

@@ -492,7 +492,7 @@ fn run_keep<E: Element>(
     mask_out: Option<&mut [u8]>,
 ) {
     let n = io.len();
-    let stream = super::streams::<E>(n, usize::MAX);
+    let stream = super::streams::<E>(n, usize::MAX, ctx.threads());
     let isa = ctx.supported_isa();
     let tasks = parts(io, mask_out, TASK_ELEMENTS);
     ctx.for_each(n, tasks.len(), |t| {
@@ -549,7 +549,7 @@ fn apply_channel<E: Element>(
         (shape.spatial, ChannelRows::Maps)
     };
     let rows_per_task = (TASK_ELEMENTS / row_len).max(1);
-    let stream = super::streams::<E>(n, row_len);
+    let stream = super::streams::<E>(n, row_len, ctx.threads());
     let isa = ctx.supported_isa();
     let tasks = parts(io, None, rows_per_task * row_len);
     ctx.for_each(n, tasks.len(), |t| {
@@ -595,7 +595,7 @@ fn run_gaussian<E: Element>(ctx: &Context, io: &mut InOut<'_, E>, p: f32, seed: 
                 seed,
                 first_element: offset + (t * TASK_ELEMENTS) as u64,
                 sigma,
-                stream: super::streams::<E>(n, usize::MAX),
+                stream: super::streams::<E>(n, usize::MAX, ctx.threads()),
             },
         );
     });
@@ -631,7 +631,7 @@ fn run_uniform<E: Element>(
                 seed,
                 first_word: offset + (t * TASK_ELEMENTS) as u64,
                 beta,
-                stream: super::streams::<E>(n, usize::MAX),
+                stream: super::streams::<E>(n, usize::MAX, ctx.threads()),
             },
         );
     });

@@ -17,7 +17,7 @@
 //! Work is split by the shape alone and merged in a fixed order: results do not depend on the
 //! thread count.
 
-use super::TASK_ELEMENTS;
+use super::{RowParts, TASK_ELEMENTS};
 use crate::context::Context;
 use crate::error::{Error, Result, check_eps, check_len};
 use crate::io::{InOut, SharedIo};
@@ -449,13 +449,10 @@ fn normalize<E: Element>(
     let elements = io.len();
     let isa = ctx.supported_isa();
     let innermost = shape.channels_innermost();
-    let row_len = if innermost { c } else { s };
-    let rows = elements / row_len;
-    let rows_per_task = (TASK_ELEMENTS / row_len).max(1);
-    let tasks = rows.div_ceil(rows_per_task);
+    let parts = RowParts::new(elements, shape.row_len());
     let shared = io.share();
-    ctx.for_each(elements, tasks, |k| {
-        let r = k * rows_per_task..rows.min((k + 1) * rows_per_task);
+    ctx.for_each(elements, parts.tasks(), |k| {
+        let r = parts.rows(k);
         if innermost {
             // Rows of C values; row `r` belongs to batch item `r / spatial`.
             let mut row = r.start;
@@ -593,17 +590,17 @@ fn grad_sums<E: Element>(
     if shape.layout == Layout::Ncs && s > 1 {
         // Rows of `spatial` values, row `n * C + c`; each row's sums are the same whatever the
         // task holding it.
-        let rows = b * c;
-        let rows_per_task = (TASK_ELEMENTS / s).max(1);
-        let parts = ctx.map(x.len(), rows.div_ceil(rows_per_task), |k| {
-            let r = k * rows_per_task..rows.min((k + 1) * rows_per_task);
+        let split = RowParts::new(b * c * s, s);
+        let parts = ctx.map(x.len(), split.tasks(), |k| {
+            let r = split.rows(k);
+            let span = split.span(&r);
             let mut out = vec![GradSums::default(); r.len()];
             let shift = |row: usize| stats.mean(row / c, row % c);
             dispatch(
                 isa,
                 NcsGradSums {
-                    x: &x[r.start * s..r.end * s],
-                    dy: &dy[r.start * s..r.end * s],
+                    x: &x[span.clone()],
+                    dy: &dy[span],
                     first_row: r.start,
                     spatial: s,
                     shift: &shift,
@@ -704,14 +701,11 @@ fn apply_grad<E: Element>(
     let elements = io.len();
     let isa = ctx.supported_isa();
     let innermost = shape.channels_innermost();
-    let row_len = if innermost { c } else { s };
-    let rows = elements / row_len;
-    let rows_per_task = (TASK_ELEMENTS / row_len).max(1);
-    let tasks = rows.div_ceil(rows_per_task);
+    let parts = RowParts::new(elements, shape.row_len());
     let shared = io.share();
-    ctx.for_each(elements, tasks, |k| {
-        let r = k * rows_per_task..rows.min((k + 1) * rows_per_task);
-        let span = r.start * row_len..r.end * row_len;
+    ctx.for_each(elements, parts.tasks(), |k| {
+        let r = parts.rows(k);
+        let span = parts.span(&r);
         // SAFETY: tasks cover disjoint row ranges.
         let part = unsafe { shared.part(span.clone()) };
         if innermost {

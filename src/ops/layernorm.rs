@@ -271,17 +271,16 @@ pub(crate) fn rows_forward<E: Element>(
             (b, b, true)
         }
     };
-    let tensors = row_tensors(x, None, None, None, y, y_is_x);
+    let tensors = row_tensors(ctx.threads(), x, None, None, None, y, y_is_x);
     run_rows(ctx, call, &tensors, affine, save_mean, save_inv, None);
 }
 
-/// The tensors of a call, with their streaming stores chosen from them: outputs stream (see
-/// [`super::streams`]) when the bytes of the call's distinct tensors (an output that replaces
-/// an input counted once) are at least twice what `streams` asks of one output, that is, when
-/// they do not fit in the last-level cache together. For one input and one output this is
-/// `streams`' rule; with a residual and a sum, outputs smaller than half the cache also stream
-/// when they would evict the call's own inputs.
+/// The tensors of a call, with their streaming stores chosen from them (see
+/// [`super::streams_bytes`]): outputs stream when the bytes of the call's distinct tensors (an
+/// output that replaces an input counted once) exceed what the caches of its `threads` cores
+/// hold.
 fn row_tensors<'a>(
+    threads: usize,
     x: StridedRows<'a>,
     residual: Option<StridedRows<'a>>,
     bias: Option<&'a [f32]>,
@@ -299,7 +298,7 @@ fn row_tensors<'a>(
     let stream = |t: &StridedRows<'_>| {
         let run = if t.stride() == cols { usize::MAX } else { cols };
         // Quantized rows are written by 8- or 16-byte stores, never streamed.
-        t.dtype() != Dtype::I8 && super::streams_bytes(footprint / 2, run)
+        t.dtype() != Dtype::I8 && super::streams_bytes(footprint, run, threads)
     };
     RowTensors {
         x,
@@ -464,7 +463,15 @@ pub(crate) fn rows_forward_io(
         RowTarget::Into(r) => StridedRows::write(r, rows, cols, y_spec.stride_for(cols)),
         _ => x_rows,
     };
-    let tensors = row_tensors(x_rows, res_rows, bias, sum_rows, y_rows, y_is_x);
+    let tensors = row_tensors(
+        ctx.threads(),
+        x_rows,
+        res_rows,
+        bias,
+        sum_rows,
+        y_rows,
+        y_is_x,
+    );
     run_rows(ctx, call, &tensors, affine, save_mean, save_inv, y_scale);
     Ok(())
 }
