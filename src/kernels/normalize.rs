@@ -128,6 +128,20 @@ impl<V: F32Vec, const RELU: bool> VectorMap<V> for UniformAffine<V, RELU> {
     }
 }
 
+/// One channel's map.
+#[inline(always)]
+fn uniform_affine<V: F32Vec, const RELU: bool>(
+    shift: f32,
+    scale: f32,
+    offset: f32,
+) -> UniformAffine<V, RELU> {
+    UniformAffine {
+        shift: V::splat(shift),
+        scale: V::splat(scale),
+        offset: V::splat(offset),
+    }
+}
+
 /// Applies one channel's map to a contiguous span, with streaming stores if `stream` (the caller
 /// then fences with `V::fence_streams()`).
 #[inline(always)]
@@ -138,11 +152,7 @@ pub(crate) fn affine_span<V: F32Vec, X: ElementIo, Y: ElementIo, const RELU: boo
     offset: f32,
     stream: bool,
 ) {
-    let map = UniformAffine::<V, RELU> {
-        shift: V::splat(shift),
-        scale: V::splat(scale),
-        offset: V::splat(offset),
-    };
+    let map = uniform_affine::<V, RELU>(shift, scale, offset);
     if stream {
         io.map_streaming::<V>(&map);
     } else {
@@ -187,6 +197,15 @@ impl<X: ElementIo, Y: ElementIo> Kernel for NcsAffine<'_, X, Y> {
         let rows = self.io.len() / self.spatial;
         let p = self.params;
         let mut c = self.first_row % channels;
+        if p.wide.is_empty() && !self.stream {
+            // Every channel's map fits f32 and the output stays cached: one plain loop over the
+            // rows (short rows, such as 7x7 maps, cost little more than their vectors).
+            return if self.relu {
+                ncs_rows::<V, X, Y, true>(&mut self.io, self.spatial, channels, c, p)
+            } else {
+                ncs_rows::<V, X, Y, false>(&mut self.io, self.spatial, channels, c, p)
+            };
+        }
         for r in 0..rows {
             let mut row = self.io.part(r * self.spatial..(r + 1) * self.spatial);
             if let Some(w) = p.wide.get(c).filter(|w| w.narrow().is_none()) {
@@ -213,6 +232,41 @@ impl<X: ElementIo, Y: ElementIo> Kernel for NcsAffine<'_, X, Y> {
         }
         if self.stream {
             V::fence_streams();
+        }
+    }
+}
+
+/// Rows of `spatial` elements of channels `c, c + 1, ...` (cyclically), each mapped in `f32`
+/// with its channel's parameters (the first `channels` entries of `p`'s arrays).
+#[inline(always)]
+fn ncs_rows<V: F32Vec, X: ElementIo, Y: ElementIo, const RELU: bool>(
+    io: &mut RowIo<'_, X, Y>,
+    spatial: usize,
+    channels: usize,
+    mut c: usize,
+    p: ChannelAffine<'_>,
+) {
+    let (shift, scale, offset) = (
+        &p.shift[..channels],
+        &p.scale[..channels],
+        &p.offset[..channels],
+    );
+    // Loops written out, not a closure over the row: a closure body is compiled without the
+    // caller's target features (see `VectorMap`).
+    match io {
+        RowIo::Separate(x, y) => {
+            for (x, y) in x.chunks_exact(spatial).zip(y.chunks_exact_mut(spatial)) {
+                let map = uniform_affine::<V, RELU>(shift[c], scale[c], offset[c]);
+                RowIo::<X, Y>::Separate(x, y).map::<V>(&map);
+                c = if c + 1 == channels { 0 } else { c + 1 };
+            }
+        }
+        RowIo::InPlace(b) => {
+            for b in b.chunks_exact_mut(spatial) {
+                let map = uniform_affine::<V, RELU>(shift[c], scale[c], offset[c]);
+                RowIo::<X, Y>::InPlace(b).map::<V>(&map);
+                c = if c + 1 == channels { 0 } else { c + 1 };
+            }
         }
     }
 }
