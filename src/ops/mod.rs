@@ -160,6 +160,27 @@ fn parse_cache_size(s: &str) -> Option<usize> {
 mod tests {
     use super::*;
 
+    /// Calls stream from the caches' size on: more threads hold more, short runs and small
+    /// calls never stream.
+    #[test]
+    fn streaming_starts_where_the_caches_end() {
+        for threads in [1, 2, 8] {
+            let held = cached_bytes(threads);
+            assert!(held >= cached_bytes(1));
+            assert!(!streams_bytes(held - 1, usize::MAX, threads));
+            assert_eq!(
+                streams_bytes(held, usize::MAX, threads),
+                held > STREAM_MIN_BYTES_FLOOR
+            );
+            assert!(!streams_bytes(usize::MAX, STREAM_MIN_RUN - 1, threads));
+        }
+        assert!(!streams_bytes(STREAM_MIN_BYTES_FLOOR, usize::MAX, 1));
+        // An element-wise pass counts its input and its output.
+        let held = cached_bytes(2);
+        assert!(streams::<f32>(held.div_ceil(8), usize::MAX, 2));
+        assert!(!streams::<f32>(held / 8 - 1, usize::MAX, 2));
+    }
+
     #[test]
     fn cache_sizes_parse() {
         assert_eq!(parse_cache_size("32768K"), Some(32 << 20));
