@@ -851,8 +851,8 @@ fn rows_far_apart() {
     }
 }
 
-/// Outputs big enough for streaming stores (at least half of any last-level cache up to 32 MiB,
-/// runs of at least 1024): strided rows whose starts are not vector-aligned, the sum streamed
+/// Calls big enough for streaming stores (59 MB of tensors, more than a last-level cache of up to
+/// 32 MiB and the L2 caches of 3 threads hold; runs of at least 1024): strided rows whose starts are not vector-aligned, the sum streamed
 /// too; elements between rows untouched.
 #[test]
 fn streamed_strided_outputs() {
