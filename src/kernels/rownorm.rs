@@ -328,7 +328,7 @@ fn prefetch_inputs<V: F32Vec>(t: &RowTensors<'_>, r: usize) {
 
 /// Rows of these many bytes prefetch the next row while they are normalized (see
 /// [`next_row_ahead`]). Measured on one and two cores of a Zen 5 (AVX-512), layer and RMS norm:
-/// rows of 8 and 16 KiB gained 10-30% (RMS norm (8192, 4096), 1 thread: 7.6-8.1 to 5.5-5.7 ms;
+/// rows of 8 and 16 KiB gained 10-30% (RMS norm (8192, 4096), 1 thread: 7.6-8.1 to 5.5-5.9 ms;
 /// layer norm (4096, 2048), 1 thread: 2.0-2.3 to 1.5-1.6 ms); rows of 4 KiB lost on layer norm
 /// (the hardware prefetchers already keep ahead of them), and so did layer norm's rows of 32
 /// KiB on one core, whose next row no longer fits the 48 KiB L1 beside the current one.
