@@ -252,7 +252,9 @@ fn ncs_rows<V: F32Vec, X: ElementIo, Y: ElementIo, const RELU: bool>(
         &p.offset[..channels],
     );
     // Loops written out, not a closure over the row: a closure body is compiled without the
-    // caller's target features (see `VectorMap`).
+    // caller's target features (see `VectorMap`). Zipped chunks, not a reborrowed `io.part` per
+    // row: the sub-part's bounds checks cost 5% of NCHW (8,2048,7,7) on two threads (37.0-38.8
+    // against 39.0-40.0 us).
     match io {
         RowIo::Separate(x, y) => {
             for (x, y) in x.chunks_exact(spatial).zip(y.chunks_exact_mut(spatial)) {

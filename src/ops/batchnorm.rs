@@ -33,23 +33,16 @@ const CHANNEL_CHUNK: usize = 1 << 18;
 const REDUCTION_TASK_ELEMENTS: usize = 1 << 17;
 /// Most chunks a channels-innermost reduction is split into.
 const MAX_ROW_CHUNKS: usize = 256;
-/// Whether to write the output of `io` with streaming stores (see [`super::streams_bytes`]), in
-/// a call that also reads `inputs` other tensors of its size: channels-first outputs are runs
-/// of `spatial` elements.
+/// Whether to write the output of `io` with streaming stores (see [`super::streams_io`]), in a
+/// call that also reads `inputs` other tensors of its size: channels-first outputs are runs of
+/// `spatial` elements.
 fn streams<E: Element>(ctx: &Context, shape: &Shape, io: &InOut<'_, E>, inputs: usize) -> bool {
     let run = if shape.channels_innermost() {
         usize::MAX
     } else {
         shape.spatial
     };
-    let tensors = inputs
-        + if matches!(io, InOut::InPlace(_)) {
-            1
-        } else {
-            2
-        };
-    let bytes = io.len().saturating_mul(std::mem::size_of::<E>());
-    super::streams_bytes(bytes.saturating_mul(tensors), run, ctx.threads())
+    super::streams_io(ctx, io, inputs, run)
 }
 
 /// Optional per-channel scale and shift; `None` means `gamma = 1`, `beta = 0`.

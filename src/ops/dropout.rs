@@ -492,7 +492,7 @@ fn run_keep<E: Element>(
     mask_out: Option<&mut [u8]>,
 ) {
     let n = io.len();
-    let stream = super::streams::<E>(n, usize::MAX, ctx.threads());
+    let stream = super::streams_io(ctx, io, 0, usize::MAX);
     let isa = ctx.supported_isa();
     let tasks = parts(io, mask_out, TASK_ELEMENTS);
     ctx.for_each(n, tasks.len(), |t| {
@@ -549,7 +549,7 @@ fn apply_channel<E: Element>(
         (shape.spatial, ChannelRows::Maps)
     };
     let rows_per_task = (TASK_ELEMENTS / row_len).max(1);
-    let stream = super::streams::<E>(n, row_len, ctx.threads());
+    let stream = super::streams_io(ctx, io, 0, row_len);
     let isa = ctx.supported_isa();
     let tasks = parts(io, None, rows_per_task * row_len);
     ctx.for_each(n, tasks.len(), |t| {
@@ -584,6 +584,7 @@ fn run_gaussian<E: Element>(ctx: &Context, io: &mut InOut<'_, E>, p: f32, seed: 
     let p = f64::from(p);
     let sigma = (p / (1.0 - p)).sqrt() as f32;
     let n = io.len();
+    let stream = super::streams_io(ctx, io, 0, usize::MAX);
     let isa = ctx.supported_isa();
     let tasks = parts(io, None, TASK_ELEMENTS);
     ctx.for_each(n, tasks.len(), |t| {
@@ -595,7 +596,7 @@ fn run_gaussian<E: Element>(ctx: &Context, io: &mut InOut<'_, E>, p: f32, seed: 
                 seed,
                 first_element: offset + (t * TASK_ELEMENTS) as u64,
                 sigma,
-                stream: super::streams::<E>(n, usize::MAX, ctx.threads()),
+                stream,
             },
         );
     });
@@ -620,6 +621,7 @@ fn run_uniform<E: Element>(
         return;
     }
     let n = io.len();
+    let stream = super::streams_io(ctx, io, 0, usize::MAX);
     let isa = ctx.supported_isa();
     let tasks = parts(io, None, TASK_ELEMENTS);
     ctx.for_each(n, tasks.len(), |t| {
@@ -631,7 +633,7 @@ fn run_uniform<E: Element>(
                 seed,
                 first_word: offset + (t * TASK_ELEMENTS) as u64,
                 beta,
-                stream: super::streams::<E>(n, usize::MAX, ctx.threads()),
+                stream,
             },
         );
     });

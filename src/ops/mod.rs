@@ -2,6 +2,10 @@
 //! before it writes anything, splits the work into parts fixed by the shape alone, and runs the
 //! kernels on them.
 
+use crate::context::Context;
+use crate::io::InOut;
+use crate::simd::element::Element;
+
 pub mod batchnorm;
 pub mod dropout;
 pub mod groupnorm;
@@ -48,13 +52,29 @@ impl RowParts {
     }
 }
 
-/// Whether the output of an element-wise pass over `elements` elements of type `E` (one input
-/// of that size read, the output written apart), in contiguous runs of `run` elements
-/// (`usize::MAX` if all contiguous), run on `threads` threads, is written with streaming
-/// stores: [`streams_bytes`] with the two tensors' bytes.
-pub(crate) fn streams<E>(elements: usize, run: usize, threads: usize) -> bool {
+/// Whether the output of `io`, written in contiguous runs of `run` elements (`usize::MAX` if
+/// all contiguous) by a call on `ctx` that also reads `inputs` other tensors of its size, is
+/// written with streaming stores: [`streams`] with the call's distinct tensors (`io` in place
+/// is one).
+pub(crate) fn streams_io<E: Element>(
+    ctx: &Context,
+    io: &InOut<'_, E>,
+    inputs: usize,
+    run: usize,
+) -> bool {
+    let tensors = inputs
+        + if matches!(io, InOut::InPlace(_)) {
+            1
+        } else {
+            2
+        };
+    streams::<E>(io.len(), tensors, run, ctx.threads())
+}
+
+/// [`streams_bytes`] for a call of `tensors` distinct tensors of `elements` elements of type `E`.
+pub(crate) fn streams<E>(elements: usize, tensors: usize, run: usize, threads: usize) -> bool {
     let bytes = elements.saturating_mul(std::mem::size_of::<E>());
-    streams_bytes(bytes.saturating_mul(2), run, threads)
+    streams_bytes(bytes.saturating_mul(tensors), run, threads)
 }
 
 /// Whether the outputs of a call whose distinct tensors (an output that replaces an input
@@ -177,8 +197,8 @@ mod tests {
         assert!(!streams_bytes(STREAM_MIN_BYTES_FLOOR, usize::MAX, 1));
         // An element-wise pass counts its input and its output.
         let held = cached_bytes(2);
-        assert!(streams::<f32>(held.div_ceil(8), usize::MAX, 2));
-        assert!(!streams::<f32>(held / 8 - 1, usize::MAX, 2));
+        assert!(streams::<f32>(held.div_ceil(8), 2, usize::MAX, 2));
+        assert!(!streams::<f32>(held / 8 - 1, 2, usize::MAX, 2));
     }
 
     #[test]
