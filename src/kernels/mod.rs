@@ -37,11 +37,14 @@ pub(crate) fn with_line_arrays<const K: usize, R>(
     let stride = len.next_multiple_of(LINE_FLOATS);
     let total = K * stride;
     let mut stack = LineStack([0.0; LINE_STACK_FLOATS]);
-    let mut heap = Vec::new();
+    // Larger arrays come from this thread's scratch (see `crate::scratch`): a fresh allocation
+    // of thousands of channels' parameters per call costs page faults when the allocator gives
+    // its pages back between calls.
+    let mut heap;
     let buf: &mut [f32] = if total <= LINE_STACK_FLOATS {
         &mut stack.0[..total]
     } else {
-        heap.resize(total + LINE_FLOATS - 1, 0f32);
+        heap = crate::scratch::take(total + LINE_FLOATS - 1, 0f32);
         // Floats to skip to the first line boundary (the address is a multiple of 4).
         let skip = (heap.as_ptr() as usize).wrapping_neg() % crate::simd::LINE_BYTES / 4;
         &mut heap[skip..skip + total]

@@ -221,7 +221,7 @@ pub fn moments<E: Element>(
     let elements = check_sizes(&shape)?;
     check_len("x", x, elements)?;
     check_len("out", out, shape.channels)?;
-    out.copy_from_slice(&channel_moments(ctx, &shape, x));
+    channel_moments(ctx, &shape, x, out);
     Ok(())
 }
 
@@ -261,16 +261,15 @@ pub fn forward_training<E: Element>(
     check_state(&running, &saved, shape.channels)?;
 
     let mut invstd = scratch::take(shape.channels, 0f64);
-    let stats = if fuses_channels(&shape) {
-        let stats = fused_training(ctx, &shape, &mut io, affine, params.eps);
+    let mut stats = scratch::take(shape.channels, Moments::EMPTY);
+    if fuses_channels(&shape) {
+        fused_training(ctx, &shape, &mut io, affine, params.eps, &mut stats);
         channel_invstd(&stats, params.eps, &mut invstd);
-        stats
     } else {
-        let stats = channel_moments(ctx, &shape, io.input());
+        channel_moments(ctx, &shape, io.input(), &mut stats);
         channel_invstd(&stats, params.eps, &mut invstd);
         normalize_with_moments(ctx, &shape, &mut io, affine, &stats, &invstd);
-        stats
-    };
+    }
     write_state(&stats, &invstd, &params, running, saved);
     Ok(())
 }
@@ -478,13 +477,14 @@ fn row_chunk(rows: usize, channels: usize) -> usize {
     rows.div_ceil(chunks).max(1)
 }
 
-/// Per-channel moments of a whole tensor. Chunks are fixed by the shape and combined in order, so
-/// the result does not depend on the thread count.
-fn channel_moments<E: Element>(ctx: &Context, shape: &Shape, x: &[E]) -> Vec<Moments> {
+/// Per-channel moments of a whole tensor, into `total` (`C` entries). Chunks are fixed by the
+/// shape and combined in order, so the result does not depend on the thread count.
+fn channel_moments<E: Element>(ctx: &Context, shape: &Shape, x: &[E], total: &mut [Moments]) {
     let (c, s) = (shape.channels, shape.spatial);
     let count = shape.batch * s;
+    total.fill(Moments::EMPTY);
     if c == 0 || count == 0 {
-        return vec![Moments::EMPTY; c];
+        return;
     }
     let isa = ctx.supported_isa();
     if shape.channels_innermost() {
@@ -504,8 +504,7 @@ fn channel_moments<E: Element>(ctx: &Context, shape: &Shape, x: &[E]) -> Vec<Mom
         );
         let mut partials = scratch::take(chunks * 2 * c, 0f64);
         let mut sums = scratch::take(3 * c, 0f64);
-        let mut total = vec![Moments::EMPTY; c];
-        let mut passes = ShiftedPasses::new(rows, &shift, &mut sums, &mut total);
+        let mut passes = ShiftedPasses::new(rows, &shift, &mut sums, total);
         while let Some((shift, sums)) = passes.next() {
             ctx.for_each_part(x.len(), &mut partials, 2 * c, |k, part| {
                 let r = k * chunk..rows.min((k + 1) * chunk);
@@ -527,7 +526,6 @@ fn channel_moments<E: Element>(ctx: &Context, shape: &Shape, x: &[E]) -> Vec<Mom
             }
             passes.settle();
         }
-        total
     } else {
         let chunks = count.div_ceil(CHANNEL_CHUNK);
         let partials = ctx.map(x.len(), c * chunks, |i| {
@@ -542,22 +540,22 @@ fn channel_moments<E: Element>(ctx: &Context, shape: &Shape, x: &[E]) -> Vec<Mom
                 },
             )
         });
-        partials
-            .chunks(chunks)
-            .map(|p| p.iter().fold(Moments::EMPTY, |a, &b| a.merge(b)))
-            .collect()
+        for (t, p) in total.iter_mut().zip(partials.chunks(chunks)) {
+            *t = p.iter().fold(Moments::EMPTY, |a, &b| a.merge(b));
+        }
     }
 }
 
-/// Channels-first training forward, one task per channel: moments, then normalization while the
-/// channel is in cache.
+/// Channels-first training forward, one task per channel: moments (into `stats`, `C` entries),
+/// then normalization while the channel is in cache.
 fn fused_training<E: Element>(
     ctx: &Context,
     shape: &Shape,
     io: &mut InOut<'_, E>,
     affine: Affine<'_>,
     eps: f32,
-) -> Vec<Moments> {
+    stats: &mut [Moments],
+) {
     let (c, s, rows) = (shape.channels, shape.spatial, shape.batch);
     let isa = ctx.supported_isa();
     let elements = io.len();
@@ -578,8 +576,7 @@ fn fused_training<E: Element>(
         )
     };
     let per_task = (TASK_ELEMENTS / (rows * s).max(1)).max(1);
-    let mut stats = vec![Moments::EMPTY; c];
-    ctx.for_each_part(elements, &mut stats, per_task, |k, out| {
+    ctx.for_each_part(elements, stats, per_task, |k, out| {
         let first = k * per_task;
         dispatch(
             isa,
@@ -596,7 +593,6 @@ fn fused_training<E: Element>(
             },
         )
     });
-    stats
 }
 
 /// Normalizes `io` with per-channel statistics `stats` (and their [`channel_invstd`]).
