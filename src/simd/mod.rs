@@ -85,6 +85,28 @@ impl Isa {
     }
 }
 
+/// Whether the running CPU is Intel's (x86-64 vendor string `GenuineIntel`), read once per
+/// process: the one tuning that depends on more than the ISA (see
+/// `kernels::rownorm::next_row_ahead`) differs between Intel's and AMD's hardware prefetchers.
+pub(crate) fn intel_cpu() -> bool {
+    static INTEL: OnceLock<bool> = OnceLock::new();
+    *INTEL.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // SAFETY: CPUID leaf 0 exists on every x86-64 CPU and only reads identification
+            // registers (the function is safe on newer toolchains, hence the allow).
+            #[allow(unused_unsafe)]
+            let id = unsafe { std::arch::x86_64::__cpuid(0) };
+            [id.ebx, id.edx, id.ecx]
+                .iter()
+                .flat_map(|r| r.to_le_bytes())
+                .eq(*b"GenuineIntel")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    })
+}
+
 /// An [`Isa`] that has been checked to run on this CPU. Only this type reaches [`dispatch`], so
 /// the `#[target_feature]` code behind it never runs on a CPU without the feature.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
