@@ -91,7 +91,8 @@ impl Isa {
 pub(crate) fn intel_cpu() -> bool {
     static INTEL: OnceLock<bool> = OnceLock::new();
     *INTEL.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
+        // Miri has no CPUID; the answer only tunes prefetching.
+        #[cfg(all(target_arch = "x86_64", not(miri)))]
         {
             // SAFETY: CPUID leaf 0 exists on every x86-64 CPU and only reads identification
             // registers (the function is safe on newer toolchains, hence the allow).
@@ -102,7 +103,7 @@ pub(crate) fn intel_cpu() -> bool {
                 .flat_map(|r| r.to_le_bytes())
                 .eq(*b"GenuineIntel")
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(any(not(target_arch = "x86_64"), miri))]
         false
     })
 }
