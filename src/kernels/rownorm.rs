@@ -338,9 +338,10 @@ const PREFETCH_NEXT_ROW_BYTES: std::ops::RangeInclusive<usize> = 8 << 10..=16 <<
 
 /// [`PREFETCH_NEXT_ROW_BYTES`] on Intel CPUs, whose prefetchers leave the statistics of narrow
 /// rows waiting on memory. Measured on an Intel Xeon (AVX-512, 2 MiB L2 per core), medians of
-/// 100-200 calls, alternating: layer norm (8192, 768) 1 thread 3.1-3.2 to 2.5-2.6 ms, 2 threads
-/// 1.40-1.47 to 1.16-1.18 ms; RMS norm (8192, 768) 1 thread 2.5-2.9 to 2.3-2.4 ms; layer norm
-/// (16384, 512) 1 thread 9.0-9.1 to 6.4-6.7 ms; rows of 1 KiB did not gain.
+/// 100-200 calls, alternating: layer norm (8192, 768) 1 thread 2.9-3.2 to 2.2-2.6 ms, 2 threads
+/// 1.26-1.47 to 1.07-1.18 ms; RMS norm (8192, 768) 1 thread 2.5-2.9 to 2.2-2.4 ms; layer norm
+/// (16384, 512) 1 thread 9.0-9.1 to 6.4-6.7 ms. Rows of 1 KiB and of 4 KiB measured within the
+/// noise; 4 KiB stays in the band, between widths that gain.
 const PREFETCH_NEXT_ROW_BYTES_INTEL: std::ops::RangeInclusive<usize> = 2 << 10..=16 << 10;
 
 /// The distance in elements from row `r` of `x` to its next row, which the normalization of row

@@ -129,7 +129,7 @@ fn cached_bytes(threads: usize) -> usize {
     let &(llc, l2) = SIZES.get_or_init(|| {
         let sizes = cache_sizes();
         let llc = sizes.iter().map(|c| c.counted()).max();
-        let l2 = sizes.iter().find(|c| c.level == 2).map(|c| c.counted());
+        let l2 = sizes.iter().find(|c| c.level == 2).map(|c| c.bytes);
         match (llc, l2) {
             // A last-level cache that is the L2 holds nothing beside it.
             (Some(llc), Some(l2)) if l2 < llc => (llc, l2),
@@ -150,8 +150,8 @@ struct Cache {
 }
 
 impl Cache {
-    /// The bytes counted for a call: at most [`MAX_LAST_LEVEL_CACHE_PER_CPU`] per CPU sharing
-    /// the cache.
+    /// The bytes of a last-level cache counted for a call: at most
+    /// [`MAX_LAST_LEVEL_CACHE_PER_CPU`] per CPU sharing it.
     fn counted(&self) -> usize {
         match self.cpus {
             Some(n) => self
