@@ -344,23 +344,29 @@ const PREFETCH_NEXT_ROW_BYTES: std::ops::RangeInclusive<usize> = 8 << 10..=16 <<
 /// noise; 4 KiB stays in the band, between widths that gain.
 const PREFETCH_NEXT_ROW_BYTES_INTEL: std::ops::RangeInclusive<usize> = 2 << 10..=16 << 10;
 
-/// The distance in elements from row `r` of `x` to its next row, which the normalization of row
-/// `r` prefetches line by line as it goes (0: no prefetch). The statistics of a row read it from
-/// memory while nothing is written, its normalization writes it from L1 while nothing is read;
-/// prefetching the next row during the normalization keeps both directions busy at once, as in a
-/// copy. Other rows only prefetch heads ([`prefetch_inputs`]).
+/// The distance in elements from a row of `x` to its next row, which the normalization of a row
+/// prefetches line by line as it goes (0: no prefetch), decided once per part. The statistics
+/// of a row read it from memory while nothing is written, its normalization writes it from L1
+/// while nothing is read; prefetching the next row during the normalization keeps both
+/// directions busy at once, as in a copy. Other rows only prefetch heads ([`prefetch_inputs`]).
 #[inline(always)]
-fn next_row_ahead(x: &StridedRows<'_>, r: usize) -> usize {
+fn next_row_distance(x: &StridedRows<'_>) -> usize {
     let band = if crate::simd::intel_cpu() {
         PREFETCH_NEXT_ROW_BYTES_INTEL
     } else {
         PREFETCH_NEXT_ROW_BYTES
     };
-    if band.contains(&(x.cols() * x.dtype().bytes())) && r + 1 < x.rows() {
+    if band.contains(&(x.cols() * x.dtype().bytes())) {
         x.stride()
     } else {
         0
     }
+}
+
+/// [`RowJob::next_row`] for row `r` of `x`: none after the last row.
+#[inline(always)]
+fn next_row_ahead<V>(j: &RowJob<'_, V>, x: &StridedRows<'_>, r: usize) -> usize {
+    if r + 1 < x.rows() { j.next_row } else { 0 }
 }
 
 /// How many rows ahead the inputs are prefetched: about 2 KiB of rows in flight, 1 to 16 rows.
@@ -384,6 +390,9 @@ struct RowJob<'p, V> {
     gamma: Option<&'p [f32]>,
     beta: Option<&'p [f32]>,
     stream: bool,
+    /// Elements from a row to the next, prefetched while the row is normalized (0: none); see
+    /// [`next_row_distance`].
+    next_row: usize,
     _v: std::marker::PhantomData<V>,
 }
 
@@ -523,7 +532,7 @@ impl<Y: Rows> Case for InPlace<Y> {
     #[inline(always)]
     fn row<V: F32Vec>(j: &RowJob<'_, V>, t: &RowTensors<'_>, r: usize, _: &mut [f32]) -> RowOut {
         let b = Y::of_mut(unsafe { t.y.row_mut(r) });
-        j.row::<Y, Y>(RowIo::InPlace(b), None, next_row_ahead(&t.x, r))
+        j.row::<Y, Y>(RowIo::InPlace(b), None, next_row_ahead(j, &t.x, r))
     }
 }
 
@@ -532,7 +541,7 @@ impl<X: Rows, Y: Rows> Case for Straight<X, Y> {
     #[inline(always)]
     fn row<V: F32Vec>(j: &RowJob<'_, V>, t: &RowTensors<'_>, r: usize, _: &mut [f32]) -> RowOut {
         let (x, y) = unsafe { (X::of(t.x.row(r)), Y::of_mut(t.y.row_mut(r))) };
-        j.row::<X, Y>(RowIo::Separate(x, y), None, next_row_ahead(&t.x, r))
+        j.row::<X, Y>(RowIo::Separate(x, y), None, next_row_ahead(j, &t.x, r))
     }
 }
 
@@ -571,6 +580,7 @@ impl<C: Case> Kernel for Part<'_, '_, C> {
             gamma,
             beta,
             stream: t.stream_y,
+            next_row: next_row_distance(&t.x),
             _v: std::marker::PhantomData,
         };
         let mut buf = if C::STAGED {

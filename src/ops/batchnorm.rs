@@ -482,8 +482,8 @@ fn row_chunk(rows: usize, channels: usize) -> usize {
 fn channel_moments<E: Element>(ctx: &Context, shape: &Shape, x: &[E], total: &mut [Moments]) {
     let (c, s) = (shape.channels, shape.spatial);
     let count = shape.batch * s;
-    total.fill(Moments::EMPTY);
     if c == 0 || count == 0 {
+        total.fill(Moments::EMPTY);
         return;
     }
     let isa = ctx.supported_isa();
