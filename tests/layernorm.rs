@@ -23,7 +23,7 @@ use std::ptr::{null, null_mut};
 
 // Forward tolerances, derived from the statistics' accuracy bound (docs/accuracy.md): the
 // mean within sqrt(18) * 2^-24 of the row's spread, the variance within 2 * sqrt(18) * 2^-24
-// relative (RMS norm's mean square within f64 rounding).
+// relative (RMS norm's mean square within 8 * 2^-24).
 
 /// One rounding to f32, relative.
 const U: f64 = 1.0 / (1u64 << 24) as f64;

@@ -28,7 +28,7 @@
 
 use super::backward::fits_f32;
 use super::moments::channel_moments;
-use super::sums::Sums2;
+use super::sums::{Sums2, lane_sum};
 use crate::io::{Dtype, RowData, RowDataMut, RowIo, StridedRows, VectorMap, unaligned_head};
 use crate::simd::element::ElementIo;
 use crate::simd::element::{bf16, f16};
@@ -47,63 +47,105 @@ fn input<'b, E>(io: &'b RowIo<'_, E, E>) -> &'b [E] {
     }
 }
 
-/// Sums of exact squares `x * x` in `f64` lanes, in two accumulators: the vectors of a row
-/// (from its first element) alternate between them, the partial last one goes to the second.
-/// One order for every caller, so that a mean square taken while a row is formed equals the one
-/// taken over the formed row afterwards, bitwise.
+/// Vectors whose squares [`Squares`] sums in `f32` before it widens the sum to `f64` and adds it
+/// there: the widening, two instructions per vector on the ports that do the arithmetic, is paid
+/// once per group instead of once per vector, and each square is rounded once when it is added
+/// (`x * x + acc`), so that the sum is within `GROUP` roundings of itself.
+const GROUP: usize = 8;
+
+/// The least mean square [`Squares`] gives that is trusted: `2^-100`, far above the squares that
+/// leave `f32`'s normal range (below `2^-126`); a smaller one may have lost squares rounded to
+/// `f32`'s subnormals or to 0, which then weigh at most `2^-49` of it.
+const SQUARES_FLOOR: f64 = 1.0 / (1u128 << 100) as f64;
+
+/// The sum of squares `x * x` of a row's vectors, added in the order they come (the row's
+/// order): the squares of [`GROUP`] vectors summed in `f32` (`x * x + acc`, rounded once each),
+/// then widened and added in `f64` lanes. One order for every caller, so that a mean square
+/// taken while a row is formed equals the one taken over the formed row afterwards, bitwise.
+/// Squares that overflow `f32` or leave its normal range where they carry weight are caught by
+/// [`row_stats`], which then sums them again exactly ([`exact_mean_square`]).
 struct Squares<V: F32Vec> {
-    acc: [[V::D; 2]; 2],
+    group: V,
+    k: usize,
+    acc: [V::D; 2],
 }
 
 impl<V: F32Vec> Squares<V> {
     #[inline(always)]
     fn zero() -> Self {
         let z = V::D::splat(0.0);
-        Squares { acc: [[z; 2]; 2] }
+        Squares {
+            group: V::splat(0.0),
+            k: 0,
+            acc: [z; 2],
+        }
     }
 
-    /// Adds the squares of `v` to accumulator `k` (0 or 1).
+    /// Adds the squares of `v` (a partial vector's missing lanes 0).
     #[inline(always)]
-    fn add<const K: usize>(&mut self, v: V) {
-        let (u0, u1) = v.widen();
-        let a = &mut self.acc[K];
-        a[0] = u0.mul_add(u0, a[0]);
-        a[1] = u1.mul_add(u1, a[1]);
+    fn add(&mut self, v: V) {
+        self.group = v.mul_add(v, self.group);
+        self.k += 1;
+        if self.k == GROUP {
+            self.flush();
+        }
     }
 
-    /// The sum of the two accumulators' lanes, in lane order, over `n`.
     #[inline(always)]
-    fn mean(self, n: usize) -> f64 {
+    fn flush(&mut self) {
+        let (g0, g1) = self.group.widen();
+        self.acc[0] = self.acc[0].add(g0);
+        self.acc[1] = self.acc[1].add(g1);
+        self.group = V::splat(0.0);
+        self.k = 0;
+    }
+
+    /// The sum over the lanes ([`lane_sum`]), over `n`.
+    #[inline(always)]
+    fn mean(mut self, n: usize) -> f64 {
+        if self.k > 0 {
+            self.flush();
+        }
         let h = V::D::LANES;
         let mut lanes = [0f64; crate::simd::MAX_LANES];
-        self.acc[0][0].add(self.acc[1][0]).store(&mut lanes[..h]);
-        self.acc[0][1]
-            .add(self.acc[1][1])
-            .store(&mut lanes[h..2 * h]);
-        lanes[..V::LANES].iter().sum::<f64>() / n as f64
+        self.acc[0].store(&mut lanes[..h]);
+        self.acc[1].store(&mut lanes[h..2 * h]);
+        lane_sum(&lanes[..V::LANES]) / n as f64
     }
 }
 
-/// The mean of `x * x` over a row (not empty), in `f64`: the squares are exact, so only the
-/// `f64` additions round.
+/// The mean of `x * x` over a row (not empty), through [`Squares`].
 #[inline(always)]
 fn mean_square<V: F32Vec, X: ElementIo>(row: &[X]) -> f64 {
     let l = V::LANES;
     let mut sq = Squares::<V>::zero();
-    let mut pairs = row.chunks_exact(2 * l);
-    for p in &mut pairs {
-        sq.add::<0>(V::read(&p[..l]));
-        sq.add::<1>(V::read(&p[l..]));
+    let mut vectors = row.chunks_exact(l);
+    for v in &mut vectors {
+        sq.add(V::read(v));
     }
-    let rest = pairs.remainder();
-    if rest.len() >= l {
-        sq.add::<0>(V::read(&rest[..l]));
-    }
-    let tail = &rest[rest.len() / l * l..];
+    let tail = vectors.remainder();
     if !tail.is_empty() {
-        sq.add::<1>(V::read_partial(tail, 0.0));
+        sq.add(V::read_partial(tail, 0.0));
     }
     sq.mean(row.len())
+}
+
+/// The mean of `x * x` over a row (not empty) with every square exact in `f64`: only the `f64`
+/// additions round. For rows whose `f32` squares failed (see [`Squares`]).
+#[inline(never)]
+fn exact_mean_square<V: F32Vec, X: ElementIo>(row: &[X]) -> f64 {
+    let mut acc = Sums2::<V>::zero();
+    let mut vectors = row.chunks_exact(V::LANES);
+    for v in &mut vectors {
+        let v = V::read(v);
+        acc.add(v, v);
+    }
+    let tail = vectors.remainder();
+    if !tail.is_empty() {
+        let v = V::read_partial(tail, 0.0);
+        acc.add(v, v);
+    }
+    acc.totals().1 / row.len() as f64
 }
 
 /// How one row is normalized: `xhat = (x - shift) * scale + offset`, and what is saved.
@@ -148,6 +190,13 @@ fn row_stats<V: F32Vec, X: ElementIo>(
         }
     } else {
         let ms = known_mean_square.unwrap_or_else(|| mean_square::<V, X>(row));
+        // Squares that overflowed `f32`, or left its normal range where they carry weight
+        // (`SQUARES_FLOOR`), or NaN: exactly.
+        let ms = if (SQUARES_FLOOR..=f64::MAX).contains(&ms) {
+            ms
+        } else {
+            exact_mean_square::<V, X>(row)
+        };
         RowStats {
             mean: 0.0,
             inv: 1.0 / (ms + eps as f64).sqrt(),
@@ -747,22 +796,22 @@ fn round_body<V: F32Vec, S: ElementIo>(
             stream,
         );
         if squares {
-            sq.add::<0>(r0);
-            sq.add::<1>(r1);
+            sq.add(r0);
+            sq.add(r1);
         }
         i += 2 * l;
     }
     if i + l <= n {
         let r = one(&mut buf[i..i + l], &mut sum[i..i + l], stream);
         if squares {
-            sq.add::<0>(r);
+            sq.add(r);
         }
         i += l;
     }
     if i < n {
         let r = round_part::<V, S>(&mut buf[i..], &mut sum[i..]);
         if squares {
-            sq.add::<1>(r);
+            sq.add(r);
         }
     }
     (squares && n > 0).then(|| sq.mean(n))
@@ -1332,6 +1381,43 @@ mod tests {
                 offset + ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
             })
             .collect()
+    }
+
+    /// RMS norm's mean square where `f32` squares leave `f32`'s range (below its normal range,
+    /// overflowing, all zero) is summed again exactly: against `f64`, with `eps = 0` so that
+    /// the statistic alone decides the inverse spread; and a row in range is within the grouped
+    /// sums' bound.
+    #[test]
+    fn mean_squares_out_of_range_are_exact() {
+        fn check<V: F32Vec>() {
+            for cols in [5, 8 * 16 + 3, 700] {
+                let base = data(cols, 3, 0.0);
+                for (scale, tol) in [(1e-25f32, 1e-12), (1e25, 1e-12), (0.0, 0.0), (1.0, 1e-6)] {
+                    let row: Vec<f32> = base.iter().map(|v| v * scale).collect();
+                    let got = row_stats::<V, f32>(&row, false, 0.0, None).inv;
+                    let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / cols as f64;
+                    let want = 1.0 / ms.sqrt();
+                    let ok = if want.is_infinite() {
+                        got == want
+                    } else {
+                        (got - want).abs() <= tol * want
+                    };
+                    assert!(ok, "{cols} columns, scale {scale}: {got} against {want}");
+                }
+            }
+        }
+        check::<Emulated<16>>();
+        check::<Emulated<8>>();
+        for isa in crate::Isa::supported() {
+            struct Run;
+            impl Kernel for Run {
+                type Output = ();
+                fn run<V: F32Vec>(self) {
+                    check::<V>()
+                }
+            }
+            crate::simd::dispatch(crate::simd::SupportedIsa::new(isa).unwrap(), Run);
+        }
     }
 
     /// The 16-lane code paths (AVX-512 widths) agree with a plain f64 computation.

@@ -6,6 +6,24 @@
 
 use crate::simd::{F32Vec, F64Vec, MAX_LANES};
 
+/// The sum of `v` (at most [`MAX_LANES`] values) added pairwise: element `i` and element `i +
+/// ceil(n / 2)`, halving until one is left. A tree of `log2(n)` levels whose additions run side
+/// by side, where adding in order is a chain of `n - 1` (the latency of a row's statistics).
+#[inline(always)]
+pub(crate) fn lane_sum(v: &[f64]) -> f64 {
+    let mut t = [0f64; MAX_LANES];
+    let mut n = v.len();
+    t[..n].copy_from_slice(v);
+    while n > 1 {
+        let half = n.div_ceil(2);
+        for i in 0..n / 2 {
+            t[i] += t[i + half];
+        }
+        n = half;
+    }
+    t[0]
+}
+
 /// Per-lane `f64` sums `a = sum(u)` and `b = sum(u * w)` of `f32` vectors `u`, `w`.
 #[derive(Clone, Copy)]
 pub(crate) struct Sums2<V: F32Vec> {
@@ -90,12 +108,12 @@ impl<V: F32Vec> Sums2<V> {
         (a, b)
     }
 
-    /// The sums over the lanes, `(sum a, sum b)`, added in lane order.
+    /// The sums over the lanes, `(sum a, sum b)`, added pairwise ([`lane_sum`]).
     #[inline(always)]
     pub(crate) fn totals(self) -> (f64, f64) {
         let (a, b) = self.lanes();
         let n = V::LANES;
-        (a[..n].iter().sum(), b[..n].iter().sum())
+        (lane_sum(&a[..n]), lane_sum(&b[..n]))
     }
 
     /// Adds lane `j` of `a` to `dst_a[j]` and of `b` to `dst_b[j]`, for the first
@@ -168,8 +186,8 @@ mod tests {
         assert!(f.lanes() == e.lanes());
         assert!(g.lanes() == Sums2::<V>::zero().lanes());
         let (ta, tb) = s.totals();
-        assert_eq!(ta, a[..l].iter().sum::<f64>());
-        assert_eq!(tb, b[..l].iter().sum::<f64>());
+        assert_eq!(ta, lane_sum(&a[..l]));
+        assert_eq!(tb, lane_sum(&b[..l]));
         let (mut da, mut db) = (vec![1.0; l], vec![2.0; l]);
         s.add_to(&mut da, &mut db);
         let (mut pa, mut pb) = (vec![1.0; l - 1], vec![2.0; l - 1]);
@@ -182,6 +200,21 @@ mod tests {
                 assert_eq!(pb[j], db[j]);
             }
         }
+    }
+
+    #[test]
+    fn lane_sums_pair_up() {
+        assert_eq!(lane_sum(&[]), 0.0);
+        assert_eq!(lane_sum(&[5.0]), 5.0);
+        // ((1 + 4) + 16) + (2 + 8): 16, the middle of five, joins at the next level.
+        let v = [1.0, 2.0, 16.0, 4.0, 8.0];
+        assert_eq!(lane_sum(&v), 31.0);
+        // Pairwise, not in order: (1e16 - 1e16) + (1 + 1) is 2; in order the first 1 is lost.
+        let v = [1e16, 1.0, -1e16, 1.0];
+        assert_eq!(lane_sum(&v), 2.0);
+        assert_eq!(v.iter().sum::<f64>(), 1.0);
+        let w: Vec<f64> = (0..16).map(|i| (i * i) as f64).collect();
+        assert_eq!(lane_sum(&w), w.iter().sum::<f64>());
     }
 
     #[test]
