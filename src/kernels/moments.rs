@@ -1056,15 +1056,6 @@ mod tests {
 
     #[test]
     fn this_cpu() {
-        for isa in crate::Isa::supported() {
-            struct Run;
-            impl Kernel for Run {
-                type Output = ();
-                fn run<V: F32Vec>(self) {
-                    wide::<V>()
-                }
-            }
-            crate::simd::dispatch(crate::simd::SupportedIsa::new(isa).unwrap(), Run);
-        }
+        crate::simd::on_every_isa!(wide);
     }
 }

@@ -1408,16 +1408,7 @@ mod tests {
         }
         check::<Emulated<16>>();
         check::<Emulated<8>>();
-        for isa in crate::Isa::supported() {
-            struct Run;
-            impl Kernel for Run {
-                type Output = ();
-                fn run<V: F32Vec>(self) {
-                    check::<V>()
-                }
-            }
-            crate::simd::dispatch(crate::simd::SupportedIsa::new(isa).unwrap(), Run);
-        }
+        crate::simd::on_every_isa!(check);
     }
 
     /// The 16-lane code paths (AVX-512 widths) agree with a plain f64 computation.

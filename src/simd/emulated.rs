@@ -3,9 +3,9 @@
 //! groups, 64-bit keep words, two Philox vectors per step) on any CPU.
 //!
 //! In the unit tests every method stays out of line: the kernels are instantiated for 4, 8 and
-//! 16 emulated lanes, and inlining a loop over the lanes into every use made those instances
-//! most of the time it took to build the tests. (In the fuzzing build the methods are inlined:
-//! there they run the fuzzed calls.)
+//! 16 emulated lanes, and each lane loop is then compiled once instead of into every use (the
+//! tests' data are small, so they run as fast). In the fuzzing build the methods are inlined:
+//! there they run the fuzzed calls.
 
 use super::{F32Vec, F64Vec, U32Vec};
 

@@ -403,6 +403,26 @@ pub trait U32Vec: Copy {
     fn max(self, rhs: Self) -> Self;
 }
 
+/// Runs the test function `$check::<V>()` (generic over [`F32Vec`]) with the vector type of
+/// every ISA this CPU supports.
+#[cfg(test)]
+macro_rules! on_every_isa {
+    ($check:ident) => {
+        for isa in crate::Isa::supported() {
+            struct Run;
+            impl crate::simd::Kernel for Run {
+                type Output = ();
+                fn run<V: crate::simd::F32Vec>(self) {
+                    $check::<V>()
+                }
+            }
+            crate::simd::dispatch(crate::simd::SupportedIsa::new(isa).unwrap(), Run);
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use on_every_isa;
+
 /// A kernel written once over [`F32Vec`]; `run` must be `#[inline(always)]`.
 pub trait Kernel {
     type Output;
