@@ -114,19 +114,24 @@ impl<V: F32Vec> Squares<V> {
     }
 }
 
-/// The mean of `x * x` over a row (not empty), through [`Squares`].
+/// `f` of each vector of a row, in order, the partial last one's missing lanes 0.
 #[inline(always)]
-fn mean_square<V: F32Vec, X: ElementIo>(row: &[X]) -> f64 {
-    let l = V::LANES;
-    let mut sq = Squares::<V>::zero();
-    let mut vectors = row.chunks_exact(l);
+fn row_vectors<V: F32Vec, X: ElementIo>(row: &[X], mut f: impl FnMut(V)) {
+    let mut vectors = row.chunks_exact(V::LANES);
     for v in &mut vectors {
-        sq.add(V::read(v));
+        f(V::read(v));
     }
     let tail = vectors.remainder();
     if !tail.is_empty() {
-        sq.add(V::read_partial(tail, 0.0));
+        f(V::read_partial(tail, 0.0));
     }
+}
+
+/// The mean of `x * x` over a row (not empty), through [`Squares`].
+#[inline(always)]
+fn mean_square<V: F32Vec, X: ElementIo>(row: &[X]) -> f64 {
+    let mut sq = Squares::<V>::zero();
+    row_vectors::<V, X>(row, |v| sq.add(v));
     sq.mean(row.len())
 }
 
@@ -135,16 +140,7 @@ fn mean_square<V: F32Vec, X: ElementIo>(row: &[X]) -> f64 {
 #[inline(never)]
 fn exact_mean_square<V: F32Vec, X: ElementIo>(row: &[X]) -> f64 {
     let mut acc = Sums2::<V>::zero();
-    let mut vectors = row.chunks_exact(V::LANES);
-    for v in &mut vectors {
-        let v = V::read(v);
-        acc.add(v, v);
-    }
-    let tail = vectors.remainder();
-    if !tail.is_empty() {
-        let v = V::read_partial(tail, 0.0);
-        acc.add(v, v);
-    }
+    row_vectors::<V, X>(row, |v| acc.add(v, v));
     acc.totals().1 / row.len() as f64
 }
 
@@ -772,8 +768,9 @@ fn round_through<V: F32Vec, S: ElementIo>(
     )
 }
 
-/// [`round_through`] from a vector-aligned start of `sum` (if `stream`): whole vectors, in
-/// pairs, then a partial one; the mean square if `squares`.
+/// [`round_through`] from a vector-aligned start of `sum` (if `stream`): whole vectors, then a
+/// partial one; the mean square if `squares`, its vectors added in the order [`mean_square`]
+/// adds them.
 #[inline(always)]
 fn round_body<V: F32Vec, S: ElementIo>(
     buf: &mut [f32],
@@ -785,24 +782,9 @@ fn round_body<V: F32Vec, S: ElementIo>(
     let n = buf.len();
     let sum = &mut sum[..n];
     let mut sq = Squares::<V>::zero();
-    let one = round_vector::<V, S>;
-    let pairs = n / (2 * l) * (2 * l);
     let mut i = 0;
-    while i < pairs {
-        let r0 = one(&mut buf[i..i + l], &mut sum[i..i + l], stream);
-        let r1 = one(
-            &mut buf[i + l..i + 2 * l],
-            &mut sum[i + l..i + 2 * l],
-            stream,
-        );
-        if squares {
-            sq.add(r0);
-            sq.add(r1);
-        }
-        i += 2 * l;
-    }
-    if i + l <= n {
-        let r = one(&mut buf[i..i + l], &mut sum[i..i + l], stream);
+    while i + l <= n {
+        let r = round_vector::<V, S>(&mut buf[i..i + l], &mut sum[i..i + l], stream);
         if squares {
             sq.add(r);
         }
