@@ -200,7 +200,7 @@ fn grad_tile<V: F32Vec, E: ElementIo, const T: usize>(
         xb.as_ptr().wrapping_add(xb.len()),
         db.as_ptr().wrapping_add(db.len()),
     );
-    let m: [V; T] = std::array::from_fn(|j| V::read(&mean[c0 + j * l..]));
+    let m: [V; T] = V::read_tile(&mean[c0..]);
     let mut acc = [Sums2::<V>::zero(); T];
     for (r, (xr, dr)) in xb.chunks_exact(c).zip(db.chunks_exact(c)).enumerate() {
         for line in (0..T * l).step_by(LINE_FLOATS) {
@@ -686,7 +686,13 @@ fn nsc_periods_in_registers<V: F32Vec, E: ElementIo, const STREAM: bool, const K
     coef: [&[f32]; 4],
 ) {
     let l = V::LANES;
-    let [m, a, b, k] = coef.map(|p| -> [V; K] { std::array::from_fn(|j| V::read(&p[j * l..])) });
+    let [m, a, b, k] = coef;
+    let [m, a, b, k]: [[V; K]; 4] = [
+        V::read_tile(m),
+        V::read_tile(a),
+        V::read_tile(b),
+        V::read_tile(k),
+    ];
     match io {
         RowIo::Separate(dy, dx) => {
             let rows = x

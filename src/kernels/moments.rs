@@ -202,6 +202,16 @@ pub(crate) trait Shift: Copy {
     fn splat<V: F32Vec>(self) -> Self::Lanes<V>;
     /// The shifts of `V::LANES` consecutive lanes, from the front of `shift`.
     fn load<V: F32Vec>(shift: &[Self]) -> Self::Lanes<V>;
+    /// The shifts of `T` vectors one after the other, from the front of `shift` (a loop, for
+    /// the reason [`F32Vec::read_tile`] gives).
+    #[inline(always)]
+    fn load_tile<V: F32Vec, const T: usize>(shift: &[Self]) -> [Self::Lanes<V>; T] {
+        let mut tile = [Self::load::<V>(shift); T];
+        for (j, k) in tile.iter_mut().enumerate().skip(1) {
+            *k = Self::load::<V>(&shift[j * V::LANES..]);
+        }
+        tile
+    }
     /// Adds `d = x - k` and `d * d` of every lane to `acc`.
     fn add<V: F32Vec>(acc: &mut Sums2<V>, x: V, k: Self::Lanes<V>);
     /// Adds `d = x - self` and `d * d` of the values of `tail` (fewer than `V::LANES`) to
@@ -329,21 +339,17 @@ fn run_sums<'a, V: F32Vec, X: ElementIo, S: Shift>(
 }
 
 /// The moments of `count` values whose `f32`-shifted sums failed, from passes with `f64` shifts
-/// (see the module documentation): `pass(k)` gives the values' sums of `x - k` and of its
-/// square, `k` first the mean `first` (from [`Moments::first_wide_shift`]).
+/// (see the module documentation): `pass` (1 first) gave the values' sums `s1` of `x - k` and
+/// `s2` of its square, `k` first the mean from [`Moments::first_wide_shift`]. `Ok` when they
+/// are the moments, `Err` with the next pass's shift otherwise. (The caller runs the passes: a
+/// closure taking the pass would be compiled without its kernel's target features.)
 #[inline(always)]
-fn wide_moments(count: usize, first: f64, pass: impl Fn(f64) -> (f64, f64)) -> Moments {
-    let n = count as f64;
-    let mut k = first;
-    let mut pass_no = 1;
-    loop {
-        let (s1, s2) = pass(k);
-        let m = Moments::from_shifted_sums(count, k, s1, s2);
-        if pass_no == WIDE_PASSES || Moments::wide_settled(n, s1, s2) {
-            return m;
-        }
-        k = m.mean;
-        pass_no += 1;
+fn wide_moments(count: usize, pass: usize, k: f64, s1: f64, s2: f64) -> Result<Moments, f64> {
+    let m = Moments::from_shifted_sums(count, k, s1, s2);
+    if pass == WIDE_PASSES || Moments::wide_settled(count as f64, s1, s2) {
+        Ok(m)
+    } else {
+        Err(m.mean)
     }
 }
 
@@ -369,10 +375,15 @@ pub(crate) fn channel_moments<'a, V: F32Vec, X: ElementIo>(
         let block = if Moments::sums_trusted(count as f64, s1, s2, first) {
             Moments::from_shifted_sums(count, shift as f64, s1, s2)
         } else {
-            let k = Moments::first_wide_shift(count, shift, s1);
-            wide_moments(count, k, |k| {
-                run_sums::<V, X, f64>(row, spatial, start..end, k)
-            })
+            let mut k = Moments::first_wide_shift(count, shift, s1);
+            let mut pass = 1;
+            loop {
+                let (s1, s2) = run_sums::<V, X, f64>(row, spatial, start..end, k);
+                match wide_moments(count, pass, k, s1, s2) {
+                    Ok(m) => break m,
+                    Err(next) => (k, pass) = (next, pass + 1),
+                }
+            }
         };
         acc = acc.merge(block);
         if acc.mean.is_nan() {
@@ -730,7 +741,7 @@ fn row_tile<V: F32Vec, X: ElementIo, S: Shift, const T: usize>(
     ahead: *const X,
 ) {
     let l = V::LANES;
-    let k: [_; T] = std::array::from_fn(|j| S::load::<V>(&shift[c0 + j * l..]));
+    let k: [_; T] = S::load_tile::<V, T>(&shift[c0..]);
     let mut acc = [Sums2::<V>::zero(); T];
     for (r, row) in block.chunks_exact(c).enumerate() {
         for line in (0..T * l).step_by(LINE_FLOATS) {
@@ -763,7 +774,7 @@ fn row_sums_in_memory<V: F32Vec, X: ElementIo, S: Shift>(
     for group in block.chunks(WIDE_GROUP_ROWS * c) {
         let rows = group.len() / c;
         for c0 in (0..tiles).step_by(WIDE_TILE * l) {
-            let k: [_; WIDE_TILE] = std::array::from_fn(|j| S::load::<V>(&shift[c0 + j * l..]));
+            let k: [_; WIDE_TILE] = S::load_tile::<V, WIDE_TILE>(&shift[c0..]);
             let mut acc = [Sums2::<V>::zero(); WIDE_TILE];
             for r in 0..rows {
                 let row = &group[r * c + c0..r * c + c0 + WIDE_TILE * l];

@@ -425,9 +425,7 @@ fn nsc_periods_in_registers<
     t: &[f32],
 ) {
     let l = V::LANES;
-    let vectors =
-        |a: &[f32]| -> [V; K] { std::array::from_fn(|j| V::load(&a[j * l..(j + 1) * l])) };
-    let (m, s, t) = (vectors(m), vectors(s), vectors(t));
+    let (m, s, t): ([V; K], [V; K], [V; K]) = (V::read_tile(m), V::read_tile(s), V::read_tile(t));
     match io {
         RowIo::Separate(x, y) => {
             for (xp, yp) in x.chunks_exact(K * l).zip(y.chunks_exact_mut(K * l)) {

@@ -63,7 +63,7 @@ const SQUARES_FLOOR: f64 = 1.0 / (1u128 << 100) as f64;
 /// then widened and added in `f64` lanes. One order for every caller, so that a mean square
 /// taken while a row is formed equals the one taken over the formed row afterwards, bitwise.
 /// Squares that overflow `f32` or leave its normal range where they carry weight are caught by
-/// [`row_stats`], which then sums them again exactly ([`exact_mean_square`]).
+/// [`row_stats`], which then sums them again exactly ([`ExactMeanSquare`]).
 struct Squares<V: F32Vec> {
     group: V,
     k: usize,
@@ -114,16 +114,40 @@ impl<V: F32Vec> Squares<V> {
     }
 }
 
-/// `f` of each vector of a row, in order, the partial last one's missing lanes 0.
+/// What [`row_vectors`] hands each vector of a row to. A trait and not a closure: a closure's
+/// body is compiled without the target features of the kernel around it, so the vector
+/// intrinsics it calls would stay out of line, a call each (RMS norm ran four times slower so).
+trait VectorSink<V> {
+    fn take(&mut self, v: V);
+}
+
+impl<V: F32Vec> VectorSink<V> for Squares<V> {
+    #[inline(always)]
+    fn take(&mut self, v: V) {
+        self.add(v)
+    }
+}
+
+/// Squares summed exactly in `f64` (through [`Sums2`]), for [`ExactMeanSquare`].
+struct ExactSquares<V: F32Vec>(Sums2<V>);
+
+impl<V: F32Vec> VectorSink<V> for ExactSquares<V> {
+    #[inline(always)]
+    fn take(&mut self, v: V) {
+        self.0.add(v, v)
+    }
+}
+
+/// Hands each vector of a row to `sink`, in order, the partial last one's missing lanes 0.
 #[inline(always)]
-fn row_vectors<V: F32Vec, X: ElementIo>(row: &[X], mut f: impl FnMut(V)) {
+fn row_vectors<V: F32Vec, X: ElementIo>(row: &[X], sink: &mut impl VectorSink<V>) {
     let mut vectors = row.chunks_exact(V::LANES);
     for v in &mut vectors {
-        f(V::read(v));
+        sink.take(V::read(v));
     }
     let tail = vectors.remainder();
     if !tail.is_empty() {
-        f(V::read_partial(tail, 0.0));
+        sink.take(V::read_partial(tail, 0.0));
     }
 }
 
@@ -131,17 +155,23 @@ fn row_vectors<V: F32Vec, X: ElementIo>(row: &[X], mut f: impl FnMut(V)) {
 #[inline(always)]
 fn mean_square<V: F32Vec, X: ElementIo>(row: &[X]) -> f64 {
     let mut sq = Squares::<V>::zero();
-    row_vectors::<V, X>(row, |v| sq.add(v));
+    row_vectors::<V, X>(row, &mut sq);
     sq.mean(row.len())
 }
 
 /// The mean of `x * x` over a row (not empty) with every square exact in `f64`: only the `f64`
-/// additions round. For rows whose `f32` squares failed (see [`Squares`]).
-#[inline(never)]
-fn exact_mean_square<V: F32Vec, X: ElementIo>(row: &[X]) -> f64 {
-    let mut acc = Sums2::<V>::zero();
-    row_vectors::<V, X>(row, |v| acc.add(v, v));
-    acc.totals().1 / row.len() as f64
+/// additions round. For rows whose `f32` squares failed (see [`Squares`]); run apart
+/// ([`F32Vec::run_apart`]), out of the common path's loop but compiled for its ISA.
+struct ExactMeanSquare<'a, X>(&'a [X]);
+
+impl<X: ElementIo> Kernel for ExactMeanSquare<'_, X> {
+    type Output = f64;
+    #[inline(always)]
+    fn run<V: F32Vec>(self) -> f64 {
+        let mut acc = ExactSquares(Sums2::<V>::zero());
+        row_vectors::<V, X>(self.0, &mut acc);
+        acc.0.totals().1 / self.0.len() as f64
+    }
 }
 
 /// How one row is normalized: `xhat = (x - shift) * scale + offset`, and what is saved.
@@ -185,13 +215,16 @@ fn row_stats<V: F32Vec, X: ElementIo>(
             inv: 1.0 / (var + eps as f64).sqrt(),
         }
     } else {
-        let ms = known_mean_square.unwrap_or_else(|| mean_square::<V, X>(row));
+        let ms = match known_mean_square {
+            Some(ms) => ms,
+            None => mean_square::<V, X>(row),
+        };
         // Squares that overflowed `f32`, or left its normal range where they carry weight
         // (`SQUARES_FLOOR`), or NaN: exactly.
         let ms = if (SQUARES_FLOOR..=f64::MAX).contains(&ms) {
             ms
         } else {
-            exact_mean_square::<V, X>(row)
+            V::run_apart(ExactMeanSquare(row))
         };
         RowStats {
             mean: 0.0,

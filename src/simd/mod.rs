@@ -265,6 +265,19 @@ pub trait F32Vec: Copy {
     fn read<E: ElementIo>(src: &[E]) -> Self {
         E::load(src)
     }
+    /// The `T` vectors at the front of `src` (`T * LANES` elements), one after the other.
+    ///
+    /// A loop and not `std::array::from_fn`: a closure's body is compiled without the target
+    /// features of the kernel that defines it, so the vector instructions in it would stay
+    /// calls, one per vector. Kernels pass no closure that touches vectors for that reason.
+    #[inline(always)]
+    fn read_tile<E: ElementIo, const T: usize>(src: &[E]) -> [Self; T] {
+        let mut tile = [Self::splat(0.0); T];
+        for (j, v) in tile.iter_mut().enumerate() {
+            *v = Self::read(&src[j * Self::LANES..]);
+        }
+        tile
+    }
     /// `src.len() < LANES` elements as `f32` lanes; the others hold `fill`.
     #[inline(always)]
     fn read_partial<E: ElementIo>(src: &[E], fill: f32) -> Self {
