@@ -35,7 +35,9 @@ const REDUCTION_TASK_ELEMENTS: usize = 1 << 17;
 const MAX_ROW_CHUNKS: usize = 256;
 /// Whether to write the output of `io` with streaming stores (see [`super::streams_io`]), in a
 /// call that also reads `inputs` other tensors of its size: channels-first outputs are runs of
-/// `spatial` elements.
+/// `spatial` elements. A training forward passes 1 for its input's second read (its statistics,
+/// then its normalization): cached output lines would push out of the caches the input that
+/// the second read, or the next call's first, wants to find there.
 fn streams<E: Element>(ctx: &Context, shape: &Shape, io: &InOut<'_, E>, inputs: usize) -> bool {
     let run = if shape.channels_innermost() {
         usize::MAX
@@ -370,7 +372,14 @@ pub fn forward_inference<E: Element>(
         narrow_all(wide, shift, scale, offset)
     };
     with_channel_affine(shape.channels, fill, |params| {
-        apply_affine(ctx, &shape, &mut io, params, activation == Activation::Relu)
+        apply_affine(
+            ctx,
+            &shape,
+            &mut io,
+            params,
+            activation == Activation::Relu,
+            0,
+        )
     });
     Ok(())
 }
@@ -559,7 +568,7 @@ fn fused_training<E: Element>(
     let (c, s, rows) = (shape.channels, shape.spatial, shape.batch);
     let isa = ctx.supported_isa();
     let elements = io.len();
-    let stream = streams(ctx, shape, io, 0);
+    let stream = streams(ctx, shape, io, 1);
     let shared: SharedIo<'_, E> = io.share();
     let range = |ch: usize, n: usize| (n * c + ch) * s..(n * c + ch + 1) * s;
     // SAFETY: a task alone touches the rows of its channels. A channel's input slices are
@@ -619,18 +628,20 @@ fn normalize_with_moments<E: Element>(
         narrow_all(wide, shift, scale, offset)
     };
     with_channel_affine(shape.channels, fill, |params| {
-        apply_affine(ctx, shape, io, params, false)
+        apply_affine(ctx, shape, io, params, false, 1)
     });
 }
 
 /// `y = (x - shift[c]) * scale[c] + offset[c]` (then ReLU if `relu`) over the whole tensor, in
-/// parallel parts of about `TASK_ELEMENTS` whole rows.
+/// parallel parts of about `TASK_ELEMENTS` whole rows; `rereads` is 1 when the input was read
+/// for its statistics just before (see [`streams`]).
 fn apply_affine<E: Element>(
     ctx: &Context,
     shape: &Shape,
     io: &mut InOut<'_, E>,
     params: ChannelAffine<'_>,
     relu: bool,
+    rereads: usize,
 ) {
     let elements = io.len();
     if elements == 0 {
@@ -638,7 +649,7 @@ fn apply_affine<E: Element>(
     }
     let isa = ctx.supported_isa();
     let parts = RowParts::new(elements, shape.row_len());
-    let stream = streams(ctx, shape, io, 0);
+    let stream = streams(ctx, shape, io, rereads);
     let shared = io.share();
     // Each thread's part last first: after a statistics pass over a tensor larger than its
     // caches, the data a thread read last is what its caches still hold.
