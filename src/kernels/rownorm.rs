@@ -419,8 +419,12 @@ const PREFETCH_NEXT_ROW_BYTES: std::ops::RangeInclusive<usize> = 8 << 10..=16 <<
 /// 100-200 calls, alternating: layer norm (8192, 768) 1 thread 2.9-3.2 to 2.2-2.6 ms, 2 threads
 /// 1.26-1.47 to 1.07-1.18 ms; RMS norm (8192, 768) 1 thread 2.5-2.9 to 2.2-2.4 ms; layer norm
 /// (16384, 512) 1 thread 9.0-9.1 to 6.4-6.7 ms. Rows of 1 KiB and of 4 KiB measured within the
-/// noise; 4 KiB stays in the band, between widths that gain.
-const PREFETCH_NEXT_ROW_BYTES_INTEL: std::ops::RangeInclusive<usize> = 2 << 10..=16 << 10;
+/// noise; 4 KiB stays in the band, between widths that gain. Rows wider than 16 KiB gain most
+/// (medians of 20-40 calls, without then with the prefetch, about 64 MB in and out each): layer
+/// norm (1024, 8192) 1 thread 7.6 to 3.7 ms, 2 threads 2.02 to 1.82 ms; (512, 16384) 8.1 to 4.2
+/// and 2.29 to 1.82 ms; (128, 65536) 8.0 to 4.3 and 2.24 to 1.84 ms; (64, 131072) 8.0 to 6.0 and
+/// 2.51 to 2.03 ms. So the band has no upper end there.
+const PREFETCH_NEXT_ROW_BYTES_INTEL: std::ops::RangeInclusive<usize> = 2 << 10..=usize::MAX;
 
 /// The distance in elements from a row of `x` to its next row, which the normalization of a row
 /// prefetches line by line as it goes (0: no prefetch), decided once per part. The statistics
