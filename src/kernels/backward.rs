@@ -686,12 +686,11 @@ fn nsc_periods_in_registers<V: F32Vec, E: ElementIo, const STREAM: bool, const K
     coef: [&[f32]; 4],
 ) {
     let l = V::LANES;
-    let [m, a, b, k] = coef;
     let [m, a, b, k]: [[V; K]; 4] = [
-        V::read_tile(m),
-        V::read_tile(a),
-        V::read_tile(b),
-        V::read_tile(k),
+        V::read_tile(coef[0]),
+        V::read_tile(coef[1]),
+        V::read_tile(coef[2]),
+        V::read_tile(coef[3]),
     ];
     match io {
         RowIo::Separate(dy, dx) => {
