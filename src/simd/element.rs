@@ -482,18 +482,8 @@ mod tests {
 
     #[test]
     fn conversions_on_every_supported_isa() {
-        struct Check;
-        impl crate::simd::Kernel for Check {
-            type Output = ();
-            #[inline(always)]
-            fn run<V: F32Vec>(self) {
-                widening_is_exact::<V>();
-                narrowing_rounds_to_nearest_even::<V>();
-            }
-        }
-        for isa in crate::Isa::supported() {
-            crate::simd::dispatch(crate::simd::SupportedIsa::new(isa).unwrap(), Check);
-        }
+        crate::simd::on_every_isa!(widening_is_exact);
+        crate::simd::on_every_isa!(narrowing_rounds_to_nearest_even);
     }
 
     #[test]
@@ -516,16 +506,6 @@ mod tests {
         }
         check::<Emulated<4>>();
         check::<Emulated<16>>();
-        struct K;
-        impl crate::simd::Kernel for K {
-            type Output = ();
-            #[inline(always)]
-            fn run<V: F32Vec>(self) {
-                check::<V>()
-            }
-        }
-        for isa in crate::Isa::supported() {
-            crate::simd::dispatch(crate::simd::SupportedIsa::new(isa).unwrap(), K);
-        }
+        crate::simd::on_every_isa!(check);
     }
 }

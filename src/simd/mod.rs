@@ -425,6 +425,7 @@ macro_rules! on_every_isa {
             struct Run;
             impl crate::simd::Kernel for Run {
                 type Output = ();
+                #[inline(always)]
                 fn run<V: crate::simd::F32Vec>(self) {
                     $check::<V>()
                 }
