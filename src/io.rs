@@ -196,31 +196,29 @@ impl<X: ElementIo, Y: ElementIo> RowIo<'_, X, Y> {
     /// last, partial vector is given its lane count instead of `L`.
     #[inline(always)]
     pub(crate) fn map<V: F32Vec>(&mut self, f: &impl VectorMap<V>) {
-        self.map_ahead(f, false, 0)
+        self.map_spread(f, false, Spread::NONE)
     }
 
     /// [`RowIo::map`] with streaming stores for the vector-aligned body of the output (partial
     /// vectors before and after it). The caller fences with `V::fence_streams()` when done.
     #[inline(always)]
     pub(crate) fn map_streaming<V: F32Vec>(&mut self, f: &impl VectorMap<V>) {
-        self.map_ahead(f, true, 0)
+        self.map_spread(f, true, Spread::NONE)
     }
 
-    /// [`RowIo::map`], streaming if `stream` (see [`RowIo::map_streaming`]), and with `ahead >
-    /// 0`, each cache line of the input read also prefetches the line `ahead` elements further
-    /// (the same place in the next row of a row norm: a pass that only writes then keeps the
-    /// memory reading, as a copy does; prefetching never faults, wherever it points).
+    /// [`RowIo::map`], streaming if `stream` (see [`RowIo::map_streaming`]), and prefetching
+    /// along the input read as `spread` says (anchored at the part's element 0).
     #[inline(always)]
-    pub(crate) fn map_ahead<V: F32Vec>(
+    pub(crate) fn map_spread<V: F32Vec>(
         &mut self,
         f: &impl VectorMap<V>,
         stream: bool,
-        ahead: usize,
+        spread: Spread,
     ) {
         if !stream {
             match self {
-                RowIo::Separate(x, y) => map_separate::<V, X, Y, false>(x, y, 0, f, ahead),
-                RowIo::InPlace(b) => map_in_place::<V, Y, false>(b, 0, f, ahead),
+                RowIo::Separate(x, y) => map_separate::<V, X, Y, false>(x, y, 0, f, spread),
+                RowIo::InPlace(b) => map_in_place::<V, Y, false>(b, 0, f, spread),
             }
             return;
         }
@@ -229,13 +227,13 @@ impl<X: ElementIo, Y: ElementIo> RowIo<'_, X, Y> {
             RowIo::InPlace(b) => unaligned_head::<V, Y>(b),
         };
         match self.part(0..head) {
-            RowIo::Separate(x, y) => map_separate::<V, X, Y, false>(x, y, 0, f, 0),
-            RowIo::InPlace(b) => map_in_place::<V, Y, false>(b, 0, f, 0),
+            RowIo::Separate(x, y) => map_separate::<V, X, Y, false>(x, y, 0, f, Spread::NONE),
+            RowIo::InPlace(b) => map_in_place::<V, Y, false>(b, 0, f, Spread::NONE),
         }
         let len = self.len();
         match self.part(head..len) {
-            RowIo::Separate(x, y) => map_separate::<V, X, Y, true>(x, y, head, f, ahead),
-            RowIo::InPlace(b) => map_in_place::<V, Y, true>(b, head, f, ahead),
+            RowIo::Separate(x, y) => map_separate::<V, X, Y, true>(x, y, head, f, spread),
+            RowIo::InPlace(b) => map_in_place::<V, Y, true>(b, head, f, spread),
         }
     }
 }
@@ -273,27 +271,67 @@ pub(crate) fn store_vector<V: F32Vec, E: ElementIo, const STREAM: bool>(v: V, ds
     }
 }
 
-/// Prefetches the line of `x[i + ahead]` when `ahead > 0` and `x[i]` starts a line's worth of
-/// elements of the part (an address computed with wrapping arithmetic: it may lie past `x`).
-#[inline(always)]
-fn prefetch_ahead<V: F32Vec, X>(x: &[X], i: usize, ahead: usize) {
-    if ahead > 0 && (i * std::mem::size_of::<X>()).is_multiple_of(crate::simd::LINE_BYTES) {
-        V::prefetch(x.as_ptr().wrapping_add(i + ahead));
+/// A prefetch spread along a pass over a row: for every two cache lines' worth of elements
+/// the pass reads, one line of the region at `to`, so that a region half as long as the pass is
+/// prefetched evenly along it. A row norm's two passes over a row (statistics, then
+/// normalization) each prefetch one half of the next row so, which keeps the memory reading
+/// through both passes as a copy does (a whole row prefetched during one pass leaves the other
+/// with no read in flight). Addresses are computed with wrapping arithmetic and may lie
+/// anywhere: prefetching never faults.
+#[derive(Clone, Copy)]
+pub(crate) struct Spread {
+    /// The line prefetched at the pass's element 0 (none: no prefetch).
+    to: Option<*const u8>,
+}
+
+impl Spread {
+    pub(crate) const NONE: Spread = Spread { to: None };
+
+    /// A spread whose pass, reading elements of type `X`, prefetches from `to` on.
+    #[inline(always)]
+    pub(crate) fn to<X>(to: *const X) -> Spread {
+        Spread {
+            to: Some(to.cast()),
+        }
+    }
+
+    /// The same spread for a pass that starts at element `i` of this one's (of type `X`).
+    #[inline(always)]
+    pub(crate) fn from<X>(self, i: usize) -> Spread {
+        match self.to {
+            Some(p) => Spread {
+                to: Some(p.wrapping_add(i / 2 * std::mem::size_of::<X>())),
+            },
+            None => self,
+        }
+    }
+
+    /// Called by a pass reading element `i` (of type `X`, counted from the pass's element 0):
+    /// at every second line's worth of elements, prefetches the line of region element `i / 2`.
+    #[inline(always)]
+    pub(crate) fn at<V: F32Vec, X>(self, i: usize) {
+        let size = std::mem::size_of::<X>();
+        if let Some(p) = self.to
+            && (i * size).is_multiple_of(2 * crate::simd::LINE_BYTES)
+        {
+            V::prefetch(p.wrapping_add(i / 2 * size));
+        }
     }
 }
 
 /// `y = f(x)` by vectors, a partial one last; `base` is the index of `x[0]` in the caller's part.
-/// With `STREAM`, `y` is vector-aligned and whole vectors are streamed; see
-/// [`RowIo::map_ahead`] for `ahead`.
+/// With `STREAM`, `y` is vector-aligned and whole vectors are streamed; `spread` is anchored
+/// at element 0 of the caller's part.
 #[inline(always)]
 fn map_separate<V: F32Vec, X: ElementIo, Y: ElementIo, const STREAM: bool>(
     x: &[X],
     y: &mut [Y],
     base: usize,
     f: &impl VectorMap<V>,
-    ahead: usize,
+    spread: Spread,
 ) {
     let l = V::LANES;
+    let spread = spread.from::<X>(base);
     let full = x.len() / l * l;
     let (x_body, x_tail) = x.split_at(full);
     let (y_body, y_tail) = y.split_at_mut(full);
@@ -301,7 +339,7 @@ fn map_separate<V: F32Vec, X: ElementIo, Y: ElementIo, const STREAM: bool>(
     // each length by the chunk size, which the compiler leaves out of line in large kernels
     // (two divisions per row, 5% of a layer norm of rows of 768).
     for i in (0..full).step_by(l) {
-        prefetch_ahead::<V, X>(x, i, ahead);
+        spread.at::<V, X>(i);
         let v = f.apply(V::read(&x_body[i..i + l]), base + i, l);
         store_vector::<V, Y, STREAM>(v, &mut y_body[i..i + l]);
     }
@@ -317,14 +355,15 @@ fn map_in_place<V: F32Vec, E: ElementIo, const STREAM: bool>(
     b: &mut [E],
     base: usize,
     f: &impl VectorMap<V>,
-    ahead: usize,
+    spread: Spread,
 ) {
     let l = V::LANES;
+    let spread = spread.from::<E>(base);
     let full = b.len() / l * l;
     let (body, tail) = b.split_at_mut(full);
     // Index loops, as in `map_separate`.
     for i in (0..full).step_by(l) {
-        prefetch_ahead::<V, E>(body, i, ahead);
+        spread.at::<V, E>(i);
         let v = &mut body[i..i + l];
         let y = f.apply(V::read(v), base + i, l);
         store_vector::<V, E, STREAM>(y, v);

@@ -3,7 +3,7 @@
 
 use super::moments::{Moments, channel_moments};
 use super::normalize::{WideAffine, affine_span};
-use crate::io::RowIo;
+use crate::io::{RowIo, Spread};
 use crate::simd::element::ElementIo;
 use crate::simd::{F32Vec, Kernel};
 use std::ops::Range;
@@ -63,7 +63,12 @@ where
             let end = first + outs.len();
             for (ch, out) in (first..).zip(outs.iter_mut()) {
                 let row_in = |n: usize| (self.row_in)(ch, n);
-                *out = channel_moments::<V, _>(&row_in, self.spatial, 0..self.rows * self.spatial);
+                *out = channel_moments::<V, _>(
+                    &row_in,
+                    self.spatial,
+                    0..self.rows * self.spatial,
+                    Spread::NONE,
+                );
             }
             for ((ch, m), p) in (first..).zip(outs.iter()).zip(params.iter_mut()) {
                 *p = (self.params)(ch, *m);

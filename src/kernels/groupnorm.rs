@@ -11,7 +11,7 @@ use super::backward::{WideGrad, grad};
 use super::moments::{Moments, ROW_BLOCK, channel_moments};
 use super::normalize::{WideAffine, wide_affine_span};
 use super::sums::Sums2;
-use crate::io::RowIo;
+use crate::io::{RowIo, Spread};
 use crate::simd::element::ElementIo;
 use crate::simd::{F32Vec, Kernel};
 
@@ -37,8 +37,12 @@ where
     type Output = Moments;
     #[inline(always)]
     fn run<V: F32Vec>(self) -> Moments {
-        let moments =
-            channel_moments::<V, _>(self.row_in, self.spatial, 0..self.rows * self.spatial);
+        let moments = channel_moments::<V, _>(
+            self.row_in,
+            self.spatial,
+            0..self.rows * self.spatial,
+            Spread::NONE,
+        );
         for r in 0..self.rows {
             let w = (self.params)(moments, r);
             wide_affine_span::<V, _, _, false>(&mut (self.row_out)(r), &w, false);

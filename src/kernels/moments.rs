@@ -38,6 +38,7 @@
 //! of each value from cache, vectorized and parallel like the first.
 
 use super::sums::Sums2;
+use crate::io::Spread;
 use crate::scratch;
 use crate::simd::element::ElementIo;
 use crate::simd::{F32Vec, F64Vec, Kernel, U32Vec};
@@ -296,13 +297,20 @@ impl Shift for f64 {
 }
 
 /// Adds `d = x - shift` and `d * d` of every element of `seg` to the lane sums (two
-/// accumulators, so that two chains of `f64` additions run at once).
+/// accumulators, so that two chains of `f64` additions run at once), prefetching along as
+/// `spread` says (anchored at `seg[0]`).
 #[inline(always)]
-fn accumulate<V: F32Vec, X: ElementIo, S: Shift>(seg: &[X], shift: S, acc: &mut [Sums2<V>; 2]) {
+fn accumulate<V: F32Vec, X: ElementIo, S: Shift>(
+    seg: &[X],
+    shift: S,
+    acc: &mut [Sums2<V>; 2],
+    spread: Spread,
+) {
     let l = V::LANES;
     let k = shift.splat::<V>();
     let mut pairs = seg.chunks_exact(2 * l);
-    for p in &mut pairs {
+    for (j, p) in (&mut pairs).enumerate() {
+        spread.at::<V, X>(j * 2 * l);
         S::add(&mut acc[0], V::read(p), k);
         S::add(&mut acc[1], V::read(&p[l..]), k);
     }
@@ -317,13 +325,15 @@ fn accumulate<V: F32Vec, X: ElementIo, S: Shift>(seg: &[X], shift: S, acc: &mut 
 }
 
 /// `(sum(x - shift), sum((x - shift)^2))` over the virtual elements `range` of one channel
-/// (see [`channel_moments`]).
+/// (see [`channel_moments`]), prefetching along as `spread` says (anchored at virtual element
+/// 0).
 #[inline(always)]
 fn run_sums<'a, V: F32Vec, X: ElementIo, S: Shift>(
     row: &impl Fn(usize) -> &'a [X],
     spatial: usize,
     range: Range<usize>,
     shift: S,
+    spread: Spread,
 ) -> (f64, f64) {
     let mut sums = [Sums2::<V>::zero(); 2];
     // One division for the first row, none per row after it.
@@ -331,7 +341,8 @@ fn run_sums<'a, V: F32Vec, X: ElementIo, S: Shift>(
     let mut left = range.len();
     while left > 0 {
         let len = left.min(spatial - s);
-        accumulate(&row(n)[s..s + len], shift, &mut sums);
+        let seg = spread.from::<X>(n * spatial + s);
+        accumulate(&row(n)[s..s + len], shift, &mut sums, seg);
         left -= len;
         (n, s) = (n + 1, 0);
     }
@@ -354,12 +365,15 @@ fn wide_moments(count: usize, pass: usize, k: f64, s1: f64, s2: f64) -> Result<M
 }
 
 /// The moments of the virtual elements `range` of one channel whose values lie in rows of
-/// `spatial` contiguous elements: virtual element `v` is `row(v / spatial)[v % spatial]`.
+/// `spatial` contiguous elements: virtual element `v` is `row(v / spatial)[v % spatial]`. The
+/// first pass over the values prefetches along as `spread` says (anchored at virtual element
+/// 0; the rare retry passes in `f64` do not).
 #[inline(always)]
 pub(crate) fn channel_moments<'a, V: F32Vec, X: ElementIo>(
     row: &impl Fn(usize) -> &'a [X],
     spatial: usize,
     range: Range<usize>,
+    spread: Spread,
 ) -> Moments {
     let mut acc = Moments::EMPTY;
     if range.is_empty() {
@@ -369,7 +383,7 @@ pub(crate) fn channel_moments<'a, V: F32Vec, X: ElementIo>(
     let mut start = range.start;
     while start < range.end {
         let end = range.end.min(start + BLOCK);
-        let (s1, s2) = run_sums::<V, X, f32>(row, spatial, start..end, shift);
+        let (s1, s2) = run_sums::<V, X, f32>(row, spatial, start..end, shift, spread);
         let count = end - start;
         let first = start == range.start;
         let block = if Moments::sums_trusted(count as f64, s1, s2, first) {
@@ -378,7 +392,7 @@ pub(crate) fn channel_moments<'a, V: F32Vec, X: ElementIo>(
             let mut k = Moments::first_wide_shift(count, shift, s1);
             let mut pass = 1;
             loop {
-                let (s1, s2) = run_sums::<V, X, f64>(row, spatial, start..end, k);
+                let (s1, s2) = run_sums::<V, X, f64>(row, spatial, start..end, k, Spread::NONE);
                 match wide_moments(count, pass, k, s1, s2) {
                     Ok(m) => break m,
                     Err(next) => (k, pass) = (next, pass + 1),
@@ -411,7 +425,7 @@ impl<'a, X: ElementIo, F: Fn(usize) -> &'a [X]> Kernel for ChannelMoments<'_, F>
     type Output = Moments;
     #[inline(always)]
     fn run<V: F32Vec>(self) -> Moments {
-        channel_moments::<V, X>(self.row, self.spatial, self.range)
+        channel_moments::<V, X>(self.row, self.spatial, self.range, Spread::NONE)
     }
 }
 
@@ -1018,9 +1032,10 @@ mod tests {
                 x[0] = 0.0;
                 let row = |n: usize| &x[n * spatial..((n + 1) * spatial).min(count)];
                 let first = 0..count.min(BLOCK);
-                let (s1, s2) = run_sums::<V, f32, f32>(&row, spatial, first.clone(), x[0]);
+                let (s1, s2) =
+                    run_sums::<V, f32, f32>(&row, spatial, first.clone(), x[0], Spread::NONE);
                 assert!(!Moments::sums_trusted(first.len() as f64, s1, s2, true));
-                let got = channel_moments::<V, f32>(&row, spatial, 0..count);
+                let got = channel_moments::<V, f32>(&row, spatial, 0..count, Spread::NONE);
                 let (n, mean, m2) = reference(x.iter().copied());
                 let ctx = format!("spatial {spatial}, count {count}: {got:?}, want {mean} {m2}");
                 let u = 1.0 / (1u64 << 24) as f64;
@@ -1035,7 +1050,7 @@ mod tests {
         let x: Vec<f32> = (0..2 * BLOCK)
             .map(|i| if i < BLOCK { -3e38 } else { 3e38 })
             .collect();
-        let got = channel_moments::<V, f32>(&|_| &x[..], x.len(), 0..x.len());
+        let got = channel_moments::<V, f32>(&|_| &x[..], x.len(), 0..x.len(), Spread::NONE);
         let (_, mean, m2) = reference(x.iter().copied());
         assert_eq!(got.mean, mean);
         assert!((got.m2 - m2).abs() <= 1e-12 * m2, "{got:?}, want {m2}");
