@@ -11,7 +11,11 @@
 // checks on 10000 + N(0,1) data against float64. oneDNN's lines carry its version as the library,
 // "onednn-MAJOR.MINOR" from dnnl_version(), so builds against several oneDNN releases can be
 // compared in one report. A workload the linked oneDNN does not offer prints no oneDNN line
-// (group norm needs oneDNN 3.3, RMS norm its layer norm's rms_norm flag of 3.9). FILTER, if
+// (group norm needs oneDNN 3.3, RMS norm its layer norm's rms_norm flag of 3.9; a bf16 workload
+// needs an implementation for bf16 on this CPU). The `_bf16` workloads hold bf16 data (the float
+// workloads' values rounded to nearest even) with float parameters and statistics, as
+// normkit's `_bf16` functions take them; their minimal traffic is 2 bytes per element read and
+// written. FILTER, if
 // given and not empty, keeps the workloads whose name contains it. --onednn-only times oneDNN
 // alone (no normkit, no copy): for a second build against another oneDNN, whose normkit and copy
 // lines would repeat the first build's.
@@ -86,6 +90,40 @@ struct Buf {
     ~Buf() { std::free(p); }
 };
 
+// The element type of a workload's data (its parameters and statistics are float either way).
+enum class Dt { f32, bf16 };
+
+// The workload name's tag for the type ("" for float, the names of the float workloads).
+const char *dt_tag(Dt t) { return t == Dt::bf16 ? "_bf16" : ""; }
+
+size_t dt_bytes(Dt t) { return t == Dt::bf16 ? 2 : 4; }
+
+memory::data_type dnnl_dt(Dt t) {
+    return t == Dt::bf16 ? memory::data_type::bf16 : memory::data_type::f32;
+}
+
+// A workload's tensor of type `t`: Buf's values, for bf16 rounded to nearest even (nk_bf16 and
+// oneDNN's bf16 are both the upper 16 bits of a float).
+struct Data {
+    Buf f;
+    uint16_t *h = nullptr;
+    void *p;
+    Data(Dt t, size_t n, float offset = 0.f, uint64_t seed = 1) : f(n, offset, seed), p(f.p) {
+        if (t != Dt::bf16) return;
+        h = static_cast<uint16_t *>(std::aligned_alloc(64, ((n * 2 + 63) / 64) * 64 + 64));
+        for (size_t i = 0; i < n; i++) {
+            uint32_t u;
+            std::memcpy(&u, &f.p[i], 4);
+            h[i] = uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+        }
+        p = h;
+    }
+    Data(const Data &) = delete;
+    ~Data() { std::free(h); }
+    float *f32() const { return static_cast<float *>(p); }
+    nk_bf16 *bf16() const { return static_cast<nk_bf16 *>(p); }
+};
+
 double now_ns() {
     return std::chrono::duration<double, std::nano>(Clock::now().time_since_epoch()).count();
 }
@@ -152,6 +190,17 @@ void time_onednn(const std::string &w, const std::function<void()> &f, double by
     settle();
 }
 
+// Runs `f`, which sets up and times a oneDNN primitive; a oneDNN that has no implementation for
+// it (a data type its release or this CPU lacks) prints no line for it.
+void with_onednn(const std::string &w, const std::function<void()> &f) {
+    try {
+        f();
+    } catch (const dnnl::error &e) {
+        std::fprintf(stderr, "%s: %s has no implementation (%s)\n", w.c_str(), g_onednn.c_str(),
+                     e.what());
+    }
+}
+
 void latency_normkit(const std::string &w, const std::function<void()> &f, double bytes) {
     if (!g_with_normkit) return;
     emit(w, "normkit", latency_ns(f), bytes);
@@ -202,9 +251,9 @@ struct BnShape {
     nk_shape nk() const {
         return nk_shape{size_t(n), size_t(c), size_t(h * w), nhwc ? NK_LAYOUT_NSC : NK_LAYOUT_NCS};
     }
-    memory::desc md() const {
-        if (h * w == 1 && !nhwc) return memory::desc({n, c}, memory::data_type::f32, memory::format_tag::nc);
-        return memory::desc({n, c, h, w}, memory::data_type::f32,
+    memory::desc md(Dt t = Dt::f32) const {
+        if (h * w == 1 && !nhwc) return memory::desc({n, c}, dnnl_dt(t), memory::format_tag::nc);
+        return memory::desc({n, c, h, w}, dnnl_dt(t),
                             nhwc ? memory::format_tag::nhwc : memory::format_tag::nchw);
     }
 };
@@ -240,34 +289,41 @@ void bn_training(const BnShape &s) {
     time_copy(w, 8.0 * n);
 }
 
-void bn_inference(const BnShape &s) {
-    std::string w = s.name("bn_infer");
+void bn_inference(const BnShape &s, Dt t = Dt::f32) {
+    std::string w = s.name((std::string("bn_infer") + dt_tag(t)).c_str());
     if (!wanted(w)) return;
     size_t n = s.elems();
-    Buf x(n), y(n), gamma(s.c, 1.f, 2), beta(s.c, 0.f, 3), mean(s.c, 0.f, 4), var(s.c, 1.f, 5);
+    double bytes = 2.0 * dt_bytes(t) * n;
+    Data x(t, n), y(t, n);
+    Buf gamma(s.c, 1.f, 2), beta(s.c, 0.f, 3), mean(s.c, 0.f, 4), var(s.c, 1.f, 5);
     time_normkit(w, [&] {
-        check(nk_batchnorm_forward_inference(g_ctx, s.nk(), x.p, y.p, gamma.p, beta.p, mean.p,
-                                             var.p, kEps, 0),
+        check(t == Dt::bf16
+                  ? nk_batchnorm_forward_inference_bf16(g_ctx, s.nk(), x.bf16(), y.bf16(), gamma.p,
+                                                        beta.p, mean.p, var.p, kEps, 0)
+                  : nk_batchnorm_forward_inference(g_ctx, s.nk(), x.f32(), y.f32(), gamma.p,
+                                                   beta.p, mean.p, var.p, kEps, 0),
               "bn inference");
-    }, 8.0 * n);
-    using nf = dnnl::normalization_flags;
-    auto md = s.md();
-    dnnl::batch_normalization_forward::primitive_desc pd(
-        g_eng, dnnl::prop_kind::forward_inference, md, md, kEps,
-        nf::use_global_stats | nf::use_scale | nf::use_shift);
-    dnnl::batch_normalization_forward prim(pd);
-    std::unordered_map<int, memory> args = {
-        {DNNL_ARG_SRC, mem(md, x.p)},
-        {DNNL_ARG_DST, mem(md, y.p)},
-        {DNNL_ARG_SCALE, mem(pd.weights_desc(), gamma.p)},
-        {DNNL_ARG_SHIFT, mem(pd.weights_desc(), beta.p)},
-        {DNNL_ARG_MEAN, mem(pd.mean_desc(), mean.p)},
-        {DNNL_ARG_VARIANCE, mem(pd.variance_desc(), var.p)}};
-    time_onednn(w, [&] {
-        prim.execute(g_stream, args);
-        g_stream.wait();
-    }, 8.0 * n);
-    time_copy(w, 8.0 * n);
+    }, bytes);
+    with_onednn(w, [&] {
+        using nf = dnnl::normalization_flags;
+        auto md = s.md(t);
+        dnnl::batch_normalization_forward::primitive_desc pd(
+            g_eng, dnnl::prop_kind::forward_inference, md, md, kEps,
+            nf::use_global_stats | nf::use_scale | nf::use_shift);
+        dnnl::batch_normalization_forward prim(pd);
+        std::unordered_map<int, memory> args = {
+            {DNNL_ARG_SRC, memory(md, g_eng, x.p)},
+            {DNNL_ARG_DST, memory(md, g_eng, y.p)},
+            {DNNL_ARG_SCALE, mem(pd.weights_desc(), gamma.p)},
+            {DNNL_ARG_SHIFT, mem(pd.weights_desc(), beta.p)},
+            {DNNL_ARG_MEAN, mem(pd.mean_desc(), mean.p)},
+            {DNNL_ARG_VARIANCE, mem(pd.variance_desc(), var.p)}};
+        time_onednn(w, [&] {
+            prim.execute(g_stream, args);
+            g_stream.wait();
+        }, bytes);
+    });
+    time_copy(w, bytes);
 }
 
 void bn_backward(const BnShape &s) {
@@ -309,65 +365,83 @@ void bn_backward(const BnShape &s) {
     time_copy(w, 12.0 * n);
 }
 
-void layernorm(long rows, long cols) {
-    std::string w = "ln_fwd_" + std::to_string(rows) + "x" + std::to_string(cols);
+void layernorm(long rows, long cols, Dt t = Dt::f32) {
+    std::string w = std::string("ln_fwd") + dt_tag(t) + "_" + std::to_string(rows) + "x" +
+                    std::to_string(cols);
     if (!wanted(w)) return;
     size_t n = size_t(rows) * cols;
-    Buf x(n), y(n), gamma(cols, 1.f, 2), beta(cols, 0.f, 3), sm(rows), si(rows);
+    double bytes = 2.0 * dt_bytes(t) * n;
+    Data x(t, n), y(t, n);
+    Buf gamma(cols, 1.f, 2), beta(cols, 0.f, 3), sm(rows), si(rows);
     time_normkit(w, [&] {
-        check(nk_layernorm_forward(g_ctx, rows, cols, x.p, y.p, gamma.p, beta.p, kEps, sm.p,
-                                   si.p),
+        check(t == Dt::bf16
+                  ? nk_layernorm_forward_bf16(g_ctx, rows, cols, x.bf16(), y.bf16(), gamma.p,
+                                              beta.p, kEps, sm.p, si.p)
+                  : nk_layernorm_forward(g_ctx, rows, cols, x.f32(), y.f32(), gamma.p, beta.p,
+                                         kEps, sm.p, si.p),
               "layer norm");
-    }, 8.0 * n);
-    using nf = dnnl::normalization_flags;
-    memory::desc md({rows, cols}, memory::data_type::f32, memory::format_tag::ab);
-    dnnl::layer_normalization_forward::primitive_desc pd(
-        g_eng, dnnl::prop_kind::forward_training, md, md, kEps, nf::use_scale | nf::use_shift);
-    dnnl::layer_normalization_forward prim(pd);
-    std::unordered_map<int, memory> args = {
-        {DNNL_ARG_SRC, mem(md, x.p)},
-        {DNNL_ARG_DST, mem(md, y.p)},
-        {DNNL_ARG_SCALE, mem(pd.weights_desc(), gamma.p)},
-        {DNNL_ARG_SHIFT, mem(pd.weights_desc(), beta.p)},
-        {DNNL_ARG_MEAN, mem(pd.mean_desc(), sm.p)},
-        {DNNL_ARG_VARIANCE, mem(pd.variance_desc(), si.p)}};
-    time_onednn(w, [&] {
-        prim.execute(g_stream, args);
-        g_stream.wait();
-    }, 8.0 * n);
-    time_copy(w, 8.0 * n);
+    }, bytes);
+    with_onednn(w, [&] {
+        using nf = dnnl::normalization_flags;
+        memory::desc md({rows, cols}, dnnl_dt(t), memory::format_tag::ab);
+        dnnl::layer_normalization_forward::primitive_desc pd(
+            g_eng, dnnl::prop_kind::forward_training, md, md, kEps,
+            nf::use_scale | nf::use_shift);
+        dnnl::layer_normalization_forward prim(pd);
+        std::unordered_map<int, memory> args = {
+            {DNNL_ARG_SRC, memory(md, g_eng, x.p)},
+            {DNNL_ARG_DST, memory(md, g_eng, y.p)},
+            {DNNL_ARG_SCALE, mem(pd.weights_desc(), gamma.p)},
+            {DNNL_ARG_SHIFT, mem(pd.weights_desc(), beta.p)},
+            {DNNL_ARG_MEAN, mem(pd.mean_desc(), sm.p)},
+            {DNNL_ARG_VARIANCE, mem(pd.variance_desc(), si.p)}};
+        time_onednn(w, [&] {
+            prim.execute(g_stream, args);
+            g_stream.wait();
+        }, bytes);
+    });
+    time_copy(w, bytes);
 }
 
 // oneDNN's RMS norm is its layer norm with the rms_norm flag (3.9 and later).
-void rmsnorm(long rows, long cols) {
-    std::string w = "rms_fwd_" + std::to_string(rows) + "x" + std::to_string(cols);
+void rmsnorm(long rows, long cols, Dt t = Dt::f32) {
+    std::string w = std::string("rms_fwd") + dt_tag(t) + "_" + std::to_string(rows) + "x" +
+                    std::to_string(cols);
     if (!wanted(w)) return;
 #if !NATIVE_DNNL_AT_LEAST(3, 9)
     if (!g_with_normkit) return;
 #endif
     size_t n = size_t(rows) * cols;
-    Buf x(n), y(n), gamma(cols, 1.f, 2), si(rows);
+    double bytes = 2.0 * dt_bytes(t) * n;
+    Data x(t, n), y(t, n);
+    Buf gamma(cols, 1.f, 2), si(rows);
     time_normkit(w, [&] {
-        check(nk_rmsnorm_forward(g_ctx, rows, cols, x.p, y.p, gamma.p, kEps, si.p),
+        check(t == Dt::bf16 ? nk_rmsnorm_forward_bf16(g_ctx, rows, cols, x.bf16(), y.bf16(),
+                                                      gamma.p, kEps, si.p)
+                            : nk_rmsnorm_forward(g_ctx, rows, cols, x.f32(), y.f32(), gamma.p,
+                                                 kEps, si.p),
               "rms norm");
-    }, 8.0 * n);
+    }, bytes);
 #if NATIVE_DNNL_AT_LEAST(3, 9)
-    using nf = dnnl::normalization_flags;
-    memory::desc md({rows, cols}, memory::data_type::f32, memory::format_tag::ab);
-    dnnl::layer_normalization_forward::primitive_desc pd(
-        g_eng, dnnl::prop_kind::forward_training, md, md, kEps, nf::use_scale | nf::rms_norm);
-    dnnl::layer_normalization_forward prim(pd);
-    std::unordered_map<int, memory> args = {
-        {DNNL_ARG_SRC, mem(md, x.p)},
-        {DNNL_ARG_DST, mem(md, y.p)},
-        {DNNL_ARG_SCALE, mem(pd.weights_desc(), gamma.p)},
-        {DNNL_ARG_VARIANCE, mem(pd.variance_desc(), si.p)}};
-    time_onednn(w, [&] {
-        prim.execute(g_stream, args);
-        g_stream.wait();
-    }, 8.0 * n);
+    with_onednn(w, [&] {
+        using nf = dnnl::normalization_flags;
+        memory::desc md({rows, cols}, dnnl_dt(t), memory::format_tag::ab);
+        dnnl::layer_normalization_forward::primitive_desc pd(
+            g_eng, dnnl::prop_kind::forward_training, md, md, kEps,
+            nf::use_scale | nf::rms_norm);
+        dnnl::layer_normalization_forward prim(pd);
+        std::unordered_map<int, memory> args = {
+            {DNNL_ARG_SRC, memory(md, g_eng, x.p)},
+            {DNNL_ARG_DST, memory(md, g_eng, y.p)},
+            {DNNL_ARG_SCALE, mem(pd.weights_desc(), gamma.p)},
+            {DNNL_ARG_VARIANCE, mem(pd.variance_desc(), si.p)}};
+        time_onednn(w, [&] {
+            prim.execute(g_stream, args);
+            g_stream.wait();
+        }, bytes);
+    });
 #endif
-    time_copy(w, 8.0 * n);
+    time_copy(w, bytes);
 }
 
 // oneDNN's group norm primitive appeared in 3.3.
@@ -693,6 +767,12 @@ int main(int argc, char **argv) {
     layernorm(2048, 4096);
     rmsnorm(8192, 768);
     rmsnorm(8192, 4096);
+    // bf16 data, float parameters and statistics.
+    bn_inference({32, 64, 56, 56, false}, Dt::bf16);
+    bn_inference({32, 64, 56, 56, true}, Dt::bf16);
+    layernorm(8192, 768, Dt::bf16);
+    layernorm(2048, 4096, Dt::bf16);
+    rmsnorm(8192, 768, Dt::bf16);
     groupnorm(8, 256, 32, 32, 32);
     instancenorm(8, 64, 64, 64);
     dropout(size_t(1) << 24, 0.1f);

@@ -25,9 +25,13 @@ normalization.
 
 Not covered: the batch-norm and dropout backward workloads, whose gradient operators
 (BatchNormalizationGrad, DropoutGrad) exist only in ORT's training builds, not in the
-onnxruntime package. native.cpp has no half-precision or fused residual-add workloads, so neither
-has this (ORT's CPU kernels for these operators take float16 for some but not bfloat16; its
-SkipLayerNormalization and SkipSimplifiedLayerNormalization would be the fused peers).
+onnxruntime package. Of the `_bf16` workloads (bfloat16 data), only layer norm runs: ORT's CPU
+provider has no bfloat16 kernel for BatchNormalization, and RMSNormalization's expansion needs a
+bfloat16 Mul it lacks. LayerNormalization ties its scale and bias to the data's type, so they
+are bfloat16 there (normkit and the other peers take float parameters). bfloat16 arrays come from
+ml_dtypes (a dependency of onnx) and are bound as BFLOAT16 OrtValues over their bits. native.cpp
+has no fused residual-add workloads, so neither has this (ORT's SkipLayerNormalization and
+SkipSimplifiedLayerNormalization would be the fused peers).
 
 Accuracy: max |y - y_ref| on 10000 + N(0,1) with a float64 reference from the same float input,
 as in native.cpp.
@@ -37,6 +41,7 @@ import functools
 import json
 import sys
 
+import ml_dtypes
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -60,7 +65,17 @@ def randn(shape, offset=0.0, seed=1):
     return x + np.float32(offset) if offset else x
 
 
-ONNX_TYPE = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.bool_): TensorProto.BOOL}
+ONNX_TYPE = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.bool_): TensorProto.BOOL,
+             np.dtype(ml_dtypes.bfloat16): TensorProto.BFLOAT16}
+
+
+def ortvalue(v):
+    """An OrtValue over the array `v` (bfloat16, which ORT's numpy bridge does not know, as
+    BFLOAT16 over its bits)."""
+    if v.dtype == ml_dtypes.bfloat16:
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(v.view(np.uint16),
+                                                               TensorProto.BFLOAT16)
+    return ort.OrtValue.ortvalue_from_numpy(v)
 
 
 class Model:
@@ -90,10 +105,10 @@ class Model:
         self.io = self.sess.io_binding()
         self.values = []  # the OrtValues stay alive as long as the binding
         for k, v in inputs.items():
-            self.values.append(ort.OrtValue.ortvalue_from_numpy(v))
+            self.values.append(ortvalue(v))
             self.io.bind_ortvalue_input(k, self.values[-1])
         for k, v in outputs.items():
-            self.values.append(ort.OrtValue.ortvalue_from_numpy(v))
+            self.values.append(ortvalue(v))
             self.io.bind_ortvalue_output(k, self.values[-1])
 
     def __call__(self):
@@ -120,9 +135,9 @@ def batchnorm(threads, x, training, params=None):
 
 def layernorm(threads, x, beta=True):
     cols = x.shape[-1]
-    params = {"scale": np.ones(cols, np.float32)}
+    params = {"scale": np.ones(cols, x.dtype)}
     if beta:
-        params["B"] = np.zeros(cols, np.float32)
+        params["B"] = np.zeros(cols, x.dtype)
     return Model(threads, "LayerNormalization", {"X": x}, {"Y": np.empty_like(x)}, params,
                  axis=-1, epsilon=EPS)
 
@@ -178,6 +193,11 @@ def main():
             timed(w, lambda: Model(
                 threads, "RMSNormalization", {"X": x}, {"Y": np.empty_like(x)},
                 {"scale": np.ones(cols, np.float32)}, axis=-1, epsilon=EPS), 8 * x.size)
+    for rows, cols in ((8192, 768), (2048, 4096)):
+        w = f"ln_fwd_bf16_{rows}x{cols}"
+        if wanted(w):
+            x = randn((rows, cols)).astype(ml_dtypes.bfloat16)
+            timed(w, lambda: layernorm(threads, x), 4 * x.size)
     if wanted("gn_fwd_nchw_8x256x32x32_g32"):
         x = randn((8, 256, 32, 32))
         timed("gn_fwd_nchw_8x256x32x32_g32", lambda: Model(

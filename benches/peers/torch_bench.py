@@ -9,12 +9,15 @@ updates the running statistics), aten.native_batch_norm_backward, F.layer_norm, 
 F.group_norm, F.instance_norm, aten.native_dropout / native_dropout_backward (a bool mask, one
 byte per element). Tiny calls are timed from Python, so they include the interpreter's dispatch,
 as a PyTorch user pays it. Accuracy: max |y - y_ref| on 10000 + N(0,1) with a float64 reference
-from the same float input, as in native.cpp.
+from the same float input, as in native.cpp. The `_bf16` workloads run the same operators on
+bfloat16 tensors (the float data rounded) with float parameters and running statistics, as
+normkit's `_bf16` functions take them (PyTorch's CPU kernels accept that mix and return bfloat16).
 """
 
 import functools
 import json
 import sys
+import warnings
 
 import numpy as np
 import torch
@@ -101,6 +104,27 @@ def main():
             x, g = tensor((rows, cols)), torch.ones(cols)
             timed(f"rms_fwd_{rows}x{cols}", lambda: F.rms_norm(x, (cols,), g, EPS),
                   8 * x.numel())
+
+        # bf16 data, float parameters and statistics.
+        bf16 = torch.bfloat16
+        for nhwc in (False, True):
+            shape = (32, 64, 56, 56)
+            w = bn_name("bn_infer_bf16", shape, nhwc)
+            if wanted(w):
+                x = tensor(shape, nhwc).to(bf16)
+                g, b, rm, rv = torch.ones(64), torch.zeros(64), torch.zeros(64), torch.ones(64)
+                timed(w, lambda: F.batch_norm(x, rm, rv, g, b, False, MOMENTUM, EPS),
+                      4 * x.numel())
+                del x
+        for rows, cols in ((8192, 768), (2048, 4096)):
+            x, g, b = tensor((rows, cols)).to(bf16), torch.ones(cols), torch.zeros(cols)
+            timed(f"ln_fwd_bf16_{rows}x{cols}", lambda: F.layer_norm(x, (cols,), g, b, EPS),
+                  4 * x.numel())
+        x, g = tensor((8192, 768)).to(bf16), torch.ones(768)
+        # F.rms_norm warns that the mix of types takes its unfused implementation: that is
+        # the implementation a PyTorch user with float weights gets.
+        warnings.filterwarnings("ignore", message="Mismatch dtype")
+        timed("rms_fwd_bf16_8192x768", lambda: F.rms_norm(x, (768,), g, EPS), 4 * x.numel())
         x, g, b = tensor((8, 256, 32, 32)), torch.ones(256), torch.zeros(256)
         timed("gn_fwd_nchw_8x256x32x32_g32", lambda: F.group_norm(x, 32, g, b, EPS),
               8 * x.numel())
