@@ -220,6 +220,47 @@ impl F32Vec for Vector {
     }
 
     #[inline(always)]
+    fn to_bf16(self) -> __m256i {
+        // The bits of `element::f32_to_bf16` in 32-bit lanes (non-NaN: `bits + 0x7FFF + odd`,
+        // NaN: `bits | 0x0040_0000`, whose upper halves are the rounded and the quiet bf16),
+        // NaN lanes picked by a mask register and the upper halves gathered by one word
+        // permute, instead of the generic version's mask through a general register, shift and
+        // two-uop narrowing: half the instructions per vector.
+        // SAFETY: see the file header (fpclass is AVX-512DQ, the word permute AVX-512BW, both
+        // enabled with AVX-512F by dispatch); register-only operations. Non-NaN lanes add at
+        // most 0x8000 to at most 0xFF80_0000, so no lane wraps.
+        unsafe {
+            let bits = _mm512_castps_si512(self.0);
+            let odd = _mm512_and_si512(_mm512_srli_epi32::<16>(bits), _mm512_set1_epi32(1));
+            let rounded = _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7FFF)), odd);
+            let quiet = _mm512_or_si512(bits, _mm512_set1_epi32(0x0040_0000));
+            // fpclass 0x81: quiet or signaling NaN.
+            let nan = _mm512_fpclass_ps_mask::<0x81>(self.0);
+            let words = _mm512_mask_mov_epi32(rounded, nan, quiet);
+            // Word j of the result is word 2j + 1 of `words` (the upper half of lane j).
+            let upper = _mm512_setr_epi32(
+                0x0003_0001,
+                0x0007_0005,
+                0x000B_0009,
+                0x000F_000D,
+                0x0013_0011,
+                0x0017_0015,
+                0x001B_0019,
+                0x001F_001D,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+            );
+            _mm512_castsi512_si256(_mm512_permutexvar_epi16(upper, words))
+        }
+    }
+
+    #[inline(always)]
     fn widen(self) -> (Wide, Wide) {
         // SAFETY: see the file header; register-only operations.
         unsafe {
