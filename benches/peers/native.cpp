@@ -56,6 +56,8 @@ double g_budget_ms = 300;
 std::string g_filter;
 // false with --onednn-only: normkit and the copy are not timed.
 bool g_with_normkit = true;
+// While tiny calls run: each library's time is its per-call latency, and no copy is timed.
+bool g_tiny = false;
 // oneDNN's library name in the output: "onednn-MAJOR.MINOR" of the linked library.
 std::string g_onednn = "onednn";
 nk_context *g_ctx = nullptr;
@@ -177,16 +179,16 @@ bool wanted(const std::string &w) { return g_filter.empty() || w.find(g_filter) 
 // other's cores.
 void settle() { std::this_thread::sleep_for(std::chrono::milliseconds(30)); }
 
-// One library's timing of a workload (median, or per-call latency for tiny calls), then the
-// pause before the next library. normkit's are skipped with --onednn-only.
+// One library's timing of a workload (median, or per-call latency while tiny calls run), then
+// the pause before the next library. normkit's are skipped with --onednn-only.
 void time_normkit(const std::string &w, const std::function<void()> &f, double bytes) {
     if (!g_with_normkit) return;
-    emit(w, "normkit", median_ns(f), bytes);
+    emit(w, "normkit", g_tiny ? latency_ns(f) : median_ns(f), bytes);
     settle();
 }
 
 void time_onednn(const std::string &w, const std::function<void()> &f, double bytes) {
-    emit(w, g_onednn.c_str(), median_ns(f), bytes);
+    emit(w, g_onednn.c_str(), g_tiny ? latency_ns(f) : median_ns(f), bytes);
     settle();
 }
 
@@ -201,20 +203,9 @@ void with_onednn(const std::string &w, const std::function<void()> &f) {
     }
 }
 
-void latency_normkit(const std::string &w, const std::function<void()> &f, double bytes) {
-    if (!g_with_normkit) return;
-    emit(w, "normkit", latency_ns(f), bytes);
-    settle();
-}
-
-void latency_onednn(const std::string &w, const std::function<void()> &f, double bytes) {
-    emit(w, g_onednn.c_str(), latency_ns(f), bytes);
-    settle();
-}
-
 // The copy ceiling: `bytes` of traffic = bytes/2 read + bytes/2 written, split over the threads.
 void time_copy(const std::string &w, double bytes) {
-    if (!g_with_normkit) return;
+    if (!g_with_normkit || g_tiny) return;
     size_t half = static_cast<size_t>(bytes / 2) / 4;
     Buf src(half), dst(half);
     double ns = median_ns([&] {
@@ -233,14 +224,23 @@ void time_copy(const std::string &w, double bytes) {
     settle();
 }
 
-memory mem(const memory::desc &md, float *p) { return memory(md, g_eng, p); }
+memory mem(const memory::desc &md, void *p) { return memory(md, g_eng, p); }
+
+// Times a oneDNN primitive run with `args` (one execution and a wait per call).
+void time_primitive(const std::string &w, const dnnl::primitive &prim,
+                    const std::unordered_map<int, memory> &args, double bytes) {
+    time_onednn(w, [&] {
+        prim.execute(g_stream, args);
+        g_stream.wait();
+    }, bytes);
+}
 
 struct BnShape {
     long n, c, h, w;
     bool nhwc;
     std::string name(const char *op) const {
         char b[96];
-        if (h * w == 1 && !nhwc && std::string(op) != "bn_tiny")
+        if (h * w == 1 && !nhwc)
             std::snprintf(b, sizeof b, "%s_nc_%ldx%ld", op, n, c);
         else
             std::snprintf(b, sizeof b, "%s_%s_%ldx%ldx%ldx%ld", op, nhwc ? "nhwc" : "nchw", n, c,
@@ -282,15 +282,13 @@ void bn_training(const BnShape &s) {
         {DNNL_ARG_SCALE, mem(pd.weights_desc(), gamma.p)},
         {DNNL_ARG_SHIFT, mem(pd.weights_desc(), beta.p)},
         {DNNL_ARG_MEAN, mean},                  {DNNL_ARG_VARIANCE, var}};
-    time_onednn(w, [&] {
-        prim.execute(g_stream, args);
-        g_stream.wait();
-    }, 8.0 * n);
+    time_primitive(w, prim, args, 8.0 * n);
     time_copy(w, 8.0 * n);
 }
 
-void bn_inference(const BnShape &s, Dt t = Dt::f32) {
-    std::string w = s.name((std::string("bn_infer") + dt_tag(t)).c_str());
+// `name`, if given, replaces the workload's name.
+void bn_inference(const BnShape &s, Dt t = Dt::f32, const char *name = nullptr) {
+    std::string w = name ? name : s.name((std::string("bn_infer") + dt_tag(t)).c_str());
     if (!wanted(w)) return;
     size_t n = s.elems();
     double bytes = 2.0 * dt_bytes(t) * n;
@@ -312,16 +310,13 @@ void bn_inference(const BnShape &s, Dt t = Dt::f32) {
             nf::use_global_stats | nf::use_scale | nf::use_shift);
         dnnl::batch_normalization_forward prim(pd);
         std::unordered_map<int, memory> args = {
-            {DNNL_ARG_SRC, memory(md, g_eng, x.p)},
-            {DNNL_ARG_DST, memory(md, g_eng, y.p)},
+            {DNNL_ARG_SRC, mem(md, x.p)},
+            {DNNL_ARG_DST, mem(md, y.p)},
             {DNNL_ARG_SCALE, mem(pd.weights_desc(), gamma.p)},
             {DNNL_ARG_SHIFT, mem(pd.weights_desc(), beta.p)},
             {DNNL_ARG_MEAN, mem(pd.mean_desc(), mean.p)},
             {DNNL_ARG_VARIANCE, mem(pd.variance_desc(), var.p)}};
-        time_onednn(w, [&] {
-            prim.execute(g_stream, args);
-            g_stream.wait();
-        }, bytes);
+        time_primitive(w, prim, args, bytes);
     });
     time_copy(w, bytes);
 }
@@ -358,89 +353,57 @@ void bn_backward(const BnShape &s) {
         {DNNL_ARG_SCALE, mem(fpd.weights_desc(), gamma.p)},
         {DNNL_ARG_DIFF_SCALE, mem(fpd.weights_desc(), dg.p)},
         {DNNL_ARG_DIFF_SHIFT, mem(fpd.weights_desc(), dshift.p)}};
-    time_onednn(w, [&] {
-        prim.execute(g_stream, args);
-        g_stream.wait();
-    }, 12.0 * n);
+    time_primitive(w, prim, args, 12.0 * n);
     time_copy(w, 12.0 * n);
 }
 
-void layernorm(long rows, long cols, Dt t = Dt::f32) {
-    std::string w = std::string("ln_fwd") + dt_tag(t) + "_" + std::to_string(rows) + "x" +
-                    std::to_string(cols);
+// Layer norm, or RMS norm if `rms`: oneDNN's RMS norm is its layer norm with the rms_norm flag
+// (3.9 and later). `name`, if given, replaces the workload's name.
+void rownorm(long rows, long cols, bool rms, Dt t = Dt::f32, const char *name = nullptr) {
+    std::string w = name ? std::string(name)
+                         : std::string(rms ? "rms_fwd" : "ln_fwd") + dt_tag(t) + "_" +
+                               std::to_string(rows) + "x" + std::to_string(cols);
     if (!wanted(w)) return;
+    bool onednn = !rms || NATIVE_DNNL_AT_LEAST(3, 9);
+    if (!g_with_normkit && !onednn) return;
     size_t n = size_t(rows) * cols;
     double bytes = 2.0 * dt_bytes(t) * n;
     Data x(t, n), y(t, n);
     Buf gamma(cols, 1.f, 2), beta(cols, 0.f, 3), sm(rows), si(rows);
     time_normkit(w, [&] {
-        check(t == Dt::bf16
-                  ? nk_layernorm_forward_bf16(g_ctx, rows, cols, x.bf16(), y.bf16(), gamma.p,
-                                              beta.p, kEps, sm.p, si.p)
-                  : nk_layernorm_forward(g_ctx, rows, cols, x.f32(), y.f32(), gamma.p, beta.p,
-                                         kEps, sm.p, si.p),
-              "layer norm");
+        bool b = t == Dt::bf16;
+        check(rms ? (b ? nk_rmsnorm_forward_bf16(g_ctx, rows, cols, x.bf16(), y.bf16(), gamma.p,
+                                                 kEps, si.p)
+                       : nk_rmsnorm_forward(g_ctx, rows, cols, x.f32(), y.f32(), gamma.p, kEps,
+                                            si.p))
+                  : (b ? nk_layernorm_forward_bf16(g_ctx, rows, cols, x.bf16(), y.bf16(),
+                                                   gamma.p, beta.p, kEps, sm.p, si.p)
+                       : nk_layernorm_forward(g_ctx, rows, cols, x.f32(), y.f32(), gamma.p,
+                                              beta.p, kEps, sm.p, si.p)),
+              rms ? "rms norm" : "layer norm");
     }, bytes);
-    with_onednn(w, [&] {
+    if (onednn) with_onednn(w, [&] {
         using nf = dnnl::normalization_flags;
         memory::desc md({rows, cols}, dnnl_dt(t), memory::format_tag::ab);
-        dnnl::layer_normalization_forward::primitive_desc pd(
-            g_eng, dnnl::prop_kind::forward_training, md, md, kEps,
-            nf::use_scale | nf::use_shift);
-        dnnl::layer_normalization_forward prim(pd);
-        std::unordered_map<int, memory> args = {
-            {DNNL_ARG_SRC, memory(md, g_eng, x.p)},
-            {DNNL_ARG_DST, memory(md, g_eng, y.p)},
-            {DNNL_ARG_SCALE, mem(pd.weights_desc(), gamma.p)},
-            {DNNL_ARG_SHIFT, mem(pd.weights_desc(), beta.p)},
-            {DNNL_ARG_MEAN, mem(pd.mean_desc(), sm.p)},
-            {DNNL_ARG_VARIANCE, mem(pd.variance_desc(), si.p)}};
-        time_onednn(w, [&] {
-            prim.execute(g_stream, args);
-            g_stream.wait();
-        }, bytes);
-    });
-    time_copy(w, bytes);
-}
-
-// oneDNN's RMS norm is its layer norm with the rms_norm flag (3.9 and later).
-void rmsnorm(long rows, long cols, Dt t = Dt::f32) {
-    std::string w = std::string("rms_fwd") + dt_tag(t) + "_" + std::to_string(rows) + "x" +
-                    std::to_string(cols);
-    if (!wanted(w)) return;
-#if !NATIVE_DNNL_AT_LEAST(3, 9)
-    if (!g_with_normkit) return;
-#endif
-    size_t n = size_t(rows) * cols;
-    double bytes = 2.0 * dt_bytes(t) * n;
-    Data x(t, n), y(t, n);
-    Buf gamma(cols, 1.f, 2), si(rows);
-    time_normkit(w, [&] {
-        check(t == Dt::bf16 ? nk_rmsnorm_forward_bf16(g_ctx, rows, cols, x.bf16(), y.bf16(),
-                                                      gamma.p, kEps, si.p)
-                            : nk_rmsnorm_forward(g_ctx, rows, cols, x.f32(), y.f32(), gamma.p,
-                                                 kEps, si.p),
-              "rms norm");
-    }, bytes);
 #if NATIVE_DNNL_AT_LEAST(3, 9)
-    with_onednn(w, [&] {
-        using nf = dnnl::normalization_flags;
-        memory::desc md({rows, cols}, dnnl_dt(t), memory::format_tag::ab);
+        auto flags = nf::use_scale | (rms ? nf::rms_norm : nf::use_shift);
+#else
+        auto flags = nf::use_scale | nf::use_shift;
+#endif
         dnnl::layer_normalization_forward::primitive_desc pd(
-            g_eng, dnnl::prop_kind::forward_training, md, md, kEps,
-            nf::use_scale | nf::rms_norm);
+            g_eng, dnnl::prop_kind::forward_training, md, md, kEps, flags);
         dnnl::layer_normalization_forward prim(pd);
         std::unordered_map<int, memory> args = {
-            {DNNL_ARG_SRC, memory(md, g_eng, x.p)},
-            {DNNL_ARG_DST, memory(md, g_eng, y.p)},
+            {DNNL_ARG_SRC, mem(md, x.p)},
+            {DNNL_ARG_DST, mem(md, y.p)},
             {DNNL_ARG_SCALE, mem(pd.weights_desc(), gamma.p)},
             {DNNL_ARG_VARIANCE, mem(pd.variance_desc(), si.p)}};
-        time_onednn(w, [&] {
-            prim.execute(g_stream, args);
-            g_stream.wait();
-        }, bytes);
+        if (!rms) {
+            args.insert({DNNL_ARG_SHIFT, mem(pd.weights_desc(), beta.p)});
+            args.insert({DNNL_ARG_MEAN, mem(pd.mean_desc(), sm.p)});
+        }
+        time_primitive(w, prim, args, bytes);
     });
-#endif
     time_copy(w, bytes);
 }
 
@@ -475,10 +438,7 @@ void groupnorm(long n_, long c, long h, long w_, long groups) {
         {DNNL_ARG_SHIFT, mem(pd.weights_desc(), beta.p)},
         {DNNL_ARG_MEAN, mem(pd.mean_desc(), sm.p)},
         {DNNL_ARG_VARIANCE, mem(pd.variance_desc(), si.p)}};
-    time_onednn(w, [&] {
-        prim.execute(g_stream, args);
-        g_stream.wait();
-    }, 8.0 * n);
+    time_primitive(w, prim, args, 8.0 * n);
 #endif
     time_copy(w, 8.0 * n);
 }
@@ -516,10 +476,7 @@ void instancenorm(long n_, long c, long h, long w_) {
         {DNNL_ARG_SHIFT, mem(pd.weights_desc(), b2.p)},
         {DNNL_ARG_MEAN, mem(pd.mean_desc(), sm.p)},
         {DNNL_ARG_VARIANCE, mem(pd.variance_desc(), si.p)}};
-    time_onednn(w, [&] {
-        prim.execute(g_stream, args);
-        g_stream.wait();
-    }, 8.0 * n);
+    time_primitive(w, prim, args, 8.0 * n);
     time_copy(w, 8.0 * n);
 }
 
@@ -550,54 +507,13 @@ void dropout(size_t n, float p) {
     }
 }
 
+// Tiny calls, timed as per-call latency: batch-norm inference of one sample of 64 channels and
+// layer norm of one row of 768.
 void tiny() {
-    if (wanted("tiny_bn_infer_1x64x1x1")) {
-        BnShape s{1, 64, 1, 1, false};
-        Buf x(64), y(64), gamma(64, 1.f, 2), beta(64, 0.f, 3), mean(64, 0.f, 4), var(64, 1.f, 5);
-        latency_normkit("tiny_bn_infer_1x64x1x1", [&] {
-            nk_batchnorm_forward_inference(g_ctx, s.nk(), x.p, y.p, gamma.p, beta.p, mean.p,
-                                           var.p, kEps, 0);
-        }, 512);
-        using nf = dnnl::normalization_flags;
-        memory::desc md({1, 64, 1, 1}, memory::data_type::f32, memory::format_tag::nchw);
-        dnnl::batch_normalization_forward::primitive_desc pd(
-            g_eng, dnnl::prop_kind::forward_inference, md, md, kEps,
-            nf::use_global_stats | nf::use_scale | nf::use_shift);
-        dnnl::batch_normalization_forward prim(pd);
-        std::unordered_map<int, memory> args = {
-            {DNNL_ARG_SRC, mem(md, x.p)},
-            {DNNL_ARG_DST, mem(md, y.p)},
-            {DNNL_ARG_SCALE, mem(pd.weights_desc(), gamma.p)},
-            {DNNL_ARG_SHIFT, mem(pd.weights_desc(), beta.p)},
-            {DNNL_ARG_MEAN, mem(pd.mean_desc(), mean.p)},
-            {DNNL_ARG_VARIANCE, mem(pd.variance_desc(), var.p)}};
-        latency_onednn("tiny_bn_infer_1x64x1x1", [&] {
-            prim.execute(g_stream, args);
-            g_stream.wait();
-        }, 512);
-    }
-    if (wanted("tiny_ln_1x768")) {
-        Buf x(768), y(768), gamma(768, 1.f, 2), beta(768, 0.f, 3), sm(1), si(1);
-        latency_normkit("tiny_ln_1x768", [&] {
-            nk_layernorm_forward(g_ctx, 1, 768, x.p, y.p, gamma.p, beta.p, kEps, sm.p, si.p);
-        }, 6144);
-        using nf = dnnl::normalization_flags;
-        memory::desc md({1, 768}, memory::data_type::f32, memory::format_tag::ab);
-        dnnl::layer_normalization_forward::primitive_desc pd(
-            g_eng, dnnl::prop_kind::forward_training, md, md, kEps, nf::use_scale | nf::use_shift);
-        dnnl::layer_normalization_forward prim(pd);
-        std::unordered_map<int, memory> args = {
-            {DNNL_ARG_SRC, mem(md, x.p)},
-            {DNNL_ARG_DST, mem(md, y.p)},
-            {DNNL_ARG_SCALE, mem(pd.weights_desc(), gamma.p)},
-            {DNNL_ARG_SHIFT, mem(pd.weights_desc(), beta.p)},
-            {DNNL_ARG_MEAN, mem(pd.mean_desc(), sm.p)},
-            {DNNL_ARG_VARIANCE, mem(pd.variance_desc(), si.p)}};
-        latency_onednn("tiny_ln_1x768", [&] {
-            prim.execute(g_stream, args);
-            g_stream.wait();
-        }, 6144);
-    }
+    g_tiny = true;
+    bn_inference({1, 64, 1, 1, false}, Dt::f32, "tiny_bn_infer_1x64x1x1");
+    rownorm(1, 768, false, Dt::f32, "tiny_ln_1x768");
+    g_tiny = false;
 }
 
 // Accuracy on 10000 + N(0,1): batch norm training (32,64,16,16) NCHW and inference from the
@@ -763,16 +679,16 @@ int main(int argc, char **argv) {
     }
     bn_backward({32, 64, 56, 56, false});
     bn_backward({32, 64, 56, 56, true});
-    layernorm(8192, 768);
-    layernorm(2048, 4096);
-    rmsnorm(8192, 768);
-    rmsnorm(8192, 4096);
+    rownorm(8192, 768, false);
+    rownorm(2048, 4096, false);
+    rownorm(8192, 768, true);
+    rownorm(8192, 4096, true);
     // bf16 data, float parameters and statistics.
     bn_inference({32, 64, 56, 56, false}, Dt::bf16);
     bn_inference({32, 64, 56, 56, true}, Dt::bf16);
-    layernorm(8192, 768, Dt::bf16);
-    layernorm(2048, 4096, Dt::bf16);
-    rmsnorm(8192, 768, Dt::bf16);
+    rownorm(8192, 768, false, Dt::bf16);
+    rownorm(2048, 4096, false, Dt::bf16);
+    rownorm(8192, 768, true, Dt::bf16);
     groupnorm(8, 256, 32, 32, 32);
     instancenorm(8, 64, 64, 64);
     dropout(size_t(1) << 24, 0.1f);
