@@ -414,13 +414,15 @@ fn prefetch_inputs<V: F32Vec>(t: &RowTensors<'_>, r: usize) {
     }
 }
 
-/// Rows of these many bytes prefetch the next row while they are read (see [`next_row`]). Measured on one and two cores of a Zen 5 (AVX-512), layer and RMS norm:
-/// rows of 8 and 16 KiB gained 10-30% (RMS norm (8192, 4096), 1 thread: 7.6-8.1 to 5.5-5.9 ms;
-/// layer norm (4096, 2048), 1 thread: 2.0-2.3 to 1.5-1.6 ms); rows of 4 KiB lost on layer norm
-/// (the hardware prefetchers already keep ahead of them), and so did layer norm's rows of 32
-/// KiB on one core, whose next row no longer fits the 48 KiB L1 beside the current one. On an
-/// Intel Xeon (AVX-512, 2 MiB L2 per core) rows from 2 KiB gain too
-/// ([`PREFETCH_NEXT_ROW_BYTES_INTEL`]).
+/// Rows of these many bytes prefetch the next row while they are read (see [`next_row`]). Measured
+/// on one and two cores of a Zen 5 (AVX-512), layer and RMS norm: rows of 8 and 16 KiB gained
+/// 10-30% (RMS norm (8192, 4096), 1 thread: 7.6-8.1 to 5.5-5.9 ms; layer norm (4096, 2048), 1
+/// thread: 2.0-2.3 to 1.5-1.6 ms); rows of 4 KiB lost on layer norm (the hardware prefetchers
+/// already keep ahead of them), and so did layer norm's rows of 32 KiB on one core, whose next row
+/// no longer fits the 48 KiB L1 beside the current one. On an Intel Xeon (AVX-512, 2 MiB L2 per
+/// core) rows from 2 KiB gain too ([`PREFETCH_NEXT_ROW_BYTES_INTEL`]). (The Zen 5 figures were
+/// measured with the whole next row prefetched during the normalization; the spread over both
+/// passes was measured on the Intel Xeon only.)
 const PREFETCH_NEXT_ROW_BYTES: std::ops::RangeInclusive<usize> = 8 << 10..=16 << 10;
 
 /// [`PREFETCH_NEXT_ROW_BYTES`] on Intel CPUs, whose prefetchers leave the statistics of narrow
@@ -441,9 +443,9 @@ const PREFETCH_NEXT_ROW_BYTES_INTEL: std::ops::RangeInclusive<usize> = 2 << 10..
 /// statistics of a row read it from memory while nothing is written, and its normalization
 /// writes it from L1 while nothing is read; with the next row prefetched along both passes,
 /// reads stay in flight all the time and overlap the writes, as in a copy. (The whole next row
-/// prefetched during the normalization alone, as before, left the statistics without reads in
-/// flight: on an Intel Xeon, AVX-512, medians of 40-100 calls alternating, layer norm (2048,
-/// 4096) took 1.83-1.85 ms with it on two threads and 1.64-1.68 ms spread; (8192, 768) 1.13
+/// prefetched during the normalization alone leaves the statistics without reads in flight: on
+/// an Intel Xeon, AVX-512, medians of 40-100 calls alternating, layer norm (2048, 4096) took
+/// 1.83-1.86 ms so on two threads and 1.64-1.68 ms spread; (8192, 768) 1.13
 /// and 1.03 ms; (4096, 2048) 1.71-1.72 and 1.54-1.58 ms; on one thread 3.61 and 3.34-3.39 ms,
 /// 2.22-2.25 and 2.13-2.14 ms.) Other rows only prefetch heads ([`prefetch_inputs`]).
 #[inline(always)]
