@@ -104,26 +104,22 @@ memory::data_type dnnl_dt(Dt t) {
     return t == Dt::bf16 ? memory::data_type::bf16 : memory::data_type::f32;
 }
 
-// A workload's tensor of type `t`: Buf's values, for bf16 rounded to nearest even (nk_bf16 and
-// oneDNN's bf16 are both the upper 16 bits of a float).
-struct Data {
-    Buf f;
-    uint16_t *h = nullptr;
-    void *p;
-    Data(Dt t, size_t n, float offset = 0.f, uint64_t seed = 1) : f(n, offset, seed), p(f.p) {
+// A workload's tensor of type `t`: Buf's values, for bf16 rounded to nearest even and packed
+// into the front half of the same buffer (nk_bf16 and oneDNN's bf16 are both the upper 16 bits
+// of a float).
+struct Data : Buf {
+    Data(Dt t, size_t n, float offset = 0.f, uint64_t seed = 1) : Buf(n, offset, seed) {
         if (t != Dt::bf16) return;
-        h = static_cast<uint16_t *>(std::aligned_alloc(64, ((n * 2 + 63) / 64) * 64 + 64));
+        // Front to back: bf16 value i (bytes 2i and 2i + 1) overwrites only floats already read.
         for (size_t i = 0; i < n; i++) {
             uint32_t u;
-            std::memcpy(&u, &f.p[i], 4);
-            h[i] = uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+            std::memcpy(&u, &p[i], 4);
+            uint16_t h = uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+            std::memcpy(reinterpret_cast<char *>(p) + 2 * i, &h, 2);
         }
-        p = h;
     }
-    Data(const Data &) = delete;
-    ~Data() { std::free(h); }
-    float *f32() const { return static_cast<float *>(p); }
-    nk_bf16 *bf16() const { return static_cast<nk_bf16 *>(p); }
+    float *f32() const { return p; }
+    nk_bf16 *bf16() const { return reinterpret_cast<nk_bf16 *>(p); }
 };
 
 double now_ns() {
