@@ -33,7 +33,7 @@ pub enum Isa {
     Portable,
     /// AVX2 with FMA.
     Avx2,
-    /// AVX-512 F, BW, DQ and VL.
+    /// AVX-512 F, BW, DQ and VL (and AVX512_BF16's conversion to bf16 where the CPU has it).
     Avx512,
     /// NEON, the aarch64 baseline: the portable kernels, which `wide` builds on NEON there.
     Neon,
@@ -55,11 +55,15 @@ impl Isa {
             }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
-                Isa::Avx2.is_supported()
+                let ok = Isa::Avx2.is_supported()
                     && std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512dq")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
+                    && std::arch::is_x86_feature_detected!("avx512vl");
+                if ok {
+                    x86_avx512::detect_bf16();
+                }
+                ok
             }
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => true,

@@ -7,6 +7,7 @@
 
 use super::{F32Vec, F64Vec, U32Vec};
 use std::arch::x86_64::*;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Clone, Copy)]
 pub(crate) struct Vector(__m512);
@@ -16,6 +17,47 @@ pub(crate) struct Vector(__m512);
 fn first_lanes(n: usize) -> __mmask16 {
     debug_assert!(n < 16);
     ((1u32 << n) - 1) as __mmask16
+}
+
+/// Whether [`Vector::to_bf16`] may use `vcvtneps2bf16` (AVX512_BF16): set by [`detect_bf16`],
+/// never set on a CPU without the instruction.
+static BF16_CONVERT: AtomicBool = AtomicBool::new(false);
+
+/// Records whether the CPU has AVX512_BF16. Called by every check that admits the AVX-512
+/// backend (`Isa::is_supported`), so before any of its code runs.
+pub(super) fn detect_bf16() {
+    if std::arch::is_x86_feature_detected!("avx512bf16") {
+        BF16_CONVERT.store(true, Ordering::Relaxed);
+    }
+}
+
+#[inline(always)]
+fn bf16_convert() -> bool {
+    BF16_CONVERT.load(Ordering::Relaxed)
+}
+
+/// `vcvtneps2bf16`: each lane rounded to bf16, to nearest even, subnormal inputs read as 0.
+///
+/// # Safety
+/// The CPU must have AVX512_BF16 (and the caller AVX-512F, for the `zmm` register). Inline
+/// assembly because the intrinsic would need the feature enabled for the whole backend, whose
+/// code must also run on AVX-512 CPUs without it. (`#[inline]`, as the intrinsics are: it is
+/// inlined into the backend's functions, which enable AVX-512F.)
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn convert_ne_bf16(v: __m512) -> __m256i {
+    let out: __m256i;
+    // SAFETY: register-only instruction, present per the caller's contract; touches no
+    // memory, stack or flags.
+    unsafe {
+        std::arch::asm!(
+            "vcvtneps2bf16 {out}, {v}",
+            v = in(zmm_reg) v,
+            out = lateout(ymm_reg) out,
+            options(pure, nomem, nostack, preserves_flags)
+        );
+    }
+    out
 }
 
 /// Eight `f64` lanes.
@@ -221,6 +263,18 @@ impl F32Vec for Vector {
 
     #[inline(always)]
     fn to_bf16(self) -> __m256i {
+        // Where the CPU has AVX512_BF16 and no lane is NaN or subnormal, one `vcvtneps2bf16`:
+        // it rounds to nearest even like `element::f32_to_bf16` but reads subnormal inputs as
+        // zero, so vectors holding a subnormal, or a NaN (whose bits the exact path defines),
+        // take the exact integer rounding below: rare in real data. Same bits either way.
+        // SAFETY: see the file header (fpclass is AVX-512DQ); `bf16_convert` is true only on
+        // a CPU with AVX512_BF16.
+        unsafe {
+            // fpclass 0xA1: quiet NaN, subnormal or signaling NaN.
+            if bf16_convert() && _mm512_fpclass_ps_mask::<0xA1>(self.0) == 0 {
+                return convert_ne_bf16(self.0);
+            }
+        }
         // The bits of `element::f32_to_bf16` in 32-bit lanes (non-NaN: `bits + 0x7FFF + odd`,
         // NaN: `bits | 0x0040_0000`, whose upper halves are the rounded and the quiet bf16),
         // NaN lanes picked by a mask register and the upper halves gathered by one word
