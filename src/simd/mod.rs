@@ -55,15 +55,11 @@ impl Isa {
             }
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => {
-                let ok = Isa::Avx2.is_supported()
+                Isa::Avx2.is_supported()
                     && std::arch::is_x86_feature_detected!("avx512f")
                     && std::arch::is_x86_feature_detected!("avx512bw")
                     && std::arch::is_x86_feature_detected!("avx512dq")
-                    && std::arch::is_x86_feature_detected!("avx512vl");
-                if ok {
-                    x86_avx512::detect_bf16();
-                }
-                ok
+                    && std::arch::is_x86_feature_detected!("avx512vl")
             }
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => true,

@@ -7,7 +7,6 @@
 
 use super::{F32Vec, F64Vec, U32Vec};
 use std::arch::x86_64::*;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(Clone, Copy)]
 pub(crate) struct Vector(__m512);
@@ -17,23 +16,6 @@ pub(crate) struct Vector(__m512);
 fn first_lanes(n: usize) -> __mmask16 {
     debug_assert!(n < 16);
     ((1u32 << n) - 1) as __mmask16
-}
-
-/// Whether [`Vector::to_bf16`] may use `vcvtneps2bf16` (AVX512_BF16): set by [`detect_bf16`],
-/// never set on a CPU without the instruction.
-static BF16_CONVERT: AtomicBool = AtomicBool::new(false);
-
-/// Records whether the CPU has AVX512_BF16. Called by every check that admits the AVX-512
-/// backend (`Isa::is_supported`), so before any of its code runs.
-pub(super) fn detect_bf16() {
-    if std::arch::is_x86_feature_detected!("avx512bf16") {
-        BF16_CONVERT.store(true, Ordering::Relaxed);
-    }
-}
-
-#[inline(always)]
-fn bf16_convert() -> bool {
-    BF16_CONVERT.load(Ordering::Relaxed)
 }
 
 /// `vcvtneps2bf16`: each lane rounded to bf16, to nearest even, subnormal inputs read as 0.
@@ -301,11 +283,14 @@ impl F32Vec for Vector {
         // it rounds to nearest even like `element::f32_to_bf16` but reads subnormal inputs as
         // zero, so vectors holding a subnormal, or a NaN (whose bits the exact path defines),
         // take the exact integer rounding below: rare in real data. Same bits either way.
-        // SAFETY: see the file header (fpclass is AVX-512DQ); `bf16_convert` is true only on
-        // a CPU with AVX512_BF16.
+        // The feature test reads the standard library's cache of CPUID (one load, inlined).
+        // SAFETY: see the file header (fpclass is AVX-512DQ); the instruction runs only where
+        // the CPU reports AVX512_BF16.
         unsafe {
             // fpclass 0xA1: quiet NaN, subnormal or signaling NaN.
-            if bf16_convert() && _mm512_fpclass_ps_mask::<0xA1>(self.0) == 0 {
+            if std::arch::is_x86_feature_detected!("avx512bf16")
+                && _mm512_fpclass_ps_mask::<0xA1>(self.0) == 0
+            {
                 return convert_ne_bf16(self.0);
             }
         }
