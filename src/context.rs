@@ -231,9 +231,7 @@ impl Context {
     }
 
     /// Makes task `index` of every later parallel loop on this context panic (`None`: none),
-    /// so that tests can check how a failing task is reported. Only with the crate's internal
-    /// test feature; not part of the API.
-    #[cfg(feature = "__internals")]
+    /// so that tests can check how a failing task is reported. Hidden; not part of the API.
     #[doc(hidden)]
     pub fn fail_task_for_testing(&self, index: Option<usize>) {
         self.fail_task

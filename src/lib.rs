@@ -30,15 +30,10 @@
 
 mod context;
 mod error;
-// The C side constructs the C enums' values and calls the functions; nothing in Rust does.
-#[cfg(all(feature = "capi", not(feature = "__internals")))]
-#[allow(dead_code, unused_imports)]
-mod ffi;
-// Not a public API: the C functions as Rust items for the crate's own tests and benchmarks.
-// cbindgen ignores cfg, so the marker below keeps it from reading the module a second time
-// (every declaration of include/normkit.h twice).
-/// cbindgen:ignore
-#[cfg(feature = "__internals")]
+// The C functions, exported under their C names. Also public as Rust items, hidden and not part
+// of the API, for the crate's own tests, benchmarks and fuzz targets: so that they link the same
+// library as every other build.
+#[cfg(feature = "capi")]
 #[doc(hidden)]
 #[allow(missing_docs)]
 pub mod ffi;

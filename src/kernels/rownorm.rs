@@ -8,7 +8,8 @@
 //!   `xhat = (x - m_hi) * s - m_lo * s` with `m_hi = f32(mean)`, `m_lo = mean - m_hi`,
 //!   `s = f32(invstd)`, so that the output keeps the precision of the `f64` mean on data with a
 //!   large offset;
-//! - RMS norm: the mean square as `f64` lane sums of the exact squares `x * x`, then
+//! - RMS norm: the mean square from the squares `x * x` of [`GROUP`] vectors at a time summed
+//!   in `f32` (one rounding each), those sums added in `f64` lanes ([`Squares`]), then
 //!   `xhat = x * s`.
 //!
 //! Then `y = xhat * gamma + beta` per column.
