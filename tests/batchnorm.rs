@@ -4,6 +4,9 @@
 //! (training = moments + forward from moments bit for bit, thread-count independence bit for bit,
 //! in place = out of place bit for bit, sharded statistics merge to the whole batch's).
 
+// The C functions: built with the default `capi` feature.
+#![cfg(feature = "capi")]
+
 mod common;
 
 use common::prop::config;

@@ -7,6 +7,9 @@
 //! accuracy on channels of a million values far from zero; NaN propagation; and the error
 //! contract of the three C functions (every status, precedence, nothing written on error).
 
+// The C functions: built with the default `capi` feature.
+#![cfg(feature = "capi")]
+
 mod common;
 
 use common::prop::config;

@@ -8,6 +8,8 @@
 //! How the programs find the library built for this test run, and `CC` / `CXX`: see
 //! `tests/common_c/mod.rs`.
 
+// The C functions: built with the default `capi` feature.
+#![cfg(feature = "capi")]
 #![cfg(target_os = "linux")]
 
 mod common_c;

@@ -7,6 +7,9 @@
 //! elements; in place against out of place; and the error contract, with every buffer checked
 //! byte for byte.
 
+// The C functions: built with the default `capi` feature.
+#![cfg(feature = "capi")]
+
 mod common;
 
 use common::prop::config;

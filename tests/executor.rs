@@ -11,6 +11,9 @@
 //! Every result is compared with contexts that have their own threads (`nk_context_create(1)` and
 //! `nk_context_create(2)`), never with the context under test.
 
+// The C functions: built with the default `capi` feature.
+#![cfg(feature = "capi")]
+
 mod common;
 
 use common::check::{assert_bits, assert_bits64, isa_value, threaded_executor};

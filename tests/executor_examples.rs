@@ -9,6 +9,8 @@
 //! OpenMP is required, not optional: a compiler without it fails the test (CI installs gcc,
 //! whose `-fopenmp` brings libgomp). Compilers and the library: see `tests/common_c/mod.rs`.
 
+// The C functions: built with the default `capi` feature.
+#![cfg(feature = "capi")]
 #![cfg(target_os = "linux")]
 
 mod common_c;

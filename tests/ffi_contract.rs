@@ -10,6 +10,9 @@
 //! is checked over all of them at once, inputs included, and misaligned or overlapping pointers
 //! stay inside memory the test owns.
 
+// The C functions: built with the default `capi` feature.
+#![cfg(feature = "capi")]
+
 mod common;
 
 use common::arena::{Arena, read, shift, write};

@@ -5,6 +5,9 @@
 //! for bit; instance norm = group norm with groups = C bit for bit; and the error contract of
 //! the three C functions (each status, precedence, nothing written, zero-element calls).
 
+// The C functions: built with the default `capi` feature.
+#![cfg(feature = "capi")]
+
 mod common;
 
 use common::prop::config;

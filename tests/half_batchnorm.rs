@@ -4,6 +4,9 @@
 //! both layouts, in place and out of place; the C twins through the C ABI, with their error
 //! contract (NULL, misaligned, overlapping, nothing written on error).
 
+// The C functions: built with the default `capi` feature.
+#![cfg(feature = "capi")]
+
 mod common;
 
 use common::check::{

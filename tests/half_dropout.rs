@@ -9,6 +9,9 @@
 //! and outputs that are ties. Then the twins' error contract: NULL, odd addresses, overlap counted
 //! in 2-byte elements, the contract's precedence, and nothing written on error.
 
+// The C functions: built with the default `capi` feature.
+#![cfg(feature = "capi")]
+
 mod common;
 
 use common::check::{c_shape, ctx, isa_value};

@@ -3,6 +3,9 @@
 //! must be bitwise the f32 results rounded once (nearest even); statistics and parameter
 //! gradients bitwise the f32 ones.
 
+// The C functions: built with the default `capi` feature.
+#![cfg(feature = "capi")]
+
 mod common;
 
 use common::arena::SENTINEL;

@@ -7,6 +7,9 @@
 //! type, values near the f16 maximum that overflow after a big gamma, and -0.0. The C twins are
 //! also checked for the error contract (misaligned, aliasing, NULL; nothing written on error).
 
+// The C functions: built with the default `capi` feature.
+#![cfg(feature = "capi")]
+
 mod common;
 
 use common::arena::Arena;

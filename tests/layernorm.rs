@@ -3,6 +3,9 @@
 //! several threads (bitwise equal), odd shapes, large offsets, NaN and infinity, long rows,
 //! in place = out of place bit for bit, and the error contract of the C functions.
 
+// The C functions: built with the default `capi` feature.
+#![cfg(feature = "capi")]
+
 mod common;
 
 use common::prop::config;

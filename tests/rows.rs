@@ -9,6 +9,8 @@
 //! infinities, subnormals, large offsets, i8 ties and tiny scales; every ISA this CPU has, 1, 2
 //! and 3 threads; and the error contract of the C functions (order of errors, nothing written).
 
+// The C functions: built with the default `capi` feature.
+#![cfg(feature = "capi")]
 // Index loops follow the definitions most directly.
 #![allow(clippy::needless_range_loop)]
 

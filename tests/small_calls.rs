@@ -11,6 +11,9 @@
 //! Values are checked against plain float64 loops written here; the full references and
 //! property tests are in the other test files.
 
+// The C functions: built with the default `capi` feature.
+#![cfg(feature = "capi")]
+
 use normkit::ffi::nk_status::{self, *};
 use normkit::ffi::*;
 use std::ffi::c_void;

@@ -3,6 +3,9 @@
 //! result must be bitwise what the same call gives when run alone: contexts share nothing a
 //! call can disturb, and results do not depend on the thread count.
 
+// The C functions: built with the default `capi` feature.
+#![cfg(feature = "capi")]
+
 mod common;
 
 use common::data::normals;
