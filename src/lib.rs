@@ -32,10 +32,16 @@ mod context;
 mod error;
 // The C functions, exported under their C names. Also public as Rust items, hidden and not part
 // of the API, for the crate's own tests, benchmarks and fuzz targets: so that they link the same
-// library as every other build.
+// library as every other build. Its doc comments are written for the C header (cbindgen copies
+// the functions') and for readers of the source: C notation such as `[c_out][fan_in]` and links
+// to the module's private helpers, which rustdoc would check as public documentation.
 #[cfg(feature = "capi")]
 #[doc(hidden)]
-#[allow(missing_docs)]
+#[allow(
+    missing_docs,
+    rustdoc::broken_intra_doc_links,
+    rustdoc::private_intra_doc_links
+)]
 pub mod ffi;
 mod io;
 mod kernels;
