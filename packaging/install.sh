@@ -65,16 +65,17 @@ if [ "$build" = 1 ]; then
     log="$root/target/packaging/native-static-libs.log"
     mkdir -p "$root/target/packaging"
     printed=()
-    (cd "$root" && cargo rustc --release --lib --target-dir target/packaging \
-        --crate-type staticlib -- --print native-static-libs) 2>&1 | tee "$log"
+    # One build gives both libraries (the crate's types): the static one, whose system
+    # libraries rustc prints, and the shared one, linked with its soname (the static library
+    # is not linked, so the link argument does not touch it).
+    (cd "$root" && cargo rustc --release --lib --target-dir target/packaging -- \
+        --print native-static-libs -C link-arg=-Wl,-soname,"$soname") 2>&1 | tee "$log"
     read -r -a printed < <(sed -n 's/^note: native-static-libs: //p' "$log") || true
     if [ "${printed[*]}" != "${static_libs[*]}" ]; then
         echo "install.sh: rustc lists '${printed[*]}' for libnormkit.a, packaging/static-libs.txt" \
             "'${static_libs[*]}': write rustc's list into the file" >&2
         exit 1
     fi
-    (cd "$root" && cargo rustc --release --lib --target-dir target/packaging --crate-type cdylib -- \
-        -C link-arg=-Wl,-soname,"$soname")
 fi
 release="$root/target/packaging/release"
 for f in libnormkit.a libnormkit.so; do
