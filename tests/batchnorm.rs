@@ -1169,6 +1169,10 @@ fn edge_shapes() {
             (4, 5, 2049),
             (3, 16, 16),
             (130, 16, 1),
+            // Rows wider than the normalization's blocks of channels (1024): a whole block and
+            // a partial one, then also a tail of channels past the last vector.
+            (3, 1040, 5),
+            (2, 1043, 3),
         ] {
             seed += 1;
             everything(&fixed_case(b, c, s, layout, seed), false);
