@@ -12,6 +12,7 @@
 //! coefficients computed in `f64` by the caller from the reductions.
 
 use super::moments::{LINE_FLOATS, TILED_MAX_CHANNELS, WIDE_GROUP_ROWS, tile_vectors};
+use super::normalize::WIDE_ROW_CHANNEL_BLOCK;
 use super::sums::Sums2;
 use crate::io::{RowIo, VectorMap, store_vector, unaligned_head};
 use crate::scratch;
@@ -627,48 +628,60 @@ fn nsc_periods<V: F32Vec, E: ElementIo, const STREAM: bool>(
         }
         _ => {}
     }
-    let coef = || {
-        m.chunks_exact(l)
-            .zip(a.chunks_exact(l))
-            .zip(b.chunks_exact(l).zip(k.chunks_exact(l)))
-    };
-    match io {
-        RowIo::Separate(dy, dx) => {
-            let rows = x
-                .chunks_exact(channels)
-                .zip(dy.chunks_exact(channels))
-                .zip(dx.chunks_exact_mut(channels));
-            for ((xr, dr), or) in rows {
-                let data = xr.chunks_exact(l).zip(dr.chunks_exact(l));
-                for (((xs, ds), os), ((m, a), (b, k))) in
-                    data.zip(or.chunks_exact_mut(l)).zip(coef())
-                {
-                    let v = grad(
-                        V::read(ds),
-                        V::read(xs),
-                        V::read(m),
-                        V::read(a),
-                        V::read(b),
-                        V::read(k),
+    // Wide rows in blocks of channels, each over every row of the run (see
+    // `normalize::WIDE_ROW_CHANNEL_BLOCK`).
+    for cb in (0..channels).step_by(WIDE_ROW_CHANNEL_BLOCK) {
+        let block = cb..channels.min(cb + WIDE_ROW_CHANNEL_BLOCK);
+        let [m, a, b, k] = [m, a, b, k].map(|c| &c[block.clone()]);
+        let coef = || {
+            m.chunks_exact(l)
+                .zip(a.chunks_exact(l))
+                .zip(b.chunks_exact(l).zip(k.chunks_exact(l)))
+        };
+        match io {
+            RowIo::Separate(dy, dx) => {
+                let rows = x
+                    .chunks_exact(channels)
+                    .zip(dy.chunks_exact(channels))
+                    .zip(dx.chunks_exact_mut(channels));
+                for ((xr, dr), or) in rows {
+                    let (xr, dr, or) = (
+                        &xr[block.clone()],
+                        &dr[block.clone()],
+                        &mut or[block.clone()],
                     );
-                    store_vector::<V, _, STREAM>(v, os);
+                    let data = xr.chunks_exact(l).zip(dr.chunks_exact(l));
+                    for (((xs, ds), os), ((m, a), (b, k))) in
+                        data.zip(or.chunks_exact_mut(l)).zip(coef())
+                    {
+                        let v = grad(
+                            V::read(ds),
+                            V::read(xs),
+                            V::read(m),
+                            V::read(a),
+                            V::read(b),
+                            V::read(k),
+                        );
+                        store_vector::<V, _, STREAM>(v, os);
+                    }
                 }
             }
-        }
-        RowIo::InPlace(buf) => {
-            let rows = x.chunks_exact(channels).zip(buf.chunks_exact_mut(channels));
-            for (xr, br) in rows {
-                let data = xr.chunks_exact(l).zip(br.chunks_exact_mut(l));
-                for ((xs, bs), ((m, a), (b, k))) in data.zip(coef()) {
-                    let v = grad(
-                        V::read(bs),
-                        V::read(xs),
-                        V::read(m),
-                        V::read(a),
-                        V::read(b),
-                        V::read(k),
-                    );
-                    store_vector::<V, _, STREAM>(v, bs);
+            RowIo::InPlace(buf) => {
+                let rows = x.chunks_exact(channels).zip(buf.chunks_exact_mut(channels));
+                for (xr, br) in rows {
+                    let (xr, br) = (&xr[block.clone()], &mut br[block.clone()]);
+                    let data = xr.chunks_exact(l).zip(br.chunks_exact_mut(l));
+                    for ((xs, bs), ((m, a), (b, k))) in data.zip(coef()) {
+                        let v = grad(
+                            V::read(bs),
+                            V::read(xs),
+                            V::read(m),
+                            V::read(a),
+                            V::read(b),
+                            V::read(k),
+                        );
+                        store_vector::<V, _, STREAM>(v, bs);
+                    }
                 }
             }
         }

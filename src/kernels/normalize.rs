@@ -381,8 +381,8 @@ fn nsc_periods<V: F32Vec, X: ElementIo, Y: ElementIo, const RELU: bool, const ST
     // Wide rows in blocks of channels, each block over every row of the run: the parameters
     // of a block stay in L1 while its rows pass, where a whole row's (three arrays of
     // `channels` floats) would not.
-    for cb in (0..channels).step_by(AFFINE_CHANNEL_BLOCK) {
-        let block = cb..channels.min(cb + AFFINE_CHANNEL_BLOCK);
+    for cb in (0..channels).step_by(WIDE_ROW_CHANNEL_BLOCK) {
+        let block = cb..channels.min(cb + WIDE_ROW_CHANNEL_BLOCK);
         let (m, s, t) = (&m[block.clone()], &s[block.clone()], &t[block.clone()]);
         let params = || {
             m.chunks_exact(l)
@@ -413,13 +413,14 @@ fn nsc_periods<V: F32Vec, X: ElementIo, Y: ElementIo, const RELU: bool, const ST
     }
 }
 
-/// Channels per block of [`nsc_periods`] over wide rows: three arrays of parameters of 4 KiB
-/// each, in L1 beside the data passing through, and 4 KiB of each `f32` row per visit (a
+/// Channels per block of [`nsc_periods`] over wide rows (and of the backward's `dx`, whose
+/// coefficients are likewise read per vector): three arrays of parameters (the backward's four)
+/// of 4 KiB each, in L1 beside the data passing through, and 4 KiB of each `f32` row per visit (a
 /// page: blocks of half a page lost a third on data from memory, whose prefetchers restart at
 /// every page). Measured on the kernel's loop alone (1 thread, AVX-512, 32 KiB L1), rows of 2048
 /// channels: `8 * 2048 * 49` elements (in L3) 90-93 us in blocks of 1024 against 130 us whole
 /// rows; `4096 * 1024` (from memory) even (2.2-2.4 ms).
-const AFFINE_CHANNEL_BLOCK: usize = 1024;
+pub(crate) const WIDE_ROW_CHANNEL_BLOCK: usize = 1024;
 
 /// [`nsc_periods`] for `K * LANES` channels (up to 4 vectors: 12 registers of parameters), with
 /// the parameters loaded once into registers: with fewer channels than that, the loads of three
