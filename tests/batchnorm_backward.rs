@@ -604,6 +604,10 @@ fn thread_counts_are_bitwise_equal() {
         (5, 130, 61, Layout::Nsc),
         (3000, 17, 1, Layout::Ncs),
         (2, 64, 1000, Layout::Nsc),
+        // Rows wider than dx's blocks of channels (1024): a whole block and a partial one,
+        // then also a tail of channels past the last vector.
+        (3, 1040, 5, Layout::Nsc),
+        (2, 1043, 3, Layout::Nsc),
     ] {
         let case = Case::new(Shape::new(b, c, s, layout), (b * c * s) as u64, 1.0, true);
         check_case(&case, &[2, 3, 8]);
