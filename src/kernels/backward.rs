@@ -362,6 +362,24 @@ pub(crate) fn grad<V: F32Vec>(dy: V, x: V, m: V, a: V, b: V, k: V) -> V {
     x.sub(m).mul_add(b, dy.mul_add(a, k))
 }
 
+/// The coefficients `((mean, a), (b, k))` of one vector of channels, as [`nsc_periods`] zips
+/// them from its four arrays.
+type CoefficientSlices<'a> = ((&'a [f32], &'a [f32]), (&'a [f32], &'a [f32]));
+
+/// [`grad`] of the vectors at `dy` and `x`, with the coefficient vectors at `c`.
+#[inline(always)]
+fn grad_at<V: F32Vec, E: ElementIo>(dy: &[E], x: &[E], c: CoefficientSlices<'_>) -> V {
+    let ((m, a), (b, k)) = c;
+    grad(
+        V::read(dy),
+        V::read(x),
+        V::read(m),
+        V::read(a),
+        V::read(b),
+        V::read(k),
+    )
+}
+
 /// One channel's gradient over a span: `dy` is what the map receives, `x` the matching span.
 struct UniformGrad<'a, V, E> {
     x: &'a [E],
@@ -651,18 +669,8 @@ fn nsc_periods<V: F32Vec, E: ElementIo, const STREAM: bool>(
                         &mut or[block.clone()],
                     );
                     let data = xr.chunks_exact(l).zip(dr.chunks_exact(l));
-                    for (((xs, ds), os), ((m, a), (b, k))) in
-                        data.zip(or.chunks_exact_mut(l)).zip(coef())
-                    {
-                        let v = grad(
-                            V::read(ds),
-                            V::read(xs),
-                            V::read(m),
-                            V::read(a),
-                            V::read(b),
-                            V::read(k),
-                        );
-                        store_vector::<V, _, STREAM>(v, os);
+                    for (((xs, ds), os), c) in data.zip(or.chunks_exact_mut(l)).zip(coef()) {
+                        store_vector::<V, _, STREAM>(grad_at::<V, E>(ds, xs, c), os);
                     }
                 }
             }
@@ -671,16 +679,8 @@ fn nsc_periods<V: F32Vec, E: ElementIo, const STREAM: bool>(
                 for (xr, br) in rows {
                     let (xr, br) = (&xr[block.clone()], &mut br[block.clone()]);
                     let data = xr.chunks_exact(l).zip(br.chunks_exact_mut(l));
-                    for ((xs, bs), ((m, a), (b, k))) in data.zip(coef()) {
-                        let v = grad(
-                            V::read(bs),
-                            V::read(xs),
-                            V::read(m),
-                            V::read(a),
-                            V::read(b),
-                            V::read(k),
-                        );
-                        store_vector::<V, _, STREAM>(v, bs);
+                    for ((xs, bs), c) in data.zip(coef()) {
+                        store_vector::<V, _, STREAM>(grad_at::<V, E>(bs, xs, c), bs);
                     }
                 }
             }
